@@ -1,0 +1,419 @@
+//! The routing table: 256 k-buckets over the XOR distance to the local key.
+//!
+//! Each bucket keeps at most `k` entries ordered from least to most recently seen. When a
+//! new peer arrives at a full bucket it becomes the bucket's single *pending* entry and the
+//! node probes the least recently seen entry; when the pending entry's deadline passes, it
+//! replaces that entry if the entry is still disconnected, otherwise it is dropped. Live,
+//! long-known peers are therefore never evicted by newcomers (the Kademlia paper's
+//! preference for old contacts), and dead ones are replaced.
+
+use alloc::collections::BTreeSet;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use crate::key::{Distance, Key};
+use crate::peer::{Address, PeerId};
+use crate::time::Instant;
+
+/// Most addresses kept per routing-table entry (newest kept).
+pub const MAX_ADDRS_PER_ENTRY: usize = 8;
+
+/// Whether the node currently has a working connection to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Connected, or answered recently.
+    Connected,
+    /// Not connected, or failed to answer.
+    Disconnected,
+}
+
+/// A routing-table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its key (SHA-256 of the peer id).
+    pub key: Key,
+    /// Its known addresses, newest last.
+    pub addrs: Vec<Address>,
+    /// Its connection status.
+    pub status: Status,
+    /// When the peer was last seen alive (or added).
+    pub last_seen: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    entry: Entry,
+    deadline: Instant,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Bucket {
+    /// Least recently seen first.
+    entries: Vec<Entry>,
+    pending: Option<Pending>,
+}
+
+/// What [`RoutingTable::update`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The peer was added to a bucket with room.
+    Inserted {
+        /// The bucket index.
+        bucket: u8,
+    },
+    /// The peer was already present; its addresses and status were updated.
+    Updated {
+        /// The bucket index.
+        bucket: u8,
+    },
+    /// The bucket is full: the peer is now pending, and `probe` (the least recently seen
+    /// entry) should be checked for liveness before the pending deadline.
+    Pending {
+        /// The bucket index.
+        bucket: u8,
+        /// The entry to probe.
+        probe: PeerId,
+    },
+    /// The bucket is full and already has a pending entry: the peer was not added.
+    Full {
+        /// The bucket index.
+        bucket: u8,
+    },
+    /// The peer is the local node.
+    SelfEntry,
+}
+
+/// A pending entry that replaced a stale one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The bucket index.
+    pub bucket: u8,
+    /// The peer added.
+    pub inserted: PeerId,
+    /// The peer evicted.
+    pub evicted: PeerId,
+}
+
+/// The Kademlia routing table.
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    local: Key,
+    k: usize,
+    pending_timeout: Duration,
+    buckets: Vec<Bucket>,
+    /// (deadline, bucket) of every pending entry, for cheap timeout handling.
+    pending_deadlines: BTreeSet<(Instant, u8)>,
+    len: usize,
+}
+
+impl RoutingTable {
+    /// An empty table around `local` with bucket size `k`.
+    pub fn new(local: Key, k: usize, pending_timeout: Duration) -> Self {
+        RoutingTable {
+            local,
+            k: k.max(1),
+            pending_timeout,
+            buckets: alloc::vec![Bucket::default(); 256],
+            pending_deadlines: BTreeSet::new(),
+            len: 0,
+        }
+    }
+
+    /// The local key.
+    pub fn local_key(&self) -> &Key {
+        &self.local
+    }
+
+    /// Bucket size.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Number of entries (pending entries excluded).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bucket index of `key`, or `None` for the local key.
+    pub fn bucket_index(&self, key: &Key) -> Option<u8> {
+        self.local.distance(key).bucket_index()
+    }
+
+    fn locate(&self, key: &Key, peer: &PeerId) -> Option<(u8, usize)> {
+        let b = self.bucket_index(key)?;
+        let pos = self.buckets[usize::from(b)]
+            .entries
+            .iter()
+            .position(|e| e.peer == *peer)?;
+        Some((b, pos))
+    }
+
+    /// The entry of `peer`, if present.
+    pub fn entry(&self, peer: &PeerId) -> Option<&Entry> {
+        let key = Key::from_peer(peer);
+        let (b, pos) = self.locate(&key, peer)?;
+        Some(&self.buckets[usize::from(b)].entries[pos])
+    }
+
+    /// Whether `peer` is in the table.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.entry(peer).is_some()
+    }
+
+    fn merge_addrs(into: &mut Vec<Address>, addrs: &[Address]) {
+        for a in addrs {
+            if let Some(i) = into.iter().position(|x| x == a) {
+                into.remove(i);
+            }
+            into.push(a.clone());
+        }
+        if into.len() > MAX_ADDRS_PER_ENTRY {
+            let excess = into.len() - MAX_ADDRS_PER_ENTRY;
+            into.drain(..excess);
+        }
+    }
+
+    /// Adds or updates `peer`. A `Connected` status also marks it most recently seen.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        addrs: &[Address],
+        status: Status,
+    ) -> UpdateOutcome {
+        let key = Key::from_peer(&peer);
+        let Some(b) = self.bucket_index(&key) else {
+            return UpdateOutcome::SelfEntry;
+        };
+        let k = self.k;
+        let bucket = &mut self.buckets[usize::from(b)];
+        if let Some(pos) = bucket.entries.iter().position(|e| e.peer == peer) {
+            let mut entry = bucket.entries.remove(pos);
+            Self::merge_addrs(&mut entry.addrs, addrs);
+            entry.status = status;
+            if status == Status::Connected {
+                entry.last_seen = now;
+                bucket.entries.push(entry);
+            } else {
+                bucket.entries.insert(pos, entry);
+            }
+            return UpdateOutcome::Updated { bucket: b };
+        }
+        if let Some(p) = bucket.pending.as_mut().filter(|p| p.entry.peer == peer) {
+            Self::merge_addrs(&mut p.entry.addrs, addrs);
+            p.entry.status = status;
+            return UpdateOutcome::Full { bucket: b };
+        }
+        let mut entry = Entry {
+            peer,
+            key,
+            addrs: Vec::new(),
+            status,
+            last_seen: now,
+        };
+        Self::merge_addrs(&mut entry.addrs, addrs);
+        if bucket.entries.len() < k {
+            bucket.entries.push(entry);
+            self.len += 1;
+            return UpdateOutcome::Inserted { bucket: b };
+        }
+        if bucket.pending.is_some() {
+            return UpdateOutcome::Full { bucket: b };
+        }
+        let deadline = now + self.pending_timeout;
+        bucket.pending = Some(Pending { entry, deadline });
+        self.pending_deadlines.insert((deadline, b));
+        UpdateOutcome::Pending {
+            bucket: b,
+            probe: bucket.entries[0].peer,
+        }
+    }
+
+    /// Marks `peer` disconnected, if present. Returns whether it was present.
+    pub fn mark_disconnected(&mut self, peer: &PeerId) -> bool {
+        let key = Key::from_peer(peer);
+        match self.locate(&key, peer) {
+            Some((b, pos)) => {
+                self.buckets[usize::from(b)].entries[pos].status = Status::Disconnected;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `peer` and returns its entry. A pending entry of that bucket takes its place.
+    pub fn remove(&mut self, now: Instant, peer: &PeerId) -> Option<Entry> {
+        let key = Key::from_peer(peer);
+        let b = self.bucket_index(&key)?;
+        let bucket = &mut self.buckets[usize::from(b)];
+        if bucket
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.entry.peer == *peer)
+        {
+            let p = bucket.pending.take()?;
+            self.pending_deadlines.remove(&(p.deadline, b));
+            return None;
+        }
+        let pos = bucket.entries.iter().position(|e| e.peer == *peer)?;
+        let removed = bucket.entries.remove(pos);
+        self.len -= 1;
+        if let Some(p) = bucket.pending.take() {
+            self.pending_deadlines.remove(&(p.deadline, b));
+            let mut entry = p.entry;
+            entry.last_seen = now;
+            bucket.entries.push(entry);
+            self.len += 1;
+        }
+        Some(removed)
+    }
+
+    /// Removes one address of `peer`; removes the peer when none is left. Returns whether
+    /// the peer was removed.
+    pub fn remove_address(&mut self, now: Instant, peer: &PeerId, addr: &Address) -> bool {
+        let key = Key::from_peer(peer);
+        let Some((b, pos)) = self.locate(&key, peer) else {
+            return false;
+        };
+        let entry = &mut self.buckets[usize::from(b)].entries[pos];
+        entry.addrs.retain(|a| a != addr);
+        if entry.addrs.is_empty() {
+            self.remove(now, peer);
+            return true;
+        }
+        false
+    }
+
+    /// The earliest pending-entry deadline, if any.
+    pub fn next_pending_deadline(&self) -> Option<Instant> {
+        self.pending_deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Resolves every pending entry whose deadline is at or before `now`: it replaces the
+    /// least recently seen entry if that one is disconnected, otherwise it is dropped.
+    pub fn apply_pending(&mut self, now: Instant) -> Vec<Replacement> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, b)) = self.pending_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.pending_deadlines.pop_first();
+            let bucket = &mut self.buckets[usize::from(b)];
+            let Some(pending) = bucket.pending.take() else {
+                continue;
+            };
+            // The least recently seen disconnected entry, if any, is replaced.
+            if let Some(pos) = bucket
+                .entries
+                .iter()
+                .position(|e| e.status == Status::Disconnected)
+            {
+                let evicted = bucket.entries.remove(pos);
+                let mut entry = pending.entry;
+                entry.last_seen = now;
+                let inserted = entry.peer;
+                bucket.entries.push(entry);
+                out.push(Replacement {
+                    bucket: b,
+                    inserted,
+                    evicted: evicted.peer,
+                });
+            }
+        }
+        out
+    }
+
+    /// Up to `n` entries closest to `target`, closest first.
+    pub fn closest(&self, target: &Key, n: usize) -> Vec<&Entry> {
+        let mut all: Vec<(Distance, &Entry)> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.entries.iter())
+            .map(|e| (e.key.distance(target), e))
+            .collect();
+        if all.len() > n {
+            all.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
+            all.truncate(n);
+        }
+        all.sort_unstable_by_key(|a| a.0);
+        all.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Every entry, bucket by bucket from the closest bucket outwards.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flat_map(|b| b.entries.iter())
+    }
+
+    /// `(bucket index, number of entries)` of every non-empty bucket.
+    pub fn bucket_sizes(&self) -> Vec<(u8, usize)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !b.entries.is_empty())
+            .map(|(i, b)| (i as u8, b.entries.len()))
+            .collect()
+    }
+
+    /// Checks the table's structural invariants; returns a description of the first one
+    /// that fails. Used by tests and the simulator's checkers.
+    pub fn check_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let mut total = 0;
+        let mut seen = BTreeSet::new();
+        for (i, b) in self.buckets.iter().enumerate() {
+            if b.entries.len() > self.k {
+                return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
+            }
+            for e in &b.entries {
+                if Key::from_peer(&e.peer) != e.key {
+                    return Err(format!("entry {:?} has a wrong key", e.peer));
+                }
+                if self.bucket_index(&e.key) != Some(i as u8) {
+                    return Err(format!("entry {:?} is in the wrong bucket {i}", e.peer));
+                }
+                if !seen.insert(e.peer) {
+                    return Err(format!("entry {:?} appears twice", e.peer));
+                }
+                if e.addrs.len() > MAX_ADDRS_PER_ENTRY {
+                    return Err(format!("entry {:?} has too many addresses", e.peer));
+                }
+            }
+            for w in b.entries.windows(2) {
+                if w[0].last_seen > w[1].last_seen {
+                    return Err(format!("bucket {i} is not ordered by last seen"));
+                }
+            }
+            if let Some(p) = &b.pending {
+                if b.entries.len() < self.k {
+                    return Err(format!("bucket {i} has a pending entry but room"));
+                }
+                if seen.contains(&p.entry.peer) {
+                    return Err(format!("pending {:?} is also an entry", p.entry.peer));
+                }
+                if !self.pending_deadlines.contains(&(p.deadline, i as u8)) {
+                    return Err(format!("bucket {i} pending deadline is not tracked"));
+                }
+            }
+            total += b.entries.len();
+        }
+        if total != self.len {
+            return Err(format!("len {} but {} entries", self.len, total));
+        }
+        let pendings = self.buckets.iter().filter(|b| b.pending.is_some()).count();
+        if pendings != self.pending_deadlines.len() {
+            return Err(format!(
+                "{} pending entries but {} deadlines",
+                pendings,
+                self.pending_deadlines.len()
+            ));
+        }
+        Ok(())
+    }
+}

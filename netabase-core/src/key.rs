@@ -1,0 +1,194 @@
+//! The 256-bit Kademlia key space: keys, XOR distance and record keys.
+
+use alloc::sync::Arc;
+use core::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::peer::PeerId;
+
+/// Longest record key accepted, in bytes.
+pub const MAX_RECORD_KEY_LEN: usize = 1024;
+
+/// A point in the 256-bit key space: the SHA-256 hash of a peer id or record key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// The key of arbitrary preimage bytes (SHA-256).
+    pub fn hash(preimage: &[u8]) -> Self {
+        Key(Sha256::digest(preimage).into())
+    }
+
+    /// The key of a peer: SHA-256 of its multihash bytes, as libp2p computes it.
+    pub fn from_peer(peer: &PeerId) -> Self {
+        Key::hash(peer.as_bytes())
+    }
+
+    /// A key given directly by its 32 bytes (no hashing).
+    pub const fn from_raw(bytes: [u8; 32]) -> Self {
+        Key(bytes)
+    }
+
+    /// The 32 bytes of the key.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// XOR distance to another key.
+    pub fn distance(&self, other: &Key) -> Distance {
+        let mut d = [0u8; 32];
+        for (i, byte) in d.iter_mut().enumerate() {
+            *byte = self.0[i] ^ other.0[i];
+        }
+        Distance(d)
+    }
+
+    /// A key at a distance from `self` whose bucket index is `bucket`, with the lower bits
+    /// taken from `random`. Used to refresh a bucket with a lookup that lands in it.
+    pub fn in_bucket(&self, bucket: u8, random: [u8; 32]) -> Key {
+        // Distance with highest set bit at position `bucket` (counting from the least
+        // significant bit), lower bits random.
+        let mut d = random;
+        let bit = usize::from(bucket);
+        let byte_from_end = bit / 8;
+        let idx = 31 - byte_from_end;
+        for b in d.iter_mut().take(idx) {
+            *b = 0;
+        }
+        let within = bit % 8;
+        let mask: u8 = if within == 7 {
+            0xff
+        } else {
+            (1u8 << (within + 1)) - 1
+        };
+        d[idx] &= mask;
+        d[idx] |= 1 << within;
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = self.0[i] ^ d[i];
+        }
+        Key(out)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+/// The XOR distance between two keys, ordered as a 256-bit big-endian number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Distance([u8; 32]);
+
+impl Distance {
+    /// The zero distance (a key to itself).
+    pub const ZERO: Distance = Distance([0; 32]);
+
+    /// The k-bucket this distance falls into: the index of its highest set bit (0..=255),
+    /// or `None` for the zero distance.
+    pub fn bucket_index(&self) -> Option<u8> {
+        for (i, b) in self.0.iter().enumerate() {
+            if *b != 0 {
+                let bit = 7 - b.leading_zeros() as usize;
+                return Some(((31 - i) * 8 + bit) as u8);
+            }
+        }
+        None
+    }
+
+    /// The 32 bytes of the distance, most significant first.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Distance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bucket_index() {
+            Some(i) => write!(f, "Distance(~2^{i})"),
+            None => write!(f, "Distance(0)"),
+        }
+    }
+}
+
+/// The key of a record or provider record: opaque bytes, at most [`MAX_RECORD_KEY_LEN`].
+///
+/// Its position in the key space is [`RecordKey::key`], the SHA-256 of the bytes. Cloning is
+/// cheap (shared bytes).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey(Arc<[u8]>);
+
+/// Why bytes are not accepted as a record key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordKeyError {
+    /// Longer than [`MAX_RECORD_KEY_LEN`].
+    #[error("record key of {0} bytes exceeds the limit of {MAX_RECORD_KEY_LEN}")]
+    TooLong(usize),
+}
+
+impl RecordKey {
+    /// A record key from bytes.
+    pub fn new(bytes: &[u8]) -> Result<Self, RecordKeyError> {
+        if bytes.len() > MAX_RECORD_KEY_LEN {
+            return Err(RecordKeyError::TooLong(bytes.len()));
+        }
+        Ok(RecordKey(Arc::from(bytes)))
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The position of this record in the key space.
+    pub fn key(&self) -> Key {
+        Key::hash(&self.0)
+    }
+}
+
+impl fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match core::str::from_utf8(&self.0) {
+            Ok(s) if s.len() <= 48 => write!(f, "RecordKey({s:?})"),
+            _ => {
+                write!(f, "RecordKey(")?;
+                for b in self.0.iter().take(12) {
+                    write!(f, "{b:02x}")?;
+                }
+                write!(f, "..{}B)", self.0.len())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_index_is_highest_set_bit() {
+        let a = Key::from_raw([0; 32]);
+        let mut b = [0u8; 32];
+        b[31] = 1;
+        assert_eq!(a.distance(&Key::from_raw(b)).bucket_index(), Some(0));
+        b[0] = 0x80;
+        assert_eq!(a.distance(&Key::from_raw(b)).bucket_index(), Some(255));
+        assert_eq!(a.distance(&a).bucket_index(), None);
+    }
+
+    #[test]
+    fn in_bucket_lands_in_the_bucket() {
+        let k = Key::hash(b"local");
+        for bucket in 0..=255u8 {
+            let r = Key::hash(&[bucket]);
+            let target = k.in_bucket(bucket, *r.as_bytes());
+            assert_eq!(k.distance(&target).bucket_index(), Some(bucket));
+        }
+    }
+}

@@ -1,0 +1,1887 @@
+//! The Kademlia node: a deterministic state machine driven by its caller.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::kbucket::{RoutingTable, Status, UpdateOutcome};
+use crate::key::{Key, RecordKey};
+use crate::message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
+use crate::peer::{Address, PeerId};
+use crate::query::{ClosestPeersIter, Next};
+use crate::record::{ProviderRecord, Record};
+use crate::store::{RecordStore, StoreError};
+use crate::time::Instant;
+
+/// Whether the node serves the DHT or only uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// Answers DHT requests; other nodes add it to their routing tables.
+    Server,
+    /// Only sends requests; answers none and is never added to others' tables.
+    Client,
+}
+
+/// How many peers must confirm an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quorum {
+    /// One peer.
+    One,
+    /// A majority of `k`.
+    Majority,
+    /// All `k` closest peers.
+    All,
+    /// This many peers (at least one).
+    N(usize),
+}
+
+impl Quorum {
+    /// The number of peers this quorum needs with bucket size `k`.
+    pub fn eval(self, k: usize) -> usize {
+        match self {
+            Quorum::One => 1,
+            Quorum::Majority => k / 2 + 1,
+            Quorum::All => k,
+            Quorum::N(n) => n.clamp(1, k.max(1)),
+        }
+    }
+}
+
+/// Configuration of a [`Node`]. Every bound the node keeps is here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bucket size and replication factor (K).
+    pub k: usize,
+    /// Requests in flight per lookup while it makes progress (alpha).
+    pub alpha: usize,
+    /// How long to wait for one answer.
+    pub request_timeout: Duration,
+    /// How long a whole query may run.
+    pub query_timeout: Duration,
+    /// How long a pending routing-table entry waits before it may replace a stale one.
+    pub pending_timeout: Duration,
+    /// Lifetime of records this node publishes; `None` never expires.
+    pub record_ttl: Option<Duration>,
+    /// How often every stored record is re-stored at the K closest peers.
+    pub replication_interval: Option<Duration>,
+    /// How often records this node published are published again with a fresh lifetime.
+    pub publication_interval: Option<Duration>,
+    /// Lifetime of provider records.
+    pub provider_record_ttl: Option<Duration>,
+    /// How often this node announces the keys it provides again.
+    pub provider_publication_interval: Option<Duration>,
+    /// How often expired records and provider records are removed.
+    pub expiry_sweep_interval: Duration,
+    /// How often the node bootstraps again on its own; `None` only on request.
+    pub bootstrap_interval: Option<Duration>,
+    /// Largest record value accepted from peers or the API, in bytes.
+    pub max_record_size: usize,
+    /// Most queries running at once (API calls beyond it fail).
+    pub max_queries: usize,
+    /// Most queries the background jobs run at once.
+    pub max_job_queries: usize,
+    /// After a successful get, store the record at this many of the closest peers that did
+    /// not have it (0 disables caching).
+    pub cache_peers: usize,
+    /// Whether the node starts as server or client.
+    pub mode: Mode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        const HOUR: u64 = 3600;
+        Config {
+            k: 20,
+            alpha: 3,
+            request_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(60),
+            pending_timeout: Duration::from_secs(60),
+            record_ttl: Some(Duration::from_secs(48 * HOUR)),
+            replication_interval: Some(Duration::from_secs(HOUR)),
+            publication_interval: Some(Duration::from_secs(22 * HOUR)),
+            provider_record_ttl: Some(Duration::from_secs(48 * HOUR)),
+            provider_publication_interval: Some(Duration::from_secs(12 * HOUR)),
+            expiry_sweep_interval: Duration::from_secs(60),
+            bootstrap_interval: Some(Duration::from_secs(5 * 60)),
+            max_record_size: 65 * 1024,
+            max_queries: 1024,
+            max_job_queries: 16,
+            cache_peers: 1,
+            mode: Mode::Server,
+        }
+    }
+}
+
+/// Identifies a query started by an API call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueryId(pub u64);
+
+/// Identifies an outbound request; chosen by the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// Identifies an inbound request; chosen by the driver, echoed in the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InboundId(pub u64);
+
+/// Why an outbound request failed, as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// The peer could not be reached.
+    Dial,
+    /// The peer does not speak the Kademlia protocol (or not in server mode).
+    UnsupportedProtocol,
+    /// The stream failed, or the answer did not decode.
+    Io,
+}
+
+/// Why the node refused an inbound request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The node is in client mode.
+    ClientMode,
+    /// The record value exceeds [`Config::max_record_size`].
+    RecordTooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// An ADD_PROVIDER named a provider other than the sender.
+    ForeignProvider,
+    /// The store refused the write.
+    Store(StoreError),
+}
+
+/// A record found by a get, with the peer it came from (`None`: the local store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The peer that returned it.
+    pub peer: Option<PeerId>,
+    /// The record.
+    pub record: Record,
+}
+
+/// Why a query did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The query ran past [`Config::query_timeout`].
+    #[error("the query timed out")]
+    Timeout,
+    /// The lookup ended without finding what it looked for.
+    #[error("not found")]
+    NotFound,
+    /// Fewer peers than the quorum confirmed.
+    #[error("quorum failed: {succeeded} of {required} peers")]
+    QuorumFailed {
+        /// Peers that confirmed.
+        succeeded: usize,
+        /// Peers required.
+        required: usize,
+    },
+    /// The routing table is empty: there is nobody to ask.
+    #[error("no known peers")]
+    NoKnownPeers,
+}
+
+/// Why an API call could not start a query.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// [`Config::max_queries`] queries are already running.
+    #[error("too many queries running ({0})")]
+    TooManyQueries(usize),
+    /// The record value exceeds [`Config::max_record_size`].
+    #[error("record value of {size} bytes exceeds the limit of {max}")]
+    RecordTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The local store refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of a finished query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryResult {
+    /// Closest peers to a key, closest first.
+    GetClosestPeers(Result<Vec<PeerId>, QueryError>),
+    /// The addresses of a peer.
+    FindPeer(Result<PeerInfo, QueryError>),
+    /// Records found under a key.
+    GetRecord(Result<Vec<PeerRecord>, QueryError>),
+    /// Peers that stored a record.
+    PutRecord(Result<Vec<PeerId>, QueryError>),
+    /// Peers the provider announcement was sent to.
+    StartProviding(Result<Vec<PeerId>, QueryError>),
+    /// Providers of a key.
+    GetProviders(Result<Vec<PeerInfo>, QueryError>),
+    /// The routing table size after bootstrapping.
+    Bootstrap(Result<usize, QueryError>),
+}
+
+/// Counters of one query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Requests sent.
+    pub requests: u32,
+    /// Answers received.
+    pub successes: u32,
+    /// Failures and timeouts.
+    pub failures: u32,
+    /// Sequential request rounds the lookup needed to reach its result (the depth of the
+    /// closest answering peer, or of the peer that returned the record).
+    pub hops: u32,
+    /// When the query started.
+    pub started: Instant,
+    /// When it finished.
+    pub finished: Instant,
+}
+
+/// Something the driver should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A query finished.
+    QueryFinished {
+        /// The query.
+        id: QueryId,
+        /// Its outcome.
+        result: QueryResult,
+        /// Its counters.
+        stats: QueryStats,
+    },
+    /// A peer entered the routing table.
+    PeerAdded {
+        /// The peer.
+        peer: PeerId,
+        /// Its bucket.
+        bucket: u8,
+    },
+    /// A peer left the routing table.
+    PeerRemoved {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A remote peer stored a record here.
+    RecordStored {
+        /// The record key.
+        key: RecordKey,
+        /// The sender.
+        from: PeerId,
+    },
+    /// A remote peer announced itself as provider of a key.
+    ProviderAdded {
+        /// The key.
+        key: RecordKey,
+        /// The provider.
+        provider: PeerId,
+    },
+    /// An inbound request was refused.
+    InboundRejected {
+        /// The sender.
+        peer: PeerId,
+        /// The request kind.
+        kind: MessageKind,
+        /// Why.
+        reason: Rejection,
+    },
+    /// The DHT mode changed.
+    ModeChanged {
+        /// The new mode.
+        mode: Mode,
+    },
+}
+
+/// A command for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `request` to `peer` (dialling `addrs` if not connected). Report the outcome
+    /// with [`Node::handle_response`], [`Node::handle_request_failed`], or, for requests
+    /// without a response (ADD_PROVIDER), [`Node::handle_request_sent`].
+    SendRequest {
+        /// The request id.
+        id: RequestId,
+        /// The peer.
+        peer: PeerId,
+        /// Its known addresses.
+        addrs: Vec<Address>,
+        /// The request.
+        request: Request,
+    },
+    /// Answer the inbound request `id` from `peer`.
+    SendResponse {
+        /// The inbound request.
+        id: InboundId,
+        /// The requester.
+        peer: PeerId,
+        /// The answer.
+        response: Response,
+    },
+    /// Close the inbound request `id` without an answer.
+    RejectInbound {
+        /// The inbound request.
+        id: InboundId,
+        /// The requester.
+        peer: PeerId,
+    },
+    /// An event for the application.
+    Event(Event),
+}
+
+/// Node-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Outbound requests sent.
+    pub requests_sent: u64,
+    /// Answers received for live requests.
+    pub responses_received: u64,
+    /// Outbound requests that failed or timed out.
+    pub requests_failed: u64,
+    /// Of which timed out.
+    pub requests_timed_out: u64,
+    /// Answers or failures for unknown or finished requests (late or duplicate).
+    pub unexpected_responses: u64,
+    /// Inbound requests handled.
+    pub inbound_requests: u64,
+    /// Inbound requests refused.
+    pub inbound_rejected: u64,
+    /// Queries finished.
+    pub queries_finished: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A lookup step of the query's iterator.
+    Lookup,
+    /// A store or announcement sent to a closest peer after the lookup.
+    Fanout,
+    /// Caching a found record; the answer is not awaited by any query.
+    Cache,
+    /// Liveness probe of a routing-table entry.
+    Probe,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRequest {
+    peer: PeerId,
+    /// Completes when written ([`Node::handle_request_sent`]), not with an answer.
+    one_way: bool,
+    query: Option<QueryId>,
+    purpose: Purpose,
+    deadline: Instant,
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Lookup,
+    /// Requests sent to the closest peers; `waiting` still outstanding.
+    Fanout {
+        waiting: BTreeSet<PeerId>,
+        succeeded: Vec<PeerId>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum QueryKind {
+    GetClosestPeers,
+    FindPeer {
+        peer: PeerId,
+    },
+    GetRecord {
+        key: RecordKey,
+        quorum: usize,
+        records: Vec<PeerRecord>,
+        without_record: Vec<PeerId>,
+    },
+    PutRecord {
+        record: Record,
+        quorum: usize,
+    },
+    AddProvider {
+        key: RecordKey,
+    },
+    GetProviders {
+        providers: BTreeMap<PeerId, PeerInfo>,
+    },
+    Bootstrap {
+        /// Refresh targets (preimages) still to look up after the current step.
+        remaining: Vec<Vec<u8>>,
+        started_refresh: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Query {
+    kind: QueryKind,
+    /// The preimage of the lookup target (what FIND_NODE / GET_* carry).
+    target: RecordKey,
+    iter: ClosestPeersIter,
+    phase: Phase,
+    stats: QueryStats,
+    deadline: Instant,
+    /// Started by a background job: finishes without an event.
+    internal: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Job {
+    Republish(Record),
+    Reprovide(RecordKey),
+}
+
+/// A Kademlia DHT node as a deterministic, sans-IO state machine.
+///
+/// # Driving contract
+///
+/// The node never performs I/O, reads a clock, spawns work or draws on global randomness.
+/// Its caller (a runtime adapter or the simulator) drives it:
+///
+/// 1. **Inputs** are `handle_*` calls and API calls, each taking `now`, the current time on
+///    the driver's clock ([`Instant`]). `now` must not go backwards.
+///    - network: [`handle_request`](Node::handle_request) for each inbound request,
+///      [`handle_response`](Node::handle_response),
+///      [`handle_request_failed`](Node::handle_request_failed) and
+///      [`handle_request_sent`](Node::handle_request_sent) for the outcome of each
+///      [`Output::SendRequest`]; connection and identify news with
+///      [`handle_connection_established`](Node::handle_connection_established),
+///      [`handle_connection_closed`](Node::handle_connection_closed) and
+///      [`handle_peer_identified`](Node::handle_peer_identified);
+///    - time: [`handle_timeout`](Node::handle_timeout);
+///    - API: [`get_closest_peers`](Node::get_closest_peers),
+///      [`get_record`](Node::get_record), [`put_record`](Node::put_record),
+///      [`start_providing`](Node::start_providing), [`get_providers`](Node::get_providers),
+///      [`bootstrap`](Node::bootstrap), [`find_peer`](Node::find_peer),
+///      [`add_address`](Node::add_address) and the rest below.
+/// 2. **Outputs** are drained after every input with [`poll_output`](Node::poll_output)
+///    until it returns `None`: requests to send, answers to inbound requests, and
+///    [`Event`]s such as [`Event::QueryFinished`].
+/// 3. **Timers**: after draining, [`poll_timeout`](Node::poll_timeout) says when to call
+///    [`handle_timeout`](Node::handle_timeout) next. Calling it earlier, later or more often
+///    is harmless: the node acts on whatever deadlines have passed at `now`.
+///
+/// Randomness (bucket-refresh targets) comes from a ChaCha RNG seeded at construction, and
+/// every internal collection iterates in a fixed order: the same inputs produce the same
+/// outputs on every machine, wasm32 included.
+///
+/// Storage is the synchronous [`RecordStore`] given at construction; a write the node
+/// acknowledges has returned from the store.
+pub struct Node<S> {
+    config: Config,
+    local: PeerId,
+    local_key: Key,
+    local_addrs: Vec<Address>,
+    mode: Mode,
+    table: RoutingTable,
+    store: S,
+    rng: ChaCha8Rng,
+    queries: BTreeMap<QueryId, Query>,
+    query_deadlines: BTreeSet<(Instant, QueryId)>,
+    next_query: u64,
+    requests: BTreeMap<RequestId, PendingRequest>,
+    request_deadlines: BTreeSet<(Instant, RequestId)>,
+    next_request: u64,
+    connected: BTreeSet<PeerId>,
+    outputs: VecDeque<Output>,
+    jobs: VecDeque<Job>,
+    job_queries: usize,
+    next_sweep: Instant,
+    next_replication: Option<Instant>,
+    next_publication: Option<Instant>,
+    next_reprovide: Option<Instant>,
+    next_bootstrap: Option<Instant>,
+    stats: NodeStats,
+}
+
+impl<S: RecordStore> Node<S> {
+    /// A node with identity `local`, backed by `store`, whose random choices derive from
+    /// `seed`. `now` starts its periodic jobs.
+    pub fn new(config: Config, local: PeerId, store: S, seed: u64, now: Instant) -> Self {
+        let local_key = Key::from_peer(&local);
+        let table = RoutingTable::new(local_key, config.k, config.pending_timeout);
+        Node {
+            mode: config.mode,
+            local,
+            local_key,
+            local_addrs: Vec::new(),
+            table,
+            store,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            queries: BTreeMap::new(),
+            query_deadlines: BTreeSet::new(),
+            next_query: 0,
+            requests: BTreeMap::new(),
+            request_deadlines: BTreeSet::new(),
+            next_request: 0,
+            connected: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            jobs: VecDeque::new(),
+            job_queries: 0,
+            next_sweep: now + config.expiry_sweep_interval,
+            next_replication: config.replication_interval.map(|d| now + d),
+            next_publication: config.publication_interval.map(|d| now + d),
+            next_reprovide: config.provider_publication_interval.map(|d| now + d),
+            next_bootstrap: config.bootstrap_interval.map(|d| now + d),
+            stats: NodeStats::default(),
+            config,
+        }
+    }
+
+    // ----- accessors -------------------------------------------------------------------
+
+    /// The local peer id.
+    pub fn local_peer_id(&self) -> &PeerId {
+        &self.local
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The routing table.
+    pub fn routing_table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The record store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The record store, mutably (for local reads and writes that bypass the DHT).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Gives up the node and returns its store.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Node-wide counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Number of queries running.
+    pub fn query_count(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Number of outbound requests awaiting an outcome.
+    pub fn pending_request_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Number of queued background jobs.
+    pub fn queued_job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The addresses this node announces for itself.
+    pub fn local_addresses(&self) -> &[Address] {
+        &self.local_addrs
+    }
+
+    // ----- driving ---------------------------------------------------------------------
+
+    /// The next command for the driver, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Node::handle_timeout) should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = Some(self.next_sweep);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        consider(self.request_deadlines.first().map(|(t, _)| *t));
+        consider(self.query_deadlines.first().map(|(t, _)| *t));
+        consider(self.table.next_pending_deadline());
+        consider(self.next_replication);
+        consider(self.next_publication);
+        consider(self.next_reprovide);
+        consider(self.next_bootstrap);
+        next
+    }
+
+    /// Acts on every deadline that has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Requests that timed out.
+        while let Some(&(deadline, id)) = self.request_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.request_deadlines.pop_first();
+            if let Some(req) = self.requests.remove(&id) {
+                self.stats.requests_timed_out += 1;
+                self.request_failed(now, req);
+            }
+        }
+        // Queries that ran out of time.
+        while let Some(&(deadline, id)) = self.query_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.query_deadlines.pop_first();
+            self.finish_query(now, id, true);
+        }
+        for r in self.table.apply_pending(now) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerRemoved { peer: r.evicted }));
+            self.outputs.push_back(Output::Event(Event::PeerAdded {
+                peer: r.inserted,
+                bucket: r.bucket,
+            }));
+        }
+        self.run_periodic_jobs(now);
+    }
+
+    fn run_periodic_jobs(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.expiry_sweep_interval;
+            // A failing backend is retried at the next sweep; nothing is lost by waiting.
+            let _ = self.store.remove_expired(now);
+        }
+        if self.next_replication.is_some_and(|t| now >= t) {
+            self.next_replication = self.config.replication_interval.map(|d| now + d);
+            if let Ok(records) = self.store.records() {
+                for r in records {
+                    if !r.is_expired(now) && r.publisher != Some(self.local) {
+                        self.jobs.push_back(Job::Republish(r));
+                    }
+                }
+            }
+        }
+        if self.next_publication.is_some_and(|t| now >= t) {
+            self.next_publication = self.config.publication_interval.map(|d| now + d);
+            if let Ok(records) = self.store.records() {
+                for mut r in records {
+                    if r.publisher == Some(self.local) {
+                        r.expires = self.config.record_ttl.map(|d| now + d);
+                        if self.store.put(r.clone()).is_ok() {
+                            self.jobs.push_back(Job::Republish(r));
+                        }
+                    }
+                }
+            }
+        }
+        if self.next_reprovide.is_some_and(|t| now >= t) {
+            self.next_reprovide = self.config.provider_publication_interval.map(|d| now + d);
+            if let Ok(provided) = self.store.provided() {
+                for mut p in provided {
+                    p.expires = self.config.provider_record_ttl.map(|d| now + d);
+                    p.addresses = self.local_addrs.clone();
+                    let key = p.key.clone();
+                    if self.store.add_provider(p).is_ok() {
+                        self.jobs.push_back(Job::Reprovide(key));
+                    }
+                }
+            }
+        }
+        if self.next_bootstrap.is_some_and(|t| now >= t) {
+            self.next_bootstrap = self.config.bootstrap_interval.map(|d| now + d);
+            if !self.table.is_empty() {
+                let _ = self.start_bootstrap(now, true);
+            }
+        }
+        self.start_jobs(now);
+    }
+
+    fn start_jobs(&mut self, now: Instant) {
+        while self.job_queries < self.config.max_job_queries
+            && self.queries.len() < self.config.max_queries
+        {
+            let Some(job) = self.jobs.pop_front() else {
+                break;
+            };
+            match job {
+                Job::Republish(record) => {
+                    let target = record.key.clone();
+                    let kind = QueryKind::PutRecord { record, quorum: 1 };
+                    self.start_query(now, target, kind, true);
+                }
+                Job::Reprovide(key) => {
+                    let kind = QueryKind::AddProvider { key: key.clone() };
+                    self.start_query(now, key, kind, true);
+                }
+            }
+        }
+    }
+
+    // ----- connection news -------------------------------------------------------------
+
+    /// The driver established a connection to `peer`.
+    pub fn handle_connection_established(&mut self, now: Instant, peer: PeerId) {
+        self.connected.insert(peer);
+        if self.table.contains(&peer) {
+            self.table.update(now, peer, &[], Status::Connected);
+        }
+    }
+
+    /// The driver's last connection to `peer` closed.
+    pub fn handle_connection_closed(&mut self, _now: Instant, peer: PeerId) {
+        self.connected.remove(&peer);
+        self.table.mark_disconnected(&peer);
+    }
+
+    /// The driver learnt (through identify) `peer`'s listen addresses and whether it serves
+    /// the Kademlia protocol. Servers enter the routing table, others leave it.
+    pub fn handle_peer_identified(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        listen_addrs: &[Address],
+        serves_kad: bool,
+    ) {
+        if serves_kad {
+            let status = if self.connected.contains(&peer) {
+                Status::Connected
+            } else {
+                Status::Disconnected
+            };
+            self.table_update(now, peer, listen_addrs, status);
+        } else if self.table.remove(now, &peer).is_some() {
+            self.outputs
+                .push_back(Output::Event(Event::PeerRemoved { peer }));
+        }
+    }
+
+    fn table_update(&mut self, now: Instant, peer: PeerId, addrs: &[Address], status: Status) {
+        match self.table.update(now, peer, addrs, status) {
+            UpdateOutcome::Inserted { bucket } => {
+                self.outputs
+                    .push_back(Output::Event(Event::PeerAdded { peer, bucket }));
+            }
+            UpdateOutcome::Pending { probe, .. } => self.send_probe(now, probe),
+            UpdateOutcome::Updated { .. }
+            | UpdateOutcome::Full { .. }
+            | UpdateOutcome::SelfEntry => {}
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, peer: PeerId) {
+        let Some(entry) = self.table.entry(&peer) else {
+            return;
+        };
+        let addrs = entry.addrs.clone();
+        let key =
+            RecordKey::new(self.local.as_bytes()).expect("peer ids are shorter than record keys");
+        self.send_request(
+            now,
+            peer,
+            addrs,
+            Request::FindNode { key },
+            None,
+            Purpose::Probe,
+        );
+    }
+
+    // ----- routing-table API -----------------------------------------------------------
+
+    /// Adds a known address of a DHT server `peer` to the routing table (as libp2p's
+    /// `add_address`). Returns what the table did.
+    pub fn add_address(&mut self, now: Instant, peer: PeerId, addr: Address) -> UpdateOutcome {
+        let status = if self.connected.contains(&peer) {
+            Status::Connected
+        } else {
+            Status::Disconnected
+        };
+        let outcome = self
+            .table
+            .update(now, peer, core::slice::from_ref(&addr), status);
+        match &outcome {
+            UpdateOutcome::Inserted { bucket } => {
+                self.outputs.push_back(Output::Event(Event::PeerAdded {
+                    peer,
+                    bucket: *bucket,
+                }))
+            }
+            UpdateOutcome::Pending { probe, .. } => self.send_probe(now, *probe),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Removes one address of `peer`; the peer leaves the table when it has none left.
+    pub fn remove_address(&mut self, now: Instant, peer: &PeerId, addr: &Address) {
+        if self.table.remove_address(now, peer, addr) {
+            self.outputs
+                .push_back(Output::Event(Event::PeerRemoved { peer: *peer }));
+        }
+    }
+
+    /// Removes `peer` from the routing table.
+    pub fn remove_peer(&mut self, now: Instant, peer: &PeerId) -> bool {
+        let removed = self.table.remove(now, peer).is_some();
+        if removed {
+            self.outputs
+                .push_back(Output::Event(Event::PeerRemoved { peer: *peer }));
+        }
+        removed
+    }
+
+    /// Sets the addresses this node announces as a provider.
+    pub fn set_local_addresses(&mut self, addrs: Vec<Address>) {
+        self.local_addrs = addrs;
+    }
+
+    /// Switches between server and client mode.
+    pub fn set_mode(&mut self, mode: Mode) {
+        if self.mode != mode {
+            self.mode = mode;
+            self.outputs
+                .push_back(Output::Event(Event::ModeChanged { mode }));
+        }
+    }
+
+    // ----- queries API -----------------------------------------------------------------
+
+    fn check_capacity(&self) -> Result<(), ApiError> {
+        if self.queries.len() >= self.config.max_queries {
+            return Err(ApiError::TooManyQueries(self.config.max_queries));
+        }
+        Ok(())
+    }
+
+    /// Looks up the K peers closest to `key` (a preimage: peer id bytes or record key).
+    pub fn get_closest_peers(&mut self, now: Instant, key: RecordKey) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        Ok(self.start_query(now, key, QueryKind::GetClosestPeers, false))
+    }
+
+    /// Looks up the addresses of `peer`.
+    pub fn find_peer(&mut self, now: Instant, peer: PeerId) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        let key = RecordKey::new(peer.as_bytes()).expect("peer ids are shorter than record keys");
+        if let Some(entry) = self.table.entry(&peer) {
+            let info = PeerInfo {
+                id: peer,
+                addrs: entry.addrs.clone(),
+                connection: ConnectionType::NotConnected,
+            };
+            let id = self.alloc_query_id();
+            let stats = QueryStats {
+                started: now,
+                finished: now,
+                ..QueryStats::default()
+            };
+            self.emit_finished(id, QueryResult::FindPeer(Ok(info)), stats);
+            return Ok(id);
+        }
+        Ok(self.start_query(now, key, QueryKind::FindPeer { peer }, false))
+    }
+
+    /// Looks up the record under `key` until `quorum` peers returned it. A record in the
+    /// local store counts as one.
+    pub fn get_record(
+        &mut self,
+        now: Instant,
+        key: RecordKey,
+        quorum: Quorum,
+    ) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        let quorum = quorum.eval(self.config.k);
+        let mut records = Vec::new();
+        if let Ok(Some(r)) = self.store.get(&key) {
+            if r.is_expired(now) {
+                let _ = self.store.remove(&key);
+            } else {
+                records.push(PeerRecord {
+                    peer: None,
+                    record: r,
+                });
+            }
+        }
+        if records.len() >= quorum {
+            let id = self.alloc_query_id();
+            let stats = QueryStats {
+                started: now,
+                finished: now,
+                ..QueryStats::default()
+            };
+            self.emit_finished(id, QueryResult::GetRecord(Ok(records)), stats);
+            return Ok(id);
+        }
+        let kind = QueryKind::GetRecord {
+            key: key.clone(),
+            quorum,
+            records,
+            without_record: Vec::new(),
+        };
+        Ok(self.start_query(now, key, kind, false))
+    }
+
+    /// Stores `record` locally, then at the K closest peers; succeeds once `quorum` of
+    /// them confirmed. The publisher defaults to this node and the expiry to
+    /// [`Config::record_ttl`] from `now`.
+    pub fn put_record(
+        &mut self,
+        now: Instant,
+        mut record: Record,
+        quorum: Quorum,
+    ) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        if record.value.len() > self.config.max_record_size {
+            return Err(ApiError::RecordTooLarge {
+                size: record.value.len(),
+                max: self.config.max_record_size,
+            });
+        }
+        record.publisher.get_or_insert(self.local);
+        if record.expires.is_none() {
+            record.expires = self.config.record_ttl.map(|d| now + d);
+        }
+        self.store.put(record.clone())?;
+        let quorum = quorum.eval(self.config.k);
+        let target = record.key.clone();
+        Ok(self.start_query(now, target, QueryKind::PutRecord { record, quorum }, false))
+    }
+
+    /// Removes the record under `key` from the local store (records at other peers expire).
+    pub fn remove_record(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.store.remove(key)
+    }
+
+    /// Records locally that this node provides `key`, then announces it to the K closest
+    /// peers.
+    pub fn start_providing(&mut self, now: Instant, key: RecordKey) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        self.store.add_provider(ProviderRecord {
+            key: key.clone(),
+            provider: self.local,
+            addresses: self.local_addrs.clone(),
+            expires: self.config.provider_record_ttl.map(|d| now + d),
+        })?;
+        Ok(self.start_query(now, key.clone(), QueryKind::AddProvider { key }, false))
+    }
+
+    /// Stops providing `key` locally (announcements at other peers expire).
+    pub fn stop_providing(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        let local = self.local;
+        self.store.remove_provider(key, &local)
+    }
+
+    /// Looks up the providers of `key`; local provider records are included.
+    pub fn get_providers(&mut self, now: Instant, key: RecordKey) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        let mut providers = BTreeMap::new();
+        if let Ok(local) = self.store.providers(&key) {
+            for p in local.into_iter().filter(|p| !p.is_expired(now)) {
+                providers.insert(
+                    p.provider,
+                    PeerInfo {
+                        id: p.provider,
+                        addrs: p.addresses,
+                        connection: ConnectionType::NotConnected,
+                    },
+                );
+            }
+        }
+        let kind = QueryKind::GetProviders { providers };
+        Ok(self.start_query(now, key, kind, false))
+    }
+
+    /// Joins or refreshes the network: a lookup of the local id, then one lookup in each
+    /// bucket farther than the closest neighbour's, to fill the routing table.
+    pub fn bootstrap(&mut self, now: Instant) -> Result<QueryId, ApiError> {
+        self.check_capacity()?;
+        Ok(self.start_bootstrap(now, false))
+    }
+
+    fn start_bootstrap(&mut self, now: Instant, internal: bool) -> QueryId {
+        let target =
+            RecordKey::new(self.local.as_bytes()).expect("peer ids are shorter than record keys");
+        let kind = QueryKind::Bootstrap {
+            remaining: Vec::new(),
+            started_refresh: false,
+        };
+        self.start_query(now, target, kind, internal)
+    }
+
+    /// Cancels a query; its pending requests' answers are ignored and no event is emitted.
+    pub fn cancel_query(&mut self, id: QueryId) -> bool {
+        match self.queries.remove(&id) {
+            Some(q) => {
+                self.query_deadlines.remove(&(q.deadline, id));
+                if q.internal {
+                    self.job_queries -= 1;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ----- query machinery ---------------------------------------------------------------
+
+    fn alloc_query_id(&mut self) -> QueryId {
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        id
+    }
+
+    fn new_iter(&self, target: &RecordKey) -> ClosestPeersIter {
+        let key = target.key();
+        let known = self
+            .table
+            .closest(&key, self.config.k)
+            .into_iter()
+            .map(|e| (e.peer, e.addrs.clone()))
+            .collect::<Vec<_>>();
+        ClosestPeersIter::new(key, &self.local, known, self.config.k, self.config.alpha)
+    }
+
+    fn start_query(
+        &mut self,
+        now: Instant,
+        target: RecordKey,
+        kind: QueryKind,
+        internal: bool,
+    ) -> QueryId {
+        let id = self.alloc_query_id();
+        let iter = self.new_iter(&target);
+        let deadline = now + self.config.query_timeout;
+        let query = Query {
+            kind,
+            target,
+            iter,
+            phase: Phase::Lookup,
+            stats: QueryStats {
+                started: now,
+                ..QueryStats::default()
+            },
+            deadline,
+            internal,
+        };
+        if internal {
+            self.job_queries += 1;
+        }
+        self.queries.insert(id, query);
+        self.query_deadlines.insert((deadline, id));
+        self.advance(now, id);
+        id
+    }
+
+    fn lookup_request(kind: &QueryKind, target: &RecordKey) -> Request {
+        match kind {
+            QueryKind::GetRecord { .. } => Request::GetValue {
+                key: target.clone(),
+            },
+            QueryKind::GetProviders { .. } => Request::GetProviders {
+                key: target.clone(),
+            },
+            _ => Request::FindNode {
+                key: target.clone(),
+            },
+        }
+    }
+
+    fn send_request(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        addrs: Vec<Address>,
+        request: Request,
+        query: Option<QueryId>,
+        purpose: Purpose,
+    ) {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let deadline = now + self.config.request_timeout;
+        self.requests.insert(
+            id,
+            PendingRequest {
+                peer,
+                one_way: !request.expects_response(),
+                query,
+                purpose,
+                deadline,
+            },
+        );
+        self.request_deadlines.insert((deadline, id));
+        self.stats.requests_sent += 1;
+        if let Some(q) = query.and_then(|q| self.queries.get_mut(&q)) {
+            q.stats.requests += 1;
+        }
+        self.outputs.push_back(Output::SendRequest {
+            id,
+            peer,
+            addrs,
+            request,
+        });
+    }
+
+    /// Moves query `id` forward: sends what its lookup wants, switches phase, or finishes.
+    fn advance(&mut self, now: Instant, id: QueryId) {
+        loop {
+            let Some(q) = self.queries.get_mut(&id) else {
+                return;
+            };
+            match &mut q.phase {
+                Phase::Fanout { waiting, .. } => {
+                    if waiting.is_empty() {
+                        self.finish_query(now, id, false);
+                    }
+                    return;
+                }
+                Phase::Lookup => {}
+            }
+            match q.iter.poll_next() {
+                Next::Contact(peer, addrs) => {
+                    let request = Self::lookup_request(&q.kind, &q.target);
+                    self.send_request(now, peer, addrs, request, Some(id), Purpose::Lookup);
+                }
+                Next::Waiting => return,
+                Next::Finished => {
+                    self.lookup_finished(now, id);
+                    // Either finished, started the fan-out, or began the next bootstrap step.
+                    match self.queries.get(&id) {
+                        Some(q) if matches!(q.phase, Phase::Lookup) && !q.iter.is_finished() => {
+                            continue;
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lookup phase of query `id` ended.
+    fn lookup_finished(&mut self, now: Instant, id: QueryId) {
+        let local = self.local;
+        let Some(q) = self.queries.get_mut(&id) else {
+            return;
+        };
+        match &mut q.kind {
+            QueryKind::PutRecord { record, .. } => {
+                let wire = to_wire(record, now);
+                let peers: Vec<PeerId> = q
+                    .iter
+                    .succeeded()
+                    .map(|(p, _)| p)
+                    .take(self.config.k)
+                    .collect();
+                let sends: Vec<_> = peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            *p,
+                            q.iter
+                                .addresses(p)
+                                .map(<[Address]>::to_vec)
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                q.phase = Phase::Fanout {
+                    waiting: peers.iter().copied().collect(),
+                    succeeded: Vec::new(),
+                };
+                for (peer, addrs) in sends {
+                    let request = Request::PutValue {
+                        record: wire.clone(),
+                    };
+                    self.send_request(now, peer, addrs, request, Some(id), Purpose::Fanout);
+                }
+                self.advance(now, id);
+            }
+            QueryKind::AddProvider { key } => {
+                let key = key.clone();
+                let peers: Vec<PeerId> = q
+                    .iter
+                    .succeeded()
+                    .map(|(p, _)| p)
+                    .take(self.config.k)
+                    .collect();
+                let sends: Vec<_> = peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            *p,
+                            q.iter
+                                .addresses(p)
+                                .map(<[Address]>::to_vec)
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                q.phase = Phase::Fanout {
+                    waiting: peers.iter().copied().collect(),
+                    succeeded: Vec::new(),
+                };
+                let provider = PeerInfo {
+                    id: local,
+                    addrs: self.local_addrs.clone(),
+                    connection: ConnectionType::Connected,
+                };
+                for (peer, addrs) in sends {
+                    let request = Request::AddProvider {
+                        key: key.clone(),
+                        provider: provider.clone(),
+                    };
+                    self.send_request(now, peer, addrs, request, Some(id), Purpose::Fanout);
+                }
+                self.advance(now, id);
+            }
+            QueryKind::Bootstrap {
+                remaining,
+                started_refresh,
+            } => {
+                if !*started_refresh {
+                    *started_refresh = true;
+                    // Refresh every bucket farther than the closest neighbour's.
+                    let closest = self
+                        .table
+                        .entries()
+                        .filter_map(|e| self.table.bucket_index(&e.key))
+                        .min();
+                    if let Some(min) = closest {
+                        let mut targets = Vec::new();
+                        for bucket in (min.saturating_add(1)..=255).rev() {
+                            targets.push(refresh_preimage(&mut self.rng, &self.local_key, bucket));
+                        }
+                        *remaining = targets;
+                    }
+                }
+                if let Some(next) = remaining.pop() {
+                    let target = RecordKey::new(&next).expect("refresh targets are 32 bytes");
+                    let key = target.key();
+                    let known = self
+                        .table
+                        .closest(&key, self.config.k)
+                        .into_iter()
+                        .map(|e| (e.peer, e.addrs.clone()))
+                        .collect::<Vec<_>>();
+                    q.iter =
+                        ClosestPeersIter::new(key, &local, known, self.config.k, self.config.alpha);
+                    q.target = target;
+                } else {
+                    self.finish_query(now, id, false);
+                }
+            }
+            _ => self.finish_query(now, id, false),
+        }
+    }
+
+    fn emit_finished(&mut self, id: QueryId, result: QueryResult, stats: QueryStats) {
+        self.stats.queries_finished += 1;
+        self.outputs
+            .push_back(Output::Event(Event::QueryFinished { id, result, stats }));
+    }
+
+    /// Ends query `id` and reports its result (`timed_out`: it ran out of time).
+    fn finish_query(&mut self, now: Instant, id: QueryId, timed_out: bool) {
+        let Some(mut q) = self.queries.remove(&id) else {
+            return;
+        };
+        self.query_deadlines.remove(&(q.deadline, id));
+        if q.internal {
+            self.job_queries -= 1;
+        }
+        q.iter.finish();
+        q.stats.finished = now;
+        q.stats.hops = q.iter.succeeded().next().map_or(0, |(_, d)| d);
+        let closest: Vec<PeerId> = q
+            .iter
+            .succeeded()
+            .map(|(p, _)| p)
+            .take(self.config.k)
+            .collect();
+        let result = match q.kind {
+            QueryKind::GetClosestPeers => QueryResult::GetClosestPeers(if timed_out {
+                Err(QueryError::Timeout)
+            } else if closest.is_empty() && self.table.is_empty() {
+                Err(QueryError::NoKnownPeers)
+            } else {
+                Ok(closest)
+            }),
+            QueryKind::FindPeer { .. } => QueryResult::FindPeer(Err(if timed_out {
+                QueryError::Timeout
+            } else {
+                QueryError::NotFound
+            })),
+            QueryKind::GetRecord {
+                key,
+                quorum,
+                records,
+                without_record,
+            } => {
+                if records.len() >= quorum {
+                    if let Some(hop) = records
+                        .iter()
+                        .find_map(|r| r.peer)
+                        .and_then(|p| q.iter.succeeded().find(|(x, _)| *x == p).map(|(_, d)| d))
+                    {
+                        q.stats.hops = hop;
+                    }
+                    self.cache_record(now, &key, &records, &without_record);
+                    QueryResult::GetRecord(Ok(records))
+                } else if timed_out {
+                    QueryResult::GetRecord(Err(QueryError::Timeout))
+                } else if records.is_empty() {
+                    QueryResult::GetRecord(Err(QueryError::NotFound))
+                } else {
+                    QueryResult::GetRecord(Err(QueryError::QuorumFailed {
+                        succeeded: records.len(),
+                        required: quorum,
+                    }))
+                }
+            }
+            QueryKind::PutRecord { quorum, .. } => {
+                let stored = match q.phase {
+                    Phase::Fanout { succeeded, .. } => succeeded,
+                    Phase::Lookup => Vec::new(),
+                };
+                QueryResult::PutRecord(if stored.len() >= quorum {
+                    Ok(stored)
+                } else if timed_out {
+                    Err(QueryError::Timeout)
+                } else {
+                    Err(QueryError::QuorumFailed {
+                        succeeded: stored.len(),
+                        required: quorum,
+                    })
+                })
+            }
+            QueryKind::AddProvider { .. } => {
+                let sent = match q.phase {
+                    Phase::Fanout { succeeded, .. } => succeeded,
+                    Phase::Lookup => Vec::new(),
+                };
+                QueryResult::StartProviding(if !sent.is_empty() {
+                    Ok(sent)
+                } else if timed_out {
+                    Err(QueryError::Timeout)
+                } else {
+                    Err(QueryError::QuorumFailed {
+                        succeeded: 0,
+                        required: 1,
+                    })
+                })
+            }
+            QueryKind::GetProviders { providers, .. } => {
+                QueryResult::GetProviders(if providers.is_empty() && timed_out {
+                    Err(QueryError::Timeout)
+                } else if providers.is_empty() {
+                    Err(QueryError::NotFound)
+                } else {
+                    Ok(providers.into_values().collect())
+                })
+            }
+            QueryKind::Bootstrap { .. } => QueryResult::Bootstrap(if timed_out {
+                Err(QueryError::Timeout)
+            } else if self.table.is_empty() {
+                Err(QueryError::NoKnownPeers)
+            } else {
+                Ok(self.table.len())
+            }),
+        };
+        if !q.internal {
+            self.emit_finished(id, result, q.stats);
+        }
+        self.start_jobs(now);
+    }
+
+    /// After a successful get, stores the record at the closest peers that lacked it.
+    fn cache_record(
+        &mut self,
+        now: Instant,
+        key: &RecordKey,
+        records: &[PeerRecord],
+        without: &[PeerId],
+    ) {
+        if self.config.cache_peers == 0 {
+            return;
+        }
+        let Some(found) = records.first() else {
+            return;
+        };
+        let target = key.key();
+        let mut candidates: Vec<PeerId> = without.to_vec();
+        candidates.sort_by_key(|p| Key::from_peer(p).distance(&target));
+        let wire = to_wire(&found.record, now);
+        for peer in candidates.into_iter().take(self.config.cache_peers) {
+            let addrs = self
+                .table
+                .entry(&peer)
+                .map(|e| e.addrs.clone())
+                .unwrap_or_default();
+            let request = Request::PutValue {
+                record: wire.clone(),
+            };
+            self.send_request(now, peer, addrs, request, None, Purpose::Cache);
+        }
+    }
+
+    // ----- network input -----------------------------------------------------------------
+
+    /// The answer to outbound request `id`. Answers to unknown, finished or timed-out
+    /// requests are counted and otherwise ignored.
+    pub fn handle_response(&mut self, now: Instant, id: RequestId, response: Response) {
+        let Some(req) = self.requests.remove(&id) else {
+            self.stats.unexpected_responses += 1;
+            return;
+        };
+        self.request_deadlines.remove(&(req.deadline, id));
+        self.stats.responses_received += 1;
+        // An answer proves the peer is a live DHT server.
+        let addrs = self.known_addrs(&req);
+        self.table_update(now, req.peer, &addrs, Status::Connected);
+        let Some(qid) = req.query else {
+            return;
+        };
+        let local = self.local;
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        q.stats.successes += 1;
+        match req.purpose {
+            Purpose::Fanout => {
+                if let Phase::Fanout { waiting, succeeded } = &mut q.phase {
+                    let ok = match (&q.kind, &response) {
+                        (QueryKind::PutRecord { record, .. }, Response::PutValue { key, .. }) => {
+                            *key == record.key
+                        }
+                        _ => false,
+                    };
+                    if waiting.remove(&req.peer) && ok {
+                        succeeded.push(req.peer);
+                    }
+                    if let QueryKind::PutRecord { quorum, .. } = q.kind {
+                        if succeeded.len() >= quorum {
+                            self.finish_query(now, qid, false);
+                            return;
+                        }
+                    }
+                }
+            }
+            Purpose::Lookup => {
+                let closer = match response {
+                    Response::FindNode { closer_peers } => closer_peers,
+                    Response::GetValue {
+                        record,
+                        closer_peers,
+                    } => {
+                        if let QueryKind::GetRecord {
+                            key,
+                            records,
+                            without_record,
+                            quorum,
+                        } = &mut q.kind
+                        {
+                            match record.filter(|r| r.key == *key) {
+                                Some(r) => {
+                                    records.push(PeerRecord {
+                                        peer: Some(req.peer),
+                                        record: from_wire(r, now),
+                                    });
+                                    if records.len() >= *quorum {
+                                        q.iter.on_success(&local, &req.peer, core::iter::empty());
+                                        self.finish_query(now, qid, false);
+                                        return;
+                                    }
+                                }
+                                None => without_record.push(req.peer),
+                            }
+                        }
+                        closer_peers
+                    }
+                    Response::GetProviders {
+                        closer_peers,
+                        provider_peers,
+                    } => {
+                        if let QueryKind::GetProviders { providers, .. } = &mut q.kind {
+                            for p in provider_peers.into_iter().take(self.config.k) {
+                                providers.entry(p.id).or_insert(p);
+                            }
+                        }
+                        closer_peers
+                    }
+                    Response::PutValue { .. } | Response::Pong => Vec::new(),
+                };
+                if let QueryKind::FindPeer { peer } = &q.kind {
+                    let target = *peer;
+                    let found = if req.peer == target {
+                        Some(PeerInfo {
+                            id: target,
+                            addrs: addrs.clone(),
+                            connection: ConnectionType::Connected,
+                        })
+                    } else {
+                        closer
+                            .iter()
+                            .find(|p| p.id == target && !p.addrs.is_empty())
+                            .cloned()
+                    };
+                    if let Some(info) = found {
+                        q.iter.on_success(&local, &req.peer, core::iter::empty());
+                        self.finish_found_peer(now, qid, info);
+                        return;
+                    }
+                }
+                let closer = closer
+                    .into_iter()
+                    .take(self.config.k)
+                    .map(|p| (p.id, p.addrs));
+                q.iter.on_success(&local, &req.peer, closer);
+            }
+            Purpose::Cache | Purpose::Probe => {}
+        }
+        self.advance(now, qid);
+    }
+
+    fn finish_found_peer(&mut self, now: Instant, id: QueryId, info: PeerInfo) {
+        let Some(mut q) = self.queries.remove(&id) else {
+            return;
+        };
+        self.query_deadlines.remove(&(q.deadline, id));
+        q.stats.finished = now;
+        q.stats.hops = q.iter.succeeded().map(|(_, d)| d).max().unwrap_or(0);
+        self.emit_finished(id, QueryResult::FindPeer(Ok(info)), q.stats);
+    }
+
+    fn known_addrs(&self, req: &PendingRequest) -> Vec<Address> {
+        req.query
+            .and_then(|q| self.queries.get(&q))
+            .and_then(|q| q.iter.addresses(&req.peer))
+            .map(<[Address]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// Outbound request `id` failed.
+    pub fn handle_request_failed(&mut self, now: Instant, id: RequestId, failure: RequestFailure) {
+        let Some(req) = self.requests.remove(&id) else {
+            self.stats.unexpected_responses += 1;
+            return;
+        };
+        self.request_deadlines.remove(&(req.deadline, id));
+        if failure == RequestFailure::UnsupportedProtocol
+            && self.table.remove(now, &req.peer).is_some()
+        {
+            self.outputs
+                .push_back(Output::Event(Event::PeerRemoved { peer: req.peer }));
+        }
+        self.request_failed(now, req);
+    }
+
+    fn request_failed(&mut self, now: Instant, req: PendingRequest) {
+        self.stats.requests_failed += 1;
+        self.table.mark_disconnected(&req.peer);
+        let Some(qid) = req.query else {
+            return;
+        };
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        q.stats.failures += 1;
+        match (&mut q.phase, req.purpose) {
+            (Phase::Fanout { waiting, .. }, Purpose::Fanout) => {
+                waiting.remove(&req.peer);
+            }
+            (_, Purpose::Lookup) => {
+                q.iter.on_failure(&req.peer);
+            }
+            _ => {}
+        }
+        self.advance(now, qid);
+    }
+
+    /// A request without a response (ADD_PROVIDER) was written to the peer. Calls for
+    /// requests that expect an answer are ignored: those complete with their answer.
+    pub fn handle_request_sent(&mut self, now: Instant, id: RequestId) {
+        match self.requests.get(&id) {
+            Some(req) if req.one_way => {}
+            Some(_) => return,
+            None => {
+                self.stats.unexpected_responses += 1;
+                return;
+            }
+        }
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        self.request_deadlines.remove(&(req.deadline, id));
+        let Some(q) = req.query.and_then(|qid| self.queries.get_mut(&qid)) else {
+            return;
+        };
+        q.stats.successes += 1;
+        if let Phase::Fanout { waiting, succeeded } = &mut q.phase {
+            if waiting.remove(&req.peer) {
+                succeeded.push(req.peer);
+            }
+        }
+        if let Some(qid) = req.query {
+            self.advance(now, qid);
+        }
+    }
+
+    /// An inbound request `id` from `peer`. The node answers with exactly one
+    /// [`Output::SendResponse`] or [`Output::RejectInbound`] for requests that expect an
+    /// answer, and with nothing for ADD_PROVIDER.
+    pub fn handle_request(&mut self, now: Instant, peer: PeerId, id: InboundId, request: Request) {
+        self.stats.inbound_requests += 1;
+        let kind = request.kind();
+        if self.mode == Mode::Client {
+            self.reject(
+                id,
+                peer,
+                kind,
+                request.expects_response(),
+                Rejection::ClientMode,
+            );
+            return;
+        }
+        match request {
+            Request::FindNode { key } => {
+                let closer_peers = self.closer_peers(&key.key(), &peer);
+                self.respond(id, peer, Response::FindNode { closer_peers });
+            }
+            Request::GetValue { key } => {
+                let record = match self.store.get(&key) {
+                    Ok(Some(r)) if r.is_expired(now) => {
+                        let _ = self.store.remove(&key);
+                        None
+                    }
+                    Ok(r) => r.map(|r| to_wire(&r, now)),
+                    Err(_) => None,
+                };
+                let closer_peers = self.closer_peers(&key.key(), &peer);
+                self.respond(
+                    id,
+                    peer,
+                    Response::GetValue {
+                        record,
+                        closer_peers,
+                    },
+                );
+            }
+            Request::PutValue { record } => {
+                if record.value.len() > self.config.max_record_size {
+                    let size = record.value.len();
+                    self.reject(id, peer, kind, true, Rejection::RecordTooLarge { size });
+                    return;
+                }
+                let mut stored = from_wire(record, now);
+                // Never keep a record longer than this node's own record lifetime.
+                if let Some(ttl) = self.config.record_ttl {
+                    let cap = now + ttl;
+                    stored.expires = Some(stored.expires.map_or(cap, |e| e.min(cap)));
+                }
+                let key = stored.key.clone();
+                let value = stored.value.clone();
+                match self.store.put(stored) {
+                    Ok(()) => {
+                        self.outputs.push_back(Output::Event(Event::RecordStored {
+                            key: key.clone(),
+                            from: peer,
+                        }));
+                        self.respond(id, peer, Response::PutValue { key, value });
+                    }
+                    Err(e) => self.reject(id, peer, kind, true, Rejection::Store(e)),
+                }
+            }
+            Request::GetProviders { key } => {
+                let provider_peers = match self.store.providers(&key) {
+                    Ok(list) => list
+                        .into_iter()
+                        .filter(|p| !p.is_expired(now))
+                        .take(self.config.k)
+                        .map(|p| PeerInfo {
+                            id: p.provider,
+                            connection: if self.connected.contains(&p.provider) {
+                                ConnectionType::Connected
+                            } else {
+                                ConnectionType::NotConnected
+                            },
+                            addrs: if p.provider == self.local {
+                                self.local_addrs.clone()
+                            } else {
+                                p.addresses
+                            },
+                        })
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let closer_peers = self.closer_peers(&key.key(), &peer);
+                self.respond(
+                    id,
+                    peer,
+                    Response::GetProviders {
+                        closer_peers,
+                        provider_peers,
+                    },
+                );
+            }
+            Request::AddProvider { key, provider } => {
+                if provider.id != peer {
+                    self.reject(id, peer, kind, false, Rejection::ForeignProvider);
+                    return;
+                }
+                let record = ProviderRecord {
+                    key: key.clone(),
+                    provider: peer,
+                    addresses: provider.addrs,
+                    expires: self.config.provider_record_ttl.map(|d| now + d),
+                };
+                match self.store.add_provider(record) {
+                    Ok(()) => self.outputs.push_back(Output::Event(Event::ProviderAdded {
+                        key,
+                        provider: peer,
+                    })),
+                    Err(e) => self.reject(id, peer, kind, false, Rejection::Store(e)),
+                }
+            }
+            Request::Ping => self.respond(id, peer, Response::Pong),
+        }
+    }
+
+    fn respond(&mut self, id: InboundId, peer: PeerId, response: Response) {
+        self.outputs
+            .push_back(Output::SendResponse { id, peer, response });
+    }
+
+    fn reject(
+        &mut self,
+        id: InboundId,
+        peer: PeerId,
+        kind: MessageKind,
+        answer: bool,
+        reason: Rejection,
+    ) {
+        self.stats.inbound_rejected += 1;
+        if answer {
+            self.outputs.push_back(Output::RejectInbound { id, peer });
+        }
+        self.outputs
+            .push_back(Output::Event(Event::InboundRejected { peer, kind, reason }));
+    }
+
+    /// The K closest peers to `target` from the routing table, without the requester.
+    fn closer_peers(&self, target: &Key, requester: &PeerId) -> Vec<PeerInfo> {
+        self.table
+            .closest(target, self.config.k + 1)
+            .into_iter()
+            .filter(|e| e.peer != *requester)
+            .take(self.config.k)
+            .map(|e| PeerInfo {
+                id: e.peer,
+                addrs: e.addrs.clone(),
+                connection: match e.status {
+                    Status::Connected => ConnectionType::Connected,
+                    Status::Disconnected => ConnectionType::NotConnected,
+                },
+            })
+            .collect()
+    }
+
+    /// Checks the node's internal invariants and bounds; returns the first violation.
+    /// Used by tests and the simulator's checkers.
+    pub fn check_invariants(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        self.table.check_invariants()?;
+        if self.queries.len() > self.config.max_queries {
+            return Err(format!("{} queries exceed max_queries", self.queries.len()));
+        }
+        if self.requests.len() != self.request_deadlines.len() {
+            return Err(format!(
+                "{} requests but {} request deadlines",
+                self.requests.len(),
+                self.request_deadlines.len()
+            ));
+        }
+        if self.queries.len() != self.query_deadlines.len() {
+            return Err(format!(
+                "{} queries but {} query deadlines",
+                self.queries.len(),
+                self.query_deadlines.len()
+            ));
+        }
+        // Per query: at most K lookup requests (stalled width) plus K fan-out requests.
+        let bound = self.queries.len() * 2 * self.config.k
+            + self.table.len()
+            + 64 * self.config.cache_peers.max(1);
+        if self.requests.len() > bound {
+            return Err(format!(
+                "{} pending requests exceed the bound {bound}",
+                self.requests.len()
+            ));
+        }
+        for (id, q) in &self.queries {
+            if q.iter.candidate_count() > self.config.k * 8 {
+                return Err(format!(
+                    "query {id:?} holds {} candidates",
+                    q.iter.candidate_count()
+                ));
+            }
+        }
+        let jobs = self.queries.values().filter(|q| q.internal).count();
+        if jobs != self.job_queries {
+            return Err(format!(
+                "{jobs} job queries but counter says {}",
+                self.job_queries
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A record as sent to peers: its remaining lifetime in whole seconds (at least one).
+fn to_wire(r: &Record, now: Instant) -> WireRecord {
+    WireRecord {
+        key: r.key.clone(),
+        value: r.value.clone(),
+        publisher: r.publisher,
+        ttl_secs: r.expires.map(|e| {
+            let secs = e.saturating_duration_since(now).as_secs().max(1);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        }),
+    }
+}
+
+/// A record received from a peer, with its expiry on the local clock.
+fn from_wire(r: WireRecord, now: Instant) -> Record {
+    Record {
+        key: r.key,
+        value: r.value,
+        publisher: r.publisher,
+        expires: r.ttl_secs.map(|s| now + Duration::from_secs(u64::from(s))),
+    }
+}
+
+/// A random lookup preimage whose key falls in (or near) `bucket` of `local`.
+///
+/// A FIND_NODE carries a preimage that the receiver hashes, so a target cannot be chosen
+/// directly; random preimages are drawn until one lands in the bucket, and the closest try
+/// is kept when none does within the budget (deep buckets are hit with probability
+/// 2^(bucket-255), so they are approximated, as other Kademlia implementations do).
+fn refresh_preimage(rng: &mut ChaCha8Rng, local: &Key, bucket: u8) -> Vec<u8> {
+    let mut best: Option<(u8, [u8; 32])> = None;
+    for _ in 0..64 {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        let b = local
+            .distance(&Key::hash(&bytes))
+            .bucket_index()
+            .unwrap_or(0);
+        if b == bucket {
+            return bytes.to_vec();
+        }
+        let gap = b.abs_diff(bucket);
+        if best.is_none_or(|(g, _)| gap < g) {
+            best = Some((gap, bytes));
+        }
+    }
+    best.map(|(_, b)| b.to_vec()).unwrap_or_default()
+}

@@ -1,0 +1,209 @@
+//! Peer identities and addresses, as the wire carries them.
+
+use alloc::sync::Arc;
+use core::fmt;
+
+/// Longest encoded peer id accepted, in bytes.
+///
+/// libp2p peer ids are multihashes: an identity hash of a small public key (38 bytes for
+/// Ed25519) or a SHA-256 hash of a larger one (34 bytes). 64 leaves room for every key type
+/// libp2p knows.
+pub const MAX_PEER_ID_LEN: usize = 64;
+
+/// Longest encoded multiaddr accepted, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 1024;
+
+/// The identity of a peer: the multihash bytes of a libp2p `PeerId`.
+///
+/// The core keeps the encoded form (what the Kademlia wire format carries) so that it stays
+/// free of key-handling crates; the adapters convert losslessly with libp2p's
+/// `PeerId::to_bytes` and `PeerId::from_bytes`. It is `Copy` and ordered, so it can key
+/// deterministic maps. `Display` prints base58btc, as libp2p does.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId {
+    len: u8,
+    bytes: [u8; MAX_PEER_ID_LEN],
+}
+
+/// Why bytes are not a valid peer id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerIdError {
+    /// Empty or longer than [`MAX_PEER_ID_LEN`].
+    #[error("peer id length {0} is outside 1..={MAX_PEER_ID_LEN}")]
+    Length(usize),
+    /// Not a multihash: bad varint header, or the digest length disagrees with the header.
+    #[error("peer id is not a well-formed multihash")]
+    Multihash,
+    /// A multihash with a hash function libp2p does not use for peer ids.
+    #[error("peer id uses multihash code {0:#x}; expected identity (0x00) or sha2-256 (0x12)")]
+    HashCode(u64),
+}
+
+/// Reads an unsigned LEB128 varint of at most 9 bytes (the multiformats limit).
+fn read_uvarint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(9) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+impl PeerId {
+    /// Parses the multihash bytes of a peer id, as found on the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PeerIdError> {
+        if bytes.is_empty() || bytes.len() > MAX_PEER_ID_LEN {
+            return Err(PeerIdError::Length(bytes.len()));
+        }
+        let (code, a) = read_uvarint(bytes).ok_or(PeerIdError::Multihash)?;
+        let (len, b) = read_uvarint(&bytes[a..]).ok_or(PeerIdError::Multihash)?;
+        if len != (bytes.len() - a - b) as u64 {
+            return Err(PeerIdError::Multihash);
+        }
+        match code {
+            0x00 => {}
+            0x12 if len == 32 => {}
+            0x12 => return Err(PeerIdError::Multihash),
+            other => return Err(PeerIdError::HashCode(other)),
+        }
+        let mut out = [0u8; MAX_PEER_ID_LEN];
+        out[..bytes.len()].copy_from_slice(bytes);
+        Ok(PeerId {
+            len: bytes.len() as u8,
+            bytes: out,
+        })
+    }
+
+    /// A peer id that is the SHA-256 multihash with the given digest.
+    ///
+    /// Useful for simulations and tests, which need many distinct, valid ids without keys.
+    pub fn from_sha256_digest(digest: [u8; 32]) -> Self {
+        let mut bytes = [0u8; MAX_PEER_ID_LEN];
+        bytes[0] = 0x12;
+        bytes[1] = 32;
+        bytes[2..34].copy_from_slice(&digest);
+        PeerId { len: 34, bytes }
+    }
+
+    /// A deterministic peer id derived from a number (SHA-256 of its big-endian bytes).
+    pub fn from_seed(seed: u64) -> Self {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(seed.to_be_bytes()).into();
+        Self::from_sha256_digest(digest)
+    }
+
+    /// The multihash bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The multihash bytes, owned.
+    pub fn to_bytes(&self) -> alloc::vec::Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+
+    /// The base58btc text form, as libp2p prints peer ids.
+    pub fn to_base58(&self) -> alloc::string::String {
+        bs58::encode(self.as_bytes()).into_string()
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base58())
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.to_base58();
+        // The tail of a base58 id is what differs between peers; keep debug output short.
+        let tail = &s[s.len().saturating_sub(8)..];
+        write!(f, "PeerId(..{tail})")
+    }
+}
+
+impl core::str::FromStr for PeerId {
+    type Err = PeerIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = bs58::decode(s)
+            .into_vec()
+            .map_err(|_| PeerIdError::Multihash)?;
+        PeerId::from_bytes(&bytes)
+    }
+}
+
+/// A network address of a peer: the bytes of a multiaddr, kept opaque by the core.
+///
+/// The core stores, compares and forwards addresses but never interprets them; the adapters
+/// parse them with the `multiaddr` crate, the simulator uses its own small encoding. Cloning
+/// is cheap (shared bytes).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address(Arc<[u8]>);
+
+/// Why bytes are not accepted as an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Empty or longer than [`MAX_ADDRESS_LEN`].
+    #[error("address length {0} is outside 1..={MAX_ADDRESS_LEN}")]
+    Length(usize),
+}
+
+impl Address {
+    /// Wraps multiaddr bytes, checking only their length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AddressError> {
+        if bytes.is_empty() || bytes.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::Length(bytes.len()));
+        }
+        Ok(Address(Arc::from(bytes)))
+    }
+
+    /// The multiaddr bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Address(")?;
+        for b in self.0.iter().take(16) {
+            write!(f, "{b:02x}")?;
+        }
+        if self.0.len() > 16 {
+            write!(f, "..")?;
+        }
+        write!(f, ")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_ids_round_trip_through_bytes_and_text() {
+        let id = PeerId::from_seed(7);
+        assert_eq!(PeerId::from_bytes(id.as_bytes()), Ok(id));
+        assert_eq!(id.to_base58().parse::<PeerId>(), Ok(id));
+        assert!(id.to_base58().starts_with("Qm"));
+    }
+
+    #[test]
+    fn malformed_ids_are_rejected() {
+        assert_eq!(PeerId::from_bytes(&[]), Err(PeerIdError::Length(0)));
+        assert_eq!(
+            PeerId::from_bytes(&[0x12, 0x20, 1]),
+            Err(PeerIdError::Multihash)
+        );
+        assert_eq!(
+            PeerId::from_bytes(&[0x13, 0x01, 1]),
+            Err(PeerIdError::HashCode(0x13))
+        );
+        assert_eq!(PeerId::from_bytes(&[0xff; 10]), Err(PeerIdError::Multihash));
+        let ed25519_like = [&[0x00, 0x24][..], &[7u8; 36][..]].concat();
+        assert!(PeerId::from_bytes(&ed25519_like).is_ok());
+    }
+}

@@ -1,0 +1,311 @@
+//! The iterative closest-peers lookup, free of I/O: it says which peers to contact next and
+//! is told how each contact went.
+//!
+//! Peers are kept ordered by distance to the target. At most `parallelism` requests are in
+//! flight while the lookup makes progress; when a round of answers brings no peer closer
+//! than the closest already known, the lookup is *stalled* and widens to `num_results`
+//! requests in flight, so that it cannot end before the `num_results` closest peers it
+//! knows have all answered. It finishes when the `num_results` closest peers that did not
+//! fail have all answered, or when no candidate is left.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::key::{Distance, Key};
+use crate::peer::{Address, PeerId};
+
+/// State of one peer within a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Known, not yet asked.
+    NotContacted,
+    /// Asked, answer pending.
+    Waiting,
+    /// Answered.
+    Succeeded,
+    /// Failed or timed out.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Candidate {
+    peer: PeerId,
+    addrs: Vec<Address>,
+    state: PeerState,
+    /// Number of sequential request rounds needed to learn of this peer (1 for the
+    /// peers the lookup started with).
+    depth: u32,
+}
+
+/// What the lookup wants next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Ask this peer (at these addresses).
+    Contact(PeerId, Vec<Address>),
+    /// Nothing to send now; wait for answers in flight.
+    Waiting,
+    /// The lookup is over.
+    Finished,
+}
+
+/// An iterative lookup of the peers closest to a key.
+#[derive(Clone, Debug)]
+pub struct ClosestPeersIter {
+    target: Key,
+    peers: BTreeMap<Distance, Candidate>,
+    num_results: usize,
+    parallelism: usize,
+    max_candidates: usize,
+    stalled: bool,
+    no_progress: usize,
+    finished: bool,
+    in_flight: usize,
+}
+
+impl ClosestPeersIter {
+    /// A lookup of `target` seeded with `known` peers (typically the routing table's
+    /// closest). `local` is never contacted.
+    pub fn new(
+        target: Key,
+        local: &PeerId,
+        known: impl IntoIterator<Item = (PeerId, Vec<Address>)>,
+        num_results: usize,
+        parallelism: usize,
+    ) -> Self {
+        let num_results = num_results.max(1);
+        let mut iter = ClosestPeersIter {
+            target,
+            peers: BTreeMap::new(),
+            num_results,
+            parallelism: parallelism.max(1),
+            // Bounded memory: candidates beyond this rank are never needed while the
+            // closer ones answer.
+            max_candidates: num_results * 8,
+            stalled: false,
+            no_progress: 0,
+            finished: false,
+            in_flight: 0,
+        };
+        for (peer, addrs) in known {
+            iter.insert(local, peer, addrs, 1);
+        }
+        iter
+    }
+
+    /// The target key.
+    pub fn target(&self) -> &Key {
+        &self.target
+    }
+
+    fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Vec<Address>, depth: u32) -> bool {
+        if peer == *local {
+            return false;
+        }
+        let d = Key::from_peer(&peer).distance(&self.target);
+        if let Some(c) = self.peers.get_mut(&d) {
+            if c.state == PeerState::NotContacted {
+                for a in addrs {
+                    if !c.addrs.contains(&a) && c.addrs.len() < crate::kbucket::MAX_ADDRS_PER_ENTRY
+                    {
+                        c.addrs.push(a);
+                    }
+                }
+            }
+            return false;
+        }
+        if self.peers.len() >= self.max_candidates {
+            // Full: only a peer closer than the farthest candidate gets in, and the farthest
+            // candidate not yet contacted makes room.
+            let Some((&far, _)) = self
+                .peers
+                .iter()
+                .rev()
+                .find(|(_, c)| c.state == PeerState::NotContacted)
+            else {
+                return false;
+            };
+            if d >= far {
+                return false;
+            }
+            self.peers.remove(&far);
+        }
+        self.peers.insert(
+            d,
+            Candidate {
+                peer,
+                addrs,
+                state: PeerState::NotContacted,
+                depth,
+            },
+        );
+        true
+    }
+
+    fn closest_succeeded(&self) -> Option<Distance> {
+        self.peers
+            .iter()
+            .find(|(_, c)| c.state == PeerState::Succeeded)
+            .map(|(d, _)| *d)
+    }
+
+    /// Records the answer of `peer` and the closer peers it named. Returns `false` if the
+    /// peer was not waiting in this lookup (unknown, already answered, or already failed):
+    /// such answers change nothing.
+    pub fn on_success(
+        &mut self,
+        local: &PeerId,
+        peer: &PeerId,
+        closer: impl IntoIterator<Item = (PeerId, Vec<Address>)>,
+    ) -> bool {
+        if self.finished {
+            return false;
+        }
+        let d = Key::from_peer(peer).distance(&self.target);
+        let depth = match self.peers.get_mut(&d) {
+            Some(c) if c.state == PeerState::Waiting => {
+                c.state = PeerState::Succeeded;
+                c.depth
+            }
+            _ => return false,
+        };
+        self.in_flight -= 1;
+        let before = self.closest_succeeded();
+        let mut closer_found = false;
+        for (p, addrs) in closer {
+            let pd = Key::from_peer(&p).distance(&self.target);
+            if self.insert(local, p, addrs, depth + 1) && before.is_none_or(|b| pd < b) {
+                closer_found = true;
+            }
+        }
+        // Progress: this answer brought a peer closer than every peer that had answered
+        // before it, or it is itself the closest answer so far.
+        let progress = closer_found || before.is_none_or(|b| d <= b);
+        if progress {
+            self.no_progress = 0;
+            self.stalled = false;
+        } else {
+            self.no_progress += 1;
+            if self.no_progress >= self.parallelism {
+                self.stalled = true;
+            }
+        }
+        true
+    }
+
+    /// Records that `peer` failed or timed out. Returns `false` if it was not waiting.
+    pub fn on_failure(&mut self, peer: &PeerId) -> bool {
+        if self.finished {
+            return false;
+        }
+        let d = Key::from_peer(peer).distance(&self.target);
+        match self.peers.get_mut(&d) {
+            Some(c) if c.state == PeerState::Waiting => {
+                c.state = PeerState::Failed;
+                self.in_flight -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What to do next. Call repeatedly until it returns something other than
+    /// [`Next::Contact`]; each `Contact` marks that peer as waiting.
+    pub fn poll_next(&mut self) -> Next {
+        if self.finished {
+            return Next::Finished;
+        }
+        let capacity = if self.stalled {
+            self.num_results
+        } else {
+            self.parallelism
+        };
+        let mut succeeded = 0;
+        let mut waiting_ahead = false;
+        let mut contact = None;
+        for (d, c) in self.peers.iter() {
+            match c.state {
+                PeerState::Succeeded => {
+                    succeeded += 1;
+                    if succeeded >= self.num_results {
+                        break;
+                    }
+                }
+                PeerState::Waiting => waiting_ahead = true,
+                PeerState::NotContacted => {
+                    if self.in_flight < capacity {
+                        contact = Some(*d);
+                    } else {
+                        waiting_ahead = true;
+                    }
+                    break;
+                }
+                PeerState::Failed => {}
+            }
+        }
+        if let Some(d) = contact {
+            let c = self.peers.get_mut(&d).expect("candidate just found");
+            c.state = PeerState::Waiting;
+            self.in_flight += 1;
+            return Next::Contact(c.peer, c.addrs.clone());
+        }
+        if succeeded >= self.num_results && !waiting_ahead {
+            // The closest `num_results` live peers have answered and no closer peer is still
+            // being asked; answers in flight from farther peers cannot change the result.
+            self.finished = true;
+            return Next::Finished;
+        }
+        if waiting_ahead || self.in_flight > 0 {
+            return Next::Waiting;
+        }
+        self.finished = true;
+        Next::Finished
+    }
+
+    /// Ends the lookup early (quorum reached, timeout, cancellation).
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Whether the lookup is over.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The peers that answered, closest first, at most `num_results`.
+    pub fn into_result(self) -> Vec<PeerId> {
+        self.succeeded()
+            .take(self.num_results)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The peers that answered, closest first, with the depth at which each was learnt.
+    pub fn succeeded(&self) -> impl Iterator<Item = (PeerId, u32)> + '_ {
+        self.peers
+            .values()
+            .filter(|c| c.state == PeerState::Succeeded)
+            .map(|c| (c.peer, c.depth))
+    }
+
+    /// The addresses the lookup knows for `peer`.
+    pub fn addresses(&self, peer: &PeerId) -> Option<&[Address]> {
+        let d = Key::from_peer(peer).distance(&self.target);
+        self.peers.get(&d).map(|c| c.addrs.as_slice())
+    }
+
+    /// The state of `peer` in this lookup.
+    pub fn state(&self, peer: &PeerId) -> Option<PeerState> {
+        let d = Key::from_peer(peer).distance(&self.target);
+        self.peers.get(&d).map(|c| c.state)
+    }
+
+    /// Number of candidates held (bounded).
+    pub fn candidate_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Number of requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}

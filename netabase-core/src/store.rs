@@ -1,0 +1,255 @@
+//! The storage trait the core calls for records and provider records, and its memory
+//! implementation.
+//!
+//! The trait is synchronous, like rust-libp2p's `RecordStore`: a write returns only when it
+//! is durable in that backend, so the core never acknowledges a write that a crash could
+//! lose. The persistent backends (redb, sled) live in `netabase-store`.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::key::RecordKey;
+use crate::peer::PeerId;
+use crate::record::{ProviderRecord, Record};
+use crate::time::Instant;
+
+/// An error from a record store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store holds its maximum number of records.
+    #[error("the store is full ({max} records)")]
+    MaxRecords {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The record value is larger than the store accepts.
+    #[error("record value of {size} bytes exceeds the limit of {max}")]
+    ValueTooLarge {
+        /// Size of the rejected value.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The store provides its maximum number of keys locally.
+    #[error("this node already provides the maximum of {max} keys")]
+    MaxProvidedKeys {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The record was rejected by validation (for example it does not decode as a model of
+    /// the node's definition).
+    #[error("record rejected: {0}")]
+    Rejected(String),
+    /// The backend failed (I/O error, corruption); the message says what happened.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// Storage for records and provider records, called synchronously by the core.
+///
+/// Implementations enforce their own limits and return a [`StoreError`] rather than panic.
+/// Iteration order of the listing methods must be deterministic (key order).
+pub trait RecordStore {
+    /// The record under `key`, if any (expired or not; the core checks expiry).
+    fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError>;
+
+    /// Inserts or replaces the record under `record.key`. Durable when it returns `Ok`.
+    fn put(&mut self, record: Record) -> Result<(), StoreError>;
+
+    /// Removes the record under `key`, if any.
+    fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError>;
+
+    /// All records, in key order. Used by the replication and republish jobs.
+    fn records(&self) -> Result<Vec<Record>, StoreError>;
+
+    /// Adds or refreshes a provider record (keyed by key and provider).
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<(), StoreError>;
+
+    /// The provider records for `key`, closest providers first where the store keeps a
+    /// bound, otherwise in provider order.
+    fn providers(&self, key: &RecordKey) -> Result<Vec<ProviderRecord>, StoreError>;
+
+    /// The provider records whose provider is the local node, in key order.
+    fn provided(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+
+    /// Removes the provider record of `provider` for `key`, if any.
+    fn remove_provider(&mut self, key: &RecordKey, provider: &PeerId) -> Result<(), StoreError>;
+
+    /// Removes every record and provider record that has expired at `now`; returns how many
+    /// were removed.
+    fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError>;
+}
+
+/// Limits of a [`MemoryStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryStoreConfig {
+    /// Maximum number of records.
+    pub max_records: usize,
+    /// Maximum size of a record value in bytes.
+    pub max_value_bytes: usize,
+    /// Maximum number of providers kept per key.
+    pub max_providers_per_key: usize,
+    /// Maximum number of keys the local node provides.
+    pub max_provided_keys: usize,
+}
+
+impl Default for MemoryStoreConfig {
+    fn default() -> Self {
+        MemoryStoreConfig {
+            max_records: 1024,
+            max_value_bytes: 65 * 1024,
+            max_providers_per_key: 20,
+            max_provided_keys: 1024,
+        }
+    }
+}
+
+/// An in-memory [`RecordStore`]: nothing survives a restart.
+///
+/// Used by the simulator, on wasm32 and in tests. Deterministic: ordered maps throughout.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    local: PeerId,
+    config: MemoryStoreConfig,
+    records: BTreeMap<RecordKey, Record>,
+    providers: BTreeMap<RecordKey, BTreeMap<PeerId, ProviderRecord>>,
+    provided_count: usize,
+}
+
+impl MemoryStore {
+    /// An empty store for the node `local`, with default limits.
+    pub fn new(local: PeerId) -> Self {
+        Self::with_config(local, MemoryStoreConfig::default())
+    }
+
+    /// An empty store for the node `local`, with the given limits.
+    pub fn with_config(local: PeerId, config: MemoryStoreConfig) -> Self {
+        MemoryStore {
+            local,
+            config,
+            records: BTreeMap::new(),
+            providers: BTreeMap::new(),
+            provided_count: 0,
+        }
+    }
+
+    /// The limits of this store.
+    pub fn config(&self) -> &MemoryStoreConfig {
+        &self.config
+    }
+
+    /// Number of records held.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Number of provider records held, over all keys.
+    pub fn provider_count(&self) -> usize {
+        self.providers.values().map(BTreeMap::len).sum()
+    }
+}
+
+impl RecordStore for MemoryStore {
+    fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        Ok(self.records.get(key).cloned())
+    }
+
+    fn put(&mut self, record: Record) -> Result<(), StoreError> {
+        if record.value.len() > self.config.max_value_bytes {
+            return Err(StoreError::ValueTooLarge {
+                size: record.value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        if !self.records.contains_key(&record.key) && self.records.len() >= self.config.max_records
+        {
+            return Err(StoreError::MaxRecords {
+                max: self.config.max_records,
+            });
+        }
+        self.records.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.records.remove(key);
+        Ok(())
+    }
+
+    fn records(&self) -> Result<Vec<Record>, StoreError> {
+        Ok(self.records.values().cloned().collect())
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<(), StoreError> {
+        let is_local = record.provider == self.local;
+        let entry = self.providers.entry(record.key.clone()).or_default();
+        if let Some(existing) = entry.get_mut(&record.provider) {
+            *existing = record;
+            return Ok(());
+        }
+        if is_local {
+            if self.provided_count >= self.config.max_provided_keys {
+                if entry.is_empty() {
+                    self.providers.remove(&record.key);
+                }
+                return Err(StoreError::MaxProvidedKeys {
+                    max: self.config.max_provided_keys,
+                });
+            }
+            self.provided_count += 1;
+        } else if entry.len() >= self.config.max_providers_per_key {
+            // Full: keep the ones we have (a remote provider never displaces the local one).
+            return Ok(());
+        }
+        entry.insert(record.provider, record);
+        Ok(())
+    }
+
+    fn providers(&self, key: &RecordKey) -> Result<Vec<ProviderRecord>, StoreError> {
+        Ok(self
+            .providers
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn provided(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        Ok(self
+            .providers
+            .values()
+            .filter_map(|m| m.get(&self.local).cloned())
+            .collect())
+    }
+
+    fn remove_provider(&mut self, key: &RecordKey, provider: &PeerId) -> Result<(), StoreError> {
+        if let Some(m) = self.providers.get_mut(key) {
+            if m.remove(provider).is_some() && *provider == self.local {
+                self.provided_count -= 1;
+            }
+            if m.is_empty() {
+                self.providers.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError> {
+        let before = self.records.len() + self.provider_count();
+        self.records.retain(|_, r| !r.is_expired(now));
+        let local = self.local;
+        let mut local_removed = 0;
+        for m in self.providers.values_mut() {
+            m.retain(|p, r| {
+                let keep = !r.is_expired(now);
+                if !keep && *p == local {
+                    local_removed += 1;
+                }
+                keep
+            });
+        }
+        self.providers.retain(|_, m| !m.is_empty());
+        self.provided_count -= local_removed;
+        Ok(before - (self.records.len() + self.provider_count()))
+    }
+}

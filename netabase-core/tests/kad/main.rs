@@ -1,0 +1,7 @@
+//! Tests of the Kademlia core, driven through its public sans-IO API.
+
+mod codec;
+mod commands;
+mod harness;
+mod lookup;
+mod table;
