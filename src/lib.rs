@@ -6,3 +6,8 @@
 //! handle are added beside it as they land.
 
 pub use netabase_core as core;
+
+/// The README's code examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,4 +1,4 @@
-//! The routing table: 256 k-buckets over the XOR distance to the local key.
+//! The routing table: k-buckets over the XOR distance to the local key.
 //!
 //! Each bucket keeps at most `k` entries ordered from least to most recently seen. When a
 //! new peer arrives at a full bucket it becomes the bucket's single *pending* entry and the
@@ -7,7 +7,7 @@
 //! long-known peers are therefore never evicted by newcomers (the Kademlia paper's
 //! preference for old contacts), and dead ones are replaced.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::time::Duration;
 
@@ -102,7 +102,8 @@ pub struct RoutingTable {
     local: Key,
     k: usize,
     pending_timeout: Duration,
-    buckets: Vec<Bucket>,
+    /// Non-empty buckets only: a node in a network of N peers has about log2(N).
+    buckets: BTreeMap<u8, Bucket>,
     /// (deadline, bucket) of every pending entry, for cheap timeout handling.
     pending_deadlines: BTreeSet<(Instant, u8)>,
     len: usize,
@@ -115,7 +116,7 @@ impl RoutingTable {
             local,
             k: k.max(1),
             pending_timeout,
-            buckets: alloc::vec![Bucket::default(); 256],
+            buckets: BTreeMap::new(),
             pending_deadlines: BTreeSet::new(),
             len: 0,
         }
@@ -148,7 +149,9 @@ impl RoutingTable {
 
     fn locate(&self, key: &Key, peer: &PeerId) -> Option<(u8, usize)> {
         let b = self.bucket_index(key)?;
-        let pos = self.buckets[usize::from(b)]
+        let pos = self
+            .buckets
+            .get(&b)?
             .entries
             .iter()
             .position(|e| e.peer == *peer)?;
@@ -159,7 +162,7 @@ impl RoutingTable {
     pub fn entry(&self, peer: &PeerId) -> Option<&Entry> {
         let key = Key::from_peer(peer);
         let (b, pos) = self.locate(&key, peer)?;
-        Some(&self.buckets[usize::from(b)].entries[pos])
+        Some(&self.buckets[&b].entries[pos])
     }
 
     /// Whether `peer` is in the table.
@@ -193,7 +196,7 @@ impl RoutingTable {
             return UpdateOutcome::SelfEntry;
         };
         let k = self.k;
-        let bucket = &mut self.buckets[usize::from(b)];
+        let bucket = self.buckets.entry(b).or_default();
         if let Some(pos) = bucket.entries.iter().position(|e| e.peer == peer) {
             let mut entry = bucket.entries.remove(pos);
             Self::merge_addrs(&mut entry.addrs, addrs);
@@ -241,7 +244,9 @@ impl RoutingTable {
         let key = Key::from_peer(peer);
         match self.locate(&key, peer) {
             Some((b, pos)) => {
-                self.buckets[usize::from(b)].entries[pos].status = Status::Disconnected;
+                if let Some(bucket) = self.buckets.get_mut(&b) {
+                    bucket.entries[pos].status = Status::Disconnected;
+                }
                 true
             }
             None => false,
@@ -252,7 +257,7 @@ impl RoutingTable {
     pub fn remove(&mut self, now: Instant, peer: &PeerId) -> Option<Entry> {
         let key = Key::from_peer(peer);
         let b = self.bucket_index(&key)?;
-        let bucket = &mut self.buckets[usize::from(b)];
+        let bucket = self.buckets.get_mut(&b)?;
         if bucket
             .pending
             .as_ref()
@@ -272,6 +277,9 @@ impl RoutingTable {
             bucket.entries.push(entry);
             self.len += 1;
         }
+        if bucket.entries.is_empty() {
+            self.buckets.remove(&b);
+        }
         Some(removed)
     }
 
@@ -282,7 +290,9 @@ impl RoutingTable {
         let Some((b, pos)) = self.locate(&key, peer) else {
             return false;
         };
-        let entry = &mut self.buckets[usize::from(b)].entries[pos];
+        let Some(entry) = self.buckets.get_mut(&b).map(|bk| &mut bk.entries[pos]) else {
+            return false;
+        };
         entry.addrs.retain(|a| a != addr);
         if entry.addrs.is_empty() {
             self.remove(now, peer);
@@ -305,7 +315,9 @@ impl RoutingTable {
                 break;
             }
             self.pending_deadlines.pop_first();
-            let bucket = &mut self.buckets[usize::from(b)];
+            let Some(bucket) = self.buckets.get_mut(&b) else {
+                continue;
+            };
             let Some(pending) = bucket.pending.take() else {
                 continue;
             };
@@ -334,7 +346,7 @@ impl RoutingTable {
     pub fn closest(&self, target: &Key, n: usize) -> Vec<&Entry> {
         let mut all: Vec<(Distance, &Entry)> = self
             .buckets
-            .iter()
+            .values()
             .flat_map(|b| b.entries.iter())
             .map(|e| (e.key.distance(target), e))
             .collect();
@@ -348,16 +360,14 @@ impl RoutingTable {
 
     /// Every entry, bucket by bucket from the closest bucket outwards.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.buckets.iter().flat_map(|b| b.entries.iter())
+        self.buckets.values().flat_map(|b| b.entries.iter())
     }
 
     /// `(bucket index, number of entries)` of every non-empty bucket.
     pub fn bucket_sizes(&self) -> Vec<(u8, usize)> {
         self.buckets
             .iter()
-            .enumerate()
-            .filter(|(_, b)| !b.entries.is_empty())
-            .map(|(i, b)| (i as u8, b.entries.len()))
+            .map(|(i, b)| (*i, b.entries.len()))
             .collect()
     }
 
@@ -367,7 +377,10 @@ impl RoutingTable {
         use alloc::format;
         let mut total = 0;
         let mut seen = BTreeSet::new();
-        for (i, b) in self.buckets.iter().enumerate() {
+        for (&i, b) in &self.buckets {
+            if b.entries.is_empty() {
+                return Err(format!("bucket {i} is kept although empty"));
+            }
             if b.entries.len() > self.k {
                 return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
             }
@@ -375,7 +388,7 @@ impl RoutingTable {
                 if Key::from_peer(&e.peer) != e.key {
                     return Err(format!("entry {:?} has a wrong key", e.peer));
                 }
-                if self.bucket_index(&e.key) != Some(i as u8) {
+                if self.bucket_index(&e.key) != Some(i) {
                     return Err(format!("entry {:?} is in the wrong bucket {i}", e.peer));
                 }
                 if !seen.insert(e.peer) {
@@ -397,7 +410,7 @@ impl RoutingTable {
                 if seen.contains(&p.entry.peer) {
                     return Err(format!("pending {:?} is also an entry", p.entry.peer));
                 }
-                if !self.pending_deadlines.contains(&(p.deadline, i as u8)) {
+                if !self.pending_deadlines.contains(&(p.deadline, i)) {
                     return Err(format!("bucket {i} pending deadline is not tracked"));
                 }
             }
@@ -406,7 +419,11 @@ impl RoutingTable {
         if total != self.len {
             return Err(format!("len {} but {} entries", self.len, total));
         }
-        let pendings = self.buckets.iter().filter(|b| b.pending.is_some()).count();
+        let pendings = self
+            .buckets
+            .values()
+            .filter(|b| b.pending.is_some())
+            .count();
         if pendings != self.pending_deadlines.len() {
             return Err(format!(
                 "{} pending entries but {} deadlines",
