@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::key::{Distance, Key};
-use crate::peer::{Address, PeerId};
+use crate::peer::{Address, Addresses, PeerId};
 use crate::time::Instant;
 
 /// Most addresses kept per routing-table entry (newest kept).
@@ -35,7 +35,7 @@ pub struct Entry {
     /// Its key (SHA-256 of the peer id).
     pub key: Key,
     /// Its known addresses, newest last.
-    pub addrs: Vec<Address>,
+    pub addrs: Addresses,
     /// Its connection status.
     pub status: Status,
     /// When the peer was last seen alive (or added).
@@ -170,17 +170,27 @@ impl RoutingTable {
         self.entry(peer).is_some()
     }
 
-    fn merge_addrs(into: &mut Vec<Address>, addrs: &[Address]) {
+    /// Adds `addrs` as the newest addresses, keeping at most [`MAX_ADDRS_PER_ENTRY`].
+    /// Addresses already known keep their place, so the common case allocates nothing.
+    fn merge_addrs(into: &mut Addresses, addrs: &[Address]) {
+        if addrs.iter().all(|a| into.contains(a)) {
+            return;
+        }
+        let mut list: Vec<Address> = into
+            .iter()
+            .filter(|x| !addrs.contains(x))
+            .cloned()
+            .collect();
         for a in addrs {
-            if let Some(i) = into.iter().position(|x| x == a) {
-                into.remove(i);
+            if !list.contains(a) {
+                list.push(a.clone());
             }
-            into.push(a.clone());
         }
-        if into.len() > MAX_ADDRS_PER_ENTRY {
-            let excess = into.len() - MAX_ADDRS_PER_ENTRY;
-            into.drain(..excess);
+        if list.len() > MAX_ADDRS_PER_ENTRY {
+            let excess = list.len() - MAX_ADDRS_PER_ENTRY;
+            list.drain(..excess);
         }
+        *into = list.into();
     }
 
     /// Adds or updates `peer`. A `Connected` status also marks it most recently seen.
@@ -217,7 +227,7 @@ impl RoutingTable {
         let mut entry = Entry {
             peer,
             key,
-            addrs: Vec::new(),
+            addrs: Addresses::from([]),
             status,
             last_seen: now,
         };
@@ -293,7 +303,7 @@ impl RoutingTable {
         let Some(entry) = self.buckets.get_mut(&b).map(|bk| &mut bk.entries[pos]) else {
             return false;
         };
-        entry.addrs.retain(|a| a != addr);
+        entry.addrs = entry.addrs.iter().filter(|a| *a != addr).cloned().collect();
         if entry.addrs.is_empty() {
             self.remove(now, peer);
             return true;
@@ -344,18 +354,64 @@ impl RoutingTable {
 
     /// Up to `n` entries closest to `target`, closest first.
     pub fn closest(&self, target: &Key, n: usize) -> Vec<&Entry> {
-        let mut all: Vec<(Distance, &Entry)> = self
-            .buckets
-            .values()
-            .flat_map(|b| b.entries.iter())
-            .map(|e| (e.key.distance(target), e))
-            .collect();
-        if all.len() > n {
-            all.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
+        self.closest_excluding(target, n, None)
+    }
+
+    /// Up to `n` entries closest to `target`, closest first, leaving out `exclude`.
+    ///
+    /// Only the buckets that can hold the answer are read. With `i` the bucket of the target
+    /// itself: entries of bucket `i` are within 2^i of the target, entries of every lower
+    /// bucket lie in [2^i, 2^(i+1)), and entries of a higher bucket `j` in [2^j, 2^(j+1)).
+    /// Whole groups are taken in that order until `n` entries are found, then sorted.
+    pub fn closest_excluding(
+        &self,
+        target: &Key,
+        n: usize,
+        exclude: Option<&PeerId>,
+    ) -> Vec<&Entry> {
+        use core::ops::Bound::{Excluded, Unbounded};
+        let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(n + self.k);
+        fn take<'a>(
+            b: &'a Bucket,
+            target: &Key,
+            exclude: Option<&PeerId>,
+            out: &mut Vec<(Distance, &'a Entry)>,
+        ) {
+            for e in &b.entries {
+                if exclude != Some(&e.peer) {
+                    out.push((e.key.distance(target), e));
+                }
+            }
         }
-        all.sort_unstable_by_key(|a| a.0);
-        all.into_iter().map(|(_, e)| e).collect()
+        match self.bucket_index(target) {
+            Some(i) => {
+                if let Some(b) = self.buckets.get(&i) {
+                    take(b, target, exclude, &mut out);
+                }
+                if out.len() < n {
+                    for b in self.buckets.range(..i).map(|(_, b)| b) {
+                        take(b, target, exclude, &mut out);
+                    }
+                }
+                for b in self.buckets.range((Excluded(i), Unbounded)).map(|(_, b)| b) {
+                    if out.len() >= n {
+                        break;
+                    }
+                    take(b, target, exclude, &mut out);
+                }
+            }
+            None => {
+                for b in self.buckets.values() {
+                    if out.len() >= n {
+                        break;
+                    }
+                    take(b, target, exclude, &mut out);
+                }
+            }
+        }
+        out.sort_unstable_by_key(|a| a.0);
+        out.truncate(n);
+        out.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Every entry, bucket by bucket from the closest bucket outwards.

@@ -11,100 +11,116 @@ use crate::peer::PeerId;
 pub const MAX_RECORD_KEY_LEN: usize = 1024;
 
 /// A point in the 256-bit key space: the SHA-256 hash of a peer id or record key.
+///
+/// Held as four big-endian 64-bit words, so that XOR and comparison are word operations.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Key([u8; 32]);
+pub struct Key([u64; 4]);
+
+fn words(bytes: &[u8; 32]) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (i, word) in w.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        *word = u64::from_be_bytes(b);
+    }
+    w
+}
+
+fn bytes(words: &[u64; 4]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
 
 impl Key {
     /// The key of arbitrary preimage bytes (SHA-256).
     pub fn hash(preimage: &[u8]) -> Self {
-        Key(Sha256::digest(preimage).into())
+        Key(words(&Sha256::digest(preimage).into()))
     }
 
-    /// The key of a peer: SHA-256 of its multihash bytes, as libp2p computes it.
+    /// The key of a peer: SHA-256 of its multihash bytes, as libp2p computes it. Computed
+    /// once when the peer id is made, so this is a copy.
     pub fn from_peer(peer: &PeerId) -> Self {
-        Key::hash(peer.as_bytes())
+        *peer.kad_key()
     }
 
     /// A key given directly by its 32 bytes (no hashing).
-    pub const fn from_raw(bytes: [u8; 32]) -> Self {
-        Key(bytes)
+    pub fn from_raw(raw: [u8; 32]) -> Self {
+        Key(words(&raw))
     }
 
     /// The 32 bytes of the key.
-    pub const fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    pub fn to_bytes(&self) -> [u8; 32] {
+        bytes(&self.0)
     }
 
     /// XOR distance to another key.
     pub fn distance(&self, other: &Key) -> Distance {
-        let mut d = [0u8; 32];
-        for (i, byte) in d.iter_mut().enumerate() {
-            *byte = self.0[i] ^ other.0[i];
-        }
-        Distance(d)
+        Distance([
+            self.0[0] ^ other.0[0],
+            self.0[1] ^ other.0[1],
+            self.0[2] ^ other.0[2],
+            self.0[3] ^ other.0[3],
+        ])
     }
 
     /// A key at a distance from `self` whose bucket index is `bucket`, with the lower bits
     /// taken from `random`. Used to refresh a bucket with a lookup that lands in it.
     pub fn in_bucket(&self, bucket: u8, random: [u8; 32]) -> Key {
-        // Distance with highest set bit at position `bucket` (counting from the least
-        // significant bit), lower bits random.
-        let mut d = random;
-        let bit = usize::from(bucket);
-        let byte_from_end = bit / 8;
-        let idx = 31 - byte_from_end;
-        for b in d.iter_mut().take(idx) {
-            *b = 0;
+        let mut d = words(&random);
+        // Distance with its highest set bit at `bucket` (counted from the least significant
+        // bit), lower bits random.
+        let word = 3 - usize::from(bucket) / 64;
+        let bit = u32::from(bucket) % 64;
+        for w in d.iter_mut().take(word) {
+            *w = 0;
         }
-        let within = bit % 8;
-        let mask: u8 = if within == 7 {
-            0xff
+        let mask = if bit == 63 {
+            u64::MAX
         } else {
-            (1u8 << (within + 1)) - 1
+            (1u64 << (bit + 1)) - 1
         };
-        d[idx] &= mask;
-        d[idx] |= 1 << within;
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = self.0[i] ^ d[i];
-        }
-        Key(out)
+        d[word] = (d[word] & mask) | (1u64 << bit);
+        Key([
+            self.0[0] ^ d[0],
+            self.0[1] ^ d[1],
+            self.0[2] ^ d[2],
+            self.0[3] ^ d[3],
+        ])
     }
 }
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key(")?;
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "..)")
+        write!(f, "Key({:012x}..)", self.0[0] >> 16)
     }
 }
 
 /// The XOR distance between two keys, ordered as a 256-bit big-endian number.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Distance([u8; 32]);
+pub struct Distance([u64; 4]);
 
 impl Distance {
     /// The zero distance (a key to itself).
-    pub const ZERO: Distance = Distance([0; 32]);
+    pub const ZERO: Distance = Distance([0; 4]);
 
     /// The k-bucket this distance falls into: the index of its highest set bit (0..=255),
     /// or `None` for the zero distance.
     pub fn bucket_index(&self) -> Option<u8> {
-        for (i, b) in self.0.iter().enumerate() {
-            if *b != 0 {
-                let bit = 7 - b.leading_zeros() as usize;
-                return Some(((31 - i) * 8 + bit) as u8);
+        for (i, w) in self.0.iter().enumerate() {
+            if *w != 0 {
+                let bit = 63 - w.leading_zeros() as usize;
+                return Some(((3 - i) * 64 + bit) as u8);
             }
         }
         None
     }
 
     /// The 32 bytes of the distance, most significant first.
-    pub const fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    pub fn to_bytes(&self) -> [u8; 32] {
+        bytes(&self.0)
     }
 }
 
@@ -187,7 +203,7 @@ mod tests {
         let k = Key::hash(b"local");
         for bucket in 0..=255u8 {
             let r = Key::hash(&[bucket]);
-            let target = k.in_bucket(bucket, *r.as_bytes());
+            let target = k.in_bucket(bucket, r.to_bytes());
             assert_eq!(k.distance(&target).bucket_index(), Some(bucket));
         }
     }

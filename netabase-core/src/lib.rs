@@ -48,6 +48,8 @@ pub mod wire;
 
 pub use key::{Distance, Key, RecordKey};
 pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
+#[cfg(feature = "fault-injection")]
+pub use node::InjectedFault;
 pub use node::{
     ApiError, Config, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord, QueryError,
     QueryId, QueryResult, QueryStats, Quorum, Rejection, RequestFailure, RequestId,

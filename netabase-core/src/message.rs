@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 
 use crate::key::RecordKey;
-use crate::peer::{Address, PeerId};
+use crate::peer::{Addresses, PeerId};
 
 /// What a sender knows about its connection to a peer it lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -27,7 +27,7 @@ pub struct PeerInfo {
     /// The peer.
     pub id: PeerId,
     /// Its addresses.
-    pub addrs: Vec<Address>,
+    pub addrs: Addresses,
     /// What the sender knows about its connection to the peer.
     pub connection: ConnectionType,
 }

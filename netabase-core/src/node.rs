@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::kbucket::{RoutingTable, Status, UpdateOutcome};
 use crate::key::{Key, RecordKey};
 use crate::message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
-use crate::peer::{Address, PeerId};
+use crate::peer::{Address, Addresses, PeerId};
 use crate::query::{ClosestPeersIter, Next};
 use crate::record::{ProviderRecord, Record};
 use crate::store::{RecordStore, StoreError};
@@ -59,6 +59,16 @@ pub struct Config {
     pub alpha: usize,
     /// How long to wait for one answer.
     pub request_timeout: Duration,
+    /// The longest a lookup waits for one peer before going on without it (its answer is
+    /// still used if it comes before [`Config::request_timeout`]), so that one lost message
+    /// or slow peer does not stall a lookup for the whole timeout. The node adapts the
+    /// actual patience to the round-trip times it measures, as TCP adapts its
+    /// retransmission timeout: `max(srtt + 4 * rttvar, 4 * srtt, 250 ms)`, capped here.
+    /// The estimate is node-wide, so the margin is wide enough for peers farther away than
+    /// the average one.
+    /// `None`: always wait for the timeout (lookups then never finish before an answer that
+    /// is merely slow).
+    pub lookup_patience: Option<Duration>,
     /// How long a whole query may run.
     pub query_timeout: Duration,
     /// How long a pending routing-table entry waits before it may replace a stale one.
@@ -88,6 +98,18 @@ pub struct Config {
     pub cache_peers: usize,
     /// Whether the node starts as server or client.
     pub mode: Mode,
+    /// A deliberate bug this node exhibits (for testing checkers).
+    #[cfg(feature = "fault-injection")]
+    pub injected_fault: Option<InjectedFault>,
+}
+
+/// Deliberate protocol bugs for testing the simulator's checkers (feature
+/// `fault-injection`).
+#[cfg(feature = "fault-injection")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// Every third GET_VALUE answer that carries a record carries a corrupted value.
+    CorruptEveryThirdValue,
 }
 
 impl Default for Config {
@@ -97,6 +119,7 @@ impl Default for Config {
             k: 20,
             alpha: 3,
             request_timeout: Duration::from_secs(10),
+            lookup_patience: Some(Duration::from_secs(2)),
             query_timeout: Duration::from_secs(60),
             pending_timeout: Duration::from_secs(60),
             record_ttl: Some(Duration::from_secs(48 * HOUR)),
@@ -111,6 +134,8 @@ impl Default for Config {
             max_job_queries: 16,
             cache_peers: 1,
             mode: Mode::Server,
+            #[cfg(feature = "fault-injection")]
+            injected_fault: None,
         }
     }
 }
@@ -307,7 +332,7 @@ pub enum Output {
         /// The peer.
         peer: PeerId,
         /// Its known addresses.
-        addrs: Vec<Address>,
+        addrs: Addresses,
         /// The request.
         request: Request,
     },
@@ -372,6 +397,10 @@ struct PendingRequest {
     query: Option<QueryId>,
     purpose: Purpose,
     deadline: Instant,
+    /// When a lookup goes on without this peer's answer.
+    patience: Option<Instant>,
+    /// When it was sent.
+    sent: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -472,7 +501,7 @@ pub struct Node<S> {
     config: Config,
     local: PeerId,
     local_key: Key,
-    local_addrs: Vec<Address>,
+    local_addrs: Addresses,
     mode: Mode,
     table: RoutingTable,
     store: S,
@@ -482,6 +511,11 @@ pub struct Node<S> {
     next_query: u64,
     requests: BTreeMap<RequestId, PendingRequest>,
     request_deadlines: BTreeSet<(Instant, RequestId)>,
+    /// Lookup requests whose patience runs out (entries may be stale: the request may have
+    /// completed already).
+    patience_deadlines: BTreeSet<(Instant, RequestId)>,
+    /// Smoothed round-trip time and its mean deviation.
+    rtt: Option<(Duration, Duration)>,
     next_request: u64,
     connected: BTreeSet<PeerId>,
     outputs: VecDeque<Output>,
@@ -493,6 +527,8 @@ pub struct Node<S> {
     next_reprovide: Option<Instant>,
     next_bootstrap: Option<Instant>,
     stats: NodeStats,
+    #[cfg(feature = "fault-injection")]
+    fault_counter: u64,
 }
 
 impl<S: RecordStore> Node<S> {
@@ -505,7 +541,7 @@ impl<S: RecordStore> Node<S> {
             mode: config.mode,
             local,
             local_key,
-            local_addrs: Vec::new(),
+            local_addrs: Addresses::from([]),
             table,
             store,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -514,6 +550,8 @@ impl<S: RecordStore> Node<S> {
             next_query: 0,
             requests: BTreeMap::new(),
             request_deadlines: BTreeSet::new(),
+            patience_deadlines: BTreeSet::new(),
+            rtt: None,
             next_request: 0,
             connected: BTreeSet::new(),
             outputs: VecDeque::new(),
@@ -525,6 +563,8 @@ impl<S: RecordStore> Node<S> {
             next_reprovide: config.provider_publication_interval.map(|d| now + d),
             next_bootstrap: config.bootstrap_interval.map(|d| now + d),
             stats: NodeStats::default(),
+            #[cfg(feature = "fault-injection")]
+            fault_counter: 0,
             config,
         }
     }
@@ -607,6 +647,7 @@ impl<S: RecordStore> Node<S> {
             }
         };
         consider(self.request_deadlines.first().map(|(t, _)| *t));
+        consider(self.patience_deadlines.first().map(|(t, _)| *t));
         consider(self.query_deadlines.first().map(|(t, _)| *t));
         consider(self.table.next_pending_deadline());
         consider(self.next_replication);
@@ -624,9 +665,28 @@ impl<S: RecordStore> Node<S> {
                 break;
             }
             self.request_deadlines.pop_first();
-            if let Some(req) = self.requests.remove(&id) {
+            if let Some(req) = self.take_request(id) {
                 self.stats.requests_timed_out += 1;
                 self.request_failed(now, req);
+            }
+        }
+        // Lookup requests that ran out of patience.
+        while let Some(&(deadline, id)) = self.patience_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.patience_deadlines.pop_first();
+            let Some(req) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            req.patience = None;
+            let (peer, query) = (req.peer, req.query);
+            if let Some(qid) = query {
+                if let Some(q) = self.queries.get_mut(&qid) {
+                    if q.iter.on_unresponsive(&peer) {
+                        self.advance(now, qid);
+                    }
+                }
             }
         }
         // Queries that ran out of time.
@@ -682,7 +742,7 @@ impl<S: RecordStore> Node<S> {
             if let Ok(provided) = self.store.provided() {
                 for mut p in provided {
                     p.expires = self.config.provider_record_ttl.map(|d| now + d);
-                    p.addresses = self.local_addrs.clone();
+                    p.addresses = self.local_addrs.to_vec();
                     let key = p.key.clone();
                     if self.store.add_provider(p).is_ok() {
                         self.jobs.push_back(Job::Reprovide(key));
@@ -834,7 +894,7 @@ impl<S: RecordStore> Node<S> {
 
     /// Sets the addresses this node announces as a provider.
     pub fn set_local_addresses(&mut self, addrs: Vec<Address>) {
-        self.local_addrs = addrs;
+        self.local_addrs = addrs.into();
     }
 
     /// Switches between server and client mode.
@@ -961,7 +1021,7 @@ impl<S: RecordStore> Node<S> {
         self.store.add_provider(ProviderRecord {
             key: key.clone(),
             provider: self.local,
-            addresses: self.local_addrs.clone(),
+            addresses: self.local_addrs.to_vec(),
             expires: self.config.provider_record_ttl.map(|d| now + d),
         })?;
         Ok(self.start_query(now, key.clone(), QueryKind::AddProvider { key }, false))
@@ -983,7 +1043,7 @@ impl<S: RecordStore> Node<S> {
                     p.provider,
                     PeerInfo {
                         id: p.provider,
-                        addrs: p.addresses,
+                        addrs: p.addresses.into(),
                         connection: ConnectionType::NotConnected,
                     },
                 );
@@ -1092,7 +1152,7 @@ impl<S: RecordStore> Node<S> {
         &mut self,
         now: Instant,
         peer: PeerId,
-        addrs: Vec<Address>,
+        addrs: Addresses,
         request: Request,
         query: Option<QueryId>,
         purpose: Purpose,
@@ -1100,6 +1160,10 @@ impl<S: RecordStore> Node<S> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         let deadline = now + self.config.request_timeout;
+        let patience = match purpose {
+            Purpose::Lookup => self.patience().map(|p| now + p),
+            _ => None,
+        };
         self.requests.insert(
             id,
             PendingRequest {
@@ -1108,9 +1172,14 @@ impl<S: RecordStore> Node<S> {
                 query,
                 purpose,
                 deadline,
+                patience,
+                sent: now,
             },
         );
         self.request_deadlines.insert((deadline, id));
+        if let Some(p) = patience {
+            self.patience_deadlines.insert((p, id));
+        }
         self.stats.requests_sent += 1;
         if let Some(q) = query.and_then(|q| self.queries.get_mut(&q)) {
             q.stats.requests += 1;
@@ -1121,6 +1190,47 @@ impl<S: RecordStore> Node<S> {
             addrs,
             request,
         });
+    }
+
+    /// How long a lookup waits for one answer before going on without it.
+    fn patience(&self) -> Option<Duration> {
+        let cap = self
+            .config
+            .lookup_patience?
+            .min(self.config.request_timeout);
+        Some(match self.rtt {
+            Some((srtt, rttvar)) => (srtt + 4 * rttvar)
+                .max(4 * srtt)
+                .max(Duration::from_millis(250))
+                .min(cap),
+            None => cap,
+        })
+    }
+
+    /// Folds one measured round trip into the smoothed estimate (RFC 6298's gains).
+    fn sample_rtt(&mut self, rtt: Duration) {
+        self.rtt = Some(match self.rtt {
+            None => (rtt, rtt / 2),
+            Some((srtt, rttvar)) => {
+                let err = srtt.abs_diff(rtt);
+                ((srtt * 7 + rtt) / 8, (rttvar * 3 + err) / 4)
+            }
+        });
+    }
+
+    /// The smoothed round-trip time and its variation, once measured.
+    pub fn round_trip_estimate(&self) -> Option<(Duration, Duration)> {
+        self.rtt
+    }
+
+    /// Removes outbound request `id` and its deadlines.
+    fn take_request(&mut self, id: RequestId) -> Option<PendingRequest> {
+        let req = self.requests.remove(&id)?;
+        self.request_deadlines.remove(&(req.deadline, id));
+        if let Some(p) = req.patience {
+            self.patience_deadlines.remove(&(p, id));
+        }
+        Some(req)
     }
 
     /// Moves query `id` forward: sends what its lookup wants, switches phase, or finishes.
@@ -1180,8 +1290,8 @@ impl<S: RecordStore> Node<S> {
                             *p,
                             q.iter
                                 .addresses(p)
-                                .map(<[Address]>::to_vec)
-                                .unwrap_or_default(),
+                                .cloned()
+                                .unwrap_or_else(|| Addresses::from([])),
                         )
                     })
                     .collect();
@@ -1212,8 +1322,8 @@ impl<S: RecordStore> Node<S> {
                             *p,
                             q.iter
                                 .addresses(p)
-                                .map(<[Address]>::to_vec)
-                                .unwrap_or_default(),
+                                .cloned()
+                                .unwrap_or_else(|| Addresses::from([])),
                         )
                     })
                     .collect();
@@ -1417,7 +1527,7 @@ impl<S: RecordStore> Node<S> {
                 .table
                 .entry(&peer)
                 .map(|e| e.addrs.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| Addresses::from([]));
             let request = Request::PutValue {
                 record: wire.clone(),
             };
@@ -1430,12 +1540,12 @@ impl<S: RecordStore> Node<S> {
     /// The answer to outbound request `id`. Answers to unknown, finished or timed-out
     /// requests are counted and otherwise ignored.
     pub fn handle_response(&mut self, now: Instant, id: RequestId, response: Response) {
-        let Some(req) = self.requests.remove(&id) else {
+        let Some(req) = self.take_request(id) else {
             self.stats.unexpected_responses += 1;
             return;
         };
-        self.request_deadlines.remove(&(req.deadline, id));
         self.stats.responses_received += 1;
+        self.sample_rtt(now.saturating_duration_since(req.sent));
         // An answer proves the peer is a live DHT server.
         let addrs = self.known_addrs(&req);
         self.table_update(now, req.peer, &addrs, Status::Connected);
@@ -1552,21 +1662,20 @@ impl<S: RecordStore> Node<S> {
         self.emit_finished(id, QueryResult::FindPeer(Ok(info)), q.stats);
     }
 
-    fn known_addrs(&self, req: &PendingRequest) -> Vec<Address> {
+    fn known_addrs(&self, req: &PendingRequest) -> Addresses {
         req.query
             .and_then(|q| self.queries.get(&q))
             .and_then(|q| q.iter.addresses(&req.peer))
-            .map(<[Address]>::to_vec)
-            .unwrap_or_default()
+            .cloned()
+            .unwrap_or_else(|| Addresses::from([]))
     }
 
     /// Outbound request `id` failed.
     pub fn handle_request_failed(&mut self, now: Instant, id: RequestId, failure: RequestFailure) {
-        let Some(req) = self.requests.remove(&id) else {
+        let Some(req) = self.take_request(id) else {
             self.stats.unexpected_responses += 1;
             return;
         };
-        self.request_deadlines.remove(&(req.deadline, id));
         if failure == RequestFailure::UnsupportedProtocol
             && self.table.remove(now, &req.peer).is_some()
         {
@@ -1609,10 +1718,9 @@ impl<S: RecordStore> Node<S> {
                 return;
             }
         }
-        let Some(req) = self.requests.remove(&id) else {
+        let Some(req) = self.take_request(id) else {
             return;
         };
-        self.request_deadlines.remove(&(req.deadline, id));
         let Some(q) = req.query.and_then(|qid| self.queries.get_mut(&qid)) else {
             return;
         };
@@ -1657,6 +1765,8 @@ impl<S: RecordStore> Node<S> {
                     Ok(r) => r.map(|r| to_wire(&r, now)),
                     Err(_) => None,
                 };
+                #[cfg(feature = "fault-injection")]
+                let record = self.inject_value_fault(record);
                 let closer_peers = self.closer_peers(&key.key(), &peer);
                 self.respond(
                     id,
@@ -1708,7 +1818,7 @@ impl<S: RecordStore> Node<S> {
                             addrs: if p.provider == self.local {
                                 self.local_addrs.clone()
                             } else {
-                                p.addresses
+                                p.addresses.into()
                             },
                         })
                         .collect(),
@@ -1732,7 +1842,7 @@ impl<S: RecordStore> Node<S> {
                 let record = ProviderRecord {
                     key: key.clone(),
                     provider: peer,
-                    addresses: provider.addrs,
+                    addresses: provider.addrs.to_vec(),
                     expires: self.config.provider_record_ttl.map(|d| now + d),
                 };
                 match self.store.add_provider(record) {
@@ -1745,6 +1855,18 @@ impl<S: RecordStore> Node<S> {
             }
             Request::Ping => self.respond(id, peer, Response::Pong),
         }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn inject_value_fault(&mut self, record: Option<WireRecord>) -> Option<WireRecord> {
+        let mut record = record?;
+        if self.config.injected_fault == Some(InjectedFault::CorruptEveryThirdValue) {
+            self.fault_counter += 1;
+            if self.fault_counter % 3 == 0 {
+                record.value.push(0xEE);
+            }
+        }
+        Some(record)
     }
 
     fn respond(&mut self, id: InboundId, peer: PeerId, response: Response) {
@@ -1771,10 +1893,8 @@ impl<S: RecordStore> Node<S> {
     /// The K closest peers to `target` from the routing table, without the requester.
     fn closer_peers(&self, target: &Key, requester: &PeerId) -> Vec<PeerInfo> {
         self.table
-            .closest(target, self.config.k + 1)
+            .closest_excluding(target, self.config.k, Some(requester))
             .into_iter()
-            .filter(|e| e.peer != *requester)
-            .take(self.config.k)
             .map(|e| PeerInfo {
                 id: e.peer,
                 addrs: e.addrs.clone(),
@@ -1799,6 +1919,17 @@ impl<S: RecordStore> Node<S> {
                 "{} requests but {} request deadlines",
                 self.requests.len(),
                 self.request_deadlines.len()
+            ));
+        }
+        let patient = self
+            .requests
+            .values()
+            .filter(|r| r.patience.is_some())
+            .count();
+        if patient != self.patience_deadlines.len() {
+            return Err(format!(
+                "{patient} requests with patience but {} patience deadlines",
+                self.patience_deadlines.len()
             ));
         }
         if self.queries.len() != self.query_deadlines.len() {

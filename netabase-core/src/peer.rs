@@ -3,6 +3,8 @@
 use alloc::sync::Arc;
 use core::fmt;
 
+use crate::key::Key;
+
 /// Longest encoded peer id accepted, in bytes.
 ///
 /// libp2p peer ids are multihashes: an identity hash of a small public key (38 bytes for
@@ -19,10 +21,46 @@ pub const MAX_ADDRESS_LEN: usize = 1024;
 /// free of key-handling crates; the adapters convert losslessly with libp2p's
 /// `PeerId::to_bytes` and `PeerId::from_bytes`. It is `Copy` and ordered, so it can key
 /// deterministic maps. `Display` prints base58btc, as libp2p does.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Its Kademlia key (SHA-256 of the bytes) is computed once when the id is made, since
+/// lookups compare distances to peers far more often than they parse them.
+///
+/// Equality, order and hashing look at the key first: two different ids almost always
+/// differ in its first word, so comparisons stay cheap. The order is therefore the order of
+/// the keys, a fixed total order.
+#[derive(Clone, Copy)]
 pub struct PeerId {
     len: u8,
     bytes: [u8; MAX_PEER_ID_LEN],
+    key: Key,
+}
+
+impl PartialEq for PeerId {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PeerId {}
+
+impl PartialOrd for PeerId {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PeerId {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.as_bytes().cmp(other.as_bytes()))
+    }
+}
+
+impl core::hash::Hash for PeerId {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
 }
 
 /// Why bytes are not a valid peer id.
@@ -73,6 +111,7 @@ impl PeerId {
         Ok(PeerId {
             len: bytes.len() as u8,
             bytes: out,
+            key: Key::hash(bytes),
         })
     }
 
@@ -84,7 +123,11 @@ impl PeerId {
         bytes[0] = 0x12;
         bytes[1] = 32;
         bytes[2..34].copy_from_slice(&digest);
-        PeerId { len: 34, bytes }
+        PeerId {
+            len: 34,
+            bytes,
+            key: Key::hash(&bytes[..34]),
+        }
     }
 
     /// A deterministic peer id derived from a number (SHA-256 of its big-endian bytes).
@@ -92,6 +135,11 @@ impl PeerId {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(seed.to_be_bytes()).into();
         Self::from_sha256_digest(digest)
+    }
+
+    /// The peer's position in the Kademlia key space (SHA-256 of its bytes).
+    pub fn kad_key(&self) -> &Key {
+        &self.key
     }
 
     /// The multihash bytes.
@@ -134,6 +182,10 @@ impl core::str::FromStr for PeerId {
         PeerId::from_bytes(&bytes)
     }
 }
+
+/// A shared, immutable list of addresses: cloning it is a reference-count increment, which
+/// matters because every lookup answer lists twenty peers with their addresses.
+pub type Addresses = Arc<[Address]>;
 
 /// A network address of a peer: the bytes of a multiaddr, kept opaque by the core.
 ///

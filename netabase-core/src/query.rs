@@ -12,7 +12,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::key::{Distance, Key};
-use crate::peer::{Address, PeerId};
+use crate::peer::{Address, Addresses, PeerId};
 
 /// State of one peer within a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub enum PeerState {
     NotContacted,
     /// Asked, answer pending.
     Waiting,
+    /// Asked, and slower to answer than the lookup's patience: it no longer occupies a slot
+    /// or holds the lookup back, but a late answer is still used.
+    Unresponsive,
     /// Answered.
     Succeeded,
     /// Failed or timed out.
@@ -30,7 +33,7 @@ pub enum PeerState {
 #[derive(Clone, Debug)]
 struct Candidate {
     peer: PeerId,
-    addrs: Vec<Address>,
+    addrs: Addresses,
     state: PeerState,
     /// Number of sequential request rounds needed to learn of this peer (1 for the
     /// peers the lookup started with).
@@ -41,7 +44,7 @@ struct Candidate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
     /// Ask this peer (at these addresses).
-    Contact(PeerId, Vec<Address>),
+    Contact(PeerId, Addresses),
     /// Nothing to send now; wait for answers in flight.
     Waiting,
     /// The lookup is over.
@@ -68,7 +71,7 @@ impl ClosestPeersIter {
     pub fn new(
         target: Key,
         local: &PeerId,
-        known: impl IntoIterator<Item = (PeerId, Vec<Address>)>,
+        known: impl IntoIterator<Item = (PeerId, Addresses)>,
         num_results: usize,
         parallelism: usize,
     ) -> Self {
@@ -97,19 +100,20 @@ impl ClosestPeersIter {
         &self.target
     }
 
-    fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Vec<Address>, depth: u32) -> bool {
+    fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Addresses, depth: u32) -> bool {
         if peer == *local {
             return false;
         }
         let d = Key::from_peer(&peer).distance(&self.target);
         if let Some(c) = self.peers.get_mut(&d) {
-            if c.state == PeerState::NotContacted {
-                for a in addrs {
-                    if !c.addrs.contains(&a) && c.addrs.len() < crate::kbucket::MAX_ADDRS_PER_ENTRY
-                    {
-                        c.addrs.push(a);
+            if c.state == PeerState::NotContacted && !addrs.iter().all(|a| c.addrs.contains(a)) {
+                let mut list: Vec<Address> = c.addrs.to_vec();
+                for a in addrs.iter() {
+                    if !list.contains(a) && list.len() < crate::kbucket::MAX_ADDRS_PER_ENTRY {
+                        list.push(a.clone());
                     }
                 }
+                c.addrs = list.into();
             }
             return false;
         }
@@ -155,7 +159,7 @@ impl ClosestPeersIter {
         &mut self,
         local: &PeerId,
         peer: &PeerId,
-        closer: impl IntoIterator<Item = (PeerId, Vec<Address>)>,
+        closer: impl IntoIterator<Item = (PeerId, Addresses)>,
     ) -> bool {
         if self.finished {
             return false;
@@ -164,11 +168,15 @@ impl ClosestPeersIter {
         let depth = match self.peers.get_mut(&d) {
             Some(c) if c.state == PeerState::Waiting => {
                 c.state = PeerState::Succeeded;
+                self.in_flight -= 1;
+                c.depth
+            }
+            Some(c) if c.state == PeerState::Unresponsive => {
+                c.state = PeerState::Succeeded;
                 c.depth
             }
             _ => return false,
         };
-        self.in_flight -= 1;
         let before = self.closest_succeeded();
         let mut closer_found = false;
         for (p, addrs) in closer {
@@ -201,6 +209,27 @@ impl ClosestPeersIter {
         match self.peers.get_mut(&d) {
             Some(c) if c.state == PeerState::Waiting => {
                 c.state = PeerState::Failed;
+                self.in_flight -= 1;
+                true
+            }
+            Some(c) if c.state == PeerState::Unresponsive => {
+                c.state = PeerState::Failed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that `peer` has not answered within the lookup's patience. Returns `false`
+    /// if it was not waiting.
+    pub fn on_unresponsive(&mut self, peer: &PeerId) -> bool {
+        if self.finished {
+            return false;
+        }
+        let d = Key::from_peer(peer).distance(&self.target);
+        match self.peers.get_mut(&d) {
+            Some(c) if c.state == PeerState::Waiting => {
+                c.state = PeerState::Unresponsive;
                 self.in_flight -= 1;
                 true
             }
@@ -239,7 +268,7 @@ impl ClosestPeersIter {
                     }
                     break;
                 }
-                PeerState::Failed => {}
+                PeerState::Failed | PeerState::Unresponsive => {}
             }
         }
         if let Some(d) = contact {
@@ -288,9 +317,9 @@ impl ClosestPeersIter {
     }
 
     /// The addresses the lookup knows for `peer`.
-    pub fn addresses(&self, peer: &PeerId) -> Option<&[Address]> {
+    pub fn addresses(&self, peer: &PeerId) -> Option<&Addresses> {
         let d = Key::from_peer(peer).distance(&self.target);
-        self.peers.get(&d).map(|c| c.addrs.as_slice())
+        self.peers.get(&d).map(|c| &c.addrs)
     }
 
     /// The state of `peer` in this lookup.

@@ -176,7 +176,7 @@ fn malformed_peers_are_skipped_and_bad_fields_are_typed_errors() {
     let codec = Codec::default();
     let good = PeerInfo {
         id: PeerId::from_seed(1),
-        addrs: vec![],
+        addrs: vec![].into(),
         connection: ConnectionType::Connected,
     };
     let resp = Response::FindNode {

@@ -25,7 +25,7 @@ fn find_node(id: u64, peer: PeerId, key: &RecordKey) -> Output {
     Output::SendRequest {
         id: RequestId(id),
         peer,
-        addrs: vec![addr_of(&peer)],
+        addrs: vec![addr_of(&peer)].into(),
         request: Request::FindNode { key: key.clone() },
     }
 }
@@ -33,17 +33,26 @@ fn find_node(id: u64, peer: PeerId, key: &RecordKey) -> Output {
 fn info(peer: PeerId) -> PeerInfo {
     PeerInfo {
         id: peer,
-        addrs: vec![addr_of(&peer)],
+        addrs: vec![addr_of(&peer)].into(),
         connection: ConnectionType::NotConnected,
     }
 }
 
 /// A node with K=3, alpha=2 that knows three peers, returned closest to `key` first.
+/// Lookups wait for each answer until the request timeout.
 fn setup(key: &RecordKey) -> (Node<MemoryStore>, Vec<PeerId>) {
+    setup_with(key, None)
+}
+
+fn setup_with(
+    key: &RecordKey,
+    lookup_patience: Option<Duration>,
+) -> (Node<MemoryStore>, Vec<PeerId>) {
     let config = Config {
         k: 3,
         alpha: 2,
         bootstrap_interval: None,
+        lookup_patience,
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
@@ -147,6 +156,62 @@ fn timeouts_late_answers_and_duplicates() {
     let status = |peer: &PeerId| node.routing_table().entry(peer).unwrap().status;
     assert_eq!(status(&p[1]), netabase_core::kbucket::Status::Disconnected);
     assert_eq!(status(&p[0]), netabase_core::kbucket::Status::Connected);
+    node.check_invariants().unwrap();
+}
+
+#[test]
+fn a_slow_peer_stops_holding_the_lookup_back_but_its_late_answer_counts() {
+    let key = RecordKey::new(b"target").unwrap();
+    let (mut node, p) = setup_with(&key, Some(Duration::from_secs(2)));
+    let id = node.get_closest_peers(T0, key.clone()).unwrap();
+    assert_eq!(
+        drain(&mut node),
+        vec![find_node(0, p[0], &key), find_node(1, p[1], &key)]
+    );
+    // No round trip measured yet: the patience is its cap, 2 s (the timeout is 10 s).
+    assert_eq!(node.poll_timeout(), Some(secs(2.0)));
+    node.handle_response(
+        secs(0.1),
+        RequestId(0),
+        Response::FindNode {
+            closer_peers: vec![],
+        },
+    );
+    assert_eq!(drain(&mut node), vec![find_node(2, p[2], &key)]);
+    // One 100 ms sample: srtt 100 ms, rttvar 50 ms, so p2 gets 400 ms of patience.
+    assert_eq!(
+        node.round_trip_estimate(),
+        Some((Duration::from_millis(100), Duration::from_millis(50)))
+    );
+    assert_eq!(node.poll_timeout(), Some(secs(0.5)));
+    node.handle_timeout(secs(0.5));
+    assert_eq!(drain(&mut node), vec![]);
+    // p2's late answer still counts; p1, closer and still within its patience, holds the
+    // lookup back until its own patience runs out.
+    node.handle_response(
+        secs(0.6),
+        RequestId(2),
+        Response::FindNode {
+            closer_peers: vec![],
+        },
+    );
+    assert_eq!(drain(&mut node), vec![]);
+    node.handle_timeout(secs(2.0));
+    let out = drain(&mut node);
+    let [
+        Output::Event(Event::QueryFinished {
+            id: done,
+            result,
+            stats,
+        }),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*done, id);
+    assert_eq!(result, &QueryResult::GetClosestPeers(Ok(vec![p[0], p[2]])));
+    assert_eq!((stats.requests, stats.successes, stats.failures), (3, 2, 0));
+    assert_eq!(stats.finished, secs(2.0));
     node.check_invariants().unwrap();
 }
 

@@ -20,7 +20,11 @@ fn brute_force_closest(net: &Net, from: &PeerId, target: &Key, k: usize) -> Vec<
 /// every other (buckets capped at K), with `down` of them then crashed.
 fn static_network(seed: u64, n: usize, down: usize) -> (Net, Vec<PeerId>) {
     let mut net = Net::new(seed);
-    let config = Config::default();
+    // Exactness is a property of the lookup itself: wait for every answer.
+    let config = Config {
+        lookup_patience: None,
+        ..Config::default()
+    };
     let peers = net.add_nodes(n, seed.wrapping_mul(1_000_003), &config);
     net.full_mesh_tables();
     // Let the liveness probes of full buckets settle while everyone is up.

@@ -1,0 +1,378 @@
+//! Scenario files: what to simulate, as TOML.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A complete description of one simulation; every random choice in it derives from `seed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, shown in reports.
+    pub name: String,
+    /// What the scenario exercises.
+    #[serde(default)]
+    pub description: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Default seed (the CLI's `--seed` overrides it).
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Total virtual time of the run, in seconds.
+    pub duration_s: f64,
+    /// When every fault heals (partitions, clogs, loss, duplication, reordering, crashed
+    /// nodes restart): the start of the liveness phase. `None`: faults run to the end.
+    #[serde(default)]
+    pub faults_end_s: Option<f64>,
+    /// Link behaviour.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// How nodes join.
+    #[serde(default)]
+    pub join: JoinSpec,
+    /// The operations clients issue.
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    /// Scheduled partitions.
+    #[serde(default)]
+    pub partitions: Vec<PartitionSpec>,
+    /// Clogging random nodes one by one, then healing them in random order.
+    #[serde(default)]
+    pub swizzle: Option<SwizzleSpec>,
+    /// Crashes and restarts.
+    #[serde(default)]
+    pub churn: Option<ChurnSpec>,
+    /// Clock skew.
+    #[serde(default)]
+    pub clock: ClockSpec,
+    /// What the checkers demand.
+    #[serde(default)]
+    pub checks: CheckSpec,
+    /// Protocol parameters of every node.
+    #[serde(default)]
+    pub core: CoreSpec,
+    /// Deliberate bugs, to show that the checkers catch them.
+    #[serde(default)]
+    pub faults: FaultSpec,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Per-link latency, loss, duplication and reordering.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// Each link's base one-way latency is drawn uniformly from `[min, max]` ms.
+    pub latency_min_ms: f64,
+    /// See `latency_min_ms`.
+    pub latency_max_ms: f64,
+    /// Per-message extra delay, uniform in `[0, jitter]` ms.
+    pub jitter_ms: f64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a message is held back by `reorder_delay_ms`, overtaking order.
+    pub reorder: f64,
+    /// See `reorder`.
+    pub reorder_delay_ms: f64,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            latency_min_ms: 5.0,
+            latency_max_ms: 50.0,
+            jitter_ms: 5.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay_ms: 100.0,
+        }
+    }
+}
+
+/// How nodes join the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JoinSpec {
+    /// Nodes that start at time zero knowing each other; every later node is introduced to
+    /// one of them and bootstraps.
+    pub bootstrap_nodes: usize,
+    /// The other nodes join at uniform random times in `[0, spread_s]`.
+    pub spread_s: f64,
+}
+
+impl Default for JoinSpec {
+    fn default() -> Self {
+        JoinSpec {
+            bootstrap_nodes: 1,
+            spread_s: 10.0,
+        }
+    }
+}
+
+/// The operations issued by clients at random nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadSpec {
+    /// When operations start, in seconds.
+    pub start_s: f64,
+    /// When operations stop being issued.
+    pub end_s: f64,
+    /// Operations per second of virtual time.
+    pub rate_per_s: f64,
+    /// Relative weight of puts (each to a fresh key).
+    pub put: f64,
+    /// Relative weight of gets (of keys whose put completed).
+    pub get: f64,
+    /// Relative weight of provider announcements (fresh keys).
+    pub provide: f64,
+    /// Relative weight of provider lookups (of announced keys).
+    pub get_providers: f64,
+    /// Relative weight of closest-peer lookups of random keys.
+    pub lookup: f64,
+    /// Size of put values.
+    pub value_bytes: usize,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            start_s: 30.0,
+            end_s: 60.0,
+            rate_per_s: 10.0,
+            put: 1.0,
+            get: 2.0,
+            provide: 0.5,
+            get_providers: 0.5,
+            lookup: 1.0,
+            value_bytes: 64,
+        }
+    }
+}
+
+/// The shape of a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKind {
+    /// Two groups that cannot reach each other.
+    Split,
+    /// One node cut off from all others.
+    Isolate,
+    /// Messages from group A to group B are lost; B to A still arrive.
+    OneWay,
+}
+
+/// A partition that starts and heals at scheduled times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// Its shape.
+    pub kind: PartitionKind,
+    /// Fraction of the nodes in group A (split, one-way), chosen at random.
+    #[serde(default = "half")]
+    pub fraction: f64,
+    /// When it starts, in seconds.
+    pub start_s: f64,
+    /// When it heals.
+    pub end_s: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// Clog `nodes` random nodes one every `step_s` from `start_s`, then heal them in random
+/// order, one every `step_s`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwizzleSpec {
+    /// When the first node is clogged.
+    pub start_s: f64,
+    /// Time between steps.
+    pub step_s: f64,
+    /// How many nodes are clogged.
+    pub nodes: usize,
+}
+
+/// Crashes at random times in `[start_s, end_s]`, each followed by a restart after a
+/// downtime drawn from `[downtime_min_s, downtime_max_s]`. A restarted node keeps only what
+/// its store made durable.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnSpec {
+    /// Number of crashes.
+    pub crashes: usize,
+    /// Window start.
+    pub start_s: f64,
+    /// Window end.
+    pub end_s: f64,
+    /// Shortest downtime.
+    pub downtime_min_s: f64,
+    /// Longest downtime.
+    pub downtime_max_s: f64,
+}
+
+/// Clock skew.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSpec {
+    /// Each node's clock is ahead of virtual time by a uniform amount in `[0, max]` ms.
+    pub max_skew_ms: f64,
+}
+
+/// What the checkers demand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckSpec {
+    /// Minimum fraction of eligible gets (after a completed put, no partition between)
+    /// that must find the value.
+    pub min_get_success: f64,
+    /// After `faults_end_s + liveness_grace_s`, every operation must succeed.
+    pub liveness_grace_s: f64,
+    /// How often every node's memory bounds are checked, in seconds.
+    pub memory_check_interval_s: f64,
+    /// Fraction of lookups, issued while no fault is active and all nodes have joined,
+    /// whose result is compared with a brute-force sort of all live nodes.
+    pub exact_lookup_sample: f64,
+}
+
+impl Default for CheckSpec {
+    fn default() -> Self {
+        CheckSpec {
+            min_get_success: 1.0,
+            liveness_grace_s: 30.0,
+            memory_check_interval_s: 60.0,
+            exact_lookup_sample: 0.0,
+        }
+    }
+}
+
+/// Protocol parameters (unset fields keep the core's defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreSpec {
+    /// Bucket size.
+    pub k: Option<usize>,
+    /// Lookup parallelism.
+    pub alpha: Option<usize>,
+    /// Request timeout, ms.
+    pub request_timeout_ms: Option<u64>,
+    /// Query timeout, ms.
+    pub query_timeout_ms: Option<u64>,
+    /// Periodic bootstrap interval, s (0 disables).
+    pub bootstrap_interval_s: Option<u64>,
+    /// Replication interval, s (0 disables).
+    pub replication_interval_s: Option<u64>,
+}
+
+/// Deliberate bugs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSpec {
+    /// `"corrupt-every-third-value"`: every node corrupts every third record it serves.
+    pub inject: Option<String>,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("invalid scenario {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The error.
+        source: toml::de::Error,
+    },
+    /// The values are inconsistent.
+    #[error("invalid scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ScenarioError::Parse { source, .. } => ScenarioError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates scenario TOML.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Parse {
+            path: "<text>".into(),
+            source,
+        })?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks that the values make sense together.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |m: &str| Err(ScenarioError::Invalid(m.to_string()));
+        if self.nodes < 2 {
+            return bad("nodes must be at least 2");
+        }
+        if self.join.bootstrap_nodes == 0 || self.join.bootstrap_nodes > self.nodes {
+            return bad("join.bootstrap_nodes must be in 1..=nodes");
+        }
+        if self.duration_s.is_nan() || self.duration_s <= 0.0 {
+            return bad("duration_s must be positive");
+        }
+        let n = &self.network;
+        if n.latency_min_ms < 0.0 || n.latency_max_ms < n.latency_min_ms || n.jitter_ms < 0.0 {
+            return bad("network latencies must satisfy 0 <= min <= max, jitter >= 0");
+        }
+        for p in [n.loss, n.duplicate, n.reorder] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad("network probabilities must be in [0, 1]");
+            }
+        }
+        let w = &self.workload;
+        if w.rate_per_s < 0.0 || w.end_s < w.start_s {
+            return bad("workload needs rate >= 0 and end >= start");
+        }
+        if [w.put, w.get, w.provide, w.get_providers, w.lookup]
+            .iter()
+            .any(|x| *x < 0.0)
+        {
+            return bad("workload weights must be non-negative");
+        }
+        for p in &self.partitions {
+            if p.end_s < p.start_s || !(0.0..=1.0).contains(&p.fraction) {
+                return bad("partitions need end >= start and fraction in [0, 1]");
+            }
+        }
+        if let Some(c) = &self.churn {
+            if c.end_s < c.start_s || c.downtime_max_s < c.downtime_min_s {
+                return bad("churn needs end >= start and max downtime >= min");
+            }
+        }
+        if let Some(f) = &self.faults.inject {
+            if f != "corrupt-every-third-value" {
+                return bad("faults.inject knows only \"corrupt-every-third-value\"");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The simulator's scenarios hold their invariants, runs replay exactly by seed, and a
+//! deliberately injected protocol bug is caught and replayed by the printed command.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use netabase_sim::{Report, Scenario, replay_command, run};
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+fn load(name: &str) -> Scenario {
+    Scenario::load(&scenario_path(name)).expect("scenario loads")
+}
+
+fn assert_clean(report: &Report, name: &str) {
+    assert!(
+        report.violations.is_empty(),
+        "{}\nreplay with: {}",
+        report.human(),
+        replay_command(&scenario_path(name).display().to_string(), report.seed)
+    );
+}
+
+#[test]
+fn dht_small_holds_every_invariant_and_lookups_are_exact() {
+    let sc = load("dht-small");
+    for seed in 0..5 {
+        let report = run(&sc, seed);
+        assert_clean(&report, "dht-small");
+        assert_eq!(report.ops, report.ops_ok, "{}", report.human());
+        assert!(report.lookups.ok > 0 && report.gets.ok > 0);
+    }
+}
+
+#[test]
+fn dht_partition_converges_after_the_heal() {
+    let sc = load("dht-partition");
+    let report = run(&sc, 3);
+    assert_clean(&report, "dht-partition");
+    // The split did bite: some operations failed while it lasted.
+    assert!(report.ops_failed > 0, "{}", report.human());
+}
+
+#[test]
+fn dht_churn_survives_crashes_clogs_and_skew() {
+    let sc = load("dht-churn");
+    let report = run(&sc, 5);
+    assert_clean(&report, "dht-churn");
+}
+
+#[test]
+fn dht_10k_scaled_down_bootstraps_and_serves_lookups() {
+    let mut sc = load("dht-10k");
+    sc.nodes = 600;
+    sc.join.spread_s = 30.0;
+    sc.workload.start_s = 60.0;
+    sc.workload.end_s = 80.0;
+    sc.workload.rate_per_s = 100.0;
+    sc.duration_s = 100.0;
+    sc.checks.exact_lookup_sample = 0.05;
+    let report = run(&sc, 1);
+    assert_clean(&report, "dht-10k");
+    assert!(report.lookups.ok >= 1900, "{}", report.human());
+    assert!(report.lookup_hops_p50 <= 4, "{}", report.human());
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_another_seed_does_not() {
+    let sc = load("dht-loss");
+    let mut short = sc.clone();
+    short.nodes = 60;
+    short.duration_s = 120.0;
+    short.workload.start_s = 30.0;
+    short.workload.end_s = 110.0;
+    let a = run(&short, 42);
+    let b = run(&short, 42);
+    let c = run(&short, 43);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.ops_ok, b.ops_ok);
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+/// A short sweep of the lossy scenario: at least 99% of gets after a completed put succeed
+/// on every seed.
+#[test]
+fn dht_loss_sweep() {
+    let sc = load("dht-loss");
+    let seeds: Vec<u64> = (0..50).collect();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = seeds
+            .chunks(25)
+            .map(|chunk| {
+                let sc = &sc;
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&seed| run(sc, seed))
+                        .filter(|r| !r.violations.is_empty() || r.get_after_put_success < 0.99)
+                        .map(|r| {
+                            format!(
+                                "seed {}: {:?}\n  replay with: {}",
+                                r.seed,
+                                r.violations.first().map(|v| &v.message),
+                                replay_command(
+                                    &scenario_path("dht-loss").display().to_string(),
+                                    r.seed
+                                )
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sweep thread"))
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn an_injected_bug_is_caught_and_the_printed_command_replays_it() {
+    let dir = std::env::temp_dir().join(format!("netabase-sim-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("buggy.toml");
+    // Large enough that records live at a subset of the nodes, so gets cross the network.
+    let base = "name = \"buggy\"\nnodes = 60\nduration_s = 120\n\n[workload]\nstart_s = 30\nend_s = 110\nrate_per_s = 10\n";
+    std::fs::write(
+        &path,
+        format!("{base}\n[faults]\ninject = \"corrupt-every-third-value\"\n"),
+    )
+    .unwrap();
+    let clean_path = dir.join("clean.toml");
+    std::fs::write(&clean_path, base).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_netabase-sim");
+    let out = Command::new(bin)
+        .args(["run", path.to_str().unwrap(), "--seed", "9", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a violated invariant fails the run"
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let violations = first["violations"].as_array().unwrap();
+    assert!(
+        violations.iter().any(|v| v["checker"] == "get-after-put"),
+        "{first}"
+    );
+
+    // The printed command replays the very same run.
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let command = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("replay with: "))
+        .expect("replay command printed");
+    assert_eq!(command, replay_command(path.to_str().unwrap(), 9));
+    let args: Vec<&str> = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--")
+        .skip(1)
+        .collect();
+    let again = Command::new(bin)
+        .args(&args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let second: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(first["trace_hash"], second["trace_hash"]);
+    assert_eq!(first["violations"], second["violations"]);
+
+    // Without the bug, the same seed is clean.
+    let clean = Command::new(bin)
+        .args(["run", clean_path.to_str().unwrap(), "--seed", "9", "--json"])
+        .output()
+        .unwrap();
+    assert!(clean.status.success());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn malformed_scenarios_are_refused_with_a_clear_error() {
+    let err = Scenario::parse("name = \"x\"\nnodes = 1\nduration_s = 10\n").unwrap_err();
+    assert!(
+        err.to_string().contains("nodes must be at least 2"),
+        "{err}"
+    );
+    let err = Scenario::parse("name = \"x\"\nnodes = 5\nduration_s = 10\nbogus = 3\n").unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+    let err = Scenario::parse("name = \"x\"\nnodes = 5\nduration_s = 10\n[network]\nloss = 2.0\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("probabilities"), "{err}");
+}
