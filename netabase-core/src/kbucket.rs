@@ -359,10 +359,12 @@ impl RoutingTable {
 
     /// Up to `n` entries closest to `target`, closest first, leaving out `exclude`.
     ///
-    /// Only the buckets that can hold the answer are read. With `i` the bucket of the target
-    /// itself: entries of bucket `i` are within 2^i of the target, entries of every lower
-    /// bucket lie in [2^i, 2^(i+1)), and entries of a higher bucket `j` in [2^j, 2^(j+1)).
-    /// Whole groups are taken in that order until `n` entries are found, then sorted.
+    /// Only the buckets that can hold the answer are read, in order of distance. With `D`
+    /// the distance from the local key to the target and `i` its highest bit: bucket `i`
+    /// holds the entries within 2^i of the target; then come the lower buckets `j < i`,
+    /// first those where bit `j` of `D` is set (highest `j` first), then those where it is
+    /// clear (lowest `j` first); then the higher buckets in increasing order. Whole buckets
+    /// are taken in that order until `n` entries are found, then sorted.
     pub fn closest_excluding(
         &self,
         target: &Key,
@@ -370,42 +372,36 @@ impl RoutingTable {
         exclude: Option<&PeerId>,
     ) -> Vec<&Entry> {
         use core::ops::Bound::{Excluded, Unbounded};
+        let d = self.local.distance(target);
+        let mut order: Vec<&Bucket> = Vec::with_capacity(self.buckets.len());
+        match d.bucket_index() {
+            Some(i) => {
+                order.extend(self.buckets.get(&i));
+                order.extend(
+                    self.buckets
+                        .range(..i)
+                        .rev()
+                        .filter(|(j, _)| d.bit(**j))
+                        .map(|(_, b)| b),
+                );
+                order.extend(
+                    self.buckets
+                        .range(..i)
+                        .filter(|(j, _)| !d.bit(**j))
+                        .map(|(_, b)| b),
+                );
+                order.extend(self.buckets.range((Excluded(i), Unbounded)).map(|(_, b)| b));
+            }
+            None => order.extend(self.buckets.values()),
+        }
         let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(n + self.k);
-        fn take<'a>(
-            b: &'a Bucket,
-            target: &Key,
-            exclude: Option<&PeerId>,
-            out: &mut Vec<(Distance, &'a Entry)>,
-        ) {
+        for b in order {
+            if out.len() >= n {
+                break;
+            }
             for e in &b.entries {
                 if exclude != Some(&e.peer) {
                     out.push((e.key.distance(target), e));
-                }
-            }
-        }
-        match self.bucket_index(target) {
-            Some(i) => {
-                if let Some(b) = self.buckets.get(&i) {
-                    take(b, target, exclude, &mut out);
-                }
-                if out.len() < n {
-                    for b in self.buckets.range(..i).map(|(_, b)| b) {
-                        take(b, target, exclude, &mut out);
-                    }
-                }
-                for b in self.buckets.range((Excluded(i), Unbounded)).map(|(_, b)| b) {
-                    if out.len() >= n {
-                        break;
-                    }
-                    take(b, target, exclude, &mut out);
-                }
-            }
-            None => {
-                for b in self.buckets.values() {
-                    if out.len() >= n {
-                        break;
-                    }
-                    take(b, target, exclude, &mut out);
                 }
             }
         }

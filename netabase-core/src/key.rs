@@ -118,6 +118,12 @@ impl Distance {
         None
     }
 
+    /// Whether bit `i` (0 = least significant) is set.
+    pub fn bit(&self, i: u8) -> bool {
+        let word = 3 - usize::from(i) / 64;
+        (self.0[word] >> (u32::from(i) % 64)) & 1 == 1
+    }
+
     /// The 32 bytes of the distance, most significant first.
     pub fn to_bytes(&self) -> [u8; 32] {
         bytes(&self.0)

@@ -1276,74 +1276,21 @@ impl<S: RecordStore> Node<S> {
         };
         match &mut q.kind {
             QueryKind::PutRecord { record, .. } => {
-                let wire = to_wire(record, now);
-                let peers: Vec<PeerId> = q
-                    .iter
-                    .succeeded()
-                    .map(|(p, _)| p)
-                    .take(self.config.k)
-                    .collect();
-                let sends: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        (
-                            *p,
-                            q.iter
-                                .addresses(p)
-                                .cloned()
-                                .unwrap_or_else(|| Addresses::from([])),
-                        )
-                    })
-                    .collect();
-                q.phase = Phase::Fanout {
-                    waiting: peers.iter().copied().collect(),
-                    succeeded: Vec::new(),
+                let request = Request::PutValue {
+                    record: to_wire(record, now),
                 };
-                for (peer, addrs) in sends {
-                    let request = Request::PutValue {
-                        record: wire.clone(),
-                    };
-                    self.send_request(now, peer, addrs, request, Some(id), Purpose::Fanout);
-                }
-                self.advance(now, id);
+                self.start_fanout(now, id, request);
             }
             QueryKind::AddProvider { key } => {
-                let key = key.clone();
-                let peers: Vec<PeerId> = q
-                    .iter
-                    .succeeded()
-                    .map(|(p, _)| p)
-                    .take(self.config.k)
-                    .collect();
-                let sends: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        (
-                            *p,
-                            q.iter
-                                .addresses(p)
-                                .cloned()
-                                .unwrap_or_else(|| Addresses::from([])),
-                        )
-                    })
-                    .collect();
-                q.phase = Phase::Fanout {
-                    waiting: peers.iter().copied().collect(),
-                    succeeded: Vec::new(),
+                let request = Request::AddProvider {
+                    key: key.clone(),
+                    provider: PeerInfo {
+                        id: local,
+                        addrs: self.local_addrs.clone(),
+                        connection: ConnectionType::Connected,
+                    },
                 };
-                let provider = PeerInfo {
-                    id: local,
-                    addrs: self.local_addrs.clone(),
-                    connection: ConnectionType::Connected,
-                };
-                for (peer, addrs) in sends {
-                    let request = Request::AddProvider {
-                        key: key.clone(),
-                        provider: provider.clone(),
-                    };
-                    self.send_request(now, peer, addrs, request, Some(id), Purpose::Fanout);
-                }
-                self.advance(now, id);
+                self.start_fanout(now, id, request);
             }
             QueryKind::Bootstrap {
                 remaining,
@@ -1383,6 +1330,28 @@ impl<S: RecordStore> Node<S> {
             }
             _ => self.finish_query(now, id, false),
         }
+    }
+
+    /// Sends `request` to the closest peers the lookup of query `id` found, and waits for
+    /// their confirmations.
+    fn start_fanout(&mut self, now: Instant, id: QueryId, request: Request) {
+        let Some(q) = self.queries.get_mut(&id) else {
+            return;
+        };
+        let sends: Vec<(PeerId, Addresses)> = q
+            .iter
+            .succeeded()
+            .take(self.config.k)
+            .map(|(p, _)| (p, q.iter.addresses(&p).cloned().unwrap_or_default()))
+            .collect();
+        q.phase = Phase::Fanout {
+            waiting: sends.iter().map(|(p, _)| *p).collect(),
+            succeeded: Vec::new(),
+        };
+        for (peer, addrs) in sends {
+            self.send_request(now, peer, addrs, request.clone(), Some(id), Purpose::Fanout);
+        }
+        self.advance(now, id);
     }
 
     fn emit_finished(&mut self, id: QueryId, result: QueryResult, stats: QueryStats) {

@@ -7,10 +7,10 @@ use crate::key::Key;
 
 /// Longest encoded peer id accepted, in bytes.
 ///
-/// libp2p peer ids are multihashes: an identity hash of a small public key (38 bytes for
-/// Ed25519) or a SHA-256 hash of a larger one (34 bytes). 64 leaves room for every key type
-/// libp2p knows.
-pub const MAX_PEER_ID_LEN: usize = 64;
+/// libp2p peer ids are multihashes: the identity hash of a public key of at most 42 bytes
+/// (38 bytes in all for Ed25519), or the SHA-256 hash of a larger key (34 bytes); so no
+/// valid id is longer than 44 bytes.
+pub const MAX_PEER_ID_LEN: usize = 44;
 
 /// Longest encoded multiaddr accepted, in bytes.
 pub const MAX_ADDRESS_LEN: usize = 1024;

@@ -119,12 +119,22 @@ impl ClosestPeersIter {
         }
         if self.peers.len() >= self.max_candidates {
             // Full: only a peer closer than the farthest candidate gets in, and the farthest
-            // candidate not yet contacted makes room.
+            // candidate that is not awaiting an answer makes room (at most `num_results`
+            // are awaited, so the search is short). Dropping a far candidate that already
+            // answered or failed cannot change the result: it ranks beyond the candidates
+            // kept.
+            if self
+                .peers
+                .last_key_value()
+                .is_some_and(|(far, _)| d >= *far)
+            {
+                return false;
+            }
             let Some((&far, _)) = self
                 .peers
                 .iter()
                 .rev()
-                .find(|(_, c)| c.state == PeerState::NotContacted)
+                .find(|(_, c)| c.state != PeerState::Waiting)
             else {
                 return false;
             };

@@ -83,6 +83,13 @@ fn run_one(
     Ok(sim.run(&mut |now| bar.set_position(now.as_millis())))
 }
 
+fn load(path: &std::path::Path) -> Result<Scenario, ExitCode> {
+    Scenario::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -94,12 +101,9 @@ fn main() -> ExitCode {
             check_determinism,
         } => {
             let path = scenario.display().to_string();
-            let sc = match Scenario::load(&scenario) {
+            let sc = match load(&scenario) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let seed = seed.unwrap_or(sc.seed);
             let virtual_ms = (sc.duration_s * 1000.0) as u64;
@@ -153,12 +157,9 @@ fn main() -> ExitCode {
             json,
         } => {
             let path = scenario.display().to_string();
-            let sc = match Scenario::load(&scenario) {
+            let sc = match load(&scenario) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let Some((a, b)) = seeds
                 .split_once("..")

@@ -1,7 +1,7 @@
 //! The discrete-event engine: many cores, one thread, one virtual clock.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use crate::checkers::{self, Checker, Detail};
 use crate::history::{FaultLog, History, OpKind, OpRecord, Outcome, Scope};
 use crate::report::{OpCounts, Report, Violation, percentile};
 use crate::scenario::{PartitionKind, Scenario};
+
+/// Most connections a simulated node keeps open.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// SplitMix64: derives independent 64-bit values from a seed and a counter.
 fn splitmix(mut x: u64) -> u64 {
@@ -66,8 +69,8 @@ pub struct SimNode {
     timer_at: Option<Instant>,
     inbound: FxHashMap<InboundId, (u32, u32, RequestId)>,
     next_inbound: u64,
-    /// Peers it has an open connection with.
-    links: BTreeSet<u32>,
+    /// Peers it has an open connection with, and when each was last used (event sequence).
+    links: BTreeMap<u32, u64>,
 }
 
 impl SimNode {
@@ -261,7 +264,7 @@ impl Simulation {
                 timer_at: None,
                 inbound: FxHashMap::default(),
                 next_inbound: 0,
-                links: BTreeSet::new(),
+                links: BTreeMap::new(),
             });
         }
         let end = secs(scenario.duration_s);
@@ -614,12 +617,32 @@ impl Simulation {
     }
 
     /// Opens a connection between `a` and `b` on first contact: each learns, as from
-    /// identify, whether the other serves the DHT.
+    /// identify, whether the other serves the DHT. A node keeps at most
+    /// [`MAX_CONNECTIONS`] connections; opening one more closes its least recently used,
+    /// as libp2p's connection limits and idle timeouts do.
     fn connect(&mut self, a: usize, b: usize) {
-        if !self.world.nodes[a].links.insert(b as u32) {
+        let stamp = self.seq;
+        if let Some(t) = self.world.nodes[a].links.get_mut(&(b as u32)) {
+            *t = stamp;
+            if let Some(t) = self.world.nodes[b].links.get_mut(&(a as u32)) {
+                *t = stamp;
+            }
             return;
         }
-        self.world.nodes[b].links.insert(a as u32);
+        for x in [a, b] {
+            if self.world.nodes[x].links.len() >= MAX_CONNECTIONS {
+                let lru = self.world.nodes[x]
+                    .links
+                    .iter()
+                    .min_by_key(|(peer, t)| (**t, **peer))
+                    .map(|(peer, _)| *peer as usize);
+                if let Some(y) = lru {
+                    self.disconnect(x, y);
+                }
+            }
+        }
+        self.world.nodes[a].links.insert(b as u32, stamp);
+        self.world.nodes[b].links.insert(a as u32, stamp);
         for (x, y) in [(a, b), (b, a)] {
             let serves = self.world.nodes[y]
                 .node()
@@ -633,6 +656,19 @@ impl Simulation {
         }
         self.drain(a);
         self.drain(b);
+    }
+
+    /// Closes the connection between `x` and `y`; both sides are told.
+    fn disconnect(&mut self, x: usize, y: usize) {
+        self.world.nodes[x].links.remove(&(y as u32));
+        self.world.nodes[y].links.remove(&(x as u32));
+        for (p, q) in [(x, y), (y, x)] {
+            let peer = self.world.nodes[q].peer;
+            let now = self.local_now(p);
+            if let Some(node) = self.node_mut(p) {
+                node.handle_connection_closed(now, peer);
+            }
+        }
     }
 
     fn trace_event(&mut self, at: Instant, code: u8, node: u32, extra: u64) {
@@ -927,7 +963,7 @@ impl Simulation {
         let links = std::mem::take(&mut node.links);
         let peer = node.peer;
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
-        for j in links {
+        for j in links.into_keys() {
             let j = j as usize;
             self.world.nodes[j].links.remove(&(i as u32));
             let now = self.local_now(j);
