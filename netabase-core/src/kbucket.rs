@@ -415,7 +415,12 @@ impl RoutingTable {
         self.buckets.values().flat_map(|b| b.entries.iter())
     }
 
-    /// `(bucket index, number of entries)` of every non-empty bucket.
+    /// Number of entries in bucket `bucket`.
+    pub fn bucket_len(&self, bucket: u8) -> usize {
+        self.buckets.get(&bucket).map_or(0, |b| b.entries.len())
+    }
+
+    /// `(bucket index, number of entries)` of every non-empty bucket, closest first.
     pub fn bucket_sizes(&self) -> Vec<(u8, usize)> {
         self.buckets
             .iter()

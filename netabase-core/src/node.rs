@@ -436,8 +436,8 @@ enum QueryKind {
         providers: BTreeMap<PeerId, PeerInfo>,
     },
     Bootstrap {
-        /// Refresh targets (preimages) still to look up after the current step.
-        remaining: Vec<Vec<u8>>,
+        /// Buckets still to refresh after the current step, the next one last.
+        remaining: Vec<u8>,
         started_refresh: bool,
     },
 }
@@ -1298,22 +1298,22 @@ impl<S: RecordStore> Node<S> {
             } => {
                 if !*started_refresh {
                     *started_refresh = true;
-                    // Refresh every bucket farther than the closest neighbour's.
-                    let closest = self
-                        .table
-                        .entries()
-                        .filter_map(|e| self.table.bucket_index(&e.key))
-                        .min();
-                    if let Some(min) = closest {
-                        let mut targets = Vec::new();
-                        for bucket in (min.saturating_add(1)..=255).rev() {
-                            targets.push(refresh_preimage(&mut self.rng, &self.local_key, bucket));
-                        }
-                        *remaining = targets;
+                    // Refresh the buckets farther than the closest neighbour's, nearest first.
+                    if let Some(&(min, _)) = self.table.bucket_sizes().first() {
+                        *remaining = (min.saturating_add(1)..=255).rev().collect();
                     }
                 }
-                if let Some(next) = remaining.pop() {
-                    let target = RecordKey::new(&next).expect("refresh targets are 32 bytes");
+                // A bucket that filled up meanwhile (the earlier lookups and the connections
+                // they opened taught the node enough peers) needs no lookup of its own.
+                while remaining
+                    .last()
+                    .is_some_and(|b| self.table.bucket_len(*b) >= self.config.k)
+                {
+                    remaining.pop();
+                }
+                if let Some(bucket) = remaining.pop() {
+                    let preimage = refresh_preimage(&mut self.rng, &self.local_key, bucket);
+                    let target = RecordKey::new(&preimage).expect("refresh targets are 32 bytes");
                     let key = target.key();
                     let known = self
                         .table
