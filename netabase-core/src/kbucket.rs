@@ -1,8 +1,10 @@
 //! The routing table: k-buckets over the XOR distance to the local key.
 //!
-//! Each bucket keeps at most `k` entries ordered from least to most recently seen. When a
-//! new peer arrives at a full bucket it becomes the bucket's single *pending* entry and the
-//! node probes the least recently seen entry; when the pending entry's deadline passes, it
+//! Each bucket keeps at most `k` entries, each stamped with when it was last seen (ties
+//! broken by a sequence number, so "least recently seen" is always one entry). Entries are
+//! updated in place; the least recently seen one is found by a scan of the bucket only when
+//! the bucket is full. When a new peer arrives at a full bucket it becomes the bucket's
+//! single *pending* entry and the node probes the least recently seen entry; when the pending entry's deadline passes, it
 //! replaces that entry if the entry is still disconnected, otherwise it is dropped. Live,
 //! long-known peers are therefore never evicted by newcomers (the Kademlia paper's
 //! preference for old contacts), and dead ones are replaced.
@@ -40,6 +42,14 @@ pub struct Entry {
     pub status: Status,
     /// When the peer was last seen alive (or added).
     pub last_seen: Instant,
+    /// Order of that sighting within the table, breaking ties between equal times.
+    seen_seq: u64,
+}
+
+impl Entry {
+    fn recency(&self) -> (Instant, u64) {
+        (self.last_seen, self.seen_seq)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -50,7 +60,7 @@ struct Pending {
 
 #[derive(Clone, Debug, Default)]
 struct Bucket {
-    /// Least recently seen first.
+    /// In no particular order.
     entries: Vec<Entry>,
     pending: Option<Pending>,
 }
@@ -107,6 +117,8 @@ pub struct RoutingTable {
     /// (deadline, bucket) of every pending entry, for cheap timeout handling.
     pending_deadlines: BTreeSet<(Instant, u8)>,
     len: usize,
+    /// Source of [`Entry`] sighting sequence numbers.
+    seen_seq: u64,
 }
 
 impl RoutingTable {
@@ -119,6 +131,7 @@ impl RoutingTable {
             buckets: BTreeMap::new(),
             pending_deadlines: BTreeSet::new(),
             len: 0,
+            seen_seq: 0,
         }
     }
 
@@ -206,16 +219,15 @@ impl RoutingTable {
             return UpdateOutcome::SelfEntry;
         };
         let k = self.k;
+        self.seen_seq += 1;
+        let seq = self.seen_seq;
         let bucket = self.buckets.entry(b).or_default();
-        if let Some(pos) = bucket.entries.iter().position(|e| e.peer == peer) {
-            let mut entry = bucket.entries.remove(pos);
+        if let Some(entry) = bucket.entries.iter_mut().find(|e| e.peer == peer) {
             Self::merge_addrs(&mut entry.addrs, addrs);
             entry.status = status;
             if status == Status::Connected {
                 entry.last_seen = now;
-                bucket.entries.push(entry);
-            } else {
-                bucket.entries.insert(pos, entry);
+                entry.seen_seq = seq;
             }
             return UpdateOutcome::Updated { bucket: b };
         }
@@ -230,6 +242,7 @@ impl RoutingTable {
             addrs: Addresses::from([]),
             status,
             last_seen: now,
+            seen_seq: seq,
         };
         Self::merge_addrs(&mut entry.addrs, addrs);
         if bucket.entries.len() < k {
@@ -243,10 +256,13 @@ impl RoutingTable {
         let deadline = now + self.pending_timeout;
         bucket.pending = Some(Pending { entry, deadline });
         self.pending_deadlines.insert((deadline, b));
-        UpdateOutcome::Pending {
-            bucket: b,
-            probe: bucket.entries[0].peer,
-        }
+        let probe = bucket
+            .entries
+            .iter()
+            .min_by_key(|e| e.recency())
+            .map(|e| e.peer)
+            .expect("a full bucket has entries");
+        UpdateOutcome::Pending { bucket: b, probe }
     }
 
     /// Marks `peer` disconnected, if present. Returns whether it was present.
@@ -278,12 +294,14 @@ impl RoutingTable {
             return None;
         }
         let pos = bucket.entries.iter().position(|e| e.peer == *peer)?;
-        let removed = bucket.entries.remove(pos);
+        let removed = bucket.entries.swap_remove(pos);
         self.len -= 1;
         if let Some(p) = bucket.pending.take() {
             self.pending_deadlines.remove(&(p.deadline, b));
+            self.seen_seq += 1;
             let mut entry = p.entry;
             entry.last_seen = now;
+            entry.seen_seq = self.seen_seq;
             bucket.entries.push(entry);
             self.len += 1;
         }
@@ -332,14 +350,19 @@ impl RoutingTable {
                 continue;
             };
             // The least recently seen disconnected entry, if any, is replaced.
-            if let Some(pos) = bucket
+            let stale = bucket
                 .entries
                 .iter()
-                .position(|e| e.status == Status::Disconnected)
-            {
-                let evicted = bucket.entries.remove(pos);
+                .enumerate()
+                .filter(|(_, e)| e.status == Status::Disconnected)
+                .min_by_key(|(_, e)| e.recency())
+                .map(|(pos, _)| pos);
+            if let Some(pos) = stale {
+                let evicted = bucket.entries.swap_remove(pos);
+                self.seen_seq += 1;
                 let mut entry = pending.entry;
                 entry.last_seen = now;
+                entry.seen_seq = self.seen_seq;
                 let inserted = entry.peer;
                 bucket.entries.push(entry);
                 out.push(Replacement {
@@ -455,10 +478,14 @@ impl RoutingTable {
                     return Err(format!("entry {:?} has too many addresses", e.peer));
                 }
             }
-            for w in b.entries.windows(2) {
-                if w[0].last_seen > w[1].last_seen {
-                    return Err(format!("bucket {i} is not ordered by last seen"));
-                }
+            let mut seqs: Vec<u64> = b.entries.iter().map(|e| e.seen_seq).collect();
+            seqs.sort_unstable();
+            if seqs.windows(2).any(|w| w[0] == w[1])
+                || seqs.last().is_some_and(|s| *s > self.seen_seq)
+            {
+                return Err(format!(
+                    "bucket {i} has duplicate or future sighting numbers"
+                ));
             }
             if let Some(p) = &b.pending {
                 if b.entries.len() < self.k {
