@@ -200,3 +200,77 @@ fn malformed_scenarios_are_refused_with_a_clear_error() {
         .unwrap_err();
     assert!(err.to_string().contains("probabilities"), "{err}");
 }
+
+#[test]
+fn the_cli_writes_a_trace_and_checks_determinism() {
+    let dir = std::env::temp_dir().join(format!("netabase-sim-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.txt");
+    let bin = env!("CARGO_BIN_EXE_netabase-sim");
+    let out = Command::new(bin)
+        .args([
+            "run",
+            scenario_path("dht-small").to_str().unwrap(),
+            "--seed",
+            "4",
+            "--check-determinism",
+            "--trace",
+        ])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("determinism check: both runs gave trace"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("all invariants held"), "{stdout}");
+    // One line per processed event, with the report's event count.
+    let report = run(&load("dht-small"), 4);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.lines().any(|l| l.contains(" request ")));
+    assert!(text.lines().any(|l| l.contains(" op-end ")));
+    assert!(text.lines().count() as u64 >= report.events);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_sweep_reports_every_failing_seed_with_its_replay_command() {
+    let dir = std::env::temp_dir().join(format!("netabase-sim-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("buggy.toml");
+    std::fs::write(
+        &path,
+        "name = \"buggy\"\nnodes = 60\nduration_s = 100\n[workload]\nstart_s = 30\nend_s = 90\nrate_per_s = 10\n[faults]\ninject = \"corrupt-every-third-value\"\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_netabase-sim");
+    let out = Command::new(bin)
+        .args([
+            "sweep",
+            path.to_str().unwrap(),
+            "--seeds",
+            "0..4",
+            "--jobs",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failing = summary["failing_seeds"].as_array().unwrap();
+    assert!(!failing.is_empty(), "{summary}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for seed in failing {
+        let command = replay_command(path.to_str().unwrap(), seed.as_u64().unwrap());
+        assert!(stderr.contains(&command), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
