@@ -253,3 +253,107 @@ impl RecordStore for MemoryStore {
         Ok(before - (self.records.len() + self.provider_count()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn key(n: u8) -> RecordKey {
+        RecordKey::new(&[n]).unwrap()
+    }
+
+    #[test]
+    fn memory_store_enforces_its_limits_and_keeps_what_it_had() {
+        let local = PeerId::from_seed(0);
+        let config = MemoryStoreConfig {
+            max_records: 2,
+            max_value_bytes: 4,
+            max_providers_per_key: 2,
+            max_provided_keys: 1,
+        };
+        let mut store = MemoryStore::with_config(local, config);
+        store.put(Record::new(key(1), vec![1])).unwrap();
+        store.put(Record::new(key(2), vec![2])).unwrap();
+        assert_eq!(
+            store.put(Record::new(key(3), vec![3])),
+            Err(StoreError::MaxRecords { max: 2 })
+        );
+        // Replacing an existing record is always allowed.
+        store.put(Record::new(key(2), vec![9])).unwrap();
+        assert_eq!(
+            store.put(Record::new(key(1), vec![0; 5])),
+            Err(StoreError::ValueTooLarge { size: 5, max: 4 })
+        );
+        assert_eq!(store.get(&key(1)).unwrap().unwrap().value, vec![1]);
+        assert_eq!(store.get(&key(2)).unwrap().unwrap().value, vec![9]);
+
+        let provider = |p: PeerId, k: u8| ProviderRecord {
+            key: key(k),
+            provider: p,
+            addresses: vec![],
+            expires: None,
+        };
+        store.add_provider(provider(local, 1)).unwrap();
+        assert_eq!(
+            store.add_provider(provider(local, 2)),
+            Err(StoreError::MaxProvidedKeys { max: 1 })
+        );
+        store
+            .add_provider(provider(PeerId::from_seed(1), 1))
+            .unwrap();
+        // A full key keeps the providers it has.
+        store
+            .add_provider(provider(PeerId::from_seed(2), 1))
+            .unwrap();
+        let ids: Vec<PeerId> = store
+            .providers(&key(1))
+            .unwrap()
+            .iter()
+            .map(|p| p.provider)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&local));
+        assert_eq!(store.provided().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn expired_records_and_providers_are_swept() {
+        let local = PeerId::from_seed(0);
+        let mut store = MemoryStore::new(local);
+        let at = |ms| Some(Instant::from_millis(ms));
+        store
+            .put(Record {
+                expires: at(10),
+                ..Record::new(key(1), vec![1])
+            })
+            .unwrap();
+        store
+            .put(Record {
+                expires: at(30),
+                ..Record::new(key(2), vec![2])
+            })
+            .unwrap();
+        store
+            .add_provider(ProviderRecord {
+                key: key(3),
+                provider: local,
+                addresses: vec![],
+                expires: at(10),
+            })
+            .unwrap();
+        assert_eq!(store.remove_expired(Instant::from_millis(20)), Ok(2));
+        assert!(store.get(&key(1)).unwrap().is_none());
+        assert!(store.get(&key(2)).unwrap().is_some());
+        assert!(store.provided().unwrap().is_empty());
+        // The provided-key budget was given back.
+        store
+            .add_provider(ProviderRecord {
+                key: key(4),
+                provider: local,
+                addresses: vec![],
+                expires: None,
+            })
+            .unwrap();
+    }
+}

@@ -216,6 +216,75 @@ fn a_slow_peer_stops_holding_the_lookup_back_but_its_late_answer_counts() {
 }
 
 #[test]
+fn a_found_record_is_cached_at_the_closest_peer_that_lacked_it() {
+    let key = RecordKey::new(b"cached").unwrap();
+    let (mut node, p) = setup(&key);
+    let get = |id: u64, peer: PeerId| Output::SendRequest {
+        id: RequestId(id),
+        peer,
+        addrs: vec![addr_of(&peer)].into(),
+        request: Request::GetValue { key: key.clone() },
+    };
+    let id = node
+        .get_record(T0, key.clone(), netabase_core::Quorum::One)
+        .unwrap();
+    assert_eq!(drain(&mut node), vec![get(0, p[0]), get(1, p[1])]);
+    // p1 has nothing; p2 is asked next.
+    node.handle_response(
+        secs(0.1),
+        RequestId(1),
+        Response::GetValue {
+            record: None,
+            closer_peers: vec![],
+        },
+    );
+    assert_eq!(drain(&mut node), vec![get(2, p[2])]);
+    // p0 has it: the quorum of one is met, and p1 gets a copy.
+    let found = WireRecord {
+        key: key.clone(),
+        value: b"v".to_vec(),
+        publisher: Some(p[2]),
+        ttl_secs: Some(100),
+    };
+    node.handle_response(
+        secs(0.2),
+        RequestId(0),
+        Response::GetValue {
+            record: Some(found.clone()),
+            closer_peers: vec![],
+        },
+    );
+    let out = drain(&mut node);
+    let cached = WireRecord {
+        ttl_secs: Some(100),
+        ..found
+    };
+    assert_eq!(
+        out[0],
+        Output::SendRequest {
+            id: RequestId(3),
+            peer: p[1],
+            addrs: vec![addr_of(&p[1])].into(),
+            request: Request::PutValue { record: cached },
+        }
+    );
+    let Output::Event(Event::QueryFinished {
+        id: done,
+        result: QueryResult::GetRecord(Ok(records)),
+        ..
+    }) = &out[1]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*done, id);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].peer, Some(p[0]));
+    assert_eq!(records[0].record.value, b"v");
+    assert_eq!(records[0].record.expires, Some(secs(100.2)));
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
 fn garbage_closer_peers_are_tried_then_dropped() {
     let key = RecordKey::new(b"target").unwrap();
     let (mut node, p) = setup(&key);
