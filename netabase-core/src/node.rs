@@ -369,6 +369,8 @@ pub struct NodeStats {
     pub requests_timed_out: u64,
     /// Answers or failures for unknown or finished requests (late or duplicate).
     pub unexpected_responses: u64,
+    /// Answers of the wrong kind (say, a PING answer to FIND_NODE); counted as failures.
+    pub mismatched_responses: u64,
     /// Inbound requests handled.
     pub inbound_requests: u64,
     /// Inbound requests refused.
@@ -392,6 +394,8 @@ enum Purpose {
 #[derive(Clone, Debug)]
 struct PendingRequest {
     peer: PeerId,
+    /// What was asked; the answer must be of the same kind.
+    kind: MessageKind,
     /// Completes when written ([`Node::handle_request_sent`]), not with an answer.
     one_way: bool,
     query: Option<QueryId>,
@@ -1168,6 +1172,7 @@ impl<S: RecordStore> Node<S> {
             id,
             PendingRequest {
                 peer,
+                kind: request.kind(),
                 one_way: !request.expects_response(),
                 query,
                 purpose,
@@ -1513,6 +1518,11 @@ impl<S: RecordStore> Node<S> {
             self.stats.unexpected_responses += 1;
             return;
         };
+        if response.kind() != req.kind {
+            self.stats.mismatched_responses += 1;
+            self.request_failed(now, req);
+            return;
+        }
         self.stats.responses_received += 1;
         self.sample_rtt(now.saturating_duration_since(req.sent));
         // An answer proves the peer is a live DHT server.

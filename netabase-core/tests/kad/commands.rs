@@ -285,6 +285,27 @@ fn a_found_record_is_cached_at_the_closest_peer_that_lacked_it() {
 }
 
 #[test]
+fn an_answer_of_the_wrong_kind_counts_as_a_failure() {
+    let key = RecordKey::new(b"target").unwrap();
+    let (mut node, p) = setup(&key);
+    node.get_closest_peers(T0, key.clone()).unwrap();
+    assert_eq!(
+        drain(&mut node),
+        vec![find_node(0, p[0], &key), find_node(1, p[1], &key)]
+    );
+    node.handle_response(secs(0.1), RequestId(0), Response::Pong);
+    assert_eq!(drain(&mut node), vec![find_node(2, p[2], &key)]);
+    assert_eq!(node.stats().mismatched_responses, 1);
+    assert_eq!(node.stats().requests_failed, 1);
+    // The peer that answered nonsense is not confirmed as a live server.
+    assert_eq!(
+        node.routing_table().entry(&p[0]).unwrap().status,
+        netabase_core::kbucket::Status::Disconnected
+    );
+    node.check_invariants().unwrap();
+}
+
+#[test]
 fn garbage_closer_peers_are_tried_then_dropped() {
     let key = RecordKey::new(b"target").unwrap();
     let (mut node, p) = setup(&key);
