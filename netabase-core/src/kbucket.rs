@@ -32,10 +32,8 @@ pub enum Status {
 /// A routing-table entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// The peer.
+    /// The peer (its Kademlia key is `peer.kad_key()`).
     pub peer: PeerId,
-    /// Its key (SHA-256 of the peer id).
-    pub key: Key,
     /// Its known addresses, newest last.
     pub addrs: Addresses,
     /// Its connection status.
@@ -238,7 +236,6 @@ impl RoutingTable {
         }
         let mut entry = Entry {
             peer,
-            key,
             addrs: Addresses::from([]),
             status,
             last_seen: now,
@@ -424,7 +421,7 @@ impl RoutingTable {
             }
             for e in &b.entries {
                 if exclude != Some(&e.peer) {
-                    out.push((e.key.distance(target), e));
+                    out.push((e.peer.kad_key().distance(target), e));
                 }
             }
         }
@@ -465,10 +462,7 @@ impl RoutingTable {
                 return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
             }
             for e in &b.entries {
-                if Key::from_peer(&e.peer) != e.key {
-                    return Err(format!("entry {:?} has a wrong key", e.peer));
-                }
-                if self.bucket_index(&e.key) != Some(i) {
+                if self.bucket_index(e.peer.kad_key()) != Some(i) {
                     return Err(format!("entry {:?} is in the wrong bucket {i}", e.peer));
                 }
                 if !seen.insert(e.peer) {
