@@ -38,6 +38,7 @@ extern crate std;
 pub mod kbucket;
 pub mod key;
 pub mod message;
+pub mod model;
 mod node;
 pub mod peer;
 pub mod query;

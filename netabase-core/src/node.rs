@@ -685,12 +685,11 @@ impl<S: RecordStore> Node<S> {
             };
             req.patience = None;
             let (peer, query) = (req.peer, req.query);
-            if let Some(qid) = query {
-                if let Some(q) = self.queries.get_mut(&qid) {
-                    if q.iter.on_unresponsive(&peer) {
-                        self.advance(now, qid);
-                    }
-                }
+            if let Some(qid) = query
+                && let Some(q) = self.queries.get_mut(&qid)
+                && q.iter.on_unresponsive(&peer)
+            {
+                self.advance(now, qid);
             }
         }
         // Queries that ran out of time.
@@ -1548,11 +1547,11 @@ impl<S: RecordStore> Node<S> {
                     if waiting.remove(&req.peer) && ok {
                         succeeded.push(req.peer);
                     }
-                    if let QueryKind::PutRecord { quorum, .. } = q.kind {
-                        if succeeded.len() >= quorum {
-                            self.finish_query(now, qid, false);
-                            return;
-                        }
+                    if let QueryKind::PutRecord { quorum, .. } = q.kind
+                        && succeeded.len() >= quorum
+                    {
+                        self.finish_query(now, qid, false);
+                        return;
                     }
                 }
             }
@@ -1704,10 +1703,10 @@ impl<S: RecordStore> Node<S> {
             return;
         };
         q.stats.successes += 1;
-        if let Phase::Fanout { waiting, succeeded } = &mut q.phase {
-            if waiting.remove(&req.peer) {
-                succeeded.push(req.peer);
-            }
+        if let Phase::Fanout { waiting, succeeded } = &mut q.phase
+            && waiting.remove(&req.peer)
+        {
+            succeeded.push(req.peer);
         }
         if let Some(qid) = req.query {
             self.advance(now, qid);
@@ -1841,7 +1840,7 @@ impl<S: RecordStore> Node<S> {
         let mut record = record?;
         if self.config.injected_fault == Some(InjectedFault::CorruptEveryThirdValue) {
             self.fault_counter += 1;
-            if self.fault_counter % 3 == 0 {
+            if self.fault_counter.is_multiple_of(3) {
                 record.value.push(0xEE);
             }
         }

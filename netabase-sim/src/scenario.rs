@@ -363,15 +363,15 @@ impl Scenario {
                 return bad("partitions need end >= start and fraction in [0, 1]");
             }
         }
-        if let Some(c) = &self.churn {
-            if c.end_s < c.start_s || c.downtime_max_s < c.downtime_min_s {
-                return bad("churn needs end >= start and max downtime >= min");
-            }
+        if let Some(c) = &self.churn
+            && (c.end_s < c.start_s || c.downtime_max_s < c.downtime_min_s)
+        {
+            return bad("churn needs end >= start and max downtime >= min");
         }
-        if let Some(f) = &self.faults.inject {
-            if f != "corrupt-every-third-value" {
-                return bad("faults.inject knows only \"corrupt-every-third-value\"");
-            }
+        if let Some(f) = &self.faults.inject
+            && f != "corrupt-every-third-value"
+        {
+            return bad("faults.inject knows only \"corrupt-every-third-value\"");
         }
         Ok(())
     }

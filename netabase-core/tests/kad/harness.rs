@@ -278,10 +278,10 @@ impl Net {
                     result,
                     stats,
                 } = e
+                    && *p == node
+                    && *qid == id
                 {
-                    if *p == node && *qid == id {
-                        return (result.clone(), stats.clone());
-                    }
+                    return (result.clone(), stats.clone());
                 }
             }
             seen = self.events.len();

@@ -32,13 +32,12 @@ impl Checker for Liveness {
         if op.invoked < converged {
             return;
         }
-        if let Some(w) = op.reads.map(|r| &world.history.ops[r]) {
-            if world
+        if let Some(w) = op.reads.map(|r| &world.history.ops[r])
+            && world
                 .faults
                 .any(w.invoked, w.completed.unwrap_or(world.now))
-            {
-                return;
-            }
+        {
+            return;
         }
         if let Outcome::Failed(reason) = &op.outcome {
             self.failures += 1;

@@ -68,7 +68,7 @@ impl Checker for LookupResults {
             return;
         }
         self.seen += 1;
-        if self.seen % every != 0 {
+        if !self.seen.is_multiple_of(every) {
             return;
         }
         let local = world.nodes[op.node].peer;

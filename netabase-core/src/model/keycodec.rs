@@ -1,0 +1,397 @@
+//! An order-preserving byte encoding for key values.
+//!
+//! Stores keep records sorted by the bytes of their keys, and range and prefix scans walk
+//! that order. This encoding makes byte order agree with the key type's own order: for two
+//! values `a < b` of a key type built from the supported shapes, `encode(a) < encode(b)`
+//! byte-wise. Only encoding is needed (a key is always recoverable from the record it
+//! belongs to), which keeps this small; the general-purpose crates of this kind either
+//! dropped serde or do not preserve order for strings, so it is written here.
+//!
+//! - `bool`, unsigned integers: big-endian, fixed width.
+//! - signed integers: big-endian with the sign bit flipped.
+//! - floats: IEEE bits, all bits flipped for negatives, the sign bit flipped otherwise.
+//! - `char`: as `u32`.
+//! - strings and byte strings: each `0x00` byte escaped as `0x00 0xFF`, terminated by
+//!   `0x00 0x00`, so that a string sorts before its extensions.
+//! - `Option`: `0x00` for `None`, `0x01` then the value for `Some`.
+//! - sequences and maps: `0x01` before each element, `0x00` at the end.
+//! - tuples and structs: fields in order; unit values: nothing.
+//! - enums: the variant index as a big-endian `u32`, then the payload.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::ser::{self, Serialize};
+
+/// Why a value could not be encoded as a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode key: {0}")]
+pub struct KeyEncodeError(String);
+
+impl ser::Error for KeyEncodeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        KeyEncodeError(msg.to_string())
+    }
+}
+
+/// Encodes `value` so that byte order follows the value's order.
+pub fn encode_key<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, KeyEncodeError> {
+    let mut encoder = KeyEncoder {
+        out: Vec::new(),
+        open_end: None,
+    };
+    value.serialize(&mut encoder)?;
+    Ok(encoder.out)
+}
+
+/// Encodes `value` as a prefix: like [`encode_key`], but when the encoding ends with a
+/// string or byte-string terminator, the terminator is left off, so that the result is a
+/// byte prefix of every key whose last string component starts with the given one.
+pub fn encode_key_prefix<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, KeyEncodeError> {
+    let mut encoder = KeyEncoder {
+        out: Vec::new(),
+        open_end: None,
+    };
+    value.serialize(&mut encoder)?;
+    if encoder.open_end == Some(encoder.out.len()) {
+        encoder.out.truncate(encoder.out.len() - 2);
+    }
+    Ok(encoder.out)
+}
+
+struct KeyEncoder {
+    out: Vec<u8>,
+    /// Length of `out` right after the last string terminator was written.
+    open_end: Option<usize>,
+}
+
+impl KeyEncoder {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == 0 {
+                self.out.extend_from_slice(&[0, 0xFF]);
+            } else {
+                self.out.push(b);
+            }
+        }
+        self.out.extend_from_slice(&[0, 0]);
+        self.open_end = Some(self.out.len());
+    }
+}
+
+impl<'a> ser::Serializer for &'a mut KeyEncoder {
+    type Ok = ();
+    type Error = KeyEncodeError;
+    type SerializeSeq = Seq<'a>;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Seq<'a>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn serialize_bool(self, v: bool) -> Result<(), KeyEncodeError> {
+        self.out.push(u8::from(v));
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), KeyEncodeError> {
+        self.out.push((v as u8) ^ 0x80);
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), KeyEncodeError> {
+        self.out
+            .extend_from_slice(&((v as u16) ^ (1 << 15)).to_be_bytes());
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), KeyEncodeError> {
+        self.out
+            .extend_from_slice(&((v as u32) ^ (1 << 31)).to_be_bytes());
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), KeyEncodeError> {
+        self.out
+            .extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), KeyEncodeError> {
+        self.out
+            .extend_from_slice(&((v as u128) ^ (1 << 127)).to_be_bytes());
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), KeyEncodeError> {
+        self.out.push(v);
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), KeyEncodeError> {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), KeyEncodeError> {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), KeyEncodeError> {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), KeyEncodeError> {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), KeyEncodeError> {
+        let bits = v.to_bits();
+        let bits = if bits >> 31 == 1 {
+            !bits
+        } else {
+            bits ^ (1 << 31)
+        };
+        self.out.extend_from_slice(&bits.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), KeyEncodeError> {
+        let bits = v.to_bits();
+        let bits = if bits >> 63 == 1 {
+            !bits
+        } else {
+            bits ^ (1 << 63)
+        };
+        self.out.extend_from_slice(&bits.to_be_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), KeyEncodeError> {
+        self.serialize_u32(u32::from(v))
+    }
+    fn serialize_str(self, v: &str) -> Result<(), KeyEncodeError> {
+        self.bytes(v.as_bytes());
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), KeyEncodeError> {
+        self.bytes(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), KeyEncodeError> {
+        self.out.push(0);
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), KeyEncodeError> {
+        self.out.push(1);
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), KeyEncodeError> {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), KeyEncodeError> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+    ) -> Result<(), KeyEncodeError> {
+        self.serialize_u32(index)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), KeyEncodeError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+        value: &T,
+    ) -> Result<(), KeyEncodeError> {
+        self.serialize_u32(index)?;
+        value.serialize(self)
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a>, KeyEncodeError> {
+        Ok(Seq(self))
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self, KeyEncodeError> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self, KeyEncodeError> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, KeyEncodeError> {
+        self.serialize_u32(index)?;
+        Ok(self)
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Seq<'a>, KeyEncodeError> {
+        Ok(Seq(self))
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, KeyEncodeError> {
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, KeyEncodeError> {
+        self.serialize_u32(index)?;
+        Ok(self)
+    }
+    fn collect_str<T: fmt::Display + ?Sized>(self, value: &T) -> Result<(), KeyEncodeError> {
+        self.serialize_str(&value.to_string())
+    }
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// Sequence and map state: a `0x01` marker before each element, `0x00` at the end.
+#[doc(hidden)]
+pub struct Seq<'a>(&'a mut KeyEncoder);
+
+impl ser::SerializeSeq for Seq<'_> {
+    type Ok = ();
+    type Error = KeyEncodeError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        self.0.out.push(1);
+        value.serialize(&mut *self.0)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        self.0.out.push(0);
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Seq<'_> {
+    type Ok = ();
+    type Error = KeyEncodeError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
+        self.0.out.push(1);
+        key.serialize(&mut *self.0)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+        value.serialize(&mut *self.0)
+    }
+    fn end(self) -> Result<(), Self::Error> {
+        self.0.out.push(0);
+        Ok(())
+    }
+}
+
+macro_rules! fields {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for &mut KeyEncoder {
+            type Ok = ();
+            type Error = KeyEncodeError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), Self::Error> {
+                Ok(())
+            }
+        }
+    )*};
+}
+fields!(
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+macro_rules! named_fields {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for &mut KeyEncoder {
+            type Ok = ();
+            type Error = KeyEncodeError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _key: &'static str,
+                value: &T,
+            ) -> Result<(), Self::Error> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), Self::Error> {
+                Ok(())
+            }
+        }
+    )*};
+}
+named_fields!(SerializeStruct, SerializeStructVariant);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    fn ordered<T: Serialize + Ord + core::fmt::Debug>(a: &T, b: &T) {
+        let (ea, eb) = (encode_key(a).unwrap(), encode_key(b).unwrap());
+        assert_eq!(a.cmp(b), ea.cmp(&eb), "{a:?} vs {b:?}: {ea:?} vs {eb:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn integers_keep_their_order(a: i64, b: i64, c: u32, d: u32, e: i8, f: i8) {
+            ordered(&a, &b);
+            ordered(&c, &d);
+            ordered(&e, &f);
+        }
+
+        #[test]
+        fn strings_and_bytes_keep_their_order(a: String, b: String, c: Vec<u8>, d: Vec<u8>) {
+            ordered(&a, &b);
+            ordered(&serde_bytes_like(&c), &serde_bytes_like(&d));
+        }
+
+        #[test]
+        fn composites_keep_their_order(
+            a: (String, u16, Option<i32>), b: (String, u16, Option<i32>),
+            c: Vec<String>, d: Vec<String>,
+        ) {
+            ordered(&a, &b);
+            ordered(&c, &d);
+        }
+
+        #[test]
+        fn a_string_prefix_is_a_byte_prefix(s: String, rest: String) {
+            let whole = format!("{s}{rest}");
+            let prefix = encode_key_prefix(&s).unwrap();
+            prop_assert!(encode_key(&whole).unwrap().starts_with(&prefix));
+        }
+
+        #[test]
+        fn floats_keep_their_order(a in -1e9f64..1e9, b in -1e9f64..1e9) {
+            let (ea, eb) = (encode_key(&a).unwrap(), encode_key(&b).unwrap());
+            prop_assert_eq!(a.partial_cmp(&b).unwrap(), ea.cmp(&eb));
+        }
+    }
+
+    /// Bytes serialised element by element (a `Vec<u8>` is a sequence to serde).
+    fn serde_bytes_like(v: &[u8]) -> Vec<u8> {
+        v.to_vec()
+    }
+
+    use alloc::format;
+
+    #[test]
+    fn prefix_of_a_tuple_ending_in_a_string() {
+        let key = encode_key(&(7u32, "chat/general")).unwrap();
+        let prefix = encode_key_prefix(&(7u32, "chat/")).unwrap();
+        assert!(key.starts_with(&prefix));
+        let other = encode_key(&(8u32, "chat/general")).unwrap();
+        assert!(!other.starts_with(&prefix));
+        assert_eq!(encode_key(&()).unwrap(), vec![]);
+    }
+}

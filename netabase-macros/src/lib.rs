@@ -1,0 +1,1 @@
+//! Definition-module and model derive macros of Netabase.

@@ -1,0 +1,1 @@
+//! Typed embedded storage of Netabase.
