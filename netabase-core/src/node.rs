@@ -313,6 +313,17 @@ pub enum Event {
         /// Why.
         reason: Rejection,
     },
+    /// A record in a GET_VALUE answer failed validation and was dropped: it neither
+    /// counts toward the get's quorum nor is cached. (Invalid records in PUT_VALUE
+    /// requests are reported as [`Event::InboundRejected`].)
+    InvalidRecord {
+        /// The peer that sent it.
+        peer: PeerId,
+        /// Its key.
+        key: RecordKey,
+        /// Why it was refused.
+        error: StoreError,
+    },
     /// The DHT mode changed.
     ModeChanged {
         /// The new mode.
@@ -375,6 +386,9 @@ pub struct NodeStats {
     pub inbound_requests: u64,
     /// Inbound requests refused.
     pub inbound_rejected: u64,
+    /// Records from the network (in PUT_VALUE requests or GET_VALUE answers) that the
+    /// store's [`RecordStore::validate`] refused; none of them was stored or returned.
+    pub invalid_records: u64,
     /// Queries finished.
     pub queries_finished: u64,
 }
@@ -1524,6 +1538,7 @@ impl<S: RecordStore> Node<S> {
         }
         self.stats.responses_received += 1;
         self.sample_rtt(now.saturating_duration_since(req.sent));
+        let response = self.drop_invalid_record(req.peer, response);
         // An answer proves the peer is a live DHT server.
         let addrs = self.known_addrs(&req);
         self.table_update(now, req.peer, &addrs, Status::Connected);
@@ -1761,6 +1776,11 @@ impl<S: RecordStore> Node<S> {
                     self.reject(id, peer, kind, true, Rejection::RecordTooLarge { size });
                     return;
                 }
+                if let Err(e) = self.store.validate(&record.key, &record.value) {
+                    self.stats.invalid_records += 1;
+                    self.reject(id, peer, kind, true, Rejection::Store(e));
+                    return;
+                }
                 let mut stored = from_wire(record, now);
                 // Never keep a record longer than this node's own record lifetime.
                 if let Some(ttl) = self.config.record_ttl {
@@ -1850,6 +1870,35 @@ impl<S: RecordStore> Node<S> {
     fn respond(&mut self, id: InboundId, peer: PeerId, response: Response) {
         self.outputs
             .push_back(Output::SendResponse { id, peer, response });
+    }
+
+    /// A GET_VALUE answer without its record when the store's validation refuses it.
+    fn drop_invalid_record(&mut self, peer: PeerId, response: Response) -> Response {
+        let Response::GetValue {
+            record: Some(record),
+            closer_peers,
+        } = response
+        else {
+            return response;
+        };
+        match self.store.validate(&record.key, &record.value) {
+            Ok(()) => Response::GetValue {
+                record: Some(record),
+                closer_peers,
+            },
+            Err(error) => {
+                self.stats.invalid_records += 1;
+                self.outputs.push_back(Output::Event(Event::InvalidRecord {
+                    peer,
+                    key: record.key,
+                    error,
+                }));
+                Response::GetValue {
+                    record: None,
+                    closer_peers,
+                }
+            }
+        }
     }
 
     fn reject(

@@ -79,6 +79,15 @@ pub trait RecordStore {
     /// Removes every record and provider record that has expired at `now`; returns how many
     /// were removed.
     fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError>;
+
+    /// Checks a record that arrived from the network before the node stores it, caches it
+    /// or returns it from a get: a typed store decodes the value as a model of its
+    /// definition and refuses anything else with [`StoreError::Rejected`]. The default
+    /// accepts every record.
+    fn validate(&self, key: &RecordKey, value: &[u8]) -> Result<(), StoreError> {
+        let _ = (key, value);
+        Ok(())
+    }
 }
 
 /// Limits of a [`MemoryStore`].

@@ -231,5 +231,6 @@ pub fn decode_value<T: DeserializeOwned>(
 /// Re-exports the generated code refers to, so that users need not depend on them.
 #[doc(hidden)]
 pub mod __private {
+    pub use alloc::vec::Vec;
     pub use serde;
 }

@@ -5,3 +5,4 @@ mod commands;
 mod harness;
 mod lookup;
 mod table;
+mod validation;
