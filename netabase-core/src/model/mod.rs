@@ -208,17 +208,22 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, ModelError> {
 }
 
 /// Decodes a model value encoded by [`encode_value`]; trailing bytes are an error.
+///
+/// The bytes may come from anywhere (the network, a damaged disk): a length prefix that
+/// claims more than the input can hold fails with [`ModelError::Decode`] instead of
+/// allocating it. bincode allocates strings and byte buffers at their announced length
+/// before reading them unless a decoding limit is set, so the limit is chosen from the
+/// input's length: a valid value claims at most 16 bytes per input byte (a `u128` can be
+/// encoded in one byte) plus its strings, so a limit of at least 17 times the input never
+/// refuses a valid value, and bounds what invalid input can make the decoder allocate.
 pub fn decode_value<T: DeserializeOwned>(
     model: &'static str,
     bytes: &[u8],
 ) -> Result<T, ModelError> {
-    let (value, read) =
-        bincode::serde::decode_from_slice(bytes, bincode_config()).map_err(|e| {
-            ModelError::Decode {
-                model,
-                reason: alloc::format!("{e}"),
-            }
-        })?;
+    let (value, read) = decode_limited(bytes).map_err(|e| ModelError::Decode {
+        model,
+        reason: alloc::format!("{e}"),
+    })?;
     if read != bytes.len() {
         return Err(ModelError::Decode {
             model,
@@ -228,9 +233,81 @@ pub fn decode_value<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// [`bincode_config`] with the smallest of a ladder of decoding limits (powers of 4) that is
+/// at least 17 times the input's length.
+fn decode_limited<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let needed = bytes.len().saturating_mul(17);
+    macro_rules! ladder {
+        ($($limit:expr),*) => {
+            $(
+                if needed <= $limit {
+                    return bincode::serde::decode_from_slice(
+                        bytes,
+                        bincode_config().with_limit::<{ $limit }>(),
+                    );
+                }
+            )*
+        };
+    }
+    ladder!(
+        1 << 12,
+        1 << 14,
+        1 << 16,
+        1 << 18,
+        1 << 20,
+        1 << 22,
+        1 << 24,
+        1 << 26,
+        1 << 28,
+        1 << 30
+    );
+    #[cfg(target_pointer_width = "64")]
+    ladder!(1 << 32, 1 << 34, 1 << 36, 1 << 38, 1 << 40);
+    bincode::serde::decode_from_slice(bytes, bincode_config().with_limit::<{ usize::MAX }>())
+}
+
 /// Re-exports the generated code refers to, so that users need not depend on them.
 #[doc(hidden)]
 pub mod __private {
     pub use alloc::vec::Vec;
     pub use serde;
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::String;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn a_huge_announced_length_is_a_decode_error_not_an_allocation() {
+        // A string whose varint length prefix announces 2^63 bytes.
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(1u64 << 63).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        assert!(matches!(
+            decode_value::<String>("Text", &bytes),
+            Err(ModelError::Decode { model: "Text", .. })
+        ));
+        assert!(matches!(
+            decode_value::<(u8, Vec<u8>)>("Pair", &[1, 0xFC, 0xFF, 0xFF, 0xFF, 0x7F]),
+            Err(ModelError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn values_that_claim_more_than_their_encoding_still_decode() {
+        // Each small u128 is one byte on the wire but claims 16 against the limit.
+        let value: Vec<u128> = (0..5000).map(|i| i % 200).collect();
+        let bytes = encode_value(&value).unwrap();
+        assert!(bytes.len() < 5010);
+        assert_eq!(decode_value::<Vec<u128>>("Numbers", &bytes), Ok(value));
+        let text = "x".repeat(100_000);
+        let bytes = encode_value(&(text.clone(), 7u128)).unwrap();
+        assert_eq!(decode_value("Pair", &bytes), Ok((text, 7u128)));
+    }
 }
