@@ -69,6 +69,11 @@ pub trait NetabaseDefinition:
     /// error for an unknown model id or bytes that are not a valid value of that model.
     fn decode_model(model: ModelId, bytes: &[u8]) -> Result<Self, ModelError>;
 
+    /// The held model's secondary keys as `(index, value bytes)` pairs, in declaration order
+    /// ([`encode_secondary_keys`] of the held model). Stores maintain their secondary
+    /// indexes from it when they are handed a definition value rather than a model.
+    fn secondary_key_bytes(&self) -> Result<Vec<(u16, Vec<u8>)>, KeyEncodeError>;
+
     /// The DHT record key of the held model ([`record_key`]).
     fn record_key(&self) -> Result<RecordKey, ModelError> {
         let id = self.model_id();
@@ -166,6 +171,18 @@ pub enum ModelError {
     /// The derived record key exceeds the DHT's key length limit.
     #[error("record key of {0} bytes exceeds the limit of {MAX_RECORD_KEY_LEN}")]
     KeyTooLong(usize),
+}
+
+/// A model value's secondary keys ([`NetabaseModel::secondary_keys`]) as
+/// `(`[`SecondaryKey::index`]`, `[`SecondaryKey::value_bytes`]`)` pairs, in declaration order.
+pub fn encode_secondary_keys<M: NetabaseModel>(
+    model: &M,
+) -> Result<Vec<(u16, Vec<u8>)>, KeyEncodeError> {
+    model
+        .secondary_keys()
+        .iter()
+        .map(|key| Ok((key.index(), key.value_bytes()?)))
+        .collect()
 }
 
 /// The DHT record key of the model value with primary key `key`.
