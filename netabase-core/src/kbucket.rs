@@ -60,7 +60,33 @@ struct Pending {
 struct Bucket {
     /// In no particular order.
     entries: Vec<Entry>,
+    /// `entries[i].peer.kad_key().tag()`: finding a peer scans these eight bytes per entry
+    /// instead of the entries themselves, which matters when a large network's tables do
+    /// not fit in cache.
+    tags: Vec<u64>,
     pending: Option<Pending>,
+}
+
+impl Bucket {
+    fn position(&self, peer: &PeerId) -> Option<usize> {
+        let tag = peer.kad_key().tag();
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == tag)
+            .map(|(i, _)| i)
+            .find(|&i| self.entries[i].peer == *peer)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.tags.push(entry.peer.kad_key().tag());
+        self.entries.push(entry);
+    }
+
+    fn swap_remove(&mut self, pos: usize) -> Entry {
+        self.tags.swap_remove(pos);
+        self.entries.swap_remove(pos)
+    }
 }
 
 /// What [`RoutingTable::update`] did.
@@ -160,12 +186,7 @@ impl RoutingTable {
 
     fn locate(&self, key: &Key, peer: &PeerId) -> Option<(u8, usize)> {
         let b = self.bucket_index(key)?;
-        let pos = self
-            .buckets
-            .get(&b)?
-            .entries
-            .iter()
-            .position(|e| e.peer == *peer)?;
+        let pos = self.buckets.get(&b)?.position(peer)?;
         Some((b, pos))
     }
 
@@ -220,7 +241,7 @@ impl RoutingTable {
         self.seen_seq += 1;
         let seq = self.seen_seq;
         let bucket = self.buckets.entry(b).or_default();
-        if let Some(entry) = bucket.entries.iter_mut().find(|e| e.peer == peer) {
+        if let Some(entry) = bucket.position(&peer).map(|pos| &mut bucket.entries[pos]) {
             Self::merge_addrs(&mut entry.addrs, addrs);
             entry.status = status;
             if status == Status::Connected {
@@ -243,7 +264,7 @@ impl RoutingTable {
         };
         Self::merge_addrs(&mut entry.addrs, addrs);
         if bucket.entries.len() < k {
-            bucket.entries.push(entry);
+            bucket.push(entry);
             self.len += 1;
             return UpdateOutcome::Inserted { bucket: b };
         }
@@ -260,6 +281,22 @@ impl RoutingTable {
             .map(|e| e.peer)
             .expect("a full bucket has entries");
         UpdateOutcome::Pending { bucket: b, probe }
+    }
+
+    /// Marks `peer` connected and seen at `now`, if present. Returns whether it was present.
+    pub fn mark_connected(&mut self, now: Instant, peer: &PeerId) -> bool {
+        let key = Key::from_peer(peer);
+        let Some((b, pos)) = self.locate(&key, peer) else {
+            return false;
+        };
+        self.seen_seq += 1;
+        if let Some(bucket) = self.buckets.get_mut(&b) {
+            let entry = &mut bucket.entries[pos];
+            entry.status = Status::Connected;
+            entry.last_seen = now;
+            entry.seen_seq = self.seen_seq;
+        }
+        true
     }
 
     /// Marks `peer` disconnected, if present. Returns whether it was present.
@@ -290,8 +327,8 @@ impl RoutingTable {
             self.pending_deadlines.remove(&(p.deadline, b));
             return None;
         }
-        let pos = bucket.entries.iter().position(|e| e.peer == *peer)?;
-        let removed = bucket.entries.swap_remove(pos);
+        let pos = bucket.position(peer)?;
+        let removed = bucket.swap_remove(pos);
         self.len -= 1;
         if let Some(p) = bucket.pending.take() {
             self.pending_deadlines.remove(&(p.deadline, b));
@@ -299,7 +336,7 @@ impl RoutingTable {
             let mut entry = p.entry;
             entry.last_seen = now;
             entry.seen_seq = self.seen_seq;
-            bucket.entries.push(entry);
+            bucket.push(entry);
             self.len += 1;
         }
         if bucket.entries.is_empty() {
@@ -355,13 +392,13 @@ impl RoutingTable {
                 .min_by_key(|(_, e)| e.recency())
                 .map(|(pos, _)| pos);
             if let Some(pos) = stale {
-                let evicted = bucket.entries.swap_remove(pos);
+                let evicted = bucket.swap_remove(pos);
                 self.seen_seq += 1;
                 let mut entry = pending.entry;
                 entry.last_seen = now;
                 entry.seen_seq = self.seen_seq;
                 let inserted = entry.peer;
-                bucket.entries.push(entry);
+                bucket.push(entry);
                 out.push(Replacement {
                     bucket: b,
                     inserted,
@@ -460,6 +497,10 @@ impl RoutingTable {
             }
             if b.entries.len() > self.k {
                 return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
+            }
+            let tags: Vec<u64> = b.entries.iter().map(|e| e.peer.kad_key().tag()).collect();
+            if tags != b.tags {
+                return Err(format!("bucket {i}'s tags do not match its entries"));
             }
             for e in &b.entries {
                 if self.bucket_index(e.peer.kad_key()) != Some(i) {

@@ -802,9 +802,7 @@ impl<S: RecordStore> Node<S> {
     /// The driver established a connection to `peer`.
     pub fn handle_connection_established(&mut self, now: Instant, peer: PeerId) {
         self.connected.insert(peer);
-        if self.table.contains(&peer) {
-            self.table.update(now, peer, &[], Status::Connected);
-        }
+        self.table.mark_connected(now, &peer);
     }
 
     /// The driver's last connection to `peer` closed.

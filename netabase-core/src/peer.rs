@@ -183,17 +183,55 @@ impl core::str::FromStr for PeerId {
     }
 }
 
-/// A shared, immutable list of addresses: cloning it is a reference-count increment, which
-/// matters because every lookup answer lists twenty peers with their addresses.
-pub type Addresses = Arc<[Address]>;
+/// Addresses up to this many bytes are kept inline (`/ip4/../tcp/..` is 8 bytes, with a
+/// `/p2p/` suffix about 48; `/ip6/../udp/../quic-v1` is 22).
+const INLINE_ADDRESS_LEN: usize = 30;
 
 /// A network address of a peer: the bytes of a multiaddr, kept opaque by the core.
 ///
 /// The core stores, compares and forwards addresses but never interprets them; the adapters
-/// parse them with the `multiaddr` crate, the simulator uses its own small encoding. Cloning
-/// is cheap (shared bytes).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Address(Arc<[u8]>);
+/// parse them with the `multiaddr` crate, the simulator uses its own small encoding.
+/// Short addresses (the common case) are stored inline and longer ones are shared, so a
+/// clone never allocates. Inline storage matters: every lookup answer copies twenty peers
+/// with their addresses, and a shared reference count on a cold cache line costs more than
+/// copying thirty bytes.
+#[derive(Clone)]
+pub struct Address(AddressRepr);
+
+#[derive(Clone)]
+enum AddressRepr {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ADDRESS_LEN],
+    },
+    Shared(Arc<[u8]>),
+}
+
+impl PartialEq for Address {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Address {}
+
+impl PartialOrd for Address {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Address {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl core::hash::Hash for Address {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
 
 /// Why bytes are not accepted as an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -209,22 +247,99 @@ impl Address {
         if bytes.is_empty() || bytes.len() > MAX_ADDRESS_LEN {
             return Err(AddressError::Length(bytes.len()));
         }
-        Ok(Address(Arc::from(bytes)))
+        if bytes.len() <= INLINE_ADDRESS_LEN {
+            let mut inline = [0u8; INLINE_ADDRESS_LEN];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            return Ok(Address(AddressRepr::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }));
+        }
+        Ok(Address(AddressRepr::Shared(Arc::from(bytes))))
     }
 
     /// The multiaddr bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            AddressRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            AddressRepr::Shared(bytes) => bytes,
+        }
+    }
+}
+
+/// An immutable list of addresses. A single address (the common case) is kept inline;
+/// longer lists are shared, so cloning never allocates. Dereferences to `[Address]`.
+#[derive(Clone, Default)]
+pub struct Addresses(AddressesRepr);
+
+#[derive(Clone, Default)]
+enum AddressesRepr {
+    #[default]
+    Empty,
+    One(Address),
+    Many(Arc<[Address]>),
+}
+
+impl core::ops::Deref for Addresses {
+    type Target = [Address];
+    fn deref(&self) -> &[Address] {
+        match &self.0 {
+            AddressesRepr::Empty => &[],
+            AddressesRepr::One(a) => core::slice::from_ref(a),
+            AddressesRepr::Many(list) => list,
+        }
+    }
+}
+
+impl PartialEq for Addresses {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Addresses {}
+
+impl fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl From<alloc::vec::Vec<Address>> for Addresses {
+    fn from(mut list: alloc::vec::Vec<Address>) -> Self {
+        match list.len() {
+            0 => Addresses(AddressesRepr::Empty),
+            1 => Addresses(AddressesRepr::One(list.remove(0))),
+            _ => Addresses(AddressesRepr::Many(list.into())),
+        }
+    }
+}
+
+impl<const N: usize> From<[Address; N]> for Addresses {
+    fn from(list: [Address; N]) -> Self {
+        alloc::vec::Vec::from(list).into()
+    }
+}
+
+impl From<&[Address]> for Addresses {
+    fn from(list: &[Address]) -> Self {
+        list.to_vec().into()
+    }
+}
+
+impl FromIterator<Address> for Addresses {
+    fn from_iter<I: IntoIterator<Item = Address>>(iter: I) -> Self {
+        iter.into_iter().collect::<alloc::vec::Vec<_>>().into()
     }
 }
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Address(")?;
-        for b in self.0.iter().take(16) {
+        for b in self.as_bytes().iter().take(16) {
             write!(f, "{b:02x}")?;
         }
-        if self.0.len() > 16 {
+        if self.as_bytes().len() > 16 {
             write!(f, "..")?;
         }
         write!(f, ")")
@@ -234,6 +349,23 @@ impl fmt::Debug for Address {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_compare_by_bytes_whatever_their_length() {
+        let short = Address::from_bytes(&[4, 127, 0, 0, 1]).unwrap();
+        let long = Address::from_bytes(&[9u8; 100]).unwrap();
+        assert_eq!(short.as_bytes(), &[4, 127, 0, 0, 1]);
+        assert_eq!(long.as_bytes(), &[9u8; 100][..]);
+        assert!(short < long);
+        assert_eq!(long.clone(), long);
+        let list: Addresses = alloc::vec![short.clone(), long.clone()].into();
+        assert_eq!(&*list, &[short.clone(), long][..]);
+        let one: Addresses = [short.clone()].into();
+        assert_eq!(&*one, &[short][..]);
+        assert!(Addresses::from([]).is_empty());
+        assert!(Address::from_bytes(&[]).is_err());
+        assert!(Address::from_bytes(&[1u8; MAX_ADDRESS_LEN + 1]).is_err());
+    }
 
     #[test]
     fn seeded_ids_round_trip_through_bytes_and_text() {
