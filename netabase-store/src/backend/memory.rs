@@ -1,0 +1,137 @@
+//! The in-memory backend.
+
+use std::collections::BTreeMap;
+
+use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
+use super::{Backend, BackendKind, KeyRange, ReadTransaction, Visitor, WriteTransaction};
+use crate::error::Result;
+
+/// Ordered maps in memory: transactions as on disk, nothing persists.
+///
+/// For tests, wasm32 and the simulator; it needs neither redb nor sled and is available
+/// without any feature. Read transactions see a stable state (they hold a read lock, so a
+/// commit waits for them); write transactions buffer their changes and apply them at commit.
+#[derive(Debug)]
+pub struct MemoryBackend {
+    inner: Locked<MemKv>,
+}
+
+#[derive(Debug, Default)]
+struct MemKv(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl FlatKv for MemKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        for (k, v) in self.0.range::<[u8], _>(range) {
+            if visit(k, v)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, changes: Changes) -> Result<()> {
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    self.0.insert(k, v);
+                }
+                None => {
+                    self.0.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryBackend {
+            inner: Locked::new(MemKv::default()),
+        }
+    }
+
+    /// The number of entries over all tables.
+    pub fn entry_count(&self) -> usize {
+        self.inner.read().0.len()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A read transaction of a [`MemoryBackend`].
+pub struct MemoryRead<'a>(OverlayRead<'a, MemKv>);
+
+/// A write transaction of a [`MemoryBackend`].
+pub struct MemoryWrite<'a>(OverlayWrite<'a, MemKv>);
+
+impl Backend for MemoryBackend {
+    type Read<'a> = MemoryRead<'a>;
+    type Write<'a> = MemoryWrite<'a>;
+
+    fn begin_read(&self) -> Result<MemoryRead<'_>> {
+        Ok(MemoryRead(self.inner.begin_read()))
+    }
+
+    fn begin_write(&self) -> Result<MemoryWrite<'_>> {
+        Ok(MemoryWrite(self.inner.begin_write(false)))
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Memory
+    }
+}
+
+impl ReadTransaction for MemoryRead<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(table, key)
+    }
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.0.scan(table, range, visit)
+    }
+}
+
+impl ReadTransaction for MemoryWrite<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(table, key)
+    }
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.0.scan(table, range, visit)
+    }
+}
+
+impl WriteTransaction for MemoryWrite<'_> {
+    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.replace(table, key, value)
+    }
+    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.put(table, key, value);
+        Ok(())
+    }
+    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.take(table, key)
+    }
+    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        self.0.delete(table, key);
+        Ok(())
+    }
+    fn clear(&mut self, table: &str) -> Result<()> {
+        self.0.clear(table)
+    }
+    fn commit(self) -> Result<()> {
+        self.0.commit()
+    }
+}

@@ -1,0 +1,230 @@
+//! The redb backend.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::overlay::is_empty_range;
+use super::{
+    Backend, BackendKind, Durability, KeyRange, ReadTransaction, Visitor, WriteTransaction,
+};
+use crate::error::{Result, StoreError};
+
+/// Options of the redb backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedbOptions {
+    /// Whether a commit is durable when it returns ([`Durability::Immediate`], the default:
+    /// one `fdatasync` per commit) or only visible ([`Durability::Deferred`]).
+    pub durability: Durability,
+    /// redb's page cache size in bytes; redb's default when `None`.
+    pub cache_size: Option<usize>,
+}
+
+/// A redb database file: ACID transactions, copy-on-write B-trees, one table per store
+/// table.
+///
+/// With [`Durability::Immediate`] (the default) a commit returns after redb has written
+/// and `fdatasync`ed the new state, so an acknowledged write survives a crash of the
+/// process and a power loss.
+#[derive(Debug)]
+pub struct RedbBackend {
+    db: redb::Database,
+    durability: Durability,
+}
+
+fn definition(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// Maps any redb error to a store error, keeping I/O errors as such.
+fn map_err(e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) => StoreError::Io(io),
+        redb::Error::Corrupted(what) => StoreError::Backend(format!("redb: corrupted: {what}")),
+        other => StoreError::Backend(format!("redb: {other}")),
+    }
+}
+
+impl RedbBackend {
+    /// Opens (or creates) the redb database file at `path`.
+    ///
+    /// Fails with [`StoreError::AlreadyOpen`] when another process or handle has it open.
+    pub fn open(path: impl AsRef<Path>, options: &RedbOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let mut builder = redb::Database::builder();
+        if let Some(bytes) = options.cache_size {
+            builder.set_cache_size(bytes);
+        }
+        let db = builder.create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
+                path: PathBuf::from(path),
+            },
+            other => map_err(other),
+        })?;
+        Ok(RedbBackend {
+            db,
+            durability: options.durability,
+        })
+    }
+}
+
+type CachedTable = Option<Rc<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>;
+
+/// A read transaction of a [`RedbBackend`]: a snapshot of the last commit.
+pub struct RedbRead {
+    tx: redb::ReadTransaction,
+    /// Tables opened so far (`None`: the table does not exist).
+    tables: RefCell<Vec<(String, CachedTable)>>,
+}
+
+impl RedbRead {
+    fn table(&self, name: &str) -> Result<CachedTable> {
+        if let Some((_, table)) = self.tables.borrow().iter().find(|(n, _)| n == name) {
+            return Ok(table.clone());
+        }
+        let table = match self.tx.open_table(definition(name)) {
+            Ok(table) => Some(Rc::new(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(map_err(e)),
+        };
+        self.tables
+            .borrow_mut()
+            .push((name.to_owned(), table.clone()));
+        Ok(table)
+    }
+}
+
+fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    range: KeyRange<'_>,
+    visit: &mut Visitor<'_>,
+) -> Result<()> {
+    if is_empty_range(&range) {
+        return Ok(());
+    }
+    for entry in table.range::<&[u8]>(range).map_err(map_err)? {
+        let (k, v) = entry.map_err(map_err)?;
+        if visit(k.value(), v.value())?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl ReadTransaction for RedbRead {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(table) = self.table(table)? else {
+            return Ok(None);
+        };
+        Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        match self.table(table)? {
+            Some(table) => scan_table(&*table, range, visit),
+            None => Ok(()),
+        }
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        match self.table(table)? {
+            Some(table) => table.len().map_err(map_err),
+            None => Ok(0),
+        }
+    }
+}
+
+/// A write transaction of a [`RedbBackend`].
+pub struct RedbWrite {
+    tx: redb::WriteTransaction,
+}
+
+impl RedbWrite {
+    fn open(&self, name: &str) -> Result<redb::Table<'_, &'static [u8], &'static [u8]>> {
+        self.tx.open_table(definition(name)).map_err(map_err)
+    }
+}
+
+impl ReadTransaction for RedbWrite {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let table = self.open(table)?;
+        Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        scan_table(&self.open(table)?, range, visit)
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        self.open(table)?.len().map_err(map_err)
+    }
+}
+
+impl WriteTransaction for RedbWrite {
+    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut table = self.open(table)?;
+        let old = table
+            .insert(key, value)
+            .map_err(map_err)?
+            .map(|v| v.value().to_vec());
+        Ok(old)
+    }
+
+    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut table = self.open(table)?;
+        table.insert(key, value).map_err(map_err)?;
+        Ok(())
+    }
+
+    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut table = self.open(table)?;
+        let old = table
+            .remove(key)
+            .map_err(map_err)?
+            .map(|v| v.value().to_vec());
+        Ok(old)
+    }
+
+    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        let mut table = self.open(table)?;
+        table.remove(key).map_err(map_err)?;
+        Ok(())
+    }
+
+    fn clear(&mut self, table: &str) -> Result<()> {
+        self.tx.delete_table(definition(table)).map_err(map_err)?;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(map_err)
+    }
+}
+
+impl Backend for RedbBackend {
+    type Read<'a> = RedbRead;
+    type Write<'a> = RedbWrite;
+
+    fn begin_read(&self) -> Result<RedbRead> {
+        Ok(RedbRead {
+            tx: self.db.begin_read().map_err(map_err)?,
+            tables: RefCell::new(Vec::new()),
+        })
+    }
+
+    fn begin_write(&self) -> Result<RedbWrite> {
+        let mut tx = self.db.begin_write().map_err(map_err)?;
+        let durability = match self.durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::Deferred => redb::Durability::None,
+        };
+        tx.set_durability(durability).map_err(map_err)?;
+        Ok(RedbWrite { tx })
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redb
+    }
+}

@@ -1,0 +1,183 @@
+//! The sled backend.
+
+use std::path::{Path, PathBuf};
+
+use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
+use super::{
+    Backend, BackendKind, Durability, KeyRange, ReadTransaction, Visitor, WriteTransaction,
+};
+use crate::error::{Result, StoreError};
+
+/// Options of the sled backend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SledOptions {
+    /// Whether a commit flushes before it returns ([`Durability::Immediate`], the default)
+    /// or leaves it to sled's background flusher.
+    pub durability: Durability,
+    /// sled's page cache size in bytes; sled's default when `None`.
+    pub cache_capacity: Option<u64>,
+}
+
+/// A sled database directory.
+///
+/// All tables live in one sled tree as key prefixes, so that a commit is one atomic
+/// `apply_batch`. Writers are serialised by a mutex; a write transaction buffers its changes
+/// in memory (its own reads see them), applies them in one batch at commit and then calls
+/// `flush()` before it returns. Read transactions hold a read lock, so they see a stable
+/// state and a commit waits for them.
+///
+/// # Durability
+///
+/// sled 0.34's `flush()` writes its log with `sync_file_range` and issues no `fdatasync`:
+/// an acknowledged commit survives a crash of the process (it is in the kernel's page
+/// cache), but not necessarily a power loss or a kernel crash, because neither the data
+/// nor the file metadata is forced to the device. This is why redb, whose commits return
+/// after an `fdatasync`, is the default backend. A reader may also observe a commit
+/// between its batch being applied and its flush returning.
+#[derive(Debug)]
+pub struct SledBackend {
+    inner: Locked<SledKv>,
+    sync: bool,
+    // Dropped last: closes the database and releases its lock.
+    _db: sled::Db,
+}
+
+#[derive(Debug)]
+struct SledKv {
+    tree: sled::Tree,
+}
+
+/// Maps a sled error to a store error.
+fn map_err(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Backend(format!("sled: {other}")),
+    }
+}
+
+impl FlatKv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(key).map_err(map_err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        for entry in self.tree.range::<&[u8], _>(range) {
+            let (k, v) = entry.map_err(map_err)?;
+            if visit(&k, &v)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, changes: Changes) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in changes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(map_err)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.tree.flush().map_err(map_err)?;
+        Ok(())
+    }
+}
+
+impl SledBackend {
+    /// Opens (or creates) the sled database in directory `path`.
+    ///
+    /// Fails with [`StoreError::AlreadyOpen`] when another process or handle has it open.
+    pub fn open(path: impl AsRef<Path>, options: &SledOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let mut config = sled::Config::new().path(path);
+        if let Some(bytes) = options.cache_capacity {
+            config = config.cache_capacity(bytes);
+        }
+        let db = config.open().map_err(|e| open_error(path, e))?;
+        let tree = db.open_tree("netabase").map_err(map_err)?;
+        Ok(SledBackend {
+            inner: Locked::new(SledKv { tree }),
+            sync: options.durability == Durability::Immediate,
+            _db: db,
+        })
+    }
+}
+
+fn open_error(path: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::AlreadyOpen {
+                path: PathBuf::from(path),
+            }
+        }
+        other => map_err(other),
+    }
+}
+
+/// A read transaction of a [`SledBackend`].
+pub struct SledRead<'a>(OverlayRead<'a, SledKv>);
+
+/// A write transaction of a [`SledBackend`].
+pub struct SledWrite<'a>(OverlayWrite<'a, SledKv>);
+
+impl Backend for SledBackend {
+    type Read<'a> = SledRead<'a>;
+    type Write<'a> = SledWrite<'a>;
+
+    fn begin_read(&self) -> Result<SledRead<'_>> {
+        Ok(SledRead(self.inner.begin_read()))
+    }
+
+    fn begin_write(&self) -> Result<SledWrite<'_>> {
+        Ok(SledWrite(self.inner.begin_write(self.sync)))
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sled
+    }
+}
+
+impl ReadTransaction for SledRead<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(table, key)
+    }
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.0.scan(table, range, visit)
+    }
+}
+
+impl ReadTransaction for SledWrite<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(table, key)
+    }
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.0.scan(table, range, visit)
+    }
+}
+
+impl WriteTransaction for SledWrite<'_> {
+    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.replace(table, key, value)
+    }
+    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.0.put(table, key, value);
+        Ok(())
+    }
+    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.take(table, key)
+    }
+    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        self.0.delete(table, key);
+        Ok(())
+    }
+    fn clear(&mut self, table: &str) -> Result<()> {
+        self.0.clear(table)
+    }
+    fn commit(self) -> Result<()> {
+        self.0.commit()
+    }
+}

@@ -1,0 +1,423 @@
+//! The typed operations, written once over the backend's transactions.
+
+use std::ops::{Bound, ControlFlow, RangeBounds};
+
+use netabase_core::model::{
+    ModelError, ModelId, NetabaseDefinition, NetabaseModel, PrimaryKey, SecondaryKey, decode_value,
+    encode_key_prefix, encode_secondary_keys,
+};
+use serde::Serialize;
+
+use crate::backend::{FULL_RANGE, KeyRange, ReadTransaction, WriteTransaction, prefix_end};
+use crate::codec;
+use crate::error::{Result, StoreError};
+
+/// The name of the table of definition facts (name, schema version, value format).
+pub const META_TABLE: &str = "meta";
+
+/// The name of the table holding the records of model `model`.
+pub fn records_table(model: &str) -> String {
+    format!("m/{model}")
+}
+
+/// The name of the table holding the secondary-index entries of model `model`.
+pub fn index_table(model: &str) -> String {
+    format!("i/{model}")
+}
+
+/// The tables of one model.
+#[derive(Debug)]
+pub(crate) struct ModelTables {
+    pub(crate) name: &'static str,
+    pub(crate) records: String,
+    pub(crate) index: String,
+}
+
+/// The tables of every model of a definition, by model id.
+#[derive(Debug)]
+pub(crate) struct Tables(Vec<ModelTables>);
+
+impl Tables {
+    pub(crate) fn of<D: NetabaseDefinition>() -> Self {
+        let mut tables: Vec<ModelTables> = Vec::with_capacity(D::MODELS.len());
+        for (i, info) in D::MODELS.iter().enumerate() {
+            debug_assert_eq!(usize::from(info.id), i, "MODELS is indexed by model id");
+            tables.push(ModelTables {
+                name: info.name,
+                records: records_table(info.name),
+                index: index_table(info.name),
+            });
+        }
+        Tables(tables)
+    }
+
+    pub(crate) fn get(&self, model: ModelId) -> Result<&ModelTables> {
+        self.0
+            .get(usize::from(model))
+            .ok_or(StoreError::Model(ModelError::UnknownModel(model)))
+    }
+
+    pub(crate) fn all(&self) -> &[ModelTables] {
+        &self.0
+    }
+}
+
+/// The records a scan read, and the errors of the records it could not read.
+///
+/// Scans skip records that fail to decode and report each of them in [`errors`] as a
+/// [`StoreError::Corrupt`] naming its key ("skip with error"): a damaged record does not
+/// hide the others. [`strict`](Scan::strict) turns the first error into the result, which
+/// is what [`Store::range`](crate::Store::range) and the other scans that return a plain
+/// `Vec` do.
+///
+/// [`errors`]: Scan::errors
+#[derive(Debug)]
+pub struct Scan<M> {
+    /// The records that decoded, in primary-key order.
+    pub records: Vec<M>,
+    /// One error per record that did not decode, in primary-key order.
+    pub errors: Vec<StoreError>,
+}
+
+impl<M> Scan<M> {
+    /// The records, or the first error if any record did not decode.
+    pub fn strict(self) -> Result<Vec<M>> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.records),
+        }
+    }
+
+    /// Whether every record decoded.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+pub(crate) fn tables_of<M: NetabaseModel>(tables: &Tables) -> Result<&ModelTables> {
+    tables.get(M::ID)
+}
+
+/// Decodes a stored value of model `M` found under `key`.
+pub(crate) fn decode_stored<M: NetabaseModel>(key: &[u8], bytes: &[u8]) -> Result<M> {
+    let version = <M::Definition as NetabaseDefinition>::SCHEMA_VERSION;
+    let payload =
+        codec::open_version(bytes, version).map_err(|r| StoreError::corrupt(M::NAME, key, r))?;
+    decode_value::<M>(M::NAME, payload)
+        .map_err(|e| StoreError::corrupt(M::NAME, key, model_reason(e)))
+}
+
+/// Decodes a stored value of model `model` of definition `D` found under `key`.
+pub(crate) fn decode_stored_definition<D: NetabaseDefinition>(
+    name: &'static str,
+    model: ModelId,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<D> {
+    let payload = codec::open_version(bytes, D::SCHEMA_VERSION)
+        .map_err(|r| StoreError::corrupt(name, key, r))?;
+    D::decode_model(model, payload).map_err(|e| StoreError::corrupt(name, key, model_reason(e)))
+}
+
+fn model_reason(e: ModelError) -> String {
+    match e {
+        ModelError::Decode { reason, .. } => format!("does not decode: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+fn encode_error(e: String) -> StoreError {
+    StoreError::Model(ModelError::Encode(e))
+}
+
+fn bound_bytes<K: PrimaryKey>(bound: Bound<&K>) -> Result<Bound<Vec<u8>>> {
+    Ok(match bound {
+        Bound::Included(k) => Bound::Included(k.key_bytes()?),
+        Bound::Excluded(k) => Bound::Excluded(k.key_bytes()?),
+        Bound::Unbounded => Bound::Unbounded,
+    })
+}
+
+/// Reads of typed records, over any read transaction.
+pub(crate) struct Reader<'a, T: ?Sized> {
+    pub(crate) tx: &'a T,
+    pub(crate) tables: &'a Tables,
+}
+
+impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
+    pub(crate) fn get<K: PrimaryKey>(&self, key: &K) -> Result<Option<K::Model>> {
+        let t = tables_of::<K::Model>(self.tables)?;
+        let pk = key.key_bytes()?;
+        match self.tx.get(&t.records, &pk)? {
+            Some(bytes) => decode_stored(&pk, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The primary keys of the index entries holding exactly (`index`, `value`).
+    fn index_lookup(&self, t: &ModelTables, index: u16, value: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let prefix = codec::index_prefix(index, value);
+        let end = prefix_end(&prefix);
+        let range: KeyRange<'_> = (
+            Bound::Included(&prefix),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let mut pks = Vec::new();
+        self.tx.scan(&t.index, range, &mut |k, _| {
+            if let Some(pk) = codec::index_entry_pk_exact(&prefix, k) {
+                pks.push(pk.to_vec());
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(pks)
+    }
+
+    pub(crate) fn get_by_secondary<S: SecondaryKey>(&self, key: &S) -> Result<Vec<S::Model>> {
+        let t = tables_of::<S::Model>(self.tables)?;
+        let pks = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
+        let mut out = Vec::with_capacity(pks.len());
+        for pk in pks {
+            let Some(bytes) = self.tx.get(&t.records, &pk)? else {
+                continue;
+            };
+            let model: S::Model = decode_stored(&pk, &bytes)?;
+            // Indexes are maintained in the record's transaction; this check only guards
+            // against entries damaged outside the store.
+            if model.secondary_keys().contains(key) {
+                out.push(model);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn scan_bytes<M: NetabaseModel>(
+        &self,
+        range: KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Scan<M>> {
+        let t = tables_of::<M>(self.tables)?;
+        let mut scan = Scan {
+            records: Vec::new(),
+            errors: Vec::new(),
+        };
+        if limit == 0 {
+            return Ok(scan);
+        }
+        self.tx.scan(&t.records, range, &mut |k, v| {
+            match decode_stored::<M>(k, v) {
+                Ok(m) => scan.records.push(m),
+                Err(e) => scan.errors.push(e),
+            }
+            Ok(if scan.records.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(scan)
+    }
+
+    pub(crate) fn scan<M: NetabaseModel>(
+        &self,
+        range: impl RangeBounds<M::PrimaryKey>,
+        limit: usize,
+    ) -> Result<Scan<M>> {
+        let lo = bound_bytes(range.start_bound())?;
+        let hi = bound_bytes(range.end_bound())?;
+        self.scan_bytes(
+            (
+                lo.as_ref().map(Vec::as_slice),
+                hi.as_ref().map(Vec::as_slice),
+            ),
+            limit,
+        )
+    }
+
+    pub(crate) fn prefix<M: NetabaseModel, P: Serialize + ?Sized>(
+        &self,
+        prefix: &P,
+    ) -> Result<Vec<M>> {
+        let start = encode_key_prefix(prefix)?;
+        let end = prefix_end(&start);
+        let range: KeyRange<'_> = (
+            Bound::Included(&start),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        self.scan_bytes(range, usize::MAX)?.strict()
+    }
+
+    pub(crate) fn count<M: NetabaseModel>(&self) -> Result<u64> {
+        self.tx.len(&tables_of::<M>(self.tables)?.records)
+    }
+
+    pub(crate) fn get_definition<D: NetabaseDefinition>(
+        &self,
+        model: ModelId,
+        key: &[u8],
+    ) -> Result<Option<D>> {
+        let t = self.tables.get(model)?;
+        match self.tx.get(&t.records, key)? {
+            Some(bytes) => decode_stored_definition(t.name, model, key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Removes every index entry of record `pk` (used when its old value cannot be decoded,
+/// so its secondary keys are unknown).
+fn purge_index_entries<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    t: &ModelTables,
+    pk: &[u8],
+) -> Result<()> {
+    let mut doomed = Vec::new();
+    tx.scan(&t.index, FULL_RANGE, &mut |k, _| {
+        if codec::index_entry_pk(k) == Some(pk) {
+            doomed.push(k.to_vec());
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    for k in doomed {
+        tx.delete(&t.index, &k)?;
+    }
+    Ok(())
+}
+
+type IndexKeys = Vec<(u16, Vec<u8>)>;
+
+/// Replaces index entries `old` of record `pk` by `new`.
+fn reindex<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    t: &ModelTables,
+    pk: &[u8],
+    old: Option<&IndexKeys>,
+    new: &IndexKeys,
+) -> Result<()> {
+    let empty = Vec::new();
+    let old = old.unwrap_or(&empty);
+    for (index, value) in old {
+        if !new.iter().any(|(i, v)| i == index && v == value) {
+            tx.delete(&t.index, &codec::index_key(*index, value, pk))?;
+        }
+    }
+    for (index, value) in new {
+        if !old.iter().any(|(i, v)| i == index && v == value) {
+            tx.put(&t.index, &codec::index_key(*index, value, pk), &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a record and keeps its index entries right; returns the replaced value decoded
+/// by `decode_old` (`None` if there was none, or if it could not be decoded; the index
+/// entries of an undecodable old value are found by a scan and removed).
+fn put_record<T, O>(
+    tx: &mut T,
+    t: &ModelTables,
+    pk: &[u8],
+    value: &[u8],
+    keys: &IndexKeys,
+    decode_old: impl FnOnce(&[u8]) -> Option<(O, IndexKeys)>,
+) -> Result<Option<O>>
+where
+    T: WriteTransaction + ?Sized,
+{
+    let old = match tx.replace(&t.records, pk, value)? {
+        Some(bytes) => match decode_old(&bytes) {
+            Some(old) => Some(old),
+            None => {
+                purge_index_entries(tx, t, pk)?;
+                None
+            }
+        },
+        None => None,
+    };
+    reindex(tx, t, pk, old.as_ref().map(|(_, keys)| keys), keys)?;
+    Ok(old.map(|(value, _)| value))
+}
+
+/// Removes a record and its index entries; returns the removed value decoded by
+/// `decode_old` (see [`put_record`]).
+fn remove_record<T, O>(
+    tx: &mut T,
+    t: &ModelTables,
+    pk: &[u8],
+    decode_old: impl FnOnce(&[u8]) -> Option<(O, IndexKeys)>,
+) -> Result<Option<O>>
+where
+    T: WriteTransaction + ?Sized,
+{
+    let Some(bytes) = tx.take(&t.records, pk)? else {
+        return Ok(None);
+    };
+    match decode_old(&bytes) {
+        Some((value, keys)) => {
+            reindex(tx, t, pk, Some(&keys), &Vec::new())?;
+            Ok(Some(value))
+        }
+        None => {
+            purge_index_entries(tx, t, pk)?;
+            Ok(None)
+        }
+    }
+}
+
+fn typed_old<M: NetabaseModel>(pk: &[u8], bytes: &[u8]) -> Option<(M, IndexKeys)> {
+    let old: M = decode_stored(pk, bytes).ok()?;
+    let keys = encode_secondary_keys(&old).ok()?;
+    Some((old, keys))
+}
+
+fn definition_old<D: NetabaseDefinition>(
+    t: &ModelTables,
+    model: ModelId,
+    pk: &[u8],
+    bytes: &[u8],
+) -> Option<(D, IndexKeys)> {
+    let old: D = decode_stored_definition(t.name, model, pk, bytes).ok()?;
+    let keys = old.secondary_key_bytes().ok()?;
+    Some((old, keys))
+}
+
+/// Writes of typed records, over any write transaction.
+pub(crate) struct Writer<'a, T: ?Sized> {
+    pub(crate) tx: &'a mut T,
+    pub(crate) tables: &'a Tables,
+}
+
+impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
+    pub(crate) fn put<M: NetabaseModel>(&mut self, model: &M) -> Result<Option<M>> {
+        let t = tables_of::<M>(self.tables)?;
+        let pk = model.key_bytes()?;
+        let version = <M::Definition as NetabaseDefinition>::SCHEMA_VERSION;
+        let value = codec::seal(version, model).map_err(encode_error)?;
+        let keys = encode_secondary_keys(model)?;
+        put_record(self.tx, t, &pk, &value, &keys, |old| typed_old(&pk, old))
+    }
+
+    pub(crate) fn remove<K: PrimaryKey>(&mut self, key: &K) -> Result<Option<K::Model>> {
+        let t = tables_of::<K::Model>(self.tables)?;
+        let pk = key.key_bytes()?;
+        remove_record(self.tx, t, &pk, |old| typed_old(&pk, old))
+    }
+
+    pub(crate) fn put_definition<D: NetabaseDefinition>(&mut self, value: &D) -> Result<Option<D>> {
+        let model = value.model_id();
+        let t = self.tables.get(model)?;
+        let pk = value.primary_key_bytes()?;
+        let sealed = codec::seal_payload(D::SCHEMA_VERSION, &value.encode_model()?);
+        let keys = value.secondary_key_bytes()?;
+        put_record(self.tx, t, &pk, &sealed, &keys, |old| {
+            definition_old(t, model, &pk, old)
+        })
+    }
+
+    pub(crate) fn remove_definition<D: NetabaseDefinition>(
+        &mut self,
+        model: ModelId,
+        key: &[u8],
+    ) -> Result<Option<D>> {
+        let t = self.tables.get(model)?;
+        remove_record(self.tx, t, key, |old| definition_old(t, model, key, old))
+    }
+}

@@ -1,0 +1,507 @@
+//! The DHT's record storage on a persistent backend.
+
+use std::ops::{Bound, ControlFlow};
+use std::path::Path;
+use std::sync::Arc;
+
+use netabase_core::model::{Envelope, NetabaseDefinition, decode_value};
+use netabase_core::store::{MemoryStoreConfig, RecordStore, StoreError as CoreError};
+use netabase_core::{Address, Instant, PeerId, ProviderRecord, Record, RecordKey};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::guard::TxGuard;
+use crate::backend::{
+    AnyBackend, Backend, BackendConfig, FULL_RANGE, KeyRange, MemoryBackend, ReadTransaction,
+    WriteTransaction, prefix_end,
+};
+use crate::codec;
+use crate::error::StoreError;
+use crate::store::Store;
+
+/// Limits of a [`PersistentRecordStore`]: the same as the core's memory store.
+pub type RecordStoreConfig = MemoryStoreConfig;
+
+const RECORDS: &str = "dht/records";
+const PROVIDERS: &str = "dht/providers";
+const COUNTERS: &str = "dht/meta";
+const RECORD_COUNT: &[u8] = b"records";
+const PROVIDED_COUNT: &[u8] = b"provided";
+/// The layout version of the stored DHT records (in the value header's version field).
+const LAYOUT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    value: Vec<u8>,
+    publisher: Option<Vec<u8>>,
+    expires: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredProvider {
+    key: Vec<u8>,
+    provider: Vec<u8>,
+    addresses: Vec<Vec<u8>>,
+    expires: Option<u64>,
+}
+
+type Validator = fn(&RecordKey, &[u8]) -> Result<(), String>;
+
+/// The core's [`RecordStore`] on a store backend: the DHT records and provider records a
+/// node holds, persisted across restarts, with the limits of [`RecordStoreConfig`].
+///
+/// Records live in table `dht/records` under their key bytes, provider records in
+/// `dht/providers` under the order-preserving encoding of their key followed by the
+/// provider, and the counts the limits need in `dht/meta`; every write is one transaction
+/// (durable when it returns, with the backend's default durability). The tables can share a
+/// database with a typed [`Store`] (see [`Store::record_store`]).
+///
+/// Listings skip entries whose bytes are damaged (they could not be served anyway); a
+/// `get` of a damaged record fails with a backend error naming it.
+pub struct PersistentRecordStore<B: Backend = AnyBackend> {
+    backend: Arc<B>,
+    local: PeerId,
+    config: RecordStoreConfig,
+    validator: Option<Validator>,
+}
+
+impl<B: Backend> std::fmt::Debug for PersistentRecordStore<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersistentRecordStore")
+            .field("backend", &self.backend.kind())
+            .field("local", &self.local)
+            .field("config", &self.config)
+            .field("validating", &self.validator.is_some())
+            .finish()
+    }
+}
+
+impl PersistentRecordStore<AnyBackend> {
+    /// Opens (or creates) the record store at `path` for node `local`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        backend: BackendConfig,
+        local: PeerId,
+        config: RecordStoreConfig,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(Arc::new(backend.open(path)?), local, config))
+    }
+
+    /// A record store in memory.
+    pub fn memory(local: PeerId, config: RecordStoreConfig) -> Self {
+        Self::new(
+            Arc::new(AnyBackend::Memory(MemoryBackend::new())),
+            local,
+            config,
+        )
+    }
+}
+
+impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
+    /// A record store in the same database as this store, validating incoming records
+    /// against definition `D`.
+    pub fn record_store(
+        &self,
+        local: PeerId,
+        config: RecordStoreConfig,
+    ) -> PersistentRecordStore<B> {
+        PersistentRecordStore::new(Arc::clone(self.backend()), local, config).validating::<D>()
+    }
+}
+
+fn backend_error(e: StoreError) -> CoreError {
+    CoreError::Backend(e.to_string())
+}
+
+fn corrupt(what: &str, key: &[u8], reason: impl std::fmt::Display) -> CoreError {
+    CoreError::Backend(format!("corrupt {what} under key {key:02x?}: {reason}"))
+}
+
+/// Order-preserving, self-delimiting encoding of a record key: `0x00` escaped as
+/// `0x00 0xFF`, terminated by `0x00 0x00`.
+fn provider_prefix(key: &RecordKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.as_bytes().len() + 2);
+    for &b in key.as_bytes() {
+        if b == 0 {
+            out.extend_from_slice(&[0, 0xFF]);
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+fn provider_key(key: &RecordKey, provider: &PeerId) -> Vec<u8> {
+    let mut out = provider_prefix(key);
+    out.extend_from_slice(provider.as_bytes());
+    out
+}
+
+fn encode_record(record: &Record) -> Result<Vec<u8>, CoreError> {
+    codec::seal(
+        LAYOUT,
+        &StoredRecord {
+            value: record.value.clone(),
+            publisher: record.publisher.map(|p| p.to_bytes()),
+            expires: record.expires.map(Instant::as_micros),
+        },
+    )
+    .map_err(CoreError::Backend)
+}
+
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<Record, CoreError> {
+    let payload = codec::open_version(bytes, LAYOUT).map_err(|r| corrupt("record", key, r))?;
+    let stored: StoredRecord =
+        decode_value("DHT record", payload).map_err(|e| corrupt("record", key, e))?;
+    Ok(Record {
+        key: RecordKey::new(key).map_err(|e| corrupt("record", key, e))?,
+        value: stored.value,
+        publisher: stored
+            .publisher
+            .map(|p| PeerId::from_bytes(&p))
+            .transpose()
+            .map_err(|e| corrupt("record", key, e))?,
+        expires: stored.expires.map(Instant::from_micros),
+    })
+}
+
+fn encode_provider(record: &ProviderRecord) -> Result<Vec<u8>, CoreError> {
+    codec::seal(
+        LAYOUT,
+        &StoredProvider {
+            key: record.key.as_bytes().to_vec(),
+            provider: record.provider.to_bytes(),
+            addresses: record
+                .addresses
+                .iter()
+                .map(|a| a.as_bytes().to_vec())
+                .collect(),
+            expires: record.expires.map(Instant::as_micros),
+        },
+    )
+    .map_err(CoreError::Backend)
+}
+
+fn decode_provider(key: &[u8], bytes: &[u8]) -> Result<ProviderRecord, CoreError> {
+    let payload = codec::open_version(bytes, LAYOUT).map_err(|r| corrupt("provider", key, r))?;
+    let stored: StoredProvider =
+        decode_value("DHT provider record", payload).map_err(|e| corrupt("provider", key, e))?;
+    let record = ProviderRecord {
+        key: RecordKey::new(&stored.key).map_err(|e| corrupt("provider", key, e))?,
+        provider: PeerId::from_bytes(&stored.provider).map_err(|e| corrupt("provider", key, e))?,
+        addresses: stored
+            .addresses
+            .iter()
+            .map(|a| Address::from_bytes(a))
+            .collect::<Result<_, _>>()
+            .map_err(|e| corrupt("provider", key, e))?,
+        expires: stored.expires.map(Instant::from_micros),
+    };
+    if provider_key(&record.key, &record.provider) != key {
+        return Err(corrupt(
+            "provider",
+            key,
+            "the value belongs under another key",
+        ));
+    }
+    Ok(record)
+}
+
+fn read_counter<T: ReadTransaction + ?Sized>(tx: &T, name: &[u8]) -> Result<u64, CoreError> {
+    match tx.get(COUNTERS, name).map_err(backend_error)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt("counter", name, "not 8 bytes")),
+    }
+}
+
+fn write_counter<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    name: &[u8],
+    value: u64,
+) -> Result<(), CoreError> {
+    tx.put(COUNTERS, name, &value.to_be_bytes())
+        .map_err(backend_error)
+}
+
+/// An owned key and value.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// Every entry of `table` within `range`, as owned pairs.
+fn entries<T: ReadTransaction + ?Sized>(
+    tx: &T,
+    table: &str,
+    range: KeyRange<'_>,
+) -> Result<Vec<Entry>, CoreError> {
+    let mut out = Vec::new();
+    tx.scan(table, range, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })
+    .map_err(backend_error)?;
+    Ok(out)
+}
+
+impl<B: Backend> PersistentRecordStore<B> {
+    /// A record store for node `local` on `backend` (which may also hold a typed store).
+    pub fn new(backend: Arc<B>, local: PeerId, config: RecordStoreConfig) -> Self {
+        PersistentRecordStore {
+            backend,
+            local,
+            config,
+            validator: None,
+        }
+    }
+
+    /// Refuse records from the network whose value is not a valid typed record of
+    /// definition `D` under its key ([`Envelope::open`]), with [`CoreError::Rejected`].
+    pub fn validating<D: NetabaseDefinition>(mut self) -> Self {
+        self.validator = Some(|key, value| {
+            Envelope::open::<D>(key, value)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        self
+    }
+
+    /// The limits of this store.
+    pub fn config(&self) -> &RecordStoreConfig {
+        &self.config
+    }
+
+    /// The backend under the store.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    fn guard(&self) -> Result<TxGuard, CoreError> {
+        TxGuard::enter(Arc::as_ptr(&self.backend) as *const () as usize).map_err(backend_error)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&B::Read<'_>) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let _guard = self.guard()?;
+        let tx = self.backend.begin_read().map_err(backend_error)?;
+        f(&tx)
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut B::Write<'_>) -> Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        let _guard = self.guard()?;
+        let mut tx = self.backend.begin_write().map_err(backend_error)?;
+        let out = f(&mut tx)?;
+        tx.commit().map_err(backend_error)?;
+        Ok(out)
+    }
+
+    /// Number of records held.
+    pub fn record_count(&self) -> Result<u64, CoreError> {
+        self.read(|tx| read_counter(tx, RECORD_COUNT))
+    }
+
+    /// Number of keys the local node provides.
+    pub fn provided_count(&self) -> Result<u64, CoreError> {
+        self.read(|tx| read_counter(tx, PROVIDED_COUNT))
+    }
+
+    /// Number of provider records held, over all keys.
+    pub fn provider_count(&self) -> Result<u64, CoreError> {
+        self.read(|tx| tx.len(PROVIDERS).map_err(backend_error))
+    }
+}
+
+fn too_many(max: usize, count: u64) -> bool {
+    usize::try_from(count).map_or(true, |count| count >= max)
+}
+
+impl<B: Backend> RecordStore for PersistentRecordStore<B> {
+    fn get(&self, key: &RecordKey) -> Result<Option<Record>, CoreError> {
+        self.read(
+            |tx| match tx.get(RECORDS, key.as_bytes()).map_err(backend_error)? {
+                Some(bytes) => decode_record(key.as_bytes(), &bytes).map(Some),
+                None => Ok(None),
+            },
+        )
+    }
+
+    fn put(&mut self, record: Record) -> Result<(), CoreError> {
+        if record.value.len() > self.config.max_value_bytes {
+            return Err(CoreError::ValueTooLarge {
+                size: record.value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        let bytes = encode_record(&record)?;
+        let max = self.config.max_records;
+        self.write(|tx| {
+            let count = read_counter(tx, RECORD_COUNT)?;
+            let exists = tx
+                .get(RECORDS, record.key.as_bytes())
+                .map_err(backend_error)?
+                .is_some();
+            if !exists {
+                if too_many(max, count) {
+                    return Err(CoreError::MaxRecords { max });
+                }
+                write_counter(tx, RECORD_COUNT, count + 1)?;
+            }
+            tx.put(RECORDS, record.key.as_bytes(), &bytes)
+                .map_err(backend_error)
+        })
+    }
+
+    fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {
+        self.write(|tx| {
+            if tx
+                .take(RECORDS, key.as_bytes())
+                .map_err(backend_error)?
+                .is_some()
+            {
+                let count = read_counter(tx, RECORD_COUNT)?;
+                write_counter(tx, RECORD_COUNT, count.saturating_sub(1))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn records(&self) -> Result<Vec<Record>, CoreError> {
+        self.read(|tx| {
+            Ok(entries(tx, RECORDS, FULL_RANGE)?
+                .into_iter()
+                .filter_map(|(k, v)| decode_record(&k, &v).ok())
+                .collect())
+        })
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) -> Result<(), CoreError> {
+        let key = provider_key(&record.key, &record.provider);
+        let bytes = encode_provider(&record)?;
+        let local = record.provider == self.local;
+        let config = self.config.clone();
+        self.write(|tx| {
+            let exists = tx.get(PROVIDERS, &key).map_err(backend_error)?.is_some();
+            if !exists {
+                if local {
+                    let provided = read_counter(tx, PROVIDED_COUNT)?;
+                    if too_many(config.max_provided_keys, provided) {
+                        return Err(CoreError::MaxProvidedKeys {
+                            max: config.max_provided_keys,
+                        });
+                    }
+                    write_counter(tx, PROVIDED_COUNT, provided + 1)?;
+                } else {
+                    let prefix = provider_prefix(&record.key);
+                    let end = prefix_end(&prefix);
+                    let range = (
+                        Bound::Included(prefix.as_slice()),
+                        end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                    );
+                    let mut held = 0u64;
+                    tx.scan(PROVIDERS, range, &mut |_, _| {
+                        held += 1;
+                        Ok(ControlFlow::Continue(()))
+                    })
+                    .map_err(backend_error)?;
+                    if too_many(config.max_providers_per_key, held) {
+                        // Full: keep the ones we have (a remote provider never displaces
+                        // the local one).
+                        return Ok(());
+                    }
+                }
+            }
+            tx.put(PROVIDERS, &key, &bytes).map_err(backend_error)
+        })
+    }
+
+    fn providers(&self, key: &RecordKey) -> Result<Vec<ProviderRecord>, CoreError> {
+        let prefix = provider_prefix(key);
+        let end = prefix_end(&prefix);
+        let range = (
+            Bound::Included(prefix.as_slice()),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let mut out: Vec<ProviderRecord> = self.read(|tx| {
+            Ok(entries(tx, PROVIDERS, range)?
+                .into_iter()
+                .filter_map(|(k, v)| decode_provider(&k, &v).ok())
+                .collect())
+        })?;
+        // The same order as the memory store: by provider.
+        out.sort_by_key(|p| p.provider);
+        Ok(out)
+    }
+
+    fn provided(&self) -> Result<Vec<ProviderRecord>, CoreError> {
+        let local = self.local;
+        self.read(|tx| {
+            Ok(entries(tx, PROVIDERS, FULL_RANGE)?
+                .into_iter()
+                .filter_map(|(k, v)| decode_provider(&k, &v).ok())
+                .filter(|p| p.provider == local)
+                .collect())
+        })
+    }
+
+    fn remove_provider(&mut self, key: &RecordKey, provider: &PeerId) -> Result<(), CoreError> {
+        let local = *provider == self.local;
+        self.write(|tx| {
+            let removed = tx
+                .take(PROVIDERS, &provider_key(key, provider))
+                .map_err(backend_error)?
+                .is_some();
+            if removed && local {
+                let provided = read_counter(tx, PROVIDED_COUNT)?;
+                write_counter(tx, PROVIDED_COUNT, provided.saturating_sub(1))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_expired(&mut self, now: Instant) -> Result<usize, CoreError> {
+        let local = self.local;
+        self.write(|tx| {
+            let mut removed = 0usize;
+            let mut records_removed = 0u64;
+            for (k, v) in entries(tx, RECORDS, FULL_RANGE)? {
+                if decode_record(&k, &v).is_ok_and(|r| r.is_expired(now)) {
+                    tx.delete(RECORDS, &k).map_err(backend_error)?;
+                    records_removed += 1;
+                }
+            }
+            if records_removed > 0 {
+                let count = read_counter(tx, RECORD_COUNT)?;
+                write_counter(tx, RECORD_COUNT, count.saturating_sub(records_removed))?;
+            }
+            removed += records_removed as usize;
+            let mut local_removed = 0u64;
+            for (k, v) in entries(tx, PROVIDERS, FULL_RANGE)? {
+                if let Ok(p) = decode_provider(&k, &v)
+                    && p.is_expired(now)
+                {
+                    tx.delete(PROVIDERS, &k).map_err(backend_error)?;
+                    removed += 1;
+                    if p.provider == local {
+                        local_removed += 1;
+                    }
+                }
+            }
+            if local_removed > 0 {
+                let provided = read_counter(tx, PROVIDED_COUNT)?;
+                write_counter(tx, PROVIDED_COUNT, provided.saturating_sub(local_removed))?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn validate(&self, key: &RecordKey, value: &[u8]) -> Result<(), CoreError> {
+        match self.validator {
+            Some(validate) => validate(key, value).map_err(CoreError::Rejected),
+            None => Ok(()),
+        }
+    }
+}
