@@ -125,8 +125,11 @@ pub fn netabase_definition_module(attr: TokenStream, item: TokenStream) -> Token
 /// Mark the primary-key field with `#[primary_key]` and each indexed field with
 /// `#[secondary_key]`.
 ///
-/// The derive itself generates nothing: the definition module marks its models, and on a
-/// struct outside a definition module the derive reports a compile error.
+/// The derive itself generates nothing: the definition module leaves the derive and the
+/// `#[primary_key]`/`#[secondary_key]` attributes in place (so the `NetabaseModel` import
+/// is used and the field attributes stay valid) and marks each model with an internal
+/// attribute; on a struct without that mark, i.e. outside a definition module, the derive
+/// reports a compile error.
 #[proc_macro_derive(
     NetabaseModel,
     attributes(primary_key, secondary_key, __netabase_definition_member)
