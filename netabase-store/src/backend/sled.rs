@@ -38,8 +38,34 @@ pub struct SledOptions {
 pub struct SledBackend {
     inner: Locked<SledKv>,
     sync: bool,
-    // Dropped last: closes the database and releases its lock.
+    // Fields drop in order: the tree, then the database, then the wait for its lock.
     _db: sled::Db,
+    _released: ReleaseOnDrop,
+}
+
+/// Waits, when dropped, until sled has let go of its database file.
+///
+/// sled writes its log from a background thread pool, and a write job can hold the open
+/// file for a moment after the last handle is dropped; without this wait, reopening the
+/// store right after dropping it could fail with [`StoreError::AlreadyOpen`].
+#[derive(Debug)]
+struct ReleaseOnDrop {
+    lock_file: PathBuf,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while let Ok(file) = std::fs::File::open(&self.lock_file) {
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                // Released (the probe's own lock goes with `file`), or the wait is over.
+                _ => return,
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +129,10 @@ impl SledBackend {
             inner: Locked::new(SledKv { tree }),
             sync: options.durability == Durability::Immediate,
             _db: db,
+            _released: ReleaseOnDrop {
+                // sled keeps its data, and its lock, in the file `db` of the directory.
+                lock_file: path.join("db"),
+            },
         })
     }
 }

@@ -1,6 +1,12 @@
 //! Integration tests of the typed store, its backends and the DHT record store.
 
 mod basic;
+mod child;
+mod crash;
+mod faults;
+mod migration;
+mod model_based;
+mod record_store;
 mod support;
 
 use netabase_store::{BackendConfig, BackendKind, Durability, RedbOptions, SledOptions, Store};

@@ -1,0 +1,220 @@
+//! The DHT record store on every backend: the same answers as the core's memory store, and
+//! records and provider records that survive a restart.
+
+use netabase_store::core::model::Envelope;
+use netabase_store::core::{
+    Address, Instant, MemoryStore, PeerId, ProviderRecord, Record, RecordKey, RecordStore,
+    StoreError as CoreError,
+};
+use netabase_store::{BackendKind, PersistentRecordStore, RecordStoreConfig, Store};
+use proptest::prelude::*;
+
+use crate::support::*;
+use crate::{BACKENDS, config, store_path};
+
+fn key(n: u8) -> RecordKey {
+    // Keys with a zero byte and prefixes of each other, to exercise the key encoding.
+    let bytes: &[u8] = match n % 4 {
+        0 => b"a",
+        1 => b"a\0",
+        2 => b"ab",
+        _ => b"\0",
+    };
+    let mut v = bytes.to_vec();
+    v.push(n / 4);
+    RecordKey::new(&v).unwrap()
+}
+
+fn limits() -> RecordStoreConfig {
+    RecordStoreConfig {
+        max_records: 3,
+        max_value_bytes: 8,
+        max_providers_per_key: 2,
+        max_provided_keys: 2,
+    }
+}
+
+fn local() -> PeerId {
+    PeerId::from_seed(0)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, Vec<u8>, Option<u64>, Option<u64>),
+    Remove(u8),
+    AddProvider(u8, u64, Option<u64>),
+    RemoveProvider(u8, u64),
+    RemoveExpired(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let expiry = prop::option::of(0u64..100);
+    prop_oneof![
+        3 => (0u8..8, prop::collection::vec(any::<u8>(), 0..10), prop::option::of(0u64..4), expiry.clone())
+            .prop_map(|(k, v, p, e)| Op::Put(k, v, p, e)),
+        1 => (0u8..8).prop_map(Op::Remove),
+        3 => (0u8..8, 0u64..4, expiry).prop_map(|(k, p, e)| Op::AddProvider(k, p, e)),
+        1 => (0u8..8, 0u64..4).prop_map(|(k, p)| Op::RemoveProvider(k, p)),
+        1 => (0u64..100).prop_map(Op::RemoveExpired),
+    ]
+}
+
+fn apply(store: &mut impl RecordStore, op: &Op) -> Result<usize, CoreError> {
+    let at = |ms: &Option<u64>| ms.map(Instant::from_millis);
+    match op {
+        Op::Put(k, v, p, e) => store
+            .put(Record {
+                key: key(*k),
+                value: v.clone(),
+                publisher: p.map(PeerId::from_seed),
+                expires: at(e),
+            })
+            .map(|()| 0),
+        Op::Remove(k) => store.remove(&key(*k)).map(|()| 0),
+        Op::AddProvider(k, p, e) => store
+            .add_provider(ProviderRecord {
+                key: key(*k),
+                provider: PeerId::from_seed(*p),
+                addresses: vec![Address::from_bytes(&[*k, 1, 2]).unwrap()],
+                expires: at(e),
+            })
+            .map(|()| 0),
+        Op::RemoveProvider(k, p) => store
+            .remove_provider(&key(*k), &PeerId::from_seed(*p))
+            .map(|()| 0),
+        Op::RemoveExpired(now) => store.remove_expired(Instant::from_millis(*now)),
+    }
+}
+
+fn same_contents(a: &impl RecordStore, b: &impl RecordStore, context: &str) {
+    assert_eq!(a.records().unwrap(), b.records().unwrap(), "{context}");
+    assert_eq!(a.provided().unwrap(), b.provided().unwrap(), "{context}");
+    for k in 0..8 {
+        assert_eq!(
+            a.get(&key(k)).unwrap(),
+            b.get(&key(k)).unwrap(),
+            "{context}"
+        );
+        assert_eq!(
+            a.providers(&key(k)).unwrap(),
+            b.providers(&key(k)).unwrap(),
+            "{context}: providers of {k}"
+        );
+    }
+}
+
+fn open(kind: BackendKind, dir: &tempfile::TempDir) -> PersistentRecordStore {
+    PersistentRecordStore::open(store_path(dir), config(kind, false), local(), limits()).unwrap()
+}
+
+proptest! {
+    #[test]
+    fn answers_like_the_memory_store_also_after_a_restart(
+        ops in prop::collection::vec(op(), 1..30),
+        restart_at in 0usize..30,
+    ) {
+        for kind in BACKENDS {
+            let dir = tempfile::tempdir().unwrap();
+            let mut reference = MemoryStore::with_config(local(), limits());
+            let mut store = open(kind, &dir);
+            for (i, op) in ops.iter().enumerate() {
+                if i == restart_at && kind != BackendKind::Memory {
+                    drop(store);
+                    store = open(kind, &dir);
+                }
+                let context = format!("{kind:?}, step {i}: {op:?}");
+                prop_assert_eq!(apply(&mut store, op), apply(&mut reference, op), "{}", context);
+                same_contents(&store, &reference, &context);
+                prop_assert_eq!(
+                    store.record_count().unwrap(),
+                    reference.record_count() as u64,
+                    "{}", context
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn records_and_providers_survive_a_restart_and_limits_hold() {
+    for kind in [BackendKind::Redb, BackendKind::Sled] {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record {
+            key: key(1),
+            value: b"value".to_vec(),
+            publisher: Some(PeerId::from_seed(3)),
+            expires: Some(Instant::from_millis(5_000)),
+        };
+        let provider = ProviderRecord {
+            key: key(2),
+            provider: local(),
+            addresses: vec![Address::from_bytes(b"/ip4").unwrap()],
+            expires: None,
+        };
+        {
+            let mut store = open(kind, &dir);
+            store.put(record.clone()).unwrap();
+            store.put(Record::new(key(3), vec![1])).unwrap();
+            store.put(Record::new(key(4), vec![2])).unwrap();
+            store.add_provider(provider.clone()).unwrap();
+            store
+                .add_provider(ProviderRecord {
+                    key: key(5),
+                    ..provider.clone()
+                })
+                .unwrap();
+        }
+        let mut store = open(kind, &dir);
+        assert_eq!(store.get(&key(1)).unwrap(), Some(record), "{kind:?}");
+        assert_eq!(store.providers(&key(2)).unwrap(), vec![provider.clone()]);
+        assert_eq!(store.provided().unwrap().len(), 2);
+        // The limits count what was stored before the restart.
+        assert_eq!(
+            store.put(Record::new(key(6), vec![])),
+            Err(CoreError::MaxRecords { max: 3 }),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.add_provider(ProviderRecord {
+                key: key(6),
+                ..provider.clone()
+            }),
+            Err(CoreError::MaxProvidedKeys { max: 2 })
+        );
+        assert_eq!(
+            store.put(Record::new(key(3), vec![0; 9])),
+            Err(CoreError::ValueTooLarge { size: 9, max: 8 })
+        );
+        // Expiry frees the record budget.
+        assert_eq!(store.remove_expired(Instant::from_millis(6_000)), Ok(1));
+        store.put(Record::new(key(6), vec![])).unwrap();
+        assert_eq!(store.record_count().unwrap(), 3);
+    }
+}
+
+#[test]
+fn a_store_backed_record_store_validates_against_the_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::<ChatDefinition>::open_with(store_path(&dir), config(BackendKind::Redb, false))
+            .unwrap();
+    let mut records = store.record_store(local(), RecordStoreConfig::default());
+    let value = ChatDefinition::Message(message(1, "ada", 1, "hi"));
+    let (record_key, bytes) = Envelope::seal(&value, 1, local()).unwrap();
+    records.validate(&record_key, &bytes).unwrap();
+    assert!(matches!(
+        records.validate(&record_key, b"garbage"),
+        Err(CoreError::Rejected(_))
+    ));
+    assert!(matches!(
+        records.validate(&key(1), &bytes),
+        Err(CoreError::Rejected(_))
+    ));
+    // The record tables live beside the typed tables in the same file.
+    records
+        .put(Record::new(record_key.clone(), bytes.clone()))
+        .unwrap();
+    store.put(&message(2, "bob", 1, "typed")).unwrap();
+    assert_eq!(records.get(&record_key).unwrap().unwrap().value, bytes);
+    assert_eq!(store.count::<Message>().unwrap(), 1);
+}
