@@ -1,7 +1,7 @@
 //! The discrete-event engine: many cores, one thread, one virtual clock.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -71,7 +71,8 @@ pub struct SimNode {
     inbound: FxHashMap<InboundId, (u32, u32, RequestId)>,
     next_inbound: u64,
     /// Peers it has an open connection with, and when each was last used (event sequence).
-    links: BTreeMap<u32, u64>,
+    /// Iterated only after sorting, so the hash order never shows.
+    links: FxHashMap<u32, u64>,
 }
 
 impl SimNode {
@@ -265,7 +266,7 @@ impl Simulation {
                 timer_at: None,
                 inbound: FxHashMap::default(),
                 next_inbound: 0,
-                links: BTreeMap::new(),
+                links: FxHashMap::default(),
             });
         }
         let end = secs(scenario.duration_s);
@@ -965,7 +966,9 @@ impl Simulation {
         let links = std::mem::take(&mut node.links);
         let peer = node.peer;
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
-        for j in links.into_keys() {
+        let mut links: Vec<u32> = links.into_keys().collect();
+        links.sort_unstable();
+        for j in links {
             let j = j as usize;
             self.world.nodes[j].links.remove(&(i as u32));
             let now = self.local_now(j);
