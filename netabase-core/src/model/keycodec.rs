@@ -45,6 +45,21 @@ pub fn encode_key<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, KeyEncode
     Ok(encoder.out)
 }
 
+/// Appends the encoding of `value` ([`encode_key`]) to `out`, so that a caller can reuse one
+/// buffer for many keys. On error, `out` holds what was appended before the failure.
+pub fn encode_key_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), KeyEncodeError> {
+    let mut encoder = KeyEncoder {
+        out: core::mem::take(out),
+        open_end: None,
+    };
+    let result = value.serialize(&mut encoder);
+    *out = encoder.out;
+    result
+}
+
 /// Encodes `value` as a prefix: like [`encode_key`], but when the encoding ends with a
 /// string or byte-string terminator, the terminator is left off, so that the result is a
 /// byte prefix of every key whose last string component starts with the given one.
@@ -384,6 +399,15 @@ mod tests {
     }
 
     use alloc::format;
+
+    #[test]
+    fn encoding_into_a_buffer_appends() {
+        let mut buf = vec![9u8];
+        encode_key_into(&(1u16, "a"), &mut buf).unwrap();
+        let mut expected = vec![9u8];
+        expected.extend_from_slice(&encode_key(&(1u16, "a")).unwrap());
+        assert_eq!(buf, expected);
+    }
 
     #[test]
     fn prefix_of_a_tuple_ending_in_a_string() {

@@ -20,7 +20,7 @@ mod envelope;
 pub mod keycodec;
 
 pub use envelope::{ENVELOPE_FORMAT, Envelope, EnvelopeError};
-pub use keycodec::{KeyEncodeError, encode_key, encode_key_prefix};
+pub use keycodec::{KeyEncodeError, encode_key, encode_key_into, encode_key_prefix};
 
 /// Identifies a model inside its definition: its position in the definition module,
 /// starting at 0. Stable as long as models are only appended.
@@ -132,7 +132,16 @@ pub trait PrimaryKey:
 
     /// The order-preserving encoding of the key.
     fn key_bytes(&self) -> Result<Vec<u8>, KeyEncodeError> {
-        encode_key(self)
+        let mut out = Vec::new();
+        self.write_key_bytes(&mut out)?;
+        Ok(out)
+    }
+
+    /// Appends [`key_bytes`](PrimaryKey::key_bytes) to `out`, so that stores can reuse one
+    /// buffer for lookups. A key type with its own encoding overrides this method (which
+    /// `key_bytes` calls), not `key_bytes`.
+    fn write_key_bytes(&self, out: &mut Vec<u8>) -> Result<(), KeyEncodeError> {
+        encode_key_into(self, out)
     }
 }
 
