@@ -70,7 +70,11 @@ fn finish(mut out: Vec<u8>, version: u32) -> Vec<u8> {
 
 /// Encodes `value` with bincode 2 behind a header for schema version `version`.
 pub fn seal<T: Serialize + ?Sized>(version: u32, value: &T) -> Result<Vec<u8>, String> {
-    let mut out = header(version, 64);
+    // Measure first, so that the value is written into one allocation of the right size.
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, bincode_config())
+        .map_err(|e| e.to_string())?;
+    let mut out = header(version, size.bytes_written);
     bincode::serde::encode_into_writer(value, VecWriter(&mut out), bincode_config())
         .map_err(|e| e.to_string())?;
     Ok(finish(out, version))

@@ -130,6 +130,28 @@ fn encode_error(e: String) -> StoreError {
     StoreError::Model(ModelError::Encode(e))
 }
 
+std::thread_local! {
+    /// A reusable buffer for the encoded keys of lookups.
+    static KEY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with the encoded `key`, encoded into a per-thread buffer rather than a fresh
+/// allocation.
+fn with_key_bytes<K: PrimaryKey, R>(key: &K, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    KEY_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            if buffer.capacity() > 4096 {
+                buffer.shrink_to(256);
+            }
+            key.write_key_bytes(&mut buffer)?;
+            f(&buffer)
+        }
+        // In use further up this thread's stack (a key type's own encoding doing a lookup).
+        Err(_) => f(&key.key_bytes()?),
+    })
+}
+
 fn bound_bytes<K: PrimaryKey>(bound: Bound<&K>) -> Result<Bound<Vec<u8>>> {
     Ok(match bound {
         Bound::Included(k) => Bound::Included(k.key_bytes()?),
@@ -145,13 +167,19 @@ pub(crate) struct Reader<'a, T: ?Sized> {
 }
 
 impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
+    /// The record of model `M` under `pk`, decoded straight from the backend's bytes.
+    fn read<M: NetabaseModel>(&self, t: &ModelTables, pk: &[u8]) -> Result<Option<M>> {
+        let mut out = None;
+        self.tx.get_with(&t.records, pk, &mut |bytes| {
+            out = Some(decode_stored::<M>(pk, bytes)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     pub(crate) fn get<K: PrimaryKey>(&self, key: &K) -> Result<Option<K::Model>> {
         let t = tables_of::<K::Model>(self.tables)?;
-        let pk = key.key_bytes()?;
-        match self.tx.get(&t.records, &pk)? {
-            Some(bytes) => decode_stored(&pk, &bytes).map(Some),
-            None => Ok(None),
-        }
+        with_key_bytes(key, |pk| self.read(t, pk))
     }
 
     /// The primary keys of the index entries holding exactly (`index`, `value`).
@@ -177,10 +205,9 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
         let pks = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
         let mut out = Vec::with_capacity(pks.len());
         for pk in pks {
-            let Some(bytes) = self.tx.get(&t.records, &pk)? else {
+            let Some(model) = self.read::<S::Model>(t, &pk)? else {
                 continue;
             };
-            let model: S::Model = decode_stored(&pk, &bytes)?;
             // Indexes are maintained in the record's transaction; this check only guards
             // against entries damaged outside the store.
             if model.secondary_keys().contains(key) {
@@ -256,10 +283,12 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
         key: &[u8],
     ) -> Result<Option<D>> {
         let t = self.tables.get(model)?;
-        match self.tx.get(&t.records, key)? {
-            Some(bytes) => decode_stored_definition(t.name, model, key, &bytes).map(Some),
-            None => Ok(None),
-        }
+        let mut out = None;
+        self.tx.get_with(&t.records, key, &mut |bytes| {
+            out = Some(decode_stored_definition(t.name, model, key, bytes)?);
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 
@@ -397,8 +426,9 @@ impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
 
     pub(crate) fn remove<K: PrimaryKey>(&mut self, key: &K) -> Result<Option<K::Model>> {
         let t = tables_of::<K::Model>(self.tables)?;
-        let pk = key.key_bytes()?;
-        remove_record(self.tx, t, &pk, |old| typed_old(&pk, old))
+        with_key_bytes(key, |pk| {
+            remove_record(self.tx, t, pk, |old| typed_old(pk, old))
+        })
     }
 
     pub(crate) fn put_definition<D: NetabaseDefinition>(&mut self, value: &D) -> Result<Option<D>> {

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
-use super::{Backend, BackendKind, KeyRange, ReadTransaction, Visitor, WriteTransaction};
+use super::{
+    Backend, BackendKind, KeyRange, ReadTransaction, ValueReader, Visitor, WriteTransaction,
+};
 use crate::error::Result;
 
 /// Ordered maps in memory: transactions as on disk, nothing persists.
@@ -22,6 +24,13 @@ struct MemKv(BTreeMap<Vec<u8>, Vec<u8>>);
 impl FlatKv for MemKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key).cloned())
+    }
+
+    fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        match self.0.get(key) {
+            Some(value) => read(value).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
@@ -99,6 +108,9 @@ impl ReadTransaction for MemoryRead<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.0.get(table, key)
     }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.0.get_with(table, key, read)
+    }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         self.0.scan(table, range, visit)
     }
@@ -107,6 +119,9 @@ impl ReadTransaction for MemoryRead<'_> {
 impl ReadTransaction for MemoryWrite<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.0.get(table, key)
+    }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.0.get_with(table, key, read)
     }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         self.0.scan(table, range, visit)

@@ -52,6 +52,10 @@ pub const FULL_RANGE: KeyRange<'static> = (Bound::Unbounded, Bound::Unbounded);
 /// returns [`ControlFlow::Break`] to stop early, or an error to stop and fail the scan.
 pub type Visitor<'v> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>> + 'v;
 
+/// A reader of one value, called with the value's bytes while they are borrowed from the
+/// backend.
+pub type ValueReader<'r> = dyn FnMut(&[u8]) -> Result<()> + 'r;
+
 /// When a committed write transaction is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -69,6 +73,18 @@ pub enum Durability {
 pub trait ReadTransaction {
     /// The value under `key` in `table`; a table that was never written reads as empty.
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Calls `read` with the value under `key`, borrowed from the backend where it can be
+    /// (no copy); returns whether there was a value.
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        match self.get(table, key)? {
+            Some(value) => {
+                read(&value)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 
     /// Calls `visit` with every entry of `table` within `range`, in ascending key order,
     /// until the entries run out or `visit` breaks or fails.
@@ -214,6 +230,9 @@ pub enum AnyBackend {
 
 /// A read transaction of an [`AnyBackend`].
 #[non_exhaustive]
+// One value per open transaction, never collected: boxing redb's would only add an
+// allocation per transaction.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyRead<'a> {
     /// redb.
     #[cfg(feature = "redb")]
@@ -286,6 +305,9 @@ impl ReadTransaction for AnyRead<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         dispatch!(self, AnyRead, t => t.get(table, key))
     }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        dispatch!(self, AnyRead, t => t.get_with(table, key, read))
+    }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         dispatch!(self, AnyRead, t => t.scan(table, range, visit))
     }
@@ -297,6 +319,9 @@ impl ReadTransaction for AnyRead<'_> {
 impl ReadTransaction for AnyWrite<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         dispatch!(self, AnyWrite, t => t.get(table, key))
+    }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        dispatch!(self, AnyWrite, t => t.get_with(table, key, read))
     }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         dispatch!(self, AnyWrite, t => t.scan(table, range, visit))

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use super::{KeyRange, Visitor};
+use super::{KeyRange, ValueReader, Visitor};
 use crate::error::Result;
 
 /// The changes of a write transaction: `None` removes the key.
@@ -21,6 +21,8 @@ pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 pub(crate) trait FlatKv: Send + Sync + 'static {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Calls `read` with the value under `key`, if any; returns whether there was one.
+    fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool>;
     /// Visits the entries within the (non-empty) range in key order.
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()>;
     /// Applies all changes atomically.
@@ -74,6 +76,23 @@ fn flat(table: &str, key: &[u8]) -> Vec<u8> {
     out.push(0);
     out.extend_from_slice(key);
     out
+}
+
+/// Calls `f` with `table ++ 0x00 ++ key`, built on the stack when it is short.
+fn with_flat<R>(table: &str, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    const INLINE: usize = 96;
+    let len = table.len() + 1 + key.len();
+    if len > INLINE {
+        return f(&flat(table, key));
+    }
+    debug_assert!(
+        !table.as_bytes().contains(&0),
+        "table names never contain 0x00"
+    );
+    let mut buf = [0u8; INLINE];
+    buf[..table.len()].copy_from_slice(table.as_bytes());
+    buf[table.len() + 1..len].copy_from_slice(key);
+    f(&buf[..len])
 }
 
 /// The flat bounds of `range` inside `table`.
@@ -134,7 +153,16 @@ pub(crate) struct OverlayRead<'a, K> {
 
 impl<K: FlatKv> OverlayRead<'_, K> {
     pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.data.get(&flat(table, key))
+        with_flat(table, key, |k| self.data.get(k))
+    }
+
+    pub(crate) fn get_with(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: &mut ValueReader<'_>,
+    ) -> Result<bool> {
+        with_flat(table, key, |k| self.data.get_with(k, read))
     }
 
     pub(crate) fn scan(
@@ -157,11 +185,23 @@ pub(crate) struct OverlayWrite<'a, K> {
 
 impl<K: FlatKv> OverlayWrite<'_, K> {
     pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = flat(table, key);
-        match self.changes.get(&key) {
+        with_flat(table, key, |k| match self.changes.get(k) {
             Some(change) => Ok(change.clone()),
-            None => self.locked.read().get(&key),
-        }
+            None => self.locked.read().get(k),
+        })
+    }
+
+    pub(crate) fn get_with(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: &mut ValueReader<'_>,
+    ) -> Result<bool> {
+        with_flat(table, key, |k| match self.changes.get(k) {
+            Some(Some(value)) => read(value).map(|()| true),
+            Some(None) => Ok(false),
+            None => self.locked.read().get_with(k, read),
+        })
     }
 
     pub(crate) fn scan(

@@ -2,13 +2,13 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::overlay::is_empty_range;
 use super::{
-    Backend, BackendKind, Durability, KeyRange, ReadTransaction, Visitor, WriteTransaction,
+    Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
+    WriteTransaction,
 };
 use crate::error::{Result, StoreError};
 
@@ -70,29 +70,86 @@ impl RedbBackend {
     }
 }
 
-type CachedTable = Option<Rc<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// A short table name stored inline, for the read transaction's table cache.
+struct InlineName {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl InlineName {
+    fn new(name: &str) -> Option<Self> {
+        let len = u8::try_from(name.len())
+            .ok()
+            .filter(|&l| usize::from(l) <= 32)?;
+        let mut bytes = [0; 32];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(InlineName { bytes, len })
+    }
+
+    fn is(&self, name: &str) -> bool {
+        &self.bytes[..usize::from(self.len)] == name.as_bytes()
+    }
+}
 
 /// A read transaction of a [`RedbBackend`]: a snapshot of the last commit.
 pub struct RedbRead {
+    /// Dropped before the transaction.
+    cache: RefCell<TableCache>,
     tx: redb::ReadTransaction,
-    /// Tables opened so far (`None`: the table does not exist).
-    tables: RefCell<Vec<(String, CachedTable)>>,
+}
+
+/// Tables a read transaction keeps open. A single lookup opens its table and lets it go
+/// (as a hand-written redb read would); a table used a second time in the same transaction
+/// (the record lookups of a secondary-key query) stays open for the rest of it.
+#[derive(Default)]
+struct TableCache {
+    /// The table opened last, by name.
+    seen: Option<InlineName>,
+    /// The table kept open.
+    open: Option<Box<(InlineName, ReadTable)>>,
 }
 
 impl RedbRead {
-    fn table(&self, name: &str) -> Result<CachedTable> {
-        if let Some((_, table)) = self.tables.borrow().iter().find(|(n, _)| n == name) {
-            return Ok(table.clone());
+    fn open(&self, name: &str) -> Result<Option<ReadTable>> {
+        match self.tx.open_table(definition(name)) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(map_err(e)),
         }
-        let table = match self.tx.open_table(definition(name)) {
-            Ok(table) => Some(Rc::new(table)),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(map_err(e)),
+    }
+
+    /// Runs `f` on table `name` (`None` if it does not exist).
+    fn with_table<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
+    ) -> Result<R> {
+        // Busy only when `f` of an outer call (a scan's visitor) comes back here; then the
+        // table is opened again rather than shared.
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            return f(self.open(name)?.as_ref());
         };
-        self.tables
-            .borrow_mut()
-            .push((name.to_owned(), table.clone()));
-        Ok(table)
+        if let Some(open) = &cache.open
+            && open.0.is(name)
+        {
+            return f(Some(&open.1));
+        }
+        let Some(table) = self.open(name)? else {
+            return f(None);
+        };
+        let again = cache.seen.as_ref().is_some_and(|seen| seen.is(name));
+        match InlineName::new(name) {
+            Some(inline) if again => {
+                let open = cache.open.insert(Box::new((inline, table)));
+                f(Some(&open.1))
+            }
+            inline => {
+                cache.seen = inline;
+                f(Some(&table))
+            }
+        }
     }
 }
 
@@ -115,24 +172,36 @@ fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 impl ReadTransaction for RedbRead {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(table) = self.table(table)? else {
-            return Ok(None);
-        };
-        Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+        self.with_table(table, |table| match table {
+            Some(table) => Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec())),
+            None => Ok(None),
+        })
+    }
+
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.with_table(table, |table| {
+            let Some(table) = table else {
+                return Ok(false);
+            };
+            match table.get(key).map_err(map_err)? {
+                Some(value) => read(value.value()).map(|()| true),
+                None => Ok(false),
+            }
+        })
     }
 
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        match self.table(table)? {
-            Some(table) => scan_table(&*table, range, visit),
+        self.with_table(table, |table| match table {
+            Some(table) => scan_table(table, range, visit),
             None => Ok(()),
-        }
+        })
     }
 
     fn len(&self, table: &str) -> Result<u64> {
-        match self.table(table)? {
+        self.with_table(table, |table| match table {
             Some(table) => table.len().map_err(map_err),
             None => Ok(0),
-        }
+        })
     }
 }
 
@@ -151,6 +220,14 @@ impl ReadTransaction for RedbWrite {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let table = self.open(table)?;
         Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        let table = self.open(table)?;
+        match table.get(key).map_err(map_err)? {
+            Some(value) => read(value.value()).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
@@ -210,7 +287,7 @@ impl Backend for RedbBackend {
     fn begin_read(&self) -> Result<RedbRead> {
         Ok(RedbRead {
             tx: self.db.begin_read().map_err(map_err)?,
-            tables: RefCell::new(Vec::new()),
+            cache: RefCell::new(TableCache::default()),
         })
     }
 

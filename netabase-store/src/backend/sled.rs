@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
 use super::{
-    Backend, BackendKind, Durability, KeyRange, ReadTransaction, Visitor, WriteTransaction,
+    Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
+    WriteTransaction,
 };
 use crate::error::{Result, StoreError};
 
@@ -84,6 +85,13 @@ fn map_err(e: sled::Error) -> StoreError {
 impl FlatKv for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.tree.get(key).map_err(map_err)?.map(|v| v.to_vec()))
+    }
+
+    fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        match self.tree.get(key).map_err(map_err)? {
+            Some(value) => read(&value).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
@@ -175,6 +183,9 @@ impl ReadTransaction for SledRead<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.0.get(table, key)
     }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.0.get_with(table, key, read)
+    }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         self.0.scan(table, range, visit)
     }
@@ -183,6 +194,9 @@ impl ReadTransaction for SledRead<'_> {
 impl ReadTransaction for SledWrite<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.0.get(table, key)
+    }
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.0.get_with(table, key, read)
     }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         self.0.scan(table, range, visit)
