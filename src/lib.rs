@@ -2,10 +2,39 @@
 //! DHT, automatic sync and optional consensus.
 //!
 //! This facade crate is what applications depend on. It re-exports the pure protocol core,
-//! [`netabase_core`], as [`core`]; the runtime adapters, the typed store and the `Netabase`
-//! handle are added beside it as they land.
+//! [`netabase_core`], as [`core`], and the typed embedded store, [`netabase_store`], as
+//! [`store`], with the definition macros at the root; the runtime adapters and the
+//! `Netabase` handle are added beside them as they land.
+//!
+//! ```
+//! use netabase::{NetabaseModel, Store, netabase_definition_module};
+//!
+//! #[netabase_definition_module(ChatDefinition, ChatKeys)]
+//! pub mod chat {
+//!     use netabase::NetabaseModel;
+//!
+//!     #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+//!     pub struct User {
+//!         #[primary_key]
+//!         pub name: String,
+//!         #[secondary_key]
+//!         pub email: String,
+//!     }
+//! }
+//! use chat::*;
+//!
+//! let store = Store::<ChatDefinition>::memory().unwrap();
+//! let ada = User { name: "ada".into(), email: "ada@example.org".into() };
+//! store.put(&ada).unwrap();
+//! assert_eq!(store.get(&UserPrimaryKey("ada".into())).unwrap(), Some(ada));
+//! ```
 
 pub use netabase_core as core;
+pub use netabase_store as store;
+pub use netabase_store::{
+    NetabaseDefinition, NetabaseModel, PrimaryKey, SecondaryKey, Store, StoreError,
+    netabase_definition_module,
+};
 
 /// The README's code examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
