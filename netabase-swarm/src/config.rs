@@ -1,0 +1,185 @@
+//! Configuration of a Netabase node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use netabase_core::wire::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROTOCOL_NAME, IPFS_PROTOCOL_NAME};
+use netabase_core::{Mode, Quorum};
+use netabase_store::RecordStoreConfig;
+
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./netabase-data";
+
+/// Which storage engine holds the node's typed records and its DHT records (both live in
+/// one database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageBackend {
+    /// redb: ACID, a commit is durable (fdatasync) when it returns. The default.
+    #[default]
+    Redb,
+    /// sled: atomic commits, flushed before they are acknowledged (survives a process
+    /// crash, not necessarily a power loss).
+    Sled,
+}
+
+/// Connection limits of the node (libp2p's connection-limits behaviour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most established connections in all.
+    pub max_established: u32,
+    /// Most established connections per peer.
+    pub max_established_per_peer: u32,
+    /// Most connections being set up (both directions).
+    pub max_pending: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_established: 256,
+            max_established_per_peer: 2,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Everything a [`Netabase`](crate::Netabase) node can be told at construction.
+///
+/// `NetabaseConfig::default()` listens on every interface (TCP and QUIC, ephemeral
+/// ports), stores its data in [`DEFAULT_DATA_DIR`] with redb, runs the DHT in server mode
+/// under `/netabase/kad/1.0.0` and discovers local peers with mDNS. The `with_*` methods
+/// change one setting each.
+#[derive(Debug, Clone)]
+pub struct NetabaseConfig {
+    /// Where the database and the identity key live (created if missing).
+    pub data_dir: PathBuf,
+    /// The storage engine.
+    pub backend: StorageBackend,
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`, ...).
+    pub listen_addresses: Vec<Multiaddr>,
+    /// The Kademlia protocol name: [`DEFAULT_PROTOCOL_NAME`] or, to join stock libp2p
+    /// and IPFS peers, [`IPFS_PROTOCOL_NAME`].
+    pub protocol_name: String,
+    /// The Kademlia core's settings: K, alpha, timeouts, record lifetimes, job intervals,
+    /// limits, and the DHT mode the node starts in.
+    pub kad: netabase_core::Config,
+    /// Limits of the DHT record store (records held, value size, providers).
+    pub record_store: RecordStoreConfig,
+    /// How many peers must store a record for a put to count as replicated.
+    pub put_quorum: Quorum,
+    /// How many answers a get waits for (a record in the local store counts as one).
+    pub get_quorum: Quorum,
+    /// Largest Kademlia message accepted or sent, in bytes.
+    pub max_message_size: usize,
+    /// Longest time one Kademlia stream (request and answer) may take.
+    pub stream_timeout: Duration,
+    /// Most Kademlia streams per connection and direction.
+    pub max_streams_per_connection: usize,
+    /// Connection limits.
+    pub connection_limits: ConnectionLimits,
+    /// How long a connection without streams stays open.
+    pub idle_connection_timeout: Duration,
+    /// Whether local peers are discovered with mDNS (multicast on the local network).
+    pub mdns: bool,
+    /// Peers added to the routing table when the swarm starts.
+    pub bootstrap_peers: Vec<(PeerId, Multiaddr)>,
+    /// The node's identity. `None`: the key stored in the data directory
+    /// (`identity.key`), generated (Ed25519) and stored there on first start, so the peer
+    /// id survives restarts.
+    pub identity: Option<Keypair>,
+    /// Events kept for each subscriber; a subscriber that falls further behind loses the
+    /// oldest and is told how many it missed.
+    pub event_capacity: usize,
+}
+
+impl Default for NetabaseConfig {
+    fn default() -> Self {
+        NetabaseConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            backend: StorageBackend::Redb,
+            listen_addresses: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            protocol_name: DEFAULT_PROTOCOL_NAME.to_string(),
+            kad: netabase_core::Config::default(),
+            record_store: RecordStoreConfig::default(),
+            put_quorum: Quorum::One,
+            get_quorum: Quorum::One,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            stream_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 32,
+            connection_limits: ConnectionLimits::default(),
+            idle_connection_timeout: Duration::from_secs(60),
+            mdns: true,
+            bootstrap_peers: Vec::new(),
+            identity: None,
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl NetabaseConfig {
+    /// Keeps the database and the identity key in `data_dir`.
+    pub fn with_data_dir(mut self, data_dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = data_dir.into();
+        self
+    }
+
+    /// Uses `backend` for storage.
+    pub fn with_backend(mut self, backend: StorageBackend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Listens on exactly these addresses.
+    pub fn with_listen_addresses(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.listen_addresses = addrs.into_iter().collect();
+        self
+    }
+
+    /// Switches mDNS discovery on or off.
+    pub fn with_mdns(mut self, on: bool) -> Self {
+        self.mdns = on;
+        self
+    }
+
+    /// Starts the DHT in `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.kad.mode = mode;
+        self
+    }
+
+    /// Speaks the Kademlia protocol under `name`.
+    pub fn with_protocol_name(mut self, name: impl Into<String>) -> Self {
+        self.protocol_name = name.into();
+        self
+    }
+
+    /// Speaks the public IPFS DHT protocol (`/ipfs/kad/1.0.0`), for stock libp2p peers.
+    pub fn with_ipfs_protocol(self) -> Self {
+        self.with_protocol_name(IPFS_PROTOCOL_NAME)
+    }
+
+    /// Adds a peer to join through.
+    pub fn with_bootstrap_peer(mut self, peer: PeerId, addr: Multiaddr) -> Self {
+        self.bootstrap_peers.push((peer, addr));
+        self
+    }
+
+    /// Uses `keypair` as the node's identity instead of the stored one.
+    pub fn with_identity(mut self, keypair: Keypair) -> Self {
+        self.identity = Some(keypair);
+        self
+    }
+
+    /// Replaces the Kademlia core's settings.
+    pub fn with_kad_config(mut self, kad: netabase_core::Config) -> Self {
+        self.kad = kad;
+        self
+    }
+}

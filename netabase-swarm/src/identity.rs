@@ -1,0 +1,48 @@
+//! The node's identity key, kept in the data directory.
+
+use std::io::Write;
+use std::path::Path;
+
+use libp2p::identity::Keypair;
+
+use crate::error::NetabaseError;
+
+/// The key file's name inside the data directory.
+pub(crate) const IDENTITY_FILE: &str = "identity.key";
+
+/// Loads the keypair stored in `dir`, or generates an Ed25519 one and stores it (readable
+/// by the owner only), so the peer id stays the same across restarts.
+pub(crate) fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
+    let path = dir.join(IDENTITY_FILE);
+    let error = |reason: String| NetabaseError::Identity {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|e| error(format!("not a key: {e}")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair
+                .to_protobuf_encoding()
+                .map_err(|e| error(e.to_string()))?;
+            // Written to a temporary file first and renamed, so a crash never leaves a
+            // half-written key behind.
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp).map_err(|e| error(e.to_string()))?;
+            file.write_all(&bytes).map_err(|e| error(e.to_string()))?;
+            file.sync_all().map_err(|e| error(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| error(e.to_string()))?;
+            Ok(keypair)
+        }
+        Err(e) => Err(error(e.to_string())),
+    }
+}

@@ -1,0 +1,44 @@
+//! The runtime-generic libp2p glue of Netabase.
+//!
+//! This crate binds the sans-IO protocol core ([`netabase_core`]) to a real libp2p
+//! [`Swarm`](libp2p::Swarm) and offers the [`Netabase`] handle applications use:
+//!
+//! - a network behaviour that carries the core's Kademlia messages over libp2p streams
+//!   (one stream per request, the standard `dht.proto` framing, under a configurable
+//!   protocol name), beside identify, ping, mDNS and connection limits;
+//! - a driver task that owns the swarm, the core node and the DHT record store, feeds
+//!   swarm events, API calls and timeouts into the core and carries its commands out;
+//! - the typed, async [`Netabase`] handle and its [`NetabaseEvent`]s.
+//!
+//! It depends on no async runtime: a runtime crate implements [`Runtime`] (spawning,
+//! timers, transports, mDNS) and names the handle, as `netabase-tokio` does with
+//! `netabase_tokio::Netabase<D>`.
+
+mod behaviour;
+mod carrier;
+mod config;
+mod convert;
+mod driver;
+mod error;
+mod event;
+mod handle;
+mod handler;
+mod identity;
+mod protocol;
+mod runtime;
+
+pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
+pub use error::NetabaseError;
+pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
+pub use handle::{
+    BootstrapResult, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, Netabase, NetabaseStats,
+    ProviderInfo, ProvidingResult, PutRecordResult,
+};
+pub use protocol::StreamError;
+pub use runtime::{BuildError, Runtime, Sleep, TransportSettings};
+
+pub use libp2p;
+pub use libp2p::identity::Keypair;
+pub use libp2p::{Multiaddr, PeerId};
+pub use netabase_core::wire::{DEFAULT_PROTOCOL_NAME, IPFS_PROTOCOL_NAME};
+pub use netabase_core::{Mode, QueryError, QueryStats, Quorum, RecordKey};

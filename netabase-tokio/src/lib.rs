@@ -1,0 +1,78 @@
+//! The tokio runtime of Netabase.
+//!
+//! [`TokioRuntime`] implements [`netabase_swarm::Runtime`] with tokio's tasks and timers
+//! and libp2p's tokio transports: TCP (noise encryption, yamux multiplexing), QUIC, DNS
+//! resolution and mDNS discovery. [`Netabase<D>`] is the node handle on this runtime; the
+//! `netabase` crate re-exports it as its default.
+//!
+//! ```no_run
+//! # async fn demo<D: netabase_store::NetabaseDefinition>() -> Result<(), netabase_tokio::NetabaseError> {
+//! let node = netabase_tokio::Netabase::<D>::new_with_path("./my-node")?;
+//! node.start_swarm().await?;
+//! println!("listening on {:?}", node.listen_addresses().await?);
+//! node.stop_swarm().await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Swarm, SwarmBuilder, mdns, noise, tcp, yamux};
+pub use netabase_swarm::{
+    BootstrapResult, BuildError, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME,
+    EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
+    Keypair, Mode, Multiaddr, NetabaseConfig, NetabaseError, NetabaseEvent, NetabaseStats, PeerId,
+    ProviderInfo, ProvidingResult, PutRecordResult, QueryError, QueryKind, QueryStats, Quorum,
+    RecordKey, Runtime, StorageBackend, StreamError, TransportSettings, libp2p,
+};
+
+/// The tokio runtime: tasks and timers of the ambient tokio runtime, TCP (noise, yamux),
+/// QUIC and DNS transports, tokio mDNS.
+///
+/// Its methods must run inside a tokio runtime (`Netabase::start_swarm` is called from
+/// one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioRuntime;
+
+/// The Netabase node on tokio.
+pub type Netabase<D> = netabase_swarm::Netabase<D, TokioRuntime>;
+
+impl Runtime for TokioRuntime {
+    type Mdns = mdns::tokio::Behaviour;
+
+    fn spawn(future: BoxFuture<'static, ()>) {
+        tokio::spawn(future);
+    }
+
+    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn build_swarm<B: NetworkBehaviour + Send + 'static>(
+        keypair: Keypair,
+        behaviour: B,
+        settings: &TransportSettings,
+    ) -> Result<Swarm<B>, BuildError> {
+        let idle = settings.idle_connection_timeout;
+        Ok(SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| BuildError(format!("TCP transport: {e}")))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| BuildError(format!("DNS transport: {e}")))?
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| BuildError(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build())
+    }
+
+    fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
+        mdns::tokio::Behaviour::new(config, local).map_err(|e| BuildError(format!("mDNS: {e}")))
+    }
+}

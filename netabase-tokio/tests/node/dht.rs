@@ -1,0 +1,210 @@
+//! Records, providers, bootstrap and routing-table management across nodes.
+
+use netabase_tokio::{NetabaseError, NetabaseEvent, QueryError};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_put_on_one_node_is_fetched_typed_from_another() {
+    let nodes = network(4).await;
+    let hello = message(1, "hello");
+    let put = nodes[1].node.put_record(hello.clone()).await.unwrap();
+    assert!(put.quorum_error.is_none(), "{put:?}");
+    assert!(put.peer_count() >= 1);
+    assert!(!put.stored_at.contains(&nodes[1].id()));
+
+    // In a network this small every node is among the closest and holds a copy; a node
+    // that joins later has none and fetches it.
+    let late =
+        start_with(|c| c.bootstrap_peers = vec![(nodes[0].id(), nodes[0].addr.clone())]).await;
+    late.node.bootstrap().await.unwrap();
+    let got = late
+        .node
+        .get_record(&MessagePrimaryKey(1))
+        .await
+        .unwrap()
+        .expect("found on the network");
+    assert_eq!(got.record, hello);
+    let source = got.source.expect("came from a peer");
+    assert!(nodes.iter().any(|n| n.id() == source), "{source}");
+    assert_eq!(got.origin, nodes[1].id());
+    let held = nodes[3]
+        .node
+        .get_record(&MessagePrimaryKey(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((held.record, held.source), (message(1, "hello"), None));
+
+    // The writer finds its own copy locally; a key nobody wrote is not found.
+    let own = nodes[1]
+        .node
+        .get_record(&MessagePrimaryKey(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(own.source, None);
+    assert_eq!(
+        nodes[2]
+            .node
+            .get_record(&MessagePrimaryKey(99))
+            .await
+            .unwrap(),
+        None
+    );
+    // Only the writer's typed store holds it.
+    assert_eq!(
+        nodes[1]
+            .node
+            .query_local_records::<Message>(10)
+            .await
+            .unwrap(),
+        vec![hello]
+    );
+    assert!(
+        late.node
+            .query_local_records::<Message>(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_reports_remote_storage_events() {
+    let nodes = network(3).await;
+    let mut events: Vec<_> = nodes
+        .iter()
+        .map(|n| n.node.subscribe_to_broadcasts())
+        .collect();
+    let put = nodes[2].node.put_record(message(7, "x")).await.unwrap();
+    let key = put.key.clone();
+    for (i, stored_at) in put.stored_at.iter().enumerate() {
+        let index = nodes.iter().position(|n| n.id() == *stored_at).unwrap();
+        let from = wait_for(&mut events[index], "record stored", |e| match e {
+            NetabaseEvent::RecordStored { key: k, from } if *k == key => Some(*from),
+            _ => None,
+        })
+        .await;
+        assert_eq!(from, nodes[2].id(), "peer {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_found_across_nodes() {
+    let nodes = network(4).await;
+    let key = UserPrimaryKey("ada".into());
+    let announced = nodes[1].node.start_providing(&key).await.unwrap();
+    assert!(announced.error.is_none(), "{announced:?}");
+    assert!(!announced.announced_to.is_empty());
+
+    let providers = nodes[3].node.get_providers(&key).await.unwrap();
+    let ada = providers
+        .iter()
+        .find(|p| p.peer == nodes[1].id())
+        .expect("the provider is found");
+    assert!(ada.addresses.contains(&nodes[1].addr), "{ada:?}");
+    assert!(
+        nodes[3]
+            .node
+            .get_providers(&UserPrimaryKey("nobody".into()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_provider_keeps_its_record_until_it_stops_providing() {
+    let lone = start_with(|_| {}).await;
+    let key = UserPrimaryKey("grace".into());
+    let announced = lone.node.start_providing(&key).await.unwrap();
+    assert!(announced.announced_to.is_empty());
+    assert!(announced.error.is_some());
+    let providers = lone.node.get_providers(&key).await.unwrap();
+    assert_eq!(
+        providers.iter().map(|p| p.peer).collect::<Vec<_>>(),
+        vec![lone.id()]
+    );
+    lone.node.stop_providing(&key).await.unwrap();
+    assert!(lone.node.get_providers(&key).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_fills_the_routing_table_and_needs_a_peer() {
+    let nodes = network(4).await;
+    let result = nodes[3].node.bootstrap().await.unwrap();
+    assert_eq!(result.routing_table_size, 3);
+    let mut table = nodes[3].node.routing_table_peers().await.unwrap();
+    table.sort();
+    let mut others: Vec<_> = nodes[..3].iter().map(|n| n.id()).collect();
+    others.sort();
+    assert_eq!(table, others);
+
+    let lone = start_with(|_| {}).await;
+    assert!(matches!(
+        lone.node.bootstrap().await,
+        Err(NetabaseError::Query(QueryError::NoKnownPeers))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_peer_and_remove_address_edit_the_routing_table() {
+    let nodes = network(3).await;
+    let (a, b) = (&nodes[2].node, nodes[0].id());
+    assert!(a.routing_table_peers().await.unwrap().contains(&b));
+    let mut events = a.subscribe_to_broadcasts();
+    assert!(a.remove_peer(b).await.unwrap());
+    wait_for(&mut events, "peer removed", |e| {
+        matches!(e, NetabaseEvent::RoutingTablePeerRemoved { peer } if *peer == b).then_some(())
+    })
+    .await;
+    assert!(!a.routing_table_peers().await.unwrap().contains(&b));
+    assert!(!a.remove_peer(b).await.unwrap());
+
+    // Added back by address, then removed with its only address.
+    a.add_address(b, nodes[0].addr.clone()).await.unwrap();
+    assert!(a.routing_table_peers().await.unwrap().contains(&b));
+    a.remove_address(b, nodes[0].addr.clone()).await.unwrap();
+    assert!(!a.routing_table_peers().await.unwrap().contains(&b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_flow_over_quic() {
+    let quic = |c: &mut netabase_tokio::NetabaseConfig| {
+        c.listen_addresses = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    };
+    let a = start_with(quic).await;
+    assert!(a.addr.to_string().contains("quic-v1"), "{}", a.addr);
+    let (id, addr) = (a.id(), a.addr.clone());
+    let b = start_with(|c| {
+        quic(c);
+        c.bootstrap_peers = vec![(id, addr)];
+    })
+    .await;
+    b.node.bootstrap().await.unwrap();
+    let put = b.node.put_record(message(5, "over quic")).await.unwrap();
+    assert_eq!(put.stored_at, vec![a.id()]);
+    let got = a
+        .node
+        .get_record(&MessagePrimaryKey(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.record, message(5, "over quic"));
+    // a holds the record for b in its DHT store, so it answers from there.
+    assert_eq!(got.source, None);
+    assert_eq!(got.origin, b.id());
+    // Once b drops its own copies, it fetches the record from a over QUIC.
+    assert_eq!(
+        b.node.remove_record(&MessagePrimaryKey(5)).await.unwrap(),
+        Some(message(5, "over quic"))
+    );
+    let fetched = b
+        .node
+        .get_record(&MessagePrimaryKey(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.source, Some(a.id()));
+}

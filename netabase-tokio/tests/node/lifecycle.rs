@@ -1,0 +1,164 @@
+//! Events, stopping, restarting.
+
+use netabase_tokio::{EventError, NetabaseError, NetabaseEvent, QueryKind};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_subscriber_and_a_slow_one_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir);
+    config.event_capacity = 4;
+    let node = Node::new_with_config(config).unwrap();
+    let mut fast = node.subscribe_to_broadcasts();
+    let mut second = node.subscribe_to_broadcasts();
+    let mut slow = node.subscribe_to_broadcasts();
+    node.start_swarm().await.unwrap();
+    let me = node.local_peer_id();
+    for sub in [&mut fast, &mut second] {
+        wait_for(sub, "started", |e| {
+            matches!(e, NetabaseEvent::Started { peer } if *peer == me).then_some(())
+        })
+        .await;
+    }
+    // Every get emits a start and a finish; the fast subscribers keep up, the slow one
+    // reads nothing.
+    for id in 0..6 {
+        node.get_record(&MessagePrimaryKey(id)).await.unwrap();
+        for sub in [&mut fast, &mut second] {
+            let finished = wait_for(sub, "query finished", |e| match e {
+                NetabaseEvent::QueryFinished { kind, success, .. } => Some((*kind, *success)),
+                _ => None,
+            })
+            .await;
+            assert_eq!(finished, (QueryKind::GetRecord, false));
+        }
+    }
+    match slow.recv().await {
+        Err(EventError::Lagged(n)) => assert!(n > 0),
+        other => panic!("expected a lag notice, got {other:?}"),
+    }
+    // After the notice the slow subscriber reads the newest events.
+    assert!(slow.recv().await.is_ok());
+    node.stop_swarm().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_swarm_fails_pending_operations() {
+    // A peer that accepts TCP connections and never answers holds a lookup open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr: netabase_tokio::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let node = start_with(|_| {}).await;
+    let ghost = netabase_tokio::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    node.node.add_address(ghost, silent_addr).await.unwrap();
+    let mut events = node.node.subscribe_to_broadcasts();
+    let pending = tokio::spawn({
+        let node = node.node.clone();
+        async move { node.get_record(&MessagePrimaryKey(1)).await }
+    });
+    wait_for(&mut events, "query started", |e| {
+        matches!(
+            e,
+            NetabaseEvent::QueryStarted {
+                kind: QueryKind::GetRecord,
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    node.node.stop_swarm().await.unwrap();
+    let outcome = tokio::time::timeout(DEADLINE, pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(NetabaseError::Stopped)),
+        "{outcome:?}"
+    );
+    assert!(matches!(
+        node.node.get_record(&MessagePrimaryKey(1)).await,
+        Err(NetabaseError::Stopped)
+    ));
+    assert!(matches!(
+        node.node.query_local_records::<Message>(1).await,
+        Err(NetabaseError::Stopped)
+    ));
+    assert!(!node.node.is_running());
+    // Stopping twice is fine.
+    node.node.stop_swarm().await.unwrap();
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_peer_id_and_records() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(&dir).with_backend(backend);
+        let first = Node::new_with_config(config.clone()).unwrap();
+        let id = first.local_peer_id();
+        first.start_swarm().await.unwrap();
+        first.put_record(message(9, "durable")).await.unwrap();
+        first.stop_swarm().await.unwrap();
+        drop(first);
+
+        let second = Node::new_with_config(config.clone()).unwrap();
+        assert_eq!(second.local_peer_id(), id, "{backend:?}");
+        // The typed store is usable before the swarm starts.
+        assert_eq!(
+            second.query_local_records::<Message>(10).await.unwrap(),
+            vec![message(9, "durable")]
+        );
+        assert!(matches!(
+            second.get_record(&MessagePrimaryKey(9)).await,
+            Err(NetabaseError::NotRunning)
+        ));
+        second.start_swarm().await.unwrap();
+        // The DHT record survived too: it is found locally without any peer.
+        let got = second
+            .get_record(&MessagePrimaryKey(9))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.record, got.source, got.origin),
+            (message(9, "durable"), None, id)
+        );
+        // The same data directory cannot be opened twice at once.
+        assert!(Node::new_with_config(config).is_err());
+        second.stop_swarm().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_swarm_twice_and_calls_before_start_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new_with_config(test_config(&dir)).unwrap();
+    assert!(matches!(
+        node.bootstrap().await,
+        Err(NetabaseError::NotRunning)
+    ));
+    assert_eq!(node.get_mode().await.unwrap(), netabase_tokio::Mode::Server);
+    node.start_swarm().await.unwrap();
+    assert!(matches!(
+        node.start_swarm().await,
+        Err(NetabaseError::AlreadyRunning)
+    ));
+    assert!(node.is_running());
+    node.stop_swarm().await.unwrap();
+    // A stopped node starts again on the same data.
+    node.start_swarm().await.unwrap();
+    assert!(!node.listen_addresses().await.unwrap().is_empty());
+    node.stop_swarm().await.unwrap();
+}
