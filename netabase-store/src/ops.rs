@@ -314,6 +314,21 @@ fn purge_index_entries<T: WriteTransaction + ?Sized>(
 
 type IndexKeys = Vec<(u16, Vec<u8>)>;
 
+/// Writes pending index changes (`true`: put, `false`: delete) and empties `changes`.
+fn flush_index_changes<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    t: &ModelTables,
+    changes: &mut std::collections::BTreeMap<Vec<u8>, bool>,
+) -> Result<()> {
+    let ops: Vec<(&[u8], Option<&[u8]>)> = changes
+        .iter()
+        .map(|(key, &present)| (key.as_slice(), present.then_some(&[][..])))
+        .collect();
+    tx.apply(&t.index, &ops)?;
+    changes.clear();
+    Ok(())
+}
+
 /// Replaces index entries `old` of record `pk` by `new`.
 fn reindex<T: WriteTransaction + ?Sized>(
     tx: &mut T,
@@ -422,6 +437,56 @@ impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
         let value = codec::seal(version, model).map_err(encode_error)?;
         let keys = encode_secondary_keys(model)?;
         put_record(self.tx, t, &pk, &value, &keys, |old| typed_old(&pk, old))
+    }
+
+    /// Writes all `models` with one access per table where the backend benefits: records
+    /// first, then the index changes they cause.
+    pub(crate) fn put_many<'m, M: NetabaseModel>(
+        &mut self,
+        models: impl IntoIterator<Item = &'m M>,
+    ) -> Result<usize> {
+        let t = tables_of::<M>(self.tables)?;
+        let version = <M::Definition as NetabaseDefinition>::SCHEMA_VERSION;
+        let mut prepared = Vec::new();
+        for model in models {
+            let pk = model.key_bytes()?;
+            let value = codec::seal(version, model).map_err(encode_error)?;
+            prepared.push((pk, value, encode_secondary_keys(model)?));
+        }
+        let entries: Vec<(&[u8], &[u8])> = prepared
+            .iter()
+            .map(|(pk, value, _)| (pk.as_slice(), value.as_slice()))
+            .collect();
+        let olds = self.tx.replace_all(&t.records, &entries)?;
+        // The last change of each index key wins (a record may appear twice).
+        let mut changes: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
+        for ((pk, _, keys), old) in prepared.iter().zip(olds) {
+            let old_keys = match old {
+                Some(bytes) => match typed_old::<M>(pk, &bytes) {
+                    Some((_, keys)) => keys,
+                    None => {
+                        // An undecodable old value: its entries are found by a scan, which
+                        // must see the changes so far.
+                        flush_index_changes(self.tx, t, &mut changes)?;
+                        purge_index_entries(self.tx, t, pk)?;
+                        Vec::new()
+                    }
+                },
+                None => Vec::new(),
+            };
+            for (index, value) in &old_keys {
+                if !keys.iter().any(|(i, v)| i == index && v == value) {
+                    changes.insert(codec::index_key(*index, value, pk), false);
+                }
+            }
+            for (index, value) in keys {
+                if !old_keys.iter().any(|(i, v)| i == index && v == value) {
+                    changes.insert(codec::index_key(*index, value, pk), true);
+                }
+            }
+        }
+        flush_index_changes(self.tx, t, &mut changes)?;
+        Ok(prepared.len())
     }
 
     pub(crate) fn remove<K: PrimaryKey>(&mut self, key: &K) -> Result<Option<K::Model>> {

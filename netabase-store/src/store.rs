@@ -333,12 +333,7 @@ impl<'s, D: NetabaseDefinition, B: Backend> WriteTx<'s, D, B> {
         &mut self,
         models: impl IntoIterator<Item = &'m M>,
     ) -> Result<usize> {
-        let mut n = 0;
-        for model in models {
-            self.put(model)?;
-            n += 1;
-        }
-        Ok(n)
+        self.writer().put_many(models)
     }
 
     /// Removes the record with primary key `key`; returns it (see [`Store::remove`]).

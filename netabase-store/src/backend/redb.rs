@@ -275,6 +275,34 @@ impl WriteTransaction for RedbWrite {
         Ok(())
     }
 
+    fn replace_all(
+        &mut self,
+        table: &str,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut table = self.open(table)?;
+        entries
+            .iter()
+            .map(|(key, value)| {
+                Ok(table
+                    .insert(*key, *value)
+                    .map_err(map_err)?
+                    .map(|v| v.value().to_vec()))
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, table: &str, changes: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        let mut table = self.open(table)?;
+        for (key, value) in changes {
+            match value {
+                Some(value) => drop(table.insert(*key, *value).map_err(map_err)?),
+                None => drop(table.remove(*key).map_err(map_err)?),
+            }
+        }
+        Ok(())
+    }
+
     fn commit(self) -> Result<()> {
         self.tx.commit().map_err(map_err)
     }

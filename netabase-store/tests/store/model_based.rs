@@ -31,17 +31,23 @@ enum Op {
     Batch(Vec<Step>),
     /// Steps in one write transaction, committed or rolled back.
     Transaction { steps: Vec<Step>, commit: bool },
+    /// Messages (possibly the same one twice) written by `put_many`.
+    PutMany(Vec<Message>),
 }
 
-fn step() -> impl Strategy<Value = Step> {
-    let message = (0u64..6, 0..AUTHORS.len(), 0u32..3, "[a-c]{0,3}").prop_map(
-        |(id, author, channel, text)| Message {
+fn message_strategy() -> impl Strategy<Value = Message> {
+    (0u64..6, 0..AUTHORS.len(), 0u32..3, "[a-c]{0,3}").prop_map(|(id, author, channel, text)| {
+        Message {
             id,
             author: AUTHORS[author].into(),
             channel,
             text,
-        },
-    );
+        }
+    })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let message = message_strategy();
     let user = (0..NAMES.len(), 0..COUNTRIES.len(), any::<u16>()).prop_map(|(n, c, age)| User {
         name: NAMES[n].into(),
         country: COUNTRIES[c].into(),
@@ -61,6 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::collection::vec(step(), 0..5).prop_map(Op::Batch),
         2 => (prop::collection::vec(step(), 0..5), any::<bool>())
             .prop_map(|(steps, commit)| Op::Transaction { steps, commit }),
+        1 => prop::collection::vec(message_strategy(), 0..6).prop_map(Op::PutMany),
     ]
 }
 
@@ -205,6 +212,12 @@ fn run(ops: &[Op], opened: &Opened, kind: BackendKind) {
                     };
                 }
                 store.apply(batch).unwrap();
+            }
+            Op::PutMany(messages) => {
+                for m in messages {
+                    reference.apply(&Step::PutMessage(m.clone()));
+                }
+                assert_eq!(store.put_many(messages).unwrap(), messages.len());
             }
             Op::Transaction { steps, commit } => {
                 let mut inside = reference.clone();
