@@ -2,9 +2,12 @@
 //! DHT, automatic sync and optional consensus.
 //!
 //! This facade crate is what applications depend on. It re-exports the pure protocol core,
-//! [`netabase_core`], as [`core`], and the typed embedded store, [`netabase_store`], as
-//! [`store`], with the definition macros at the root; the runtime adapters and the
-//! `Netabase` handle are added beside them as they land.
+//! [`netabase_core`], as [`core`], the typed embedded store, [`netabase_store`], as
+//! [`store`], with the definition macros at the root, and the networked node: with the
+//! default feature `tokio`, [`Netabase<D>`](Netabase) is the node on the tokio runtime
+//! (TCP, QUIC, DNS, mDNS), configured by [`NetabaseConfig`], reporting
+//! [`NetabaseEvent`]s and failing with [`NetabaseError`]. The runtime-generic glue is
+//! [`swarm`]. The README's quick start shows two nodes exchanging a record.
 //!
 //! ```
 //! use netabase::{NetabaseModel, Store, netabase_definition_module};
@@ -35,6 +38,16 @@ pub use netabase_store::{
     NetabaseDefinition, NetabaseModel, PrimaryKey, SecondaryKey, Store, StoreError,
     netabase_definition_module,
 };
+pub use netabase_swarm as swarm;
+pub use netabase_swarm::{
+    BootstrapResult, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME, EventError,
+    EventSubscriber, GetRecordResult, IPFS_PROTOCOL_NAME, Keypair, Mode, Multiaddr, NetabaseConfig,
+    NetabaseError, NetabaseEvent, NetabaseStats, PeerId, ProviderInfo, ProvidingResult,
+    PutRecordResult, QueryError, QueryKind, Quorum, RecordKey, StorageBackend,
+};
+/// The Netabase node on the tokio runtime (the default runtime).
+#[cfg(feature = "tokio")]
+pub use netabase_tokio::{Netabase, TokioRuntime};
 
 /// The README's code examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

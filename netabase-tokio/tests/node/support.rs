@@ -110,9 +110,14 @@ pub(crate) async fn network(n: usize) -> Vec<TestNode> {
         let node = start_with(|c| c.bootstrap_peers = vec![(boot_id, boot_addr.clone())]).await;
         node.node.bootstrap().await.expect("bootstrap succeeds");
         let id = node.id();
-        wait_for(&mut boot_events, "the bootstrap node adds the newcomer", |e| {
-            matches!(e, NetabaseEvent::RoutingTablePeerAdded { peer } if *peer == id).then_some(())
-        })
+        wait_for(
+            &mut boot_events,
+            "the bootstrap node adds the newcomer",
+            |e| {
+                matches!(e, NetabaseEvent::RoutingTablePeerAdded { peer } if *peer == id)
+                    .then_some(())
+            },
+        )
         .await;
         nodes.push(node);
     }
