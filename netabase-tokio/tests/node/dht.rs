@@ -208,3 +208,39 @@ async fn records_flow_over_quic() {
         .unwrap();
     assert_eq!(fetched.source, Some(a.id()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ipfs_protocol_name_is_selectable_and_names_must_match() {
+    let ipfs = |c: &mut netabase_tokio::NetabaseConfig| {
+        c.protocol_name = netabase_tokio::IPFS_PROTOCOL_NAME.to_string();
+    };
+    let a = start_with(ipfs).await;
+    assert_eq!(
+        a.node.get_protocol_names(),
+        vec!["/ipfs/kad/1.0.0".to_string()]
+    );
+    let (id, addr) = (a.id(), a.addr.clone());
+    let b = start_with(|c| {
+        ipfs(c);
+        c.bootstrap_peers = vec![(id, addr.clone())];
+    })
+    .await;
+    assert_eq!(b.node.bootstrap().await.unwrap().routing_table_size, 1);
+    b.node.put_record(message(11, "ipfs")).await.unwrap();
+    let got = a
+        .node
+        .get_record(&MessagePrimaryKey(11))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.origin, b.id());
+
+    // A node speaking the default name finds nobody to talk to: the negotiation fails,
+    // and the peer leaves its routing table.
+    let other = start_with(|c| c.bootstrap_peers = vec![(id, addr)]).await;
+    assert!(matches!(
+        other.node.bootstrap().await,
+        Err(NetabaseError::Query(QueryError::NoKnownPeers))
+    ));
+    assert!(other.node.routing_table_peers().await.unwrap().is_empty());
+}
