@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod dht;
+mod interop;
 mod lifecycle;
 mod modes;
 mod support;
