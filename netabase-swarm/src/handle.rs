@@ -39,7 +39,9 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PutRecordResult {
     /// The record's DHT key.
     pub key: RecordKey,
-    /// The remote peers that confirmed they stored the record.
+    /// The remote peers that confirmed they stored the record by the time the configured
+    /// quorum ([`NetabaseConfig::put_quorum`], one peer by default) was met; the other
+    /// closest peers receive it too.
     pub stored_at: Vec<PeerId>,
     /// Why the network part fell short of the configured quorum, if it did. The record is
     /// stored locally either way, and the node publishes it again with its background
