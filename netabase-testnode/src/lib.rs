@@ -1,0 +1,608 @@
+//! A Netabase node driven over standard input and output, for tests that run networks of
+//! separate processes.
+//!
+//! The binary `netabase-test-node` starts one node for the small chat definition in
+//! [`chat`], prints one [`Output::Ready`] line, then reads one [`Request`] per line on
+//! standard input and writes one [`Output`] per line on standard output: a
+//! [`Output::Reply`] for every request (in completion order, matched by `req`) and an
+//! [`Output::Event`] for every event of the node. Logs go to standard error only.
+//!
+//! ```text
+//! -> {"req":1,"cmd":"put","message":{"id":7,"author":"ada","text":"hello"}}
+//! <- {"type":"event","event":{"kind":"query_started","id":0,"query":"put_record"}}
+//! <- {"type":"reply","req":1,"ok":true,"result":{"key":"2f6e62...","stored_at":["12D3..."],"quorum_error":null}}
+//! ```
+//!
+//! This library holds the definition and the line formats, shared by the binary and the
+//! tests that drive it.
+
+use netabase::{NetabaseEvent, QueryKind};
+use serde::{Deserialize, Serialize};
+
+/// The chat definition the test node stores and publishes.
+// The macro generates public items without docs of their own; they are documented here.
+#[allow(missing_docs)]
+#[netabase::netabase_definition_module(ChatDefinition, ChatKeys)]
+pub mod chat {
+    use netabase::NetabaseModel;
+
+    /// A chat message.
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct Message {
+        /// Its id (the primary key).
+        #[primary_key]
+        pub id: u64,
+        /// Who wrote it (indexed).
+        #[secondary_key]
+        pub author: String,
+        /// Its text.
+        pub text: String,
+    }
+
+    /// A chat user.
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub struct User {
+        /// The user name (the primary key).
+        #[primary_key]
+        pub name: String,
+        /// A short description.
+        pub bio: String,
+    }
+}
+
+pub use chat::{ChatDefinition, Message, MessagePrimaryKey, User, UserPrimaryKey};
+
+/// The DHT mode, as named on the command line and in the line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeName {
+    /// Serves the DHT.
+    Server,
+    /// Only queries the DHT.
+    Client,
+}
+
+impl From<ModeName> for netabase::Mode {
+    fn from(mode: ModeName) -> Self {
+        match mode {
+            ModeName::Server => netabase::Mode::Server,
+            ModeName::Client => netabase::Mode::Client,
+        }
+    }
+}
+
+impl From<netabase::Mode> for ModeName {
+    fn from(mode: netabase::Mode) -> Self {
+        match mode {
+            netabase::Mode::Server => ModeName::Server,
+            netabase::Mode::Client => ModeName::Client,
+        }
+    }
+}
+
+/// One command line on standard input: a request number chosen by the caller (echoed in
+/// the reply as `req`) and the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the reply.
+    pub req: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// What a test can ask the node. Peer ids and addresses are strings (base58 peer ids,
+/// multiaddrs); message ids name `Message` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// `put_record(message)`; replies [`PutReply`].
+    Put {
+        /// The message.
+        message: Message,
+    },
+    /// `put_record(user)`; replies [`PutReply`].
+    PutUser {
+        /// The user.
+        user: User,
+    },
+    /// `get_record(MessagePrimaryKey(id))`; replies `Option<`[`Found<Message>`]`>`.
+    Get {
+        /// The message id.
+        id: u64,
+    },
+    /// `get_record(UserPrimaryKey(name))`; replies `Option<`[`Found<User>`]`>`.
+    GetUser {
+        /// The user name.
+        name: String,
+    },
+    /// `remove_record(MessagePrimaryKey(id))`; replies the removed `Option<Message>`.
+    Remove {
+        /// The message id.
+        id: u64,
+    },
+    /// `query_local_records::<Message>(limit)`; replies `Vec<Message>`.
+    LocalMessages {
+        /// Most messages returned.
+        limit: usize,
+    },
+    /// `start_providing(MessagePrimaryKey(id))`; replies [`ProvidingReply`].
+    StartProviding {
+        /// The message id.
+        id: u64,
+    },
+    /// `stop_providing(MessagePrimaryKey(id))`; replies `null`.
+    StopProviding {
+        /// The message id.
+        id: u64,
+    },
+    /// `get_providers(MessagePrimaryKey(id))`; replies `Vec<`[`ProviderReply`]`>`.
+    GetProviders {
+        /// The message id.
+        id: u64,
+    },
+    /// `bootstrap()`; replies [`BootstrapReply`].
+    Bootstrap,
+    /// `add_address(peer, address)`; replies `null`.
+    AddAddress {
+        /// The peer id.
+        peer: String,
+        /// Its address.
+        address: String,
+    },
+    /// `remove_address(peer, address)`; replies `null`.
+    RemoveAddress {
+        /// The peer id.
+        peer: String,
+        /// The address.
+        address: String,
+    },
+    /// `remove_peer(peer)`; replies whether it was in the routing table.
+    RemovePeer {
+        /// The peer id.
+        peer: String,
+    },
+    /// `set_mode(mode)`; replies `null`.
+    SetMode {
+        /// The new mode.
+        mode: ModeName,
+    },
+    /// `get_mode()`; replies a [`ModeName`].
+    GetMode,
+    /// Connected peers and routing-table peers; replies [`PeersReply`].
+    Peers,
+    /// The node's counters; replies [`StatsReply`].
+    Stats,
+    /// `stop_swarm()`, then the process exits; replies `null` first.
+    Shutdown,
+}
+
+/// One line on standard output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Output {
+    /// The node started; always the first line of the process that is not an event.
+    Ready {
+        /// The node's peer id.
+        peer_id: String,
+        /// The addresses it listens on.
+        listen_addresses: Vec<String>,
+        /// The Kademlia protocol names it speaks.
+        protocol_names: Vec<String>,
+        /// The async runtime it runs on.
+        runtime: String,
+    },
+    /// The answer to request `req`.
+    Reply {
+        /// The request's number.
+        req: u64,
+        /// Whether the operation succeeded.
+        ok: bool,
+        /// The operation's result (when `ok`).
+        #[serde(default)]
+        result: serde_json::Value,
+        /// The error, displayed (when not `ok`).
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// A line on standard input that is not a valid request.
+    Invalid {
+        /// Why.
+        error: String,
+    },
+    /// An event of the node.
+    Event {
+        /// The event.
+        event: Event,
+    },
+}
+
+/// The reply to [`Command::Put`] and [`Command::PutUser`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReply {
+    /// The record's DHT key, hex.
+    pub key: String,
+    /// The peers that stored it.
+    pub stored_at: Vec<String>,
+    /// Why the put fell short of its quorum, if it did.
+    pub quorum_error: Option<String>,
+}
+
+/// A record found by [`Command::Get`] or [`Command::GetUser`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found<M> {
+    /// The typed value.
+    pub record: M,
+    /// The peer it came from; `None`: the node's own DHT store.
+    pub source: Option<String>,
+    /// The peer that wrote it.
+    pub origin: String,
+    /// The writer's timestamp.
+    pub timestamp: u64,
+}
+
+/// The reply to [`Command::StartProviding`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvidingReply {
+    /// The key, hex.
+    pub key: String,
+    /// The peers the announcement reached.
+    pub announced_to: Vec<String>,
+    /// Why no peer was reached, if none was.
+    pub error: Option<String>,
+}
+
+/// One provider in the reply to [`Command::GetProviders`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderReply {
+    /// The providing peer.
+    pub peer: String,
+    /// Its announced addresses.
+    pub addresses: Vec<String>,
+}
+
+/// The reply to [`Command::Bootstrap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapReply {
+    /// Peers in the routing table afterwards.
+    pub routing_table_size: usize,
+}
+
+/// The reply to [`Command::Peers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersReply {
+    /// Peers with an open connection.
+    pub connected: Vec<String>,
+    /// Peers in the routing table.
+    pub routing_table: Vec<String>,
+}
+
+/// The reply to [`Command::Stats`]: the Kademlia core's counters and the carrier's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Outbound requests sent.
+    pub requests_sent: u64,
+    /// Answers received for live requests.
+    pub responses_received: u64,
+    /// Outbound requests that failed or timed out.
+    pub requests_failed: u64,
+    /// Of which timed out.
+    pub requests_timed_out: u64,
+    /// Answers for unknown or finished requests.
+    pub unexpected_responses: u64,
+    /// Answers of the wrong kind.
+    pub mismatched_responses: u64,
+    /// Inbound requests handled.
+    pub inbound_requests: u64,
+    /// Inbound requests refused.
+    pub inbound_rejected: u64,
+    /// Records from the network that failed validation.
+    pub invalid_records: u64,
+    /// Queries finished.
+    pub queries_finished: u64,
+    /// Inbound streams that failed before delivering a request.
+    pub inbound_stream_failures: u64,
+}
+
+impl From<&netabase::NetabaseStats> for StatsReply {
+    fn from(s: &netabase::NetabaseStats) -> Self {
+        StatsReply {
+            requests_sent: s.kad.requests_sent,
+            responses_received: s.kad.responses_received,
+            requests_failed: s.kad.requests_failed,
+            requests_timed_out: s.kad.requests_timed_out,
+            unexpected_responses: s.kad.unexpected_responses,
+            mismatched_responses: s.kad.mismatched_responses,
+            inbound_requests: s.kad.inbound_requests,
+            inbound_rejected: s.kad.inbound_rejected,
+            invalid_records: s.kad.invalid_records,
+            queries_finished: s.kad.queries_finished,
+            inbound_stream_failures: s.inbound_stream_failures,
+        }
+    }
+}
+
+/// An event of the node ([`NetabaseEvent`] with peer ids, addresses and keys as strings;
+/// keys are hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// The swarm started.
+    Started {
+        /// The local peer id.
+        peer: String,
+    },
+    /// The swarm stopped.
+    Stopped,
+    /// A new listen address.
+    ListenAddressAdded {
+        /// The address.
+        address: String,
+    },
+    /// A listen address went away.
+    ListenAddressExpired {
+        /// The address.
+        address: String,
+    },
+    /// mDNS found a peer.
+    PeerDiscovered {
+        /// The peer.
+        peer: String,
+        /// Its address.
+        address: String,
+    },
+    /// An mDNS announcement expired.
+    PeerExpired {
+        /// The peer.
+        peer: String,
+        /// Its address.
+        address: String,
+    },
+    /// The first connection to a peer opened.
+    PeerConnected {
+        /// The peer.
+        peer: String,
+        /// The connection's remote address.
+        address: String,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: String,
+    },
+    /// Identify told what a peer is.
+    PeerIdentified {
+        /// The peer.
+        peer: String,
+        /// Whether it serves this node's DHT protocol.
+        serves_dht: bool,
+        /// Its listen addresses.
+        listen_addresses: Vec<String>,
+    },
+    /// A peer entered the routing table.
+    RoutingTablePeerAdded {
+        /// The peer.
+        peer: String,
+    },
+    /// A peer left the routing table.
+    RoutingTablePeerRemoved {
+        /// The peer.
+        peer: String,
+    },
+    /// A remote peer stored a record here.
+    RecordStored {
+        /// The record's key, hex.
+        key: String,
+        /// The sender.
+        from: String,
+    },
+    /// A remote peer announced itself as provider here.
+    ProviderAdded {
+        /// The key, hex.
+        key: String,
+        /// The provider.
+        provider: String,
+    },
+    /// A query started.
+    QueryStarted {
+        /// Its id.
+        id: u64,
+        /// What it does (`get_record`, `put_record`, ...).
+        query: String,
+    },
+    /// A query finished.
+    QueryFinished {
+        /// Its id.
+        id: u64,
+        /// What it did.
+        query: String,
+        /// Whether it succeeded.
+        success: bool,
+    },
+    /// The DHT mode changed.
+    ModeChanged {
+        /// The new mode.
+        mode: ModeName,
+    },
+    /// The node refused a peer's request.
+    InboundRejected {
+        /// The peer.
+        peer: String,
+        /// The request's kind (`PutValue`, `AddProvider`, ...).
+        request: String,
+        /// Why.
+        reason: String,
+    },
+    /// A record in a peer's answer failed validation.
+    InvalidRecord {
+        /// The peer.
+        peer: String,
+        /// The key, hex.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A peer's stream failed before it delivered a request.
+    InboundStreamFailed {
+        /// The peer.
+        peer: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The test node's event subscription fell behind and missed events.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+    /// An event this format does not know yet (debug text).
+    Other {
+        /// The event, debug-formatted.
+        debug: String,
+    },
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn query_name(kind: QueryKind) -> String {
+    match kind {
+        QueryKind::GetRecord => "get_record",
+        QueryKind::PutRecord => "put_record",
+        QueryKind::StartProviding => "start_providing",
+        QueryKind::GetProviders => "get_providers",
+        QueryKind::Bootstrap => "bootstrap",
+        QueryKind::Lookup => "lookup",
+    }
+    .to_string()
+}
+
+impl From<&NetabaseEvent> for Event {
+    fn from(event: &NetabaseEvent) -> Self {
+        match event {
+            NetabaseEvent::Started { peer } => Event::Started {
+                peer: peer.to_string(),
+            },
+            NetabaseEvent::Stopped => Event::Stopped,
+            NetabaseEvent::ListenAddressAdded { address } => Event::ListenAddressAdded {
+                address: address.to_string(),
+            },
+            NetabaseEvent::ListenAddressExpired { address } => Event::ListenAddressExpired {
+                address: address.to_string(),
+            },
+            NetabaseEvent::PeerDiscovered { peer, address } => Event::PeerDiscovered {
+                peer: peer.to_string(),
+                address: address.to_string(),
+            },
+            NetabaseEvent::PeerExpired { peer, address } => Event::PeerExpired {
+                peer: peer.to_string(),
+                address: address.to_string(),
+            },
+            NetabaseEvent::PeerConnected { peer, address } => Event::PeerConnected {
+                peer: peer.to_string(),
+                address: address.to_string(),
+            },
+            NetabaseEvent::PeerDisconnected { peer } => Event::PeerDisconnected {
+                peer: peer.to_string(),
+            },
+            NetabaseEvent::PeerIdentified {
+                peer,
+                serves_dht,
+                listen_addresses,
+            } => Event::PeerIdentified {
+                peer: peer.to_string(),
+                serves_dht: *serves_dht,
+                listen_addresses: listen_addresses.iter().map(ToString::to_string).collect(),
+            },
+            NetabaseEvent::RoutingTablePeerAdded { peer } => Event::RoutingTablePeerAdded {
+                peer: peer.to_string(),
+            },
+            NetabaseEvent::RoutingTablePeerRemoved { peer } => Event::RoutingTablePeerRemoved {
+                peer: peer.to_string(),
+            },
+            NetabaseEvent::RecordStored { key, from } => Event::RecordStored {
+                key: hex(key.as_bytes()),
+                from: from.to_string(),
+            },
+            NetabaseEvent::ProviderAdded { key, provider } => Event::ProviderAdded {
+                key: hex(key.as_bytes()),
+                provider: provider.to_string(),
+            },
+            NetabaseEvent::QueryStarted { id, kind } => Event::QueryStarted {
+                id: *id,
+                query: query_name(*kind),
+            },
+            NetabaseEvent::QueryFinished {
+                id, kind, success, ..
+            } => Event::QueryFinished {
+                id: *id,
+                query: query_name(*kind),
+                success: *success,
+            },
+            NetabaseEvent::ModeChanged { mode } => Event::ModeChanged {
+                mode: (*mode).into(),
+            },
+            NetabaseEvent::InboundRejected { peer, kind, reason } => Event::InboundRejected {
+                peer: peer.to_string(),
+                request: format!("{kind:?}"),
+                reason: reason.clone(),
+            },
+            NetabaseEvent::InvalidRecord { peer, key, reason } => Event::InvalidRecord {
+                peer: peer.to_string(),
+                key: hex(key.as_bytes()),
+                reason: reason.clone(),
+            },
+            NetabaseEvent::InboundStreamFailed { peer, error } => Event::InboundStreamFailed {
+                peer: peer.to_string(),
+                error: error.clone(),
+            },
+            other => Event::Other {
+                debug: format!("{other:?}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_outputs_have_the_documented_shape() {
+        let line = r#"{"req":1,"cmd":"put","message":{"id":7,"author":"ada","text":"hello"}}"#;
+        let request: Request = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            request,
+            Request {
+                req: 1,
+                command: Command::Put {
+                    message: Message {
+                        id: 7,
+                        author: "ada".into(),
+                        text: "hello".into()
+                    }
+                }
+            }
+        );
+        assert_eq!(serde_json::to_string(&request).unwrap(), line);
+        let get: Request = serde_json::from_str(r#"{"req":2,"cmd":"get","id":9}"#).unwrap();
+        assert_eq!(get.command, Command::Get { id: 9 });
+        let bootstrap: Request = serde_json::from_str(r#"{"req":3,"cmd":"bootstrap"}"#).unwrap();
+        assert_eq!(bootstrap.command, Command::Bootstrap);
+        assert!(serde_json::from_str::<Request>(r#"{"req":3,"cmd":"fly"}"#).is_err());
+
+        let event = Output::Event {
+            event: Event::ModeChanged {
+                mode: ModeName::Client,
+            },
+        };
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"event","event":{"kind":"mode_changed","mode":"client"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Output>(&text).unwrap(), event);
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

@@ -1,0 +1,409 @@
+//! `netabase-test-node`: one Netabase node driven over standard input and output with JSON
+//! lines (see the library documentation for the line formats). Logs go to standard error.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use netabase::swarm::libp2p::multiaddr::Protocol;
+use netabase::swarm::{Netabase, Runtime};
+use netabase::{
+    DEFAULT_PROTOCOL_NAME, EventError, Multiaddr, NetabaseConfig, NetabaseError, PeerId,
+    StorageBackend,
+};
+use netabase_testnode::{
+    BootstrapReply, ChatDefinition, Command, Event, Found, MessagePrimaryKey, ModeName, Output,
+    PeersReply, ProviderReply, ProvidingReply, PutReply, Request, StatsReply, UserPrimaryKey, hex,
+};
+use serde_json::Value;
+
+/// The async runtimes the node can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeName {
+    /// tokio (multi-threaded, two workers).
+    Tokio,
+}
+
+/// The storage engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendName {
+    Redb,
+    Sled,
+}
+
+/// One Netabase node for the chat definition, driven with JSON lines on stdin/stdout.
+#[derive(Debug, Parser)]
+#[command(name = "netabase-test-node", version)]
+struct Args {
+    /// Where the database and the identity key live (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// An address to listen on (repeatable).
+    #[arg(long = "listen", default_value = "/ip4/127.0.0.1/tcp/0")]
+    listen: Vec<Multiaddr>,
+    /// The DHT mode to start in.
+    #[arg(long, value_enum, default_value_t = ModeName::Server)]
+    mode: ModeName,
+    /// The Kademlia protocol name.
+    #[arg(long, default_value = DEFAULT_PROTOCOL_NAME)]
+    protocol: String,
+    /// Discover peers with mDNS (multicast on every local interface: use it only inside a
+    /// network namespace of its own).
+    #[arg(long)]
+    mdns: bool,
+    /// A peer to join through, as a multiaddr ending in `/p2p/<peer id>` (repeatable).
+    #[arg(long = "bootstrap")]
+    bootstrap: Vec<Multiaddr>,
+    /// The async runtime.
+    #[arg(long, value_enum, default_value_t = RuntimeName::Tokio)]
+    runtime: RuntimeName,
+    /// The storage engine.
+    #[arg(long, value_enum, default_value_t = BackendName::Redb)]
+    backend: BackendName,
+    /// How long one DHT request may take, in milliseconds.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// How long one DHT query may take, in milliseconds.
+    #[arg(long)]
+    query_timeout_ms: Option<u64>,
+    /// How long one Kademlia stream may take, in milliseconds.
+    #[arg(long)]
+    stream_timeout_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = config(&args).and_then(|config| match args.runtime {
+        // The only runtime-specific lines: build the runtime and run the node on it.
+        RuntimeName::Tokio => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))
+            .and_then(|rt| rt.block_on(serve::<netabase::TokioRuntime>(config, "tokio"))),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netabase-test-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `(peer, address)` pair from a multiaddr ending in `/p2p/<peer>`.
+fn split_peer(addr: &Multiaddr) -> Result<(PeerId, Multiaddr), String> {
+    let mut addr = addr.clone();
+    match addr.pop() {
+        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
+        _ => Err(format!(
+            "{addr}: a bootstrap address must end in /p2p/<peer id>"
+        )),
+    }
+}
+
+fn config(args: &Args) -> Result<NetabaseConfig, String> {
+    let mut config = NetabaseConfig::default()
+        .with_data_dir(&args.data_dir)
+        .with_listen_addresses(args.listen.iter().cloned())
+        .with_mdns(args.mdns)
+        .with_mode(args.mode.into())
+        .with_protocol_name(args.protocol.clone())
+        .with_backend(match args.backend {
+            BackendName::Redb => StorageBackend::Redb,
+            BackendName::Sled => StorageBackend::Sled,
+        });
+    for addr in &args.bootstrap {
+        let (peer, addr) = split_peer(addr)?;
+        config = config.with_bootstrap_peer(peer, addr);
+    }
+    if let Some(ms) = args.request_timeout_ms {
+        config.kad.request_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.query_timeout_ms {
+        config.kad.query_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.stream_timeout_ms {
+        config.stream_timeout = Duration::from_millis(ms);
+    }
+    Ok(config)
+}
+
+/// What the writer thread is told.
+enum ToWriter {
+    Line(String),
+    Close,
+}
+
+/// Standard output, shared by every task: lines go to one thread that writes and flushes
+/// each, so that lines never interleave and a slow reader never blocks the node.
+#[derive(Clone)]
+struct Out(std::sync::mpsc::Sender<ToWriter>);
+
+impl Out {
+    fn start() -> (Out, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let stdout = std::io::stdout();
+            let mut stdout = stdout.lock();
+            while let Ok(ToWriter::Line(line)) = rx.recv() {
+                let written = stdout
+                    .write_all(line.as_bytes())
+                    .and_then(|()| stdout.write_all(b"\n"))
+                    .and_then(|()| stdout.flush());
+                if written.is_err() {
+                    // The reader is gone; nobody is left to tell.
+                    return;
+                }
+            }
+        });
+        (Out(tx), writer)
+    }
+
+    fn send(&self, output: &Output) {
+        match serde_json::to_string(output) {
+            Ok(line) => {
+                let _ = self.0.send(ToWriter::Line(line));
+            }
+            Err(e) => eprintln!("netabase-test-node: cannot encode output: {e}"),
+        }
+    }
+
+    fn reply(&self, req: u64, result: Result<Value, String>) {
+        self.send(&match result {
+            Ok(result) => Output::Reply {
+                req,
+                ok: true,
+                result,
+                error: None,
+            },
+            Err(error) => Output::Reply {
+                req,
+                ok: false,
+                result: Value::Null,
+                error: Some(error),
+            },
+        });
+    }
+}
+
+/// Lines of standard input, read on a thread of their own; the stream ends at end of
+/// input.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => {
+                    if tx.unbounded_send(line).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("netabase-test-node: reading stdin: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the node on runtime `R` until a `shutdown` command or the end of standard input.
+async fn serve<R: Runtime>(config: NetabaseConfig, runtime: &str) -> Result<(), String> {
+    let node = Netabase::<ChatDefinition, R>::new_with_config(config)
+        .map_err(|e| format!("opening the node: {e}"))?;
+    let (out, writer) = Out::start();
+
+    let mut events = node.subscribe_to_broadcasts();
+    let events_out = out.clone();
+    R::spawn(
+        async move {
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => Event::from(&event),
+                    Err(EventError::Lagged(missed)) => Event::Lagged { missed },
+                    Err(EventError::Closed) => return,
+                };
+                events_out.send(&Output::Event { event });
+            }
+        }
+        .boxed(),
+    );
+
+    node.start_swarm()
+        .await
+        .map_err(|e| format!("starting the swarm: {e}"))?;
+    let listen_addresses = node
+        .listen_addresses()
+        .await
+        .map_err(|e| format!("listen addresses: {e}"))?;
+    out.send(&Output::Ready {
+        peer_id: node.local_peer_id().to_string(),
+        listen_addresses: listen_addresses.iter().map(ToString::to_string).collect(),
+        protocol_names: node.get_protocol_names(),
+        runtime: runtime.to_string(),
+    });
+    eprintln!(
+        "netabase-test-node: {} listening on {listen_addresses:?}",
+        node.local_peer_id()
+    );
+
+    let mut lines = stdin_lines();
+    let mut shutdown = None;
+    while let Some(line) = lines.next().await {
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(request) => request,
+            Err(e) => {
+                out.send(&Output::Invalid {
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if request.command == Command::Shutdown {
+            shutdown = Some(request.req);
+            break;
+        }
+        let (node, out) = (node.clone(), out.clone());
+        // Every command runs on a task of its own, so that a slow query does not hold up
+        // the others; replies carry the request's number.
+        R::spawn(
+            async move {
+                let result = execute(&node, request.command).await;
+                out.reply(request.req, result);
+            }
+            .boxed(),
+        );
+    }
+    // A shutdown command (or the end of input): stop gracefully, acknowledge, exit.
+    let stopped = node.stop_swarm().await.map_err(|e| e.to_string());
+    eprintln!("netabase-test-node: {} stopped", node.local_peer_id());
+    if let Some(id) = shutdown {
+        out.reply(id, stopped.clone().map(|()| Value::Null));
+    }
+    // Everything sent so far is written before the writer ends.
+    let _ = out.0.send(ToWriter::Close);
+    let _ = writer.join();
+    stopped
+}
+
+fn peer(s: &str) -> Result<PeerId, String> {
+    s.parse().map_err(|e| format!("peer id {s:?}: {e}"))
+}
+
+fn multiaddr(s: &str) -> Result<Multiaddr, String> {
+    s.parse().map_err(|e| format!("address {s:?}: {e}"))
+}
+
+fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+fn json<T: serde::Serialize>(value: T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| e.to_string())
+}
+
+fn found<M>(found: Option<netabase::GetRecordResult<M>>) -> Option<Found<M>> {
+    found.map(|f| Found {
+        record: f.record,
+        source: f.source.map(|p| p.to_string()),
+        origin: f.origin.to_string(),
+        timestamp: f.timestamp,
+    })
+}
+
+fn put_reply(put: netabase::PutRecordResult) -> PutReply {
+    PutReply {
+        key: hex(put.key.as_bytes()),
+        stored_at: strings(&put.stored_at),
+        quorum_error: put.quorum_error.map(|e| e.to_string()),
+    }
+}
+
+/// Runs one command.
+async fn execute<R: Runtime>(
+    node: &Netabase<ChatDefinition, R>,
+    command: Command,
+) -> Result<Value, String> {
+    let e = |e: NetabaseError| e.to_string();
+    match command {
+        Command::Put { message } => json(put_reply(node.put_record(message).await.map_err(e)?)),
+        Command::PutUser { user } => json(put_reply(node.put_record(user).await.map_err(e)?)),
+        Command::Get { id } => json(found(
+            node.get_record(&MessagePrimaryKey(id)).await.map_err(e)?,
+        )),
+        Command::GetUser { name } => json(found(
+            node.get_record(&UserPrimaryKey(name)).await.map_err(e)?,
+        )),
+        Command::Remove { id } => json(
+            node.remove_record(&MessagePrimaryKey(id))
+                .await
+                .map_err(e)?,
+        ),
+        Command::LocalMessages { limit } => json(
+            node.query_local_records::<netabase_testnode::Message>(limit)
+                .await
+                .map_err(e)?,
+        ),
+        Command::StartProviding { id } => {
+            let result = node
+                .start_providing(&MessagePrimaryKey(id))
+                .await
+                .map_err(e)?;
+            json(ProvidingReply {
+                key: hex(result.key.as_bytes()),
+                announced_to: strings(&result.announced_to),
+                error: result.error.map(|e| e.to_string()),
+            })
+        }
+        Command::StopProviding { id } => json(
+            node.stop_providing(&MessagePrimaryKey(id))
+                .await
+                .map_err(e)?,
+        ),
+        Command::GetProviders { id } => {
+            let providers = node
+                .get_providers(&MessagePrimaryKey(id))
+                .await
+                .map_err(e)?;
+            json(
+                providers
+                    .into_iter()
+                    .map(|p| ProviderReply {
+                        peer: p.peer.to_string(),
+                        addresses: strings(&p.addresses),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Command::Bootstrap => json(BootstrapReply {
+            routing_table_size: node.bootstrap().await.map_err(e)?.routing_table_size,
+        }),
+        Command::AddAddress { peer: p, address } => json(
+            node.add_address(peer(&p)?, multiaddr(&address)?)
+                .await
+                .map_err(e)?,
+        ),
+        Command::RemoveAddress { peer: p, address } => json(
+            node.remove_address(peer(&p)?, multiaddr(&address)?)
+                .await
+                .map_err(e)?,
+        ),
+        Command::RemovePeer { peer: p } => json(node.remove_peer(peer(&p)?).await.map_err(e)?),
+        Command::SetMode { mode } => json(node.set_mode(mode.into()).await.map_err(e)?),
+        Command::GetMode => json(ModeName::from(node.get_mode().await.map_err(e)?)),
+        Command::Peers => json(PeersReply {
+            connected: strings(&node.connected_peers().await.map_err(e)?),
+            routing_table: strings(&node.routing_table_peers().await.map_err(e)?),
+        }),
+        Command::Stats => json(StatsReply::from(&node.stats().await.map_err(e)?)),
+        // Handled by the input loop; answered here only if it ever arrives another way.
+        Command::Shutdown => Ok(Value::Null),
+    }
+}

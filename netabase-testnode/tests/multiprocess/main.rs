@@ -1,0 +1,10 @@
+//! Multi-process tests: networks of `netabase-test-node` processes on 127.0.0.1 (mDNS off),
+//! driven over JSON lines; mDNS between processes in network namespaces the test creates;
+//! a raw libp2p peer sending bad input to a node process.
+
+mod chat;
+mod dht;
+mod mdns;
+mod modes;
+mod restart;
+mod support;
