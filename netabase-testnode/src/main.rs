@@ -37,7 +37,7 @@ enum BackendName {
 
 /// One Netabase node for the chat definition, driven with JSON lines on stdin/stdout.
 #[derive(Debug, Parser)]
-#[command(name = "netabase-test-node", version)]
+#[command(name = "netabase-test-node", version, args_override_self = true)]
 struct Args {
     /// Where the database and the identity key live (created if missing).
     #[arg(long)]

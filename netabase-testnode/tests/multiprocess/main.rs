@@ -2,6 +2,7 @@
 //! driven over JSON lines; mDNS between processes in network namespaces the test creates;
 //! a raw libp2p peer sending bad input to a node process.
 
+mod bad_input;
 mod chat;
 mod dht;
 mod mdns;

@@ -367,6 +367,34 @@ impl NodeProc {
         }
     }
 
+    /// Waits until `count` events from position `mark` on match `accept`; fails the test
+    /// if fewer arrive within [`DEADLINE`] or more have arrived by then.
+    pub(crate) fn expect_event_count(
+        &mut self,
+        mark: usize,
+        count: usize,
+        what: &str,
+        mut accept: impl FnMut(&Event) -> bool,
+    ) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut seen = 0;
+        let mut checked = mark;
+        loop {
+            while checked < self.events.len() {
+                if accept(&self.events[checked]) {
+                    seen += 1;
+                }
+                checked += 1;
+            }
+            if seen >= count {
+                break;
+            }
+            let line = self.next_line(deadline, &format!("{count} x {what} (seen {seen})"));
+            self.absorb(line);
+        }
+        assert_eq!(seen, count, "{}: {what}", self.name);
+    }
+
     /// Every event seen so far that `pick` accepts (takes in waiting lines first).
     pub(crate) fn events_matching<T>(&mut self, pick: impl FnMut(&Event) -> Option<T>) -> Vec<T> {
         self.drain();
