@@ -173,7 +173,8 @@ pub enum Command {
     Peers,
     /// The node's counters; replies [`StatsReply`].
     Stats,
-    /// `stop_swarm()`, then the process exits; replies `null` first.
+    /// `stop_swarm()`; replies `null` once stopped (after the `stopped` event), then the
+    /// process exits. The end of standard input does the same without a reply.
     Shutdown,
 }
 

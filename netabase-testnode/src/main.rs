@@ -73,6 +73,10 @@ struct Args {
     /// How long one Kademlia stream may take, in milliseconds.
     #[arg(long)]
     stream_timeout_ms: Option<u64>,
+    /// The longest a lookup waits for one peer before going on without it, in
+    /// milliseconds; 0: wait for the request timeout.
+    #[arg(long)]
+    lookup_patience_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +133,11 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
     }
     if let Some(ms) = args.stream_timeout_ms {
         config.stream_timeout = Duration::from_millis(ms);
+    }
+    match args.lookup_patience_ms {
+        Some(0) => config.kad.lookup_patience = None,
+        Some(ms) => config.kad.lookup_patience = Some(Duration::from_millis(ms)),
+        None => {}
     }
     Ok(config)
 }
@@ -222,6 +231,8 @@ async fn serve<R: Runtime>(config: NetabaseConfig, runtime: &str) -> Result<(), 
 
     let mut events = node.subscribe_to_broadcasts();
     let events_out = out.clone();
+    // Ends after forwarding the node's `stopped` event.
+    let (forwarded_tx, forwarded) = futures::channel::oneshot::channel::<()>();
     R::spawn(
         async move {
             loop {
@@ -230,7 +241,12 @@ async fn serve<R: Runtime>(config: NetabaseConfig, runtime: &str) -> Result<(), 
                     Err(EventError::Lagged(missed)) => Event::Lagged { missed },
                     Err(EventError::Closed) => return,
                 };
+                let stopped = event == Event::Stopped;
                 events_out.send(&Output::Event { event });
+                if stopped {
+                    let _ = forwarded_tx.send(());
+                    return;
+                }
             }
         }
         .boxed(),
@@ -284,6 +300,8 @@ async fn serve<R: Runtime>(config: NetabaseConfig, runtime: &str) -> Result<(), 
     // A shutdown command (or the end of input): stop gracefully, acknowledge, exit.
     let stopped = node.stop_swarm().await.map_err(|e| e.to_string());
     eprintln!("netabase-test-node: {} stopped", node.local_peer_id());
+    // The `stopped` event is the last event line (unless the forwarder lagged past it).
+    let _ = futures::future::select(forwarded, R::sleep(Duration::from_secs(2))).await;
     if let Some(id) = shutdown {
         out.reply(id, stopped.clone().map(|()| Value::Null));
     }

@@ -276,16 +276,17 @@ impl RawPeer {
         })
     }
 
-    /// Opens `n` streams of the Kademlia protocol that send nothing; returns once the
-    /// node has ended each of them.
+    /// Opens `n` streams of the Kademlia protocol at once, sending nothing on them; returns
+    /// once the node has ended each of them.
     fn idle_streams(&mut self, peer: PeerId, n: usize) {
-        let control = &mut self.control;
+        let control = &self.control;
         self.rt.block_on(async {
             let (done_tx, mut done) = mpsc::unbounded_channel();
             for _ in 0..n {
-                let mut stream = control.open_stream(peer, KAD).await.unwrap();
+                let mut control = control.clone();
                 let done_tx = done_tx.clone();
                 tokio::spawn(async move {
+                    let mut stream = control.open_stream(peer, KAD).await.unwrap();
                     let mut rest = Vec::new();
                     let _ = stream.read_to_end(&mut rest).await;
                     let _ = done_tx.send(());
@@ -309,7 +310,8 @@ fn core_key(id: u64) -> RecordKey {
     netabase_core::model::record_key(&netabase_testnode::MessagePrimaryKey(id)).unwrap()
 }
 
-/// Waits for the node's report of a failed inbound stream from `peer`, after `mark`.
+/// Waits for the node's first report of a failed inbound stream from `peer` after `mark`,
+/// which must be for `error`.
 fn expect_stream_failure(node: &mut NodeProc, mark: usize, peer: &str, error: &str) {
     node.expect_event_since(mark, &format!("stream failure `{error}`"), |e| match e {
         Event::InboundStreamFailed {
@@ -333,8 +335,9 @@ fn expect_rejection(node: &mut NodeProc, mark: usize, peer: &str, kind: MessageK
 
 #[test]
 fn a_node_survives_bad_input_and_keeps_its_records() {
+    // Streams that send nothing end after this long.
     let mut target = Spawn::new("target")
-        .arg("--stream-timeout-ms", "1000")
+        .arg("--stream-timeout-ms", "2000")
         .start();
     let mut writer = Spawn::new("writer").bootstrap(&target).start();
     let _: netabase_testnode::BootstrapReply = writer.call(Command::Bootstrap);
@@ -381,7 +384,11 @@ fn a_node_survives_bad_input_and_keeps_its_records() {
     assert_eq!(raw.exchange(node, KAD, &[]).unwrap(), Vec::<u8>::new());
     let mark = target.mark();
     raw.idle_streams(node, 33);
-    expect_stream_failure(&mut target, mark, &raw_id, "too many concurrent streams");
+    target.expect_event_since(mark, "a stream over the limit refused", |e| {
+        matches!(e, Event::InboundStreamFailed { peer, error }
+            if *peer == raw_id && error.contains("too many concurrent streams"))
+        .then_some(())
+    });
     // Six malformed, one idle, then 32 idle and one refused.
     let expected_failures = 6 + 1 + 32 + 1;
     target.expect_event_count(

@@ -7,5 +7,6 @@ mod chat;
 mod dht;
 mod mdns;
 mod modes;
+mod node_program;
 mod restart;
 mod support;

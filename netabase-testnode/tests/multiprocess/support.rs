@@ -44,6 +44,10 @@ pub(crate) struct Spawn {
 
 impl Spawn {
     /// A server node named `name` (in logs), on 127.0.0.1, mDNS off, short timeouts.
+    ///
+    /// Lookups wait for every answer up to the request timeout: with the node's adaptive
+    /// patience (250 ms on a fast link), a loaded 2-core machine can delay an answer long
+    /// enough for a lookup whose only peer is that one to end with no peer at all.
     pub(crate) fn new(name: &str) -> Self {
         let args = [
             "--request-timeout-ms",
@@ -52,6 +56,8 @@ impl Spawn {
             "8000",
             "--stream-timeout-ms",
             "3000",
+            "--lookup-patience-ms",
+            "0",
         ];
         Spawn {
             name: name.to_string(),
@@ -156,6 +162,7 @@ impl Spawn {
                 lines: rx,
                 events: Vec::new(),
                 replies: HashMap::new(),
+                refused_lines: Vec::new(),
                 next_req: 1,
                 peer_id: String::new(),
                 addrs: Vec::new(),
@@ -207,6 +214,8 @@ pub(crate) struct NodeProc {
     /// Every event the node reported, in order.
     events: Vec<Event>,
     replies: HashMap<u64, Result<Value, String>>,
+    /// Why the node refused input lines, in order.
+    refused_lines: Vec<String>,
     next_req: u64,
     /// The node's peer id.
     pub(crate) peer_id: String,
@@ -217,6 +226,14 @@ pub(crate) struct NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the node saw, for the failure report.
+            self.drain();
+            let from = self.events.len().saturating_sub(60);
+            for event in &self.events[from..] {
+                eprintln!("[{}] event: {event:?}", self.name);
+            }
+        }
         // Already exited, or killed here: either way it is reaped.
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -264,7 +281,7 @@ impl NodeProc {
                 };
                 self.replies.insert(req, outcome);
             }
-            Output::Invalid { error } => panic!("{}: refused a request: {error}", self.name),
+            Output::Invalid { error } => self.refused_lines.push(error),
             Output::Ready { .. } => panic!("{}: a second ready line", self.name),
         }
     }
@@ -327,6 +344,40 @@ impl NodeProc {
     pub(crate) fn call<T: DeserializeOwned>(&mut self, command: Command) -> T {
         let req = self.send(command);
         self.reply_as(req)
+    }
+
+    /// Waits for the node to refuse an input line; returns why.
+    pub(crate) fn expect_refused_line(&mut self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if !self.refused_lines.is_empty() {
+                return self.refused_lines.remove(0);
+            }
+            let line = self.next_line(deadline, "a refused line");
+            self.absorb(line);
+        }
+    }
+
+    /// Closes the node's standard input.
+    pub(crate) fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the process to exit (its output ends first).
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Ok(output)) => self.absorb(output),
+                Ok(Err(line)) => panic!("{}: not a JSON line on stdout: {line:?}", self.name),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("{}: did not exit", self.name),
+            }
+        }
+        self.child.wait().expect("node reaped")
     }
 
     /// A position in the event history, for [`NodeProc::expect_event_since`].
@@ -418,19 +469,7 @@ impl NodeProc {
     pub(crate) fn shutdown(mut self) -> ExitStatus {
         let req = self.send(Command::Shutdown);
         assert_eq!(self.reply(req), Ok(Value::Null), "{}", self.name);
-        // The output ends when the process exits.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(_) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("{}: did not exit", self.name),
-            }
-        }
-        self.child.wait().expect("node reaped")
+        self.wait_exit()
     }
 }
 
