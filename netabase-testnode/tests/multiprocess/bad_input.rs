@@ -363,11 +363,17 @@ fn a_node_survives_bad_input_and_keeps_its_records() {
 
     // 1. Bytes that are no request at all: each fails its stream, reported with its cause.
     let malformed: [(&[u8], &str); 6] = [
+        // A whole frame of bytes that are no protobuf.
         (&frame(&[0xff, 0xff, 0xff]), "malformed protobuf"),
+        // A frame that announces 8 bytes and carries 1.
         (&[0x08, 0x63][..], "ended inside a message"),
+        // A length prefix (varint) cut after its first byte.
         (&[0x80], "ended inside a message"),
+        // A prefix announcing 256 MiB.
         (&[0xff, 0xff, 0xff, 0x7f], "exceeds the limit"),
+        // A varint longer than any length.
         (&[0xff; 10], "malformed length prefix"),
+        // Valid protobuf of a message type that does not exist.
         (&frame(&[0x08, 0x63]), "unknown message type 99"),
     ];
     for (bytes, error) in malformed {
