@@ -203,17 +203,12 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
     pub(crate) fn get_by_secondary<S: SecondaryKey>(&self, key: &S) -> Result<Vec<S::Model>> {
         let t = tables_of::<S::Model>(self.tables)?;
         let pks = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
+        let keys: Vec<&[u8]> = pks.iter().map(Vec::as_slice).collect();
         let mut out = Vec::with_capacity(pks.len());
-        for pk in pks {
-            let Some(model) = self.read::<S::Model>(t, &pk)? else {
-                continue;
-            };
-            // Indexes are maintained in the record's transaction; this check only guards
-            // against entries damaged outside the store.
-            if model.secondary_keys().contains(key) {
-                out.push(model);
-            }
-        }
+        self.tx.get_many_with(&t.records, &keys, &mut |i, bytes| {
+            out.push(decode_stored::<S::Model>(keys[i], bytes)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 

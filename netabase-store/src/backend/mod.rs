@@ -86,6 +86,21 @@ pub trait ReadTransaction {
         }
     }
 
+    /// Calls `read` with the index in `keys` and the value of every key of `keys` that has
+    /// one, in the order of `keys`. Backends that pay per table access (redb) open the table
+    /// once.
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for (i, key) in keys.iter().enumerate() {
+            self.get_with(table, key, &mut |value| read(i, value))?;
+        }
+        Ok(())
+    }
+
     /// Calls `visit` with every entry of `table` within `range`, in ascending key order,
     /// until the entries run out or `visit` breaks or fails.
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()>;
@@ -335,6 +350,14 @@ impl ReadTransaction for AnyRead<'_> {
     fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
         dispatch!(self, AnyRead, t => t.get_with(table, key, read))
     }
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        dispatch!(self, AnyRead, t => t.get_many_with(table, keys, read))
+    }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         dispatch!(self, AnyRead, t => t.scan(table, range, visit))
     }
@@ -349,6 +372,14 @@ impl ReadTransaction for AnyWrite<'_> {
     }
     fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
         dispatch!(self, AnyWrite, t => t.get_with(table, key, read))
+    }
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        dispatch!(self, AnyWrite, t => t.get_many_with(table, keys, read))
     }
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         dispatch!(self, AnyWrite, t => t.scan(table, range, visit))

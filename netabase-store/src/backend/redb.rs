@@ -1,6 +1,5 @@
 //! The redb backend.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -72,83 +71,22 @@ impl RedbBackend {
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-/// A short table name stored inline, for the read transaction's table cache.
-struct InlineName {
-    bytes: [u8; 32],
-    len: u8,
-}
-
-impl InlineName {
-    fn new(name: &str) -> Option<Self> {
-        let len = u8::try_from(name.len())
-            .ok()
-            .filter(|&l| usize::from(l) <= 32)?;
-        let mut bytes = [0; 32];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Some(InlineName { bytes, len })
-    }
-
-    fn is(&self, name: &str) -> bool {
-        &self.bytes[..usize::from(self.len)] == name.as_bytes()
-    }
-}
-
 /// A read transaction of a [`RedbBackend`]: a snapshot of the last commit.
 pub struct RedbRead {
-    /// Dropped before the transaction.
-    cache: RefCell<TableCache>,
     tx: redb::ReadTransaction,
 }
 
-/// Tables a read transaction keeps open. A single lookup opens its table and lets it go
-/// (as a hand-written redb read would); a table used a second time in the same transaction
-/// (the record lookups of a secondary-key query) stays open for the rest of it.
-#[derive(Default)]
-struct TableCache {
-    /// The table opened last, by name.
-    seen: Option<InlineName>,
-    /// The table kept open.
-    open: Option<Box<(InlineName, ReadTable)>>,
-}
-
 impl RedbRead {
-    fn open(&self, name: &str) -> Result<Option<ReadTable>> {
-        match self.tx.open_table(definition(name)) {
-            Ok(table) => Ok(Some(table)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(map_err(e)),
-        }
-    }
-
     /// Runs `f` on table `name` (`None` if it does not exist).
     fn with_table<R>(
         &self,
         name: &str,
         f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
     ) -> Result<R> {
-        // Busy only when `f` of an outer call (a scan's visitor) comes back here; then the
-        // table is opened again rather than shared.
-        let Ok(mut cache) = self.cache.try_borrow_mut() else {
-            return f(self.open(name)?.as_ref());
-        };
-        if let Some(open) = &cache.open
-            && open.0.is(name)
-        {
-            return f(Some(&open.1));
-        }
-        let Some(table) = self.open(name)? else {
-            return f(None);
-        };
-        let again = cache.seen.as_ref().is_some_and(|seen| seen.is(name));
-        match InlineName::new(name) {
-            Some(inline) if again => {
-                let open = cache.open.insert(Box::new((inline, table)));
-                f(Some(&open.1))
-            }
-            inline => {
-                cache.seen = inline;
-                f(Some(&table))
-            }
+        match self.tx.open_table(definition(name)) {
+            Ok(table) => f(Some(&table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => f(None),
+            Err(e) => Err(map_err(e)),
         }
     }
 }
@@ -187,6 +125,25 @@ impl ReadTransaction for RedbRead {
                 Some(value) => read(value.value()).map(|()| true),
                 None => Ok(false),
             }
+        })
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.with_table(table, |table| {
+            let Some(table) = table else {
+                return Ok(());
+            };
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(value) = table.get(*key).map_err(map_err)? {
+                    read(i, value.value())?;
+                }
+            }
+            Ok(())
         })
     }
 
@@ -315,7 +272,6 @@ impl Backend for RedbBackend {
     fn begin_read(&self) -> Result<RedbRead> {
         Ok(RedbRead {
             tx: self.db.begin_read().map_err(map_err)?,
-            cache: RefCell::new(TableCache::default()),
         })
     }
 
