@@ -13,7 +13,9 @@
 //! commits are dominated by the disk's fdatasync (about 0.1 ms or 4 ms on the reference
 //! machine), so the deferred and batched groups are where the typed layer's own cost shows.
 //!
-//! Run with `cargo bench --bench store`.
+//! Run with `cargo bench --bench store`. A full run (no filter) ends with an interleaved
+//! comparison: typed and raw alternate round by round, so that load from other processes
+//! on a shared machine falls on both alike, and the median ratio per operation is printed.
 
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
@@ -23,9 +25,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{
-    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
-};
+use criterion::{BenchmarkGroup, Criterion, criterion_group, measurement::WallTime};
 use netabase_store::core::model::{decode_value, encode_value};
 use netabase_store::{
     BackendConfig, Durability, RedbOptions, SledOptions, Store, netabase_definition_module,
@@ -409,4 +409,82 @@ fn reads(c: &mut Criterion) {
 }
 
 criterion_group!(benches, puts, batches, reads);
-criterion_main!(benches);
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Typed against raw with the two interleaved: rounds alternate between them (and which
+/// goes first), so that load from other processes falls on both alike; prints the median
+/// time per operation of each and the median of the per-round ratios.
+// Printing the results is what a benchmark is for.
+#[allow(clippy::print_stdout)]
+fn interleaved() {
+    const ROUNDS: usize = 15;
+    type Op = fn(&dyn Contender, u64, u64);
+    let ops: [(&str, u64, Op); 4] = [
+        ("put/deferred", 200, |c, round, i| {
+            c.put(&message(PRELOAD + round * 1_000_000 + i))
+        }),
+        ("batch_put_100/deferred", 5, |c, round, i| {
+            let start = PRELOAD + round * 1_000_000 + i * BATCH;
+            let batch: Vec<Message> = (start..start + BATCH).map(message).collect();
+            c.put_batch(&batch);
+        }),
+        ("get", 20_000, |c, round, i| {
+            let id = (round * 7 + i).wrapping_mul(7919) % PRELOAD;
+            black_box(c.get(id)).expect("present");
+        }),
+        ("get_by_secondary", 2_000, |c, round, i| {
+            let author = format!("auth{:04}", (round * 7 + i) % AUTHORS);
+            black_box(c.by_author(&author));
+        }),
+    ];
+    println!(
+        "\ninterleaved typed/raw (median of {ROUNDS} alternating rounds, deferred durability):"
+    );
+    for (engine, name) in [(Engine::Redb, "redb"), (Engine::Sled, "sled")] {
+        let (_typed_dir, typed_store) = preloaded(typed, engine);
+        let (_raw_dir, raw_store) = preloaded(raw, engine);
+        for (op_name, per_round, op) in ops {
+            let (mut t, mut r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..ROUNDS as u64 {
+                let time = |c: &dyn Contender| {
+                    let start = std::time::Instant::now();
+                    for i in 0..per_round {
+                        op(c, round, i);
+                    }
+                    start.elapsed().as_nanos() as f64 / per_round as f64
+                };
+                let (typed_ns, raw_ns) = if round % 2 == 0 {
+                    let a = time(&*typed_store);
+                    (a, time(&*raw_store))
+                } else {
+                    let b = time(&*raw_store);
+                    (time(&*typed_store), b)
+                };
+                t.push(typed_ns);
+                r.push(raw_ns);
+                ratios.push(typed_ns / raw_ns);
+            }
+            println!(
+                "  {name} {op_name:<24} typed {:>10.0} ns  raw {:>10.0} ns  typed/raw {:.3}",
+                median(&mut t),
+                median(&mut r),
+                median(&mut ratios)
+            );
+        }
+    }
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // Only in a full run (no filter, not a `--list` or `--test` pass).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() && args.iter().all(|a| a == "--bench") {
+        interleaved();
+    }
+}
