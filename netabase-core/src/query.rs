@@ -6,7 +6,7 @@
 //! than the closest already known, the lookup is *stalled* and widens to `num_results`
 //! requests in flight, so that it cannot end before the `num_results` closest peers it
 //! knows have all answered. It finishes when the `num_results` closest peers that did not
-//! fail have all answered, or when no candidate is left.
+//! fail have all answered, or when no candidate is left (and, if none answered yet, no answer is outstanding).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -294,6 +294,19 @@ impl ClosestPeersIter {
             return Next::Finished;
         }
         if waiting_ahead || self.in_flight > 0 {
+            return Next::Waiting;
+        }
+        // Nothing left to ask. Peers past their patience no longer hold the lookup back,
+        // but when none has answered at all, their late answers are the only result the
+        // lookup can still get: wait for them (each ends by answering, failing or timing
+        // out) rather than end empty while answers are on their way. With some answers in
+        // hand the lookup ends, so that a lost request does not cost a full timeout.
+        if self.peers.values().all(|c| c.state != PeerState::Succeeded)
+            && self
+                .peers
+                .values()
+                .any(|c| c.state == PeerState::Unresponsive)
+        {
             return Next::Waiting;
         }
         self.finished = true;

@@ -216,6 +216,49 @@ fn a_slow_peer_stops_holding_the_lookup_back_but_its_late_answer_counts() {
 }
 
 #[test]
+fn a_lookup_with_only_slow_peers_waits_for_a_late_answer_instead_of_ending_empty() {
+    let key = RecordKey::new(b"target").unwrap();
+    let (mut node, p) = setup_with(&key, Some(Duration::from_secs(2)));
+    let id = node.get_closest_peers(T0, key.clone()).unwrap();
+    assert_eq!(
+        drain(&mut node),
+        vec![find_node(0, p[0], &key), find_node(1, p[1], &key)]
+    );
+    // p0 and p1 run out of patience: p2 is asked in their place.
+    node.handle_timeout(secs(2.0));
+    assert_eq!(drain(&mut node), vec![find_node(2, p[2], &key)]);
+    // p2 too: nobody is left to ask and nobody has answered, so the lookup waits.
+    node.handle_timeout(secs(4.0));
+    assert_eq!(drain(&mut node), vec![]);
+    assert_eq!(node.poll_timeout(), Some(secs(10.0)));
+    // p1's late answer ends it: with an answer in hand, the other slow peers are not
+    // waited for.
+    node.handle_response(
+        secs(4.5),
+        RequestId(1),
+        Response::FindNode {
+            closer_peers: vec![],
+        },
+    );
+    let out = drain(&mut node);
+    let [
+        Output::Event(Event::QueryFinished {
+            id: done,
+            result,
+            stats,
+        }),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*done, id);
+    assert_eq!(result, &QueryResult::GetClosestPeers(Ok(vec![p[1]])));
+    assert_eq!((stats.requests, stats.successes, stats.failures), (3, 1, 0));
+    assert_eq!(stats.finished, secs(4.5));
+    node.check_invariants().unwrap();
+}
+
+#[test]
 fn a_found_record_is_cached_at_the_closest_peer_that_lacked_it() {
     let key = RecordKey::new(b"cached").unwrap();
     let (mut node, p) = setup(&key);
