@@ -22,6 +22,10 @@ pub enum StorageBackend {
     /// sled: atomic commits, flushed before they are acknowledged (survives a process
     /// crash, not necessarily a power loss).
     Sled,
+    /// Memory only: nothing is written to disk but the identity key, and the records are
+    /// gone when the swarm stops (a later `start_swarm` starts empty). For tests,
+    /// benchmarks and caches.
+    Memory,
 }
 
 /// Connection limits of the node (libp2p's connection-limits behaviour).

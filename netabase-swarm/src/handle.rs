@@ -179,6 +179,8 @@ fn store_path(config: &NetabaseConfig) -> PathBuf {
     match config.backend {
         StorageBackend::Redb => config.data_dir.join("netabase.redb"),
         StorageBackend::Sled => config.data_dir.join("netabase.sled"),
+        // Ignored by the memory backend.
+        StorageBackend::Memory => config.data_dir.clone(),
     }
 }
 
@@ -186,6 +188,7 @@ fn open_store<D: NetabaseDefinition>(config: &NetabaseConfig) -> Result<Store<D>
     let backend = match config.backend {
         StorageBackend::Redb => BackendConfig::redb(),
         StorageBackend::Sled => BackendConfig::sled(),
+        StorageBackend::Memory => BackendConfig::Memory,
     };
     Ok(Store::open_with(store_path(config), backend)?)
 }

@@ -1,6 +1,6 @@
 //! Events, stopping, restarting.
 
-use netabase_tokio::{EventError, NetabaseError, NetabaseEvent, QueryKind};
+use netabase_tokio::{EventError, NetabaseError, NetabaseEvent, QueryKind, StorageBackend};
 
 use crate::support::*;
 
@@ -139,6 +139,72 @@ async fn a_restarted_node_keeps_its_peer_id_and_records() {
         assert!(Node::new_with_config(config).is_err());
         second.stop_swarm().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_serves_records_writes_no_database_and_restarts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&dir).with_backend(StorageBackend::Memory);
+    let memory = start(config.clone(), dir).await;
+    let peer = start_with(|c| c.bootstrap_peers = vec![(memory.id(), memory.addr.clone())]).await;
+    peer.node.bootstrap().await.unwrap();
+
+    // Records flow both ways and the memory node keeps them while it runs.
+    let put = memory
+        .node
+        .put_record(message(1, "in memory"))
+        .await
+        .unwrap();
+    assert_eq!(put.stored_at, vec![peer.id()]);
+    peer.node.put_record(message(2, "to memory")).await.unwrap();
+    let got = memory
+        .node
+        .get_record(&MessagePrimaryKey(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.record, got.source), (message(2, "to memory"), None));
+    assert_eq!(
+        memory
+            .node
+            .query_local_records::<Message>(10)
+            .await
+            .unwrap(),
+        vec![message(1, "in memory")]
+    );
+
+    // Only the identity key is on disk.
+    let files: Vec<String> = std::fs::read_dir(&config.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, vec!["identity.key".to_string()]);
+
+    // A restart keeps the peer id and starts with empty stores.
+    memory.node.stop_swarm().await.unwrap();
+    memory.node.start_swarm().await.unwrap();
+    assert!(
+        memory
+            .node
+            .query_local_records::<Message>(10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    memory
+        .node
+        .add_address(peer.id(), peer.addr.clone())
+        .await
+        .unwrap();
+    let refetched = memory
+        .node
+        .get_record(&MessagePrimaryKey(1))
+        .await
+        .unwrap()
+        .expect("the peer still holds it");
+    assert_eq!(refetched.source, Some(peer.id()));
+    memory.node.stop_swarm().await.unwrap();
+    peer.node.stop_swarm().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
