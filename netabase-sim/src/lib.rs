@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkers;
+pub mod cli;
 pub mod history;
 pub mod report;
 pub mod scenario;
