@@ -9,7 +9,7 @@ use netabase_core::model::{Envelope, NetabaseDefinition};
 use netabase_macros::netabase_definition_module;
 
 #[netabase_definition_module(FuzzDefinition, FuzzKeys)]
-pub mod models {
+mod models {
     use netabase_macros::NetabaseModel;
 
     #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

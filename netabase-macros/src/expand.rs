@@ -35,7 +35,17 @@ pub(crate) fn definition_module(args: DefinitionArgs, mut module: ItemMod) -> To
     let generator = Generator {
         core: &core,
         args: &args,
-        definition_vis: inner_visibility(&module.vis),
+        // The definition and keys enums appear in the models' trait impls, so they must
+        // be at least as visible as the most visible model: a `pub` model makes them `pub`
+        // even in a private module (anything less is a private type in a public interface).
+        definition_vis: if models
+            .iter()
+            .any(|m| matches!(m.vis, syn::Visibility::Public(_)))
+        {
+            quote!(pub)
+        } else {
+            inner_visibility(&module.vis)
+        },
     };
     let mut generated = TokenStream::new();
     for (id, model) in models.iter().enumerate() {

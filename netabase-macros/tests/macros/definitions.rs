@@ -103,6 +103,25 @@ mod private {
     }
 }
 
+/// `pub` models in a private module: the definition follows the models' visibility.
+#[netabase_definition_module(HiddenDefinition, HiddenKeys)]
+#[allow(unreachable_pub)] // `pub` items in a private module, on purpose
+mod hidden {
+    #[derive(
+        super::NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize,
+    )]
+    pub struct Draft {
+        #[primary_key]
+        pub id: u32,
+    }
+}
+
+/// The model id of a value of the hidden definition.
+pub fn hidden_draft_model_id(id: u32) -> u16 {
+    use netabase_core::model::NetabaseDefinition;
+    hidden::HiddenDefinition::from(hidden::Draft { id }).model_id()
+}
+
 /// Builds a value of the private definition (which stays private to this module).
 pub fn private_note_model_id(id: i64) -> u16 {
     use netabase_core::model::NetabaseDefinition;

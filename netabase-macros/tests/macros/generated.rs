@@ -215,6 +215,7 @@ fn the_definition_lists_its_models() {
         ]
     );
     assert_eq!(crate::definitions::private_note_model_id(5), 0);
+    assert_eq!(crate::definitions::hidden_draft_model_id(5), 0);
 }
 
 #[test]
