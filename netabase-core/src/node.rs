@@ -98,6 +98,9 @@ pub struct Config {
     /// After a successful get, store the record at this many of the closest peers that did
     /// not have it (0 disables caching).
     pub cache_peers: usize,
+    /// Emit [`Event::QueryProgress`] after every answer or failure of a query's requests
+    /// (off by default: drivers that show progress switch it on).
+    pub query_progress: bool,
     /// Whether the node starts as server or client.
     pub mode: Mode,
     /// A deliberate bug this node exhibits (for testing checkers).
@@ -135,6 +138,7 @@ impl Default for Config {
             max_queries: 1024,
             max_job_queries: 16,
             cache_peers: 1,
+            query_progress: false,
             mode: Mode::Server,
             #[cfg(feature = "fault-injection")]
             injected_fault: None,
@@ -271,6 +275,14 @@ pub struct QueryStats {
 /// Something the driver should know about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A query's request was answered or failed, and the query goes on (only with
+    /// [`Config::query_progress`]).
+    QueryProgress {
+        /// The query.
+        id: QueryId,
+        /// Its counters so far (`finished` is the time of this step).
+        stats: QueryStats,
+    },
     /// A query finished.
     QueryFinished {
         /// The query.
@@ -1553,6 +1565,14 @@ impl<S: RecordStore> Node<S> {
             return;
         };
         q.stats.successes += 1;
+        if self.config.query_progress {
+            let stats = QueryStats {
+                finished: now,
+                ..q.stats
+            };
+            self.outputs
+                .push_back(Output::Event(Event::QueryProgress { id: qid, stats }));
+        }
         match req.purpose {
             Purpose::Fanout => {
                 if let Phase::Fanout { waiting, succeeded } = &mut q.phase {
@@ -1691,6 +1711,14 @@ impl<S: RecordStore> Node<S> {
             return;
         };
         q.stats.failures += 1;
+        if self.config.query_progress {
+            let stats = QueryStats {
+                finished: now,
+                ..q.stats
+            };
+            self.outputs
+                .push_back(Output::Event(Event::QueryProgress { id: qid, stats }));
+        }
         match (&mut q.phase, req.purpose) {
             (Phase::Fanout { waiting, .. }, Purpose::Fanout) => {
                 waiting.remove(&req.peer);

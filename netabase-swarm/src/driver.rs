@@ -161,6 +161,11 @@ impl<R: Runtime> Driver<R> {
         let clock = Clock::<R>::new();
         let local = to_core_peer(swarm.local_peer_id())
             .ok_or_else(|| NetabaseError::Config("unsupported local peer id".into()))?;
+        // Progress events are forwarded to subscribers as `NetabaseEvent::QueryProgress`.
+        let kad = netabase_core::Config {
+            query_progress: true,
+            ..kad
+        };
         let node = Node::new(kad, local, store, seed, clock.now());
         Ok(Driver {
             swarm,
@@ -338,6 +343,16 @@ impl<R: Runtime> Driver<R> {
 
     fn on_core_event(&mut self, event: Event) {
         let event = match event {
+            Event::QueryProgress { id, stats } => {
+                let Some((kind, _)) = self.queries.get(&id) else {
+                    return;
+                };
+                NetabaseEvent::QueryProgress {
+                    id: id.0,
+                    kind: *kind,
+                    stats,
+                }
+            }
             Event::QueryFinished { id, result, stats } => {
                 let Some((kind, reply)) = self.queries.remove(&id) else {
                     return;

@@ -112,6 +112,15 @@ pub enum NetabaseEvent {
         /// What it does.
         kind: QueryKind,
     },
+    /// A query's request was answered or failed and the query goes on.
+    QueryProgress {
+        /// The query's id.
+        id: u64,
+        /// What it does.
+        kind: QueryKind,
+        /// Its counters so far (`finished` is the time of this step).
+        stats: QueryStats,
+    },
     /// A query finished.
     QueryFinished {
         /// The query's id.

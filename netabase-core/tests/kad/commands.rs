@@ -662,3 +662,58 @@ fn an_entry_that_answers_its_probe_keeps_its_place() {
     assert!(node.routing_table().contains(&far[0]));
     node.check_invariants().unwrap();
 }
+
+#[test]
+fn query_progress_is_reported_per_answer_when_asked_for() {
+    let key = RecordKey::new(b"target").unwrap();
+    let config = Config {
+        k: 3,
+        alpha: 2,
+        bootstrap_interval: None,
+        lookup_patience: None,
+        query_progress: true,
+        ..Config::default()
+    };
+    let local = PeerId::from_seed(0);
+    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0);
+    let mut p: Vec<PeerId> = (1..=3).map(PeerId::from_seed).collect();
+    for peer in &p {
+        node.add_address(T0, *peer, addr_of(peer));
+    }
+    drain(&mut node);
+    p.sort_by_key(|peer| Key::from_peer(peer).distance(&key.key()));
+    let id = node.get_closest_peers(T0, key.clone()).unwrap();
+    assert_eq!(
+        drain(&mut node),
+        vec![find_node(0, p[0], &key), find_node(1, p[1], &key)]
+    );
+    node.handle_response(
+        secs(0.1),
+        RequestId(0),
+        Response::FindNode {
+            closer_peers: vec![],
+        },
+    );
+    let out = drain(&mut node);
+    assert_eq!(
+        out[0],
+        Output::Event(Event::QueryProgress {
+            id,
+            stats: QueryStats {
+                requests: 2,
+                successes: 1,
+                failures: 0,
+                hops: 0,
+                started: T0,
+                finished: secs(0.1),
+            }
+        })
+    );
+    assert_eq!(out[1], find_node(2, p[2], &key));
+    node.handle_request_failed(secs(0.2), RequestId(1), RequestFailure::Io);
+    let out = drain(&mut node);
+    assert!(matches!(
+        out[0],
+        Output::Event(Event::QueryProgress { id: done, stats: QueryStats { successes: 1, failures: 1, .. } }) if done == id
+    ));
+}
