@@ -1,0 +1,331 @@
+//! Running example programs: finding (and under nextest, refreshing) their executables,
+//! reading their output line by line with deadlines, writing their standard input, and
+//! network namespaces for the programs that multicast.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long any single wait may take before the test fails.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The directory of the build profile the tests were built with (`target/debug`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The executable of example `name`, up to date with its source.
+///
+/// `cargo test` and `cargo nextest run` build every example of the package before running
+/// tests, unless a target filter (`--test examples`) leaves them out. Under nextest, which
+/// holds no lock on the build directory while tests run, the example is built here (a
+/// no-op when it is fresh), so a filtered run cannot use a stale one; under `cargo test`
+/// it must have been built already.
+pub(crate) fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    let path = profile_dir().join("examples").join(name);
+    if std::env::var_os("NEXTEST").is_some() && !built.iter().any(|b| b == name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                "test",
+                "-p",
+                "netabase",
+                "--example",
+                name,
+            ])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build example {name}: {e}"));
+        assert!(status.success(), "building example {name} failed");
+        built.push(name.to_string());
+    }
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (`cargo test` builds them, \
+         `cargo build --examples` too)",
+        path.display()
+    );
+    path
+}
+
+/// A running program, its output read line by line. Dropping it kills the program.
+pub(crate) struct Program {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    /// Every line of standard output so far.
+    pub(crate) transcript: Vec<String>,
+    /// Lines taken in but not yet consumed by an `expect_line`.
+    seen: usize,
+}
+
+impl Program {
+    /// Starts `command` (its standard streams are replaced); `name` prefixes its standard
+    /// error in the test output.
+    pub(crate) fn start(name: &str, mut command: Command) -> Program {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {command:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let prefix = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("[{prefix} stderr] {line}");
+            }
+        });
+        Program {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            transcript: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let from = self.transcript.len().saturating_sub(80);
+        for line in &self.transcript[from..] {
+            eprintln!("[{}] {line}", self.name);
+        }
+        panic!("{}: {why}", self.name)
+    }
+
+    /// Takes in one more line before `deadline`; `None` when the output ended.
+    fn next_line(&mut self, deadline: Instant, what: &str) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(line) => {
+                self.transcript.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout) => self.fail(&format!("timed out waiting for {what}")),
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// The first line after the last one consumed that `pick` accepts, waiting up to
+    /// [`DEADLINE`]; lines before it are consumed too.
+    pub(crate) fn expect_line<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            while self.seen < self.transcript.len() {
+                let line = &self.transcript[self.seen];
+                self.seen += 1;
+                if let Some(t) = pick(line) {
+                    return t;
+                }
+            }
+            if self.next_line(deadline, what).is_none() {
+                let status = self.child.wait().ok();
+                self.fail(&format!("exited ({status:?}) while waiting for {what}"));
+            }
+        }
+    }
+
+    /// Waits for a line containing `text`; returns the line.
+    pub(crate) fn expect_containing(&mut self, text: &str) -> String {
+        self.expect_line(&format!("a line containing {text:?}"), |l| {
+            l.contains(text).then(|| l.to_string())
+        })
+    }
+
+    /// Writes one line to the program's standard input.
+    pub(crate) fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("the program reads its input");
+        stdin.flush().expect("the program reads its input");
+    }
+
+    /// Waits for the program to end (its output first); returns its exit status.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        while self.next_line(deadline, "the program to exit").is_some() {}
+        // Its standard output is closed: the program is exiting.
+        self.child.wait().expect("wait for the program")
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            while let Ok(line) = self.lines.try_recv() {
+                self.transcript.push(line);
+            }
+            let from = self.transcript.len().saturating_sub(80);
+            for line in &self.transcript[from..] {
+                eprintln!("[{}] {line}", self.name);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ip` with `args`.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The prefix of every namespace these tests create.
+const NETNS_PREFIX: &str = "nbx";
+
+/// Two network namespaces joined by a veth pair carrying `10.214.0.0/24` (side 0 is
+/// `10.214.0.1`, side 1 `10.214.0.2`), named after this process's id so that parallel
+/// runs do not collide. Nothing in them reaches the machine's own network. Dropping it
+/// deletes both namespaces (and with them the veth pair); namespaces left by test
+/// processes that were killed are removed when the next one is made.
+pub(crate) struct Namespaces {
+    pub(crate) names: [String; 2],
+}
+
+impl Namespaces {
+    pub(crate) fn create() -> Namespaces {
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        let names = [
+            format!("{NETNS_PREFIX}{pid}a"),
+            format!("{NETNS_PREFIX}{pid}b"),
+        ];
+        let veth = [format!("nxv{pid}a"), format!("nxv{pid}b")];
+        // The guard exists before the first namespace does, so a failing step below still
+        // removes whatever was made.
+        let guard = Namespaces {
+            names: names.clone(),
+        };
+        if let Err(e) = ip(&["netns", "add", &names[0]]) {
+            panic!(
+                "the mDNS example test needs network namespaces (run as root with \
+                 iproute2's `ip netns`): {e}"
+            );
+        }
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &names[1]],
+            &[
+                "link", "add", &veth[0], "netns", &names[0], "type", "veth", "peer", "name",
+                &veth[1], "netns", &names[1],
+            ],
+            &[
+                "-n",
+                &names[0],
+                "addr",
+                "add",
+                "10.214.0.1/24",
+                "dev",
+                &veth[0],
+            ],
+            &[
+                "-n",
+                &names[1],
+                "addr",
+                "add",
+                "10.214.0.2/24",
+                "dev",
+                &veth[1],
+            ],
+            &["-n", &names[0], "link", "set", &veth[0], "up"],
+            &["-n", &names[1], "link", "set", &veth[1], "up"],
+            &["-n", &names[0], "link", "set", "lo", "up"],
+            &["-n", &names[1], "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step) {
+                panic!("setting up the test network: {e}");
+            }
+        }
+        guard
+    }
+
+    /// The IPv4 address of side `i` (0 or 1).
+    pub(crate) fn addr(&self, i: usize) -> String {
+        format!("10.214.0.{}", i + 1)
+    }
+
+    /// A command that runs `program` inside namespace `i`.
+    pub(crate) fn command(&self, i: usize, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.names[i]]).arg(program);
+        command
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(e) = ip(&["netns", "del", name]) {
+                // Absent already (a setup step failed before creating it) is fine.
+                if !e.contains("No such file") {
+                    eprintln!("removing namespace {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Deletes namespaces of this prefix whose test process no longer exists.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let side = &rest[digits.len()..];
+        if digits.is_empty() || !(side == "a" || side == "b") {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{digits}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
