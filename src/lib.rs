@@ -5,7 +5,9 @@
 //! [`netabase_core`], as [`core`], the typed embedded store, [`netabase_store`], as
 //! [`store`], with the definition macros at the root, and the networked node: with the
 //! default feature `tokio`, [`Netabase<D>`](Netabase) is the node on the tokio runtime
-//! (TCP, QUIC, DNS, mDNS), configured by [`NetabaseConfig`], reporting
+//! (TCP, QUIC, DNS, mDNS); with the features `async-std` and `smol` the same node runs on
+//! async-std or smol (`AsyncStdNetabase<D>`, `SmolNetabase<D>`: TCP, DNS and mDNS on
+//! async-io, no tokio). It is configured by [`NetabaseConfig`], reporting
 //! [`NetabaseEvent`]s and failing with [`NetabaseError`]. The runtime-generic glue is
 //! [`swarm`]. The README's quick start shows two nodes exchanging a record.
 //!
@@ -48,6 +50,25 @@ pub use netabase_swarm::{
 /// The Netabase node on the tokio runtime (the default runtime).
 #[cfg(feature = "tokio")]
 pub use netabase_tokio::{Netabase, TokioRuntime};
+
+/// The async-io runtime crate (async-std and smol), with its TCP transport and mDNS service.
+#[cfg(any(feature = "async-std", feature = "smol"))]
+pub use netabase_async_std as async_io;
+/// The Netabase node on async-std (feature `async-std`).
+#[cfg(feature = "async-std")]
+pub use netabase_async_std::{AsyncStdNetabase, AsyncStdRuntime};
+/// The Netabase node on smol (feature `smol`).
+#[cfg(feature = "smol")]
+pub use netabase_async_std::{SmolNetabase, SmolRuntime};
+
+/// The Netabase node on async-std: with the `tokio` feature off, `Netabase<D>` names the
+/// node on the async-io runtime the features select (async-std first, then smol).
+#[cfg(all(not(feature = "tokio"), feature = "async-std"))]
+pub type Netabase<D> = AsyncStdNetabase<D>;
+/// The Netabase node on smol: with the `tokio` and `async-std` features off, `Netabase<D>`
+/// names the node on smol.
+#[cfg(all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol"))]
+pub type Netabase<D> = SmolNetabase<D>;
 
 /// The README's code examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -1,0 +1,156 @@
+//! The async-io runtime of Netabase, for async-std and smol.
+//!
+//! async-std and smol run on the same reactor, `async-io`, so one adapter serves both:
+//! `AsyncStdRuntime` (feature `async-std`, the default) spawns the node's driver on
+//! async-std's executor, `SmolRuntime` (feature `smol`) on smol's global executor; both
+//! use async-io's timers, the [`TcpTransport`] of this crate (TCP on async-io with DNS
+//! names resolved on the `blocking` pool, noise encryption, yamux multiplexing) and this
+//! crate's mDNS service, which moves datagrams for the sans-IO mDNS state machine of
+//! `netabase-core`. Nothing here depends on tokio.
+//!
+//! ```no_run
+//! # #[cfg(feature = "async-std")]
+//! # async fn demo<D: netabase_store::NetabaseDefinition>() -> Result<(), netabase_async_std::NetabaseError> {
+//! let node = netabase_async_std::AsyncStdNetabase::<D>::new_with_path("./my-node")?;
+//! node.start_swarm().await?;
+//! println!("listening on {:?}", node.listen_addresses().await?);
+//! node.stop_swarm().await?;
+//! # Ok(()) }
+//! ```
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use std::time::Duration;
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use futures::{FutureExt, future::BoxFuture};
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use libp2p::core::upgrade::Version;
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use libp2p::swarm::NetworkBehaviour;
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use libp2p::{Swarm, Transport, mdns, noise, yamux};
+pub use netabase_swarm::{
+    BootstrapResult, BuildError, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME,
+    EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
+    Keypair, Mode, Multiaddr, NetabaseConfig, NetabaseError, NetabaseEvent, NetabaseStats, PeerId,
+    ProviderInfo, ProvidingResult, PutRecordResult, QueryError, QueryKind, QueryStats, Quorum,
+    RecordKey, Runtime, StreamError, TransportSettings, libp2p,
+};
+
+pub mod mdns_service;
+pub mod tcp;
+
+pub use mdns_service::MdnsBehaviour;
+pub use tcp::{TcpConfig, TcpTransport};
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+/// How long the security and multiplexing handshakes of a new connection may take.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+/// Builds the swarm for any async-io executor: TCP (with DNS names) upgraded with noise and
+/// yamux; connection tasks run on `spawn`.
+fn build_swarm_with<B: NetworkBehaviour + Send + 'static>(
+    keypair: Keypair,
+    behaviour: B,
+    settings: &TransportSettings,
+    spawn: fn(BoxFuture<'static, ()>),
+) -> Result<Swarm<B>, BuildError> {
+    let noise =
+        noise::Config::new(&keypair).map_err(|e| BuildError(format!("noise handshake: {e}")))?;
+    let transport = TcpTransport::new(TcpConfig::default())
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(UPGRADE_TIMEOUT)
+        .boxed();
+    let config = libp2p::swarm::Config::with_executor(
+        move |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+            spawn(future)
+        },
+    )
+    .with_idle_connection_timeout(settings.idle_connection_timeout);
+    Ok(Swarm::new(
+        transport,
+        behaviour,
+        keypair.public().to_peer_id(),
+        config,
+    ))
+}
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+/// A timer on the async-io reactor.
+fn timer(duration: Duration) -> BoxFuture<'static, ()> {
+    async_io::Timer::after(duration).map(|_| ()).boxed()
+}
+
+/// The async-std runtime: tasks on async-std's executor, async-io timers, TCP (noise,
+/// yamux) with DNS names, and the core's mDNS over async-io UDP sockets.
+#[cfg(feature = "async-std")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncStdRuntime;
+
+/// The Netabase node on async-std.
+#[cfg(feature = "async-std")]
+pub type AsyncStdNetabase<D> = netabase_swarm::Netabase<D, AsyncStdRuntime>;
+
+#[cfg(feature = "async-std")]
+impl Runtime for AsyncStdRuntime {
+    type Mdns = MdnsBehaviour;
+
+    fn spawn(future: BoxFuture<'static, ()>) {
+        // Dropping async-std's join handle detaches the task.
+        drop(async_std::task::spawn(future));
+    }
+
+    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
+        timer(duration)
+    }
+
+    fn build_swarm<B: NetworkBehaviour + Send + 'static>(
+        keypair: Keypair,
+        behaviour: B,
+        settings: &TransportSettings,
+    ) -> Result<Swarm<B>, BuildError> {
+        build_swarm_with(keypair, behaviour, settings, Self::spawn)
+    }
+
+    fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
+        MdnsBehaviour::new(local, config)
+    }
+}
+
+/// The smol runtime: tasks on smol's global executor, async-io timers, TCP (noise, yamux)
+/// with DNS names, and the core's mDNS over async-io UDP sockets.
+#[cfg(feature = "smol")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolRuntime;
+
+/// The Netabase node on smol.
+#[cfg(feature = "smol")]
+pub type SmolNetabase<D> = netabase_swarm::Netabase<D, SmolRuntime>;
+
+#[cfg(feature = "smol")]
+impl Runtime for SmolRuntime {
+    type Mdns = MdnsBehaviour;
+
+    fn spawn(future: BoxFuture<'static, ()>) {
+        smol::spawn(future).detach();
+    }
+
+    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
+        timer(duration)
+    }
+
+    fn build_swarm<B: NetworkBehaviour + Send + 'static>(
+        keypair: Keypair,
+        behaviour: B,
+        settings: &TransportSettings,
+    ) -> Result<Swarm<B>, BuildError> {
+        build_swarm_with(keypair, behaviour, settings, Self::spawn)
+    }
+
+    fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
+        MdnsBehaviour::new(local, config)
+    }
+}
