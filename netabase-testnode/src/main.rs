@@ -26,6 +26,10 @@ use serde_json::Value;
 enum RuntimeName {
     /// tokio (multi-threaded, two workers).
     Tokio,
+    /// async-std (its global executor).
+    AsyncStd,
+    /// smol (its global executor).
+    Smol,
 }
 
 /// The storage engines.
@@ -89,6 +93,10 @@ fn main() -> ExitCode {
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))
             .and_then(|rt| rt.block_on(serve::<netabase::TokioRuntime>(config, "tokio"))),
+        RuntimeName::AsyncStd => {
+            async_std::task::block_on(serve::<netabase::AsyncStdRuntime>(config, "async-std"))
+        }
+        RuntimeName::Smol => smol::block_on(serve::<netabase::SmolRuntime>(config, "smol")),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -333,13 +333,12 @@ fn expect_rejection(node: &mut NodeProc, mark: usize, peer: &str, kind: MessageK
     });
 }
 
-#[test]
-fn a_node_survives_bad_input_and_keeps_its_records() {
+fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
     // Streams that send nothing end after this long.
-    let mut target = Spawn::new("target")
+    let mut target = Spawn::new("target", rt)
         .arg("--stream-timeout-ms", "2000")
         .start();
-    let mut writer = Spawn::new("writer").bootstrap(&target).start();
+    let mut writer = Spawn::new("writer", rt).bootstrap(&target).start();
     let _: netabase_testnode::BootstrapReply = writer.call(Command::Bootstrap);
     let original = message(1, "written by a well-behaved node");
     let own = message(2, "written by the target itself");
@@ -575,3 +574,5 @@ fn a_node_survives_bad_input_and_keeps_its_records() {
     let final_stats: StatsReply = target.stats();
     assert_eq!(final_stats.inbound_rejected, 3, "{final_stats:?}");
 }
+
+per_runtime!(a_node_survives_bad_input_and_keeps_its_records);

@@ -25,9 +25,9 @@ fn put_all(sender: &mut NodeProc, messages: &[Message]) -> Vec<PutReply> {
 }
 
 /// A receiver and a sender joined through it.
-fn pair(prefix: &str) -> (NodeProc, NodeProc) {
-    let receiver = Spawn::new(&format!("{prefix}-receiver")).start();
-    let mut sender = Spawn::new(&format!("{prefix}-sender"))
+fn pair(prefix: &str, rt: Rt) -> (NodeProc, NodeProc) {
+    let receiver = Spawn::new(&format!("{prefix}-receiver"), rt).start();
+    let mut sender = Spawn::new(&format!("{prefix}-sender"), rt)
         .bootstrap(&receiver)
         .start();
     let joined: BootstrapReply = sender.call(Command::Bootstrap);
@@ -51,8 +51,8 @@ fn assert_received(receiver: &mut NodeProc, from: &str, messages: &[Message]) {
     }
 }
 
-fn two_node_exchange(prefix: &str, count: u64) {
-    let (mut receiver, mut sender) = pair(prefix);
+fn two_node_exchange(prefix: &str, count: u64, rt: Rt) {
+    let (mut receiver, mut sender) = pair(prefix, rt);
     let messages: Vec<Message> = (1..=count)
         .map(|i| message(i, &format!("message {i} of {count}")))
         .collect();
@@ -70,22 +70,19 @@ fn two_node_exchange(prefix: &str, count: u64) {
     assert_eq!(receiver.get(count + 1), None);
 }
 
-#[test]
-fn test_two_node_basic() {
-    two_node_exchange("basic", 5);
+fn test_two_node_basic(rt: Rt) {
+    two_node_exchange("basic", 5, rt);
 }
 
-#[test]
-fn test_two_node_many_messages() {
-    two_node_exchange("many", 20);
+fn test_two_node_many_messages(rt: Rt) {
+    two_node_exchange("many", 20, rt);
 }
 
-#[test]
-fn test_multi_sender_single_receiver() {
-    let mut receiver = Spawn::new("receiver").start();
+fn test_multi_sender_single_receiver(rt: Rt) {
+    let mut receiver = Spawn::new("receiver", rt).start();
     let mut senders: Vec<NodeProc> = (0..3)
         .map(|i| {
-            Spawn::new(&format!("sender{i}"))
+            Spawn::new(&format!("sender{i}"), rt)
                 .bootstrap(&receiver)
                 .launch()
         })
@@ -164,9 +161,8 @@ fn tricky_messages() -> Vec<Message> {
         .collect()
 }
 
-#[test]
-fn test_message_content_integrity() {
-    let (mut receiver, mut sender) = pair("integrity");
+fn test_message_content_integrity(rt: Rt) {
+    let (mut receiver, mut sender) = pair("integrity", rt);
     let messages = tricky_messages();
     put_all(&mut sender, &messages);
     let sender_id = sender.peer_id.clone();
@@ -174,7 +170,9 @@ fn test_message_content_integrity() {
     assert_received(&mut receiver, &sender_id, &messages);
 
     // Carried by GET_VALUE answers to a node that joins afterwards.
-    let mut late = Spawn::new("integrity-late").bootstrap(&receiver).start();
+    let mut late = Spawn::new("integrity-late", rt)
+        .bootstrap(&receiver)
+        .start();
     let _: BootstrapReply = late.call(Command::Bootstrap);
     for m in &messages {
         let found = late.get(m.id).expect("found on the network");
@@ -187,3 +185,8 @@ fn test_message_content_integrity() {
     let local: Vec<Message> = sender.call(Command::LocalMessages { limit: 100 });
     assert_eq!(local, messages);
 }
+
+per_runtime!(test_two_node_basic);
+per_runtime!(test_two_node_many_messages);
+per_runtime!(test_multi_sender_single_receiver);
+per_runtime!(test_message_content_integrity);

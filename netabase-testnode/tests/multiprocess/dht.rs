@@ -6,9 +6,8 @@ use netabase_testnode::{BootstrapReply, Command, Event, ProviderReply, Providing
 
 use crate::support::*;
 
-#[test]
-fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network() {
-    let mut nodes = network("ten", 10);
+fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network(rt: Rt) {
+    let mut nodes = network("ten", 10, rt);
     let writer = nodes[7].peer_id.clone();
     let hello = message(1, "hello, ten nodes");
     let put: PutReply = nodes[7].call(Command::Put {
@@ -48,9 +47,8 @@ fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network() {
     assert_eq!(nodes[5].get(2), None);
 }
 
-#[test]
-fn providers_are_announced_and_found_across_nodes() {
-    let mut nodes = network("prov", 4);
+fn providers_are_announced_and_found_across_nodes(rt: Rt) {
+    let mut nodes = network("prov", 4, rt);
     let announced: ProvidingReply = nodes[1].call(Command::StartProviding { id: 42 });
     assert_eq!(announced.error, None, "{announced:?}");
     assert!(!announced.announced_to.is_empty());
@@ -94,9 +92,8 @@ fn providers_are_announced_and_found_across_nodes() {
     assert!(stopped.is_null());
 }
 
-#[test]
-fn bootstrap_fills_the_routing_table_and_needs_a_known_peer() {
-    let mut nodes = network("boot", 4);
+fn bootstrap_fills_the_routing_table_and_needs_a_known_peer(rt: Rt) {
+    let mut nodes = network("boot", 4, rt);
     let joined: BootstrapReply = nodes[3].call(Command::Bootstrap);
     assert_eq!(joined.routing_table_size, 3);
     let table: BTreeSet<String> = nodes[3].routing_table().into_iter().collect();
@@ -104,7 +101,7 @@ fn bootstrap_fills_the_routing_table_and_needs_a_known_peer() {
     assert_eq!(table, others);
 
     // A node that knows nobody cannot bootstrap; told one address, it learns them all.
-    let mut lone = Spawn::new("boot-lone").start();
+    let mut lone = Spawn::new("boot-lone", rt).start();
     let refused = lone.try_call(Command::Bootstrap).unwrap_err();
     assert!(refused.contains("no known peers"), "{refused}");
     let added: serde_json::Value = lone.call(Command::AddAddress {
@@ -116,9 +113,8 @@ fn bootstrap_fills_the_routing_table_and_needs_a_known_peer() {
     assert_eq!(joined.routing_table_size, 4);
 }
 
-#[test]
-fn remove_peer_and_remove_address_edit_the_routing_table() {
-    let mut nodes = network("rm", 3);
+fn remove_peer_and_remove_address_edit_the_routing_table(rt: Rt) {
+    let mut nodes = network("rm", 3, rt);
     let (b_id, b_addr) = (nodes[0].peer_id.clone(), nodes[0].addrs[0].clone());
     let a = &mut nodes[2];
     assert!(a.routing_table().contains(&b_id));
@@ -149,3 +145,8 @@ fn remove_peer_and_remove_address_edit_the_routing_table() {
     });
     assert!(!a.routing_table().contains(&b_id));
 }
+
+per_runtime!(a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network);
+per_runtime!(providers_are_announced_and_found_across_nodes);
+per_runtime!(bootstrap_fills_the_routing_table_and_needs_a_known_peer);
+per_runtime!(remove_peer_and_remove_address_edit_the_routing_table);

@@ -132,12 +132,11 @@ fn remove_stale() {
     }
 }
 
-#[test]
-fn mdns_discovers_a_node_in_another_namespace() {
+fn mdns_discovers_a_node_in_another_namespace(rt: Rt) {
     let ns = Namespaces::create();
     let launched: Vec<Launched> = (0..2)
         .map(|i| {
-            Spawn::new(&format!("mdns-{i}"))
+            Spawn::new(&format!("mdns-{i}"), rt)
                 .listen(&format!("/ip4/{}/tcp/0", ns.addr(i)))
                 .in_namespace_with_mdns(&ns.names[i])
                 .launch()
@@ -171,3 +170,5 @@ fn mdns_discovers_a_node_in_another_namespace() {
     assert_eq!(got.record, message(1, "found you"));
     assert_eq!(got.origin, ids[0]);
 }
+
+per_runtime!(mdns_discovers_a_node_in_another_namespace: tokio);

@@ -5,10 +5,9 @@ use netabase_testnode::{BootstrapReply, Command, Event, ModeName, PutReply};
 
 use crate::support::*;
 
-#[test]
-fn a_client_queries_but_is_not_queried() {
-    let mut nodes = network("modes", 3);
-    let mut client = Spawn::new("modes-client")
+fn a_client_queries_but_is_not_queried(rt: Rt) {
+    let mut nodes = network("modes", 3, rt);
+    let mut client = Spawn::new("modes-client", rt)
         .client()
         .bootstrap(&nodes[0])
         .start();
@@ -71,3 +70,5 @@ fn a_client_queries_but_is_not_queried() {
     });
     assert_eq!(client.call::<ModeName>(Command::GetMode), ModeName::Server);
 }
+
+per_runtime!(a_client_queries_but_is_not_queried);

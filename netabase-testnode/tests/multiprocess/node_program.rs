@@ -6,9 +6,8 @@ use netabase_testnode::{Command, Event, PutReply};
 
 use crate::support::*;
 
-#[test]
-fn the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input() {
-    let mut node = Spawn::new("program").start();
+fn the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input(rt: Rt) {
+    let mut node = Spawn::new("program", rt).start();
     // Lines that are no request are refused, one report each, and the node carries on.
     for line in [
         "not json",
@@ -50,7 +49,7 @@ fn the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().to_str().unwrap();
     let cases: [(&[&str], &str); 4] = [
-        (&["--runtime", "smol"], "invalid value 'smol'"),
+        (&["--runtime", "glommio"], "invalid value 'glommio'"),
         (
             &["--bootstrap", "/ip4/127.0.0.1/tcp/1"],
             "must end in /p2p/<peer id>",
@@ -71,3 +70,5 @@ fn the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }
+
+per_runtime!(the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input);

@@ -4,12 +4,11 @@ use netabase_testnode::{BootstrapReply, Command, Message, PutReply};
 
 use crate::support::*;
 
-#[test]
-fn a_restarted_node_keeps_its_peer_id_and_records() {
+fn a_restarted_node_keeps_its_peer_id_and_records(rt: Rt) {
     for backend in ["redb", "sled"] {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("restart-{backend}");
-        let mut first = Spawn::new(&name)
+        let mut first = Spawn::new(&name, rt)
             .arg("--backend", backend)
             .data_dir(dir.path())
             .start();
@@ -21,7 +20,7 @@ fn a_restarted_node_keeps_its_peer_id_and_records() {
         let status = first.shutdown();
         assert!(status.success(), "{backend}: {status:?}");
 
-        let mut second = Spawn::new(&name)
+        let mut second = Spawn::new(&name, rt)
             .arg("--backend", backend)
             .data_dir(dir.path())
             .start();
@@ -36,7 +35,7 @@ fn a_restarted_node_keeps_its_peer_id_and_records() {
         );
 
         // The restarted node serves them to a newcomer.
-        let mut newcomer = Spawn::new(&format!("{name}-newcomer"))
+        let mut newcomer = Spawn::new(&format!("{name}-newcomer"), rt)
             .bootstrap(&second)
             .start();
         let _: BootstrapReply = newcomer.call(Command::Bootstrap);
@@ -60,3 +59,5 @@ fn a_restarted_node_keeps_its_peer_id_and_records() {
         assert!(second.shutdown().success());
     }
 }
+
+per_runtime!(a_restarted_node_keeps_its_peer_id_and_records);

@@ -30,6 +30,36 @@ pub(crate) fn message(id: u64, text: &str) -> Message {
     }
 }
 
+/// The async runtimes a node process can run on (its `--runtime` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rt {
+    Tokio,
+    AsyncStd,
+    Smol,
+}
+
+impl Rt {
+    /// Every runtime.
+    pub(crate) const ALL: [Rt; 3] = [Rt::Tokio, Rt::AsyncStd, Rt::Smol];
+
+    /// The value of the `--runtime` flag (and of the ready line's `runtime`).
+    pub(crate) fn flag(self) -> &'static str {
+        match self {
+            Rt::Tokio => "tokio",
+            Rt::AsyncStd => "async-std",
+            Rt::Smol => "smol",
+        }
+    }
+
+    /// The runtime a per-runtime test is named after (`tokio`, `async_std`, `smol`).
+    pub(crate) fn from_test_name(name: &str) -> Rt {
+        Rt::ALL
+            .into_iter()
+            .find(|rt| rt.flag().replace('-', "_") == name)
+            .unwrap_or_else(|| panic!("no runtime {name}"))
+    }
+}
+
 /// What the reader thread passes on: a parsed line, or a line that is not one.
 type Line = Result<Output, String>;
 
@@ -40,6 +70,7 @@ pub(crate) struct Spawn {
     data_dir: Option<PathBuf>,
     netns: Option<String>,
     listen_set: bool,
+    runtime: Rt,
 }
 
 impl Spawn {
@@ -48,7 +79,7 @@ impl Spawn {
     /// Lookups wait for every answer up to the request timeout: with the node's adaptive
     /// patience (250 ms on a fast link), a loaded 2-core machine can delay an answer long
     /// enough for a lookup whose only peer is that one to end with no peer at all.
-    pub(crate) fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str, runtime: Rt) -> Self {
         let args = [
             "--request-timeout-ms",
             "3000",
@@ -65,6 +96,7 @@ impl Spawn {
             data_dir: None,
             netns: None,
             listen_set: false,
+            runtime,
         }
     }
 
@@ -119,6 +151,7 @@ impl Spawn {
         if !self.listen_set {
             args.extend(["--listen".to_string(), "/ip4/127.0.0.1/tcp/0".to_string()]);
         }
+        args.extend(["--runtime".to_string(), self.runtime.flag().to_string()]);
         args.extend(self.args);
         let mut process = match &self.netns {
             Some(ns) => {
@@ -155,6 +188,7 @@ impl Spawn {
             }
         });
         Launched {
+            runtime: self.runtime,
             node: NodeProc {
                 name: self.name,
                 stdin: child.stdin.take(),
@@ -180,6 +214,7 @@ impl Spawn {
 /// A started process that has not reported ready yet.
 pub(crate) struct Launched {
     node: NodeProc,
+    runtime: Rt,
 }
 
 impl Launched {
@@ -194,7 +229,7 @@ impl Launched {
                     runtime,
                     ..
                 } => {
-                    assert_eq!(runtime, "tokio");
+                    assert_eq!(runtime, self.runtime.flag(), "{}", self.node.name);
                     self.node.peer_id = peer_id;
                     self.node.addrs = listen_addresses;
                     return self.node;
@@ -473,14 +508,20 @@ impl NodeProc {
     }
 }
 
-/// `n` server nodes joined through the first: the others start at once with it as their
-/// bootstrap peer, bootstrap twice (so that they learn each other too), and the bootstrap
-/// node has every other one in its routing table when this returns.
-pub(crate) fn network(prefix: &str, n: usize) -> Vec<NodeProc> {
-    let mut first = Spawn::new(&format!("{prefix}0")).start();
-    let launched: Vec<Launched> = (1..n)
+/// `n` server nodes on `rt` joined through the first (see [`network_of`]).
+pub(crate) fn network(prefix: &str, n: usize, rt: Rt) -> Vec<NodeProc> {
+    network_of(prefix, &vec![rt; n])
+}
+
+/// One server node per entry of `runtimes`, on that runtime, joined through the first: the
+/// others start at once with it as their bootstrap peer, bootstrap twice (so that they
+/// learn each other too), and the bootstrap node has every other one in its routing table
+/// when this returns.
+pub(crate) fn network_of(prefix: &str, runtimes: &[Rt]) -> Vec<NodeProc> {
+    let mut first = Spawn::new(&format!("{prefix}0"), runtimes[0]).start();
+    let launched: Vec<Launched> = (1..runtimes.len())
         .map(|i| {
-            Spawn::new(&format!("{prefix}{i}"))
+            Spawn::new(&format!("{prefix}{i}"), runtimes[i])
                 .bootstrap(&first)
                 .launch()
         })
