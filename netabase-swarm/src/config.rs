@@ -9,6 +9,8 @@ use netabase_core::wire::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROTOCOL_NAME, IPFS_
 use netabase_core::{Mode, Quorum};
 use netabase_store::RecordStoreConfig;
 
+use crate::metrics::NodeMetrics;
+
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./netabase-data";
 
@@ -96,6 +98,9 @@ pub struct NetabaseConfig {
     /// Events kept for each subscriber; a subscriber that falls further behind loses the
     /// oldest and is told how many it missed.
     pub event_capacity: usize,
+    /// Metrics the node updates (`None`, the default: none are kept). See
+    /// [`NodeMetrics`] for their names.
+    pub metrics: Option<NodeMetrics>,
 }
 
 impl Default for NetabaseConfig {
@@ -123,6 +128,7 @@ impl Default for NetabaseConfig {
             bootstrap_peers: Vec::new(),
             identity: None,
             event_capacity: 1024,
+            metrics: None,
         }
     }
 }
@@ -178,6 +184,13 @@ impl NetabaseConfig {
     /// Uses `keypair` as the node's identity instead of the stored one.
     pub fn with_identity(mut self, keypair: Keypair) -> Self {
         self.identity = Some(keypair);
+        self
+    }
+
+    /// Updates `metrics` while the node runs (register them in a registry first with
+    /// [`NodeMetrics::register`]).
+    pub fn with_metrics(mut self, metrics: NodeMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 

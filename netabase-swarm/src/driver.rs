@@ -9,7 +9,7 @@ use futures::future::{BoxFuture, Fuse, FusedFuture, FutureExt};
 use futures::{StreamExt, select_biased};
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, ping};
 use netabase_core::{
     Address, Event, Instant, Mode, Node, NodeStats, Output, QueryId, QueryResult, QueryStats,
     Quorum, Record, RecordKey, RequestFailure, RequestId,
@@ -21,7 +21,72 @@ use crate::carrier::CarrierEvent;
 use crate::convert::{to_address, to_core_peer, to_libp2p_peer, to_multiaddr};
 use crate::error::NetabaseError;
 use crate::event::{NetabaseEvent, QueryKind};
+use crate::metrics::{
+    KINDS, NodeMetrics, kind_index, kind_label, outcome_label, rejection_label, stream_error_label,
+};
 use crate::runtime::Runtime;
+
+/// How often the gauges that need a store read are refreshed while metrics are kept.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
+/// The label value of a query kind.
+fn operation_label(kind: QueryKind) -> &'static str {
+    match kind {
+        QueryKind::GetRecord => "get_record",
+        QueryKind::PutRecord => "put_record",
+        QueryKind::StartProviding => "start_providing",
+        QueryKind::GetProviders => "get_providers",
+        QueryKind::Bootstrap => "bootstrap",
+        QueryKind::Lookup => "lookup",
+    }
+}
+
+/// The driver's handles on its metrics: Kademlia message counters resolved once, so
+/// counting a message is one atomic add.
+struct DriverMetrics {
+    node: NodeMetrics,
+    /// `[direction][role][kind]`: direction 0 in, 1 out; role 0 request, 1 response.
+    kad: [[[prometheus_client::metrics::counter::Counter; 6]; 2]; 2],
+    identify_in: prometheus_client::metrics::counter::Counter,
+    identify_out: prometheus_client::metrics::counter::Counter,
+    identify_push_out: prometheus_client::metrics::counter::Counter,
+    ping_out: prometheus_client::metrics::counter::Counter,
+    pong_in: prometheus_client::metrics::counter::Counter,
+}
+
+impl DriverMetrics {
+    fn new(node: NodeMetrics, protocol: &StreamProtocol) -> Self {
+        let kad_protocol: std::borrow::Cow<'static, str> = protocol.to_string().into();
+        let kad = std::array::from_fn(|direction| {
+            std::array::from_fn(|role| {
+                std::array::from_fn(|kind| {
+                    node.message_counter(
+                        ["in", "out"][direction],
+                        kad_protocol.clone(),
+                        kind_label(KINDS[kind]),
+                        ["request", "response"][role],
+                    )
+                })
+            })
+        });
+        let counter = |direction, protocol: &StreamProtocol, kind, role| {
+            node.message_counter(direction, protocol.to_string().into(), kind, role)
+        };
+        DriverMetrics {
+            identify_in: counter("in", &identify::PROTOCOL_NAME, "identify", "response"),
+            identify_out: counter("out", &identify::PROTOCOL_NAME, "identify", "response"),
+            identify_push_out: counter("out", &identify::PUSH_PROTOCOL_NAME, "identify", "request"),
+            ping_out: counter("out", &ping::PROTOCOL_NAME, "ping", "request"),
+            pong_in: counter("in", &ping::PROTOCOL_NAME, "ping", "response"),
+            kad,
+            node,
+        }
+    }
+
+    fn kad(&self, inbound: bool, response: bool, kind: netabase_core::MessageKind) {
+        self.kad[usize::from(!inbound)][usize::from(response)][kind_index(kind)].inc();
+    }
+}
 
 /// The answer to a query command: the core's result and counters.
 pub(crate) type QueryReply = oneshot::Sender<Result<(QueryResult, QueryStats), NetabaseError>>;
@@ -125,6 +190,7 @@ pub(crate) struct DriverSettings {
     pub(crate) protocol: StreamProtocol,
     pub(crate) put_quorum: Quorum,
     pub(crate) get_quorum: Quorum,
+    pub(crate) metrics: Option<NodeMetrics>,
 }
 
 pub(crate) struct Driver<R: Runtime> {
@@ -140,12 +206,16 @@ pub(crate) struct Driver<R: Runtime> {
     inbound_stream_failures: u64,
     /// Listeners that have not reported an address yet (during start-up).
     unbound: HashSet<ListenerId>,
+    metrics: Option<DriverMetrics>,
+    /// Fires when the gauges that need a store read are due (never without metrics).
+    gauge_tick: Fuse<BoxFuture<'static, ()>>,
 }
 
 enum Step<E> {
     Command(Option<Command>),
     Swarm(SwarmEvent<E>),
     Timer,
+    Metrics,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -167,6 +237,14 @@ impl<R: Runtime> Driver<R> {
             ..kad
         };
         let node = Node::new(kad, local, store, seed, clock.now());
+        let metrics = settings
+            .metrics
+            .clone()
+            .map(|m| DriverMetrics::new(m, &settings.protocol));
+        let gauge_tick = match metrics {
+            Some(_) => R::sleep(GAUGE_REFRESH).fuse(),
+            None => Fuse::terminated(),
+        };
         Ok(Driver {
             swarm,
             node,
@@ -179,6 +257,8 @@ impl<R: Runtime> Driver<R> {
             timer_at: None,
             inbound_stream_failures: 0,
             unbound: HashSet::new(),
+            metrics,
+            gauge_tick,
         })
     }
 
@@ -255,6 +335,7 @@ impl<R: Runtime> Driver<R> {
                 command = self.commands.next() => Step::Command(command),
                 event = self.swarm.select_next_some() => Step::Swarm(event),
                 () = &mut self.timer => Step::Timer,
+                () = &mut self.gauge_tick => Step::Metrics,
             };
             match step {
                 Step::Command(None) => break None,
@@ -266,8 +347,17 @@ impl<R: Runtime> Driver<R> {
                     let now = self.now();
                     self.node.handle_timeout(now);
                 }
+                Step::Metrics => {
+                    self.refresh_gauges();
+                    self.gauge_tick = R::sleep(GAUGE_REFRESH).fuse();
+                }
             }
             self.drain();
+            if let Some(m) = &self.metrics {
+                m.node
+                    .set_routing_table_peers(self.node.routing_table().len());
+                m.node.set_queries_running(self.queries.len());
+            }
         };
         self.shutdown();
         if let Some(reply) = stop_reply {
@@ -278,8 +368,15 @@ impl<R: Runtime> Driver<R> {
     /// Fails every pending operation with [`NetabaseError::Stopped`], then drops the swarm
     /// (closing every connection) and the node with its store.
     fn shutdown(mut self) {
-        for (_, (_, reply)) in self.queries.drain() {
+        for (_, (kind, reply)) in self.queries.drain() {
+            if let Some(m) = &self.metrics {
+                m.node.operation(operation_label(kind), "stopped");
+            }
             let _ = reply.send(Err(NetabaseError::Stopped));
+        }
+        if let Some(m) = &self.metrics {
+            m.node.set_queries_running(0);
+            m.node.set_connected_peers(0);
         }
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
@@ -307,6 +404,31 @@ impl<R: Runtime> Driver<R> {
         };
     }
 
+    /// Sets the gauges that need a store read or a walk over the swarm's connections.
+    fn refresh_gauges(&self) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let store = self.node.store();
+        match (
+            store.record_count(),
+            store.provider_count(),
+            store.provided_count(),
+        ) {
+            (Ok(records), Ok(providers), Ok(provided)) => {
+                m.node.set_store(records, providers, provided);
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the store's counters for the metrics");
+            }
+        }
+        m.node
+            .set_connected_peers(self.swarm.connected_peers().count());
+        m.node
+            .set_routing_table_peers(self.node.routing_table().len());
+        m.node.set_queries_running(self.queries.len());
+    }
+
     /// Carries out everything the core asked for.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
@@ -318,6 +440,9 @@ impl<R: Runtime> Driver<R> {
                     request,
                 } => match to_libp2p_peer(&peer) {
                     Some(peer) => {
+                        if let Some(m) = &self.metrics {
+                            m.kad(false, false, request.kind());
+                        }
                         let addrs = addrs.iter().filter_map(to_multiaddr).collect();
                         self.swarm
                             .behaviour_mut()
@@ -331,6 +456,9 @@ impl<R: Runtime> Driver<R> {
                     }
                 },
                 Output::SendResponse { id, response, .. } => {
+                    if let Some(m) = &self.metrics {
+                        m.kad(false, true, response.kind());
+                    }
                     self.swarm.behaviour_mut().kad.respond(id.0, Some(response));
                 }
                 Output::RejectInbound { id, .. } => {
@@ -357,7 +485,26 @@ impl<R: Runtime> Driver<R> {
                 let Some((kind, reply)) = self.queries.remove(&id) else {
                     return;
                 };
-                let success = query_succeeded(&result);
+                let error = query_error(&result);
+                let success = error.is_none();
+                let outcome = outcome_label(error);
+                let seconds = stats
+                    .finished
+                    .saturating_duration_since(stats.started)
+                    .as_secs_f64();
+                if let Some(m) = &self.metrics {
+                    m.node
+                        .query_finished(operation_label(kind), outcome, seconds);
+                }
+                tracing::debug!(
+                    query = id.0,
+                    operation = operation_label(kind),
+                    outcome,
+                    seconds,
+                    requests = stats.requests,
+                    hops = stats.hops,
+                    "query finished"
+                );
                 let _ = reply.send(Ok((result, stats.clone())));
                 NetabaseEvent::QueryFinished {
                     id: id.0,
@@ -382,22 +529,34 @@ impl<R: Runtime> Driver<R> {
                 Some(provider) => NetabaseEvent::ProviderAdded { key, provider },
                 None => return,
             },
-            Event::InboundRejected { peer, kind, reason } => match to_libp2p_peer(&peer) {
-                Some(peer) => NetabaseEvent::InboundRejected {
+            Event::InboundRejected { peer, kind, reason } => {
+                if let Some(m) = &self.metrics {
+                    m.node.rejected("request", rejection_label(&reason));
+                }
+                let Some(peer) = to_libp2p_peer(&peer) else {
+                    return;
+                };
+                tracing::debug!(%peer, ?kind, ?reason, "inbound request refused");
+                NetabaseEvent::InboundRejected {
                     peer,
                     kind,
                     reason: format!("{reason:?}"),
-                },
-                None => return,
-            },
-            Event::InvalidRecord { peer, key, error } => match to_libp2p_peer(&peer) {
-                Some(peer) => NetabaseEvent::InvalidRecord {
+                }
+            }
+            Event::InvalidRecord { peer, key, error } => {
+                if let Some(m) = &self.metrics {
+                    m.node.rejected("record", "invalid_record");
+                }
+                let Some(peer) = to_libp2p_peer(&peer) else {
+                    return;
+                };
+                tracing::debug!(%peer, %error, "invalid record in an answer");
+                NetabaseEvent::InvalidRecord {
                     peer,
                     key,
                     reason: error.to_string(),
-                },
-                None => return,
-            },
+                }
+            }
             Event::ModeChanged { mode } => NetabaseEvent::ModeChanged { mode },
         };
         self.emit(event);
@@ -436,12 +595,31 @@ impl<R: Runtime> Driver<R> {
         };
         match started {
             Ok(id) => {
+                tracing::debug!(
+                    query = id.0,
+                    operation = operation_label(kind),
+                    "query started"
+                );
                 self.queries.insert(id, (kind, reply));
                 self.emit(NetabaseEvent::QueryStarted { id: id.0, kind });
             }
             Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.node.operation(operation_label(kind), "refused");
+                }
+                tracing::debug!(operation = operation_label(kind), error = %e, "query refused");
                 let _ = reply.send(Err(NetabaseError::Api(e)));
             }
+        }
+    }
+
+    /// Counts one operation that is not a query.
+    fn count<T, E>(&self, operation: &'static str, result: &Result<T, E>) {
+        if let Some(m) = &self.metrics {
+            m.node.operation(
+                operation,
+                if result.is_ok() { "success" } else { "refused" },
+            );
         }
     }
 
@@ -449,24 +627,32 @@ impl<R: Runtime> Driver<R> {
         match command {
             Command::Query { op, reply } => self.start_query(op, reply),
             Command::StopProviding { key, reply } => {
-                let _ = reply.send(self.node.stop_providing(&key).map_err(Into::into));
+                let result = self.node.stop_providing(&key).map_err(Into::into);
+                self.count("stop_providing", &result);
+                let _ = reply.send(result);
             }
             Command::RemoveRecord { key, reply } => {
-                let _ = reply.send(self.node.remove_record(&key).map_err(Into::into));
+                let result = self.node.remove_record(&key).map_err(Into::into);
+                self.count("remove_record", &result);
+                let _ = reply.send(result);
             }
             Command::AddAddress { peer, addr, reply } => {
-                let _ = reply.send(self.add_address(peer, addr));
+                let result = self.add_address(peer, addr);
+                self.count("add_address", &result);
+                let _ = reply.send(result);
             }
             Command::RemoveAddress { peer, addr, reply } => {
                 if let (Some(peer), Some(addr)) = (to_core_peer(&peer), to_address(&addr)) {
                     let now = self.now();
                     self.node.remove_address(now, &peer, &addr);
                 }
+                self.count("remove_address", &Ok::<(), ()>(()));
                 let _ = reply.send(());
             }
             Command::RemovePeer { peer, reply } => {
                 let now = self.now();
                 let removed = to_core_peer(&peer).is_some_and(|p| self.node.remove_peer(now, &p));
+                self.count("remove_peer", &Ok::<(), ()>(()));
                 let _ = reply.send(removed);
             }
             Command::SetMode { mode, reply } => {
@@ -475,9 +661,11 @@ impl<R: Runtime> Driver<R> {
                     .behaviour_mut()
                     .kad
                     .set_serving(mode == Mode::Server);
+                self.count("set_mode", &Ok::<(), ()>(()));
                 let _ = reply.send(());
             }
             Command::Snapshot { reply } => {
+                self.refresh_gauges();
                 let _ = reply.send(self.snapshot());
             }
             Command::Stop { reply } => {
@@ -510,6 +698,31 @@ impl<R: Runtime> Driver<R> {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent<R::Mdns>>) {
         let now = self.now();
+        if let Some(m) = &self.metrics {
+            m.node.libp2p(&event);
+            match &event {
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(e)) => {
+                    m.node.libp2p(e);
+                    let counter = match e {
+                        identify::Event::Received { .. } => Some(&m.identify_in),
+                        identify::Event::Sent { .. } => Some(&m.identify_out),
+                        identify::Event::Pushed { .. } => Some(&m.identify_push_out),
+                        identify::Event::Error { .. } => None,
+                    };
+                    if let Some(counter) = counter {
+                        counter.inc();
+                    }
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
+                    m.node.libp2p(e);
+                    if e.result.is_ok() {
+                        m.ping_out.inc();
+                        m.pong_in.inc();
+                    }
+                }
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(event)) => self.on_carrier_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
@@ -590,6 +803,9 @@ impl<R: Runtime> Driver<R> {
         match event {
             CarrierEvent::Request { peer, id, request } => match to_core_peer(&peer) {
                 Some(core_peer) => {
+                    if let Some(m) = &self.metrics {
+                        m.kad(true, false, request.kind());
+                    }
                     self.node
                         .handle_request(now, core_peer, netabase_core::InboundId(id), request);
                 }
@@ -598,13 +814,27 @@ impl<R: Runtime> Driver<R> {
             CarrierEvent::Outcome { id, result } => {
                 let id = RequestId(id);
                 match result {
-                    Ok(Some(response)) => self.node.handle_response(now, id, response),
+                    Ok(Some(response)) => {
+                        if let Some(m) = &self.metrics {
+                            m.kad(true, true, response.kind());
+                        }
+                        self.node.handle_response(now, id, response)
+                    }
                     Ok(None) => self.node.handle_request_sent(now, id),
-                    Err(failure) => self.node.handle_request_failed(now, id, failure),
+                    Err(failure) => {
+                        if let Some(m) = &self.metrics {
+                            m.node.request_failed(&failure);
+                        }
+                        self.node.handle_request_failed(now, id, failure)
+                    }
                 }
             }
             CarrierEvent::InboundFailed { peer, error } => {
                 self.inbound_stream_failures += 1;
+                if let Some(m) = &self.metrics {
+                    m.node.rejected("stream", stream_error_label(&error));
+                }
+                tracing::debug!(%peer, %error, "inbound stream failed");
                 self.emit(NetabaseEvent::InboundStreamFailed {
                     peer,
                     error: error.to_string(),
@@ -614,14 +844,15 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-fn query_succeeded(result: &QueryResult) -> bool {
+/// Why a query did not succeed; `None`: it did.
+fn query_error(result: &QueryResult) -> Option<&netabase_core::QueryError> {
     match result {
-        QueryResult::GetClosestPeers(r) => r.is_ok(),
-        QueryResult::FindPeer(r) => r.is_ok(),
-        QueryResult::GetRecord(r) => r.is_ok(),
-        QueryResult::PutRecord(r) => r.is_ok(),
-        QueryResult::StartProviding(r) => r.is_ok(),
-        QueryResult::GetProviders(r) => r.is_ok(),
-        QueryResult::Bootstrap(r) => r.is_ok(),
+        QueryResult::GetClosestPeers(r) => r.as_ref().err(),
+        QueryResult::FindPeer(r) => r.as_ref().err(),
+        QueryResult::GetRecord(r) => r.as_ref().err(),
+        QueryResult::PutRecord(r) => r.as_ref().err(),
+        QueryResult::StartProviding(r) => r.as_ref().err(),
+        QueryResult::GetProviders(r) => r.as_ref().err(),
+        QueryResult::Bootstrap(r) => r.as_ref().err(),
     }
 }

@@ -313,6 +313,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// Starts networking: builds the transports, listens on the configured addresses
     /// (returning once each listener has an address), adds the configured bootstrap peers
     /// to the routing table, and runs the node on a background task.
+    #[tracing::instrument(level = "debug", skip_all, fields(peer = %self.inner.peer_id))]
     pub async fn start_swarm(&self) -> Result<(), NetabaseError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let store = match &*self.state() {
@@ -340,6 +341,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 protocol: self.inner.protocol.clone(),
                 put_quorum: config.put_quorum,
                 get_quorum: config.get_quorum,
+                metrics: config.metrics.clone(),
             },
         )?;
         driver
@@ -394,6 +396,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// [`NetabaseError::Stopped`], connections close, the database is flushed and closed
     /// (once no other clone of [`local_store`](Netabase::local_store) holds it). A later
     /// [`start_swarm`](Netabase::start_swarm) opens it again.
+    #[tracing::instrument(level = "debug", skip_all, fields(peer = %self.inner.peer_id))]
     pub async fn stop_swarm(&self) -> Result<(), NetabaseError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let previous = std::mem::replace(&mut *self.state(), State::Stopped);
@@ -454,6 +457,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// Stores `model` in the local typed store, then publishes it on the DHT (in its
     /// envelope, under its derived key) to the closest peers. The result lists the peers
     /// that stored it; the local write stands even when no peer did.
+    #[tracing::instrument(level = "debug", skip_all, fields(model = M::NAME))]
     pub async fn put_record<M>(&self, model: M) -> Result<PutRecordResult, NetabaseError>
     where
         M: NetabaseModel<Definition = D>,
@@ -481,6 +485,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// Finds the record with primary key `key`: this node's DHT store first (records it
     /// wrote or holds for others, `source: None`), then the network. `Ok(None)`: no
     /// reachable peer has it.
+    #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn get_record<K>(
         &self,
         key: &K,
@@ -525,6 +530,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
 
     /// Removes the record with primary key `key` from the local typed store and from this
     /// node's DHT store; copies at other peers expire. Returns the removed value.
+    #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn remove_record<K>(&self, key: &K) -> Result<Option<K::Model>, NetabaseError>
     where
         K: PrimaryKey,
@@ -560,6 +566,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
 
     /// Announces this node as a provider of `key` to the closest peers (and records it
     /// locally, so it is announced again periodically).
+    #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn start_providing<K>(&self, key: &K) -> Result<ProvidingResult, NetabaseError>
     where
         K: PrimaryKey,
@@ -582,6 +589,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     }
 
     /// Stops providing `key` (announcements at other peers expire).
+    #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn stop_providing<K>(&self, key: &K) -> Result<(), NetabaseError>
     where
         K: PrimaryKey,
@@ -593,6 +601,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     }
 
     /// The providers of `key` known locally and found on the network (empty if none).
+    #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn get_providers<K>(&self, key: &K) -> Result<Vec<ProviderInfo>, NetabaseError>
     where
         K: PrimaryKey,
@@ -619,6 +628,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// Joins (or refreshes) the DHT: looks up the local id and refreshes the routing
     /// table's buckets. Needs at least one known peer (a bootstrap peer, `add_address`, or
     /// mDNS).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn bootstrap(&self) -> Result<BootstrapResult, NetabaseError> {
         let (result, stats) = self.query(QueryOp::Bootstrap).await?;
         match result {
@@ -633,18 +643,21 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
 
     /// Adds an address of a DHT peer to the routing table (and to the swarm's address
     /// book, for dialling).
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetabaseError> {
         self.call(|reply| Command::AddAddress { peer, addr, reply })
             .await?
     }
 
     /// Removes one address of `peer`; the peer leaves the routing table with its last.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn remove_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetabaseError> {
         self.call(|reply| Command::RemoveAddress { peer, addr, reply })
             .await
     }
 
     /// Removes `peer` from the routing table; returns whether it was there.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn remove_peer(&self, peer: PeerId) -> Result<bool, NetabaseError> {
         self.call(|reply| Command::RemovePeer { peer, reply }).await
     }
@@ -661,6 +674,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// Switches the DHT mode. A client answers no DHT request and stops offering the
     /// protocol, so peers (told by identify) drop it from their routing tables; a server
     /// serves the protocol again.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn set_mode(&self, mode: Mode) -> Result<(), NetabaseError> {
         self.call(|reply| Command::SetMode { mode, reply }).await
     }

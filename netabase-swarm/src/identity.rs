@@ -10,9 +10,11 @@ use crate::error::NetabaseError;
 /// The key file's name inside the data directory.
 pub(crate) const IDENTITY_FILE: &str = "identity.key";
 
-/// Loads the keypair stored in `dir`, or generates an Ed25519 one and stores it (readable
-/// by the owner only), so the peer id stays the same across restarts.
-pub(crate) fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
+/// Loads the keypair stored in `dir` (`identity.key`), or generates an Ed25519 one and
+/// stores it there (readable by the owner only), so the peer id stays the same across
+/// restarts. `dir` must exist. A node calls it when it opens its data directory; tools use
+/// it to learn a node's peer id before starting it.
+pub fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
     let path = dir.join(IDENTITY_FILE);
     let error = |reason: String| NetabaseError::Identity {
         path: path.clone(),

@@ -10,6 +10,9 @@
 //!   swarm events, API calls and timeouts into the core and carries its commands out;
 //! - the typed, async [`Netabase`] handle and its [`NetabaseEvent`]s.
 //!
+//! With [`NetabaseConfig::with_metrics`] the driver keeps Prometheus metrics (its own and
+//! libp2p's, listed in [`metrics`]), and every API operation runs in a `tracing` span.
+//!
 //! It depends on no async runtime: a runtime crate implements [`Runtime`] (spawning,
 //! timers, transports, mDNS) and names the handle, as `netabase-tokio` does with
 //! `netabase_tokio::Netabase<D>`.
@@ -24,6 +27,7 @@ mod event;
 mod handle;
 mod handler;
 mod identity;
+pub mod metrics;
 mod protocol;
 mod runtime;
 
@@ -34,6 +38,8 @@ pub use handle::{
     BootstrapResult, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, Netabase, NetabaseStats,
     ProviderInfo, ProvidingResult, PutRecordResult,
 };
+pub use identity::load_or_create as load_or_create_identity;
+pub use metrics::NodeMetrics;
 pub use protocol::StreamError;
 pub use runtime::{BuildError, Runtime, Sleep, TransportSettings};
 
@@ -42,3 +48,4 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use netabase_core::wire::{DEFAULT_PROTOCOL_NAME, IPFS_PROTOCOL_NAME};
 pub use netabase_core::{Mode, QueryError, QueryStats, Quorum, RecordKey};
+pub use prometheus_client;
