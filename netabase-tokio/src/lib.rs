@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -27,13 +28,20 @@ pub use netabase_swarm::{
     RecordKey, Runtime, StorageBackend, StreamError, TransportSettings, libp2p,
 };
 
-/// The tokio runtime: tasks and timers of the ambient tokio runtime, TCP (noise, yamux),
-/// QUIC and DNS transports, tokio mDNS.
+/// The tokio runtime: the node's driver on a thread of its own (on a multi-threaded
+/// runtime; see [`TokioRuntime::spawn`]), connection tasks and timers of the ambient tokio
+/// runtime, TCP (noise, yamux), QUIC and DNS transports, tokio mDNS.
 ///
 /// Its methods must run inside a tokio runtime (`Netabase::start_swarm` is called from
 /// one).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioRuntime;
+
+/// The future in `slot`, if it is still there.
+fn take(slot: &Mutex<Option<BoxFuture<'static, ()>>>) -> Option<BoxFuture<'static, ()>> {
+    // Poisoning needs a panic while the lock is held, and nothing here panics.
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
 
 /// The Netabase node on tokio.
 pub type Netabase<D> = netabase_swarm::Netabase<D, TokioRuntime>;
@@ -41,8 +49,36 @@ pub type Netabase<D> = netabase_swarm::Netabase<D, TokioRuntime>;
 impl Runtime for TokioRuntime {
     type Mdns = mdns::tokio::Behaviour;
 
+    /// Runs the node's driver. On a multi-threaded runtime it gets a thread of its own
+    /// (named `netabase-node`, polled with the runtime's handle, so its connections, I/O
+    /// and timers stay on the runtime): the driver makes blocking storage calls (a
+    /// durable redb commit waits for the disk's fdatasync), which would otherwise hold a
+    /// worker thread and stall every other task of the runtime, including other nodes'
+    /// connections and the application's own tasks. On a current-thread runtime it is a
+    /// task of that runtime.
     fn spawn(future: BoxFuture<'static, ()>) {
-        tokio::spawn(future);
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            // Shared with the thread, so that the future is still here if no thread can
+            // be started.
+            let slot = Arc::new(Mutex::new(Some(future)));
+            let for_thread = Arc::clone(&slot);
+            let on_thread = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("netabase-node".into())
+                .spawn(move || {
+                    if let Some(future) = take(&for_thread) {
+                        on_thread.block_on(future);
+                    }
+                });
+            if started.is_err()
+                && let Some(future) = take(&slot)
+            {
+                handle.spawn(future);
+            }
+        } else {
+            tokio::spawn(future);
+        }
     }
 
     fn sleep(duration: Duration) -> BoxFuture<'static, ()> {

@@ -228,3 +228,43 @@ async fn start_swarm_twice_and_calls_before_start_are_refused() {
     assert!(!node.listen_addresses().await.unwrap().is_empty());
     node.stop_swarm().await.unwrap();
 }
+
+/// A durable commit in one node's driver waits for the disk; with the driver on a runtime
+/// worker that would stall every task of the runtime. Here the only worker is held while a
+/// caller outside the runtime reads a local record: the driver, on its own thread, answers.
+#[test]
+fn a_node_answers_while_every_worker_of_its_runtime_is_held() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = runtime.block_on(start_with(|_| {}));
+    runtime
+        .block_on(node.node.put_record(message(1, "local")))
+        .unwrap();
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move {
+        held_tx.send(()).unwrap();
+        // Blocks the only worker until the read below has its answer (or the test ends).
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let reader = node.node.clone();
+    std::thread::spawn(move || {
+        let got = futures::executor::block_on(reader.get_record(&MessagePrimaryKey(1)));
+        let _ = answer_tx.send(got);
+    });
+    let got = answer_rx.recv_timeout(DEADLINE);
+    release_tx.send(()).unwrap();
+    let got = got
+        .expect("the driver answers while the worker is held")
+        .unwrap()
+        .expect("the record is local");
+    assert_eq!((got.record, got.source), (message(1, "local"), None));
+    runtime.block_on(node.node.stop_swarm()).unwrap();
+}
