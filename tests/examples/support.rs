@@ -1,12 +1,11 @@
-//! Running example programs: finding (and under nextest, refreshing) their executables,
-//! reading their output line by line with deadlines, writing their standard input, and
-//! network namespaces for the programs that multicast.
+//! Running example programs: finding their executables, reading their output line by line
+//! with deadlines, writing their standard input, and network namespaces for the programs
+//! that multicast.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long any single wait may take before the test fails.
@@ -22,42 +21,31 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The executable of example `name`, up to date with its source.
+/// The executable of example `name`.
 ///
-/// `cargo test` and `cargo nextest run` build every example of the package before running
-/// tests, unless a target filter (`--test examples`) leaves them out. Under nextest, which
-/// holds no lock on the build directory while tests run, the example is built here (a
-/// no-op when it is fresh), so a filtered run cannot use a stale one; under `cargo test`
-/// it must have been built already.
+/// `cargo test` and `cargo nextest run` build every example of the package along with the
+/// tests (with the same features), unless a target filter such as `--test examples`
+/// leaves them out; then `cargo build --examples` builds them. An executable older than
+/// its source file fails the test rather than testing old code.
 pub(crate) fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     let path = profile_dir().join("examples").join(name);
-    if std::env::var_os("NEXTEST").is_some() && !built.iter().any(|b| b == name) {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "--profile",
-                "test",
-                "-p",
-                "netabase",
-                "--example",
-                name,
-            ])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build example {name}: {e}"));
-        assert!(status.success(), "building example {name} failed");
-        built.push(name.to_string());
-    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.rs"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = modified(&path).unwrap_or_else(|| {
+        panic!(
+            "{} is missing: run the package's tests without a target filter \
+             (`cargo nextest run -p netabase`) or `cargo build --examples`",
+            path.display()
+        )
+    });
+    let written = modified(&source).expect("the example's source file");
     assert!(
-        path.exists(),
-        "{} is missing: build the examples first (`cargo test` builds them, \
-         `cargo build --examples` too)",
-        path.display()
+        built >= written,
+        "{} is older than {}: rebuild it (`cargo build --examples`)",
+        path.display(),
+        source.display()
     );
     path
 }
