@@ -22,7 +22,8 @@
 //! libp2p peers), `--mode server|client`, `--bootstrap MULTIADDR/p2p/PEER` (repeatable; the
 //! node bootstraps through them at start), `--mdns`/`--no-mdns`, `--metrics ADDR`,
 //! `--control ADDR`, `--no-stdin`, `--stop-on-eof`, `--lookup-patience-ms`,
-//! `--query-timeout-ms`.
+//! `--query-timeout-ms`, `--max-records` (1024 by default: raise it for bulk imports),
+//! `--max-provided-keys`.
 //!
 //! **mDNS is off by default.** A long-running node is usually joined through known
 //! bootstrap peers, and mDNS multicasts the node's addresses on every network interface of

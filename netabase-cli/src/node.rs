@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use netabase::store::RecordStoreConfig;
 use netabase::swarm::NodeMetrics;
 use netabase::swarm::prometheus_client::registry::Registry;
 use netabase::{
@@ -89,6 +90,13 @@ pub struct NodeArgs {
     /// How long one DHT query may take, in milliseconds (default 60 s).
     #[arg(long, value_name = "MS")]
     pub query_timeout_ms: Option<u64>,
+    /// Most records the node's DHT store holds (its own and other peers'); a put beyond
+    /// it is refused.
+    #[arg(long, value_name = "N", default_value_t = RecordStoreConfig::default().max_records)]
+    pub max_records: usize,
+    /// Most keys the node provides.
+    #[arg(long, value_name = "N", default_value_t = RecordStoreConfig::default().max_provided_keys)]
+    pub max_provided_keys: usize,
 }
 
 /// Why the node could not run.
@@ -139,6 +147,13 @@ pub fn config(args: &NodeArgs) -> Result<NetabaseConfig, NodeError> {
         Some(ms) => config.kad.lookup_patience = Some(Duration::from_millis(ms)),
         None => {}
     }
+    if args.max_records == 0 || args.max_provided_keys == 0 {
+        return Err(NodeError::Config(
+            "--max-records and --max-provided-keys must be positive".into(),
+        ));
+    }
+    config.record_store.max_records = args.max_records;
+    config.record_store.max_provided_keys = args.max_provided_keys;
     if let Some(ms) = args.query_timeout_ms {
         if ms == 0 {
             return Err(NodeError::Config(
