@@ -179,7 +179,6 @@ pub fn run(args: NodeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("netabase node: {e}");
             ExitCode::FAILURE
         }
