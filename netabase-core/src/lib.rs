@@ -37,6 +37,7 @@ extern crate std;
 
 pub mod kbucket;
 pub mod key;
+pub mod mdns;
 pub mod message;
 pub mod model;
 mod node;
