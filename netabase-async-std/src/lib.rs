@@ -6,12 +6,17 @@
 //! use async-io's timers, the [`TcpTransport`] of this crate (TCP on async-io with DNS
 //! names resolved on the `blocking` pool, noise encryption, yamux multiplexing) and this
 //! crate's mDNS service, which moves datagrams for the sans-IO mDNS state machine of
-//! `netabase-core`. Nothing here depends on tokio.
+//! `netabase-core`. Nothing here depends on tokio. QUIC is not offered: listen on TCP
+//! addresses (the default configuration also lists a QUIC one).
 //!
 //! ```no_run
 //! # #[cfg(feature = "async-std")]
 //! # async fn demo<D: netabase_store::NetabaseDefinition>() -> Result<(), netabase_async_std::NetabaseError> {
-//! let node = netabase_async_std::AsyncStdNetabase::<D>::new_with_path("./my-node")?;
+//! use netabase_async_std::NetabaseConfig;
+//! let config = NetabaseConfig::default()
+//!     .with_data_dir("./my-node")
+//!     .with_listen_addresses(["/ip4/0.0.0.0/tcp/0".parse().unwrap()]);
+//! let node = netabase_async_std::AsyncStdNetabase::<D>::new_with_config(config)?;
 //! node.start_swarm().await?;
 //! println!("listening on {:?}", node.listen_addresses().await?);
 //! node.stop_swarm().await?;
