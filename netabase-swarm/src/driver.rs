@@ -91,10 +91,22 @@ impl DriverMetrics {
 /// The answer to a query command: the core's result and counters.
 pub(crate) type QueryReply = oneshot::Sender<Result<(QueryResult, QueryStats), NetabaseError>>;
 
+/// A write to the local typed store that must succeed before a put is published. The
+/// driver runs it, on its own thread or task, so that a durable commit (which waits for the
+/// disk) holds no task of the caller.
+pub(crate) struct LocalWrite(pub(crate) Box<dyn FnOnce() -> Result<(), NetabaseError> + Send>);
+
+impl std::fmt::Debug for LocalWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalWrite")
+    }
+}
+
 /// A query an API call starts.
 #[derive(Debug)]
 pub(crate) enum QueryOp {
-    Put(Record),
+    /// The local write first; the record is published only if it succeeds.
+    Put(Record, LocalWrite),
     Get(RecordKey),
     StartProviding(RecordKey),
     GetProviders(RecordKey),
@@ -576,10 +588,20 @@ impl<R: Runtime> Driver<R> {
     fn start_query(&mut self, op: QueryOp, reply: QueryReply) {
         let now = self.now();
         let (kind, started) = match op {
-            QueryOp::Put(record) => (
-                QueryKind::PutRecord,
-                self.node.put_record(now, record, self.settings.put_quorum),
-            ),
+            QueryOp::Put(record, local) => {
+                if let Err(e) = (local.0)() {
+                    if let Some(m) = &self.metrics {
+                        m.node
+                            .operation(operation_label(QueryKind::PutRecord), "refused");
+                    }
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                (
+                    QueryKind::PutRecord,
+                    self.node.put_record(now, record, self.settings.put_quorum),
+                )
+            }
             QueryOp::Get(key) => (
                 QueryKind::GetRecord,
                 self.node.get_record(now, key, self.settings.get_quorum),

@@ -21,7 +21,7 @@ use crate::behaviour::NodeBehaviour;
 use crate::carrier::KadCarrier;
 use crate::config::{NetabaseConfig, StorageBackend};
 use crate::convert::{to_core_peer, to_libp2p_peer, to_multiaddr};
-use crate::driver::{Command, Driver, DriverSettings, QueryOp, Snapshot};
+use crate::driver::{Command, Driver, DriverSettings, LocalWrite, QueryOp, Snapshot};
 use crate::error::NetabaseError;
 use crate::event::{EventSubscriber, NetabaseEvent};
 use crate::handler::Shared;
@@ -456,18 +456,25 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
 
     /// Stores `model` in the local typed store, then publishes it on the DHT (in its
     /// envelope, under its derived key) to the closest peers. The result lists the peers
-    /// that stored it; the local write stands even when no peer did.
+    /// that stored it; the local write stands even when no peer did. The node's driver
+    /// makes the local write, so a durable commit does not hold the calling task (with
+    /// `netabase-tokio` the driver has a thread of its own).
     #[tracing::instrument(level = "debug", skip_all, fields(model = M::NAME))]
     pub async fn put_record<M>(&self, model: M) -> Result<PutRecordResult, NetabaseError>
     where
         M: NetabaseModel<Definition = D>,
     {
         let (store, _) = self.running()?;
-        store.put(&model)?;
         let value: D = model.into();
         let (key, bytes) = Envelope::seal(&value, self.timestamp(), self.inner.core_peer)?;
+        // The driver writes the typed store (durably, on its own thread) and publishes the
+        // record only once that write succeeded.
+        let local = LocalWrite(Box::new(move || {
+            store.put_definition(&value)?;
+            Ok(())
+        }));
         let (result, stats) = self
-            .query(QueryOp::Put(Record::new(key.clone(), bytes)))
+            .query(QueryOp::Put(Record::new(key.clone(), bytes), local))
             .await?;
         let (stored_at, quorum_error) = match result {
             QueryResult::PutRecord(Ok(peers)) => (peers_of(&peers), None),

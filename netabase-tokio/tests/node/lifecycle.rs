@@ -231,7 +231,8 @@ async fn start_swarm_twice_and_calls_before_start_are_refused() {
 
 /// A durable commit in one node's driver waits for the disk; with the driver on a runtime
 /// worker that would stall every task of the runtime. Here the only worker is held while a
-/// caller outside the runtime reads a local record: the driver, on its own thread, answers.
+/// caller outside the runtime reads a local record and puts another (whose durable local
+/// write the driver makes): the driver, on its own thread, answers both.
 #[test]
 fn a_node_answers_while_every_worker_of_its_runtime_is_held() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -248,23 +249,31 @@ fn a_node_answers_while_every_worker_of_its_runtime_is_held() {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     runtime.spawn(async move {
         held_tx.send(()).unwrap();
-        // Blocks the only worker until the read below has its answer (or the test ends).
+        // Blocks the only worker until the calls below have their answers (or the test
+        // ends).
         let _ = release_rx.recv();
     });
     held_rx.recv().unwrap();
 
     let (answer_tx, answer_rx) = std::sync::mpsc::channel();
-    let reader = node.node.clone();
+    let caller = node.node.clone();
     std::thread::spawn(move || {
-        let got = futures::executor::block_on(reader.get_record(&MessagePrimaryKey(1)));
-        let _ = answer_tx.send(got);
+        let got = futures::executor::block_on(caller.get_record(&MessagePrimaryKey(1)));
+        let put = futures::executor::block_on(caller.put_record(message(2, "while held")));
+        let _ = answer_tx.send((got, put));
     });
-    let got = answer_rx.recv_timeout(DEADLINE);
+    let answers = answer_rx.recv_timeout(DEADLINE);
     release_tx.send(()).unwrap();
-    let got = got
-        .expect("the driver answers while the worker is held")
-        .unwrap()
-        .expect("the record is local");
+    let (got, put) = answers.expect("the driver answers while the worker is held");
+    let got = got.unwrap().expect("the record is local");
     assert_eq!((got.record, got.source), (message(1, "local"), None));
+    // No peer to publish to, but the local write stands.
+    assert!(put.unwrap().quorum_error.is_some());
+    assert_eq!(
+        runtime
+            .block_on(node.node.query_local_records::<Message>(10))
+            .unwrap(),
+        vec![message(1, "local"), message(2, "while held")]
+    );
     runtime.block_on(node.node.stop_swarm()).unwrap();
 }
