@@ -3,7 +3,7 @@
 //! Kademlia nodes on 127.0.0.1, the same operation mix on each, and the report.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -112,7 +112,9 @@ impl Settings {
     }
 
     /// The full or the quick run (`NETABASE_BENCH_QUICK=1`), with any of
-    /// `NETABASE_BENCH_{NODES,K,PAYLOAD,CONCURRENCY,WARMUP,OPS,ROUNDS}` overriding.
+    /// `NETABASE_BENCH_{NODES,K,PAYLOAD,CONCURRENCY,WARMUP,OPS,ROUNDS}` overriding, and
+    /// `NETABASE_BENCH_SYSTEMS` (a comma-separated selection of `stock`, `memory`, `redb`)
+    /// choosing the networks.
     pub(crate) fn from_env() -> Result<Settings, String> {
         let quick = std::env::var("NETABASE_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
         let mut s = if quick {
@@ -134,8 +136,27 @@ impl Settings {
                 *field = value.parse().map_err(|e| format!("{var}={value:?}: {e}"))?;
             }
         }
-        if s.nodes < 3 || s.k == 0 || s.concurrency == 0 || s.rounds == 0 || s.ops == 0 {
-            return Err("need NODES >= 3 and K, CONCURRENCY, OPS, ROUNDS >= 1".into());
+        if let Ok(value) = std::env::var("NETABASE_BENCH_SYSTEMS") {
+            s.systems = value
+                .split(',')
+                .map(|name| match name.trim() {
+                    "stock" => Ok(System::Stock),
+                    "memory" => Ok(System::NetabaseMemory),
+                    "redb" => Ok(System::NetabaseRedb),
+                    other => Err(format!(
+                        "NETABASE_BENCH_SYSTEMS: {other:?} is none of stock, memory, redb"
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if s.nodes < 3
+            || s.k == 0
+            || s.concurrency == 0
+            || s.rounds == 0
+            || s.ops == 0
+            || s.systems.is_empty()
+        {
+            return Err("need NODES >= 3, K, CONCURRENCY, OPS, ROUNDS >= 1 and a network".into());
         }
         Ok(s)
     }
@@ -161,6 +182,11 @@ pub(crate) struct SystemReport {
     pub(crate) op: Vec<Duration>,
     /// Bytes of one record's value on the wire (the sealed envelope).
     pub(crate) value_bytes: usize,
+    /// Kademlia requests the nodes served during the measured operations.
+    pub(crate) requests: u64,
+    /// CPU time the whole process used during the measured operations (every network's
+    /// nodes, idle or not, and the load generator), when the platform reports it.
+    pub(crate) cpu_seconds: Option<f64>,
 }
 
 impl SystemReport {
@@ -168,6 +194,24 @@ impl SystemReport {
     pub(crate) fn throughput(&self) -> f64 {
         self.ops as f64 / self.seconds.max(f64::MIN_POSITIVE)
     }
+
+    /// `total` per operation (succeeded or not).
+    pub(crate) fn per_op(&self, total: f64) -> f64 {
+        total / (self.ops + self.failures).max(1) as f64
+    }
+}
+
+/// CPU time (user and system) this process has used so far, from `/proc/self/stat`
+/// (Linux); `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (in parentheses, which may hold spaces) start
+    // with the state (field 3); utime and stime are fields 14 and 15, in 1/100 s.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// The `q`-quantile (0..=1) of sorted `v`.
@@ -211,7 +255,7 @@ impl Report {
             s.nodes, s.k, s.payload, value, s.concurrency, s.rounds, s.ops, s.warmup
         );
         out.push_str(&format!(
-            "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
+            "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>6}\n",
             "network",
             "ops/s",
             "put p50",
@@ -220,12 +264,21 @@ impl Report {
             "get p99",
             "op p50",
             "op p99",
+            "req/op",
+            "CPU/op",
             "failed"
         ));
-        out.push_str(&format!("{:<32} {:>9} {:>59}\n", "", "", "(milliseconds)"));
+        out.push_str(&format!(
+            "{:<32} {:>7} {:>53} {:>7} {:>7}\n",
+            "", "", "(milliseconds)", "", "(ms)"
+        ));
         for r in &self.systems {
+            let cpu = r.cpu_seconds.map_or_else(
+                || "-".to_string(),
+                |c| format!("{:.2}", r.per_op(c) * 1000.0),
+            );
             out.push_str(&format!(
-                "{:<32} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
+                "{:<32} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7} {:>6}\n",
                 r.system.name(),
                 r.throughput(),
                 ms(quantile(&r.put, 0.5)),
@@ -234,6 +287,8 @@ impl Report {
                 ms(quantile(&r.get, 0.99)),
                 ms(quantile(&r.op, 0.5)),
                 ms(quantile(&r.op, 0.99)),
+                r.per_op(r.requests as f64),
+                cpu,
                 r.failures
             ));
         }
@@ -333,6 +388,22 @@ impl Net {
                 } else {
                     Err(format!("get {id}: another record"))
                 }
+            }
+        }
+    }
+
+    /// Kademlia requests every node of the network has served so far.
+    async fn inbound_requests(&self) -> u64 {
+        match self {
+            Net::Stock(n) => n.served.load(Ordering::Relaxed),
+            Net::Netabase(n) => {
+                let mut total = 0;
+                for node in &n.nodes {
+                    if let Ok(stats) = node.stats().await {
+                        total += stats.kad.inbound_requests;
+                    }
+                }
+                total
             }
         }
     }
@@ -471,6 +542,8 @@ struct StockNet {
     commands: Vec<mpsc::UnboundedSender<StockCmd>>,
     peers: Vec<PeerId>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Inbound requests served, every node together.
+    served: Arc<AtomicU64>,
 }
 
 async fn ask<T>(
@@ -489,8 +562,9 @@ impl StockNet {
         let mut peers = Vec::new();
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
+        let served = Arc::new(AtomicU64::new(0));
         for _ in 0..settings.nodes {
-            let (peer, addr, tx, task) = stock_node(settings.k).await?;
+            let (peer, addr, tx, task) = stock_node(settings.k, Arc::clone(&served)).await?;
             peers.push(peer);
             addrs.push(addr);
             commands.push(tx);
@@ -515,6 +589,7 @@ impl StockNet {
             commands,
             peers,
             tasks,
+            served,
         })
     }
 
@@ -553,6 +628,7 @@ impl StockNet {
 /// yamux, `kad::Behaviour` with a `MemoryStore`.
 async fn stock_node(
     k: usize,
+    served: Arc<AtomicU64>,
 ) -> Result<
     (
         PeerId,
@@ -624,10 +700,15 @@ async fn stock_node(
                     }
                 },
                 event = swarm.select_next_some() => {
-                    let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
-                        id, result, step, ..
-                    }) = event else {
-                        continue;
+                    let (id, result, step) = match event {
+                        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                            id, result, step, ..
+                        }) => (id, result, step),
+                        SwarmEvent::Behaviour(kad::Event::InboundRequest { .. }) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => continue,
                     };
                     match result {
                         kad::QueryResult::PutRecord(r) => {
@@ -796,6 +877,8 @@ pub(crate) async fn run(
             get: Vec::new(),
             op: Vec::new(),
             value_bytes: net.value_bytes(settings.payload),
+            requests: 0,
+            cpu_seconds: process_cpu_seconds().map(|_| 0.0),
         })
         .collect();
     for round in 0..settings.rounds {
@@ -806,9 +889,19 @@ pub(crate) async fn run(
                 settings.rounds,
                 system.name()
             ));
+            let served_before = net.inbound_requests().await;
+            let cpu_before = process_cpu_seconds();
             let (b, took) = batch(net, next_id[n], settings.ops, settings).await;
+            let cpu_after = process_cpu_seconds();
+            let served_after = net.inbound_requests().await;
             next_id[n] += settings.ops as u64;
             let r = &mut reports[n];
+            r.requests += served_after.saturating_sub(served_before);
+            if let (Some(total), Some(before), Some(after)) =
+                (r.cpu_seconds.as_mut(), cpu_before, cpu_after)
+            {
+                *total += after - before;
+            }
             r.ops += b.op.len();
             r.failures += b.failures;
             r.seconds += took.as_secs_f64();
