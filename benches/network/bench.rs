@@ -95,7 +95,7 @@ impl Settings {
             concurrency: 16,
             warmup: 200,
             ops: 1000,
-            rounds: 3,
+            rounds: 5,
             systems: vec![System::Stock, System::NetabaseMemory, System::NetabaseRedb],
         }
     }
