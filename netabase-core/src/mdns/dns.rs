@@ -1,19 +1,19 @@
 //! A small, bounded DNS message codec: what mDNS discovery needs and nothing more.
 //!
-//! [`Message::parse`] reads the header, the question section and the three record sections
+//! [`DnsMessage::parse`] reads the header, the question section and the three record sections
 //! of RFC 1035, following name compression pointers (only backwards, at most
 //! [`MAX_POINTER_JUMPS`] per name) and checking every length against the packet, so that
 //! arbitrary bytes give a [`DnsError`], never a panic, and memory stays proportional to the
 //! packet. PTR and TXT record data are decoded; other record data are kept as raw bytes.
-//! [`Message::encode`] writes names uncompressed.
+//! [`DnsMessage::encode`] writes names uncompressed.
 
 use alloc::vec::Vec;
 
-/// Record type PTR.
+/// ResourceRecord type PTR.
 pub const TYPE_PTR: u16 = 12;
-/// Record type TXT.
+/// ResourceRecord type TXT.
 pub const TYPE_TXT: u16 = 16;
-/// Question type ANY.
+/// DnsQuestion type ANY.
 pub const TYPE_ANY: u16 = 255;
 /// Class IN.
 pub const CLASS_IN: u16 = 1;
@@ -49,7 +49,7 @@ pub enum DnsError {
     /// A name is longer than [`MAX_NAME_LENGTH`].
     #[error("name longer than 255 bytes")]
     NameTooLong,
-    /// Record data does not have the length its header states, or does not fit its type.
+    /// ResourceRecord data does not have the length its header states, or does not fit its type.
     #[error("malformed data of a record of type {0}")]
     BadRecordData(u16),
     /// Bytes follow the last record.
@@ -59,7 +59,7 @@ pub enum DnsError {
 
 /// Why a message cannot be written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
+pub enum DnsEncodeError {
     /// A label is empty or longer than [`MAX_LABEL_LENGTH`].
     #[error("label of {0} bytes (must be 1 to 63)")]
     BadLabel(usize),
@@ -69,21 +69,21 @@ pub enum EncodeError {
     /// A TXT string is longer than 255 bytes.
     #[error("TXT string of {0} bytes (at most 255)")]
     TxtTooLong(usize),
-    /// Record data are longer than 65535 bytes, or a section has more than 65535 entries.
+    /// ResourceRecord data are longer than 65535 bytes, or a section has more than 65535 entries.
     #[error("record data or section too large")]
     TooLarge,
 }
 
 /// A domain name as its labels (raw bytes; compared without regard to ASCII case).
 #[derive(Debug, Clone, Default, Eq)]
-pub struct Name {
+pub struct DnsName {
     labels: Vec<Vec<u8>>,
 }
 
-impl Name {
+impl DnsName {
     /// The name whose labels are the dot-separated parts of `dotted` (`"_p2p._udp.local"`).
-    pub fn from_dotted(dotted: &str) -> Name {
-        Name {
+    pub fn from_dotted(dotted: &str) -> DnsName {
+        DnsName {
             labels: dotted
                 .split('.')
                 .filter(|l| !l.is_empty())
@@ -93,8 +93,8 @@ impl Name {
     }
 
     /// The name made of `labels`.
-    pub fn from_labels(labels: Vec<Vec<u8>>) -> Name {
-        Name { labels }
+    pub fn from_labels(labels: Vec<Vec<u8>>) -> DnsName {
+        DnsName { labels }
     }
 
     /// Its labels.
@@ -108,8 +108,8 @@ impl Name {
     }
 }
 
-impl PartialEq for Name {
-    fn eq(&self, other: &Name) -> bool {
+impl PartialEq for DnsName {
+    fn eq(&self, other: &DnsName) -> bool {
         self.labels.len() == other.labels.len()
             && self
                 .labels
@@ -121,9 +121,9 @@ impl PartialEq for Name {
 
 /// One entry of the question section.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Question {
+pub struct DnsQuestion {
     /// The name asked about.
-    pub name: Name,
+    pub name: DnsName,
     /// The record type asked for.
     pub qtype: u16,
     /// The class (the top bit is mDNS's "unicast response" flag).
@@ -134,7 +134,7 @@ pub struct Question {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordData {
     /// A PTR record: the name it points to.
-    Ptr(Name),
+    Ptr(DnsName),
     /// A TXT record: its character strings.
     Txt(Vec<Vec<u8>>),
     /// Any other type: the raw data.
@@ -143,9 +143,9 @@ pub enum RecordData {
 
 /// One resource record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct ResourceRecord {
     /// The owner name.
-    pub name: Name,
+    pub name: DnsName,
     /// The record type (as on the wire, also for [`RecordData::Other`]).
     pub rtype: u16,
     /// The class (the top bit is mDNS's "cache flush" flag).
@@ -156,10 +156,10 @@ pub struct Record {
     pub data: RecordData,
 }
 
-impl Record {
+impl ResourceRecord {
     /// A PTR record.
-    pub fn ptr(name: Name, ttl: u32, target: Name) -> Record {
-        Record {
+    pub fn ptr(name: DnsName, ttl: u32, target: DnsName) -> ResourceRecord {
+        ResourceRecord {
             name,
             rtype: TYPE_PTR,
             class: CLASS_IN,
@@ -169,8 +169,8 @@ impl Record {
     }
 
     /// A TXT record.
-    pub fn txt(name: Name, ttl: u32, strings: Vec<Vec<u8>>) -> Record {
-        Record {
+    pub fn txt(name: DnsName, ttl: u32, strings: Vec<Vec<u8>>) -> ResourceRecord {
+        ResourceRecord {
             name,
             rtype: TYPE_TXT,
             class: CLASS_IN,
@@ -182,19 +182,19 @@ impl Record {
 
 /// A DNS message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Message {
+pub struct DnsMessage {
     /// The transaction id.
     pub id: u16,
     /// The header flags (QR, opcode, AA, TC, RD, RA, Z, RCODE).
     pub flags: u16,
     /// The question section.
-    pub questions: Vec<Question>,
+    pub questions: Vec<DnsQuestion>,
     /// The answer section.
-    pub answers: Vec<Record>,
+    pub answers: Vec<ResourceRecord>,
     /// The authority section.
-    pub authorities: Vec<Record>,
+    pub authorities: Vec<ResourceRecord>,
     /// The additional section.
-    pub additionals: Vec<Record>,
+    pub additionals: Vec<ResourceRecord>,
 }
 
 /// A cursor over a packet.
@@ -222,7 +222,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a possibly compressed name at the cursor.
-    fn name(&mut self) -> Result<Name, DnsError> {
+    fn name(&mut self) -> Result<DnsName, DnsError> {
         let (name, end) = read_name(self.packet, self.pos)?;
         self.pos = end;
         Ok(name)
@@ -230,7 +230,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Reads the name at `start`; returns it and where the data after it begin.
-fn read_name(packet: &[u8], start: usize) -> Result<(Name, usize), DnsError> {
+fn read_name(packet: &[u8], start: usize) -> Result<(DnsName, usize), DnsError> {
     let mut labels = Vec::new();
     let mut wire_len = 1usize;
     let mut pos = start;
@@ -241,7 +241,7 @@ fn read_name(packet: &[u8], start: usize) -> Result<(Name, usize), DnsError> {
         let len = *packet.get(pos).ok_or(DnsError::Truncated)?;
         match len & 0xC0 {
             0x00 if len == 0 => {
-                return Ok((Name { labels }, resume.unwrap_or(pos + 1)));
+                return Ok((DnsName { labels }, resume.unwrap_or(pos + 1)));
             }
             0x00 => {
                 let len = usize::from(len);
@@ -272,7 +272,7 @@ fn read_name(packet: &[u8], start: usize) -> Result<(Name, usize), DnsError> {
 }
 
 /// Reads one resource record at the cursor.
-fn read_record(reader: &mut Reader<'_>) -> Result<Record, DnsError> {
+fn read_record(reader: &mut Reader<'_>) -> Result<ResourceRecord, DnsError> {
     let name = reader.name()?;
     let rtype = reader.u16()?;
     let class = reader.u16()?;
@@ -301,7 +301,7 @@ fn read_record(reader: &mut Reader<'_>) -> Result<Record, DnsError> {
         }
         _ => RecordData::Other(rdata.to_vec()),
     };
-    Ok(Record {
+    Ok(ResourceRecord {
         name,
         rtype,
         class,
@@ -311,7 +311,7 @@ fn read_record(reader: &mut Reader<'_>) -> Result<Record, DnsError> {
 }
 
 /// Reads `count` records (capacity bounded by what the remaining bytes can hold).
-fn read_records(reader: &mut Reader<'_>, count: u16) -> Result<Vec<Record>, DnsError> {
+fn read_records(reader: &mut Reader<'_>, count: u16) -> Result<Vec<ResourceRecord>, DnsError> {
     // A record takes at least 11 bytes (a one-byte name and the fixed fields).
     let room = (reader.packet.len() - reader.pos) / 11;
     let mut records = Vec::with_capacity(usize::from(count).min(room));
@@ -321,9 +321,9 @@ fn read_records(reader: &mut Reader<'_>, count: u16) -> Result<Vec<Record>, DnsE
     Ok(records)
 }
 
-impl Message {
+impl DnsMessage {
     /// Parses `packet`.
-    pub fn parse(packet: &[u8]) -> Result<Message, DnsError> {
+    pub fn parse(packet: &[u8]) -> Result<DnsMessage, DnsError> {
         if packet.len() > MAX_PACKET_SIZE {
             return Err(DnsError::TooLarge(packet.len()));
         }
@@ -341,7 +341,7 @@ impl Message {
             let name = reader.name()?;
             let qtype = reader.u16()?;
             let qclass = reader.u16()?;
-            questions.push(Question {
+            questions.push(DnsQuestion {
                 name,
                 qtype,
                 qclass,
@@ -353,7 +353,7 @@ impl Message {
         if reader.pos != packet.len() {
             return Err(DnsError::TrailingBytes(packet.len() - reader.pos));
         }
-        Ok(Message {
+        Ok(DnsMessage {
             id,
             flags,
             questions,
@@ -369,7 +369,7 @@ impl Message {
     }
 
     /// Writes the message (names uncompressed).
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+    pub fn encode(&self) -> Result<Vec<u8>, DnsEncodeError> {
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&self.flags.to_be_bytes());
@@ -379,7 +379,7 @@ impl Message {
             self.authorities.len(),
             self.additionals.len(),
         ] {
-            let count = u16::try_from(count).map_err(|_| EncodeError::TooLarge)?;
+            let count = u16::try_from(count).map_err(|_| DnsEncodeError::TooLarge)?;
             out.extend_from_slice(&count.to_be_bytes());
         }
         for q in &self.questions {
@@ -399,13 +399,13 @@ impl Message {
     }
 }
 
-fn write_name(out: &mut Vec<u8>, name: &Name) -> Result<(), EncodeError> {
+fn write_name(out: &mut Vec<u8>, name: &DnsName) -> Result<(), DnsEncodeError> {
     if name.wire_len() > MAX_NAME_LENGTH {
-        return Err(EncodeError::NameTooLong);
+        return Err(DnsEncodeError::NameTooLong);
     }
     for label in &name.labels {
         if label.is_empty() || label.len() > MAX_LABEL_LENGTH {
-            return Err(EncodeError::BadLabel(label.len()));
+            return Err(DnsEncodeError::BadLabel(label.len()));
         }
         out.push(label.len() as u8);
         out.extend_from_slice(label);
@@ -414,7 +414,7 @@ fn write_name(out: &mut Vec<u8>, name: &Name) -> Result<(), EncodeError> {
     Ok(())
 }
 
-fn write_record(out: &mut Vec<u8>, record: &Record) -> Result<(), EncodeError> {
+fn write_record(out: &mut Vec<u8>, record: &ResourceRecord) -> Result<(), DnsEncodeError> {
     write_name(out, &record.name)?;
     out.extend_from_slice(&record.rtype.to_be_bytes());
     out.extend_from_slice(&record.class.to_be_bytes());
@@ -424,14 +424,14 @@ fn write_record(out: &mut Vec<u8>, record: &Record) -> Result<(), EncodeError> {
         RecordData::Ptr(target) => write_name(&mut data, target)?,
         RecordData::Txt(strings) => {
             for s in strings {
-                let len = u8::try_from(s.len()).map_err(|_| EncodeError::TxtTooLong(s.len()))?;
+                let len = u8::try_from(s.len()).map_err(|_| DnsEncodeError::TxtTooLong(s.len()))?;
                 data.push(len);
                 data.extend_from_slice(s);
             }
         }
         RecordData::Other(raw) => data.extend_from_slice(raw),
     }
-    let len = u16::try_from(data.len()).map_err(|_| EncodeError::TooLarge)?;
+    let len = u16::try_from(data.len()).map_err(|_| DnsEncodeError::TooLarge)?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&data);
     Ok(())
@@ -442,19 +442,19 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    fn sample() -> Message {
-        Message {
+    fn sample() -> DnsMessage {
+        DnsMessage {
             id: 0xBEEF,
             flags: FLAGS_RESPONSE,
             questions: vec![],
-            answers: vec![Record::ptr(
-                Name::from_dotted("_p2p._udp.local"),
+            answers: vec![ResourceRecord::ptr(
+                DnsName::from_dotted("_p2p._udp.local"),
                 120,
-                Name::from_dotted("peer123"),
+                DnsName::from_dotted("peer123"),
             )],
             authorities: vec![],
-            additionals: vec![Record::txt(
-                Name::from_dotted("peer123"),
+            additionals: vec![ResourceRecord::txt(
+                DnsName::from_dotted("peer123"),
                 120,
                 vec![b"dnsaddr=/ip4/10.0.0.1/tcp/1".to_vec(), b"".to_vec()],
             )],
@@ -465,33 +465,33 @@ mod tests {
     fn a_message_survives_encoding_and_parsing() {
         let m = sample();
         let bytes = m.encode().unwrap();
-        assert_eq!(Message::parse(&bytes).unwrap(), m);
+        assert_eq!(DnsMessage::parse(&bytes).unwrap(), m);
     }
 
     #[test]
     fn names_compare_without_regard_to_ascii_case() {
         assert_eq!(
-            Name::from_dotted("_P2P._udp.LOCAL"),
-            Name::from_dotted("_p2p._udp.local")
+            DnsName::from_dotted("_P2P._udp.LOCAL"),
+            DnsName::from_dotted("_p2p._udp.local")
         );
         assert_ne!(
-            Name::from_dotted("_p2p._udp"),
-            Name::from_dotted("_p2p._udp.local")
+            DnsName::from_dotted("_p2p._udp"),
+            DnsName::from_dotted("_p2p._udp.local")
         );
     }
 
     #[test]
     fn compressed_names_are_followed_backwards_only() {
         // A query for _p2p._udp.local, then an answer whose name points at the question's.
-        let mut m = Message {
+        let mut m = DnsMessage {
             id: 1,
             flags: FLAGS_RESPONSE,
-            questions: vec![Question {
-                name: Name::from_dotted("_p2p._udp.local"),
+            questions: vec![DnsQuestion {
+                name: DnsName::from_dotted("_p2p._udp.local"),
                 qtype: TYPE_PTR,
                 qclass: CLASS_IN,
             }],
-            ..Message::default()
+            ..DnsMessage::default()
         };
         let mut bytes = m.encode().unwrap();
         bytes[7] = 1; // ancount
@@ -501,11 +501,11 @@ mod tests {
         bytes.extend_from_slice(&60u32.to_be_bytes());
         bytes.extend_from_slice(&2u16.to_be_bytes());
         bytes.extend_from_slice(&[0xC0, 17]); // to "_udp.local"
-        let parsed = Message::parse(&bytes).unwrap();
-        m.answers.push(Record::ptr(
-            Name::from_dotted("_p2p._udp.local"),
+        let parsed = DnsMessage::parse(&bytes).unwrap();
+        m.answers.push(ResourceRecord::ptr(
+            DnsName::from_dotted("_p2p._udp.local"),
             60,
-            Name::from_dotted("_udp.local"),
+            DnsName::from_dotted("_udp.local"),
         ));
         assert_eq!(parsed, m);
 
@@ -513,59 +513,66 @@ mod tests {
         let mut looped = bytes.clone();
         let at = looped.len() - 2;
         looped[at + 1] = at as u8;
-        assert_eq!(Message::parse(&looped), Err(DnsError::BadPointer));
+        assert_eq!(DnsMessage::parse(&looped), Err(DnsError::BadPointer));
     }
 
     #[test]
     fn malformed_packets_give_typed_errors() {
         let good = sample().encode().unwrap();
-        assert_eq!(Message::parse(&good[..5]), Err(DnsError::Truncated));
+        assert_eq!(DnsMessage::parse(&good[..5]), Err(DnsError::Truncated));
         assert_eq!(
-            Message::parse(&good[..good.len() - 1]),
+            DnsMessage::parse(&good[..good.len() - 1]),
             Err(DnsError::Truncated)
         );
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(Message::parse(&trailing), Err(DnsError::TrailingBytes(1)));
+        assert_eq!(
+            DnsMessage::parse(&trailing),
+            Err(DnsError::TrailingBytes(1))
+        );
         let mut bad_label = good.clone();
         bad_label[12] = 0x40;
-        assert_eq!(Message::parse(&bad_label), Err(DnsError::BadLabel(0x40)));
+        assert_eq!(DnsMessage::parse(&bad_label), Err(DnsError::BadLabel(0x40)));
         assert_eq!(
-            Message::parse(&vec![0; MAX_PACKET_SIZE + 1]),
+            DnsMessage::parse(&vec![0; MAX_PACKET_SIZE + 1]),
             Err(DnsError::TooLarge(MAX_PACKET_SIZE + 1))
         );
         // A header claiming 65535 answers in a short packet.
         let mut header = vec![0u8; 12];
         header[6] = 0xFF;
         header[7] = 0xFF;
-        assert_eq!(Message::parse(&header), Err(DnsError::Truncated));
+        assert_eq!(DnsMessage::parse(&header), Err(DnsError::Truncated));
     }
 
     #[test]
     fn oversized_names_and_strings_are_not_written() {
-        let long = Name::from_labels(vec![vec![b'a'; 63]; 4]);
-        let m = Message {
-            questions: vec![Question {
+        let long = DnsName::from_labels(vec![vec![b'a'; 63]; 4]);
+        let m = DnsMessage {
+            questions: vec![DnsQuestion {
                 name: long,
                 qtype: TYPE_PTR,
                 qclass: CLASS_IN,
             }],
-            ..Message::default()
+            ..DnsMessage::default()
         };
-        assert_eq!(m.encode(), Err(EncodeError::NameTooLong));
-        let m = Message {
-            answers: vec![Record::txt(Name::from_dotted("a"), 1, vec![vec![0; 256]])],
-            ..Message::default()
-        };
-        assert_eq!(m.encode(), Err(EncodeError::TxtTooLong(256)));
-        let m = Message {
-            answers: vec![Record::ptr(
-                Name::from_labels(vec![vec![]]),
+        assert_eq!(m.encode(), Err(DnsEncodeError::NameTooLong));
+        let m = DnsMessage {
+            answers: vec![ResourceRecord::txt(
+                DnsName::from_dotted("a"),
                 1,
-                Name::default(),
+                vec![vec![0; 256]],
             )],
-            ..Message::default()
+            ..DnsMessage::default()
         };
-        assert_eq!(m.encode(), Err(EncodeError::BadLabel(0)));
+        assert_eq!(m.encode(), Err(DnsEncodeError::TxtTooLong(256)));
+        let m = DnsMessage {
+            answers: vec![ResourceRecord::ptr(
+                DnsName::from_labels(vec![vec![]]),
+                1,
+                DnsName::default(),
+            )],
+            ..DnsMessage::default()
+        };
+        assert_eq!(m.encode(), Err(DnsEncodeError::BadLabel(0)));
     }
 }

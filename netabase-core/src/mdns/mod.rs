@@ -33,7 +33,10 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::peer::PeerId;
 use crate::time::Instant;
-use dns::{CLASS_IN, DnsError, FLAGS_RESPONSE, Message, Name, Question, Record, RecordData};
+use dns::{
+    CLASS_IN, DnsError, DnsMessage, DnsName, DnsQuestion, FLAGS_RESPONSE, RecordData,
+    ResourceRecord,
+};
 
 /// The mDNS service name of libp2p peers.
 pub const SERVICE_NAME: &str = "_p2p._udp.local";
@@ -111,7 +114,7 @@ pub enum MdnsOutput {
 
 /// What a received datagram was.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Received {
+pub enum MdnsPacketKind {
     /// A query for libp2p peers (answered if this node has addresses on the interface).
     Query,
     /// A DNS-SD service enumeration query (answered).
@@ -284,25 +287,25 @@ impl Mdns {
         interface: IpAddr,
         from: SocketAddr,
         packet: &[u8],
-    ) -> Result<Received, MdnsError> {
+    ) -> Result<MdnsPacketKind, MdnsError> {
         if !self.interfaces.contains_key(&interface) {
             return Err(MdnsError::UnknownInterface);
         }
-        let message = Message::parse(packet)?;
+        let message = DnsMessage::parse(packet)?;
         if message.is_response() || message.questions.is_empty() {
             let peers = self.handle_response(now, interface, from, &message);
-            return Ok(Received::Response { peers });
+            return Ok(MdnsPacketKind::Response { peers });
         }
-        let service = Name::from_dotted(SERVICE_NAME);
-        let meta = Name::from_dotted(META_QUERY_SERVICE);
+        let service = DnsName::from_dotted(SERVICE_NAME);
+        let meta = DnsName::from_dotted(META_QUERY_SERVICE);
         if message.questions.iter().any(|q| q.name == service) {
             self.answer_query(interface, message.id);
-            Ok(Received::Query)
+            Ok(MdnsPacketKind::Query)
         } else if message.questions.iter().any(|q| q.name == meta) {
             self.answer_service_discovery(interface, message.id);
-            Ok(Received::ServiceDiscovery)
+            Ok(MdnsPacketKind::ServiceDiscovery)
         } else {
-            Ok(Received::Ignored)
+            Ok(MdnsPacketKind::Ignored)
         }
     }
 
@@ -316,15 +319,15 @@ impl Mdns {
 
     /// A PTR query for the libp2p service with a random id.
     fn query_packet(&mut self) -> Vec<u8> {
-        let message = Message {
+        let message = DnsMessage {
             id: self.rng.next_u32() as u16,
             flags: 0,
-            questions: alloc::vec![Question {
-                name: Name::from_dotted(SERVICE_NAME),
+            questions: alloc::vec![DnsQuestion {
+                name: DnsName::from_dotted(SERVICE_NAME),
                 qtype: dns::TYPE_PTR,
                 qclass: CLASS_IN,
             }],
-            ..Message::default()
+            ..DnsMessage::default()
         };
         message.encode().unwrap_or_default()
     }
@@ -337,13 +340,13 @@ impl Mdns {
     }
 
     /// A random single-label name for one response (32 to 63 alphanumeric characters).
-    fn random_peer_name(&mut self) -> Name {
+    fn random_peer_name(&mut self) -> DnsName {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let len = 32 + (self.rng.next_u32() % 32) as usize;
         let label = (0..len)
             .map(|_| ALPHABET[(self.rng.next_u32() % ALPHABET.len() as u32) as usize])
             .collect();
-        Name::from_labels(alloc::vec![label])
+        DnsName::from_labels(alloc::vec![label])
     }
 
     /// Answers a query with this node's addresses on `interface`, in as many packets as
@@ -351,34 +354,35 @@ impl Mdns {
     fn answer_query(&mut self, interface: IpAddr, id: u16) {
         let ttl = self.ttl_secs();
         let name = self.random_peer_name();
-        let txts: Vec<Record> = self
+        let txts: Vec<ResourceRecord> = self
             .listen_addresses
             .iter()
             .filter(|a| leading_ip(a) == Some(interface))
             .map(|a| format!("{DNSADDR_PREFIX}{a}/p2p/{}", self.local_base58))
             .filter(|txt| txt.len() <= MAX_TXT_LENGTH && txt.is_ascii() && !txt.contains(' '))
             .map(|txt| {
-                let mut record = Record::txt(name.clone(), ttl, alloc::vec![txt.into_bytes()]);
+                let mut record =
+                    ResourceRecord::txt(name.clone(), ttl, alloc::vec![txt.into_bytes()]);
                 // Cache-flush class, as libp2p-mdns writes its TXT records.
                 record.class = 0x8000 | CLASS_IN;
                 record
             })
             .collect();
-        let ptr = Record::ptr(Name::from_dotted(SERVICE_NAME), ttl, name);
-        let mut chunks: Vec<Vec<Record>> = txts
+        let ptr = ResourceRecord::ptr(DnsName::from_dotted(SERVICE_NAME), ttl, name);
+        let mut chunks: Vec<Vec<ResourceRecord>> = txts
             .chunks(MAX_RECORDS_PER_PACKET)
-            .map(<[Record]>::to_vec)
+            .map(<[ResourceRecord]>::to_vec)
             .collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
         for additionals in chunks {
-            let message = Message {
+            let message = DnsMessage {
                 id,
                 flags: FLAGS_RESPONSE,
                 answers: alloc::vec![ptr.clone()],
                 additionals,
-                ..Message::default()
+                ..DnsMessage::default()
             };
             if let Ok(packet) = message.encode() {
                 self.queue(interface, packet);
@@ -388,17 +392,17 @@ impl Mdns {
 
     /// Answers a DNS-SD enumeration: this link offers the libp2p service.
     fn answer_service_discovery(&mut self, interface: IpAddr, id: u16) {
-        let mut record = Record::ptr(
-            Name::from_dotted(META_QUERY_SERVICE),
+        let mut record = ResourceRecord::ptr(
+            DnsName::from_dotted(META_QUERY_SERVICE),
             self.ttl_secs(),
-            Name::from_dotted(SERVICE_NAME),
+            DnsName::from_dotted(SERVICE_NAME),
         );
         record.class = 0x8000 | CLASS_IN;
-        let message = Message {
+        let message = DnsMessage {
             id,
             flags: FLAGS_RESPONSE,
             answers: alloc::vec![record],
-            ..Message::default()
+            ..DnsMessage::default()
         };
         if let Ok(packet) = message.encode() {
             self.queue(interface, packet);
@@ -412,9 +416,9 @@ impl Mdns {
         now: Instant,
         interface: IpAddr,
         from: SocketAddr,
-        message: &Message,
+        message: &DnsMessage,
     ) -> usize {
-        let service = Name::from_dotted(SERVICE_NAME);
+        let service = DnsName::from_dotted(SERVICE_NAME);
         let mut peers = 0;
         let mut found_any = false;
         for answer in &message.answers {
@@ -459,7 +463,11 @@ impl Mdns {
     /// The peer and addresses the TXT records named `target` announce: every
     /// `dnsaddr=<multiaddr>/p2p/<peer>` string, all for one peer (strings for another peer,
     /// or without a valid peer id, are skipped).
-    fn announced_peer(&self, message: &Message, target: &Name) -> Option<(PeerId, Vec<String>)> {
+    fn announced_peer(
+        &self,
+        message: &DnsMessage,
+        target: &DnsName,
+    ) -> Option<(PeerId, Vec<String>)> {
         let mut peer: Option<PeerId> = None;
         let mut addresses = Vec::new();
         let strings = message

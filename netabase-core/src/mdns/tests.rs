@@ -9,7 +9,7 @@ use core::time::Duration;
 
 use proptest::prelude::*;
 
-use super::dns::{self, Message, Name, Question, Record, RecordData};
+use super::dns::{self, DnsMessage, DnsName, DnsQuestion, RecordData, ResourceRecord};
 use super::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -56,15 +56,15 @@ fn two_nodes_discover_each_other_by_query_and_response() {
     a.handle_timeout(at(0));
     let query = transmits(&outputs(&mut a));
     assert_eq!(query.len(), 1, "one query on the one interface");
-    let parsed = Message::parse(&query[0]).unwrap();
-    assert_eq!(parsed.questions[0].name, Name::from_dotted(SERVICE_NAME));
+    let parsed = DnsMessage::parse(&query[0]).unwrap();
+    assert_eq!(parsed.questions[0].name, DnsName::from_dotted(SERVICE_NAME));
     assert_eq!(parsed.questions[0].qtype, dns::TYPE_PTR);
 
     let got = b.handle_datagram(at(1), ip("10.0.0.2"), sock("10.0.0.1:40000"), &query[0]);
-    assert_eq!(got, Ok(Received::Query));
+    assert_eq!(got, Ok(MdnsPacketKind::Query));
     let response = transmits(&outputs(&mut b));
     assert_eq!(response.len(), 1);
-    let parsed = Message::parse(&response[0]).unwrap();
+    let parsed = DnsMessage::parse(&response[0]).unwrap();
     assert!(parsed.is_response());
     // Only the address on the interface the query came in on is announced.
     let txt: Vec<&RecordData> = parsed.additionals.iter().map(|r| &r.data).collect();
@@ -75,7 +75,7 @@ fn two_nodes_discover_each_other_by_query_and_response() {
     assert_eq!(txt, vec![&RecordData::Txt(vec![expected.into_bytes()])]);
 
     let got = a.handle_datagram(at(2), ip("10.0.0.1"), sock("10.0.0.2:5353"), &response[0]);
-    assert_eq!(got, Ok(Received::Response { peers: 1 }));
+    assert_eq!(got, Ok(MdnsPacketKind::Response { peers: 1 }));
     assert_eq!(
         outputs(&mut a),
         vec![MdnsOutput::Discovered {
@@ -101,7 +101,7 @@ fn a_node_ignores_its_own_answers_and_unknown_interfaces() {
     let own = transmits(&outputs(&mut a));
     assert_eq!(
         a.handle_datagram(at(2), ip("10.0.0.1"), sock("10.0.0.1:5353"), &own[0]),
-        Ok(Received::Response { peers: 0 })
+        Ok(MdnsPacketKind::Response { peers: 0 })
     );
     assert!(outputs(&mut a).is_empty());
     assert_eq!(
@@ -276,7 +276,7 @@ fn a_libp2p_mdns_response_is_understood_and_translated_to_the_sender_ip() {
     let packet = libp2p_style_response("x7Kd93hsQ0aLmMzz02nDtT5yx1cRVb4W", &txts, 360);
     // Seen from 10.0.0.7 (say, behind a second address of the same host).
     let got = a.handle_datagram(at(0), ip("10.0.0.1"), sock("10.0.0.7:5353"), &packet);
-    assert_eq!(got, Ok(Received::Response { peers: 1 }));
+    assert_eq!(got, Ok(MdnsPacketKind::Response { peers: 1 }));
     let found: Vec<MdnsOutput> = outputs(&mut a);
     assert_eq!(
         found,
@@ -308,10 +308,10 @@ fn a_libp2p_mdns_query_is_answered() {
     let mut a = node(1, "10.0.0.1");
     assert_eq!(
         a.handle_datagram(at(0), ip("10.0.0.1"), sock("10.0.0.3:5353"), &query),
-        Ok(Received::Query)
+        Ok(MdnsPacketKind::Query)
     );
     let response = transmits(&outputs(&mut a));
-    let parsed = Message::parse(&response[0]).unwrap();
+    let parsed = DnsMessage::parse(&response[0]).unwrap();
     assert_eq!(parsed.id, 0x1234);
     assert_eq!(parsed.flags, dns::FLAGS_RESPONSE);
     assert_eq!(parsed.answers.len(), 1);
@@ -332,12 +332,12 @@ fn a_libp2p_mdns_query_is_answered() {
     meta.extend_from_slice(&[0, 0x00, 0x0C, 0x00, 0x01]);
     assert_eq!(
         a.handle_datagram(at(0), ip("10.0.0.1"), sock("10.0.0.3:5353"), &meta),
-        Ok(Received::ServiceDiscovery)
+        Ok(MdnsPacketKind::ServiceDiscovery)
     );
-    let answer = Message::parse(&transmits(&outputs(&mut a))[0]).unwrap();
+    let answer = DnsMessage::parse(&transmits(&outputs(&mut a))[0]).unwrap();
     assert_eq!(
         answer.answers[0].data,
-        RecordData::Ptr(Name::from_dotted(SERVICE_NAME))
+        RecordData::Ptr(DnsName::from_dotted(SERVICE_NAME))
     );
 }
 
@@ -359,11 +359,11 @@ fn many_addresses_are_split_over_several_packets() {
         .iter()
         .map(|p| {
             assert!(p.len() <= dns::MAX_PACKET_SIZE);
-            Message::parse(p).unwrap().additionals.len()
+            DnsMessage::parse(p).unwrap().additionals.len()
         })
         .sum();
     assert_eq!(total, 70);
-    // Received by another node: all 70 of one peer, bounded by max_addresses_per_peer.
+    // MdnsPacketKind by another node: all 70 of one peer, bounded by max_addresses_per_peer.
     let mut b = node(2, "10.0.0.2");
     for p in &packets {
         b.handle_datagram(at(0), ip("10.0.0.2"), sock("10.0.0.1:5353"), p)
@@ -458,12 +458,12 @@ fn dnsaddr_strings_are_parsed_strictly() {
     assert_eq!(parse_dnsaddr(&[0xFF, 0xFE]), None);
 }
 
-fn name_strategy() -> impl Strategy<Value = Name> {
+fn name_strategy() -> impl Strategy<Value = DnsName> {
     proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..20), 0..5)
-        .prop_map(Name::from_labels)
+        .prop_map(DnsName::from_labels)
 }
 
-fn record_strategy() -> impl Strategy<Value = Record> {
+fn record_strategy() -> impl Strategy<Value = ResourceRecord> {
     (
         name_strategy(),
         any::<u16>(),
@@ -482,7 +482,7 @@ fn record_strategy() -> impl Strategy<Value = Record> {
                 // Any type but the two decoded ones.
                 RecordData::Other(_) => 1,
             };
-            Record {
+            ResourceRecord {
                 name,
                 rtype,
                 class,
@@ -492,14 +492,14 @@ fn record_strategy() -> impl Strategy<Value = Record> {
         })
 }
 
-fn message_strategy() -> impl Strategy<Value = Message> {
+fn message_strategy() -> impl Strategy<Value = DnsMessage> {
     let records = || proptest::collection::vec(record_strategy(), 0..4);
     (
         any::<u16>(),
         any::<u16>(),
         proptest::collection::vec(
             (name_strategy(), any::<u16>(), any::<u16>()).prop_map(|(name, qtype, qclass)| {
-                Question {
+                DnsQuestion {
                     name,
                     qtype,
                     qclass,
@@ -512,7 +512,7 @@ fn message_strategy() -> impl Strategy<Value = Message> {
         records(),
     )
         .prop_map(
-            |(id, flags, questions, answers, authorities, additionals)| Message {
+            |(id, flags, questions, answers, authorities, additionals)| DnsMessage {
                 id,
                 flags,
                 questions,
@@ -528,7 +528,7 @@ proptest! {
     fn arbitrary_bytes_never_panic_the_codec_or_the_state_machine(
         bytes in proptest::collection::vec(any::<u8>(), 0..600),
     ) {
-        let _ = Message::parse(&bytes);
+        let _ = DnsMessage::parse(&bytes);
         let mut a = node(1, "10.0.0.1");
         let _ = a.handle_datagram(at(0), ip("10.0.0.1"), sock("10.0.0.2:5353"), &bytes);
         a.handle_timeout(at(1));
@@ -556,9 +556,9 @@ proptest! {
     #[test]
     fn messages_survive_encoding_and_parsing(message in message_strategy()) {
         match message.encode() {
-            Ok(bytes) => prop_assert_eq!(Message::parse(&bytes), Ok(message)),
+            Ok(bytes) => prop_assert_eq!(DnsMessage::parse(&bytes), Ok(message)),
             // Only names over 255 bytes cannot be written.
-            Err(e) => prop_assert_eq!(e, dns::EncodeError::NameTooLong),
+            Err(e) => prop_assert_eq!(e, dns::DnsEncodeError::NameTooLong),
         }
     }
 }
