@@ -56,6 +56,9 @@ impl RedbBackend {
         if let Some(bytes) = options.cache_size {
             builder.set_cache_size(bytes);
         }
+        if !path.exists() {
+            create_atomically(&builder, path)?;
+        }
         let db = builder.create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen {
                 path: PathBuf::from(path),
@@ -67,6 +70,62 @@ impl RedbBackend {
             durability: options.durability,
         })
     }
+}
+
+/// Creates a new, empty database file at `path` so that no crash can leave a half-written
+/// file there.
+///
+/// redb initialises a new file in several writes; a process killed in between leaves a file
+/// that no later open accepts ("invalid data"), so a store that never held a write would be
+/// unusable. The file is therefore initialised under a temporary name in the same directory,
+/// made durable, and hard-linked into place: linking is atomic and never replaces an
+/// existing file, so when two processes create the store at once one file wins and both
+/// open it (the second open then fails with [`StoreError::AlreadyOpen`] as usual). The
+/// directory is synced so that the new name itself survives a power loss.
+fn create_atomically(builder: &redb::Builder, path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.creating-{}", std::process::id()));
+    // A leftover of this process id (a previous crash of a process that had the same id).
+    let _ = std::fs::remove_file(&temp);
+    let created = builder.create(&temp).map_err(map_err).and_then(|db| {
+        drop(db);
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::Io)
+    });
+    let linked = created.and_then(|()| match std::fs::hard_link(&temp, path) {
+        Ok(()) => Ok(()),
+        // Another process created the store first: open that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: a rename is atomic too, only not exclusive.
+        Err(_) if !path.exists() => std::fs::rename(&temp, path).map_err(StoreError::Io),
+        Err(e) => Err(StoreError::Io(e)),
+    });
+    let _ = std::fs::remove_file(&temp);
+    linked?;
+    sync_dir(&dir)
+}
+
+/// Makes the directory entries of `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::Io)
+}
+
+/// Directories cannot be opened and synced on this platform; redb's own sync covers the
+/// file.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
 }
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
