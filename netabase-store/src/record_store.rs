@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::guard::TxGuard;
 use crate::backend::{
-    AnyBackend, Backend, BackendConfig, FULL_RANGE, KeyRange, MemoryBackend, ReadTransaction,
-    WriteTransaction, prefix_end,
+    AnyBackend, Backend, BackendConfig, Durability, FULL_RANGE, KeyRange, MemoryBackend,
+    ReadTransaction, WriteTransaction, prefix_end,
 };
 use crate::codec;
 use crate::error::StoreError;
@@ -62,6 +62,8 @@ pub struct PersistentRecordStore<B: Backend = AnyBackend> {
     local: PeerId,
     config: RecordStoreConfig,
     validator: Option<Validator>,
+    /// The durability of this store's writes (`None`: the backend's own).
+    durability: Option<Durability>,
 }
 
 impl<B: Backend> std::fmt::Debug for PersistentRecordStore<B> {
@@ -71,6 +73,7 @@ impl<B: Backend> std::fmt::Debug for PersistentRecordStore<B> {
             .field("local", &self.local)
             .field("config", &self.config)
             .field("validating", &self.validator.is_some())
+            .field("durability", &self.durability)
             .finish()
     }
 }
@@ -251,7 +254,25 @@ impl<B: Backend> PersistentRecordStore<B> {
             local,
             config,
             validator: None,
+            durability: None,
         }
+    }
+
+    /// Commit this store's writes with `durability` instead of the backend's default.
+    ///
+    /// With [`Durability::Deferred`] a write returns before it is durable; whoever drives
+    /// the node must then call [`Backend::sync`] (through [`PersistentRecordStore::sync`])
+    /// before anything that acknowledges the write leaves the node. The node's drivers do
+    /// so before every output, so the writes made while handling a burst of requests share
+    /// one `fdatasync` (group commit).
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Makes every committed write of the backend durable; no I/O when none was deferred.
+    pub fn sync(&self) -> Result<(), CoreError> {
+        self.backend.sync().map_err(backend_error)
     }
 
     /// Refuse records from the network whose value is not a valid typed record of
@@ -293,7 +314,11 @@ impl<B: Backend> PersistentRecordStore<B> {
         f: impl FnOnce(&mut B::Write<'_>) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
         let _guard = self.guard()?;
-        let mut tx = self.backend.begin_write().map_err(backend_error)?;
+        let mut tx = match self.durability {
+            Some(durability) => self.backend.begin_write_with(durability),
+            None => self.backend.begin_write(),
+        }
+        .map_err(backend_error)?;
         let out = f(&mut tx)?;
         tx.commit().map_err(backend_error)?;
         Ok(out)

@@ -11,7 +11,9 @@ use netabase_core::model::{
 use serde::Serialize;
 
 use crate::backend::guard::TxGuard;
-use crate::backend::{AnyBackend, Backend, BackendConfig, MemoryBackend, WriteTransaction};
+use crate::backend::{
+    AnyBackend, Backend, BackendConfig, Durability, MemoryBackend, WriteTransaction,
+};
 use crate::error::Result;
 #[allow(unused_imports)] // for documentation links
 use crate::error::StoreError;
@@ -124,14 +126,42 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
     /// clone) from `f` fails with [`StoreError::NestedTransaction`].
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_, D, B>) -> Result<T>) -> Result<T> {
         let _guard = self.guard()?;
+        self.write_in(self.backend.begin_write()?, f)
+    }
+
+    /// Like [`Store::write`], with `durability` for this transaction whatever the store was
+    /// opened with. A [`Durability::Deferred`] commit is visible at once and made durable
+    /// by the next [`Store::sync`]: many transactions then share one `fdatasync` (group
+    /// commit), and nothing that depends on them may be acknowledged before that sync.
+    pub fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTx<'_, D, B>) -> Result<T>,
+    ) -> Result<T> {
+        let _guard = self.guard()?;
+        self.write_in(self.backend.begin_write_with(durability)?, f)
+    }
+
+    fn write_in<'s, T>(
+        &'s self,
+        tx: B::Write<'s>,
+        f: impl FnOnce(&mut WriteTx<'_, D, B>) -> Result<T>,
+    ) -> Result<T> {
         let mut tx = WriteTx {
-            tx: self.backend.begin_write()?,
+            tx,
             tables: &self.tables,
             _definition: PhantomData,
         };
         let out = f(&mut tx)?;
         tx.tx.commit()?;
         Ok(out)
+    }
+
+    /// Makes every committed transaction durable (see [`Store::write_with`]); no I/O when
+    /// none was deferred.
+    pub fn sync(&self) -> Result<()> {
+        let _guard = self.guard()?;
+        self.backend.sync()
     }
 
     /// Runs `f` in a read transaction: every read inside sees the same committed state.

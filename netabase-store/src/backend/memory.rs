@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
 use super::{
-    Backend, BackendKind, KeyRange, ReadTransaction, ValueReader, Visitor, WriteTransaction,
+    Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
+    WriteTransaction,
 };
 use crate::error::Result;
 
@@ -97,6 +98,16 @@ impl Backend for MemoryBackend {
 
     fn begin_write(&self) -> Result<MemoryWrite<'_>> {
         Ok(MemoryWrite(self.inner.begin_write(false)))
+    }
+
+    /// Memory is never durable: the same as [`Backend::begin_write`].
+    fn begin_write_with(&self, _durability: Durability) -> Result<MemoryWrite<'_>> {
+        self.begin_write()
+    }
+
+    /// Nothing to make durable.
+    fn sync(&self) -> Result<()> {
+        Ok(())
     }
 
     fn kind(&self) -> BackendKind {

@@ -190,6 +190,16 @@ pub trait Backend: Send + Sync + 'static {
     /// another one is open.
     fn begin_write(&self) -> Result<Self::Write<'_>>;
 
+    /// Opens a write transaction whose commit has `durability`, whatever durability the
+    /// backend was opened with. [`Durability::Deferred`] commits are made durable by the
+    /// next [`Backend::sync`] (or the next durable commit): many writers' commits can then
+    /// share one `fdatasync` (group commit).
+    fn begin_write_with(&self, durability: Durability) -> Result<Self::Write<'_>>;
+
+    /// Makes every committed transaction durable. Costs nothing (no I/O) when no commit
+    /// since the last sync was deferred.
+    fn sync(&self) -> Result<()>;
+
     /// Which implementation this is.
     fn kind(&self) -> BackendKind;
 }
@@ -336,6 +346,20 @@ impl Backend for AnyBackend {
             AnyBackend::Sled(b) => AnyWrite::Sled(b.begin_write()?),
             AnyBackend::Memory(b) => AnyWrite::Memory(b.begin_write()?),
         })
+    }
+
+    fn begin_write_with(&self, durability: Durability) -> Result<AnyWrite<'_>> {
+        Ok(match self {
+            #[cfg(feature = "redb")]
+            AnyBackend::Redb(b) => AnyWrite::Redb(b.begin_write_with(durability)?),
+            #[cfg(feature = "sled")]
+            AnyBackend::Sled(b) => AnyWrite::Sled(b.begin_write_with(durability)?),
+            AnyBackend::Memory(b) => AnyWrite::Memory(b.begin_write_with(durability)?),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        dispatch!(self, AnyBackend, b => b.sync())
     }
 
     fn kind(&self) -> BackendKind {

@@ -1,6 +1,7 @@
 //! The redb backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -31,6 +32,10 @@ pub struct RedbOptions {
 pub struct RedbBackend {
     db: redb::Database,
     durability: Durability,
+    /// Set when a deferred write transaction begins; [`Backend::sync`] clears it before it
+    /// commits durably. Writers are serialised, so a deferred commit either precedes the
+    /// sync's commit (and is made durable by it) or sets the flag again.
+    unsynced: AtomicBool,
 }
 
 fn definition(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -68,6 +73,7 @@ impl RedbBackend {
         Ok(RedbBackend {
             db,
             durability: options.durability,
+            unsynced: AtomicBool::new(false),
         })
     }
 }
@@ -335,13 +341,35 @@ impl Backend for RedbBackend {
     }
 
     fn begin_write(&self) -> Result<RedbWrite> {
+        self.begin_write_with(self.durability)
+    }
+
+    fn begin_write_with(&self, durability: Durability) -> Result<RedbWrite> {
         let mut tx = self.db.begin_write().map_err(map_err)?;
-        let durability = match self.durability {
+        let durability = match durability {
             Durability::Immediate => redb::Durability::Immediate,
-            Durability::Deferred => redb::Durability::None,
+            Durability::Deferred => {
+                self.unsynced.store(true, Ordering::Release);
+                redb::Durability::None
+            }
         };
         tx.set_durability(durability).map_err(map_err)?;
         Ok(RedbWrite { tx })
+    }
+
+    /// An empty durable commit: redb persists the latest state, with every deferred commit
+    /// before it.
+    fn sync(&self) -> Result<()> {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self
+            .begin_write_with(Durability::Immediate)
+            .and_then(|tx| tx.commit());
+        if result.is_err() {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        result
     }
 
     fn kind(&self) -> BackendKind {

@@ -1,6 +1,7 @@
 //! The sled backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
 use super::{
@@ -39,6 +40,9 @@ pub struct SledOptions {
 pub struct SledBackend {
     inner: Locked<SledKv>,
     sync: bool,
+    /// Set when a write transaction that does not flush begins; [`Backend::sync`] clears
+    /// it and flushes.
+    unsynced: AtomicBool,
     // Fields drop in order: the tree, then the database, then the wait for its lock.
     _db: sled::Db,
     _released: ReleaseOnDrop,
@@ -136,6 +140,7 @@ impl SledBackend {
         Ok(SledBackend {
             inner: Locked::new(SledKv { tree }),
             sync: options.durability == Durability::Immediate,
+            unsynced: AtomicBool::new(false),
             _db: db,
             _released: ReleaseOnDrop {
                 // sled keeps its data, and its lock, in the file `db` of the directory.
@@ -171,7 +176,30 @@ impl Backend for SledBackend {
     }
 
     fn begin_write(&self) -> Result<SledWrite<'_>> {
+        if !self.sync {
+            self.unsynced.store(true, Ordering::Release);
+        }
         Ok(SledWrite(self.inner.begin_write(self.sync)))
+    }
+
+    fn begin_write_with(&self, durability: Durability) -> Result<SledWrite<'_>> {
+        let sync = durability == Durability::Immediate;
+        if !sync {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        Ok(SledWrite(self.inner.begin_write(sync)))
+    }
+
+    /// One `flush` for every deferred commit since the last sync.
+    fn sync(&self) -> Result<()> {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self.inner.read().sync();
+        if result.is_err() {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        result
     }
 
     fn kind(&self) -> BackendKind {

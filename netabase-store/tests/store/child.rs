@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use netabase_store::{BackendKind, Store, StoreError};
+use netabase_store::{BackendKind, Durability, Store, StoreError};
 
 use crate::config;
 use crate::support::*;
@@ -19,6 +19,9 @@ const PATH: &str = "NETABASE_STORE_CHILD_PATH";
 pub(crate) enum Mode {
     /// Writes transactions forever, printing `ACK <n>` after each commit returns.
     Crash,
+    /// Writes transactions forever with deferred durability and syncs after every third
+    /// (group commit), printing `ACK <n>` for each transaction once the sync returned.
+    CrashGrouped,
     /// Tries to open the store and prints `OPEN ok`, `OPEN already-open` or `OPEN error ..`.
     OpenProbe,
     /// Writes large records until the store reports an error (`ACK <id>` per write, then
@@ -30,6 +33,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Crash => "crash",
+            Mode::CrashGrouped => "crash-grouped",
             Mode::OpenProbe => "open-probe",
             Mode::Fill => "fill",
         }
@@ -192,7 +196,8 @@ fn entry() {
     };
     let path = PathBuf::from(std::env::var_os(PATH).expect("store path"));
     match mode.as_str() {
-        "crash" => crash_writer(kind, &path),
+        "crash" => crash_writer(kind, &path, false),
+        "crash-grouped" => crash_writer(kind, &path, true),
         "open-probe" => open_probe(kind, &path),
         "fill" => fill(kind, &path),
         other => panic!("unknown child mode {other}"),
@@ -243,15 +248,21 @@ pub(crate) fn revisited(txn: u64) -> Message {
     message(3 * txn, "r", 9, &format!("txn {} revisits", txn + 1))
 }
 
-fn crash_writer(kind: BackendKind, path: &Path) {
+fn crash_writer(kind: BackendKind, path: &Path, grouped: bool) {
     let store = Store::<ChatDefinition>::open_with(path, config(kind, false)).expect("open");
     let start = match store.get(&counter_key()).expect("read the counter") {
         Some(setting) => u64::from_be_bytes(setting.value.try_into().expect("8 bytes")) + 1,
         None => 0,
     };
+    let durability = if grouped {
+        Durability::Deferred
+    } else {
+        Durability::Immediate
+    };
+    let mut unacknowledged = Vec::new();
     for txn in start.. {
         store
-            .write(|tx| {
+            .write_with(durability, |tx| {
                 for part in 0..3 {
                     tx.put(&written(txn, part))?;
                 }
@@ -265,6 +276,12 @@ fn crash_writer(kind: BackendKind, path: &Path) {
                 Ok(())
             })
             .expect("write");
-        say(&format!("ACK {txn}"));
+        unacknowledged.push(txn);
+        if !grouped || txn % 3 == 2 {
+            store.sync().expect("sync");
+            for txn in unacknowledged.drain(..) {
+                say(&format!("ACK {txn}"));
+            }
+        }
     }
 }

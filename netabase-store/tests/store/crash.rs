@@ -119,7 +119,7 @@ fn verify(store: &Store<ChatDefinition>, acked: Option<u64>, context: &str) -> O
     Some(last)
 }
 
-fn crash_repeatedly(kind: BackendKind) {
+fn crash_repeatedly(kind: BackendKind, mode: Mode) {
     let seed = seed();
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -128,14 +128,15 @@ fn crash_repeatedly(kind: BackendKind) {
     let mut crashes_after_acks = 0;
     let runs = iterations();
     for run in 0..runs {
-        let context =
-            format!("{kind:?}, crash {run} of seed {seed} (replay: NETABASE_CRASH_SEED={seed})");
+        let context = format!(
+            "{kind:?} {mode:?}, crash {run} of seed {seed} (replay: NETABASE_CRASH_SEED={seed})"
+        );
         let wait_for = match rng.below(8) {
             0 => 0,
             _ => 1 + rng.below(40),
         };
         let delay = Duration::from_micros(rng.below(2_000));
-        let mut child = Child::new(Mode::Crash, kind, &path).spawn();
+        let mut child = Child::new(mode, kind, &path).spawn();
         let mut seen = 0;
         while seen < wait_for {
             match child.next_line() {
@@ -168,10 +169,22 @@ fn crash_repeatedly(kind: BackendKind) {
 
 #[test]
 fn acknowledged_writes_survive_sigkill_redb() {
-    crash_repeatedly(BackendKind::Redb);
+    crash_repeatedly(BackendKind::Redb, Mode::Crash);
 }
 
 #[test]
 fn acknowledged_writes_survive_sigkill_sled() {
-    crash_repeatedly(BackendKind::Sled);
+    crash_repeatedly(BackendKind::Sled, Mode::Crash);
+}
+
+/// Deferred commits made durable by one sync for several transactions (as the node's
+/// driver does before it answers a burst of requests).
+#[test]
+fn group_committed_writes_survive_sigkill_redb() {
+    crash_repeatedly(BackendKind::Redb, Mode::CrashGrouped);
+}
+
+#[test]
+fn group_committed_writes_survive_sigkill_sled() {
+    crash_repeatedly(BackendKind::Sled, Mode::CrashGrouped);
 }
