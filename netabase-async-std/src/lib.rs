@@ -6,16 +6,15 @@
 //! use async-io's timers, the [`TcpTransport`] of this crate (TCP on async-io with DNS
 //! names resolved on the `blocking` pool, noise encryption, yamux multiplexing) and this
 //! crate's mDNS service, which moves datagrams for the sans-IO mDNS state machine of
-//! `netabase-core`. Nothing here depends on tokio. QUIC is not offered: listen on TCP
-//! addresses (the default configuration also lists a QUIC one).
+//! `netabase-core`. Nothing here depends on tokio. QUIC is not offered: the default
+//! configuration listens on TCP (`/ip4/0.0.0.0/tcp/0`), and a QUIC listen address makes
+//! `start_swarm` fail with [`NetabaseError::UnsupportedListenAddress`].
 //!
 //! ```no_run
 //! # #[cfg(feature = "async-std")]
 //! # async fn demo<D: netabase_store::NetabaseDefinition>() -> Result<(), netabase_async_std::NetabaseError> {
 //! use netabase_async_std::NetabaseConfig;
-//! let config = NetabaseConfig::default()
-//!     .with_data_dir("./my-node")
-//!     .with_listen_addresses(["/ip4/0.0.0.0/tcp/0".parse().unwrap()]);
+//! let config = NetabaseConfig::default().with_data_dir("./my-node");
 //! let node = netabase_async_std::AsyncStdNetabase::<D>::new_with_config(config)?;
 //! node.start_swarm().await?;
 //! println!("listening on {:?}", node.listen_addresses().await?);
@@ -39,7 +38,7 @@ pub use netabase_swarm::{
     EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
     Keypair, Mode, Multiaddr, NetabaseConfig, NetabaseError, NetabaseEvent, NetabaseStats, PeerId,
     ProviderInfo, ProvidingResult, PutRecordResult, QueryError, QueryKind, QueryStats, Quorum,
-    RecordKey, Runtime, StreamError, TransportSettings, libp2p,
+    RecordKey, Runtime, StorageBackend, StreamError, TransportKind, TransportSettings, libp2p,
 };
 
 pub mod mdns_service;
@@ -47,6 +46,10 @@ pub mod tcp;
 
 pub use mdns_service::MdnsBehaviour;
 pub use tcp::{TcpConfig, TcpTransport};
+
+#[cfg(any(feature = "async-std", feature = "smol"))]
+/// The transports of the async-io runtimes: TCP (with DNS names).
+const ASYNC_IO_TRANSPORTS: &[TransportKind] = &[TransportKind::Tcp];
 
 #[cfg(any(feature = "async-std", feature = "smol"))]
 /// How long the security and multiplexing handshakes of a new connection may take.
@@ -103,6 +106,12 @@ pub type AsyncStdNetabase<D> = netabase_swarm::Netabase<D, AsyncStdRuntime>;
 impl Runtime for AsyncStdRuntime {
     type Mdns = MdnsBehaviour;
 
+    const NAME: &'static str = "async-std";
+
+    /// TCP only (no QUIC on async-io): the default configuration listens on
+    /// `/ip4/0.0.0.0/tcp/0`.
+    const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
+
     fn spawn(future: BoxFuture<'static, ()>) {
         // Dropping async-std's join handle detaches the task.
         drop(async_std::task::spawn(future));
@@ -138,6 +147,12 @@ pub type SmolNetabase<D> = netabase_swarm::Netabase<D, SmolRuntime>;
 #[cfg(feature = "smol")]
 impl Runtime for SmolRuntime {
     type Mdns = MdnsBehaviour;
+
+    const NAME: &'static str = "smol";
+
+    /// TCP only (no QUIC on async-io): the default configuration listens on
+    /// `/ip4/0.0.0.0/tcp/0`.
+    const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
 
     fn spawn(future: BoxFuture<'static, ()>) {
         smol::spawn(future).detach();

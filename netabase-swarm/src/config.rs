@@ -10,6 +10,7 @@ use netabase_core::{Mode, Quorum};
 use netabase_store::RecordStoreConfig;
 
 use crate::metrics::NodeMetrics;
+use crate::runtime::Runtime;
 
 /// The default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./netabase-data";
@@ -53,8 +54,9 @@ impl Default for ConnectionLimits {
 
 /// Everything a [`Netabase`](crate::Netabase) node can be told at construction.
 ///
-/// `NetabaseConfig::default()` listens on every interface (TCP and QUIC, ephemeral
-/// ports), stores its data in [`DEFAULT_DATA_DIR`] with redb, runs the DHT in server mode
+/// `NetabaseConfig::default()` listens on every interface with each transport of the
+/// node's runtime, on ports the system picks ([`Runtime::default_listen_addresses`]: TCP
+/// and QUIC on tokio, TCP on async-std and smol), stores its data in [`DEFAULT_DATA_DIR`] with redb, runs the DHT in server mode
 /// under `/netabase/kad/1.0.0` and discovers local peers with mDNS. The `with_*` methods
 /// change one setting each.
 #[derive(Debug, Clone)]
@@ -64,7 +66,11 @@ pub struct NetabaseConfig {
     /// The storage engine.
     pub backend: StorageBackend,
     /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0`, `/ip4/0.0.0.0/udp/0/quic-v1`, ...).
-    pub listen_addresses: Vec<Multiaddr>,
+    /// `None`, the default: the runtime's defaults
+    /// ([`Runtime::default_listen_addresses`]). `Some` of an empty list: no listener (the
+    /// node only dials). An address for a transport the runtime lacks makes `start_swarm`
+    /// fail with [`NetabaseError::UnsupportedListenAddress`](crate::NetabaseError::UnsupportedListenAddress).
+    pub listen_addresses: Option<Vec<Multiaddr>>,
     /// The Kademlia protocol name: [`DEFAULT_PROTOCOL_NAME`] or, to join stock libp2p
     /// and IPFS peers, [`IPFS_PROTOCOL_NAME`].
     pub protocol_name: String,
@@ -108,12 +114,7 @@ impl Default for NetabaseConfig {
         NetabaseConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             backend: StorageBackend::Redb,
-            listen_addresses: vec![
-                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .expect("valid multiaddr"),
-            ],
+            listen_addresses: None,
             protocol_name: DEFAULT_PROTOCOL_NAME.to_string(),
             kad: netabase_core::Config::default(),
             record_store: RecordStoreConfig::default(),
@@ -146,10 +147,26 @@ impl NetabaseConfig {
         self
     }
 
-    /// Listens on exactly these addresses.
+    /// Listens on exactly these addresses (none: the node only dials).
     pub fn with_listen_addresses(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
-        self.listen_addresses = addrs.into_iter().collect();
+        self.listen_addresses = Some(addrs.into_iter().collect());
         self
+    }
+
+    /// Listens on the runtime's default addresses
+    /// ([`Runtime::default_listen_addresses`]), as `NetabaseConfig::default()` does.
+    pub fn with_default_listen_addresses(mut self) -> Self {
+        self.listen_addresses = None;
+        self
+    }
+
+    /// The addresses a node on runtime `R` listens on with this configuration: the
+    /// configured ones, or `R`'s defaults.
+    pub fn listen_addresses_on<R: Runtime>(&self) -> Vec<Multiaddr> {
+        match &self.listen_addresses {
+            Some(addrs) => addrs.clone(),
+            None => R::default_listen_addresses(),
+        }
     }
 
     /// Switches mDNS discovery on or off.

@@ -29,6 +29,10 @@ use crate::runtime::Runtime;
 /// How often the gauges that need a store read are refreshed while metrics are kept.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
+/// At most this many swarm events that are already waiting are handled after a step,
+/// before the step's outputs go out (bounding the latency one burst adds to the first).
+const READY_BATCH: usize = 64;
+
 /// The label value of a query kind.
 fn operation_label(kind: QueryKind) -> &'static str {
     match kind {
@@ -221,6 +225,8 @@ pub(crate) struct Driver<R: Runtime> {
     metrics: Option<DriverMetrics>,
     /// Fires when the gauges that need a store read are due (never without metrics).
     gauge_tick: Fuse<BoxFuture<'static, ()>>,
+    /// Set when the store could not make its writes durable: the node stops.
+    store_failed: bool,
 }
 
 enum Step<E> {
@@ -271,6 +277,7 @@ impl<R: Runtime> Driver<R> {
             unbound: HashSet::new(),
             metrics,
             gauge_tick,
+            store_failed: false,
         })
     }
 
@@ -364,7 +371,18 @@ impl<R: Runtime> Driver<R> {
                     self.gauge_tick = R::sleep(GAUGE_REFRESH).fuse();
                 }
             }
+            // Group commit: the swarm events that are already waiting are handled before
+            // anything goes out, so that the writes they make share one sync in `drain`.
+            for _ in 0..READY_BATCH {
+                match self.swarm.select_next_some().now_or_never() {
+                    Some(event) => self.on_swarm_event(event),
+                    None => break,
+                }
+            }
             self.drain();
+            if self.store_failed {
+                break None;
+            }
             if let Some(m) = &self.metrics {
                 m.node
                     .set_routing_table_peers(self.node.routing_table().len());
@@ -397,6 +415,8 @@ impl<R: Runtime> Driver<R> {
                 let _ = reply.send(());
             }
         }
+        // Writes that no output has depended on yet (expiry, republication).
+        let _ = self.durable();
         self.emit(NetabaseEvent::Stopped);
         let Driver { swarm, node, .. } = self;
         drop(swarm);
@@ -441,9 +461,31 @@ impl<R: Runtime> Driver<R> {
         m.node.set_queries_running(self.queries.len());
     }
 
-    /// Carries out everything the core asked for.
+    /// Makes every write of the store durable (one `fdatasync` for all the writes since the
+    /// last call, none when there were none). The node's store commits with deferred
+    /// durability, and this runs before anything that could acknowledge a write leaves the
+    /// driver: a response to a peer, an API reply, a finished query. A store that cannot
+    /// sync can no longer promise durability: the node stops (nothing unsynced is
+    /// acknowledged).
+    fn durable(&mut self) -> Result<(), NetabaseError> {
+        if self.store_failed {
+            return Err(NetabaseError::Stopped);
+        }
+        self.node.store().sync().map_err(|e| {
+            tracing::error!(error = %e, "the store cannot make writes durable; stopping the node");
+            self.store_failed = true;
+            NetabaseError::RecordStore(e)
+        })
+    }
+
+    /// Carries out everything the core asked for, once the writes it depends on are
+    /// durable.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
+            if self.durable().is_err() {
+                // Outputs made after the failed sync are dropped: the node stops.
+                return;
+            }
             match output {
                 Output::SendRequest {
                     id,
@@ -649,12 +691,20 @@ impl<R: Runtime> Driver<R> {
         match command {
             Command::Query { op, reply } => self.start_query(op, reply),
             Command::StopProviding { key, reply } => {
-                let result = self.node.stop_providing(&key).map_err(Into::into);
+                let result = self
+                    .node
+                    .stop_providing(&key)
+                    .map_err(Into::into)
+                    .and_then(|()| self.durable());
                 self.count("stop_providing", &result);
                 let _ = reply.send(result);
             }
             Command::RemoveRecord { key, reply } => {
-                let result = self.node.remove_record(&key).map_err(Into::into);
+                let result = self
+                    .node
+                    .remove_record(&key)
+                    .map_err(Into::into)
+                    .and_then(|()| self.durable());
                 self.count("remove_record", &result);
                 let _ = reply.send(result);
             }

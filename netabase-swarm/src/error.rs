@@ -59,10 +59,38 @@ pub enum NetabaseError {
         /// Why.
         reason: String,
     },
+    /// A listen address needs a transport the node's runtime does not offer (QUIC on
+    /// async-std or smol, WebSocket anywhere, ...); `start_swarm` fails and the node
+    /// does not start.
+    #[error(
+        "cannot listen on {address}: the {runtime} runtime has no transport for this address \
+         (it listens on {})",
+        transport_list(supported)
+    )]
+    UnsupportedListenAddress {
+        /// The address.
+        address: libp2p::Multiaddr,
+        /// The runtime's name ([`Runtime::NAME`](crate::Runtime::NAME)).
+        runtime: &'static str,
+        /// The transports the runtime offers ([`Runtime::TRANSPORTS`](crate::Runtime::TRANSPORTS)).
+        supported: &'static [crate::runtime::TransportKind],
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// An I/O error (creating the data directory).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// `TCP and QUIC`, `TCP`, ...
+fn transport_list(kinds: &[crate::runtime::TransportKind]) -> String {
+    match kinds {
+        [] => "no transport".to_string(),
+        [one] => one.name().to_string(),
+        [init @ .., last] => {
+            let init: Vec<&str> = init.iter().map(|k| k.name()).collect();
+            format!("{} and {}", init.join(", "), last.name())
+        }
+    }
 }

@@ -15,7 +15,7 @@ use netabase_core::model::{Envelope, NetabaseDefinition, NetabaseModel, PrimaryK
 use netabase_core::{
     Codec, Mode, NodeStats, QueryError, QueryResult, QueryStats, Record, RecordKey,
 };
-use netabase_store::{BackendConfig, PersistentRecordStore, RecordStore, Store};
+use netabase_store::{BackendConfig, Durability, PersistentRecordStore, RecordStore, Store};
 
 use crate::behaviour::NodeBehaviour;
 use crate::carrier::KadCarrier;
@@ -322,8 +322,11 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             State::Stopped => open_store::<D>(&self.inner.config)?,
         };
         let config = &self.inner.config;
-        let record_store: PersistentRecordStore =
-            store.record_store(self.inner.core_peer, config.record_store.clone());
+        // Deferred commits: the driver syncs them, all writes since its last output at
+        // once, before anything that depends on them leaves the node (group commit).
+        let record_store: PersistentRecordStore = store
+            .record_store(self.inner.core_peer, config.record_store.clone())
+            .with_durability(Durability::Deferred);
         let behaviour = self.behaviour()?;
         let settings = TransportSettings {
             idle_connection_timeout: config.idle_connection_timeout,
@@ -467,10 +470,11 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let (store, _) = self.running()?;
         let value: D = model.into();
         let (key, bytes) = Envelope::seal(&value, self.timestamp(), self.inner.core_peer)?;
-        // The driver writes the typed store (durably, on its own thread) and publishes the
-        // record only once that write succeeded.
+        // The driver writes the typed store (on its own thread) and publishes the record
+        // only once that write succeeded. The commit is deferred: the driver makes it
+        // durable with the DHT record's, in one sync, before the first request goes out.
         let local = LocalWrite(Box::new(move || {
-            store.put_definition(&value)?;
+            store.write_with(Durability::Deferred, |tx| tx.put_definition(&value))?;
             Ok(())
         }));
         let (result, stats) = self

@@ -41,7 +41,7 @@ pub use handle::{
 pub use identity::load_or_create as load_or_create_identity;
 pub use metrics::NodeMetrics;
 pub use protocol::StreamError;
-pub use runtime::{BuildError, Runtime, Sleep, TransportSettings};
+pub use runtime::{BuildError, Runtime, Sleep, TransportKind, TransportSettings};
 
 pub use libp2p;
 pub use libp2p::identity::Keypair;

@@ -25,7 +25,7 @@ pub use netabase_swarm::{
     EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
     Keypair, Mode, Multiaddr, NetabaseConfig, NetabaseError, NetabaseEvent, NetabaseStats, PeerId,
     ProviderInfo, ProvidingResult, PutRecordResult, QueryError, QueryKind, QueryStats, Quorum,
-    RecordKey, Runtime, StorageBackend, StreamError, TransportSettings, libp2p,
+    RecordKey, Runtime, StorageBackend, StreamError, TransportKind, TransportSettings, libp2p,
 };
 
 /// The tokio runtime: the node's driver on a thread of its own (on a multi-threaded
@@ -48,6 +48,12 @@ pub type Netabase<D> = netabase_swarm::Netabase<D, TokioRuntime>;
 
 impl Runtime for TokioRuntime {
     type Mdns = mdns::tokio::Behaviour;
+
+    const NAME: &'static str = "tokio";
+
+    /// TCP and QUIC: the default configuration listens on `/ip4/0.0.0.0/tcp/0` and
+    /// `/ip4/0.0.0.0/udp/0/quic-v1`.
+    const TRANSPORTS: &'static [TransportKind] = &[TransportKind::Tcp, TransportKind::Quic];
 
     /// Runs the node's driver. On a multi-threaded runtime it gets a thread of its own
     /// (named `netabase-node`, polled with the runtime's handle, so its connections, I/O

@@ -2,6 +2,7 @@
 //! (mDNS off) over the async-io TCP transport. Each scenario is written once, generic over
 //! the runtime, and run on both executors.
 
+mod defaults;
 mod dht;
 mod support;
 mod transport;

@@ -172,7 +172,7 @@ async fn remove_peer_and_remove_address_edit_the_routing_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_flow_over_quic() {
     let quic = |c: &mut netabase_tokio::NetabaseConfig| {
-        c.listen_addresses = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+        c.listen_addresses = Some(vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()]);
     };
     let a = start_with(quic).await;
     assert!(a.addr.to_string().contains("quic-v1"), "{}", a.addr);

@@ -2,6 +2,7 @@
 //! off), real TCP and QUIC sockets.
 
 mod bad_input;
+mod defaults;
 mod dht;
 mod interop;
 mod lifecycle;
