@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::channel::{mpsc, oneshot};
 use futures::future::{BoxFuture, Fuse, FusedFuture, FutureExt};
 use futures::{StreamExt, select_biased};
-use libp2p::core::transport::ListenerId;
+use libp2p::core::transport::{ListenerId, TransportError};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, ping};
 use netabase_core::{
@@ -229,6 +229,15 @@ pub(crate) struct Driver<R: Runtime> {
     store_failed: bool,
 }
 
+/// The error for listen address `addr`, which runtime `R` has no transport for.
+fn unsupported_listen_address<R: Runtime>(addr: &Multiaddr) -> NetabaseError {
+    NetabaseError::UnsupportedListenAddress {
+        address: addr.clone(),
+        runtime: R::NAME,
+        supported: R::TRANSPORTS,
+    }
+}
+
 enum Step<E> {
     Command(Option<Command>),
     Swarm(SwarmEvent<E>),
@@ -292,23 +301,38 @@ impl<R: Runtime> Driver<R> {
         let _ = self.events.try_broadcast(event);
     }
 
-    /// Opens the listeners and waits until each has an address (or fails), for at most
-    /// `timeout`. Events that arrive meanwhile are handled as usual.
+    /// Opens the listeners on the `configured` addresses (`None`: the runtime's defaults)
+    /// and waits until each has an address (or fails), for at most `timeout`. An address
+    /// the runtime has no transport for is refused before any listener opens. Events that
+    /// arrive meanwhile are handled as usual.
     pub(crate) async fn listen(
         &mut self,
-        addrs: &[Multiaddr],
+        configured: &Option<Vec<Multiaddr>>,
         timeout: Duration,
     ) -> Result<(), NetabaseError> {
-        for addr in addrs {
-            let id = self
-                .swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetabaseError::Listen {
+        let addrs = match configured {
+            Some(addrs) => addrs.clone(),
+            None => R::default_listen_addresses(),
+        };
+        if let Some(addr) = addrs
+            .iter()
+            .find(|a| R::supports_listen_address(a) == Some(false))
+        {
+            return Err(unsupported_listen_address::<R>(addr));
+        }
+        let mut opened: HashMap<ListenerId, Multiaddr> = HashMap::new();
+        for addr in &addrs {
+            let id = self.swarm.listen_on(addr.clone()).map_err(|e| match e {
+                TransportError::MultiaddrNotSupported(_) => unsupported_listen_address::<R>(addr),
+                e => NetabaseError::Listen {
                     address: addr.clone(),
                     reason: e.to_string(),
-                })?;
+                },
+            })?;
             self.unbound.insert(id);
+            opened.insert(id, addr.clone());
         }
+        let address_of = |id: &ListenerId| opened.get(id).cloned().unwrap_or_else(Multiaddr::empty);
         let mut deadline = R::sleep(timeout).fuse();
         while !self.unbound.is_empty() {
             select_biased! {
@@ -318,15 +342,16 @@ impl<R: Runtime> Driver<R> {
                         && self.unbound.contains(listener_id)
                     {
                         return Err(NetabaseError::Listen {
-                            address: addrs.first().cloned().unwrap_or_else(Multiaddr::empty),
+                            address: address_of(listener_id),
                             reason: e.to_string(),
                         });
                     }
                     self.on_swarm_event(event);
                 }
                 () = deadline => {
+                    let waiting = self.unbound.iter().next().map(address_of);
                     return Err(NetabaseError::Listen {
-                        address: addrs.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        address: waiting.unwrap_or_else(Multiaddr::empty),
                         reason: "no listen address reported in time".into(),
                     });
                 }
