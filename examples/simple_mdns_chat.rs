@@ -7,10 +7,24 @@
 //! cargo run --example simple_mdns_chat
 //! ```
 //!
+//! It runs on tokio, async-std or smol, whichever `--runtime` names (among those whose
+//! features of the `netabase` crate are on; the default is tokio), and chats on different
+//! runtimes talk to each other:
+//!
+//! ```sh
+//! cargo run --example simple_mdns_chat --features async-std -- --runtime async-std
+//! cargo run --example simple_mdns_chat --features smol -- --runtime smol
+//! ```
+//!
+//! The chat itself is written once, generic over the runtime: standard input is read on a
+//! thread of its own and fed to the chat through a futures channel, beside the node's event
+//! stream.
+//!
 //! Type a line to send it; `/history` lists the messages this peer has seen, `/peers` the
 //! peers it knows, `/help` the commands, and `quit` (or end of input) leaves.
 //!
-//! Flags (and environment variables): `--name` (`NETABASE_CHAT_NAME`), `--listen`
+//! Flags (and environment variables): `--runtime` (`NETABASE_CHAT_RUNTIME`), `--name`
+//! (`NETABASE_CHAT_NAME`), `--listen`
 //! (`NETABASE_CHAT_LISTEN`, comma-separated multiaddrs, default `/ip4/0.0.0.0/tcp/0`),
 //! `--data-dir` (`NETABASE_CHAT_DATA_DIR`; default: a temporary directory removed on exit,
 //! so the history lasts one session), `--mdns true|false` (`NETABASE_CHAT_MDNS`, default
@@ -26,15 +40,17 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use futures::StreamExt;
+use futures::channel::mpsc;
 use netabase::core::RecordStore as _;
 use netabase::core::model::Envelope;
 use netabase::store::RecordStoreConfig;
+use netabase::swarm::Runtime;
 use netabase::swarm::libp2p::multiaddr::Protocol;
 use netabase::{
-    EventError, Multiaddr, Netabase, NetabaseConfig, NetabaseEvent, PeerId, RecordKey,
+    EventError, Multiaddr, NetabaseConfig, NetabaseEvent, PeerId, RecordKey,
     netabase_definition_module,
 };
-use tokio::sync::mpsc;
 
 /// The chat's records.
 // The macro generates public key types without documentation of their own.
@@ -59,13 +75,51 @@ pub mod chat {
 }
 use chat::{ChatDefinition, Message, MessagePrimaryKey};
 
-/// A chat node.
-type Node = Netabase<ChatDefinition>;
+/// A chat node on runtime `R`.
+type Node<R> = netabase::swarm::Netabase<ChatDefinition, R>;
+
+/// The async runtimes the chat can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeName {
+    /// tokio (feature `tokio`, the default).
+    Tokio,
+    /// async-std (feature `async-std`).
+    AsyncStd,
+    /// smol (feature `smol`).
+    Smol,
+}
+
+impl RuntimeName {
+    /// Its name on the command line and as a cargo feature.
+    fn name(self) -> &'static str {
+        match self {
+            RuntimeName::Tokio => "tokio",
+            RuntimeName::AsyncStd => "async-std",
+            RuntimeName::Smol => "smol",
+        }
+    }
+
+    /// The runtime used without `--runtime`: tokio if this build has it, else async-std,
+    /// else smol.
+    fn default_built() -> Option<RuntimeName> {
+        [
+            (cfg!(feature = "tokio"), RuntimeName::Tokio),
+            (cfg!(feature = "async-std"), RuntimeName::AsyncStd),
+            (cfg!(feature = "smol"), RuntimeName::Smol),
+        ]
+        .into_iter()
+        .find_map(|(built, name)| built.then_some(name))
+    }
+}
 
 /// A chat on the local network over Netabase (mDNS discovery, messages as DHT records).
 #[derive(Debug, Parser)]
 #[command(name = "simple_mdns_chat")]
 struct Args {
+    /// The async runtime to run on (default: tokio, or the first of async-std and smol
+    /// this build has).
+    #[arg(long, env = "NETABASE_CHAT_RUNTIME", value_enum)]
+    runtime: Option<RuntimeName>,
     /// The name shown with your messages (default: the end of your peer id).
     #[arg(long, env = "NETABASE_CHAT_NAME")]
     name: Option<String>,
@@ -91,22 +145,42 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("simple_mdns_chat: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match args.runtime.or_else(RuntimeName::default_built) {
+        Some(runtime) => run_on(runtime, args),
+        None => Err(
+            "this build has no runtime: build it with the feature tokio, async-std \
+                     or smol of the netabase crate"
+                .to_string(),
+        ),
     };
-    match runtime.block_on(run(args)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simple_mdns_chat: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the chat on `runtime`.
+fn run_on(runtime: RuntimeName, args: Args) -> Result<(), String> {
+    match runtime {
+        #[cfg(feature = "tokio")]
+        RuntimeName::Tokio => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the tokio runtime: {e}"))?
+            .block_on(run::<netabase::TokioRuntime>(args)),
+        #[cfg(feature = "async-std")]
+        RuntimeName::AsyncStd => async_std::task::block_on(run::<netabase::AsyncStdRuntime>(args)),
+        #[cfg(feature = "smol")]
+        RuntimeName::Smol => smol::block_on(run::<netabase::SmolRuntime>(args)),
+        // Only reachable in a build without every runtime feature.
+        #[allow(unreachable_patterns)]
+        other => Err(format!(
+            "this build has no {0} runtime: build it with `--features {0}`",
+            other.name()
+        )),
     }
 }
 
@@ -160,9 +234,16 @@ commands:
   /help      show this list
   quit       leave (also /quit, or end of input)";
 
+/// What the chat loop reacts to: a typed line, the end of input, or a node event.
+enum Input {
+    Line(String),
+    End,
+    Event(Result<NetabaseEvent, EventError>),
+}
+
 /// The running chat: the node, who we are, and what we have shown.
-struct Chat {
-    node: Node,
+struct Chat<R: Runtime> {
+    node: Node<R>,
     name: String,
     /// A number of this writer mixed into message ids.
     writer: u64,
@@ -171,7 +252,8 @@ struct Chat {
     announced: HashSet<PeerId>,
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// The chat on runtime `R`, until `quit` or the end of input.
+async fn run<R: Runtime>(args: Args) -> Result<(), String> {
     // Without --data-dir, a directory of this session only (two chats on one machine then
     // never share one).
     let (data_dir, _session_dir) = match &args.data_dir {
@@ -192,12 +274,13 @@ async fn run(args: Args) -> Result<(), String> {
         let (peer, addr) = split_peer(addr)?;
         config = config.with_bootstrap_peer(peer, addr);
     }
-    let node = Node::new_with_config(config).map_err(|e| e.to_string())?;
-    let mut events = node.subscribe_to_broadcasts();
+    let node = Node::<R>::new_with_config(config).map_err(|e| e.to_string())?;
+    let events = node.subscribe_to_broadcasts();
     node.start_swarm().await.map_err(|e| e.to_string())?;
     let me = node.local_peer_id();
     let name = args.name.unwrap_or_else(|| format!("peer-{}", short(&me)));
     println!("Netabase chat: you are {name:?} (peer {me})");
+    println!("runtime: {}", R::NAME);
     for addr in node.listen_addresses().await.map_err(|e| e.to_string())? {
         println!("listening on {addr}/p2p/{me}");
     }
@@ -225,40 +308,42 @@ async fn run(args: Args) -> Result<(), String> {
         announced: HashSet::new(),
     };
 
-    // Standard input is read on a thread of its own; `None` is its end.
-    let (lines_tx, mut lines) = mpsc::unbounded_channel::<Option<String>>();
+    // Standard input is read on a thread of its own (any runtime can wait on the channel);
+    // the channel closes at the end of input.
+    let (lines_tx, lines) = mpsc::unbounded::<String>();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut line = String::new();
         loop {
             line.clear();
             match stdin.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    let _ = lines_tx.send(None);
-                    return;
-                }
+                Ok(0) | Err(_) => return,
                 Ok(_) => {
-                    if lines_tx.send(Some(line.trim_end().to_string())).is_err() {
+                    if lines_tx
+                        .unbounded_send(line.trim_end().to_string())
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
         }
     });
+    let lines = lines
+        .map(Input::Line)
+        .chain(futures::stream::once(async { Input::End }));
+    let mut inputs = std::pin::pin!(futures::stream::select(lines, events.map(Input::Event)));
 
-    loop {
-        tokio::select! {
-            line = lines.recv() => {
-                let Some(Some(line)) = line else { break };
+    while let Some(input) = inputs.next().await {
+        match input {
+            Input::Line(line) => {
                 if !chat.on_line(line.trim()).await? {
                     break;
                 }
             }
-            event = events.recv() => match event {
-                Ok(event) => chat.on_event(event),
-                Err(EventError::Lagged(n)) => println!("* missed {n} network events"),
-                Err(EventError::Closed) => break,
-            },
+            Input::End | Input::Event(Err(EventError::Closed)) => break,
+            Input::Event(Err(EventError::Lagged(n))) => println!("* missed {n} network events"),
+            Input::Event(Ok(event)) => chat.on_event(event),
         }
     }
     node.stop_swarm().await.map_err(|e| e.to_string())?;
@@ -266,7 +351,7 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-impl Chat {
+impl<R: Runtime> Chat<R> {
     /// Handles one typed line; `false` to leave.
     async fn on_line(&mut self, line: &str) -> Result<bool, String> {
         match line {

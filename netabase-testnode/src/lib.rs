@@ -14,10 +14,13 @@
 //! ```
 //!
 //! This library holds the definition and the line formats, shared by the binary and the
-//! tests that drive it.
+//! tests that drive it, and [`netns`]: the network namespaces in which tests that
+//! multicast (mDNS) run their nodes, here and in the root package's example tests.
 
 use netabase::{NetabaseEvent, QueryKind};
 use serde::{Deserialize, Serialize};
+
+pub mod netns;
 
 /// The chat definition the test node stores and publishes.
 // The macro generates public items without docs of their own; they are documented here.

@@ -1,7 +1,9 @@
 //! `cargo run --example simple_mdns_chat`, twice: two interactive chats, each in a network
 //! namespace of its own (mDNS multicasts on every interface it sees, so it runs only in
 //! namespaces this test creates), find each other, exchange messages typed on their
-//! standard input, list them with `/history`, and leave with `quit`.
+//! standard input, list them with `/history`, and leave with `quit`. The chat runs on every
+//! runtime: a tokio chat talks with a smol chat (libp2p-mdns and the core's mDNS find each
+//! other), and two async-std chats talk with each other.
 
 use std::time::Duration;
 
@@ -20,9 +22,21 @@ fn short(peer: &str) -> &str {
     &peer[peer.len() - 6..]
 }
 
+#[cfg(all(feature = "tokio", feature = "smol"))]
 #[test]
-fn two_chats_in_their_own_namespaces_find_each_other_and_exchange_messages() {
-    let ns = Namespaces::create();
+fn a_tokio_chat_and_a_smol_chat_find_each_other_and_exchange_messages() {
+    chat_pair(["tokio", "smol"]);
+}
+
+#[cfg(feature = "async-std")]
+#[test]
+fn two_async_std_chats_find_each_other_and_exchange_messages() {
+    chat_pair(["async-std", "async-std"]);
+}
+
+/// Two chats on `runtimes` (named as `--runtime` takes them), one per namespace.
+fn chat_pair(runtimes: [&str; 2]) {
+    let ns = namespaces();
     let program = example("simple_mdns_chat");
     let dirs = [
         tempfile::tempdir().expect("data directory"),
@@ -32,6 +46,7 @@ fn two_chats_in_their_own_namespaces_find_each_other_and_exchange_messages() {
         .map(|i| {
             let mut command = ns.command(i, &program);
             for var in [
+                "NETABASE_CHAT_RUNTIME",
                 "NETABASE_CHAT_NAME",
                 "NETABASE_CHAT_LISTEN",
                 "NETABASE_CHAT_DATA_DIR",
@@ -43,10 +58,12 @@ fn two_chats_in_their_own_namespaces_find_each_other_and_exchange_messages() {
             let listen = format!("/ip4/{}/tcp/0", ns.addr(i));
             if i == 0 {
                 // Flags for one, environment variables for the other.
-                command.args(["--name", "alice", "--listen", &listen, "--data-dir"]);
+                command.args(["--runtime", runtimes[i], "--name", "alice"]);
+                command.args(["--listen", &listen, "--data-dir"]);
                 command.arg(dirs[i].path());
             } else {
                 command
+                    .env("NETABASE_CHAT_RUNTIME", runtimes[i])
                     .env("NETABASE_CHAT_NAME", "bob")
                     .env("NETABASE_CHAT_LISTEN", &listen)
                     .env("NETABASE_CHAT_DATA_DIR", dirs[i].path());
@@ -57,6 +74,7 @@ fn two_chats_in_their_own_namespaces_find_each_other_and_exchange_messages() {
 
     let ids: Vec<String> = chats.iter_mut().map(peer_id).collect();
     for (i, chat) in chats.iter_mut().enumerate() {
+        chat.expect_containing(&format!("runtime: {}", runtimes[i]));
         let line = chat.expect_containing("listening on ");
         assert!(
             line.contains(&format!("/ip4/{}/tcp/", ns.addr(i))),

@@ -1,12 +1,14 @@
 //! Running example programs: finding their executables, reading their output line by line
-//! with deadlines, writing their standard input, and network namespaces for the programs
-//! that multicast.
+//! with deadlines, writing their standard input, and network namespaces (those of
+//! `netabase-testnode`) for the programs that multicast.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+pub(crate) use netabase_testnode::netns::Namespaces;
 
 /// How long any single wait may take before the test fails.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
@@ -183,137 +185,10 @@ impl Drop for Program {
     }
 }
 
-/// Runs `ip` with `args`.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip`: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The prefix of every namespace these tests create.
-const NETNS_PREFIX: &str = "nbx";
-
 /// Two network namespaces joined by a veth pair carrying `10.214.0.0/24` (side 0 is
-/// `10.214.0.1`, side 1 `10.214.0.2`), named after this process's id so that parallel
-/// runs do not collide. Nothing in them reaches the machine's own network. Dropping it
-/// deletes both namespaces (and with them the veth pair); namespaces left by test
-/// processes that were killed are removed when the next one is made.
-pub(crate) struct Namespaces {
-    pub(crate) names: [String; 2],
-}
-
-impl Namespaces {
-    pub(crate) fn create() -> Namespaces {
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        let names = [
-            format!("{NETNS_PREFIX}{pid}a"),
-            format!("{NETNS_PREFIX}{pid}b"),
-        ];
-        let veth = [format!("nxv{pid}a"), format!("nxv{pid}b")];
-        // The guard exists before the first namespace does, so a failing step below still
-        // removes whatever was made.
-        let guard = Namespaces {
-            names: names.clone(),
-        };
-        if let Err(e) = ip(&["netns", "add", &names[0]]) {
-            panic!(
-                "the mDNS example test needs network namespaces (run as root with \
-                 iproute2's `ip netns`): {e}"
-            );
-        }
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &names[1]],
-            &[
-                "link", "add", &veth[0], "netns", &names[0], "type", "veth", "peer", "name",
-                &veth[1], "netns", &names[1],
-            ],
-            &[
-                "-n",
-                &names[0],
-                "addr",
-                "add",
-                "10.214.0.1/24",
-                "dev",
-                &veth[0],
-            ],
-            &[
-                "-n",
-                &names[1],
-                "addr",
-                "add",
-                "10.214.0.2/24",
-                "dev",
-                &veth[1],
-            ],
-            &["-n", &names[0], "link", "set", &veth[0], "up"],
-            &["-n", &names[1], "link", "set", &veth[1], "up"],
-            &["-n", &names[0], "link", "set", "lo", "up"],
-            &["-n", &names[1], "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            if let Err(e) = ip(step) {
-                panic!("setting up the test network: {e}");
-            }
-        }
-        guard
-    }
-
-    /// The IPv4 address of side `i` (0 or 1).
-    pub(crate) fn addr(&self, i: usize) -> String {
-        format!("10.214.0.{}", i + 1)
-    }
-
-    /// A command that runs `program` inside namespace `i`.
-    pub(crate) fn command(&self, i: usize, program: &Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.names[i]]).arg(program);
-        command
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            if let Err(e) = ip(&["netns", "del", name]) {
-                // Absent already (a setup step failed before creating it) is fine.
-                if !e.contains("No such file") {
-                    eprintln!("removing namespace {name}: {e}");
-                }
-            }
-        }
-    }
-}
-
-/// Deletes namespaces of this prefix whose test process no longer exists.
-fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let side = &rest[digits.len()..];
-        if digits.is_empty() || !(side == "a" || side == "b") {
-            continue;
-        }
-        if !Path::new(&format!("/proc/{digits}")).exists() {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
+/// `10.214.0.1`, side 1 `10.214.0.2`), removed again when dropped (see
+/// [`netabase_testnode::netns`]); the test fails, saying why, where namespaces cannot be
+/// made.
+pub(crate) fn namespaces() -> Namespaces {
+    Namespaces::create_on([10, 214, 0]).unwrap_or_else(|e| panic!("{e}"))
 }
