@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use libp2p::kad;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
 use netabase::core::model::{Envelope, record_key};
 use netabase::store::RecordStoreConfig;
-use netabase::{Netabase, NetabaseConfig, StorageBackend, netabase_definition_module};
+use netabase::swarm::Runtime;
+use netabase::{NetabaseConfig, StorageBackend, netabase_definition_module};
 use tokio::sync::{mpsc, oneshot};
 
 /// The benchmark's records: an id and a payload of the configured size.
@@ -44,23 +46,124 @@ const MAX_RECORDS: usize = 1_000_000;
 /// One kind of network under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum System {
-    /// Stock rust-libp2p `kad::Behaviour` with its `MemoryStore`.
+    /// Stock rust-libp2p `kad::Behaviour` with its `MemoryStore`, on tokio.
     Stock,
-    /// Netabase with the memory backend.
-    NetabaseMemory,
-    /// Netabase with redb, every commit durable (fdatasync) before it is acknowledged.
-    NetabaseRedb,
+    /// Netabase nodes with a storage backend, on a runtime.
+    Netabase(Backend, Rt),
+}
+
+/// The storage backend of a Netabase network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The memory backend.
+    Memory,
+    /// redb, every commit durable (fdatasync) before it is acknowledged.
+    Redb,
+}
+
+/// The runtime the nodes of a Netabase network run on (their drivers and connections; the
+/// load generator is the same tokio one for every network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rt {
+    /// tokio (each node's driver on a thread of its own).
+    Tokio,
+    /// async-std (feature `async-std`).
+    AsyncStd,
+    /// smol (feature `smol`; its global executor runs `SMOL_THREADS` threads, 1 unless
+    /// set).
+    Smol,
+}
+
+impl Rt {
+    /// Its name, as `--runtime` and cargo's features spell it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Rt::Tokio => "tokio",
+            Rt::AsyncStd => "async-std",
+            Rt::Smol => "smol",
+        }
+    }
+
+    /// Whether this build has the runtime (the `netabase` crate's feature of that name).
+    pub(crate) fn built(self) -> bool {
+        match self {
+            Rt::Tokio => cfg!(feature = "tokio"),
+            Rt::AsyncStd => cfg!(feature = "async-std"),
+            Rt::Smol => cfg!(feature = "smol"),
+        }
+    }
+
+    const ALL: [Rt; 3] = [Rt::Tokio, Rt::AsyncStd, Rt::Smol];
 }
 
 impl System {
+    /// Netabase with the memory backend on tokio.
+    pub(crate) const NETABASE_MEMORY: System = System::Netabase(Backend::Memory, Rt::Tokio);
+    /// Netabase with durable redb on tokio.
+    pub(crate) const NETABASE_REDB: System = System::Netabase(Backend::Redb, Rt::Tokio);
+
     /// Its name in the report.
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> String {
         match self {
-            System::Stock => "stock libp2p kad (MemoryStore)",
-            System::NetabaseMemory => "Netabase (memory backend)",
-            System::NetabaseRedb => "Netabase (redb, durable)",
+            System::Stock => "stock libp2p kad (MemoryStore)".to_string(),
+            System::Netabase(Backend::Memory, rt) => format!("Netabase memory, {}", rt.name()),
+            System::Netabase(Backend::Redb, rt) => {
+                format!("Netabase redb durable, {}", rt.name())
+            }
         }
     }
+
+    /// The systems named in `NETABASE_BENCH_SYSTEMS`: a comma-separated list of `stock`,
+    /// `memory` and `redb` (Netabase on tokio), `memory-<runtime>` and `redb-<runtime>`
+    /// (runtime `tokio`, `async-std` or `smol`; a leading `netabase-` is allowed), and
+    /// `all`: stock, then both backends on every runtime this build has.
+    pub(crate) fn parse_list(list: &str) -> Result<Vec<System>, String> {
+        let mut systems = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                systems.push(System::Stock);
+                for rt in Rt::ALL.into_iter().filter(|rt| rt.built()) {
+                    systems.push(System::Netabase(Backend::Memory, rt));
+                    systems.push(System::Netabase(Backend::Redb, rt));
+                }
+                continue;
+            }
+            let system = match name.strip_prefix("netabase-").unwrap_or(name) {
+                "stock" => System::Stock,
+                other => {
+                    let (backend, rt) = other.split_once('-').unwrap_or((other, "tokio"));
+                    let backend = match backend {
+                        "memory" => Backend::Memory,
+                        "redb" => Backend::Redb,
+                        _ => return Err(unknown_system(name)),
+                    };
+                    let rt = Rt::ALL
+                        .into_iter()
+                        .find(|r| r.name() == rt)
+                        .ok_or_else(|| unknown_system(name))?;
+                    if !rt.built() {
+                        return Err(format!(
+                            "NETABASE_BENCH_SYSTEMS: {name:?} needs the {0} runtime: run with \
+                             `--features {0}`",
+                            rt.name()
+                        ));
+                    }
+                    System::Netabase(backend, rt)
+                }
+            };
+            if !systems.contains(&system) {
+                systems.push(system);
+            }
+        }
+        Ok(systems)
+    }
+}
+
+fn unknown_system(name: &str) -> String {
+    format!(
+        "NETABASE_BENCH_SYSTEMS: {name:?} is none of stock, memory, redb, memory-<runtime>, \
+         redb-<runtime> (runtime tokio, async-std or smol), all"
+    )
 }
 
 /// What a run does.
@@ -96,7 +199,11 @@ impl Settings {
             warmup: 200,
             ops: 1000,
             rounds: 5,
-            systems: vec![System::Stock, System::NetabaseMemory, System::NetabaseRedb],
+            systems: vec![
+                System::Stock,
+                System::NETABASE_MEMORY,
+                System::NETABASE_REDB,
+            ],
         }
     }
 
@@ -113,8 +220,7 @@ impl Settings {
 
     /// The full or the quick run (`NETABASE_BENCH_QUICK=1`), with any of
     /// `NETABASE_BENCH_{NODES,K,PAYLOAD,CONCURRENCY,WARMUP,OPS,ROUNDS}` overriding, and
-    /// `NETABASE_BENCH_SYSTEMS` (a comma-separated selection of `stock`, `memory`, `redb`)
-    /// choosing the networks.
+    /// `NETABASE_BENCH_SYSTEMS` choosing the networks (see [`System::parse_list`]).
     pub(crate) fn from_env() -> Result<Settings, String> {
         let quick = std::env::var("NETABASE_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
         let mut s = if quick {
@@ -137,17 +243,7 @@ impl Settings {
             }
         }
         if let Ok(value) = std::env::var("NETABASE_BENCH_SYSTEMS") {
-            s.systems = value
-                .split(',')
-                .map(|name| match name.trim() {
-                    "stock" => Ok(System::Stock),
-                    "memory" => Ok(System::NetabaseMemory),
-                    "redb" => Ok(System::NetabaseRedb),
-                    other => Err(format!(
-                        "NETABASE_BENCH_SYSTEMS: {other:?} is none of stock, memory, redb"
-                    )),
-                })
-                .collect::<Result<_, _>>()?;
+            s.systems = System::parse_list(&value)?;
         }
         if s.nodes < 3
             || s.k == 0
@@ -315,7 +411,8 @@ impl Report {
 /// A network under test.
 enum Net {
     Stock(StockNet),
-    Netabase(NetabaseNet),
+    /// Netabase nodes on one of the runtimes.
+    Netabase(Box<dyn NetabaseNetwork>),
 }
 
 /// The record of operation `id`, as both kinds of network store it.
@@ -338,21 +435,30 @@ fn roles(peers: &[PeerId], key: &[u8]) -> (usize, usize) {
 
 impl Net {
     async fn start(system: System, settings: &Settings) -> Result<Net, String> {
-        Ok(match system {
-            System::Stock => Net::Stock(StockNet::start(settings).await?),
-            System::NetabaseMemory => {
-                Net::Netabase(NetabaseNet::start(settings, StorageBackend::Memory).await?)
-            }
-            System::NetabaseRedb => {
-                Net::Netabase(NetabaseNet::start(settings, StorageBackend::Redb).await?)
-            }
-        })
+        let (backend, rt) = match system {
+            System::Stock => return Ok(Net::Stock(StockNet::start(settings).await?)),
+            System::Netabase(backend, rt) => (backend, rt),
+        };
+        let backend = match backend {
+            Backend::Memory => StorageBackend::Memory,
+            Backend::Redb => StorageBackend::Redb,
+        };
+        Ok(Net::Netabase(match rt {
+            Rt::Tokio => start_netabase::<netabase::TokioRuntime>(settings, backend).await?,
+            #[cfg(feature = "async-std")]
+            Rt::AsyncStd => start_netabase::<netabase::AsyncStdRuntime>(settings, backend).await?,
+            #[cfg(feature = "smol")]
+            Rt::Smol => start_netabase::<netabase::SmolRuntime>(settings, backend).await?,
+            // Only reachable in a build without every runtime feature.
+            #[allow(unreachable_patterns)]
+            other => return Err(format!("this build has no {} runtime", other.name())),
+        }))
     }
 
     fn peers(&self) -> &[PeerId] {
         match self {
             Net::Stock(n) => &n.peers,
-            Net::Netabase(n) => &n.peers,
+            Net::Netabase(n) => n.peers(),
         }
     }
 
@@ -360,16 +466,7 @@ impl Net {
     async fn put(&self, at: usize, id: u64, payload: usize) -> Result<(), String> {
         match self {
             Net::Stock(n) => n.put(at, id, payload).await,
-            Net::Netabase(n) => {
-                let put = n.nodes[at]
-                    .put_record(item(id, payload))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match put.quorum_error {
-                    None => Ok(()),
-                    Some(e) => Err(format!("put {id}: {e}")),
-                }
-            }
+            Net::Netabase(n) => n.put(at, id, payload).await,
         }
     }
 
@@ -377,18 +474,7 @@ impl Net {
     async fn get(&self, at: usize, id: u64, payload: usize) -> Result<(), String> {
         match self {
             Net::Stock(n) => n.get(at, id, payload).await,
-            Net::Netabase(n) => {
-                let found = n.nodes[at]
-                    .get_record(&ItemPrimaryKey(id))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("get {id}: not found"))?;
-                if found.record.id == id && found.record.payload.len() == payload {
-                    Ok(())
-                } else {
-                    Err(format!("get {id}: another record"))
-                }
-            }
+            Net::Netabase(n) => n.get(at, id, payload).await,
         }
     }
 
@@ -396,15 +482,7 @@ impl Net {
     async fn inbound_requests(&self) -> u64 {
         match self {
             Net::Stock(n) => n.served.load(Ordering::Relaxed),
-            Net::Netabase(n) => {
-                let mut total = 0;
-                for node in &n.nodes {
-                    if let Ok(stats) = node.stats().await {
-                        total += stats.kad.inbound_requests;
-                    }
-                }
-                total
-            }
+            Net::Netabase(n) => n.inbound_requests().await,
         }
     }
 
@@ -417,11 +495,7 @@ impl Net {
     async fn stop(self) {
         match self {
             Net::Stock(n) => n.stop(),
-            Net::Netabase(n) => {
-                for node in &n.nodes {
-                    let _ = node.stop_swarm().await;
-                }
-            }
+            Net::Netabase(n) => n.stop().await,
         }
     }
 }
@@ -446,14 +520,88 @@ fn key_of(id: u64) -> Result<Vec<u8>, String> {
 // ---------------------------------------------------------------------------------------
 // Netabase.
 
-struct NetabaseNet {
-    nodes: Vec<Netabase<BenchDefinition>>,
+/// A network of Netabase nodes on some runtime, as the load generator uses it.
+trait NetabaseNetwork: Send + Sync {
+    fn peers(&self) -> &[PeerId];
+    /// Puts the record of `id` at node `at`.
+    fn put(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>>;
+    /// Gets the record of `id` at node `at` and checks it.
+    fn get(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>>;
+    /// Kademlia requests every node has served so far.
+    fn inbound_requests(&self) -> BoxFuture<'_, u64>;
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+async fn start_netabase<R: Runtime>(
+    settings: &Settings,
+    backend: StorageBackend,
+) -> Result<Box<dyn NetabaseNetwork>, String> {
+    Ok(Box::new(NetabaseNet::<R>::start(settings, backend).await?))
+}
+
+/// Netabase nodes on runtime `R`.
+struct NetabaseNet<R: Runtime> {
+    nodes: Vec<netabase::swarm::Netabase<BenchDefinition, R>>,
     peers: Vec<PeerId>,
     _dir: tempfile::TempDir,
 }
 
-impl NetabaseNet {
-    async fn start(settings: &Settings, backend: StorageBackend) -> Result<NetabaseNet, String> {
+impl<R: Runtime> NetabaseNetwork for NetabaseNet<R> {
+    fn peers(&self) -> &[PeerId] {
+        &self.peers
+    }
+
+    fn put(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let put = self.nodes[at]
+                .put_record(item(id, payload))
+                .await
+                .map_err(|e| e.to_string())?;
+            match put.quorum_error {
+                None => Ok(()),
+                Some(e) => Err(format!("put {id}: {e}")),
+            }
+        })
+    }
+
+    fn get(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let found = self.nodes[at]
+                .get_record(&ItemPrimaryKey(id))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("get {id}: not found"))?;
+            if found.record.id == id && found.record.payload.len() == payload {
+                Ok(())
+            } else {
+                Err(format!("get {id}: another record"))
+            }
+        })
+    }
+
+    fn inbound_requests(&self) -> BoxFuture<'_, u64> {
+        Box::pin(async move {
+            let mut total = 0;
+            for node in &self.nodes {
+                if let Ok(stats) = node.stats().await {
+                    total += stats.kad.inbound_requests;
+                }
+            }
+            total
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for node in &self.nodes {
+                let _ = node.stop_swarm().await;
+            }
+        })
+    }
+}
+
+impl<R: Runtime> NetabaseNet<R> {
+    async fn start(settings: &Settings, backend: StorageBackend) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("netabase-bench-")
             .tempdir()
@@ -475,8 +623,8 @@ impl NetabaseNet {
             c.idle_connection_timeout = IDLE;
             c
         };
-        let first =
-            Netabase::<BenchDefinition>::new_with_config(config(0)).map_err(|e| e.to_string())?;
+        let first = netabase::swarm::Netabase::<BenchDefinition, R>::new_with_config(config(0))
+            .map_err(|e| e.to_string())?;
         first.start_swarm().await.map_err(|e| e.to_string())?;
         let addr = first
             .listen_addresses()
@@ -485,7 +633,7 @@ impl NetabaseNet {
             .remove(0);
         let mut nodes = vec![first.clone()];
         for i in 1..settings.nodes {
-            let node = Netabase::<BenchDefinition>::new_with_config(
+            let node = netabase::swarm::Netabase::<BenchDefinition, R>::new_with_config(
                 config(i).with_bootstrap_peer(first.local_peer_id(), addr.clone()),
             )
             .map_err(|e| e.to_string())?;

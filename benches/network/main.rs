@@ -23,6 +23,16 @@
 //! ```
 //!
 //! `NETABASE_BENCH_{NODES,K,PAYLOAD,CONCURRENCY,WARMUP,OPS,ROUNDS}` change the settings.
+//! `NETABASE_BENCH_SYSTEMS` picks the networks, comma-separated: `stock`, `memory` and
+//! `redb` (Netabase on tokio, the default three), `memory-<runtime>` and `redb-<runtime>`
+//! for Netabase nodes on `tokio`, `async-std` or `smol` (with that feature of the
+//! `netabase` crate on), and `all` (stock and both backends on every runtime built). The
+//! load generator is the same tokio one for every network; a Netabase network on
+//! async-std or smol runs its nodes' drivers and connections on that runtime.
+//!
+//! ```sh
+//! NETABASE_BENCH_SYSTEMS=all cargo bench --bench network --features async-std,smol
+//! ```
 
 // The report goes to standard output.
 #![allow(clippy::print_stdout)]
