@@ -16,6 +16,9 @@
 //! Run with `cargo bench --bench store`. A full run (no filter) ends with an interleaved
 //! comparison: typed and raw alternate round by round, so that load from other processes
 //! on a shared machine falls on both alike, and the median ratio per operation is printed.
+//! `cargo bench --bench store -- interleaved` runs only that comparison;
+//! `STORE_BENCH_ROUNDS` sets its number of rounds (default 15) and `STORE_BENCH_ONLY` keeps
+//! the lines (`"<engine> <operation>"`) that contain it, e.g. `STORE_BENCH_ONLY="sled put"`.
 
 // criterion's macros generate undocumented public functions.
 #![allow(missing_docs)]
@@ -422,7 +425,12 @@ fn median(values: &mut [f64]) -> f64 {
 // Printing the results is what a benchmark is for.
 #[allow(clippy::print_stdout)]
 fn interleaved() {
-    const ROUNDS: usize = 15;
+    let rounds: u64 = std::env::var("STORE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(15);
+    let only = std::env::var("STORE_BENCH_ONLY").unwrap_or_default();
     type Op = fn(&dyn Contender, u64, u64);
     let ops: [(&str, u64, Op); 4] = [
         ("put/deferred", 200, |c, round, i| {
@@ -443,14 +451,23 @@ fn interleaved() {
         }),
     ];
     println!(
-        "\ninterleaved typed/raw (median of {ROUNDS} alternating rounds, deferred durability):"
+        "\ninterleaved typed/raw (median of {rounds} alternating rounds, deferred durability):"
     );
     for (engine, name) in [(Engine::Redb, "redb"), (Engine::Sled, "sled")] {
+        if !ops
+            .iter()
+            .any(|(op_name, _, _)| format!("{name} {op_name}").contains(&only))
+        {
+            continue;
+        }
         let (_typed_dir, typed_store) = preloaded(typed, engine);
         let (_raw_dir, raw_store) = preloaded(raw, engine);
         for (op_name, per_round, op) in ops {
+            if !format!("{name} {op_name}").contains(&only) {
+                continue;
+            }
             let (mut t, mut r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..ROUNDS as u64 {
+            for round in 0..rounds {
                 let time = |c: &dyn Contender| {
                     let start = std::time::Instant::now();
                     for i in 0..per_round {
@@ -480,10 +497,14 @@ fn interleaved() {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--bench") && args.iter().any(|a| a == "interleaved") {
+        interleaved();
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     // Only in a full run (no filter, not a `--list` or `--test` pass).
-    let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.is_empty() && args.iter().all(|a| a == "--bench") {
         interleaved();
     }
