@@ -227,6 +227,9 @@ pub(crate) struct Driver<R: Runtime> {
     gauge_tick: Fuse<BoxFuture<'static, ()>>,
     /// Set when the store could not make its writes durable: the node stops.
     store_failed: bool,
+    /// Set when a request went out since the last sync (which may have deferred writes
+    /// to make durable).
+    requests_before_sync: bool,
 }
 
 /// The error for listen address `addr`, which runtime `R` has no transport for.
@@ -287,6 +290,7 @@ impl<R: Runtime> Driver<R> {
             metrics,
             gauge_tick,
             store_failed: false,
+            requests_before_sync: false,
         })
     }
 
@@ -405,6 +409,12 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             self.drain();
+            if self.requests_before_sync {
+                // Requests went out ahead of a pending sync: hand them to their connections
+                // first, so that the disk's flush overlaps their round trips.
+                self.deliver();
+                let _ = self.durable();
+            }
             if self.store_failed {
                 break None;
             }
@@ -496,6 +506,7 @@ impl<R: Runtime> Driver<R> {
         if self.store_failed {
             return Err(NetabaseError::Stopped);
         }
+        self.requests_before_sync = false;
         self.node.store().sync().map_err(|e| {
             tracing::error!(error = %e, "the store cannot make writes durable; stopping the node");
             self.store_failed = true;
@@ -503,11 +514,30 @@ impl<R: Runtime> Driver<R> {
         })
     }
 
-    /// Carries out everything the core asked for, once the writes it depends on are
-    /// durable.
+    /// Polls the swarm until it has nothing ready, so that it hands the requests queued on
+    /// the behaviour to their connections (which send them on their own tasks); the events
+    /// it yields meanwhile are handled and drained as usual.
+    fn deliver(&mut self) {
+        for _ in 0..READY_BATCH {
+            match self.swarm.select_next_some().now_or_never() {
+                Some(event) => {
+                    self.on_swarm_event(event);
+                    self.drain();
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Carries out everything the core asked for; every output but a request waits until
+    /// the writes made so far are durable.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
-            if self.durable().is_err() {
+            if let Output::SendRequest { .. } = output {
+                // A request acknowledges nothing; it may leave before the writes are
+                // durable (the run loop syncs once it is on its way).
+                self.requests_before_sync = true;
+            } else if self.durable().is_err() {
                 // Outputs made after the failed sync are dropped: the node stops.
                 return;
             }
