@@ -68,11 +68,10 @@ pub struct SimNode {
     /// Bumped at every restart: answers addressed to an earlier incarnation are dropped.
     pub incarnation: u32,
     timer_at: Option<Instant>,
-    inbound: FxHashMap<InboundId, (u32, u32, RequestId)>,
-    next_inbound: u64,
-    /// Peers it has an open connection with, and when each was last used (event sequence).
-    /// Iterated only after sorting, so the hash order never shows.
-    links: FxHashMap<u32, u64>,
+    /// Peers it has an open connection with, in no particular order (sorted before any
+    /// use that could show the order). When each was last used is in
+    /// [`Simulation`]'s link map, one entry per connection.
+    links: Vec<u32>,
 }
 
 impl SimNode {
@@ -112,7 +111,7 @@ pub struct World {
     pub heal_at: Option<Instant>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Msg {
     Request {
         id: RequestId,
@@ -139,7 +138,8 @@ enum Ev {
         /// Incarnation the message is addressed to (answers); `None` for new requests.
         to_inc: Option<u32>,
         from: u32,
-        msg: Box<Msg>,
+        /// Slot of the message in [`Simulation::msgs`].
+        msg: u32,
     },
     Timer {
         node: u32,
@@ -212,6 +212,24 @@ pub struct Simulation {
     violations: Vec<Violation>,
     end: Instant,
     trace_out: Option<Box<dyn std::io::Write>>,
+    /// Messages in flight, by slot; freed slots are reused (most recently freed first, so
+    /// a new message usually lands in memory that is still in cache).
+    msgs: Vec<Option<Msg>>,
+    free_msgs: Vec<u32>,
+    /// Open connections, keyed by the pair of node indices (lower one in the high half),
+    /// with when each was last used (event sequence). Only looked up, never iterated.
+    links: FxHashMap<u64, u64>,
+    /// Inbound requests waiting for the node's answer: (node, inbound id) to (requester,
+    /// its incarnation, its request id). Nodes answer at once, so this stays tiny and
+    /// in cache.
+    inbound: FxHashMap<(u32, u64), (u32, u32, RequestId)>,
+    next_inbound: u64,
+}
+
+/// The key of the connection between `a` and `b` in [`Simulation::links`].
+fn pair(a: usize, b: usize) -> u64 {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    (lo as u64) << 32 | hi as u64
 }
 
 impl Simulation {
@@ -264,9 +282,7 @@ impl Simulation {
                 skew,
                 incarnation: 0,
                 timer_at: None,
-                inbound: FxHashMap::default(),
-                next_inbound: 0,
-                links: FxHashMap::default(),
+                links: Vec::new(),
             });
         }
         let end = secs(scenario.duration_s);
@@ -307,6 +323,11 @@ impl Simulation {
             violations: Vec::new(),
             end,
             trace_out: None,
+            msgs: Vec::new(),
+            free_msgs: Vec::new(),
+            links: FxHashMap::default(),
+            inbound: FxHashMap::default(),
+            next_inbound: 0,
         };
 
         // Joins: the bootstrap nodes at zero, the rest spread over the join window.
@@ -461,46 +482,50 @@ impl Simulation {
         let duplicate = self.impaired && dup > 0.0 && unit(&mut self.net_rng) < dup;
         let at = self.world.now + self.message_delay(from, to);
         if duplicate {
-            let copy = match &msg {
-                Msg::Request {
-                    id,
-                    from_inc,
-                    request,
-                } => Msg::Request {
-                    id: *id,
-                    from_inc: *from_inc,
-                    request: request.clone(),
-                },
-                Msg::Response { id, response } => Msg::Response {
-                    id: *id,
-                    response: response.clone(),
-                },
-                Msg::Sent { id } => Msg::Sent { id: *id },
-                Msg::Failed { id, failure } => Msg::Failed {
-                    id: *id,
-                    failure: failure.clone(),
-                },
-            };
             let later = self.world.now + self.message_delay(from, to);
+            let copy = self.store_msg(msg.clone());
             self.push(
                 later,
                 Ev::Deliver {
                     to,
                     to_inc,
                     from,
-                    msg: Box::new(copy),
+                    msg: copy,
                 },
             );
         }
+        let msg = self.store_msg(msg);
         self.push(
             at,
             Ev::Deliver {
                 to,
                 to_inc,
                 from,
-                msg: Box::new(msg),
+                msg,
             },
         );
+    }
+
+    /// Puts `msg` in a free slot of the message slab.
+    fn store_msg(&mut self, msg: Msg) -> u32 {
+        match self.free_msgs.pop() {
+            Some(slot) => {
+                self.msgs[slot as usize] = Some(msg);
+                slot
+            }
+            None => {
+                self.msgs.push(Some(msg));
+                (self.msgs.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Takes the message out of `slot` and frees the slot.
+    fn take_msg(&mut self, slot: u32) -> Msg {
+        self.free_msgs.push(slot);
+        self.msgs[slot as usize]
+            .take()
+            .expect("a scheduled delivery owns its message slot")
     }
 
     /// A local notification that takes one hop's time but cannot be lost (the outcome of a
@@ -508,13 +533,14 @@ impl Simulation {
     fn notify(&mut self, to: u32, from: u32, msg: Msg) {
         let inc = self.world.nodes[to as usize].incarnation;
         let at = self.world.now + self.link_latency(from, to);
+        let msg = self.store_msg(msg);
         self.push(
             at,
             Ev::Deliver {
                 to,
                 to_inc: Some(inc),
                 from,
-                msg: Box::new(msg),
+                msg,
             },
         );
     }
@@ -523,16 +549,33 @@ impl Simulation {
         Address::from_bytes(&(i as u32).to_be_bytes()).expect("four bytes")
     }
 
+    /// The node `peer` is, found from the address the request was sent to (a simulated
+    /// address is the node's index) when that address is the peer's own, otherwise by id.
+    fn resolve(&self, peer: &PeerId, addrs: &[Address]) -> Option<usize> {
+        if let Some(a) = addrs.first()
+            && let Ok(b) = <[u8; 4]>::try_from(a.as_bytes())
+        {
+            let j = u32::from_be_bytes(b) as usize;
+            if self.world.nodes.get(j).is_some_and(|n| n.peer == *peer) {
+                return Some(j);
+            }
+        }
+        self.world.index.get(peer).copied()
+    }
+
     /// Carries out everything node `i` wants done, then re-arms its timer.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.node_mut(i).and_then(|n| n.poll_output()) {
             match out {
                 Output::SendRequest {
-                    id, peer, request, ..
+                    id,
+                    peer,
+                    addrs,
+                    request,
                 } => {
                     let one_way = !request.expects_response();
                     let from_inc = self.world.nodes[i].incarnation;
-                    match self.world.index.get(&peer).copied() {
+                    match self.resolve(&peer, &addrs) {
                         Some(j) if self.world.nodes[j].is_up() => {
                             if self.blocked(i as u32, j as u32) {
                                 // A partitioned peer is silent: the request times out.
@@ -579,12 +622,12 @@ impl Simulation {
                     }
                 }
                 Output::SendResponse { id, response, .. } => {
-                    if let Some((j, inc, rid)) = self.world.nodes[i].inbound.remove(&id) {
+                    if let Some((j, inc, rid)) = self.inbound.remove(&(i as u32, id.0)) {
                         self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
                     }
                 }
                 Output::RejectInbound { id, .. } => {
-                    if let Some((j, inc, rid)) = self.world.nodes[i].inbound.remove(&id) {
+                    if let Some((j, inc, rid)) = self.inbound.remove(&(i as u32, id.0)) {
                         self.transmit(
                             i as u32,
                             j,
@@ -624,11 +667,8 @@ impl Simulation {
     /// ones, as libp2p's connection limits and idle timeouts do.
     fn connect(&mut self, a: usize, b: usize) {
         let stamp = self.seq;
-        if let Some(t) = self.world.nodes[a].links.get_mut(&(b as u32)) {
+        if let Some(t) = self.links.get_mut(&pair(a, b)) {
             *t = stamp;
-            if let Some(t) = self.world.nodes[b].links.get_mut(&(a as u32)) {
-                *t = stamp;
-            }
             return;
         }
         for x in [a, b] {
@@ -636,7 +676,7 @@ impl Simulation {
                 let mut by_age: Vec<(u64, u32)> = self.world.nodes[x]
                     .links
                     .iter()
-                    .map(|(p, t)| (*t, *p))
+                    .map(|&y| (self.links[&pair(x, y as usize)], y))
                     .collect();
                 by_age.sort_unstable();
                 for (_, y) in by_age.into_iter().take(MAX_CONNECTIONS / 4) {
@@ -644,8 +684,9 @@ impl Simulation {
                 }
             }
         }
-        self.world.nodes[a].links.insert(b as u32, stamp);
-        self.world.nodes[b].links.insert(a as u32, stamp);
+        self.links.insert(pair(a, b), stamp);
+        self.world.nodes[a].links.push(b as u32);
+        self.world.nodes[b].links.push(a as u32);
         for (x, y) in [(a, b), (b, a)] {
             let serves = self.world.nodes[y]
                 .node()
@@ -661,10 +702,19 @@ impl Simulation {
         self.drain(b);
     }
 
+    /// Forgets `y` in `x`'s list of connections.
+    fn unlink(&mut self, x: usize, y: usize) {
+        let links = &mut self.world.nodes[x].links;
+        if let Some(pos) = links.iter().position(|&p| p as usize == y) {
+            links.swap_remove(pos);
+        }
+    }
+
     /// Closes the connection between `x` and `y`; both sides are told.
     fn disconnect(&mut self, x: usize, y: usize) {
-        self.world.nodes[x].links.remove(&(y as u32));
-        self.world.nodes[y].links.remove(&(x as u32));
+        self.links.remove(&pair(x, y));
+        self.unlink(x, y);
+        self.unlink(y, x);
         for (p, q) in [(x, y), (y, x)] {
             let peer = self.world.nodes[q].peer;
             let now = self.local_now(p);
@@ -729,8 +779,9 @@ impl Simulation {
                 msg,
             } => {
                 let (t, f) = (to as usize, from as usize);
+                let msg = self.take_msg(msg);
                 if !self.world.nodes[t].is_up() {
-                    if let Msg::Request { id, from_inc, .. } = *msg {
+                    if let Msg::Request { id, from_inc, .. } = msg {
                         // Arrived at a crashed node: the sender's stream breaks.
                         if self.world.nodes[f].incarnation == from_inc {
                             self.notify(
@@ -750,7 +801,7 @@ impl Simulation {
                 }
                 self.events += 1;
                 let local = self.local_now(t);
-                match *msg {
+                match msg {
                     Msg::Request {
                         id,
                         from_inc,
@@ -758,11 +809,10 @@ impl Simulation {
                     } => {
                         self.trace_event(now, 1, to, id.0);
                         self.connect(f, t);
-                        let node = &mut self.world.nodes[t];
-                        let inbound = InboundId(node.next_inbound);
-                        node.next_inbound += 1;
+                        let inbound = InboundId(self.next_inbound);
+                        self.next_inbound += 1;
                         if request.expects_response() {
-                            node.inbound.insert(inbound, (from, from_inc, id));
+                            self.inbound.insert((to, inbound.0), (from, from_inc, id));
                         }
                         let peer = self.world.nodes[f].peer;
                         if let Some(n) = self.node_mut(t) {
@@ -961,16 +1011,16 @@ impl Simulation {
         };
         // Only what the store made durable survives.
         node.state = NodeState::Down(core.into_store());
-        node.inbound.clear();
         node.timer_at = None;
-        let links = std::mem::take(&mut node.links);
+        let mut links = std::mem::take(&mut node.links);
         let peer = node.peer;
+        self.inbound.retain(|&(n, _), _| n as usize != i);
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
-        let mut links: Vec<u32> = links.into_keys().collect();
         links.sort_unstable();
         for j in links {
             let j = j as usize;
-            self.world.nodes[j].links.remove(&(i as u32));
+            self.links.remove(&pair(i, j));
+            self.unlink(j, i);
             let now = self.local_now(j);
             if let Some(n) = self.node_mut(j) {
                 n.handle_connection_closed(now, peer);
