@@ -89,40 +89,57 @@ pub fn seal_payload(version: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Checks a value's header and checksum; returns the schema version it was written with
 /// and the payload. The error says what is wrong.
+#[inline]
 pub fn open(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
-    if bytes.len() < HEADER_LEN {
-        return Err(format!(
-            "value truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
-            bytes.len()
-        ));
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(truncated(bytes.len()));
+    };
+    if header[..3] != [MAGIC[0], MAGIC[1], VALUE_FORMAT] {
+        return Err(bad_start(header));
     }
-    if bytes[..2] != MAGIC {
-        return Err("value does not start with the value header magic".into());
-    }
-    if bytes[2] != VALUE_FORMAT {
-        return Err(format!(
-            "value format {} is not supported (this build reads format {VALUE_FORMAT})",
-            bytes[2]
-        ));
-    }
-    let version = u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]);
-    let stored = u32::from_be_bytes([bytes[7], bytes[8], bytes[9], bytes[10]]);
-    let payload = &bytes[HEADER_LEN..];
+    let version = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+    let stored = u32::from_be_bytes([header[7], header[8], header[9], header[10]]);
     if checksum(version, payload) != stored {
-        return Err("checksum mismatch: the value is damaged or truncated".into());
+        return Err(damaged());
     }
     Ok((version, payload))
 }
 
+#[cold]
+fn truncated(len: usize) -> String {
+    format!("value truncated: {len} bytes, shorter than the {HEADER_LEN}-byte header")
+}
+
+#[cold]
+fn bad_start(header: &[u8; HEADER_LEN]) -> String {
+    if header[..2] != MAGIC {
+        "value does not start with the value header magic".into()
+    } else {
+        format!(
+            "value format {} is not supported (this build reads format {VALUE_FORMAT})",
+            header[2]
+        )
+    }
+}
+
+#[cold]
+fn damaged() -> String {
+    "checksum mismatch: the value is damaged or truncated".into()
+}
+
 /// Checks a value's header for schema version `expected` and returns its payload.
+#[inline]
 pub fn open_version(bytes: &[u8], expected: u32) -> Result<&[u8], String> {
     let (version, payload) = open(bytes)?;
     if version != expected {
-        return Err(format!(
-            "value was written with schema version {version}, the store is at {expected}"
-        ));
+        return Err(other_version(version, expected));
     }
     Ok(payload)
+}
+
+#[cold]
+fn other_version(version: u32, expected: u32) -> String {
+    format!("value was written with schema version {version}, the store is at {expected}")
 }
 
 /// `index ++ value` : the prefix of all index entries of one secondary-key value.

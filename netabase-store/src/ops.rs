@@ -51,10 +51,13 @@ impl Tables {
         Tables(tables)
     }
 
+    #[inline]
     pub(crate) fn get(&self, model: ModelId) -> Result<&ModelTables> {
-        self.0
-            .get(usize::from(model))
-            .ok_or(StoreError::Model(ModelError::UnknownModel(model)))
+        // Not `ok_or`: building (and dropping) the error on every lookup is measurable.
+        match self.0.get(usize::from(model)) {
+            Some(tables) => Ok(tables),
+            None => Err(StoreError::Model(ModelError::UnknownModel(model))),
+        }
     }
 
     pub(crate) fn all(&self) -> &[ModelTables] {

@@ -114,6 +114,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         &self.backend
     }
 
+    #[inline]
     pub(crate) fn guard(&self) -> Result<TxGuard> {
         TxGuard::enter(Arc::as_ptr(&self.backend) as *const () as usize)
     }
@@ -124,6 +125,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
     ///
     /// Inside `f`, use the transaction handle: calling other methods of this store (or of a
     /// clone) from `f` fails with [`StoreError::NestedTransaction`].
+    #[inline]
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTx<'_, D, B>) -> Result<T>) -> Result<T> {
         let _guard = self.guard()?;
         self.write_in(self.backend.begin_write()?, f)
@@ -165,6 +167,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
     }
 
     /// Runs `f` in a read transaction: every read inside sees the same committed state.
+    #[inline]
     pub fn read<T>(&self, f: impl FnOnce(&ReadTx<'_, D, B>) -> Result<T>) -> Result<T> {
         let _guard = self.guard()?;
         let tx = ReadTx {
