@@ -2,11 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
-use super::{
-    Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
-    WriteTransaction,
-};
+use super::overlay::{Changes, FlatKv, Locked, overlay_transactions};
+use super::{Backend, BackendKind, Durability, KeyRange, ValueReader, Visitor};
 use crate::error::Result;
 
 /// Ordered maps in memory: transactions as on disk, nothing persists.
@@ -23,9 +20,7 @@ pub struct MemoryBackend {
 struct MemKv(BTreeMap<Vec<u8>, Vec<u8>>);
 
 impl FlatKv for MemKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).cloned())
-    }
+    type Bytes = Vec<u8>;
 
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
         match self.0.get(key) {
@@ -43,7 +38,7 @@ impl FlatKv for MemKv {
         Ok(())
     }
 
-    fn apply(&mut self, changes: Changes) -> Result<()> {
+    fn apply(&mut self, changes: Changes<Vec<u8>>) -> Result<()> {
         for (k, v) in changes {
             match v {
                 Some(v) => {
@@ -66,13 +61,20 @@ impl MemoryBackend {
     /// An empty store.
     pub fn new() -> Self {
         MemoryBackend {
-            inner: Locked::new(MemKv::default()),
+            inner: Locked::empty(MemKv::default()),
         }
     }
 
     /// The number of entries over all tables.
     pub fn entry_count(&self) -> usize {
-        self.inner.read().0.len()
+        // Keys starting with 0x00 are the layout's own (table ids).
+        self.inner
+            .read()
+            .kv
+            .0
+            .keys()
+            .filter(|k| k.first() != Some(&0))
+            .count()
     }
 }
 
@@ -82,11 +84,13 @@ impl Default for MemoryBackend {
     }
 }
 
-/// A read transaction of a [`MemoryBackend`].
-pub struct MemoryRead<'a>(OverlayRead<'a, MemKv>);
-
-/// A write transaction of a [`MemoryBackend`].
-pub struct MemoryWrite<'a>(OverlayWrite<'a, MemKv>);
+overlay_transactions!(
+    /// A read transaction of a [`MemoryBackend`].
+    MemoryRead,
+    /// A write transaction of a [`MemoryBackend`].
+    MemoryWrite,
+    MemKv
+);
 
 impl Backend for MemoryBackend {
     type Read<'a> = MemoryRead<'a>;
@@ -112,52 +116,5 @@ impl Backend for MemoryBackend {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Memory
-    }
-}
-
-impl ReadTransaction for MemoryRead<'_> {
-    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.get(table, key)
-    }
-    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        self.0.get_with(table, key, read)
-    }
-    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        self.0.scan(table, range, visit)
-    }
-}
-
-impl ReadTransaction for MemoryWrite<'_> {
-    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.get(table, key)
-    }
-    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        self.0.get_with(table, key, read)
-    }
-    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        self.0.scan(table, range, visit)
-    }
-}
-
-impl WriteTransaction for MemoryWrite<'_> {
-    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.replace(table, key, value)
-    }
-    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0.put(table, key, value);
-        Ok(())
-    }
-    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.take(table, key)
-    }
-    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
-        self.0.delete(table, key);
-        Ok(())
-    }
-    fn clear(&mut self, table: &str) -> Result<()> {
-        self.0.clear(table)
-    }
-    fn commit(self) -> Result<()> {
-        self.0.commit()
     }
 }

@@ -1,52 +1,237 @@
 //! Transactions for flat ordered key-value stores without their own multi-key transactions
-//! (sled, the memory maps).
+//! (sled, the memory maps), written once for both.
 //!
-//! Tables are key prefixes: `table ++ 0x00 ++ key` (table names never contain `0x00`).
+//! # Layout
+//!
+//! Tables are key prefixes. Each table name gets a small number, its id, the first time a
+//! transaction writes to it; the id is recorded in the same commit, and its encoding is the
+//! prefix of every key of the table: one byte (`0x01..=0x7F`) for the first 127 tables, two
+//! bytes (`0x80 | high`, `low`) for the others, so that no table's prefix is a prefix of
+//! another's and keys cost one byte more than they would in a store of their own.
+//! Keys that start with `0x00` belong to the layout itself:
+//!
+//! | key | value |
+//! |---|---|
+//! | `00 'v'` | the layout version ([`LAYOUT_VERSION`]) |
+//! | `00 't'` ++ table name | the table's id (`u16`, big-endian) |
+//!
+//! A table that was never written has no id and reads as empty.
+//!
+//! # Transactions
+//!
 //! Writers are serialised by a mutex; a write transaction buffers its changes in an overlay
 //! that its own reads consult, and at commit applies them in one atomic step under the
 //! write side of a reader-writer lock. Read transactions hold the read side for their whole
 //! life, so every read of one transaction sees the same committed state.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use super::{KeyRange, ValueReader, Visitor};
-use crate::error::Result;
+use super::{KeyRange, ValueReader, Visitor, prefix_end};
+use crate::error::{Result, StoreError};
+
+/// The version of the layout above.
+pub(crate) const LAYOUT_VERSION: u8 = 1;
+
+/// The key of the layout version.
+pub(crate) const LAYOUT_KEY: &[u8] = b"\x00v";
+
+/// The prefix of the table-id entries.
+pub(crate) const TABLE_ID_PREFIX: &[u8] = b"\x00t";
 
 /// The changes of a write transaction: `None` removes the key.
-pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+pub(crate) type Changes<B> = BTreeMap<B, Option<B>>;
 
 /// A flat ordered key-value store.
 pub(crate) trait FlatKv: Send + Sync + 'static {
-    /// The value under `key`.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Keys and values as the store keeps them, so that a commit hands them over without
+    /// copying them again.
+    type Bytes: AsRef<[u8]>
+        + Borrow<[u8]>
+        + Ord
+        + for<'b> From<&'b [u8]>
+        + std::fmt::Debug
+        + Send
+        + Sync;
     /// Calls `read` with the value under `key`, if any; returns whether there was one.
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool>;
     /// Visits the entries within the (non-empty) range in key order.
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()>;
     /// Applies all changes atomically.
-    fn apply(&mut self, changes: Changes) -> Result<()>;
+    fn apply(&mut self, changes: Changes<Self::Bytes>) -> Result<()>;
     /// Makes applied changes durable (as far as the store can).
     fn sync(&self) -> Result<()>;
+}
+
+/// A table's id (`1..=0x7FFF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableId(u16);
+
+impl TableId {
+    const MAX: u16 = 0x7FFF;
+
+    /// The key prefix of the table (the first `len` bytes of the array).
+    #[inline]
+    fn prefix(self) -> ([u8; 2], usize) {
+        if self.0 < 0x80 {
+            ([self.0 as u8, 0], 1)
+        } else {
+            ([0x80 | (self.0 >> 8) as u8, self.0 as u8], 2)
+        }
+    }
+}
+
+/// Table names are few and chosen by code, not by peers: a multiply-rotate hash is enough
+/// and much cheaper than SipHash on every operation.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The ids of the tables that have one.
+#[derive(Debug)]
+struct TableIds {
+    ids: HashMap<Box<str>, TableId, BuildHasherDefault<NameHasher>>,
+    /// The id the next new table gets.
+    next: u16,
+}
+
+impl Default for TableIds {
+    fn default() -> Self {
+        TableIds {
+            ids: HashMap::default(),
+            next: 1,
+        }
+    }
+}
+
+impl TableIds {
+    /// Reads the ids recorded in `kv`, after checking that `kv` has this layout. `kv` must
+    /// be empty or written by this layout.
+    fn load<K: FlatKv>(kv: &K) -> Result<Self> {
+        let mut version = None;
+        kv.get_with(LAYOUT_KEY, &mut |v| {
+            version = Some(v.to_vec());
+            Ok(())
+        })?;
+        let mut tables = TableIds::default();
+        match version.as_deref() {
+            Some([LAYOUT_VERSION]) => {}
+            Some(other) => {
+                return Err(StoreError::Backend(format!(
+                    "the store's key layout is version {other:?}, this build reads version \
+                     {LAYOUT_VERSION}"
+                )));
+            }
+            None => {
+                let mut empty = true;
+                kv.scan((Bound::Unbounded, Bound::Unbounded), &mut |_, _| {
+                    empty = false;
+                    Ok(ControlFlow::Break(()))
+                })?;
+                if !empty {
+                    return Err(StoreError::Backend(
+                        "the store has entries but no key layout version: it was written by \
+                         an older version of netabase-store (tables named in every key), \
+                         which this build does not read"
+                            .into(),
+                    ));
+                }
+                return Ok(tables);
+            }
+        }
+        let end = prefix_end(TABLE_ID_PREFIX);
+        let range = (
+            Bound::Included(TABLE_ID_PREFIX),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        kv.scan(range, &mut |k, v| {
+            let name = std::str::from_utf8(&k[TABLE_ID_PREFIX.len()..]);
+            let id = <[u8; 2]>::try_from(v).map(u16::from_be_bytes);
+            match (name, id) {
+                (Ok(name), Ok(id)) if (1..=TableId::MAX).contains(&id) => {
+                    tables.ids.insert(name.into(), TableId(id));
+                    tables.next = tables.next.max(id + 1);
+                    Ok(ControlFlow::Continue(()))
+                }
+                _ => Err(StoreError::Backend(format!(
+                    "damaged table-id entry {k:02x?} = {v:02x?}"
+                ))),
+            }
+        })?;
+        Ok(tables)
+    }
+
+    #[inline]
+    fn get(&self, table: &str) -> Option<TableId> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        self.ids.get(table).copied()
+    }
+}
+
+/// The committed state: the store and its table ids.
+#[derive(Debug)]
+pub(crate) struct Flat<K> {
+    pub(crate) kv: K,
+    tables: TableIds,
 }
 
 /// A flat store with its locks.
 #[derive(Debug)]
 pub(crate) struct Locked<K> {
     writer: Mutex<()>,
-    data: RwLock<K>,
+    data: RwLock<Flat<K>>,
 }
 
 impl<K: FlatKv> Locked<K> {
-    pub(crate) fn new(kv: K) -> Self {
+    /// Wraps `kv`, which must be empty or written by this layout.
+    pub(crate) fn open(kv: K) -> Result<Self> {
+        let tables = TableIds::load(&kv)?;
+        Ok(Self::with_tables(kv, tables))
+    }
+
+    /// Wraps `kv`, which is empty.
+    pub(crate) fn empty(kv: K) -> Self {
+        Self::with_tables(kv, TableIds::default())
+    }
+
+    fn with_tables(kv: K, tables: TableIds) -> Self {
         Locked {
             writer: Mutex::new(()),
-            data: RwLock::new(kv),
+            data: RwLock::new(Flat { kv, tables }),
         }
     }
 
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, K> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Flat<K>> {
         self.data.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -58,58 +243,52 @@ impl<K: FlatKv> Locked<K> {
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         OverlayWrite {
             locked: self,
+            committed: self.read(),
             _writer: writer,
             changes: Changes::new(),
+            new_tables: Vec::new(),
             sync,
         }
     }
 }
 
-/// `table ++ 0x00 ++ key`.
-fn flat(table: &str, key: &[u8]) -> Vec<u8> {
-    debug_assert!(
-        !table.as_bytes().contains(&0),
-        "table names never contain 0x00"
-    );
-    let mut out = Vec::with_capacity(table.len() + 1 + key.len());
-    out.extend_from_slice(table.as_bytes());
-    out.push(0);
-    out.extend_from_slice(key);
-    out
-}
-
-/// Calls `f` with `table ++ 0x00 ++ key`, built on the stack when it is short.
-fn with_flat<R>(table: &str, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    const INLINE: usize = 96;
-    let len = table.len() + 1 + key.len();
+/// Calls `f` with `prefix ++ key`, built on the stack when it is short.
+#[inline]
+fn with_key<R>(table: TableId, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    const INLINE: usize = 64;
+    let (prefix, n) = table.prefix();
+    let len = n + key.len();
     if len > INLINE {
-        return f(&flat(table, key));
+        let mut flat = Vec::with_capacity(len);
+        flat.extend_from_slice(&prefix[..n]);
+        flat.extend_from_slice(key);
+        return f(&flat);
     }
-    debug_assert!(
-        !table.as_bytes().contains(&0),
-        "table names never contain 0x00"
-    );
     let mut buf = [0u8; INLINE];
-    buf[..table.len()].copy_from_slice(table.as_bytes());
-    buf[table.len() + 1..len].copy_from_slice(key);
+    buf[..n].copy_from_slice(&prefix[..n]);
+    buf[n..len].copy_from_slice(key);
     f(&buf[..len])
 }
 
+/// `prefix ++ key`, owned.
+fn owned_key<B: for<'b> From<&'b [u8]>>(table: TableId, key: &[u8]) -> B {
+    with_key(table, key, |k| B::from(k))
+}
+
 /// The flat bounds of `range` inside `table`.
-fn flat_range(table: &str, range: KeyRange<'_>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+fn flat_range(table: TableId, range: KeyRange<'_>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let (prefix, n) = table.prefix();
+    let prefix = &prefix[..n];
+    let flat = |k: &[u8]| [prefix, k].concat();
     let lo = match range.0 {
-        Bound::Included(k) => Bound::Included(flat(table, k)),
-        Bound::Excluded(k) => Bound::Excluded(flat(table, k)),
-        Bound::Unbounded => Bound::Included(flat(table, &[])),
+        Bound::Included(k) => Bound::Included(flat(k)),
+        Bound::Excluded(k) => Bound::Excluded(flat(k)),
+        Bound::Unbounded => Bound::Included(prefix.to_vec()),
     };
     let hi = match range.1 {
-        Bound::Included(k) => Bound::Included(flat(table, k)),
-        Bound::Excluded(k) => Bound::Excluded(flat(table, k)),
-        Bound::Unbounded => {
-            let mut end = table.as_bytes().to_vec();
-            end.push(1);
-            Bound::Excluded(end)
-        }
+        Bound::Included(k) => Bound::Included(flat(k)),
+        Bound::Excluded(k) => Bound::Excluded(flat(k)),
+        Bound::Unbounded => prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
     };
     (lo, hi)
 }
@@ -132,37 +311,23 @@ pub(crate) fn is_empty_range(range: &KeyRange<'_>) -> bool {
     }
 }
 
-fn scan_flat<K: FlatKv>(
-    kv: &K,
-    table: &str,
-    range: KeyRange<'_>,
-    visit: &mut Visitor<'_>,
-) -> Result<()> {
-    if is_empty_range(&range) {
-        return Ok(());
-    }
-    let skip = table.len() + 1;
-    let flat = flat_range(table, range);
-    kv.scan(as_slices(&flat), &mut |k, v| visit(&k[skip..], v))
-}
-
 /// A read transaction: holds the read lock for its life.
 pub(crate) struct OverlayRead<'a, K> {
-    data: RwLockReadGuard<'a, K>,
+    data: RwLockReadGuard<'a, Flat<K>>,
 }
 
 impl<K: FlatKv> OverlayRead<'_, K> {
-    pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        with_flat(table, key, |k| self.data.get(k))
-    }
-
+    #[inline]
     pub(crate) fn get_with(
         &self,
         table: &str,
         key: &[u8],
         read: &mut ValueReader<'_>,
     ) -> Result<bool> {
-        with_flat(table, key, |k| self.data.get_with(k, read))
+        match self.data.tables.get(table) {
+            Some(id) => with_key(id, key, |k| self.data.kv.get_with(k, read)),
+            None => Ok(false),
+        }
     }
 
     pub(crate) fn scan(
@@ -171,37 +336,113 @@ impl<K: FlatKv> OverlayRead<'_, K> {
         range: KeyRange<'_>,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
-        scan_flat(&*self.data, table, range, visit)
+        let Some(id) = self.data.tables.get(table) else {
+            return Ok(());
+        };
+        if is_empty_range(&range) {
+            return Ok(());
+        }
+        let skip = id.prefix().1;
+        let flat = flat_range(id, range);
+        self.data
+            .kv
+            .scan(as_slices(&flat), &mut |k, v| visit(&k[skip..], v))
     }
 }
 
 /// A write transaction: holds the writer lock for its life and buffers its changes.
-pub(crate) struct OverlayWrite<'a, K> {
+///
+/// It also holds the read side of the data lock until it commits: only the holder of the
+/// writer lock changes the committed state, so that state stays as it is meanwhile.
+pub(crate) struct OverlayWrite<'a, K: FlatKv> {
     locked: &'a Locked<K>,
+    committed: RwLockReadGuard<'a, Flat<K>>,
     _writer: MutexGuard<'a, ()>,
-    changes: Changes,
+    changes: Changes<K::Bytes>,
+    /// Tables this transaction gave an id (registered when it commits).
+    new_tables: Vec<(Box<str>, TableId)>,
     sync: bool,
 }
 
 impl<K: FlatKv> OverlayWrite<'_, K> {
-    pub(crate) fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        with_flat(table, key, |k| match self.changes.get(k) {
-            Some(change) => Ok(change.clone()),
-            None => self.locked.read().get(k),
-        })
+    /// The id of `table`, if it has one (committed or given by this transaction).
+    #[inline]
+    fn table(&self, table: &str) -> Option<TableId> {
+        if let Some(id) = self.committed.tables.get(table) {
+            return Some(id);
+        }
+        self.new_tables
+            .iter()
+            .find(|(name, _)| &**name == table)
+            .map(|&(_, id)| id)
     }
 
+    /// The id of `table`, given one now if it has none.
+    #[inline]
+    fn table_for_write(&mut self, table: &str) -> Result<TableId> {
+        match self.table(table) {
+            Some(id) => Ok(id),
+            None => self.new_table(table),
+        }
+    }
+
+    #[cold]
+    fn new_table(&mut self, table: &str) -> Result<TableId> {
+        let committed = &self.committed;
+        let next = usize::from(committed.tables.next) + self.new_tables.len();
+        let id = match u16::try_from(next) {
+            Ok(id) if id <= TableId::MAX => TableId(id),
+            _ => {
+                return Err(StoreError::Backend(format!(
+                    "too many tables: at most {} fit in one store",
+                    TableId::MAX
+                )));
+            }
+        };
+        if committed.tables.ids.is_empty() && self.new_tables.is_empty() {
+            self.changes.insert(
+                K::Bytes::from(LAYOUT_KEY),
+                Some(K::Bytes::from(&[LAYOUT_VERSION][..])),
+            );
+        }
+        let key = [TABLE_ID_PREFIX, table.as_bytes()].concat();
+        self.changes.insert(
+            K::Bytes::from(&key[..]),
+            Some(K::Bytes::from(&id.0.to_be_bytes()[..])),
+        );
+        self.new_tables.push((table.into(), id));
+        Ok(id)
+    }
+
+    /// The committed value of flat key `k`, or this transaction's change of it.
+    fn read_flat(&self, k: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        match self.changes.get(k) {
+            Some(Some(value)) => read(value.as_ref()).map(|()| true),
+            Some(None) => Ok(false),
+            None => self.committed.kv.get_with(k, read),
+        }
+    }
+
+    fn get_flat(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = None;
+        self.read_flat(k, &mut |v| {
+            out = Some(v.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[inline]
     pub(crate) fn get_with(
         &self,
         table: &str,
         key: &[u8],
         read: &mut ValueReader<'_>,
     ) -> Result<bool> {
-        with_flat(table, key, |k| match self.changes.get(k) {
-            Some(Some(value)) => read(value).map(|()| true),
-            Some(None) => Ok(false),
-            None => self.locked.read().get_with(k, read),
-        })
+        match self.table(table) {
+            Some(id) => with_key(id, key, |k| self.read_flat(k, read)),
+            None => Ok(false),
+        }
     }
 
     pub(crate) fn scan(
@@ -210,26 +451,29 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         range: KeyRange<'_>,
         visit: &mut Visitor<'_>,
     ) -> Result<()> {
+        let Some(id) = self.table(table) else {
+            return Ok(());
+        };
         if is_empty_range(&range) {
             return Ok(());
         }
-        let skip = table.len() + 1;
-        let flat = flat_range(table, range);
+        let skip = id.prefix().1;
+        let flat = flat_range(id, range);
         let mut pending = self.changes.range::<[u8], _>(as_slices(&flat)).peekable();
         let mut stopped = false;
-        self.locked.read().scan(as_slices(&flat), &mut |k, v| {
+        self.committed.kv.scan(as_slices(&flat), &mut |k, v| {
             // Changes before this base entry come first.
-            while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_slice() < k) {
+            while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_ref() < k) {
                 if let Some(cv) = cv
-                    && visit(&ck[skip..], cv)?.is_break()
+                    && visit(&ck.as_ref()[skip..], cv.as_ref())?.is_break()
                 {
                     stopped = true;
                     return Ok(ControlFlow::Break(()));
                 }
             }
             // A change of this very key replaces (or removes) it.
-            let flow = match pending.next_if(|(ck, _)| ck.as_slice() == k) {
-                Some((_, Some(cv))) => visit(&k[skip..], cv)?,
+            let flow = match pending.next_if(|(ck, _)| ck.as_ref() == k) {
+                Some((_, Some(cv))) => visit(&k[skip..], cv.as_ref())?,
                 Some((_, None)) => ControlFlow::Continue(()),
                 None => visit(&k[skip..], v)?,
             };
@@ -239,7 +483,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         if !stopped {
             for (ck, cv) in pending {
                 if let Some(cv) = cv
-                    && visit(&ck[skip..], cv)?.is_break()
+                    && visit(&ck.as_ref()[skip..], cv.as_ref())?.is_break()
                 {
                     break;
                 }
@@ -254,32 +498,46 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let old = self.get(table, key)?;
-        self.changes.insert(flat(table, key), Some(value.to_vec()));
+        let id = self.table_for_write(table)?;
+        let k: K::Bytes = owned_key(id, key);
+        let old = self.get_flat(k.as_ref())?;
+        self.changes.insert(k, Some(K::Bytes::from(value)));
         Ok(old)
     }
 
-    pub(crate) fn put(&mut self, table: &str, key: &[u8], value: &[u8]) {
-        self.changes.insert(flat(table, key), Some(value.to_vec()));
+    pub(crate) fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let id = self.table_for_write(table)?;
+        self.changes
+            .insert(owned_key(id, key), Some(K::Bytes::from(value)));
+        Ok(())
     }
 
     pub(crate) fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let old = self.get(table, key)?;
+        let Some(id) = self.table(table) else {
+            return Ok(None);
+        };
+        let k: K::Bytes = owned_key(id, key);
+        let old = self.get_flat(k.as_ref())?;
         if old.is_some() {
-            self.changes.insert(flat(table, key), None);
+            self.changes.insert(k, None);
         }
         Ok(old)
     }
 
     pub(crate) fn delete(&mut self, table: &str, key: &[u8]) {
-        self.changes.insert(flat(table, key), None);
+        if let Some(id) = self.table(table) {
+            self.changes.insert(owned_key(id, key), None);
+        }
     }
 
     pub(crate) fn clear(&mut self, table: &str) -> Result<()> {
-        let flat = flat_range(table, super::FULL_RANGE);
-        let mut doomed: Vec<Vec<u8>> = Vec::new();
-        self.locked.read().scan(as_slices(&flat), &mut |k, _| {
-            doomed.push(k.to_vec());
+        let Some(id) = self.table(table) else {
+            return Ok(());
+        };
+        let flat = flat_range(id, super::FULL_RANGE);
+        let mut doomed: Vec<K::Bytes> = Vec::new();
+        self.committed.kv.scan(as_slices(&flat), &mut |k, _| {
+            doomed.push(K::Bytes::from(k));
             Ok(ControlFlow::Continue(()))
         })?;
         for (_, change) in self.changes.range_mut::<[u8], _>(as_slices(&flat)) {
@@ -292,17 +550,151 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
     }
 
     pub(crate) fn commit(self) -> Result<()> {
-        if self.changes.is_empty() {
+        let OverlayWrite {
+            locked,
+            committed,
+            _writer,
+            changes,
+            new_tables,
+            sync,
+        } = self;
+        if changes.is_empty() {
             return Ok(());
         }
-        self.locked
-            .data
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .apply(self.changes)?;
-        if self.sync {
-            self.locked.read().sync()?;
+        drop(committed);
+        let mut data = locked.data.write().unwrap_or_else(PoisonError::into_inner);
+        data.kv.apply(changes)?;
+        for (name, id) in new_tables {
+            data.tables.next = data.tables.next.max(id.0 + 1);
+            data.tables.ids.insert(name, id);
+        }
+        drop(data);
+        if sync {
+            locked.read().kv.sync()?;
         }
         Ok(())
+    }
+}
+
+/// Defines the public read and write transaction types of a backend built on this module
+/// (`$read` wrapping [`OverlayRead`], `$write` wrapping [`OverlayWrite`] of store `$kv`)
+/// and their [`ReadTransaction`](super::ReadTransaction) and
+/// [`WriteTransaction`](super::WriteTransaction) implementations.
+macro_rules! overlay_transactions {
+    ($(#[$read_doc:meta])* $read:ident, $(#[$write_doc:meta])* $write:ident, $kv:ty) => {
+        $(#[$read_doc])*
+        pub struct $read<'a>(super::overlay::OverlayRead<'a, $kv>);
+
+        $(#[$write_doc])*
+        pub struct $write<'a>(super::overlay::OverlayWrite<'a, $kv>);
+
+        impl $crate::backend::ReadTransaction for $read<'_> {
+            fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
+                let mut out = None;
+                self.0.get_with(table, key, &mut |v| {
+                    out = Some(v.to_vec());
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+            #[inline]
+            fn get_with(
+                &self,
+                table: &str,
+                key: &[u8],
+                read: &mut $crate::backend::ValueReader<'_>,
+            ) -> $crate::Result<bool> {
+                self.0.get_with(table, key, read)
+            }
+            fn scan(
+                &self,
+                table: &str,
+                range: $crate::backend::KeyRange<'_>,
+                visit: &mut $crate::backend::Visitor<'_>,
+            ) -> $crate::Result<()> {
+                self.0.scan(table, range, visit)
+            }
+        }
+
+        impl $crate::backend::ReadTransaction for $write<'_> {
+            fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
+                let mut out = None;
+                self.0.get_with(table, key, &mut |v| {
+                    out = Some(v.to_vec());
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+            #[inline]
+            fn get_with(
+                &self,
+                table: &str,
+                key: &[u8],
+                read: &mut $crate::backend::ValueReader<'_>,
+            ) -> $crate::Result<bool> {
+                self.0.get_with(table, key, read)
+            }
+            fn scan(
+                &self,
+                table: &str,
+                range: $crate::backend::KeyRange<'_>,
+                visit: &mut $crate::backend::Visitor<'_>,
+            ) -> $crate::Result<()> {
+                self.0.scan(table, range, visit)
+            }
+        }
+
+        impl $crate::backend::WriteTransaction for $write<'_> {
+            fn replace(
+                &mut self,
+                table: &str,
+                key: &[u8],
+                value: &[u8],
+            ) -> $crate::Result<Option<Vec<u8>>> {
+                self.0.replace(table, key, value)
+            }
+            fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> $crate::Result<()> {
+                self.0.put(table, key, value)
+            }
+            fn take(&mut self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
+                self.0.take(table, key)
+            }
+            fn delete(&mut self, table: &str, key: &[u8]) -> $crate::Result<()> {
+                self.0.delete(table, key);
+                Ok(())
+            }
+            fn clear(&mut self, table: &str) -> $crate::Result<()> {
+                self.0.clear(table)
+            }
+            fn commit(self) -> $crate::Result<()> {
+                self.0.commit()
+            }
+        }
+    };
+}
+
+pub(crate) use overlay_transactions;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_prefixes_are_prefix_free() {
+        let prefixes: Vec<Vec<u8>> = [1u16, 2, 0x7F, 0x80, 0x81, 0xFF, 0x100, 0x7FFE, 0x7FFF]
+            .into_iter()
+            .map(|id| {
+                let (p, n) = TableId(id).prefix();
+                p[..n].to_vec()
+            })
+            .collect();
+        for (i, a) in prefixes.iter().enumerate() {
+            assert_ne!(a[0], 0, "0x00 starts the layout's own keys");
+            for (j, b) in prefixes.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a), "{a:02x?} is a prefix of {b:02x?}");
+                }
+            }
+        }
     }
 }

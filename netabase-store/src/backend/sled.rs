@@ -3,11 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::overlay::{Changes, FlatKv, Locked, OverlayRead, OverlayWrite};
-use super::{
-    Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
-    WriteTransaction,
-};
+use super::overlay::{Changes, FlatKv, Locked, overlay_transactions};
+use super::{Backend, BackendKind, Durability, KeyRange, ValueReader, Visitor};
 use crate::error::{Result, StoreError};
 
 /// Options of the sled backend.
@@ -22,7 +19,8 @@ pub struct SledOptions {
 
 /// A sled database directory.
 ///
-/// All tables live in one sled tree as key prefixes, so that a commit is one atomic
+/// All tables live in one sled tree as key prefixes (a table's prefix is a number of one or
+/// two bytes given to its name when it is first written), so that a commit is one atomic
 /// `apply_batch`. Writers are serialised by a mutex; a write transaction buffers its changes
 /// in memory (its own reads see them), applies them in one batch at commit and then calls
 /// `flush()` before it returns. Read transactions hold a read lock, so they see a stable
@@ -87,9 +85,7 @@ fn map_err(e: sled::Error) -> StoreError {
 }
 
 impl FlatKv for SledKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(key).map_err(map_err)?.map(|v| v.to_vec()))
-    }
+    type Bytes = sled::IVec;
 
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
         match self.tree.get(key).map_err(map_err)? {
@@ -108,7 +104,7 @@ impl FlatKv for SledKv {
         Ok(())
     }
 
-    fn apply(&mut self, changes: Changes) -> Result<()> {
+    fn apply(&mut self, changes: Changes<sled::IVec>) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (k, v) in changes {
             match v {
@@ -128,7 +124,9 @@ impl FlatKv for SledKv {
 impl SledBackend {
     /// Opens (or creates) the sled database in directory `path`.
     ///
-    /// Fails with [`StoreError::AlreadyOpen`] when another process or handle has it open.
+    /// Fails with [`StoreError::AlreadyOpen`] when another process or handle has it open,
+    /// and with [`StoreError::Backend`] when the directory holds a sled database written in
+    /// another key layout (by an older version of this crate).
     pub fn open(path: impl AsRef<Path>, options: &SledOptions) -> Result<Self> {
         let path = path.as_ref();
         let mut config = sled::Config::new().path(path);
@@ -138,7 +136,7 @@ impl SledBackend {
         let db = config.open().map_err(|e| open_error(path, e))?;
         let tree = db.open_tree("netabase").map_err(map_err)?;
         Ok(SledBackend {
-            inner: Locked::new(SledKv { tree }),
+            inner: Locked::open(SledKv { tree })?,
             sync: options.durability == Durability::Immediate,
             unsynced: AtomicBool::new(false),
             _db: db,
@@ -161,11 +159,13 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
     }
 }
 
-/// A read transaction of a [`SledBackend`].
-pub struct SledRead<'a>(OverlayRead<'a, SledKv>);
-
-/// A write transaction of a [`SledBackend`].
-pub struct SledWrite<'a>(OverlayWrite<'a, SledKv>);
+overlay_transactions!(
+    /// A read transaction of a [`SledBackend`].
+    SledRead,
+    /// A write transaction of a [`SledBackend`].
+    SledWrite,
+    SledKv
+);
 
 impl Backend for SledBackend {
     type Read<'a> = SledRead<'a>;
@@ -195,7 +195,7 @@ impl Backend for SledBackend {
         if !self.unsynced.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let result = self.inner.read().sync();
+        let result = self.inner.read().kv.sync();
         if result.is_err() {
             self.unsynced.store(true, Ordering::Release);
         }
@@ -204,52 +204,5 @@ impl Backend for SledBackend {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Sled
-    }
-}
-
-impl ReadTransaction for SledRead<'_> {
-    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.get(table, key)
-    }
-    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        self.0.get_with(table, key, read)
-    }
-    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        self.0.scan(table, range, visit)
-    }
-}
-
-impl ReadTransaction for SledWrite<'_> {
-    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.get(table, key)
-    }
-    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        self.0.get_with(table, key, read)
-    }
-    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        self.0.scan(table, range, visit)
-    }
-}
-
-impl WriteTransaction for SledWrite<'_> {
-    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.replace(table, key, value)
-    }
-    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.0.put(table, key, value);
-        Ok(())
-    }
-    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.0.take(table, key)
-    }
-    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
-        self.0.delete(table, key);
-        Ok(())
-    }
-    fn clear(&mut self, table: &str) -> Result<()> {
-        self.0.clear(table)
-    }
-    fn commit(self) -> Result<()> {
-        self.0.commit()
     }
 }

@@ -329,3 +329,86 @@ fn stores_can_share_a_backend_and_see_each_other() {
     assert!(b.get(&MessagePrimaryKey(1)).unwrap().is_some());
     assert_eq!(ChatDefinition::NAME, "ChatDefinition");
 }
+
+/// Raw access through the backend trait: tables hold their own keys only, whatever their
+/// number (the flat backends give the first 127 tables a one-byte key prefix and the others
+/// two bytes), and keep them across a reopen.
+#[test]
+fn many_tables_keep_their_own_keys_across_a_reopen() {
+    use std::ops::ControlFlow;
+
+    use netabase_store::backend::{FULL_RANGE, ReadTransaction, WriteTransaction};
+    use netabase_store::{AnyBackend, Backend};
+
+    const TABLES: usize = 300;
+    let name = |t: usize| format!("table{t}");
+    let check = |backend: &AnyBackend, kind: BackendKind| {
+        let tx = backend.begin_read().unwrap();
+        for t in 0..TABLES {
+            let mut keys = Vec::new();
+            tx.scan(&name(t), FULL_RANGE, &mut |k, v| {
+                assert_eq!(v, name(t).as_bytes(), "{kind:?}");
+                keys.push(k.to_vec());
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+            let expected: Vec<Vec<u8>> = [&[][..], &[0], b"k", &[0xFF]]
+                .iter()
+                .map(|k| k.to_vec())
+                .collect();
+            assert_eq!(keys, expected, "{kind:?} table {t}");
+            assert_eq!(tx.len(&name(t)).unwrap(), 4);
+            assert_eq!(tx.get(&name(t), b"k").unwrap(), Some(name(t).into_bytes()));
+        }
+        assert_eq!(tx.get("never written", b"k").unwrap(), None);
+        assert_eq!(tx.len("never written").unwrap(), 0);
+    };
+    for kind in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(&dir);
+        let backend = config(kind, false).open(&path).unwrap();
+        // Tables are created in two commits, the second one from inside a transaction that
+        // also reads them.
+        for part in [0..TABLES / 2, TABLES / 2..TABLES] {
+            let mut tx = backend.begin_write().unwrap();
+            for t in part {
+                for key in [&[][..], &[0], &[0xFF], b"k"] {
+                    tx.put(&name(t), key, name(t).as_bytes()).unwrap();
+                }
+                assert_eq!(tx.len(&name(t)).unwrap(), 4, "{kind:?}");
+            }
+            tx.commit().unwrap();
+        }
+        // A table created by a transaction that is dropped does not exist afterwards.
+        let mut tx = backend.begin_write().unwrap();
+        tx.put("dropped", b"k", b"v").unwrap();
+        drop(tx);
+        check(&backend, kind);
+        assert_eq!(backend.begin_read().unwrap().len("dropped").unwrap(), 0);
+        if kind != BackendKind::Memory {
+            drop(backend);
+            let backend = config(kind, false).open(&path).unwrap();
+            check(&backend, kind);
+        }
+    }
+}
+
+/// A sled directory whose keys are not in this crate's layout is refused, not read as an
+/// empty store.
+#[test]
+fn a_sled_store_in_another_key_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(&dir);
+    {
+        let db = sled::open(&path).unwrap();
+        let tree = db.open_tree("netabase").unwrap();
+        // How a record of table `m/Message` used to be stored: the table's name in the key.
+        tree.insert(b"m/Message\0\0\0\0\0\0\0\0\x01", &b"value"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match Store::<ChatDefinition>::open_with(&path, config(BackendKind::Sled, false)) {
+        Err(StoreError::Backend(reason)) => assert!(reason.contains("layout"), "{reason}"),
+        other => panic!("expected a layout error, got {other:?}"),
+    }
+}
