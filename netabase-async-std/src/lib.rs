@@ -23,6 +23,7 @@
 //! ```
 
 #[cfg(any(feature = "async-std", feature = "smol"))]
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 #[cfg(any(feature = "async-std", feature = "smol"))]
@@ -88,6 +89,46 @@ fn build_swarm_with<B: NetworkBehaviour + Send + 'static>(
 
 #[cfg(any(feature = "async-std", feature = "smol"))]
 /// A timer on the async-io reactor.
+/// Runs a node's driver on a thread of its own, named `netabase-node`, with async-io's
+/// `block_on` (which also drives the reactor when no other thread does). The driver makes
+/// blocking storage calls (a durable commit waits for the disk's fdatasync); on an executor
+/// thread each of them would hold that thread and every task queued behind it (async-std
+/// has one per core, smol's global executor one unless `SMOL_THREADS` says otherwise). If
+/// no thread can be started, the driver becomes a task of the executor (`fallback`).
+fn spawn_driver(future: BoxFuture<'static, ()>, fallback: fn(BoxFuture<'static, ()>)) {
+    // Shared with the thread, so that the future is still here if no thread can be started.
+    let slot = Arc::new(Mutex::new(Some(future)));
+    let for_thread = Arc::clone(&slot);
+    let take = |slot: &Mutex<Option<BoxFuture<'static, ()>>>| {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+    };
+    let started = std::thread::Builder::new()
+        .name("netabase-node".into())
+        .spawn(move || {
+            if let Some(future) = take(&for_thread) {
+                async_io::block_on(future);
+            }
+        });
+    if started.is_err()
+        && let Some(future) = take(&slot)
+    {
+        fallback(future);
+    }
+}
+
+/// A task on async-std's executor (a connection of the swarm).
+#[cfg(feature = "async-std")]
+fn spawn_async_std(future: BoxFuture<'static, ()>) {
+    // Dropping async-std's join handle detaches the task.
+    drop(async_std::task::spawn(future));
+}
+
+/// A task on smol's global executor (a connection of the swarm).
+#[cfg(feature = "smol")]
+fn spawn_smol(future: BoxFuture<'static, ()>) {
+    smol::spawn(future).detach();
+}
+
 fn timer(duration: Duration) -> BoxFuture<'static, ()> {
     async_io::Timer::after(duration).map(|_| ()).boxed()
 }
@@ -112,9 +153,10 @@ impl Runtime for AsyncStdRuntime {
     /// `/ip4/0.0.0.0/tcp/0`.
     const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
 
+    /// The driver gets a thread of its own (see [`spawn_driver`]); its connections are
+    /// async-std tasks.
     fn spawn(future: BoxFuture<'static, ()>) {
-        // Dropping async-std's join handle detaches the task.
-        drop(async_std::task::spawn(future));
+        spawn_driver(future, spawn_async_std);
     }
 
     fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
@@ -126,7 +168,7 @@ impl Runtime for AsyncStdRuntime {
         behaviour: B,
         settings: &TransportSettings,
     ) -> Result<Swarm<B>, BuildError> {
-        build_swarm_with(keypair, behaviour, settings, Self::spawn)
+        build_swarm_with(keypair, behaviour, settings, spawn_async_std)
     }
 
     fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
@@ -154,8 +196,10 @@ impl Runtime for SmolRuntime {
     /// `/ip4/0.0.0.0/tcp/0`.
     const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
 
+    /// The driver gets a thread of its own (see [`spawn_driver`]); its connections are
+    /// tasks of smol's global executor.
     fn spawn(future: BoxFuture<'static, ()>) {
-        smol::spawn(future).detach();
+        spawn_driver(future, spawn_smol);
     }
 
     fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
@@ -167,7 +211,7 @@ impl Runtime for SmolRuntime {
         behaviour: B,
         settings: &TransportSettings,
     ) -> Result<Swarm<B>, BuildError> {
-        build_swarm_with(keypair, behaviour, settings, Self::spawn)
+        build_swarm_with(keypair, behaviour, settings, spawn_smol)
     }
 
     fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {

@@ -117,7 +117,10 @@ pub trait Runtime: Send + Sync + 'static {
         TransportKind::of(addr).map(|kind| Self::TRANSPORTS.contains(&kind))
     }
 
-    /// Runs `future` in the background.
+    /// Runs the node's driver, `future`, in the background. The driver makes blocking
+    /// storage calls (a durable commit waits for the disk's fdatasync), so a runtime gives
+    /// it a thread of its own where it can, rather than holding one of the executor's
+    /// threads (and every task queued behind it) during each commit.
     fn spawn(future: BoxFuture<'static, ()>);
 
     /// A future that completes after `duration`.
