@@ -116,105 +116,74 @@ fn spawn_driver(future: BoxFuture<'static, ()>, fallback: fn(BoxFuture<'static, 
     }
 }
 
-/// A task on async-std's executor (a connection of the swarm).
-#[cfg(feature = "async-std")]
-fn spawn_async_std(future: BoxFuture<'static, ()>) {
+/// The runtime type `$runtime` and node alias `$node` for an async-io executor: they differ
+/// only in where a connection's task runs (`$spawn_task`); the driver gets a thread of its
+/// own on both ([`spawn_driver`]).
+macro_rules! async_io_runtime {
+    (
+        $feature:literal, $name:literal, $runtime:ident, $node:ident,
+        $spawn_task:expr, $doc:literal
+    ) => {
+        #[doc = concat!("The ", $name, " runtime: ", $doc, ", async-io timers, TCP (noise, yamux) with DNS names, and the core's mDNS over async-io UDP sockets.")]
+        #[cfg(feature = $feature)]
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct $runtime;
+
+        #[doc = concat!("The Netabase node on ", $name, ".")]
+        #[cfg(feature = $feature)]
+        pub type $node<D> = netabase_swarm::Netabase<D, $runtime>;
+
+        #[cfg(feature = $feature)]
+        impl Runtime for $runtime {
+            type Mdns = MdnsBehaviour;
+
+            const NAME: &'static str = $name;
+
+            /// TCP only (no QUIC on async-io): the default configuration listens on
+            /// `/ip4/0.0.0.0/tcp/0`.
+            const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
+
+            /// The driver gets a thread of its own, `netabase-node`, run with async-io's
+            /// `block_on`: its durable commits wait for the disk and must not hold an
+            /// executor thread. Its connections are tasks of the executor.
+            fn spawn(future: BoxFuture<'static, ()>) {
+                spawn_driver(future, $spawn_task);
+            }
+
+            fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
+                async_io::Timer::after(duration).map(|_| ()).boxed()
+            }
+
+            fn build_swarm<B: NetworkBehaviour + Send + 'static>(
+                keypair: Keypair,
+                behaviour: B,
+                settings: &TransportSettings,
+            ) -> Result<Swarm<B>, BuildError> {
+                build_swarm_with(keypair, behaviour, settings, $spawn_task)
+            }
+
+            fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
+                MdnsBehaviour::new(local, config)
+            }
+        }
+    };
+}
+
+async_io_runtime!(
+    "async-std",
+    "async-std",
+    AsyncStdRuntime,
+    AsyncStdNetabase,
     // Dropping async-std's join handle detaches the task.
-    drop(async_std::task::spawn(future));
-}
+    |future| drop(async_std::task::spawn(future)),
+    "tasks on async-std's executor"
+);
 
-/// A task on smol's global executor (a connection of the swarm).
-#[cfg(feature = "smol")]
-fn spawn_smol(future: BoxFuture<'static, ()>) {
-    smol::spawn(future).detach();
-}
-
-fn timer(duration: Duration) -> BoxFuture<'static, ()> {
-    async_io::Timer::after(duration).map(|_| ()).boxed()
-}
-
-/// The async-std runtime: tasks on async-std's executor, async-io timers, TCP (noise,
-/// yamux) with DNS names, and the core's mDNS over async-io UDP sockets.
-#[cfg(feature = "async-std")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AsyncStdRuntime;
-
-/// The Netabase node on async-std.
-#[cfg(feature = "async-std")]
-pub type AsyncStdNetabase<D> = netabase_swarm::Netabase<D, AsyncStdRuntime>;
-
-#[cfg(feature = "async-std")]
-impl Runtime for AsyncStdRuntime {
-    type Mdns = MdnsBehaviour;
-
-    const NAME: &'static str = "async-std";
-
-    /// TCP only (no QUIC on async-io): the default configuration listens on
-    /// `/ip4/0.0.0.0/tcp/0`.
-    const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
-
-    /// The driver gets a thread of its own (see [`spawn_driver`]); its connections are
-    /// async-std tasks.
-    fn spawn(future: BoxFuture<'static, ()>) {
-        spawn_driver(future, spawn_async_std);
-    }
-
-    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
-        timer(duration)
-    }
-
-    fn build_swarm<B: NetworkBehaviour + Send + 'static>(
-        keypair: Keypair,
-        behaviour: B,
-        settings: &TransportSettings,
-    ) -> Result<Swarm<B>, BuildError> {
-        build_swarm_with(keypair, behaviour, settings, spawn_async_std)
-    }
-
-    fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
-        MdnsBehaviour::new(local, config)
-    }
-}
-
-/// The smol runtime: tasks on smol's global executor, async-io timers, TCP (noise, yamux)
-/// with DNS names, and the core's mDNS over async-io UDP sockets.
-#[cfg(feature = "smol")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmolRuntime;
-
-/// The Netabase node on smol.
-#[cfg(feature = "smol")]
-pub type SmolNetabase<D> = netabase_swarm::Netabase<D, SmolRuntime>;
-
-#[cfg(feature = "smol")]
-impl Runtime for SmolRuntime {
-    type Mdns = MdnsBehaviour;
-
-    const NAME: &'static str = "smol";
-
-    /// TCP only (no QUIC on async-io): the default configuration listens on
-    /// `/ip4/0.0.0.0/tcp/0`.
-    const TRANSPORTS: &'static [TransportKind] = ASYNC_IO_TRANSPORTS;
-
-    /// The driver gets a thread of its own (see [`spawn_driver`]); its connections are
-    /// tasks of smol's global executor.
-    fn spawn(future: BoxFuture<'static, ()>) {
-        spawn_driver(future, spawn_smol);
-    }
-
-    fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
-        timer(duration)
-    }
-
-    fn build_swarm<B: NetworkBehaviour + Send + 'static>(
-        keypair: Keypair,
-        behaviour: B,
-        settings: &TransportSettings,
-    ) -> Result<Swarm<B>, BuildError> {
-        build_swarm_with(keypair, behaviour, settings, spawn_smol)
-    }
-
-    fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {
-        MdnsBehaviour::new(local, config)
-    }
-}
+async_io_runtime!(
+    "smol",
+    "smol",
+    SmolRuntime,
+    SmolNetabase,
+    |future| smol::spawn(future).detach(),
+    "tasks on smol's global executor"
+);
