@@ -442,26 +442,7 @@ fn describe(command: &Command, value: Value) -> Result<Done, ClientError> {
     let human = match command {
         Command::Info => {
             let info: InfoReply = decode(&value)?;
-            let mut s = format!("peer id    {}\n", info.peer_id);
-            for (i, addr) in info.listen_addresses.iter().enumerate() {
-                let label = if i == 0 { "listening" } else { "" };
-                s.push_str(&format!("{label:<10} {addr}/p2p/{}\n", info.peer_id));
-            }
-            if let Some(c) = &info.control {
-                s.push_str(&format!("control    {c}\n"));
-            }
-            if let Some(m) = &info.metrics {
-                s.push_str(&format!("metrics    http://{m}/metrics\n"));
-            }
-            s.push_str(&format!(
-                "data dir   {} ({})\n",
-                info.data_dir, info.backend
-            ));
-            s.push_str(&format!(
-                "dht        {} mode, protocol {}",
-                info.mode, info.protocol
-            ));
-            s
+            info.describe(None)
         }
         Command::Put { .. } | Command::PutDoc { .. } => {
             let put: PutReply = decode(&value)?;

@@ -44,23 +44,23 @@ pub(crate) fn read_line<R: BufRead>(reader: &mut R, max: usize) -> std::io::Resu
     if line == Line::TooLong {
         // Skip to the end of the line without keeping it.
         loop {
-            let chunk = reader.fill_buf()?;
-            if chunk.is_empty() {
+            let (used, done) = skip_to_newline(reader.fill_buf()?);
+            reader.consume(used);
+            if done {
                 break;
-            }
-            match chunk.iter().position(|b| *b == b'\n') {
-                Some(i) => {
-                    reader.consume(i + 1);
-                    break;
-                }
-                None => {
-                    let len = chunk.len();
-                    reader.consume(len);
-                }
             }
         }
     }
     Ok(line)
+}
+
+/// How much of `chunk` (the reader's buffer) belongs to the line being skipped, and
+/// whether that ends it (a newline, or the end of the input: an empty buffer).
+fn skip_to_newline(chunk: &[u8]) -> (usize, bool) {
+    match chunk.iter().position(|b| *b == b'\n') {
+        Some(i) => (i + 1, true),
+        None => (chunk.len(), chunk.is_empty()),
+    }
 }
 
 /// Reads one line of at most `max` bytes from an async reader; a longer one is skipped up
@@ -80,19 +80,10 @@ pub(crate) async fn read_line_async<R: AsyncBufRead + Unpin>(
     let line = finish(&mut buf, max);
     if line == Line::TooLong {
         loop {
-            let chunk = reader.fill_buf().await?;
-            if chunk.is_empty() {
+            let (used, done) = skip_to_newline(reader.fill_buf().await?);
+            reader.consume(used);
+            if done {
                 break;
-            }
-            match chunk.iter().position(|b| *b == b'\n') {
-                Some(i) => {
-                    reader.consume(i + 1);
-                    break;
-                }
-                None => {
-                    let len = chunk.len();
-                    reader.consume(len);
-                }
             }
         }
     }

@@ -385,29 +385,11 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
 }
 
 fn human_ready(info: &InfoReply, mdns: bool) -> String {
-    let mut s = format!("netabase node {}\n", info.version);
-    s.push_str(&format!("peer id    {}\n", info.peer_id));
-    for (i, addr) in info.listen_addresses.iter().enumerate() {
-        let label = if i == 0 { "listening" } else { "" };
-        s.push_str(&format!("{label:<10} {addr}/p2p/{}\n", info.peer_id));
-    }
-    if let Some(c) = &info.control {
-        s.push_str(&format!("control    {c}\n"));
-    }
-    if let Some(m) = &info.metrics {
-        s.push_str(&format!("metrics    http://{m}/metrics\n"));
-    }
-    s.push_str(&format!(
-        "data dir   {} ({})\n",
-        info.data_dir, info.backend
-    ));
-    s.push_str(&format!(
-        "dht        {} mode, protocol {}, mDNS {}",
-        info.mode,
-        info.protocol,
-        if mdns { "on" } else { "off" }
-    ));
-    s
+    format!(
+        "netabase node {}\n{}",
+        info.version,
+        info.describe(Some(mdns))
+    )
 }
 
 #[cfg(unix)]

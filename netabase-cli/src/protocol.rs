@@ -300,6 +300,37 @@ pub struct InfoReply {
     pub version: String,
 }
 
+impl InfoReply {
+    /// The human-readable form: peer id, listen addresses, control and metrics endpoints,
+    /// data directory and DHT settings, one per line (`mdns`: whether mDNS is on, when
+    /// known).
+    pub fn describe(&self, mdns: Option<bool>) -> String {
+        let mut s = format!("peer id    {}\n", self.peer_id);
+        for (i, addr) in self.listen_addresses.iter().enumerate() {
+            let label = if i == 0 { "listening" } else { "" };
+            s.push_str(&format!("{label:<10} {addr}/p2p/{}\n", self.peer_id));
+        }
+        if let Some(c) = &self.control {
+            s.push_str(&format!("control    {c}\n"));
+        }
+        if let Some(m) = &self.metrics {
+            s.push_str(&format!("metrics    http://{m}/metrics\n"));
+        }
+        s.push_str(&format!(
+            "data dir   {} ({})\n",
+            self.data_dir, self.backend
+        ));
+        s.push_str(&format!(
+            "dht        {} mode, protocol {}",
+            self.mode, self.protocol
+        ));
+        if let Some(on) = mdns {
+            s.push_str(if on { ", mDNS on" } else { ", mDNS off" });
+        }
+        s
+    }
+}
+
 /// The outcome of `put` and `put_doc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutReply {
