@@ -102,6 +102,7 @@ pub(crate) fn tables_of<M: NetabaseModel>(tables: &Tables) -> Result<&ModelTable
 }
 
 /// Decodes a stored value of model `M` found under `key`.
+#[inline]
 pub(crate) fn decode_stored<M: NetabaseModel>(key: &[u8], bytes: &[u8]) -> Result<M> {
     let version = <M::Definition as NetabaseDefinition>::SCHEMA_VERSION;
     let payload =
@@ -140,6 +141,7 @@ std::thread_local! {
 
 /// Calls `f` with the encoded `key`, encoded into a per-thread buffer rather than a fresh
 /// allocation.
+#[inline]
 fn with_key_bytes<K: PrimaryKey, R>(key: &K, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
     KEY_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
         Ok(mut buffer) => {
@@ -171,6 +173,7 @@ pub(crate) struct Reader<'a, T: ?Sized> {
 
 impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
     /// The record of model `M` under `pk`, decoded straight from the backend's bytes.
+    #[inline]
     fn read<M: NetabaseModel>(&self, t: &ModelTables, pk: &[u8]) -> Result<Option<M>> {
         let mut out = None;
         self.tx.get_with(&t.records, pk, &mut |bytes| {
@@ -180,6 +183,7 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
         Ok(out)
     }
 
+    #[inline]
     pub(crate) fn get<K: PrimaryKey>(&self, key: &K) -> Result<Option<K::Model>> {
         let t = tables_of::<K::Model>(self.tables)?;
         with_key_bytes(key, |pk| self.read(t, pk))
@@ -312,15 +316,24 @@ fn purge_index_entries<T: WriteTransaction + ?Sized>(
 
 type IndexKeys = Vec<(u16, Vec<u8>)>;
 
-/// Writes pending index changes (`true`: put, `false`: delete) and empties `changes`.
+/// Index changes in the order they were made: key, and `true` for a put, `false` for a
+/// delete.
+type IndexChanges = Vec<(Vec<u8>, bool)>;
+
+/// Writes pending index changes in key order (the last change of a key wins) and empties
+/// `changes`.
 fn flush_index_changes<T: WriteTransaction + ?Sized>(
     tx: &mut T,
     t: &ModelTables,
-    changes: &mut std::collections::BTreeMap<Vec<u8>, bool>,
+    changes: &mut IndexChanges,
 ) -> Result<()> {
+    // Stable: changes of one key stay in the order they were made.
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
     let ops: Vec<(&[u8], Option<&[u8]>)> = changes
         .iter()
-        .map(|(key, &present)| (key.as_slice(), present.then_some(&[][..])))
+        .enumerate()
+        .filter(|&(i, (key, _))| changes.get(i + 1).is_none_or(|(next, _)| next != key))
+        .map(|(_, (key, present))| (key.as_slice(), present.then_some(&[][..])))
         .collect();
     tx.apply(&t.index, &ops)?;
     changes.clear();
@@ -457,7 +470,7 @@ impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
             .collect();
         let olds = self.tx.replace_all(&t.records, &entries)?;
         // The last change of each index key wins (a record may appear twice).
-        let mut changes: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
+        let mut changes = IndexChanges::with_capacity(prepared.len());
         for ((pk, _, keys), old) in prepared.iter().zip(olds) {
             let old_keys = match old {
                 Some(bytes) => match typed_old::<M>(pk, &bytes) {
@@ -474,12 +487,12 @@ impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
             };
             for (index, value) in &old_keys {
                 if !keys.iter().any(|(i, v)| i == index && v == value) {
-                    changes.insert(codec::index_key(*index, value, pk), false);
+                    changes.push((codec::index_key(*index, value, pk), false));
                 }
             }
             for (index, value) in keys {
                 if !old_keys.iter().any(|(i, v)| i == index && v == value) {
-                    changes.insert(codec::index_key(*index, value, pk), true);
+                    changes.push((codec::index_key(*index, value, pk), true));
                 }
             }
         }

@@ -24,7 +24,6 @@
 //! write side of a reader-writer lock. Read transactions hold the read side for their whole
 //! life, so every read of one transaction sees the same committed state.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::{Bound, ControlFlow};
@@ -42,20 +41,16 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"\x00v";
 /// The prefix of the table-id entries.
 pub(crate) const TABLE_ID_PREFIX: &[u8] = b"\x00t";
 
-/// The changes of a write transaction: `None` removes the key.
-pub(crate) type Changes<B> = BTreeMap<B, Option<B>>;
+/// The changes of a write transaction: `None` removes the key. Keys are plain vectors
+/// (they are compared on every insert and lookup, and slices compare fastest), values the
+/// store's own bytes.
+pub(crate) type Changes<B> = BTreeMap<Vec<u8>, Option<B>>;
 
 /// A flat ordered key-value store.
 pub(crate) trait FlatKv: Send + Sync + 'static {
-    /// Keys and values as the store keeps them, so that a commit hands them over without
-    /// copying them again.
-    type Bytes: AsRef<[u8]>
-        + Borrow<[u8]>
-        + Ord
-        + for<'b> From<&'b [u8]>
-        + std::fmt::Debug
-        + Send
-        + Sync;
+    /// Values as the store keeps them, so that a commit hands them over without copying
+    /// them again.
+    type Bytes: AsRef<[u8]> + for<'b> From<&'b [u8]> + std::fmt::Debug + Send + Sync;
     /// Calls `read` with the value under `key`, if any; returns whether there was one.
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool>;
     /// Visits the entries within the (non-empty) range in key order.
@@ -92,10 +87,18 @@ struct NameHasher(u64);
 impl Hasher for NameHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word: [u8; 8] = word.try_into().unwrap_or_default();
             self.write_u64(u64::from_le_bytes(word));
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let word = tail
+                .iter()
+                .rev()
+                .fold(0u64, |word, &byte| (word << 8) | u64::from(byte));
+            self.write_u64(word);
         }
     }
 
@@ -255,24 +258,26 @@ impl<K: FlatKv> Locked<K> {
 /// Calls `f` with `prefix ++ key`, built on the stack when it is short.
 #[inline]
 fn with_key<R>(table: TableId, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    const INLINE: usize = 64;
+    const INLINE: usize = 32;
     let (prefix, n) = table.prefix();
     let len = n + key.len();
     if len > INLINE {
-        let mut flat = Vec::with_capacity(len);
-        flat.extend_from_slice(&prefix[..n]);
-        flat.extend_from_slice(key);
-        return f(&flat);
+        return f(&owned_key(table, key));
     }
     let mut buf = [0u8; INLINE];
-    buf[..n].copy_from_slice(&prefix[..n]);
+    // Both prefix bytes: the key overwrites the second one of a one-byte prefix.
+    buf[..2].copy_from_slice(&prefix);
     buf[n..len].copy_from_slice(key);
     f(&buf[..len])
 }
 
 /// `prefix ++ key`, owned.
-fn owned_key<B: for<'b> From<&'b [u8]>>(table: TableId, key: &[u8]) -> B {
-    with_key(table, key, |k| B::from(k))
+fn owned_key(table: TableId, key: &[u8]) -> Vec<u8> {
+    let (prefix, n) = table.prefix();
+    let mut out = Vec::with_capacity(n + key.len());
+    out.extend_from_slice(&prefix[..n]);
+    out.extend_from_slice(key);
+    out
 }
 
 /// The flat bounds of `range` inside `table`.
@@ -401,15 +406,13 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         };
         if committed.tables.ids.is_empty() && self.new_tables.is_empty() {
             self.changes.insert(
-                K::Bytes::from(LAYOUT_KEY),
+                LAYOUT_KEY.to_vec(),
                 Some(K::Bytes::from(&[LAYOUT_VERSION][..])),
             );
         }
         let key = [TABLE_ID_PREFIX, table.as_bytes()].concat();
-        self.changes.insert(
-            K::Bytes::from(&key[..]),
-            Some(K::Bytes::from(&id.0.to_be_bytes()[..])),
-        );
+        self.changes
+            .insert(key, Some(K::Bytes::from(&id.0.to_be_bytes()[..])));
         self.new_tables.push((table.into(), id));
         Ok(id)
     }
@@ -463,16 +466,16 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         let mut stopped = false;
         self.committed.kv.scan(as_slices(&flat), &mut |k, v| {
             // Changes before this base entry come first.
-            while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_ref() < k) {
+            while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_slice() < k) {
                 if let Some(cv) = cv
-                    && visit(&ck.as_ref()[skip..], cv.as_ref())?.is_break()
+                    && visit(&ck[skip..], cv.as_ref())?.is_break()
                 {
                     stopped = true;
                     return Ok(ControlFlow::Break(()));
                 }
             }
             // A change of this very key replaces (or removes) it.
-            let flow = match pending.next_if(|(ck, _)| ck.as_ref() == k) {
+            let flow = match pending.next_if(|(ck, _)| ck.as_slice() == k) {
                 Some((_, Some(cv))) => visit(&k[skip..], cv.as_ref())?,
                 Some((_, None)) => ControlFlow::Continue(()),
                 None => visit(&k[skip..], v)?,
@@ -483,7 +486,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         if !stopped {
             for (ck, cv) in pending {
                 if let Some(cv) = cv
-                    && visit(&ck.as_ref()[skip..], cv.as_ref())?.is_break()
+                    && visit(&ck[skip..], cv.as_ref())?.is_break()
                 {
                     break;
                 }
@@ -499,8 +502,8 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         value: &[u8],
     ) -> Result<Option<Vec<u8>>> {
         let id = self.table_for_write(table)?;
-        let k: K::Bytes = owned_key(id, key);
-        let old = self.get_flat(k.as_ref())?;
+        let k = owned_key(id, key);
+        let old = self.get_flat(&k)?;
         self.changes.insert(k, Some(K::Bytes::from(value)));
         Ok(old)
     }
@@ -512,12 +515,46 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         Ok(())
     }
 
+    /// [`replace`](Self::replace) of every entry, with one table lookup.
+    pub(crate) fn replace_all(
+        &mut self,
+        table: &str,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let id = self.table_for_write(table)?;
+        let mut olds = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let k = owned_key(id, key);
+            olds.push(self.get_flat(&k)?);
+            self.changes.insert(k, Some(K::Bytes::from(value)));
+        }
+        Ok(olds)
+    }
+
+    /// Puts (`Some`) or deletes (`None`) every key of `changes`, with one table lookup.
+    pub(crate) fn apply(&mut self, table: &str, changes: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        let id = if changes.iter().any(|(_, value)| value.is_some()) {
+            self.table_for_write(table)?
+        } else {
+            match self.table(table) {
+                Some(id) => id,
+                // Only deletes, in a table that holds nothing.
+                None => return Ok(()),
+            }
+        };
+        for (key, value) in changes {
+            self.changes
+                .insert(owned_key(id, key), value.map(K::Bytes::from));
+        }
+        Ok(())
+    }
+
     pub(crate) fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some(id) = self.table(table) else {
             return Ok(None);
         };
-        let k: K::Bytes = owned_key(id, key);
-        let old = self.get_flat(k.as_ref())?;
+        let k = owned_key(id, key);
+        let old = self.get_flat(&k)?;
         if old.is_some() {
             self.changes.insert(k, None);
         }
@@ -535,9 +572,9 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
             return Ok(());
         };
         let flat = flat_range(id, super::FULL_RANGE);
-        let mut doomed: Vec<K::Bytes> = Vec::new();
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
         self.committed.kv.scan(as_slices(&flat), &mut |k, _| {
-            doomed.push(K::Bytes::from(k));
+            doomed.push(k.to_vec());
             Ok(ControlFlow::Continue(()))
         })?;
         for (_, change) in self.changes.range_mut::<[u8], _>(as_slices(&flat)) {
@@ -665,6 +702,20 @@ macro_rules! overlay_transactions {
             }
             fn clear(&mut self, table: &str) -> $crate::Result<()> {
                 self.0.clear(table)
+            }
+            fn replace_all(
+                &mut self,
+                table: &str,
+                entries: &[(&[u8], &[u8])],
+            ) -> $crate::Result<Vec<Option<Vec<u8>>>> {
+                self.0.replace_all(table, entries)
+            }
+            fn apply(
+                &mut self,
+                table: &str,
+                changes: &[(&[u8], Option<&[u8]>)],
+            ) -> $crate::Result<()> {
+                self.0.apply(table, changes)
             }
             fn commit(self) -> $crate::Result<()> {
                 self.0.commit()
