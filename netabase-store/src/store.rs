@@ -299,15 +299,16 @@ macro_rules! read_methods {
 
 /// Runs a read in a fresh read transaction of the store.
 macro_rules! in_read_tx {
-    ($self:ident, $reader:expr, |$r:ident| $body:expr) => {
-        $self.read(|tx| {
+    ($self:ident, $reader:expr, |$r:ident| $body:expr) => {{
+        let _guard = $self.guard()?;
+        $self.backend.with_read(|tx| {
             let $r = Reader {
-                tx: &tx.tx,
-                tables: tx.tables,
+                tx,
+                tables: &$self.tables,
             };
             $body
         })
-    };
+    }};
 }
 
 /// Runs a read in the transaction at hand.

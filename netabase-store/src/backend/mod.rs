@@ -186,6 +186,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens a read transaction on the latest committed state.
     fn begin_read(&self) -> Result<Self::Read<'_>>;
 
+    /// Runs `f` in a read transaction of its own, like `f(&self.begin_read()?)`, without
+    /// handing the transaction out: an [`AnyBackend`] then runs `f` on the chosen backend's
+    /// transaction where it was opened, instead of moving it into an [`AnyRead`] first
+    /// (the typed store's one-shot reads go through here).
+    fn with_read<R>(&self, f: impl FnOnce(&dyn ReadTransaction) -> Result<R>) -> Result<R>
+    where
+        Self: Sized,
+    {
+        f(&self.begin_read()?)
+    }
+
     /// Opens a write transaction. Write transactions are serialised: this blocks while
     /// another one is open.
     fn begin_write(&self) -> Result<Self::Write<'_>>;
@@ -336,6 +347,11 @@ impl Backend for AnyBackend {
             AnyBackend::Sled(b) => AnyRead::Sled(b.begin_read()?),
             AnyBackend::Memory(b) => AnyRead::Memory(b.begin_read()?),
         })
+    }
+
+    #[inline]
+    fn with_read<R>(&self, f: impl FnOnce(&dyn ReadTransaction) -> Result<R>) -> Result<R> {
+        dispatch!(self, AnyBackend, b => b.with_read(f))
     }
 
     fn begin_write(&self) -> Result<AnyWrite<'_>> {

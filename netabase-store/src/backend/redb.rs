@@ -141,14 +141,19 @@ pub struct RedbRead {
     tx: redb::ReadTransaction,
 }
 
-impl RedbRead {
+/// A read transaction borrowed: what [`RedbRead`] and [`RedbBackend`]'s one-shot reads run
+/// on.
+struct ReadRef<'a>(&'a redb::ReadTransaction);
+
+impl ReadRef<'_> {
     /// Runs `f` on table `name` (`None` if it does not exist).
+    #[inline]
     fn with_table<R>(
         &self,
         name: &str,
         f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
     ) -> Result<R> {
-        match self.tx.open_table(definition(name)) {
+        match self.0.open_table(definition(name)) {
             Ok(table) => f(Some(&table)),
             Err(redb::TableError::TableDoesNotExist(_)) => f(None),
             Err(e) => Err(map_err(e)),
@@ -174,6 +179,33 @@ fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
 }
 
 impl ReadTransaction for RedbRead {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        ReadRef(&self.tx).get(table, key)
+    }
+
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        ReadRef(&self.tx).get_with(table, key, read)
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        ReadRef(&self.tx).get_many_with(table, keys, read)
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        ReadRef(&self.tx).scan(table, range, visit)
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        ReadRef(&self.tx).len(table)
+    }
+}
+
+impl ReadTransaction for ReadRef<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.with_table(table, |table| match table {
             Some(table) => Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec())),
@@ -338,6 +370,13 @@ impl Backend for RedbBackend {
         Ok(RedbRead {
             tx: self.db.begin_read().map_err(map_err)?,
         })
+    }
+
+    /// Runs `f` on the transaction where it was opened.
+    #[inline]
+    fn with_read<R>(&self, f: impl FnOnce(&dyn ReadTransaction) -> Result<R>) -> Result<R> {
+        let tx = self.db.begin_read().map_err(map_err)?;
+        f(&ReadRef(&tx))
     }
 
     fn begin_write(&self) -> Result<RedbWrite> {
