@@ -9,11 +9,13 @@
 //! long-known peers are therefore never evicted by newcomers (the Kademlia paper's
 //! preference for old contacts), and dead ones are replaced.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::boxed::Box;
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use crate::key::{Distance, Key};
+use crate::deadlines::Deadlines;
+use crate::key::Key;
 use crate::peer::{Address, Addresses, PeerId};
 use crate::time::Instant;
 
@@ -56,35 +58,46 @@ struct Pending {
     deadline: Instant,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Bucket {
+    /// The bucket's index (the highest bit of the distance of its entries).
+    index: u8,
+    /// `entries[i].peer.kad_key()`, side by side: finding a peer or measuring distances
+    /// reads these 32-byte keys instead of the entries, which matters when a large
+    /// network's tables do not fit in cache.
+    keys: Vec<Key>,
     /// In no particular order.
     entries: Vec<Entry>,
-    /// `entries[i].peer.kad_key().tag()`: finding a peer scans these eight bytes per entry
-    /// instead of the entries themselves, which matters when a large network's tables do
-    /// not fit in cache.
-    tags: Vec<u64>,
-    pending: Option<Pending>,
+    /// Rare (only while the bucket is full and a newcomer waits), so kept out of line.
+    pending: Option<Box<Pending>>,
 }
 
 impl Bucket {
-    fn position(&self, peer: &PeerId) -> Option<usize> {
-        let tag = peer.kad_key().tag();
-        self.tags
+    fn new(index: u8) -> Self {
+        Bucket {
+            index,
+            keys: Vec::new(),
+            entries: Vec::new(),
+            pending: None,
+        }
+    }
+
+    fn position(&self, key: &Key, peer: &PeerId) -> Option<usize> {
+        self.keys
             .iter()
             .enumerate()
-            .filter(|(_, t)| **t == tag)
+            .filter(|(_, k)| *k == key)
             .map(|(i, _)| i)
             .find(|&i| self.entries[i].peer == *peer)
     }
 
     fn push(&mut self, entry: Entry) {
-        self.tags.push(entry.peer.kad_key().tag());
+        self.keys.push(*entry.peer.kad_key());
         self.entries.push(entry);
     }
 
     fn swap_remove(&mut self, pos: usize) -> Entry {
-        self.tags.swap_remove(pos);
+        self.keys.swap_remove(pos);
         self.entries.swap_remove(pos)
     }
 }
@@ -136,10 +149,14 @@ pub struct RoutingTable {
     local: Key,
     k: usize,
     pending_timeout: Duration,
-    /// Non-empty buckets only: a node in a network of N peers has about log2(N).
-    buckets: BTreeMap<u8, Bucket>,
+    /// Non-empty buckets only, by increasing index: a node in a network of N peers has
+    /// about log2(N).
+    buckets: Vec<Bucket>,
+    /// Bit `i` is set when bucket `i` is in `buckets`; its position there is the number
+    /// of set bits below `i`. Finding a bucket is then one look at this bitmap.
+    present: [u64; 4],
     /// (deadline, bucket) of every pending entry, for cheap timeout handling.
-    pending_deadlines: BTreeSet<(Instant, u8)>,
+    pending_deadlines: Deadlines<u8>,
     len: usize,
     /// Source of [`Entry`] sighting sequence numbers.
     seen_seq: u64,
@@ -152,8 +169,9 @@ impl RoutingTable {
             local,
             k: k.max(1),
             pending_timeout,
-            buckets: BTreeMap::new(),
-            pending_deadlines: BTreeSet::new(),
+            buckets: Vec::new(),
+            present: [0; 4],
+            pending_deadlines: Deadlines::new(),
             len: 0,
             seen_seq: 0,
         }
@@ -184,17 +202,66 @@ impl RoutingTable {
         self.local.distance(key).bucket_index()
     }
 
-    fn locate(&self, key: &Key, peer: &PeerId) -> Option<(u8, usize)> {
-        let b = self.bucket_index(key)?;
-        let pos = self.buckets.get(&b)?.position(peer)?;
+    /// Where bucket `b` is (or would go) in `buckets`, and whether it is there.
+    fn slot(&self, b: u8) -> (usize, bool) {
+        let word = usize::from(b / 64);
+        let bit = u32::from(b % 64);
+        let below: u32 = self.present[..word]
+            .iter()
+            .map(|w| w.count_ones())
+            .sum::<u32>()
+            + (self.present[word] & ((1u64 << bit) - 1)).count_ones();
+        (below as usize, self.present[word] >> bit & 1 == 1)
+    }
+
+    fn bucket(&self, b: u8) -> Option<&Bucket> {
+        match self.slot(b) {
+            (pos, true) => Some(&self.buckets[pos]),
+            _ => None,
+        }
+    }
+
+    fn bucket_mut(&mut self, b: u8) -> Option<&mut Bucket> {
+        match self.slot(b) {
+            (pos, true) => Some(&mut self.buckets[pos]),
+            _ => None,
+        }
+    }
+
+    /// Bucket `b`, created empty if absent.
+    fn bucket_or_insert(&mut self, b: u8) -> &mut Bucket {
+        let (pos, there) = self.slot(b);
+        if !there {
+            self.buckets.insert(pos, Bucket::new(b));
+            self.present[usize::from(b / 64)] |= 1u64 << (b % 64);
+        }
+        &mut self.buckets[pos]
+    }
+
+    /// Drops bucket `b` if it has no entries left.
+    fn drop_if_empty(&mut self, b: u8) {
+        if let (pos, true) = self.slot(b)
+            && self.buckets[pos].entries.is_empty()
+        {
+            self.buckets.remove(pos);
+            self.present[usize::from(b / 64)] &= !(1u64 << (b % 64));
+        }
+    }
+
+    /// (bucket position in `buckets`, entry position) of `peer`.
+    fn locate(&self, peer: &PeerId) -> Option<(usize, usize)> {
+        let key = peer.kad_key();
+        let (b, true) = self.slot(self.bucket_index(key)?) else {
+            return None;
+        };
+        let pos = self.buckets[b].position(key, peer)?;
         Some((b, pos))
     }
 
     /// The entry of `peer`, if present.
     pub fn entry(&self, peer: &PeerId) -> Option<&Entry> {
-        let key = Key::from_peer(peer);
-        let (b, pos) = self.locate(&key, peer)?;
-        Some(&self.buckets[&b].entries[pos])
+        let (b, pos) = self.locate(peer)?;
+        Some(&self.buckets[b].entries[pos])
     }
 
     /// Whether `peer` is in the table.
@@ -240,8 +307,12 @@ impl RoutingTable {
         let k = self.k;
         self.seen_seq += 1;
         let seq = self.seen_seq;
-        let bucket = self.buckets.entry(b).or_default();
-        if let Some(entry) = bucket.position(&peer).map(|pos| &mut bucket.entries[pos]) {
+        let pending_timeout = self.pending_timeout;
+        let bucket = self.bucket_or_insert(b);
+        if let Some(entry) = bucket
+            .position(&key, &peer)
+            .map(|pos| &mut bucket.entries[pos])
+        {
             Self::merge_addrs(&mut entry.addrs, addrs);
             entry.status = status;
             if status == Status::Connected {
@@ -271,42 +342,36 @@ impl RoutingTable {
         if bucket.pending.is_some() {
             return UpdateOutcome::Full { bucket: b };
         }
-        let deadline = now + self.pending_timeout;
-        bucket.pending = Some(Pending { entry, deadline });
-        self.pending_deadlines.insert((deadline, b));
+        let deadline = now + pending_timeout;
+        bucket.pending = Some(Box::new(Pending { entry, deadline }));
         let probe = bucket
             .entries
             .iter()
             .min_by_key(|e| e.recency())
             .map(|e| e.peer)
             .expect("a full bucket has entries");
+        self.pending_deadlines.insert(deadline, b);
         UpdateOutcome::Pending { bucket: b, probe }
     }
 
     /// Marks `peer` connected and seen at `now`, if present. Returns whether it was present.
     pub fn mark_connected(&mut self, now: Instant, peer: &PeerId) -> bool {
-        let key = Key::from_peer(peer);
-        let Some((b, pos)) = self.locate(&key, peer) else {
+        let Some((b, pos)) = self.locate(peer) else {
             return false;
         };
         self.seen_seq += 1;
-        if let Some(bucket) = self.buckets.get_mut(&b) {
-            let entry = &mut bucket.entries[pos];
-            entry.status = Status::Connected;
-            entry.last_seen = now;
-            entry.seen_seq = self.seen_seq;
-        }
+        let entry = &mut self.buckets[b].entries[pos];
+        entry.status = Status::Connected;
+        entry.last_seen = now;
+        entry.seen_seq = self.seen_seq;
         true
     }
 
     /// Marks `peer` disconnected, if present. Returns whether it was present.
     pub fn mark_disconnected(&mut self, peer: &PeerId) -> bool {
-        let key = Key::from_peer(peer);
-        match self.locate(&key, peer) {
+        match self.locate(peer) {
             Some((b, pos)) => {
-                if let Some(bucket) = self.buckets.get_mut(&b) {
-                    bucket.entries[pos].status = Status::Disconnected;
-                }
+                self.buckets[b].entries[pos].status = Status::Disconnected;
                 true
             }
             None => false,
@@ -317,21 +382,24 @@ impl RoutingTable {
     pub fn remove(&mut self, now: Instant, peer: &PeerId) -> Option<Entry> {
         let key = Key::from_peer(peer);
         let b = self.bucket_index(&key)?;
-        let bucket = self.buckets.get_mut(&b)?;
+        let (at, true) = self.slot(b) else {
+            return None;
+        };
+        let bucket = &mut self.buckets[at];
         if bucket
             .pending
             .as_ref()
             .is_some_and(|p| p.entry.peer == *peer)
         {
             let p = bucket.pending.take()?;
-            self.pending_deadlines.remove(&(p.deadline, b));
+            self.pending_deadlines.remove(p.deadline, b);
             return None;
         }
-        let pos = bucket.position(peer)?;
+        let pos = bucket.position(&key, peer)?;
         let removed = bucket.swap_remove(pos);
         self.len -= 1;
         if let Some(p) = bucket.pending.take() {
-            self.pending_deadlines.remove(&(p.deadline, b));
+            self.pending_deadlines.remove(p.deadline, b);
             self.seen_seq += 1;
             let mut entry = p.entry;
             entry.last_seen = now;
@@ -339,22 +407,17 @@ impl RoutingTable {
             bucket.push(entry);
             self.len += 1;
         }
-        if bucket.entries.is_empty() {
-            self.buckets.remove(&b);
-        }
+        self.drop_if_empty(b);
         Some(removed)
     }
 
     /// Removes one address of `peer`; removes the peer when none is left. Returns whether
     /// the peer was removed.
     pub fn remove_address(&mut self, now: Instant, peer: &PeerId, addr: &Address) -> bool {
-        let key = Key::from_peer(peer);
-        let Some((b, pos)) = self.locate(&key, peer) else {
+        let Some((b, pos)) = self.locate(peer) else {
             return false;
         };
-        let Some(entry) = self.buckets.get_mut(&b).map(|bk| &mut bk.entries[pos]) else {
-            return false;
-        };
+        let entry = &mut self.buckets[b].entries[pos];
         entry.addrs = entry.addrs.iter().filter(|a| *a != addr).cloned().collect();
         if entry.addrs.is_empty() {
             self.remove(now, peer);
@@ -365,19 +428,22 @@ impl RoutingTable {
 
     /// The earliest pending-entry deadline, if any.
     pub fn next_pending_deadline(&self) -> Option<Instant> {
-        self.pending_deadlines.first().map(|(t, _)| *t)
+        self.pending_deadlines.first_deadline()
     }
 
     /// Resolves every pending entry whose deadline is at or before `now`: it replaces the
     /// least recently seen entry if that one is disconnected, otherwise it is dropped.
     pub fn apply_pending(&mut self, now: Instant) -> Vec<Replacement> {
         let mut out = Vec::new();
-        while let Some(&(deadline, b)) = self.pending_deadlines.first() {
-            if deadline > now {
+        while self
+            .pending_deadlines
+            .first_deadline()
+            .is_some_and(|t| t <= now)
+        {
+            let Some((_, b)) = self.pending_deadlines.pop_first() else {
                 break;
-            }
-            self.pending_deadlines.pop_first();
-            let Some(bucket) = self.buckets.get_mut(&b) else {
+            };
+            let Some(bucket) = self.bucket_mut(b) else {
                 continue;
             };
             let Some(pending) = bucket.pending.take() else {
@@ -398,6 +464,7 @@ impl RoutingTable {
                 entry.last_seen = now;
                 entry.seen_seq = self.seen_seq;
                 let inserted = entry.peer;
+                let bucket = self.bucket_mut(b).expect("the bucket was just found");
                 bucket.push(entry);
                 out.push(Replacement {
                     bucket: b,
@@ -428,60 +495,110 @@ impl RoutingTable {
         n: usize,
         exclude: Option<&PeerId>,
     ) -> Vec<&Entry> {
-        use core::ops::Bound::{Excluded, Unbounded};
+        if n == 0 {
+            return Vec::new();
+        }
+        // Candidates as (first word of the distance, bucket position << 16 | entry
+        // position): sorting 16-byte values is cheap, and distances that share their first
+        // word (almost never) are put in order afterwards.
+        let mut found: Vec<u128> = Vec::with_capacity(n + self.k);
         let d = self.local.distance(target);
-        let mut order: Vec<&Bucket> = Vec::with_capacity(self.buckets.len());
         match d.bucket_index() {
             Some(i) => {
-                order.extend(self.buckets.get(&i));
-                order.extend(
-                    self.buckets
-                        .range(..i)
-                        .rev()
-                        .filter(|(j, _)| d.bit(**j))
-                        .map(|(_, b)| b),
-                );
-                order.extend(
-                    self.buckets
-                        .range(..i)
-                        .filter(|(j, _)| !d.bit(**j))
-                        .map(|(_, b)| b),
-                );
-                order.extend(self.buckets.range((Excluded(i), Unbounded)).map(|(_, b)| b));
+                let (at, there) = self.slot(i);
+                if there {
+                    self.candidates(at, target, exclude, &mut found);
+                }
+                for pos in (0..at).rev() {
+                    if found.len() >= n {
+                        break;
+                    }
+                    if d.bit(self.buckets[pos].index) {
+                        self.candidates(pos, target, exclude, &mut found);
+                    }
+                }
+                for pos in 0..at {
+                    if found.len() >= n {
+                        break;
+                    }
+                    if !d.bit(self.buckets[pos].index) {
+                        self.candidates(pos, target, exclude, &mut found);
+                    }
+                }
+                let above = if there { at + 1 } else { at };
+                for pos in above..self.buckets.len() {
+                    if found.len() >= n {
+                        break;
+                    }
+                    self.candidates(pos, target, exclude, &mut found);
+                }
             }
-            None => order.extend(self.buckets.values()),
-        }
-        let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(n + self.k);
-        for b in order {
-            if out.len() >= n {
-                break;
-            }
-            for e in &b.entries {
-                if exclude != Some(&e.peer) {
-                    out.push((e.peer.kad_key().distance(target), e));
+            None => {
+                for pos in 0..self.buckets.len() {
+                    if found.len() >= n {
+                        break;
+                    }
+                    self.candidates(pos, target, exclude, &mut found);
                 }
             }
         }
-        out.sort_unstable_by_key(|a| a.0);
-        out.truncate(n);
-        out.into_iter().map(|(_, e)| e).collect()
+        found.sort_unstable();
+        let entry = |c: u128| {
+            let pos = (c as u64 >> 16) as usize;
+            &self.buckets[pos].entries[c as usize & 0xFFFF]
+        };
+        // Runs of equal first words: order them by the whole distance.
+        let mut start = 0;
+        while start < found.len() {
+            let hi = (found[start] >> 64) as u64;
+            let mut end = start + 1;
+            while end < found.len() && (found[end] >> 64) as u64 == hi {
+                end += 1;
+            }
+            if end - start > 1 {
+                found[start..end]
+                    .sort_unstable_by_key(|c| entry(*c).peer.kad_key().distance(target));
+            }
+            start = end;
+        }
+        found.truncate(n);
+        found.into_iter().map(entry).collect()
+    }
+
+    /// Adds the entries of the bucket at `pos` (but `exclude`) to `found`, as sort keys for
+    /// [`RoutingTable::closest_excluding`].
+    fn candidates(
+        &self,
+        pos: usize,
+        target: &Key,
+        exclude: Option<&PeerId>,
+        found: &mut Vec<u128>,
+    ) {
+        let bucket = &self.buckets[pos];
+        for (e, key) in bucket.keys.iter().enumerate() {
+            if exclude.is_some_and(|p| p.kad_key() == key && bucket.entries[e].peer == *p) {
+                continue;
+            }
+            let hi = key.distance(target).high_word();
+            found.push(u128::from(hi) << 64 | (pos as u128) << 16 | e as u128);
+        }
     }
 
     /// Every entry, bucket by bucket from the closest bucket outwards.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.buckets.values().flat_map(|b| b.entries.iter())
+        self.buckets.iter().flat_map(|b| b.entries.iter())
     }
 
     /// Number of entries in bucket `bucket`.
     pub fn bucket_len(&self, bucket: u8) -> usize {
-        self.buckets.get(&bucket).map_or(0, |b| b.entries.len())
+        self.bucket(bucket).map_or(0, |b| b.entries.len())
     }
 
     /// `(bucket index, number of entries)` of every non-empty bucket, closest first.
     pub fn bucket_sizes(&self) -> Vec<(u8, usize)> {
         self.buckets
             .iter()
-            .map(|(i, b)| (*i, b.entries.len()))
+            .map(|b| (b.index, b.entries.len()))
             .collect()
     }
 
@@ -491,16 +608,25 @@ impl RoutingTable {
         use alloc::format;
         let mut total = 0;
         let mut seen = BTreeSet::new();
-        for (&i, b) in &self.buckets {
+        let mut previous = None;
+        for (pos, b) in self.buckets.iter().enumerate() {
+            let i = b.index;
+            if previous.is_some_and(|p| p >= i) {
+                return Err(format!("bucket {i} is out of order"));
+            }
+            previous = Some(i);
+            if self.slot(i) != (pos, true) {
+                return Err(format!("bucket {i} is not where the bitmap says"));
+            }
             if b.entries.is_empty() {
                 return Err(format!("bucket {i} is kept although empty"));
             }
             if b.entries.len() > self.k {
                 return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
             }
-            let tags: Vec<u64> = b.entries.iter().map(|e| e.peer.kad_key().tag()).collect();
-            if tags != b.tags {
-                return Err(format!("bucket {i}'s tags do not match its entries"));
+            let keys: Vec<Key> = b.entries.iter().map(|e| *e.peer.kad_key()).collect();
+            if keys != b.keys {
+                return Err(format!("bucket {i}'s keys do not match its entries"));
             }
             for e in &b.entries {
                 if self.bucket_index(e.peer.kad_key()) != Some(i) {
@@ -529,7 +655,7 @@ impl RoutingTable {
                 if seen.contains(&p.entry.peer) {
                     return Err(format!("pending {:?} is also an entry", p.entry.peer));
                 }
-                if !self.pending_deadlines.contains(&(p.deadline, i)) {
+                if !self.pending_deadlines.contains(p.deadline, i) {
                     return Err(format!("bucket {i} pending deadline is not tracked"));
                 }
             }
@@ -538,11 +664,17 @@ impl RoutingTable {
         if total != self.len {
             return Err(format!("len {} but {} entries", self.len, total));
         }
-        let pendings = self
-            .buckets
-            .values()
-            .filter(|b| b.pending.is_some())
-            .count();
+        let present: u32 = self.present.iter().map(|w| w.count_ones()).sum();
+        if present as usize != self.buckets.len() {
+            return Err(format!(
+                "{} buckets but {present} bits set",
+                self.buckets.len()
+            ));
+        }
+        let pendings = self.buckets.iter().filter(|b| b.pending.is_some()).count();
+        if !self.pending_deadlines.is_consistent() {
+            return Err("the earliest pending deadline is out of date".into());
+        }
         if pendings != self.pending_deadlines.len() {
             return Err(format!(
                 "{} pending entries but {} deadlines",

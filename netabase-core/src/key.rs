@@ -35,11 +35,6 @@ fn bytes(words: &[u64; 4]) -> [u8; 32] {
 }
 
 impl Key {
-    /// The first 64 bits: a cheap tag that tells most keys apart.
-    pub(crate) fn tag(&self) -> u64 {
-        self.0[0]
-    }
-
     /// The key of arbitrary preimage bytes (SHA-256).
     pub fn hash(preimage: &[u8]) -> Self {
         Key(words(&Sha256::digest(preimage).into()))
@@ -121,6 +116,11 @@ impl Distance {
             }
         }
         None
+    }
+
+    /// The most significant 64 bits.
+    pub(crate) fn high_word(&self) -> u64 {
+        self.0[0]
     }
 
     /// Whether bit `i` (0 = least significant) is set.

@@ -35,6 +35,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+mod deadlines;
 pub mod kbucket;
 pub mod key;
 pub mod mdns;
@@ -44,6 +45,7 @@ mod node;
 pub mod peer;
 pub mod query;
 pub mod record;
+mod requests;
 pub mod store;
 pub mod time;
 pub mod wire;

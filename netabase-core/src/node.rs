@@ -9,12 +9,14 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxBuildHasher;
 
+use crate::deadlines::Deadlines;
 use crate::kbucket::{RoutingTable, Status, UpdateOutcome};
 use crate::key::{Key, RecordKey};
 use crate::message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
 use crate::peer::{Address, Addresses, PeerId};
 use crate::query::{ClosestPeersIter, Next};
 use crate::record::{ProviderRecord, Record};
+use crate::requests::RequestTable;
 use crate::store::{RecordStore, StoreError};
 use crate::time::Instant;
 
@@ -539,13 +541,19 @@ pub struct Node<S> {
     store: S,
     rng: ChaCha8Rng,
     queries: BTreeMap<QueryId, Query>,
-    query_deadlines: BTreeSet<(Instant, QueryId)>,
+    query_deadlines: Deadlines<QueryId>,
     next_query: u64,
-    requests: BTreeMap<RequestId, PendingRequest>,
-    request_deadlines: BTreeSet<(Instant, RequestId)>,
+    /// Outbound requests awaiting an outcome. Their deadlines never decrease in id order,
+    /// so the first one is the next to time out.
+    requests: RequestTable<PendingRequest>,
+    /// Deadline of the request sent last.
+    last_request_deadline: Instant,
+    /// Deadline of the first request in `requests` (the next to time out), kept here so
+    /// that [`Node::poll_timeout`] need not read the table.
+    next_request_deadline: Option<Instant>,
     /// Lookup requests whose patience runs out (entries may be stale: the request may have
     /// completed already).
-    patience_deadlines: BTreeSet<(Instant, RequestId)>,
+    patience_deadlines: Deadlines<RequestId>,
     /// Smoothed round-trip time and its mean deviation.
     rtt: Option<(Duration, Duration)>,
     next_request: u64,
@@ -581,11 +589,12 @@ impl<S: RecordStore> Node<S> {
             store,
             rng: ChaCha8Rng::seed_from_u64(seed),
             queries: BTreeMap::new(),
-            query_deadlines: BTreeSet::new(),
+            query_deadlines: Deadlines::new(),
             next_query: 0,
-            requests: BTreeMap::new(),
-            request_deadlines: BTreeSet::new(),
-            patience_deadlines: BTreeSet::new(),
+            requests: RequestTable::new(),
+            last_request_deadline: Instant::ZERO,
+            next_request_deadline: None,
+            patience_deadlines: Deadlines::new(),
             rtt: None,
             next_request: 0,
             connected: HashSet::with_hasher(FxBuildHasher),
@@ -681,9 +690,9 @@ impl<S: RecordStore> Node<S> {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        consider(self.request_deadlines.first().map(|(t, _)| *t));
-        consider(self.patience_deadlines.first().map(|(t, _)| *t));
-        consider(self.query_deadlines.first().map(|(t, _)| *t));
+        consider(self.next_request_deadline);
+        consider(self.patience_deadlines.first_deadline());
+        consider(self.query_deadlines.first_deadline());
         consider(self.table.next_pending_deadline());
         consider(self.next_replication);
         consider(self.next_publication);
@@ -695,23 +704,26 @@ impl<S: RecordStore> Node<S> {
     /// Acts on every deadline that has passed at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Requests that timed out.
-        while let Some(&(deadline, id)) = self.request_deadlines.first() {
-            if deadline > now {
+        while self.next_request_deadline.is_some_and(|t| t <= now) {
+            let Some(id) = self.requests.first_id() else {
                 break;
-            }
-            self.request_deadlines.pop_first();
-            if let Some(req) = self.take_request(id) {
-                self.stats.requests_timed_out += 1;
-                self.request_failed(now, req);
-            }
+            };
+            let Some(req) = self.take_request(RequestId(id)) else {
+                break;
+            };
+            self.stats.requests_timed_out += 1;
+            self.request_failed(now, req);
         }
         // Lookup requests that ran out of patience.
-        while let Some(&(deadline, id)) = self.patience_deadlines.first() {
-            if deadline > now {
+        while self
+            .patience_deadlines
+            .first_deadline()
+            .is_some_and(|t| t <= now)
+        {
+            let Some((_, id)) = self.patience_deadlines.pop_first() else {
                 break;
-            }
-            self.patience_deadlines.pop_first();
-            let Some(req) = self.requests.get_mut(&id) else {
+            };
+            let Some(req) = self.requests.get_mut(id.0) else {
                 continue;
             };
             req.patience = None;
@@ -724,11 +736,14 @@ impl<S: RecordStore> Node<S> {
             }
         }
         // Queries that ran out of time.
-        while let Some(&(deadline, id)) = self.query_deadlines.first() {
-            if deadline > now {
+        while self
+            .query_deadlines
+            .first_deadline()
+            .is_some_and(|t| t <= now)
+        {
+            let Some((_, id)) = self.query_deadlines.pop_first() else {
                 break;
-            }
-            self.query_deadlines.pop_first();
+            };
             self.finish_query(now, id, true);
         }
         for r in self.table.apply_pending(now) {
@@ -1106,7 +1121,7 @@ impl<S: RecordStore> Node<S> {
     pub fn cancel_query(&mut self, id: QueryId) -> bool {
         match self.queries.remove(&id) {
             Some(q) => {
-                self.query_deadlines.remove(&(q.deadline, id));
+                self.query_deadlines.remove(q.deadline, id);
                 if q.internal {
                     self.job_queries -= 1;
                 }
@@ -1161,7 +1176,7 @@ impl<S: RecordStore> Node<S> {
             self.job_queries += 1;
         }
         self.queries.insert(id, query);
-        self.query_deadlines.insert((deadline, id));
+        self.query_deadlines.insert(deadline, id);
         self.advance(now, id);
         id
     }
@@ -1191,13 +1206,19 @@ impl<S: RecordStore> Node<S> {
     ) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let deadline = now + self.config.request_timeout;
+        // Never before an earlier request's deadline (even if `now` went backwards), so
+        // that the first request waiting is always the first to time out.
+        let deadline = (now + self.config.request_timeout).max(self.last_request_deadline);
+        self.last_request_deadline = deadline;
+        if self.next_request_deadline.is_none() {
+            self.next_request_deadline = Some(deadline);
+        }
         let patience = match purpose {
             Purpose::Lookup => self.patience().map(|p| now + p),
             _ => None,
         };
         self.requests.insert(
-            id,
+            id.0,
             PendingRequest {
                 peer,
                 kind: request.kind(),
@@ -1209,9 +1230,8 @@ impl<S: RecordStore> Node<S> {
                 sent: now,
             },
         );
-        self.request_deadlines.insert((deadline, id));
         if let Some(p) = patience {
-            self.patience_deadlines.insert((p, id));
+            self.patience_deadlines.insert(p, id);
         }
         self.stats.requests_sent += 1;
         if let Some(q) = query.and_then(|q| self.queries.get_mut(&q)) {
@@ -1258,10 +1278,13 @@ impl<S: RecordStore> Node<S> {
 
     /// Removes outbound request `id` and its deadlines.
     fn take_request(&mut self, id: RequestId) -> Option<PendingRequest> {
-        let req = self.requests.remove(&id)?;
-        self.request_deadlines.remove(&(req.deadline, id));
+        let front = self.requests.first_id() == Some(id.0);
+        let req = self.requests.remove(id.0)?;
+        if front {
+            self.next_request_deadline = self.requests.first().map(|(_, r)| r.deadline);
+        }
         if let Some(p) = req.patience {
-            self.patience_deadlines.remove(&(p, id));
+            self.patience_deadlines.remove(p, id);
         }
         Some(req)
     }
@@ -1398,7 +1421,7 @@ impl<S: RecordStore> Node<S> {
         let Some(mut q) = self.queries.remove(&id) else {
             return;
         };
-        self.query_deadlines.remove(&(q.deadline, id));
+        self.query_deadlines.remove(q.deadline, id);
         if q.internal {
             self.job_queries -= 1;
         }
@@ -1672,7 +1695,7 @@ impl<S: RecordStore> Node<S> {
         let Some(mut q) = self.queries.remove(&id) else {
             return;
         };
-        self.query_deadlines.remove(&(q.deadline, id));
+        self.query_deadlines.remove(q.deadline, id);
         q.stats.finished = now;
         q.stats.hops = q.iter.succeeded().map(|(_, d)| d).max().unwrap_or(0);
         self.emit_finished(id, QueryResult::FindPeer(Ok(info)), q.stats);
@@ -1734,7 +1757,7 @@ impl<S: RecordStore> Node<S> {
     /// A request without a response (ADD_PROVIDER) was written to the peer. Calls for
     /// requests that expect an answer are ignored: those complete with their answer.
     pub fn handle_request_sent(&mut self, now: Instant, id: RequestId) {
-        match self.requests.get(&id) {
+        match self.requests.get(id.0) {
             Some(req) if req.one_way => {}
             Some(_) => return,
             None => {
@@ -1972,12 +1995,19 @@ impl<S: RecordStore> Node<S> {
         if self.queries.len() > self.config.max_queries {
             return Err(format!("{} queries exceed max_queries", self.queries.len()));
         }
-        if self.requests.len() != self.request_deadlines.len() {
+        if self.requests.values().count() != self.requests.len() {
             return Err(format!(
-                "{} requests but {} request deadlines",
+                "{} requests counted but {} held",
                 self.requests.len(),
-                self.request_deadlines.len()
+                self.requests.values().count()
             ));
+        }
+        if self.next_request_deadline != self.requests.first().map(|(_, r)| r.deadline) {
+            return Err("the next request deadline is out of date".into());
+        }
+        let deadlines: Vec<Instant> = self.requests.values().map(|r| r.deadline).collect();
+        if deadlines.windows(2).any(|w| w[0] > w[1]) {
+            return Err("request deadlines decrease in id order".into());
         }
         let patient = self
             .requests
@@ -1989,6 +2019,9 @@ impl<S: RecordStore> Node<S> {
                 "{patient} requests with patience but {} patience deadlines",
                 self.patience_deadlines.len()
             ));
+        }
+        if !self.patience_deadlines.is_consistent() || !self.query_deadlines.is_consistent() {
+            return Err("an earliest deadline is out of date".into());
         }
         if self.queries.len() != self.query_deadlines.len() {
             return Err(format!(

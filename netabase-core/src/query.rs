@@ -8,7 +8,6 @@
 //! knows have all answered. It finishes when the `num_results` closest peers that did not
 //! fail have all answered, or when no candidate is left (and, if none answered yet, no answer is outstanding).
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::key::{Distance, Key};
@@ -30,10 +29,13 @@ pub enum PeerState {
     Failed,
 }
 
-#[derive(Clone, Debug)]
-struct Candidate {
-    peer: PeerId,
-    addrs: Addresses,
+/// A candidate's place in the distance order: small, so that scanning the order (which
+/// every step of a lookup does) reads few cache lines.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    distance: Distance,
+    /// Where its peer and addresses are in [`ClosestPeersIter::peers`].
+    index: u16,
     state: PeerState,
     /// Number of sequential request rounds needed to learn of this peer (1 for the
     /// peers the lookup started with).
@@ -55,7 +57,11 @@ pub enum Next {
 #[derive(Clone, Debug)]
 pub struct ClosestPeersIter {
     target: Key,
-    peers: BTreeMap<Distance, Candidate>,
+    /// Candidates, closest first.
+    order: Vec<Slot>,
+    /// Peer and addresses of each candidate, by [`Slot::index`]; a slot freed by an
+    /// eviction is reused at once by the candidate that caused it.
+    peers: Vec<(PeerId, Addresses)>,
     num_results: usize,
     parallelism: usize,
     max_candidates: usize,
@@ -78,7 +84,8 @@ impl ClosestPeersIter {
         let num_results = num_results.max(1);
         let mut iter = ClosestPeersIter {
             target,
-            peers: BTreeMap::new(),
+            order: Vec::new(),
+            peers: Vec::new(),
             num_results,
             parallelism: parallelism.max(1),
             // Bounded memory: candidates beyond this rank are never needed while the
@@ -100,54 +107,63 @@ impl ClosestPeersIter {
         &self.target
     }
 
+    /// Where `peer` is (`Ok`) or would go (`Err`) in the distance order.
+    fn find(&self, peer: &PeerId) -> Result<usize, usize> {
+        let d = peer.kad_key().distance(&self.target);
+        self.order.binary_search_by(|s| s.distance.cmp(&d))
+    }
+
     fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Addresses, depth: u32) -> bool {
         if peer == *local {
             return false;
         }
-        let d = Key::from_peer(&peer).distance(&self.target);
-        if let Some(c) = self.peers.get_mut(&d) {
-            if c.state == PeerState::NotContacted && !addrs.iter().all(|a| c.addrs.contains(a)) {
-                let mut list: Vec<Address> = c.addrs.to_vec();
-                for a in addrs.iter() {
-                    if !list.contains(a) && list.len() < crate::kbucket::MAX_ADDRS_PER_ENTRY {
-                        list.push(a.clone());
+        let pos = match self.find(&peer) {
+            Ok(pos) => {
+                let slot = self.order[pos];
+                let known = &mut self.peers[usize::from(slot.index)].1;
+                if slot.state == PeerState::NotContacted && !addrs.iter().all(|a| known.contains(a))
+                {
+                    let mut list: Vec<Address> = known.to_vec();
+                    for a in addrs.iter() {
+                        if !list.contains(a) && list.len() < crate::kbucket::MAX_ADDRS_PER_ENTRY {
+                            list.push(a.clone());
+                        }
                     }
+                    *known = list.into();
                 }
-                c.addrs = list.into();
+                return false;
             }
-            return false;
-        }
-        if self.peers.len() >= self.max_candidates {
+            Err(pos) => pos,
+        };
+        let distance = peer.kad_key().distance(&self.target);
+        let index = if self.order.len() >= self.max_candidates {
             // Full: only a peer closer than the farthest candidate gets in, and the farthest
             // candidate that is not awaiting an answer makes room (at most `num_results`
             // are awaited, so the search is short). Dropping a far candidate that already
             // answered or failed cannot change the result: it ranks beyond the candidates
             // kept.
-            if self
-                .peers
-                .last_key_value()
-                .is_some_and(|(far, _)| d >= *far)
-            {
-                return false;
-            }
-            let Some((&far, _)) = self
-                .peers
+            let Some(far) = self
+                .order
                 .iter()
-                .rev()
-                .find(|(_, c)| c.state != PeerState::Waiting)
+                .rposition(|s| s.state != PeerState::Waiting)
             else {
                 return false;
             };
-            if d >= far {
+            if pos > far {
                 return false;
             }
-            self.peers.remove(&far);
-        }
-        self.peers.insert(
-            d,
-            Candidate {
-                peer,
-                addrs,
+            let freed = self.order.remove(far).index;
+            self.peers[usize::from(freed)] = (peer, addrs);
+            freed
+        } else {
+            self.peers.push((peer, addrs));
+            u16::try_from(self.peers.len() - 1).expect("candidates are bounded")
+        };
+        self.order.insert(
+            pos,
+            Slot {
+                distance,
+                index,
                 state: PeerState::NotContacted,
                 depth,
             },
@@ -156,10 +172,17 @@ impl ClosestPeersIter {
     }
 
     fn closest_succeeded(&self) -> Option<Distance> {
-        self.peers
+        self.order
             .iter()
-            .find(|(_, c)| c.state == PeerState::Succeeded)
-            .map(|(d, _)| *d)
+            .find(|s| s.state == PeerState::Succeeded)
+            .map(|s| s.distance)
+    }
+
+    /// The slot of `peer`, if it is a candidate.
+    fn slot_mut<'a>(order: &'a mut [Slot], target: &Key, peer: &PeerId) -> Option<&'a mut Slot> {
+        let d = peer.kad_key().distance(target);
+        let pos = order.binary_search_by(|s| s.distance.cmp(&d)).ok()?;
+        Some(&mut order[pos])
     }
 
     /// Records the answer of `peer` and the closer peers it named. Returns `false` if the
@@ -175,7 +198,7 @@ impl ClosestPeersIter {
             return false;
         }
         let d = Key::from_peer(peer).distance(&self.target);
-        let depth = match self.peers.get_mut(&d) {
+        let depth = match Self::slot_mut(&mut self.order, &self.target, peer) {
             Some(c) if c.state == PeerState::Waiting => {
                 c.state = PeerState::Succeeded;
                 self.in_flight -= 1;
@@ -215,8 +238,7 @@ impl ClosestPeersIter {
         if self.finished {
             return false;
         }
-        let d = Key::from_peer(peer).distance(&self.target);
-        match self.peers.get_mut(&d) {
+        match Self::slot_mut(&mut self.order, &self.target, peer) {
             Some(c) if c.state == PeerState::Waiting => {
                 c.state = PeerState::Failed;
                 self.in_flight -= 1;
@@ -236,8 +258,7 @@ impl ClosestPeersIter {
         if self.finished {
             return false;
         }
-        let d = Key::from_peer(peer).distance(&self.target);
-        match self.peers.get_mut(&d) {
+        match Self::slot_mut(&mut self.order, &self.target, peer) {
             Some(c) if c.state == PeerState::Waiting => {
                 c.state = PeerState::Unresponsive;
                 self.in_flight -= 1;
@@ -261,7 +282,7 @@ impl ClosestPeersIter {
         let mut succeeded = 0;
         let mut waiting_ahead = false;
         let mut contact = None;
-        for (d, c) in self.peers.iter() {
+        for (pos, c) in self.order.iter().enumerate() {
             match c.state {
                 PeerState::Succeeded => {
                     succeeded += 1;
@@ -272,7 +293,7 @@ impl ClosestPeersIter {
                 PeerState::Waiting => waiting_ahead = true,
                 PeerState::NotContacted => {
                     if self.in_flight < capacity {
-                        contact = Some(*d);
+                        contact = Some(pos);
                     } else {
                         waiting_ahead = true;
                     }
@@ -281,11 +302,12 @@ impl ClosestPeersIter {
                 PeerState::Failed | PeerState::Unresponsive => {}
             }
         }
-        if let Some(d) = contact {
-            let c = self.peers.get_mut(&d).expect("candidate just found");
+        if let Some(pos) = contact {
+            let c = &mut self.order[pos];
             c.state = PeerState::Waiting;
             self.in_flight += 1;
-            return Next::Contact(c.peer, c.addrs.clone());
+            let (peer, addrs) = &self.peers[usize::from(c.index)];
+            return Next::Contact(*peer, addrs.clone());
         }
         if succeeded >= self.num_results && !waiting_ahead {
             // The closest `num_results` live peers have answered and no closer peer is still
@@ -301,10 +323,10 @@ impl ClosestPeersIter {
         // lookup can still get: wait for them (each ends by answering, failing or timing
         // out) rather than end empty while answers are on their way. With some answers in
         // hand the lookup ends, so that a lost request does not cost a full timeout.
-        if self.peers.values().all(|c| c.state != PeerState::Succeeded)
+        if self.order.iter().all(|c| c.state != PeerState::Succeeded)
             && self
-                .peers
-                .values()
+                .order
+                .iter()
                 .any(|c| c.state == PeerState::Unresponsive)
         {
             return Next::Waiting;
@@ -333,27 +355,27 @@ impl ClosestPeersIter {
 
     /// The peers that answered, closest first, with the depth at which each was learnt.
     pub fn succeeded(&self) -> impl Iterator<Item = (PeerId, u32)> + '_ {
-        self.peers
-            .values()
+        self.order
+            .iter()
             .filter(|c| c.state == PeerState::Succeeded)
-            .map(|c| (c.peer, c.depth))
+            .map(|c| (self.peers[usize::from(c.index)].0, c.depth))
     }
 
     /// The addresses the lookup knows for `peer`.
     pub fn addresses(&self, peer: &PeerId) -> Option<&Addresses> {
-        let d = Key::from_peer(peer).distance(&self.target);
-        self.peers.get(&d).map(|c| &c.addrs)
+        let pos = self.find(peer).ok()?;
+        Some(&self.peers[usize::from(self.order[pos].index)].1)
     }
 
     /// The state of `peer` in this lookup.
     pub fn state(&self, peer: &PeerId) -> Option<PeerState> {
-        let d = Key::from_peer(peer).distance(&self.target);
-        self.peers.get(&d).map(|c| c.state)
+        let pos = self.find(peer).ok()?;
+        Some(self.order[pos].state)
     }
 
     /// Number of candidates held (bounded).
     pub fn candidate_count(&self) -> usize {
-        self.peers.len()
+        self.order.len()
     }
 
     /// Number of requests in flight.
