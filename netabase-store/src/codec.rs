@@ -38,6 +38,7 @@ const MAGIC: [u8; 2] = *b"NS";
 /// Length of the value header.
 pub const HEADER_LEN: usize = 11;
 
+#[inline]
 fn checksum(version: u32, payload: &[u8]) -> u32 {
     let seed = (u64::from(VALUE_FORMAT) << 32) | u64::from(version);
     xxh3_64_with_seed(payload, seed) as u32

@@ -189,29 +189,45 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
         with_key_bytes(key, |pk| self.read(t, pk))
     }
 
-    /// The primary keys of the index entries holding exactly (`index`, `value`).
-    fn index_lookup(&self, t: &ModelTables, index: u16, value: &[u8]) -> Result<Vec<Vec<u8>>> {
+    /// The primary keys of the index entries holding exactly (`index`, `value`), one after
+    /// the other in one buffer, and where each of them ends.
+    fn index_lookup(
+        &self,
+        t: &ModelTables,
+        index: u16,
+        value: &[u8],
+    ) -> Result<(Vec<u8>, Vec<usize>)> {
         let prefix = codec::index_prefix(index, value);
         let end = prefix_end(&prefix);
         let range: KeyRange<'_> = (
             Bound::Included(&prefix),
             end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
         );
-        let mut pks = Vec::new();
+        // Room for a few keys of usual size without growing.
+        let (mut pks, mut ends) = (Vec::with_capacity(256), Vec::with_capacity(16));
         self.tx.scan(&t.index, range, &mut |k, _| {
             if let Some(pk) = codec::index_entry_pk_exact(&prefix, k) {
-                pks.push(pk.to_vec());
+                pks.extend_from_slice(pk);
+                ends.push(pks.len());
             }
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok(pks)
+        Ok((pks, ends))
     }
 
     pub(crate) fn get_by_secondary<S: SecondaryKey>(&self, key: &S) -> Result<Vec<S::Model>> {
         let t = tables_of::<S::Model>(self.tables)?;
-        let pks = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
-        let keys: Vec<&[u8]> = pks.iter().map(Vec::as_slice).collect();
-        let mut out = Vec::with_capacity(pks.len());
+        let (pks, ends) = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
+        let mut start = 0;
+        let keys: Vec<&[u8]> = ends
+            .iter()
+            .map(|&end| {
+                let key = &pks[start..end];
+                start = end;
+                key
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
         self.tx.get_many_with(&t.records, &keys, &mut |i, bytes| {
             out.push(decode_stored::<S::Model>(keys[i], bytes)?);
             Ok(())

@@ -335,6 +335,22 @@ impl<K: FlatKv> OverlayRead<'_, K> {
         }
     }
 
+    /// [`get_with`](Self::get_with) of every key, with one table lookup.
+    pub(crate) fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let Some(id) = self.data.tables.get(table) else {
+            return Ok(());
+        };
+        for (i, key) in keys.iter().enumerate() {
+            with_key(id, key, |k| self.data.kv.get_with(k, &mut |v| read(i, v)))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn scan(
         &self,
         table: &str,
@@ -446,6 +462,22 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
             Some(id) => with_key(id, key, |k| self.read_flat(k, read)),
             None => Ok(false),
         }
+    }
+
+    /// [`get_with`](Self::get_with) of every key, with one table lookup.
+    pub(crate) fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let Some(id) = self.table(table) else {
+            return Ok(());
+        };
+        for (i, key) in keys.iter().enumerate() {
+            with_key(id, key, |k| self.read_flat(k, &mut |v| read(i, v)))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn scan(
@@ -643,6 +675,14 @@ macro_rules! overlay_transactions {
             ) -> $crate::Result<bool> {
                 self.0.get_with(table, key, read)
             }
+            fn get_many_with(
+                &self,
+                table: &str,
+                keys: &[&[u8]],
+                read: &mut dyn FnMut(usize, &[u8]) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                self.0.get_many_with(table, keys, read)
+            }
             fn scan(
                 &self,
                 table: &str,
@@ -670,6 +710,14 @@ macro_rules! overlay_transactions {
                 read: &mut $crate::backend::ValueReader<'_>,
             ) -> $crate::Result<bool> {
                 self.0.get_with(table, key, read)
+            }
+            fn get_many_with(
+                &self,
+                table: &str,
+                keys: &[&[u8]],
+                read: &mut dyn FnMut(usize, &[u8]) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                self.0.get_many_with(table, keys, read)
             }
             fn scan(
                 &self,
