@@ -1,5 +1,6 @@
 //! The Kademlia node: a deterministic state machine driven by its caller.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -539,7 +540,9 @@ pub struct Node<S> {
     mode: Mode,
     table: RoutingTable,
     store: S,
-    rng: ChaCha8Rng,
+    /// Used only for bucket refreshes: kept out of line, so that the node's hot fields
+    /// share fewer cache lines.
+    rng: Box<ChaCha8Rng>,
     queries: BTreeMap<QueryId, Query>,
     query_deadlines: Deadlines<QueryId>,
     next_query: u64,
@@ -560,7 +563,7 @@ pub struct Node<S> {
     /// Peers with an open connection. Only ever queried, never iterated, so a hash set
     /// with a fixed hasher keeps the node deterministic; it is touched on every connection
     /// change, where an ordered set of 80-byte ids cost several cache misses.
-    connected: HashSet<PeerId, FxBuildHasher>,
+    connected: HashSet<Key, FxBuildHasher>,
     outputs: VecDeque<Output>,
     jobs: VecDeque<Job>,
     job_queries: usize,
@@ -587,7 +590,7 @@ impl<S: RecordStore> Node<S> {
             local_addrs: Addresses::from([]),
             table,
             store,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: Box::new(ChaCha8Rng::seed_from_u64(seed)),
             queries: BTreeMap::new(),
             query_deadlines: Deadlines::new(),
             next_query: 0,
@@ -833,13 +836,13 @@ impl<S: RecordStore> Node<S> {
 
     /// The driver established a connection to `peer`.
     pub fn handle_connection_established(&mut self, now: Instant, peer: PeerId) {
-        self.connected.insert(peer);
+        self.connected.insert(*peer.kad_key());
         self.table.mark_connected(now, &peer);
     }
 
     /// The driver's last connection to `peer` closed.
     pub fn handle_connection_closed(&mut self, _now: Instant, peer: PeerId) {
-        self.connected.remove(&peer);
+        self.connected.remove(peer.kad_key());
         self.table.mark_disconnected(&peer);
     }
 
@@ -853,7 +856,7 @@ impl<S: RecordStore> Node<S> {
         serves_kad: bool,
     ) {
         if serves_kad {
-            let status = if self.connected.contains(&peer) {
+            let status = if self.connected.contains(peer.kad_key()) {
                 Status::Connected
             } else {
                 Status::Disconnected
@@ -900,7 +903,7 @@ impl<S: RecordStore> Node<S> {
     /// Adds a known address of a DHT server `peer` to the routing table (as libp2p's
     /// `add_address`). Returns what the table did.
     pub fn add_address(&mut self, now: Instant, peer: PeerId, addr: Address) -> UpdateOutcome {
-        let status = if self.connected.contains(&peer) {
+        let status = if self.connected.contains(peer.kad_key()) {
             Status::Connected
         } else {
             Status::Disconnected
@@ -1862,7 +1865,7 @@ impl<S: RecordStore> Node<S> {
                         .take(self.config.k)
                         .map(|p| PeerInfo {
                             id: p.provider,
-                            connection: if self.connected.contains(&p.provider) {
+                            connection: if self.connected.contains(p.provider.kad_key()) {
                                 ConnectionType::Connected
                             } else {
                                 ConnectionType::NotConnected

@@ -33,6 +33,7 @@
 pub mod checkers;
 pub mod cli;
 pub mod history;
+mod queue;
 pub mod report;
 pub mod scenario;
 pub mod sim;

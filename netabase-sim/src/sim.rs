@@ -1,7 +1,6 @@
 //! The discrete-event engine: many cores, one thread, one virtual clock.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::checkers::{self, Checker, Detail};
 use crate::history::{FaultLog, History, OpKind, OpRecord, Outcome, Scope};
+use crate::queue::EventQueue;
 use crate::report::{OpCounts, Report, Violation, percentile};
 use crate::scenario::{PartitionKind, Scenario};
 
@@ -156,30 +156,6 @@ enum Ev {
     MemCheck,
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    // Reversed: BinaryHeap is a max-heap, the earliest (time, sequence) must come first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 struct ActivePartition {
     kind: PartitionKind,
     /// Group A membership (split, one-way) or the isolated node (isolate).
@@ -193,7 +169,7 @@ pub struct Simulation {
     /// The state checkers read.
     pub world: World,
     config: Config,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue<Ev>,
     seq: u64,
     link_seed: u64,
     net_rng: ChaCha8Rng,
@@ -304,7 +280,7 @@ impl Simulation {
         let mut sim = Simulation {
             world,
             config,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             seq: 0,
             link_seed,
             net_rng,
@@ -414,11 +390,7 @@ impl Simulation {
 
     fn push(&mut self, at: Instant, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at, self.seq, ev);
     }
 
     fn local_now(&self, i: usize) -> Instant {
@@ -763,7 +735,7 @@ impl Simulation {
 
     /// Processes the next event; returns `false` when the run is over.
     pub fn step(&mut self) -> bool {
-        let Some(Scheduled { at, ev, .. }) = self.queue.pop() else {
+        let Some((at, _, ev)) = self.queue.pop() else {
             return false;
         };
         if at > self.end {

@@ -153,11 +153,18 @@ pub(crate) fn index_prefix(index: u16, value: &[u8]) -> Vec<u8> {
 
 /// The key of the index entry of secondary key (`index`, `value`) of record `pk`.
 pub(crate) fn index_key(index: u16, value: &[u8], pk: &[u8]) -> Vec<u8> {
-    let mut out = index_prefix(index, value);
+    let mut out = Vec::with_capacity(2 + value.len() + pk.len() + 4);
+    write_index_key(&mut out, index, value, pk);
+    out
+}
+
+/// Appends [`index_key`] to `out`.
+pub(crate) fn write_index_key(out: &mut Vec<u8>, index: u16, value: &[u8], pk: &[u8]) {
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(pk);
     // Primary keys longer than 4 GiB cannot be stored by any backend anyway.
     out.extend_from_slice(&(pk.len() as u32).to_be_bytes());
-    out
 }
 
 /// The primary key of an index entry, if the entry is well formed.

@@ -137,6 +137,24 @@ fn encode_error(e: String) -> StoreError {
 std::thread_local! {
     /// A reusable buffer for the encoded keys of lookups.
     static KEY_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A reusable buffer for the index keys of a write.
+    static INDEX_KEY_BUFFER: std::cell::RefCell<Vec<u8>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with an empty per-thread buffer for index keys (a fresh one if this thread's
+/// is in use further up the stack).
+fn with_index_key_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    INDEX_KEY_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            if buffer.capacity() > 4096 {
+                buffer.shrink_to(256);
+            }
+            f(&mut buffer)
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Calls `f` with the encoded `key`, encoded into a per-thread buffer rather than a fresh
@@ -366,17 +384,23 @@ fn reindex<T: WriteTransaction + ?Sized>(
 ) -> Result<()> {
     let empty = Vec::new();
     let old = old.unwrap_or(&empty);
-    for (index, value) in old {
-        if !new.iter().any(|(i, v)| i == index && v == value) {
-            tx.delete(&t.index, &codec::index_key(*index, value, pk))?;
+    with_index_key_buffer(|key| {
+        for (index, value) in old {
+            if !new.iter().any(|(i, v)| i == index && v == value) {
+                key.clear();
+                codec::write_index_key(key, *index, value, pk);
+                tx.delete(&t.index, key)?;
+            }
         }
-    }
-    for (index, value) in new {
-        if !old.iter().any(|(i, v)| i == index && v == value) {
-            tx.put(&t.index, &codec::index_key(*index, value, pk), &[])?;
+        for (index, value) in new {
+            if !old.iter().any(|(i, v)| i == index && v == value) {
+                key.clear();
+                codec::write_index_key(key, *index, value, pk);
+                tx.put(&t.index, key, &[])?;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Writes a record and keeps its index entries right; returns the replaced value decoded
@@ -459,11 +483,12 @@ pub(crate) struct Writer<'a, T: ?Sized> {
 impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
     pub(crate) fn put<M: NetabaseModel>(&mut self, model: &M) -> Result<Option<M>> {
         let t = tables_of::<M>(self.tables)?;
-        let pk = model.key_bytes()?;
         let version = <M::Definition as NetabaseDefinition>::SCHEMA_VERSION;
         let value = codec::seal(version, model).map_err(encode_error)?;
         let keys = encode_secondary_keys(model)?;
-        put_record(self.tx, t, &pk, &value, &keys, |old| typed_old(&pk, old))
+        with_key_bytes(&model.primary_key(), |pk| {
+            put_record(self.tx, t, pk, &value, &keys, |old| typed_old(pk, old))
+        })
     }
 
     /// Writes all `models` with one access per table where the backend benefits: records

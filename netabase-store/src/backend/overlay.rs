@@ -24,10 +24,11 @@
 //! write side of a reader-writer lock. Read transactions hold the read side for their whole
 //! life, so every read of one transaction sees the same committed state.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::ops::{Bound, ControlFlow};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::{Bound, ControlFlow, RangeBounds};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use super::{KeyRange, ValueReader, Visitor, prefix_end};
 use crate::error::{Result, StoreError};
@@ -41,16 +42,26 @@ pub(crate) const LAYOUT_KEY: &[u8] = b"\x00v";
 /// The prefix of the table-id entries.
 pub(crate) const TABLE_ID_PREFIX: &[u8] = b"\x00t";
 
-/// The changes of a write transaction: `None` removes the key. Keys are plain vectors
-/// (they are compared on every insert and lookup, and slices compare fastest), values the
-/// store's own bytes.
-pub(crate) type Changes<B> = BTreeMap<Vec<u8>, Option<B>>;
+/// The changes of a write transaction: `None` removes the key. Keys and values are the
+/// store's own bytes (sled keeps short ones inline, without allocating).
+///
+/// A hash map: a batch of writes looks every key up before it changes it, and hashing a key
+/// costs much less than the comparisons of an ordered map. Scans inside a write
+/// transaction sort the changes that fall in their range.
+pub(crate) type Changes<B> = HashMap<B, Option<B>, KeyHashing>;
 
 /// A flat ordered key-value store.
 pub(crate) trait FlatKv: Send + Sync + 'static {
-    /// Values as the store keeps them, so that a commit hands them over without copying
-    /// them again.
-    type Bytes: AsRef<[u8]> + for<'b> From<&'b [u8]> + std::fmt::Debug + Send + Sync;
+    /// Keys and values as the store keeps them, so that a commit hands them over without
+    /// copying them again.
+    type Bytes: AsRef<[u8]>
+        + Borrow<[u8]>
+        + Hash
+        + Eq
+        + for<'b> From<&'b [u8]>
+        + std::fmt::Debug
+        + Send
+        + Sync;
     /// Calls `read` with the value under `key`, if any; returns whether there was one.
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool>;
     /// Visits the entries within the (non-empty) range in key order.
@@ -79,18 +90,70 @@ impl TableId {
     }
 }
 
-/// Table names are few and chosen by code, not by peers: a multiply-rotate hash is enough
-/// and much cheaper than SipHash on every operation.
-#[derive(Default)]
-struct NameHasher(u64);
+/// The hasher of the overlay's maps: keys of a write transaction (which may come from peers,
+/// as DHT records do) and table names.
+///
+/// Each word of input is mixed into the state by a folded multiply (the high and low halves
+/// of a 128-bit product, xored) with a secret drawn once per process, so that colliding keys
+/// cannot be chosen without knowing it. It costs a fraction of std's SipHash on short keys.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyHashing {
+    secret: [u64; 2],
+}
 
-impl Hasher for NameHasher {
+impl Default for KeyHashing {
+    fn default() -> Self {
+        static SECRET: OnceLock<[u64; 2]> = OnceLock::new();
+        let secret = *SECRET.get_or_init(|| {
+            let random = std::collections::hash_map::RandomState::new();
+            [
+                random.hash_one(0x5EC0_u64) | 1,
+                random.hash_one(0x5EC1_u64) | 1,
+            ]
+        });
+        KeyHashing { secret }
+    }
+}
+
+impl BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            state: self.secret[0],
+            secret: self.secret[1],
+        }
+    }
+}
+
+/// See [`KeyHashing`].
+pub(crate) struct KeyHasher {
+    state: u64,
+    secret: u64,
+}
+
+/// The low and high halves of `a * b` folded together.
+#[inline]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl KeyHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.state = folded_multiply(self.state ^ word, self.secret ^ 0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+impl Hasher for KeyHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for word in &mut words {
             let word: [u8; 8] = word.try_into().unwrap_or_default();
-            self.write_u64(u64::from_le_bytes(word));
+            self.mix(u64::from_le_bytes(word));
         }
         let tail = words.remainder();
         if !tail.is_empty() {
@@ -98,30 +161,31 @@ impl Hasher for NameHasher {
                 .iter()
                 .rev()
                 .fold(0u64, |word, &byte| (word << 8) | u64::from(byte));
-            self.write_u64(word);
+            // The tail's length keeps tails that differ only in trailing zeros apart.
+            self.mix(word ^ ((tail.len() as u64) << 59));
         }
     }
 
     #[inline]
     fn write_u8(&mut self, byte: u8) {
-        self.write_u64(u64::from(byte));
+        self.mix(u64::from(byte));
     }
 
     #[inline]
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
     }
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        folded_multiply(self.state, self.secret)
     }
 }
 
 /// The ids of the tables that have one.
 #[derive(Debug)]
 struct TableIds {
-    ids: HashMap<Box<str>, TableId, BuildHasherDefault<NameHasher>>,
+    ids: HashMap<Box<str>, TableId, KeyHashing>,
     /// The id the next new table gets.
     next: u16,
 }
@@ -248,7 +312,8 @@ impl<K: FlatKv> Locked<K> {
             locked: self,
             committed: self.read(),
             _writer: writer,
-            changes: Changes::new(),
+            // Room for a record and a few index entries without growing.
+            changes: Changes::with_capacity_and_hasher(8, KeyHashing::default()),
             new_tables: Vec::new(),
             sync,
         }
@@ -262,7 +327,7 @@ fn with_key<R>(table: TableId, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     let (prefix, n) = table.prefix();
     let len = n + key.len();
     if len > INLINE {
-        return f(&owned_key(table, key));
+        return f(&key_vec(table, key));
     }
     let mut buf = [0u8; INLINE];
     // Both prefix bytes: the key overwrites the second one of a one-byte prefix.
@@ -271,13 +336,19 @@ fn with_key<R>(table: TableId, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     f(&buf[..len])
 }
 
-/// `prefix ++ key`, owned.
-fn owned_key(table: TableId, key: &[u8]) -> Vec<u8> {
+/// `prefix ++ key` as a vector.
+fn key_vec(table: TableId, key: &[u8]) -> Vec<u8> {
     let (prefix, n) = table.prefix();
     let mut out = Vec::with_capacity(n + key.len());
     out.extend_from_slice(&prefix[..n]);
     out.extend_from_slice(key);
     out
+}
+
+/// `prefix ++ key`, owned.
+#[inline]
+fn owned_key<B: for<'b> From<&'b [u8]>>(table: TableId, key: &[u8]) -> B {
+    with_key(table, key, |k| B::from(k))
 }
 
 /// The flat bounds of `range` inside `table`.
@@ -422,13 +493,15 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         };
         if committed.tables.ids.is_empty() && self.new_tables.is_empty() {
             self.changes.insert(
-                LAYOUT_KEY.to_vec(),
+                K::Bytes::from(LAYOUT_KEY),
                 Some(K::Bytes::from(&[LAYOUT_VERSION][..])),
             );
         }
         let key = [TABLE_ID_PREFIX, table.as_bytes()].concat();
-        self.changes
-            .insert(key, Some(K::Bytes::from(&id.0.to_be_bytes()[..])));
+        self.changes.insert(
+            K::Bytes::from(&key[..]),
+            Some(K::Bytes::from(&id.0.to_be_bytes()[..])),
+        );
         self.new_tables.push((table.into(), id));
         Ok(id)
     }
@@ -494,11 +567,19 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         }
         let skip = id.prefix().1;
         let flat = flat_range(id, range);
-        let mut pending = self.changes.range::<[u8], _>(as_slices(&flat)).peekable();
+        let bounds = as_slices(&flat);
+        let mut pending: Vec<(&[u8], &Option<K::Bytes>)> = self
+            .changes
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v))
+            .filter(|(k, _)| RangeBounds::<[u8]>::contains(&bounds, *k))
+            .collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut pending = pending.into_iter().peekable();
         let mut stopped = false;
         self.committed.kv.scan(as_slices(&flat), &mut |k, v| {
             // Changes before this base entry come first.
-            while let Some((ck, cv)) = pending.next_if(|(ck, _)| ck.as_slice() < k) {
+            while let Some((ck, cv)) = pending.next_if(|(ck, _)| *ck < k) {
                 if let Some(cv) = cv
                     && visit(&ck[skip..], cv.as_ref())?.is_break()
                 {
@@ -507,7 +588,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
                 }
             }
             // A change of this very key replaces (or removes) it.
-            let flow = match pending.next_if(|(ck, _)| ck.as_slice() == k) {
+            let flow = match pending.next_if(|(ck, _)| *ck == k) {
                 Some((_, Some(cv))) => visit(&k[skip..], cv.as_ref())?,
                 Some((_, None)) => ControlFlow::Continue(()),
                 None => visit(&k[skip..], v)?,
@@ -534,8 +615,8 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         value: &[u8],
     ) -> Result<Option<Vec<u8>>> {
         let id = self.table_for_write(table)?;
-        let k = owned_key(id, key);
-        let old = self.get_flat(&k)?;
+        let k: K::Bytes = owned_key(id, key);
+        let old = self.get_flat(k.as_ref())?;
         self.changes.insert(k, Some(K::Bytes::from(value)));
         Ok(old)
     }
@@ -556,8 +637,8 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         let id = self.table_for_write(table)?;
         let mut olds = Vec::with_capacity(entries.len());
         for (key, value) in entries {
-            let k = owned_key(id, key);
-            olds.push(self.get_flat(&k)?);
+            let k: K::Bytes = owned_key(id, key);
+            olds.push(self.get_flat(k.as_ref())?);
             self.changes.insert(k, Some(K::Bytes::from(value)));
         }
         Ok(olds)
@@ -585,8 +666,8 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         let Some(id) = self.table(table) else {
             return Ok(None);
         };
-        let k = owned_key(id, key);
-        let old = self.get_flat(&k)?;
+        let k: K::Bytes = owned_key(id, key);
+        let old = self.get_flat(k.as_ref())?;
         if old.is_some() {
             self.changes.insert(k, None);
         }
@@ -604,12 +685,17 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
             return Ok(());
         };
         let flat = flat_range(id, super::FULL_RANGE);
-        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        let mut doomed: Vec<K::Bytes> = Vec::new();
         self.committed.kv.scan(as_slices(&flat), &mut |k, _| {
-            doomed.push(k.to_vec());
+            doomed.push(K::Bytes::from(k));
             Ok(ControlFlow::Continue(()))
         })?;
-        for (_, change) in self.changes.range_mut::<[u8], _>(as_slices(&flat)) {
+        let bounds = as_slices(&flat);
+        for (_, change) in self
+            .changes
+            .iter_mut()
+            .filter(|(k, _)| RangeBounds::<[u8]>::contains(&bounds, (*k).as_ref()))
+        {
             *change = None;
         }
         for k in doomed {
