@@ -14,12 +14,15 @@
 //! ```
 //!
 //! This library holds the definition and the line formats, shared by the binary and the
-//! tests that drive it, and [`netns`]: the network namespaces in which tests that
-//! multicast (mDNS) run their nodes, here and in the root package's example tests.
+//! tests that drive it; [`in_process`]: nodes of any runtime in a test's own process, the
+//! support of the in-process suite here and of the runtime crates' own tests; and
+//! [`netns`]: the network namespaces in which tests that multicast (mDNS) run their nodes,
+//! here and in the root package's example tests.
 
 use netabase::{NetabaseEvent, QueryKind};
 use serde::{Deserialize, Serialize};
 
+pub mod in_process;
 pub mod netns;
 
 /// The chat definition the test node stores and publishes.

@@ -1,8 +1,8 @@
-//! In-process tests of the node on async-std and smol: nodes in one process on 127.0.0.1
-//! (mDNS off) over the async-io TCP transport. Each scenario is written once, generic over
-//! the runtime, and run on both executors.
+//! In-process tests of what only the async-io runtimes have: the TCP transport on async-io
+//! on its own, and the node's driver on a thread of its own while smol's executor is held.
+//! Every other in-process scenario is written once for all runtimes and runs on async-std
+//! and smol in `netabase-testnode`'s suite
+//! (`cargo nextest run -p netabase-testnode async_std smol`).
 
-mod defaults;
-mod dht;
-mod support;
+mod held_executor;
 mod transport;

@@ -8,18 +8,17 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use netabase_async_std::libp2p::core::transport::{DialOpts, ListenerId, PortUse, TransportEvent};
 use netabase_async_std::libp2p::core::{Endpoint, Transport};
 use netabase_async_std::libp2p::multiaddr::Protocol;
-use netabase_async_std::{Multiaddr, TcpTransport};
-
-use crate::support::{DEADLINE, within};
+use netabase_async_std::{AsyncStdRuntime, Multiaddr, Runtime, SmolRuntime, TcpTransport};
+use netabase_testnode::in_process::within;
 
 type Event = TransportEvent<
     <TcpTransport as Transport>::ListenerUpgrade,
     <TcpTransport as Transport>::Error,
 >;
 
-async fn next_event(transport: &mut TcpTransport) -> Event {
-    within(
-        DEADLINE,
+/// The next event of `transport`, within the deadline on `R`'s timer.
+async fn next_event<R: Runtime>(transport: &mut TcpTransport) -> Event {
+    within::<R, _>(
         "a transport event",
         poll_fn(|cx| Pin::new(&mut *transport).poll(cx)),
     )
@@ -44,12 +43,16 @@ fn port_of(addr: &Multiaddr) -> u16 {
 
 /// Accepts one connection on `listener` and dials it with `dial`, then checks bytes go both
 /// ways.
-async fn connect_and_talk(listener: &mut TcpTransport, dialer: &mut TcpTransport, to: Multiaddr) {
+async fn connect_and_talk<R: Runtime>(
+    listener: &mut TcpTransport,
+    dialer: &mut TcpTransport,
+    to: Multiaddr,
+) {
     let dial = dialer.dial(to, dial_opts()).expect("dial accepted");
     let incoming = async {
         // Further interface addresses may still be announced before the connection.
         loop {
-            match next_event(listener).await {
+            match next_event::<R>(listener).await {
                 TransportEvent::Incoming {
                     upgrade,
                     send_back_addr,
@@ -87,7 +90,7 @@ fn an_unspecified_listen_address_is_expanded_into_interface_addresses() {
         // Every IPv4 interface address is announced with the one bound port; loopback is
         // always among them.
         let loopback = loop {
-            match next_event(&mut listener).await {
+            match next_event::<SmolRuntime>(&mut listener).await {
                 TransportEvent::NewAddress {
                     listener_id,
                     listen_addr,
@@ -102,11 +105,11 @@ fn an_unspecified_listen_address_is_expanded_into_interface_addresses() {
             }
         };
         let mut dialer = TcpTransport::default();
-        connect_and_talk(&mut listener, &mut dialer, loopback).await;
+        connect_and_talk::<SmolRuntime>(&mut listener, &mut dialer, loopback).await;
 
         assert!(listener.remove_listener(id));
         assert!(!listener.remove_listener(id));
-        match next_event(&mut listener).await {
+        match next_event::<SmolRuntime>(&mut listener).await {
             TransportEvent::ListenerClosed {
                 listener_id,
                 reason,
@@ -126,13 +129,15 @@ fn a_dns_name_is_resolved_on_the_blocking_pool_and_dialled() {
         listener
             .listen_on(ListenerId::next(), "/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
-        let TransportEvent::NewAddress { listen_addr, .. } = next_event(&mut listener).await else {
+        let TransportEvent::NewAddress { listen_addr, .. } =
+            next_event::<AsyncStdRuntime>(&mut listener).await
+        else {
             panic!("expected the listen address");
         };
         let port = port_of(&listen_addr);
         let mut dialer = TcpTransport::default();
         let by_name: Multiaddr = format!("/dns4/localhost/tcp/{port}").parse().unwrap();
-        connect_and_talk(&mut listener, &mut dialer, by_name).await;
+        connect_and_talk::<AsyncStdRuntime>(&mut listener, &mut dialer, by_name).await;
 
         // A name that does not resolve fails the dial with an error, not a panic.
         let nowhere: Multiaddr = "/dns4/nowhere.invalid/tcp/1".parse().unwrap();
@@ -152,12 +157,9 @@ fn a_dial_to_a_closed_port_fails() {
             .port();
         let mut dialer = TcpTransport::default();
         let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-        let result = within(
-            DEADLINE,
-            "the failed dial",
-            dialer.dial(addr, dial_opts()).unwrap(),
-        )
-        .await;
+        let result =
+            within::<SmolRuntime, _>("the failed dial", dialer.dial(addr, dial_opts()).unwrap())
+                .await;
         assert_eq!(
             result.expect_err("nobody listens").kind(),
             std::io::ErrorKind::ConnectionRefused

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use netabase_core::model::Envelope;
 use netabase_core::wire::Frame;
 use netabase_core::{
@@ -20,7 +20,8 @@ use netabase_testnode::{ChatDefinition, Command, Event, Message, PutReply, Stats
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-use crate::support::*;
+use super::support::*;
+use crate::stock::tokio_swarm;
 
 const KAD: StreamProtocol = StreamProtocol::new("/netabase/kad/1.0.0");
 const IDENTIFY: StreamProtocol = StreamProtocol::new("/ipfs/id/1.0.0");
@@ -170,21 +171,13 @@ impl RawPeer {
             .unwrap();
         let script = Arc::new(Mutex::new(VecDeque::new()));
         let (control, id, addr) = rt.block_on(async {
-            let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .unwrap()
-                .with_behaviour(|_| RawBehaviour {
+            let mut swarm = tokio_swarm(
+                |_| RawBehaviour {
                     streams: libp2p_stream::Behaviour::new(),
                     ping: libp2p::ping::Behaviour::default(),
-                })
-                .unwrap()
-                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-                .build();
+                },
+                Some(Duration::from_secs(60)),
+            );
             swarm
                 .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap();

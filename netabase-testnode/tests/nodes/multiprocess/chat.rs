@@ -3,7 +3,7 @@
 
 use netabase_testnode::{BootstrapReply, Command, Event, Message, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 /// Puts `messages` on `sender` all at once (every command sent before any reply is read)
 /// and checks each reply; returns the replies in message order.

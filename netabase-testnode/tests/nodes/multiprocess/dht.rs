@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use netabase_testnode::{BootstrapReply, Command, Event, ProviderReply, ProvidingReply, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network(rt: Rt) {
     let mut nodes = network("ten", 10, rt);

@@ -11,7 +11,7 @@
 use netabase_testnode::netns::Namespaces;
 use netabase_testnode::{Command, Event, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 /// Two namespaces joined by a veth pair carrying `10.213.0.0/24`; the test fails, saying
 /// why, where namespaces cannot be made.

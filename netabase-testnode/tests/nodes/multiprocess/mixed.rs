@@ -3,7 +3,7 @@
 
 use netabase_testnode::{Command, Event, ProviderReply, ProvidingReply, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 #[test]
 fn tokio_async_std_and_smol_nodes_exchange_records_and_providers() {

@@ -19,7 +19,8 @@ macro_rules! per_runtime {
             $(
                 #[test]
                 fn $runtime() {
-                    super::$scenario(crate::support::Rt::from_test_name(stringify!($runtime)));
+                    use crate::multiprocess::support::Rt;
+                    super::$scenario(Rt::from_test_name(stringify!($runtime)));
                 }
             )+
         }

@@ -3,7 +3,7 @@
 
 use netabase_testnode::{BootstrapReply, Command, Event, ModeName, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 fn a_client_queries_but_is_not_queried(rt: Rt) {
     let mut nodes = network("modes", 3, rt);

@@ -4,7 +4,7 @@ use std::process::{Command as Process, Stdio};
 
 use netabase_testnode::{Command, Event, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 fn the_node_program_refuses_bad_lines_and_flags_and_stops_at_end_of_input(rt: Rt) {
     let mut node = Spawn::new("program", rt).start();

@@ -2,7 +2,7 @@
 
 use netabase_testnode::{BootstrapReply, Command, Message, PutReply};
 
-use crate::support::*;
+use super::support::*;
 
 fn a_restarted_node_keeps_its_peer_id_and_records(rt: Rt) {
     for backend in ["redb", "sled"] {
