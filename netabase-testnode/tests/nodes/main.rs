@@ -7,7 +7,7 @@
 //!   and mDNS in network namespaces the tests create.
 //!
 //! Either half names its tests `<module>::<scenario>::<runtime>`, so
-//! `cargo nextest run -p netabase-testnode smol` runs everything on smol.
+//! `cargo nextest run -p netabase-testnode ::smol` runs everything on smol.
 
 mod in_process;
 mod multiprocess;
