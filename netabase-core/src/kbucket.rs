@@ -500,69 +500,105 @@ impl RoutingTable {
         }
         // Candidates as (first word of the distance, bucket position << 16 | entry
         // position): sorting 16-byte values is cheap, and distances that share their first
-        // word (almost never) are put in order afterwards.
+        // word (almost never) are put in order afterwards. Each bucket's entries are all
+        // closer to the target than the next bucket's in this order, so buckets are sorted
+        // one at a time, and of the last one only the entries still needed are kept.
         let mut found: Vec<u128> = Vec::with_capacity(n + self.k);
         let d = self.local.distance(target);
         match d.bucket_index() {
             Some(i) => {
                 let (at, there) = self.slot(i);
-                if there {
-                    self.candidates(at, target, exclude, &mut found);
+                if there && self.take_closest(at, target, n, exclude, &mut found) {
+                    return self.into_entries(found);
                 }
                 for pos in (0..at).rev() {
-                    if found.len() >= n {
-                        break;
-                    }
-                    if d.bit(self.buckets[pos].index) {
-                        self.candidates(pos, target, exclude, &mut found);
+                    if d.bit(self.buckets[pos].index)
+                        && self.take_closest(pos, target, n, exclude, &mut found)
+                    {
+                        return self.into_entries(found);
                     }
                 }
                 for pos in 0..at {
-                    if found.len() >= n {
-                        break;
-                    }
-                    if !d.bit(self.buckets[pos].index) {
-                        self.candidates(pos, target, exclude, &mut found);
+                    if !d.bit(self.buckets[pos].index)
+                        && self.take_closest(pos, target, n, exclude, &mut found)
+                    {
+                        return self.into_entries(found);
                     }
                 }
                 let above = if there { at + 1 } else { at };
                 for pos in above..self.buckets.len() {
-                    if found.len() >= n {
-                        break;
+                    if self.take_closest(pos, target, n, exclude, &mut found) {
+                        return self.into_entries(found);
                     }
-                    self.candidates(pos, target, exclude, &mut found);
                 }
             }
             None => {
                 for pos in 0..self.buckets.len() {
-                    if found.len() >= n {
-                        break;
+                    if self.take_closest(pos, target, n, exclude, &mut found) {
+                        return self.into_entries(found);
                     }
-                    self.candidates(pos, target, exclude, &mut found);
                 }
             }
         }
-        found.sort_unstable();
-        let entry = |c: u128| {
-            let pos = (c as u64 >> 16) as usize;
-            &self.buckets[pos].entries[c as usize & 0xFFFF]
-        };
-        // Runs of equal first words: order them by the whole distance.
-        let mut start = 0;
-        while start < found.len() {
-            let hi = (found[start] >> 64) as u64;
-            let mut end = start + 1;
-            while end < found.len() && (found[end] >> 64) as u64 == hi {
-                end += 1;
-            }
-            if end - start > 1 {
-                found[start..end]
-                    .sort_unstable_by_key(|c| entry(*c).peer.kad_key().distance(target));
-            }
-            start = end;
+        self.into_entries(found)
+    }
+
+    fn entry_at(&self, candidate: u128) -> &Entry {
+        let pos = (candidate as u64 >> 16) as usize;
+        &self.buckets[pos].entries[candidate as usize & 0xFFFF]
+    }
+
+    fn into_entries(&self, found: Vec<u128>) -> Vec<&Entry> {
+        found.into_iter().map(|c| self.entry_at(c)).collect()
+    }
+
+    /// Appends the entries of the bucket at `pos` (but `exclude`) to `found`, closest to
+    /// `target` first, keeping no more than make `n` in all. Returns whether `found` is
+    /// complete.
+    fn take_closest(
+        &self,
+        pos: usize,
+        target: &Key,
+        n: usize,
+        exclude: Option<&PeerId>,
+        found: &mut Vec<u128>,
+    ) -> bool {
+        let start = found.len();
+        if start >= n {
+            return true;
         }
-        found.truncate(n);
-        found.into_iter().map(entry).collect()
+        self.candidates(pos, target, exclude, found);
+        let need = n - start;
+        let full_distance = |c: &u128| self.entry_at(*c).peer.kad_key().distance(target);
+        let got = &mut found[start..];
+        if need == 1 && got.len() > 1 {
+            // One more entry needed (say, after leaving out the requester): the closest.
+            let best = (0..got.len())
+                .min_by(|&a, &b| {
+                    (got[a] >> 64)
+                        .cmp(&(got[b] >> 64))
+                        .then_with(|| full_distance(&got[a]).cmp(&full_distance(&got[b])))
+                })
+                .expect("not empty");
+            got.swap(0, best);
+        } else {
+            got.sort_unstable();
+            // Runs of equal first words: order them by the whole distance.
+            let mut i = 0;
+            while i < got.len() {
+                let hi = got[i] >> 64;
+                let mut j = i + 1;
+                while j < got.len() && got[j] >> 64 == hi {
+                    j += 1;
+                }
+                if j - i > 1 {
+                    got[i..j].sort_unstable_by_key(full_distance);
+                }
+                i = j;
+            }
+        }
+        found.truncate(start + need.min(found.len() - start));
+        found.len() >= n
     }
 
     /// Adds the entries of the bucket at `pos` (but `exclude`) to `found`, as sort keys for

@@ -86,12 +86,30 @@ proptest! {
             }
             table.check_invariants().map_err(TestCaseError::fail)?;
         }
-        // closest() agrees with a brute-force sort of every entry.
+        // closest() agrees with a brute-force sort of every entry, for any count and with
+        // any one peer left out.
         let target = Key::hash(b"target");
         let mut all: Vec<PeerId> = table.entries().map(|e| e.peer).collect();
         all.sort_by_key(|p| Key::from_peer(p).distance(&target));
-        all.truncate(k);
+        let mut expected = all.clone();
+        expected.truncate(k);
         let closest: Vec<PeerId> = table.closest(&target, k).into_iter().map(|e| e.peer).collect();
-        prop_assert_eq!(closest, all);
+        prop_assert_eq!(closest, expected);
+        for n in [0, 1, 2, k + 1, 3 * k] {
+            for exclude in [None, all.first(), all.get(1), all.last()] {
+                let expected: Vec<PeerId> = all
+                    .iter()
+                    .filter(|p| Some(*p) != exclude)
+                    .take(n)
+                    .copied()
+                    .collect();
+                let got: Vec<PeerId> = table
+                    .closest_excluding(&target, n, exclude)
+                    .into_iter()
+                    .map(|e| e.peer)
+                    .collect();
+                prop_assert_eq!(got, expected);
+            }
+        }
     }
 }
