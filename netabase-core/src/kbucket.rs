@@ -509,38 +509,38 @@ impl RoutingTable {
             Some(i) => {
                 let (at, there) = self.slot(i);
                 if there && self.take_closest(at, target, n, exclude, &mut found) {
-                    return self.into_entries(found);
+                    return self.entries_of(found);
                 }
                 for pos in (0..at).rev() {
                     if d.bit(self.buckets[pos].index)
                         && self.take_closest(pos, target, n, exclude, &mut found)
                     {
-                        return self.into_entries(found);
+                        return self.entries_of(found);
                     }
                 }
                 for pos in 0..at {
                     if !d.bit(self.buckets[pos].index)
                         && self.take_closest(pos, target, n, exclude, &mut found)
                     {
-                        return self.into_entries(found);
+                        return self.entries_of(found);
                     }
                 }
                 let above = if there { at + 1 } else { at };
                 for pos in above..self.buckets.len() {
                     if self.take_closest(pos, target, n, exclude, &mut found) {
-                        return self.into_entries(found);
+                        return self.entries_of(found);
                     }
                 }
             }
             None => {
                 for pos in 0..self.buckets.len() {
                     if self.take_closest(pos, target, n, exclude, &mut found) {
-                        return self.into_entries(found);
+                        return self.entries_of(found);
                     }
                 }
             }
         }
-        self.into_entries(found)
+        self.entries_of(found)
     }
 
     fn entry_at(&self, candidate: u128) -> &Entry {
@@ -548,7 +548,7 @@ impl RoutingTable {
         &self.buckets[pos].entries[candidate as usize & 0xFFFF]
     }
 
-    fn into_entries(&self, found: Vec<u128>) -> Vec<&Entry> {
+    fn entries_of(&self, found: Vec<u128>) -> Vec<&Entry> {
         found.into_iter().map(|c| self.entry_at(c)).collect()
     }
 
