@@ -58,33 +58,9 @@ pub mod chat {
 
 pub use chat::{ChatDefinition, Message, MessagePrimaryKey, User, UserPrimaryKey};
 
-/// The DHT mode, as named on the command line and in the line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum ModeName {
-    /// Serves the DHT.
-    Server,
-    /// Only queries the DHT.
-    Client,
-}
-
-impl From<ModeName> for netabase::Mode {
-    fn from(mode: ModeName) -> Self {
-        match mode {
-            ModeName::Server => netabase::Mode::Server,
-            ModeName::Client => netabase::Mode::Client,
-        }
-    }
-}
-
-impl From<netabase::Mode> for ModeName {
-    fn from(mode: netabase::Mode) -> Self {
-        match mode {
-            netabase::Mode::Server => ModeName::Server,
-            netabase::Mode::Client => ModeName::Client,
-        }
-    }
-}
+/// The DHT mode, as named on the command line and in the line formats (the `netabase`
+/// command's own type).
+pub use netabase_cli::protocol::ModeName;
 
 /// One command line on standard input: a request number chosen by the caller (echoed in
 /// the reply as `req`) and the command.
