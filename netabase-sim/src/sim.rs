@@ -68,10 +68,14 @@ pub struct SimNode {
     /// Bumped at every restart: answers addressed to an earlier incarnation are dropped.
     pub incarnation: u32,
     timer_at: Option<Instant>,
-    /// Peers it has an open connection with, in no particular order (sorted before any
-    /// use that could show the order). When each was last used is in
-    /// [`Simulation`]'s link map, one entry per connection.
+    /// Peers it has had a connection with, in no particular order (sorted before any
+    /// use that could show the order). A connection the other side closed stays listed
+    /// until this node next looks through the list, so that closing one never searches
+    /// the other side's list: the link map of [`Simulation`] (one entry per open
+    /// connection, with when it was last used) says which are open.
     links: Vec<u32>,
+    /// Number of open connections.
+    open_links: usize,
 }
 
 impl SimNode {
@@ -259,6 +263,7 @@ impl Simulation {
                 incarnation: 0,
                 timer_at: None,
                 links: Vec::new(),
+                open_links: 0,
             });
         }
         let end = secs(scenario.duration_s);
@@ -644,21 +649,31 @@ impl Simulation {
             return;
         }
         for x in [a, b] {
-            if self.world.nodes[x].links.len() >= MAX_CONNECTIONS {
-                let mut by_age: Vec<(u64, u32)> = self.world.nodes[x]
-                    .links
-                    .iter()
-                    .map(|&y| (self.links[&pair(x, y as usize)], y))
+            if self.world.nodes[x].open_links >= MAX_CONNECTIONS {
+                let open = self.open_links_of(x);
+                let mut by_age: Vec<(u64, u32)> = open
+                    .into_iter()
+                    .map(|y| (self.links[&pair(x, y as usize)], y))
                     .collect();
                 by_age.sort_unstable();
-                for (_, y) in by_age.into_iter().take(MAX_CONNECTIONS / 4) {
+                let (old, kept) = by_age.split_at(MAX_CONNECTIONS / 4);
+                self.world.nodes[x].links = kept.iter().map(|&(_, y)| y).collect();
+                for &(_, y) in old {
                     self.disconnect(x, y as usize);
                 }
             }
         }
         self.links.insert(pair(a, b), stamp);
-        self.world.nodes[a].links.push(b as u32);
-        self.world.nodes[b].links.push(a as u32);
+        for (x, y) in [(a, b), (b, a)] {
+            let node = &mut self.world.nodes[x];
+            node.links.push(y as u32);
+            node.open_links += 1;
+            if node.links.len() >= 2 * MAX_CONNECTIONS {
+                // Many connections closed by the other side: forget them.
+                let open = self.open_links_of(x);
+                self.world.nodes[x].links = open;
+            }
+        }
         for (x, y) in [(a, b), (b, a)] {
             let serves = self.world.nodes[y]
                 .node()
@@ -674,19 +689,21 @@ impl Simulation {
         self.drain(b);
     }
 
-    /// Forgets `y` in `x`'s list of connections.
-    fn unlink(&mut self, x: usize, y: usize) {
-        let links = &mut self.world.nodes[x].links;
-        if let Some(pos) = links.iter().position(|&p| p as usize == y) {
-            links.swap_remove(pos);
-        }
+    /// The peers `x` has an open connection with, each once, in increasing order.
+    fn open_links_of(&mut self, x: usize) -> Vec<u32> {
+        let mut open = std::mem::take(&mut self.world.nodes[x].links);
+        open.sort_unstable();
+        open.dedup();
+        open.retain(|&y| self.links.contains_key(&pair(x, y as usize)));
+        open
     }
 
-    /// Closes the connection between `x` and `y`; both sides are told.
+    /// Closes the connection between `x` and `y`; both sides are told. The caller takes
+    /// `y` out of `x`'s list; `x` stays in `y`'s until `y` looks through it.
     fn disconnect(&mut self, x: usize, y: usize) {
         self.links.remove(&pair(x, y));
-        self.unlink(x, y);
-        self.unlink(y, x);
+        self.world.nodes[x].open_links -= 1;
+        self.world.nodes[y].open_links -= 1;
         for (p, q) in [(x, y), (y, x)] {
             let peer = self.world.nodes[q].peer;
             let now = self.local_now(p);
@@ -984,15 +1001,15 @@ impl Simulation {
         // Only what the store made durable survives.
         node.state = NodeState::Down(core.into_store());
         node.timer_at = None;
-        let mut links = std::mem::take(&mut node.links);
         let peer = node.peer;
         self.inbound.retain(|&(n, _), _| n as usize != i);
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
-        links.sort_unstable();
+        let links = self.open_links_of(i);
+        self.world.nodes[i].open_links = 0;
         for j in links {
             let j = j as usize;
             self.links.remove(&pair(i, j));
-            self.unlink(j, i);
+            self.world.nodes[j].open_links -= 1;
             let now = self.local_now(j);
             if let Some(n) = self.node_mut(j) {
                 n.handle_connection_closed(now, peer);
