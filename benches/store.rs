@@ -14,10 +14,13 @@
 //! machine), so the deferred and batched groups are where the typed layer's own cost shows.
 //!
 //! Run with `cargo bench --bench store`. A full run (no filter) ends with an interleaved
-//! comparison: typed and raw alternate round by round, so that load from other processes
-//! on a shared machine falls on both alike, and the median ratio per operation is printed.
+//! comparison: typed and raw alternate round by round (reads on preloaded stores first,
+//! then durable puts on empty stores, then deferred writes), so that load from other
+//! processes on a shared machine falls on both alike, and the median ratio per operation
+//! is printed with the quartiles of the per-round ratios (their spread shows how far to
+//! trust the median).
 //! `cargo bench --bench store -- interleaved` runs only that comparison;
-//! `STORE_BENCH_ROUNDS` sets its number of rounds (default 15) and `STORE_BENCH_ONLY` keeps
+//! `STORE_BENCH_ROUNDS` sets its number of rounds (default 45) and `STORE_BENCH_ONLY` keeps
 //! the lines (`"<engine> <operation>"`) that contain it, e.g. `STORE_BENCH_ONLY="sled put"`.
 
 // criterion's macros generate undocumented public functions.
@@ -421,7 +424,8 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Typed against raw with the two interleaved: rounds alternate between them (and which
 /// goes first), so that load from other processes falls on both alike; prints the median
-/// time per operation of each and the median of the per-round ratios.
+/// time per operation of each and the median of the per-round ratios. Rounds are short (a
+/// few milliseconds) and many, so that the two halves of a round see the same load.
 // Printing the results is what a benchmark is for.
 #[allow(clippy::print_stdout)]
 fn interleaved() {
@@ -429,43 +433,76 @@ fn interleaved() {
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|&r| r > 0)
-        .unwrap_or(15);
+        .unwrap_or(45);
     let only = std::env::var("STORE_BENCH_ONLY").unwrap_or_default();
     type Op = fn(&dyn Contender, u64, u64);
-    let ops: [(&str, u64, Op); 4] = [
-        ("put/deferred", 200, |c, round, i| {
-            c.put(&message(PRELOAD + round * 1_000_000 + i))
-        }),
-        ("batch_put_100/deferred", 5, |c, round, i| {
-            let start = PRELOAD + round * 1_000_000 + i * BATCH;
-            let batch: Vec<Message> = (start..start + BATCH).map(message).collect();
-            c.put_batch(&batch);
-        }),
-        ("get", 20_000, |c, round, i| {
-            let id = (round * 7 + i).wrapping_mul(7919) % PRELOAD;
-            black_box(c.get(id)).expect("present");
-        }),
-        ("get_by_secondary", 2_000, |c, round, i| {
-            let author = format!("auth{:04}", (round * 7 + i) % AUTHORS);
-            black_box(c.by_author(&author));
-        }),
+    // Name, operations per round, the operation, and whether it runs on durable stores.
+    // Reads come first, while the deferred stores hold the preloaded records only (10 per
+    // author); the writes after them add records.
+    let ops: [(&str, u64, Op, bool); 5] = [
+        (
+            "get",
+            6_000,
+            |c, round, i| {
+                let id = (round * 7 + i).wrapping_mul(7919) % PRELOAD;
+                black_box(c.get(id)).expect("present");
+            },
+            false,
+        ),
+        (
+            "get_by_secondary",
+            600,
+            |c, round, i| {
+                let author = format!("auth{:04}", (round * 7 + i) % AUTHORS);
+                black_box(c.by_author(&author));
+            },
+            false,
+        ),
+        (
+            "put/durable",
+            4,
+            |c, round, i| c.put(&message(round * 1_000_000 + i)),
+            true,
+        ),
+        (
+            "put/deferred",
+            256,
+            |c, round, i| c.put(&message(PRELOAD + round * 1_000_000 + i)),
+            false,
+        ),
+        (
+            "batch_put_100/deferred",
+            8,
+            |c, round, i| {
+                let start = PRELOAD + round * 1_000_000 + i * BATCH;
+                let batch: Vec<Message> = (start..start + BATCH).map(message).collect();
+                c.put_batch(&batch);
+            },
+            false,
+        ),
     ];
     println!(
-        "\ninterleaved typed/raw (median of {rounds} alternating rounds, deferred durability):"
+        "\ninterleaved typed/raw (median of {rounds} alternating rounds; the quartiles of the \
+         per-round ratios in parentheses):"
     );
     for (engine, name) in [(Engine::Redb, "redb"), (Engine::Sled, "sled")] {
-        if !ops
+        let wanted = |op_name: &str| format!("{name} {op_name}").contains(&only);
+        // Durable stores start empty, like the criterion group's; deferred ones are preloaded.
+        let durable = ops
             .iter()
-            .any(|(op_name, _, _)| format!("{name} {op_name}").contains(&only))
-        {
-            continue;
-        }
-        let (_typed_dir, typed_store) = preloaded(typed, engine);
-        let (_raw_dir, raw_store) = preloaded(raw, engine);
-        for (op_name, per_round, op) in ops {
-            if !format!("{name} {op_name}").contains(&only) {
+            .any(|&(op_name, _, _, durable)| durable && wanted(op_name))
+            .then(|| (fresh(typed, engine, true), fresh(raw, engine, true)));
+        let deferred = ops
+            .iter()
+            .any(|&(op_name, _, _, durable)| !durable && wanted(op_name))
+            .then(|| (preloaded(typed, engine), preloaded(raw, engine)));
+        for (op_name, per_round, op, on_durable) in ops {
+            let stores = if on_durable { &durable } else { &deferred };
+            let Some(((_, typed_store), (_, raw_store))) =
+                stores.as_ref().filter(|_| wanted(op_name))
+            else {
                 continue;
-            }
+            };
             let (mut t, mut r, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 let time = |c: &dyn Contender| {
@@ -476,21 +513,26 @@ fn interleaved() {
                     start.elapsed().as_nanos() as f64 / per_round as f64
                 };
                 let (typed_ns, raw_ns) = if round % 2 == 0 {
-                    let a = time(&*typed_store);
-                    (a, time(&*raw_store))
+                    let a = time(&**typed_store);
+                    (a, time(&**raw_store))
                 } else {
-                    let b = time(&*raw_store);
-                    (time(&*typed_store), b)
+                    let b = time(&**raw_store);
+                    (time(&**typed_store), b)
                 };
                 t.push(typed_ns);
                 r.push(raw_ns);
                 ratios.push(typed_ns / raw_ns);
             }
+            let ratio = median(&mut ratios);
+            // `median` sorted the ratios: their quartiles show how much the rounds disagree.
+            let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
             println!(
-                "  {name} {op_name:<24} typed {:>10.0} ns  raw {:>10.0} ns  typed/raw {:.3}",
+                "  {name} {op_name:<24} typed {:>10.0} ns  raw {:>10.0} ns  typed/raw {ratio:.3} \
+                 (quartiles {:.3}..{:.3})",
                 median(&mut t),
                 median(&mut r),
-                median(&mut ratios)
+                quartile(1),
+                quartile(3),
             );
         }
     }
