@@ -62,10 +62,11 @@ struct Pending {
 struct Bucket {
     /// The bucket's index (the highest bit of the distance of its entries).
     index: u8,
-    /// `entries[i].peer.kad_key()`, side by side: finding a peer or measuring distances
-    /// reads these 32-byte keys instead of the entries, which matters when a large
-    /// network's tables do not fit in cache.
-    keys: Vec<Key>,
+    /// The first word of `entries[i].peer.kad_key()`, side by side: finding a peer scans
+    /// these eight bytes per entry instead of the entries, which matters when a large
+    /// network's tables do not fit in cache. (Measuring distances reads the entries
+    /// themselves, front to back, since the closest ones are copied out next.)
+    tags: Vec<u64>,
     /// In no particular order.
     entries: Vec<Entry>,
     /// Rare (only while the bucket is full and a newcomer waits), so kept out of line.
@@ -76,28 +77,29 @@ impl Bucket {
     fn new(index: u8) -> Self {
         Bucket {
             index,
-            keys: Vec::new(),
+            tags: Vec::new(),
             entries: Vec::new(),
             pending: None,
         }
     }
 
     fn position(&self, key: &Key, peer: &PeerId) -> Option<usize> {
-        self.keys
+        let tag = key.tag();
+        self.tags
             .iter()
             .enumerate()
-            .filter(|(_, k)| *k == key)
+            .filter(|(_, t)| **t == tag)
             .map(|(i, _)| i)
             .find(|&i| self.entries[i].peer == *peer)
     }
 
     fn push(&mut self, entry: Entry) {
-        self.keys.push(*entry.peer.kad_key());
+        self.tags.push(entry.peer.kad_key().tag());
         self.entries.push(entry);
     }
 
     fn swap_remove(&mut self, pos: usize) -> Entry {
-        self.keys.swap_remove(pos);
+        self.tags.swap_remove(pos);
         self.entries.swap_remove(pos)
     }
 }
@@ -611,11 +613,11 @@ impl RoutingTable {
         found: &mut Vec<u128>,
     ) {
         let bucket = &self.buckets[pos];
-        for (e, key) in bucket.keys.iter().enumerate() {
-            if exclude.is_some_and(|p| p.kad_key() == key && bucket.entries[e].peer == *p) {
+        for (e, entry) in bucket.entries.iter().enumerate() {
+            if exclude == Some(&entry.peer) {
                 continue;
             }
-            let hi = key.distance(target).high_word();
+            let hi = entry.peer.kad_key().distance(target).high_word();
             found.push(u128::from(hi) << 64 | (pos as u128) << 16 | e as u128);
         }
     }
@@ -660,9 +662,9 @@ impl RoutingTable {
             if b.entries.len() > self.k {
                 return Err(format!("bucket {i} holds {} > k entries", b.entries.len()));
             }
-            let keys: Vec<Key> = b.entries.iter().map(|e| *e.peer.kad_key()).collect();
-            if keys != b.keys {
-                return Err(format!("bucket {i}'s keys do not match its entries"));
+            let tags: Vec<u64> = b.entries.iter().map(|e| e.peer.kad_key().tag()).collect();
+            if tags != b.tags {
+                return Err(format!("bucket {i}'s tags do not match its entries"));
             }
             for e in &b.entries {
                 if self.bucket_index(e.peer.kad_key()) != Some(i) {

@@ -35,6 +35,11 @@ fn bytes(words: &[u64; 4]) -> [u8; 32] {
 }
 
 impl Key {
+    /// The first 64 bits: a cheap tag that tells most keys apart.
+    pub(crate) fn tag(&self) -> u64 {
+        self.0[0]
+    }
+
     /// The key of arbitrary preimage bytes (SHA-256).
     pub fn hash(preimage: &[u8]) -> Self {
         Key(words(&Sha256::digest(preimage).into()))
