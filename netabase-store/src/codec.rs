@@ -144,11 +144,17 @@ fn other_version(version: u32, expected: u32) -> String {
 }
 
 /// `index ++ value` : the prefix of all index entries of one secondary-key value.
+#[cfg(test)]
 pub(crate) fn index_prefix(index: u16, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + value.len() + 16);
+    write_index_prefix(&mut out, index, value);
+    out
+}
+
+/// Appends [`index_prefix`] to `out`.
+pub(crate) fn write_index_prefix(out: &mut Vec<u8>, index: u16, value: &[u8]) {
     out.extend_from_slice(&index.to_be_bytes());
     out.extend_from_slice(value);
-    out
 }
 
 /// The key of the index entry of secondary key (`index`, `value`) of record `pk`.
@@ -160,8 +166,7 @@ pub(crate) fn index_key(index: u16, value: &[u8], pk: &[u8]) -> Vec<u8> {
 
 /// Appends [`index_key`] to `out`.
 pub(crate) fn write_index_key(out: &mut Vec<u8>, index: u16, value: &[u8], pk: &[u8]) {
-    out.extend_from_slice(&index.to_be_bytes());
-    out.extend_from_slice(value);
+    write_index_prefix(out, index, value);
     out.extend_from_slice(pk);
     // Primary keys longer than 4 GiB cannot be stored by any backend anyway.
     out.extend_from_slice(&(pk.len() as u32).to_be_bytes());

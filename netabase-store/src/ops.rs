@@ -142,10 +142,14 @@ std::thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` with an empty per-thread buffer for index keys (a fresh one if this thread's
-/// is in use further up the stack).
-fn with_index_key_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    INDEX_KEY_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+/// A per-thread buffer.
+type Buffer = std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>;
+
+/// Calls `f` with `buffer`, emptied (a fresh vector if this thread's buffer is in use further
+/// up the stack).
+#[inline]
+fn with_buffer<R>(buffer: &'static Buffer, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    buffer.with(|buffer| match buffer.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
             if buffer.capacity() > 4096 {
@@ -157,21 +161,26 @@ fn with_index_key_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     })
 }
 
+/// Appends to `buf` the smallest key greater than every key that starts with `buf` (what
+/// [`prefix_end`] returns); returns `false`, appending nothing, when there is none.
+fn write_prefix_end(buf: &mut Vec<u8>) -> bool {
+    let Some(last) = buf.iter().rposition(|&b| b < 0xFF) else {
+        return false;
+    };
+    buf.extend_from_within(..=last);
+    if let Some(b) = buf.last_mut() {
+        *b += 1;
+    }
+    true
+}
+
 /// Calls `f` with the encoded `key`, encoded into a per-thread buffer rather than a fresh
 /// allocation.
 #[inline]
 fn with_key_bytes<K: PrimaryKey, R>(key: &K, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
-    KEY_BUFFER.with(|buffer| match buffer.try_borrow_mut() {
-        Ok(mut buffer) => {
-            buffer.clear();
-            if buffer.capacity() > 4096 {
-                buffer.shrink_to(256);
-            }
-            key.write_key_bytes(&mut buffer)?;
-            f(&buffer)
-        }
-        // In use further up this thread's stack (a key type's own encoding doing a lookup).
-        Err(_) => f(&key.key_bytes()?),
+    with_buffer(&KEY_BUFFER, |buffer| {
+        key.write_key_bytes(buffer)?;
+        f(buffer)
     })
 }
 
@@ -207,50 +216,64 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
         with_key_bytes(key, |pk| self.read(t, pk))
     }
 
-    /// The primary keys of the index entries holding exactly (`index`, `value`), one after
-    /// the other in one buffer, and where each of them ends.
-    fn index_lookup(
-        &self,
-        t: &ModelTables,
-        index: u16,
-        value: &[u8],
-    ) -> Result<(Vec<u8>, Vec<usize>)> {
-        let prefix = codec::index_prefix(index, value);
-        let end = prefix_end(&prefix);
-        let range: KeyRange<'_> = (
-            Bound::Included(&prefix),
-            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-        );
-        // Room for a few keys of usual size without growing.
-        let (mut pks, mut ends) = (Vec::with_capacity(256), Vec::with_capacity(16));
-        self.tx.scan(&t.index, range, &mut |k, _| {
-            if let Some(pk) = codec::index_entry_pk_exact(&prefix, k) {
-                pks.extend_from_slice(pk);
-                ends.push(pks.len());
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        Ok((pks, ends))
-    }
-
+    /// The records whose secondary key is `key`. The index range, the primary keys found
+    /// and the list of them live in per-thread buffers and on the stack: a lookup allocates
+    /// nothing but its result (and the key's encoding).
     pub(crate) fn get_by_secondary<S: SecondaryKey>(&self, key: &S) -> Result<Vec<S::Model>> {
         let t = tables_of::<S::Model>(self.tables)?;
-        let (pks, ends) = self.index_lookup(t, key.index(), &key.value_bytes()?)?;
-        let mut start = 0;
-        let keys: Vec<&[u8]> = ends
-            .iter()
-            .map(|&end| {
-                let key = &pks[start..end];
-                start = end;
-                key
+        let value = key.value_bytes()?;
+        with_buffer(&KEY_BUFFER, |bounds| {
+            // `bounds` holds the prefix of the entries, then the first key after them.
+            codec::write_index_prefix(bounds, key.index(), &value);
+            let split = bounds.len();
+            let bounded = write_prefix_end(bounds);
+            let (prefix, end) = bounds.split_at(split);
+            let range: KeyRange<'_> = (
+                Bound::Included(prefix),
+                if bounded {
+                    Bound::Excluded(end)
+                } else {
+                    Bound::Unbounded
+                },
+            );
+            with_buffer(&INDEX_KEY_BUFFER, |pks| {
+                // Each primary key found, behind its length (`u32`).
+                let mut count = 0;
+                self.tx.scan(&t.index, range, &mut |k, _| {
+                    if let Some(pk) = codec::index_entry_pk_exact(prefix, k) {
+                        pks.extend_from_slice(&(pk.len() as u32).to_ne_bytes());
+                        pks.extend_from_slice(pk);
+                        count += 1;
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })?;
+                let mut rest = pks.as_slice();
+                let mut next_key = || {
+                    let (len, tail) = rest.split_first_chunk::<4>()?;
+                    let (pk, tail) = tail.split_at(u32::from_ne_bytes(*len) as usize);
+                    rest = tail;
+                    Some(pk)
+                };
+                const STACK: usize = 16;
+                let mut on_stack: [&[u8]; STACK] = [&[]; STACK];
+                let on_heap: Vec<&[u8]>;
+                let keys: &[&[u8]] = if count <= STACK {
+                    for slot in &mut on_stack[..count] {
+                        *slot = next_key().unwrap_or_default();
+                    }
+                    &on_stack[..count]
+                } else {
+                    on_heap = std::iter::from_fn(next_key).collect();
+                    &on_heap
+                };
+                let mut out = Vec::with_capacity(count);
+                self.tx.get_many_with(&t.records, keys, &mut |i, bytes| {
+                    out.push(decode_stored::<S::Model>(keys[i], bytes)?);
+                    Ok(())
+                })?;
+                Ok(out)
             })
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        self.tx.get_many_with(&t.records, &keys, &mut |i, bytes| {
-            out.push(decode_stored::<S::Model>(keys[i], bytes)?);
-            Ok(())
-        })?;
-        Ok(out)
+        })
     }
 
     pub(crate) fn scan_bytes<M: NetabaseModel>(
@@ -384,7 +407,7 @@ fn reindex<T: WriteTransaction + ?Sized>(
 ) -> Result<()> {
     let empty = Vec::new();
     let old = old.unwrap_or(&empty);
-    with_index_key_buffer(|key| {
+    with_buffer(&INDEX_KEY_BUFFER, |key| {
         for (index, value) in old {
             if !new.iter().any(|(i, v)| i == index && v == value) {
                 key.clear();
@@ -566,5 +589,33 @@ impl<T: WriteTransaction + ?Sized> Writer<'_, T> {
     ) -> Result<Option<D>> {
         let t = self.tables.get(model)?;
         remove_record(self.tx, t, key, |old| definition_old(t, model, key, old))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_written_in_place_match_prefix_end() {
+        for prefix in [
+            &b""[..],
+            b"\xFF",
+            b"\xFF\xFF",
+            b"a",
+            b"a\xFF",
+            b"\x00\x01\xFF\xFF",
+            b"ab\x00",
+        ] {
+            let mut buf = prefix.to_vec();
+            let bounded = write_prefix_end(&mut buf);
+            let expected = prefix_end(prefix);
+            assert_eq!(bounded, expected.is_some(), "{prefix:02x?}");
+            assert_eq!(&buf[..prefix.len()], prefix);
+            assert_eq!(
+                &buf[prefix.len()..],
+                expected.as_deref().unwrap_or_default()
+            );
+        }
     }
 }
