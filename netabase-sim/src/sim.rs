@@ -657,12 +657,16 @@ impl Simulation {
         }
         for x in [a, b] {
             if self.world.nodes[x].open_links >= MAX_CONNECTIONS {
-                let open = self.open_links_of(x);
-                let mut by_age: Vec<(u64, u32)> = open
+                // (last use, peer) of each open connection, oldest first; a peer listed
+                // twice (closed by the other side, then opened again) has the same entry
+                // twice, side by side.
+                let listed = std::mem::take(&mut self.world.nodes[x].links);
+                let mut by_age: Vec<(u64, u32)> = listed
                     .into_iter()
-                    .map(|y| (self.links[&pair(x, y as usize)], y))
+                    .filter_map(|y| Some((*self.links.get(&pair(x, y as usize))?, y)))
                     .collect();
                 by_age.sort_unstable();
+                by_age.dedup();
                 let (old, kept) = by_age.split_at(MAX_CONNECTIONS / 4);
                 self.world.nodes[x].links = kept.iter().map(|&(_, y)| y).collect();
                 for &(_, y) in old {
