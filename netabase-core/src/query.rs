@@ -114,10 +114,37 @@ impl ClosestPeersIter {
     }
 
     fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Addresses, depth: u32) -> bool {
+        let distance = peer.kad_key().distance(&self.target);
+        self.insert_from(local, peer, addrs, depth, distance, 0).0
+    }
+
+    /// Adds `peer`, at `distance` from the target, as a candidate (or merges its
+    /// addresses into a known one). Every candidate before position `from` must be closer
+    /// than `distance`, so the search starts there. Returns whether it was added, and its
+    /// position (where it is or would have gone).
+    fn insert_from(
+        &mut self,
+        local: &PeerId,
+        peer: PeerId,
+        addrs: Addresses,
+        depth: u32,
+        distance: Distance,
+        from: usize,
+    ) -> (bool, usize) {
         if peer == *local {
-            return false;
+            return (false, from);
         }
-        let pos = match self.find(&peer) {
+        if self.order.len() >= self.max_candidates
+            && self.order.last().is_some_and(|s| distance > s.distance)
+        {
+            // Full, and farther than every candidate: it cannot get in.
+            return (false, self.order.len());
+        }
+        let found = self.order[from..]
+            .binary_search_by(|s| s.distance.cmp(&distance))
+            .map(|p| p + from)
+            .map_err(|p| p + from);
+        let pos = match found {
             Ok(pos) => {
                 let slot = self.order[pos];
                 let known = &mut self.peers[usize::from(slot.index)].1;
@@ -131,11 +158,10 @@ impl ClosestPeersIter {
                     }
                     *known = list.into();
                 }
-                return false;
+                return (false, pos);
             }
             Err(pos) => pos,
         };
-        let distance = peer.kad_key().distance(&self.target);
         let index = if self.order.len() >= self.max_candidates {
             // Full: only a peer closer than the farthest candidate gets in, and the farthest
             // candidate that is not awaiting an answer makes room (at most `num_results`
@@ -147,10 +173,10 @@ impl ClosestPeersIter {
                 .iter()
                 .rposition(|s| s.state != PeerState::Waiting)
             else {
-                return false;
+                return (false, pos);
             };
             if pos > far {
-                return false;
+                return (false, pos);
             }
             let freed = self.order.remove(far).index;
             self.peers[usize::from(freed)] = (peer, addrs);
@@ -168,7 +194,7 @@ impl ClosestPeersIter {
                 depth,
             },
         );
-        true
+        (true, pos)
     }
 
     fn closest_succeeded(&self) -> Option<Distance> {
@@ -212,9 +238,18 @@ impl ClosestPeersIter {
         };
         let before = self.closest_succeeded();
         let mut closer_found = false;
+        // Answers list peers closest first: each search starts where the previous peer
+        // went, as long as the list is in order.
+        let mut previous: Option<(Distance, usize)> = None;
         for (p, addrs) in closer {
             let pd = Key::from_peer(&p).distance(&self.target);
-            if self.insert(local, p, addrs, depth + 1) && before.is_none_or(|b| pd < b) {
+            let from = match previous {
+                Some((d, pos)) if d < pd => pos,
+                _ => 0,
+            };
+            let (added, pos) = self.insert_from(local, p, addrs, depth + 1, pd, from);
+            previous = Some((pd, pos));
+            if added && before.is_none_or(|b| pd < b) {
                 closer_found = true;
             }
         }
