@@ -33,8 +33,8 @@ fn use_huge_pages() {
         return;
     };
     let (Command::Run { scenario, .. } | Command::Sweep { scenario, .. }) = &cli.command;
-    let large = netabase_sim::Scenario::load(scenario)
-        .is_ok_and(|s| s.nodes >= HUGE_PAGES_FROM_NODES);
+    let large =
+        netabase_sim::Scenario::load(scenario).is_ok_and(|s| s.nodes >= HUGE_PAGES_FROM_NODES);
     if !large {
         return;
     }
