@@ -736,6 +736,44 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
 /// and their [`ReadTransaction`](super::ReadTransaction) and
 /// [`WriteTransaction`](super::WriteTransaction) implementations.
 macro_rules! overlay_transactions {
+    // The reads, the same on both transaction types.
+    (@read $ty:ident) => {
+        impl $crate::backend::ReadTransaction for $ty<'_> {
+            fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
+                let mut out = None;
+                self.0.get_with(table, key, &mut |v| {
+                    out = Some(v.to_vec());
+                    Ok(())
+                })?;
+                Ok(out)
+            }
+            #[inline]
+            fn get_with(
+                &self,
+                table: &str,
+                key: &[u8],
+                read: &mut $crate::backend::ValueReader<'_>,
+            ) -> $crate::Result<bool> {
+                self.0.get_with(table, key, read)
+            }
+            fn get_many_with(
+                &self,
+                table: &str,
+                keys: &[&[u8]],
+                read: &mut dyn FnMut(usize, &[u8]) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                self.0.get_many_with(table, keys, read)
+            }
+            fn scan(
+                &self,
+                table: &str,
+                range: $crate::backend::KeyRange<'_>,
+                visit: &mut $crate::backend::Visitor<'_>,
+            ) -> $crate::Result<()> {
+                self.0.scan(table, range, visit)
+            }
+        }
+    };
     ($(#[$read_doc:meta])* $read:ident, $(#[$write_doc:meta])* $write:ident, $kv:ty) => {
         $(#[$read_doc])*
         pub struct $read<'a>(super::overlay::OverlayRead<'a, $kv>);
@@ -743,77 +781,8 @@ macro_rules! overlay_transactions {
         $(#[$write_doc])*
         pub struct $write<'a>(super::overlay::OverlayWrite<'a, $kv>);
 
-        impl $crate::backend::ReadTransaction for $read<'_> {
-            fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
-                let mut out = None;
-                self.0.get_with(table, key, &mut |v| {
-                    out = Some(v.to_vec());
-                    Ok(())
-                })?;
-                Ok(out)
-            }
-            #[inline]
-            fn get_with(
-                &self,
-                table: &str,
-                key: &[u8],
-                read: &mut $crate::backend::ValueReader<'_>,
-            ) -> $crate::Result<bool> {
-                self.0.get_with(table, key, read)
-            }
-            fn get_many_with(
-                &self,
-                table: &str,
-                keys: &[&[u8]],
-                read: &mut dyn FnMut(usize, &[u8]) -> $crate::Result<()>,
-            ) -> $crate::Result<()> {
-                self.0.get_many_with(table, keys, read)
-            }
-            fn scan(
-                &self,
-                table: &str,
-                range: $crate::backend::KeyRange<'_>,
-                visit: &mut $crate::backend::Visitor<'_>,
-            ) -> $crate::Result<()> {
-                self.0.scan(table, range, visit)
-            }
-        }
-
-        impl $crate::backend::ReadTransaction for $write<'_> {
-            fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
-                let mut out = None;
-                self.0.get_with(table, key, &mut |v| {
-                    out = Some(v.to_vec());
-                    Ok(())
-                })?;
-                Ok(out)
-            }
-            #[inline]
-            fn get_with(
-                &self,
-                table: &str,
-                key: &[u8],
-                read: &mut $crate::backend::ValueReader<'_>,
-            ) -> $crate::Result<bool> {
-                self.0.get_with(table, key, read)
-            }
-            fn get_many_with(
-                &self,
-                table: &str,
-                keys: &[&[u8]],
-                read: &mut dyn FnMut(usize, &[u8]) -> $crate::Result<()>,
-            ) -> $crate::Result<()> {
-                self.0.get_many_with(table, keys, read)
-            }
-            fn scan(
-                &self,
-                table: &str,
-                range: $crate::backend::KeyRange<'_>,
-                visit: &mut $crate::backend::Visitor<'_>,
-            ) -> $crate::Result<()> {
-                self.0.scan(table, range, visit)
-            }
-        }
+        super::overlay::overlay_transactions!(@read $read);
+        super::overlay::overlay_transactions!(@read $write);
 
         impl $crate::backend::WriteTransaction for $write<'_> {
             fn replace(
