@@ -2,20 +2,34 @@
 //!
 //! # Values
 //!
-//! Every stored value starts with an 11-byte header (integers big-endian):
+//! Every stored value starts with a header of 6 bytes (for schema versions below 128;
+//! integers big-endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | value format ([`VALUE_FORMAT`], 2) |
+//! | 1–5 | schema version of the definition that wrote the value, LEB128 (one byte below 128) |
+//! | 4 | checksum: the low 32 bits of XXH3-64 of the payload, seeded with format and version |
+//! | rest | the payload: the model value, bincode 2 ([`netabase_core::model::bincode_config`]) |
+//!
+//! A reader checks format, checksum and schema version before it decodes the payload, so
+//! truncated or damaged bytes and values of another schema version are reported as such
+//! instead of being decoded into something else: a damaged format byte or version changes
+//! the checksum's seed or where the payload starts, a damaged payload or checksum changes
+//! the comparison. A later value format can change everything after the format byte.
+//!
+//! Values of format 1 (written before format 2) are read as well; they had an 11-byte
+//! header:
 //!
 //! | bytes | field |
 //! |---|---|
 //! | 2 | magic `NS` |
-//! | 1 | value format ([`VALUE_FORMAT`]) |
-//! | 4 | schema version of the definition that wrote the value |
+//! | 1 | value format 1 |
+//! | 4 | schema version |
 //! | 4 | checksum: the low 32 bits of XXH3-64 of the payload, seeded with format and version |
-//! | rest | the payload: the model value, bincode 2 ([`netabase_core::model::bincode_config`]) |
 //!
-//! A reader checks magic, format, checksum and schema version before it decodes the
-//! payload, so truncated or damaged bytes and values of another schema version are reported
-//! as such instead of being decoded into something else. A later value format can change
-//! everything after the format byte.
+//! The two cannot be confused: a format-2 value starts with `0x02`, a format-1 value with
+//! `N`.
 //!
 //! # Secondary-index entries
 //!
@@ -30,17 +44,25 @@ use netabase_core::model::bincode_config;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// The value format this code writes and reads.
-pub const VALUE_FORMAT: u8 = 1;
+/// The value format this code writes. It reads this one and format 1.
+pub const VALUE_FORMAT: u8 = 2;
 
-const MAGIC: [u8; 2] = *b"NS";
+/// The value formats this code reads.
+pub const READABLE_VALUE_FORMATS: [u8; 2] = [1, 2];
 
-/// Length of the value header.
-pub const HEADER_LEN: usize = 11;
+/// The magic of format-1 values.
+const MAGIC_1: [u8; 2] = *b"NS";
+
+/// Length of a format-1 value header.
+const HEADER_LEN_1: usize = 11;
+
+/// The longest header of a value written by this code (format 2 with a schema version of
+/// five LEB128 bytes).
+pub const MAX_HEADER_LEN: usize = 1 + 5 + 4;
 
 #[inline]
-fn checksum(version: u32, payload: &[u8]) -> u32 {
-    let seed = (u64::from(VALUE_FORMAT) << 32) | u64::from(version);
+fn checksum(format: u8, version: u32, payload: &[u8]) -> u32 {
+    let seed = (u64::from(format) << 32) | u64::from(version);
     xxh3_64_with_seed(payload, seed) as u32
 }
 
@@ -48,25 +70,47 @@ fn checksum(version: u32, payload: &[u8]) -> u32 {
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
 impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
         self.0.extend_from_slice(bytes);
         Ok(())
     }
 }
 
+/// A format-2 header with a zero checksum; returns it and its length.
+#[inline]
 fn header(version: u32, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + capacity);
-    out.extend_from_slice(&MAGIC);
+    let mut out = Vec::with_capacity(MAX_HEADER_LEN + capacity);
     out.push(VALUE_FORMAT);
-    out.extend_from_slice(&version.to_be_bytes());
+    let mut v = version;
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
     out.extend_from_slice(&[0; 4]);
     out
 }
 
+#[inline]
 fn finish(mut out: Vec<u8>, version: u32) -> Vec<u8> {
-    let sum = checksum(version, &out[HEADER_LEN..]);
-    out[7..HEADER_LEN].copy_from_slice(&sum.to_be_bytes());
+    let header_len = header_len(version);
+    let sum = checksum(VALUE_FORMAT, version, &out[header_len..]);
+    out[header_len - 4..header_len].copy_from_slice(&sum.to_be_bytes());
     out
+}
+
+/// The length of the format-2 header of a value of schema version `version`.
+#[inline]
+fn header_len(version: u32) -> usize {
+    let varint = match version {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
+    };
+    1 + varint + 4
 }
 
 /// Encodes `value` with bincode 2 behind a header for schema version `version`.
@@ -92,15 +136,83 @@ pub fn seal_payload(version: u32, payload: &[u8]) -> Vec<u8> {
 /// and the payload. The error says what is wrong.
 #[inline]
 pub fn open(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
-    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+    // The common case: format 2, a one-byte schema version.
+    if let Some((&[VALUE_FORMAT, version, s0, s1, s2, s3], payload)) = bytes.split_first_chunk()
+        && version < 0x80
+    {
+        let version = u32::from(version);
+        if checksum(VALUE_FORMAT, version, payload) != u32::from_be_bytes([s0, s1, s2, s3]) {
+            return Err(damaged());
+        }
+        return Ok((version, payload));
+    }
+    open_other(bytes)
+}
+
+/// [`open`] of everything but a format-2 value with a one-byte version.
+#[cold]
+fn open_other(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    match bytes.first() {
+        None => Err(truncated(0)),
+        Some(&VALUE_FORMAT) => open_2(bytes),
+        Some(&b) if b == MAGIC_1[0] => open_1(bytes),
+        Some(&b) => Err(format!(
+            "value format {b} is not supported (this build reads formats \
+             {READABLE_VALUE_FORMATS:?})"
+        )),
+    }
+}
+
+/// Format 2, any version.
+fn open_2(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    let mut version = 0u32;
+    let mut at = 1;
+    loop {
+        let Some(&b) = bytes.get(at) else {
+            return Err(truncated(bytes.len()));
+        };
+        let shift = 7 * (at - 1);
+        // At most five bytes; the fifth holds the top four bits.
+        if shift > 28 || (shift == 28 && b > 0x0F) {
+            return Err("value header: schema version out of range".into());
+        }
+        version |= u32::from(b & 0x7F) << shift;
+        at += 1;
+        if b < 0x80 {
+            // Only the shortest encoding is valid, so that each version has one header.
+            if b == 0 && at > 2 {
+                return Err("value header: schema version not in its shortest form".into());
+            }
+            break;
+        }
+    }
+    let Some((stored, payload)) = bytes[at..].split_first_chunk::<4>() else {
         return Err(truncated(bytes.len()));
     };
-    if header[..3] != [MAGIC[0], MAGIC[1], VALUE_FORMAT] {
-        return Err(bad_start(header));
+    if checksum(VALUE_FORMAT, version, payload) != u32::from_be_bytes(*stored) {
+        return Err(damaged());
+    }
+    Ok((version, payload))
+}
+
+/// Format 1.
+fn open_1(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER_LEN_1>() else {
+        return Err(truncated(bytes.len()));
+    };
+    if header[..2] != MAGIC_1 {
+        return Err("value does not start with a value header".into());
+    }
+    if header[2] != 1 {
+        return Err(format!(
+            "value format {} is not supported (this build reads formats \
+             {READABLE_VALUE_FORMATS:?})",
+            header[2]
+        ));
     }
     let version = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
     let stored = u32::from_be_bytes([header[7], header[8], header[9], header[10]]);
-    if checksum(version, payload) != stored {
+    if checksum(1, version, payload) != stored {
         return Err(damaged());
     }
     Ok((version, payload))
@@ -108,19 +220,7 @@ pub fn open(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
 
 #[cold]
 fn truncated(len: usize) -> String {
-    format!("value truncated: {len} bytes, shorter than the {HEADER_LEN}-byte header")
-}
-
-#[cold]
-fn bad_start(header: &[u8; HEADER_LEN]) -> String {
-    if header[..2] != MAGIC {
-        "value does not start with the value header magic".into()
-    } else {
-        format!(
-            "value format {} is not supported (this build reads format {VALUE_FORMAT})",
-            header[2]
-        )
-    }
+    format!("value truncated: {len} bytes, shorter than its header")
 }
 
 #[cold]
@@ -191,21 +291,93 @@ pub(crate) fn index_entry_pk_exact<'k>(prefix: &[u8], key: &'k [u8]) -> Option<&
 mod tests {
     use super::*;
 
-    #[test]
-    fn values_round_trip_and_damage_is_detected() {
-        let sealed = seal(3, &(7u64, "hello")).unwrap();
-        let (version, payload) = open(&sealed).unwrap();
-        assert_eq!(version, 3);
-        assert_eq!(seal_payload(3, payload), sealed);
-        assert!(open_version(&sealed, 4).unwrap_err().contains("version 3"));
+    /// Every kind of damage to `sealed` (a value of schema version `version`) is an error.
+    fn damage_is_detected(sealed: &[u8], version: u32) {
+        assert_eq!(open(sealed).map(|(v, _)| v), Ok(version));
         for cut in 0..sealed.len() {
             assert!(open(&sealed[..cut]).is_err(), "truncated at {cut}");
         }
         for i in 0..sealed.len() {
-            let mut bad = sealed.clone();
-            bad[i] ^= 0x10;
-            assert!(open_version(&bad, 3).is_err(), "flipped byte {i}");
+            for bit in 0..8 {
+                let mut bad = sealed.to_vec();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    open_version(&bad, version).is_err(),
+                    "flipped bit {bit} of byte {i}"
+                );
+            }
         }
+        let mut longer = sealed.to_vec();
+        longer.push(0);
+        assert!(open(&longer).is_err(), "a byte appended");
+    }
+
+    #[test]
+    fn values_round_trip_and_damage_is_detected() {
+        let sealed = seal(3, &(7u64, "hello")).unwrap();
+        assert_eq!(sealed[0], VALUE_FORMAT);
+        assert_eq!(sealed.len(), 6 + 1 + 6);
+        let (version, payload) = open(&sealed).unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(seal_payload(3, payload), sealed);
+        assert!(open_version(&sealed, 4).unwrap_err().contains("version 3"));
+        damage_is_detected(&sealed, 3);
+    }
+
+    #[test]
+    fn every_schema_version_has_one_header() {
+        for version in [
+            0,
+            1,
+            0x7F,
+            0x80,
+            0x3FFF,
+            0x4000,
+            0x1F_FFFF,
+            0x20_0000,
+            0x0FFF_FFFF,
+            0x1000_0000,
+            u32::MAX,
+        ] {
+            let sealed = seal_payload(version, b"payload");
+            assert_eq!(sealed.len(), header_len(version) + 7);
+            assert_eq!(
+                open(&sealed),
+                Ok((version, &b"payload"[..])),
+                "{version:#x}"
+            );
+            damage_is_detected(&sealed, version);
+        }
+        // The same version in a longer form is refused.
+        let long_zero = [VALUE_FORMAT, 0x80, 0x00, 0, 0, 0, 0];
+        assert!(open(&long_zero).unwrap_err().contains("shortest"));
+        let too_big = [VALUE_FORMAT, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0, 0, 0, 0];
+        assert!(open(&too_big).unwrap_err().contains("range"));
+        assert!(open(&[7, 1, 2, 3, 4, 5]).unwrap_err().contains("format 7"));
+        assert!(open(&[]).unwrap_err().contains("truncated"));
+    }
+
+    /// `(7u64, "hello")` at schema version 3 and `"x"` at schema version 1, as format 1
+    /// wrote them (bytes from the build that wrote format 1).
+    const FORMAT_1: [&[u8]; 2] = [
+        &[
+            78, 83, 1, 0, 0, 0, 3, 189, 3, 247, 206, 7, 5, 104, 101, 108, 108, 111,
+        ],
+        &[78, 83, 1, 0, 0, 0, 1, 93, 33, 226, 78, 1, 120],
+    ];
+
+    #[test]
+    fn format_1_values_still_read() {
+        let (version, payload) = open(FORMAT_1[0]).unwrap();
+        assert_eq!(version, 3);
+        let value: (u64, String) = netabase_core::model::decode_value("T", payload).unwrap();
+        assert_eq!(value, (7, "hello".to_owned()));
+        assert_eq!(open_version(FORMAT_1[1], 1), Ok(&[1, b'x'][..]));
+        damage_is_detected(FORMAT_1[0], 3);
+        damage_is_detected(FORMAT_1[1], 1);
+        let mut other_format = FORMAT_1[1].to_vec();
+        other_format[2] = 9;
+        assert!(open(&other_format).unwrap_err().contains("format 9"));
     }
 
     #[test]

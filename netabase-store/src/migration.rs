@@ -225,13 +225,13 @@ fn stored_version<D: NetabaseDefinition, T: ReadTransaction>(tx: &T) -> Result<O
     }
     let format = tx.get(META_TABLE, META_FORMAT)?;
     if let Some(format) = format
-        && format != [codec::VALUE_FORMAT]
+        && !matches!(&format[..], [f] if codec::READABLE_VALUE_FORMATS.contains(f))
     {
         return Err(meta_corrupt(
             META_FORMAT,
             format!(
-                "value format {format:?} is not supported (this build reads format {})",
-                codec::VALUE_FORMAT
+                "value format {format:?} is not supported (this build reads formats {:?})",
+                codec::READABLE_VALUE_FORMATS
             ),
         ));
     }
@@ -258,8 +258,22 @@ fn initialise<D: NetabaseDefinition, B: Backend>(
     let _guard = store.guard()?;
     let backend = store.backend();
     let current = D::SCHEMA_VERSION;
-    let stored = stored_version::<D, _>(&backend.begin_read()?)?;
+    let (stored, format) = {
+        let tx = backend.begin_read()?;
+        (
+            stored_version::<D, _>(&tx)?,
+            tx.get(META_TABLE, META_FORMAT)?,
+        )
+    };
     match stored {
+        // A store of an older value format: from now on it holds values of the current
+        // format too, which builds that read only the older one must refuse as a whole
+        // rather than report record by record.
+        Some(stored) if stored == current && format.as_deref() != Some(&[codec::VALUE_FORMAT]) => {
+            let mut tx = backend.begin_write()?;
+            tx.put(META_TABLE, META_FORMAT, &[codec::VALUE_FORMAT])?;
+            tx.commit()
+        }
         Some(stored) if stored == current => Ok(()),
         Some(stored) if stored > current => Err(StoreError::SchemaTooNew { stored, current }),
         Some(stored) => {

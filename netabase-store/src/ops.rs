@@ -174,14 +174,11 @@ fn write_prefix_end(buf: &mut Vec<u8>) -> bool {
     true
 }
 
-/// Calls `f` with the encoded `key`, encoded into a per-thread buffer rather than a fresh
-/// allocation.
+/// Calls `f` with the encoded `key`, built on the stack when it is short
+/// ([`PrimaryKey::with_key_bytes`]).
 #[inline]
 fn with_key_bytes<K: PrimaryKey, R>(key: &K, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
-    with_buffer(&KEY_BUFFER, |buffer| {
-        key.write_key_bytes(buffer)?;
-        f(buffer)
-    })
+    key.with_key_bytes(f)?
 }
 
 fn bound_bytes<K: PrimaryKey>(bound: Bound<&K>) -> Result<Bound<Vec<u8>>> {

@@ -60,6 +60,22 @@ pub fn encode_key_into<T: Serialize + ?Sized>(
     result
 }
 
+/// Calls `f` with the encoding of `value` ([`encode_key`]), built in a buffer on the stack
+/// when it is at most [`INLINE_KEY_LEN`] bytes long, so that looking a short key up (an
+/// integer, a short string) allocates nothing.
+#[inline]
+pub fn with_encoded_key<T: Serialize + ?Sized, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, KeyEncodeError> {
+    let mut encoder = KeyEncoder {
+        out: StackBuf::new(),
+        open_end: None,
+    };
+    value.serialize(&mut encoder)?;
+    Ok(f(encoder.out.as_slice()))
+}
+
 /// Encodes `value` as a prefix: like [`encode_key`], but when the encoding ends with a
 /// string or byte-string terminator, the terminator is left off, so that the result is a
 /// byte prefix of every key whose last string component starts with the given one.
@@ -75,34 +91,123 @@ pub fn encode_key_prefix<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Ke
     Ok(encoder.out)
 }
 
-struct KeyEncoder {
-    out: Vec<u8>,
+/// The longest key encoding that [`with_encoded_key`] builds on the stack.
+pub const INLINE_KEY_LEN: usize = 40;
+
+/// Where the encoder writes.
+trait Output {
+    fn push(&mut self, byte: u8);
+    fn extend(&mut self, bytes: &[u8]);
+    fn len(&self) -> usize;
+}
+
+impl Output for Vec<u8> {
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// Bytes on the stack, moved to the heap once they outgrow [`INLINE_KEY_LEN`].
+struct StackBuf {
+    inline: [u8; INLINE_KEY_LEN],
+    /// Bytes used in `inline` (while `heap` is unused).
+    len: usize,
+    /// All the bytes, once they outgrew `inline`.
+    heap: Option<Vec<u8>>,
+}
+
+impl StackBuf {
+    #[inline]
+    fn new() -> Self {
+        StackBuf {
+            inline: [0; INLINE_KEY_LEN],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match &self.heap {
+            Some(heap) => heap,
+            None => &self.inline[..self.len],
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        let heap = self.heap.get_or_insert_with(|| {
+            let mut heap = Vec::with_capacity(2 * INLINE_KEY_LEN + bytes.len());
+            heap.extend_from_slice(&self.inline[..self.len]);
+            heap
+        });
+        heap.extend_from_slice(bytes);
+    }
+}
+
+impl Output for StackBuf {
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        self.extend(&[byte]);
+    }
+    #[inline]
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.heap.is_none()
+            && let Some(slot) = self.inline.get_mut(self.len..self.len + bytes.len())
+        {
+            slot.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        self.spill(bytes);
+    }
+    #[inline]
+    fn len(&self) -> usize {
+        match &self.heap {
+            Some(heap) => heap.len(),
+            None => self.len,
+        }
+    }
+}
+
+struct KeyEncoder<O> {
+    out: O,
     /// Length of `out` right after the last string terminator was written.
     open_end: Option<usize>,
 }
 
-impl KeyEncoder {
+impl<O: Output> KeyEncoder<O> {
     fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == 0 {
-                self.out.extend_from_slice(&[0, 0xFF]);
-            } else {
-                self.out.push(b);
-            }
+        // Runs without a zero byte are copied whole.
+        let mut rest = bytes;
+        while let Some(zero) = rest.iter().position(|&b| b == 0) {
+            self.out.extend(&rest[..zero]);
+            self.out.extend(&[0, 0xFF]);
+            rest = &rest[zero + 1..];
         }
-        self.out.extend_from_slice(&[0, 0]);
+        self.out.extend(rest);
+        self.out.extend(&[0, 0]);
         self.open_end = Some(self.out.len());
     }
 }
 
-impl<'a> ser::Serializer for &'a mut KeyEncoder {
+impl<'a, O: Output> ser::Serializer for &'a mut KeyEncoder<O> {
     type Ok = ();
     type Error = KeyEncodeError;
-    type SerializeSeq = Seq<'a>;
+    type SerializeSeq = Seq<'a, O>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
     type SerializeTupleVariant = Self;
-    type SerializeMap = Seq<'a>;
+    type SerializeMap = Seq<'a, O>;
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
@@ -115,23 +220,19 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         Ok(())
     }
     fn serialize_i16(self, v: i16) -> Result<(), KeyEncodeError> {
-        self.out
-            .extend_from_slice(&((v as u16) ^ (1 << 15)).to_be_bytes());
+        self.out.extend(&((v as u16) ^ (1 << 15)).to_be_bytes());
         Ok(())
     }
     fn serialize_i32(self, v: i32) -> Result<(), KeyEncodeError> {
-        self.out
-            .extend_from_slice(&((v as u32) ^ (1 << 31)).to_be_bytes());
+        self.out.extend(&((v as u32) ^ (1 << 31)).to_be_bytes());
         Ok(())
     }
     fn serialize_i64(self, v: i64) -> Result<(), KeyEncodeError> {
-        self.out
-            .extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes());
+        self.out.extend(&((v as u64) ^ (1 << 63)).to_be_bytes());
         Ok(())
     }
     fn serialize_i128(self, v: i128) -> Result<(), KeyEncodeError> {
-        self.out
-            .extend_from_slice(&((v as u128) ^ (1 << 127)).to_be_bytes());
+        self.out.extend(&((v as u128) ^ (1 << 127)).to_be_bytes());
         Ok(())
     }
     fn serialize_u8(self, v: u8) -> Result<(), KeyEncodeError> {
@@ -139,19 +240,19 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         Ok(())
     }
     fn serialize_u16(self, v: u16) -> Result<(), KeyEncodeError> {
-        self.out.extend_from_slice(&v.to_be_bytes());
+        self.out.extend(&v.to_be_bytes());
         Ok(())
     }
     fn serialize_u32(self, v: u32) -> Result<(), KeyEncodeError> {
-        self.out.extend_from_slice(&v.to_be_bytes());
+        self.out.extend(&v.to_be_bytes());
         Ok(())
     }
     fn serialize_u64(self, v: u64) -> Result<(), KeyEncodeError> {
-        self.out.extend_from_slice(&v.to_be_bytes());
+        self.out.extend(&v.to_be_bytes());
         Ok(())
     }
     fn serialize_u128(self, v: u128) -> Result<(), KeyEncodeError> {
-        self.out.extend_from_slice(&v.to_be_bytes());
+        self.out.extend(&v.to_be_bytes());
         Ok(())
     }
     fn serialize_f32(self, v: f32) -> Result<(), KeyEncodeError> {
@@ -161,7 +262,7 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         } else {
             bits ^ (1 << 31)
         };
-        self.out.extend_from_slice(&bits.to_be_bytes());
+        self.out.extend(&bits.to_be_bytes());
         Ok(())
     }
     fn serialize_f64(self, v: f64) -> Result<(), KeyEncodeError> {
@@ -171,7 +272,7 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         } else {
             bits ^ (1 << 63)
         };
-        self.out.extend_from_slice(&bits.to_be_bytes());
+        self.out.extend(&bits.to_be_bytes());
         Ok(())
     }
     fn serialize_char(self, v: char) -> Result<(), KeyEncodeError> {
@@ -224,7 +325,7 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         self.serialize_u32(index)?;
         value.serialize(self)
     }
-    fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a>, KeyEncodeError> {
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a, O>, KeyEncodeError> {
         Ok(Seq(self))
     }
     fn serialize_tuple(self, _len: usize) -> Result<Self, KeyEncodeError> {
@@ -247,7 +348,7 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
         self.serialize_u32(index)?;
         Ok(self)
     }
-    fn serialize_map(self, _len: Option<usize>) -> Result<Seq<'a>, KeyEncodeError> {
+    fn serialize_map(self, _len: Option<usize>) -> Result<Seq<'a, O>, KeyEncodeError> {
         Ok(Seq(self))
     }
     fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, KeyEncodeError> {
@@ -272,10 +373,9 @@ impl<'a> ser::Serializer for &'a mut KeyEncoder {
 }
 
 /// Sequence and map state: a `0x01` marker before each element, `0x00` at the end.
-#[doc(hidden)]
-pub struct Seq<'a>(&'a mut KeyEncoder);
+struct Seq<'a, O>(&'a mut KeyEncoder<O>);
 
-impl ser::SerializeSeq for Seq<'_> {
+impl<O: Output> ser::SerializeSeq for Seq<'_, O> {
     type Ok = ();
     type Error = KeyEncodeError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
@@ -288,7 +388,7 @@ impl ser::SerializeSeq for Seq<'_> {
     }
 }
 
-impl ser::SerializeMap for Seq<'_> {
+impl<O: Output> ser::SerializeMap for Seq<'_, O> {
     type Ok = ();
     type Error = KeyEncodeError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Self::Error> {
@@ -306,7 +406,7 @@ impl ser::SerializeMap for Seq<'_> {
 
 macro_rules! fields {
     ($($trait:ident :: $method:ident),*) => {$(
-        impl ser::$trait for &mut KeyEncoder {
+        impl<O: Output> ser::$trait for &mut KeyEncoder<O> {
             type Ok = ();
             type Error = KeyEncodeError;
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Self::Error> {
@@ -326,7 +426,7 @@ fields!(
 
 macro_rules! named_fields {
     ($($trait:ident),*) => {$(
-        impl ser::$trait for &mut KeyEncoder {
+        impl<O: Output> ser::$trait for &mut KeyEncoder<O> {
             type Ok = ();
             type Error = KeyEncodeError;
             fn serialize_field<T: Serialize + ?Sized>(
@@ -407,6 +507,38 @@ mod tests {
         let mut expected = vec![9u8];
         expected.extend_from_slice(&encode_key(&(1u16, "a")).unwrap());
         assert_eq!(buf, expected);
+    }
+
+    #[test]
+    fn keys_built_on_the_stack_match_keys_built_on_the_heap() {
+        let long = "x\0y".repeat(30);
+        let values: [&dyn Fn() -> (Vec<u8>, Vec<u8>); 5] = [
+            &|| stack_and_heap(&7u64),
+            &|| stack_and_heap(&"a\0b"),
+            &|| stack_and_heap(&(3u16, "chat/general", Some(-4i32))),
+            &|| stack_and_heap(&long),
+            &|| stack_and_heap(&vec![String::from("x"); 50]),
+        ];
+        for value in values {
+            let (stack, heap) = value();
+            assert_eq!(stack, heap);
+        }
+        assert!(encode_key(&long).unwrap().len() > INLINE_KEY_LEN);
+    }
+
+    fn stack_and_heap<T: Serialize + ?Sized>(value: &T) -> (Vec<u8>, Vec<u8>) {
+        let stack = with_encoded_key(value, <[u8]>::to_vec).unwrap();
+        (stack, encode_key(value).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn stack_keys_agree_with_heap_keys(a: (String, u64, Vec<u8>), b in ".{0,60}") {
+            let (s, h) = stack_and_heap(&a);
+            prop_assert_eq!(s, h);
+            let (s, h) = stack_and_heap(&b);
+            prop_assert_eq!(s, h);
+        }
     }
 
     #[test]

@@ -20,7 +20,10 @@ mod envelope;
 pub mod keycodec;
 
 pub use envelope::{ENVELOPE_FORMAT, Envelope, EnvelopeError};
-pub use keycodec::{KeyEncodeError, encode_key, encode_key_into, encode_key_prefix};
+pub use keycodec::{
+    INLINE_KEY_LEN, KeyEncodeError, encode_key, encode_key_into, encode_key_prefix,
+    with_encoded_key,
+};
 
 /// Identifies a model inside its definition: its position in the definition module,
 /// starting at 0. Stable as long as models are only appended.
@@ -139,9 +142,21 @@ pub trait PrimaryKey:
 
     /// Appends [`key_bytes`](PrimaryKey::key_bytes) to `out`, so that stores can reuse one
     /// buffer for lookups. A key type with its own encoding overrides this method (which
-    /// `key_bytes` calls), not `key_bytes`.
+    /// `key_bytes` calls), not `key_bytes`, and overrides
+    /// [`with_key_bytes`](PrimaryKey::with_key_bytes) to give the same bytes.
     fn write_key_bytes(&self, out: &mut Vec<u8>) -> Result<(), KeyEncodeError> {
         encode_key_into(self, out)
+    }
+
+    /// Calls `f` with [`key_bytes`](PrimaryKey::key_bytes), built on the stack when they are
+    /// at most [`INLINE_KEY_LEN`] bytes long ([`with_encoded_key`]): what stores use to look
+    /// a key up, so that a lookup by an integer or a short string allocates nothing.
+    #[inline]
+    fn with_key_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, KeyEncodeError>
+    where
+        Self: Sized,
+    {
+        with_encoded_key(self, f)
     }
 }
 

@@ -387,3 +387,153 @@ fn another_definition_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A value as value format 1 wrote it: `NS`, format 1, the schema version and the checksum
+/// (XXH3-64 of the payload seeded with format and version, low 32 bits), all big-endian.
+fn format_1(version: u32, payload: &[u8]) -> Vec<u8> {
+    let seed = (1u64 << 32) | u64::from(version);
+    let sum = xxhash_rust::xxh3::xxh3_64_with_seed(payload, seed) as u32;
+    let mut out = b"NS\x01".to_vec();
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Rewrites every record of the closed store at `place` in value format 1 and marks the
+/// store as format 1, as a store written before format 2 looks.
+fn downgrade_to_format_1(place: &Place) {
+    use netabase_store::backend::{Backend, ReadTransaction, WriteTransaction};
+    use std::ops::ControlFlow;
+    let store = place.open::<v1::NotesDefinition>().unwrap();
+    let backend = Arc::clone(store.backend());
+    drop(store);
+    let mut tx = backend.begin_write().unwrap();
+    for model in ["Note", "Tag"] {
+        let table = netabase_store::records_table(model);
+        let mut values = Vec::new();
+        tx.scan(
+            &table,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            &mut |k, v| {
+                values.push((k.to_vec(), v.to_vec()));
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .unwrap();
+        assert!(!values.is_empty());
+        for (key, value) in values {
+            let (version, payload) = netabase_store::codec::open(&value).unwrap();
+            assert_eq!(value[0], netabase_store::codec::VALUE_FORMAT);
+            tx.put(&table, &key, &format_1(version, payload)).unwrap();
+        }
+    }
+    tx.put(netabase_store::META_TABLE, b"value_format", &[1])
+        .unwrap();
+    tx.commit().unwrap();
+}
+
+fn value_format(store: &Store<v1::NotesDefinition>) -> Option<Vec<u8>> {
+    use netabase_store::backend::ReadTransaction;
+    store
+        .read(|tx| tx.raw().get(netabase_store::META_TABLE, b"value_format"))
+        .unwrap()
+}
+
+#[test]
+fn a_store_of_value_format_1_reads_and_is_marked_as_format_2() {
+    for kind in KINDS {
+        let place = Place::with_v1_data(kind);
+        downgrade_to_format_1(&place);
+        let store = place.open::<v1::NotesDefinition>().unwrap();
+        // Builds that read only format 1 now refuse the store as a whole.
+        assert_eq!(value_format(&store), Some(vec![2]), "{kind:?}");
+        assert_eq!(
+            store.get(&v1::NotePrimaryKey(2)).unwrap(),
+            Some(v1::Note {
+                id: 2,
+                title: "bb".into()
+            }),
+            "{kind:?}"
+        );
+        let by_title = store
+            .get_by_secondary(&v1::NoteSecondaryKeys::Title(v1::NoteTitleSecondaryKey(
+                "a".into(),
+            )))
+            .unwrap();
+        assert_eq!(by_title.iter().map(|n| n.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(store.range::<v1::Tag>(..).unwrap().len(), 1);
+        // Replacing a format-1 value finds its index entries, and the two formats mix.
+        let replaced = store
+            .put(&v1::Note {
+                id: 3,
+                title: "c".into(),
+            })
+            .unwrap();
+        assert_eq!(replaced.map(|n| n.title), Some("a".into()));
+        let titles: Vec<String> = store
+            .range::<v1::Note>(..)
+            .unwrap()
+            .into_iter()
+            .map(|n| n.title)
+            .collect();
+        assert_eq!(titles, ["a", "bb", "c"], "{kind:?}");
+        let by_title = store
+            .get_by_secondary(&v1::NoteSecondaryKeys::Title(v1::NoteTitleSecondaryKey(
+                "a".into(),
+            )))
+            .unwrap();
+        assert_eq!(by_title.len(), 1, "{kind:?}");
+        drop(store);
+        // Opening it again changes nothing.
+        let store = place.open::<v1::NotesDefinition>().unwrap();
+        assert_eq!(value_format(&store), Some(vec![2]));
+        assert_eq!(store.count::<v1::Note>().unwrap(), 3);
+    }
+}
+
+#[test]
+fn a_damaged_format_1_value_is_corrupt_and_an_unknown_format_is_refused() {
+    use netabase_store::backend::{Backend, WriteTransaction};
+    let place = Place::with_v1_data(BackendKind::Memory);
+    downgrade_to_format_1(&place);
+    let store = place.open::<v1::NotesDefinition>().unwrap();
+    let key = netabase_store::core::model::encode_key(&1u64).unwrap();
+    let payload = netabase_store::core::model::encode_value(&v1::Note {
+        id: 1,
+        title: "a".into(),
+    })
+    .unwrap();
+    let mut damaged = format_1(1, &payload);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x04;
+    store
+        .write(|tx| {
+            tx.raw()
+                .put(&netabase_store::records_table("Note"), &key, &damaged)
+        })
+        .unwrap();
+    match store.get(&v1::NotePrimaryKey(1)) {
+        Err(StoreError::Corrupt { model, reason, .. }) => {
+            assert_eq!(model, "Note");
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(store.get(&v1::NotePrimaryKey(2)).unwrap().is_some());
+    let backend = Arc::clone(store.backend());
+    drop(store);
+    let mut tx = backend.begin_write().unwrap();
+    tx.put(netabase_store::META_TABLE, b"value_format", &[9])
+        .unwrap();
+    tx.commit().unwrap();
+    match place.open::<v1::NotesDefinition>() {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            assert!(
+                reason.contains("value format [9] is not supported"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected the store to be refused, got {other:?}"),
+    }
+}
