@@ -63,9 +63,9 @@ struct Bucket {
     /// The bucket's index (the highest bit of the distance of its entries).
     index: u8,
     /// The first word of `entries[i].peer.kad_key()`, side by side: finding a peer scans
-    /// these eight bytes per entry instead of the entries, which matters when a large
-    /// network's tables do not fit in cache. (Measuring distances reads the entries
-    /// themselves, front to back, since the closest ones are copied out next.)
+    /// these eight bytes per entry instead of the entries, and so does ordering a bucket's
+    /// entries by distance, which matters when a large network's tables do not fit in
+    /// cache.
     tags: Vec<u64>,
     /// In no particular order.
     entries: Vec<Entry>,
@@ -612,12 +612,17 @@ impl RoutingTable {
         exclude: Option<&PeerId>,
         found: &mut Vec<u128>,
     ) {
+        // The first words of the keys sit side by side in `tags`: the entries themselves
+        // are read only for the ones chosen (and to tell the excluded peer from another
+        // with the same first word).
         let bucket = &self.buckets[pos];
-        for (e, entry) in bucket.entries.iter().enumerate() {
-            if exclude == Some(&entry.peer) {
+        let target_tag = target.tag();
+        let exclude_tag = exclude.map(|p| p.kad_key().tag());
+        for (e, &tag) in bucket.tags.iter().enumerate() {
+            if exclude_tag == Some(tag) && exclude == Some(&bucket.entries[e].peer) {
                 continue;
             }
-            let hi = entry.peer.kad_key().distance(target).high_word();
+            let hi = tag ^ target_tag;
             found.push(u128::from(hi) << 64 | (pos as u128) << 16 | e as u128);
         }
     }

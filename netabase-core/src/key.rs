@@ -123,11 +123,6 @@ impl Distance {
         None
     }
 
-    /// The most significant 64 bits.
-    pub(crate) fn high_word(&self) -> u64 {
-        self.0[0]
-    }
-
     /// Whether bit `i` (0 = least significant) is set.
     pub fn bit(&self, i: u8) -> bool {
         let word = 3 - usize::from(i) / 64;

@@ -60,7 +60,10 @@ fn one() -> u64 {
     1
 }
 
-/// Per-link latency, loss, duplication and reordering.
+/// The default of [`NetworkSpec::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Per-link latency, loss, duplication, reordering and connection limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkSpec {
@@ -78,6 +81,10 @@ pub struct NetworkSpec {
     pub reorder: f64,
     /// See `reorder`.
     pub reorder_delay_ms: f64,
+    /// Most connections a node keeps open: opening one more closes its least recently
+    /// used quarter, as libp2p's connection limits and idle timeouts do (kubo's connection
+    /// manager keeps 600–900).
+    pub max_connections: usize,
 }
 
 impl Default for NetworkSpec {
@@ -90,6 +97,7 @@ impl Default for NetworkSpec {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay_ms: 100.0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -342,6 +350,9 @@ impl Scenario {
         let n = &self.network;
         if n.latency_min_ms < 0.0 || n.latency_max_ms < n.latency_min_ms || n.jitter_ms < 0.0 {
             return bad("network latencies must satisfy 0 <= min <= max, jitter >= 0");
+        }
+        if n.max_connections < 4 {
+            return bad("network.max_connections must be at least 4");
         }
         for p in [n.loss, n.duplicate, n.reorder] {
             if !(0.0..=1.0).contains(&p) {

@@ -20,10 +20,6 @@ use crate::queue::EventQueue;
 use crate::report::{OpCounts, Report, Violation, percentile};
 use crate::scenario::{PartitionKind, Scenario};
 
-/// Most connections a simulated node keeps open. Past it, the least recently used quarter
-/// is closed at once, so closing costs little per connection opened.
-pub const MAX_CONNECTIONS: usize = 256;
-
 /// Bytes of trace gathered before they are hashed.
 const TRACE_CHUNK: usize = 16 * 1024;
 
@@ -93,6 +89,11 @@ impl SimNode {
     /// Whether the node is running.
     pub fn is_up(&self) -> bool {
         matches!(self.state, NodeState::Up(_))
+    }
+
+    /// How many connections the node has open.
+    pub fn open_connections(&self) -> usize {
+        self.open_links
     }
 }
 
@@ -647,16 +648,18 @@ impl Simulation {
 
     /// Opens a connection between `a` and `b` on first contact: each learns, as from
     /// identify, whether the other serves the DHT. A node keeps at most
-    /// [`MAX_CONNECTIONS`] connections; opening one more closes its least recently used
-    /// ones, as libp2p's connection limits and idle timeouts do.
+    /// `network.max_connections` connections; opening one more closes its least recently
+    /// used quarter at once (so closing costs little per connection opened), as libp2p's
+    /// connection limits and idle timeouts do.
     fn connect(&mut self, a: usize, b: usize) {
         let stamp = self.seq;
+        let max = self.world.scenario.network.max_connections;
         if let Some(t) = self.links.get_mut(&pair(a, b)) {
             *t = stamp;
             return;
         }
         for x in [a, b] {
-            if self.world.nodes[x].open_links >= MAX_CONNECTIONS {
+            if self.world.nodes[x].open_links >= max {
                 // (last use, peer) of each open connection, oldest first; a peer listed
                 // twice (closed by the other side, then opened again) has the same entry
                 // twice, side by side.
@@ -667,7 +670,7 @@ impl Simulation {
                     .collect();
                 by_age.sort_unstable();
                 by_age.dedup();
-                let (old, kept) = by_age.split_at(MAX_CONNECTIONS / 4);
+                let (old, kept) = by_age.split_at(max / 4);
                 self.world.nodes[x].links = kept.iter().map(|&(_, y)| y).collect();
                 for &(_, y) in old {
                     self.disconnect(x, y as usize);
@@ -679,7 +682,7 @@ impl Simulation {
             let node = &mut self.world.nodes[x];
             node.links.push(y as u32);
             node.open_links += 1;
-            if node.links.len() >= 2 * MAX_CONNECTIONS {
+            if node.links.len() >= 2 * max {
                 // Many connections closed by the other side: forget them.
                 let open = self.open_links_of(x);
                 self.world.nodes[x].links = open;

@@ -37,6 +37,16 @@ fn dht_small_holds_every_invariant_and_lookups_are_exact() {
 }
 
 #[test]
+fn a_small_connection_limit_is_kept_and_every_operation_still_succeeds() {
+    let mut sc = load("dht-small");
+    sc.network.max_connections = 6;
+    sc.validate().unwrap();
+    let report = run(&sc, 2);
+    assert_clean(&report, "dht-small, 6 connections");
+    assert_eq!(report.ops, report.ops_ok, "{}", report.human());
+}
+
+#[test]
 fn dht_partition_converges_after_the_heal() {
     let sc = load("dht-partition");
     let report = run(&sc, 3);
@@ -199,6 +209,11 @@ fn malformed_scenarios_are_refused_with_a_clear_error() {
     let err = Scenario::parse("name = \"x\"\nnodes = 5\nduration_s = 10\n[network]\nloss = 2.0\n")
         .unwrap_err();
     assert!(err.to_string().contains("probabilities"), "{err}");
+    let err = Scenario::parse(
+        "name = \"x\"\nnodes = 5\nduration_s = 10\n[network]\nmax_connections = 1\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_connections"), "{err}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! No node's memory grows past its bounds: routing table, pending queries and requests,
-//! lookup candidates, stored records.
+//! lookup candidates, stored records, open connections.
 
 use super::{Checker, violation};
 use crate::report::Violation;
@@ -13,7 +13,18 @@ impl Checker for BoundedMemory {
     }
 
     fn on_tick(&mut self, world: &World, out: &mut Vec<Violation>) {
+        let max_connections = world.scenario.network.max_connections;
         for (i, n) in world.nodes.iter().enumerate() {
+            if n.open_connections() > max_connections {
+                out.push(violation(
+                    self,
+                    world,
+                    format!(
+                        "node {i} has {} connections open (at most {max_connections})",
+                        n.open_connections()
+                    ),
+                ));
+            }
             let Some(node) = n.node() else { continue };
             if let Err(e) = node.check_invariants() {
                 out.push(violation(self, world, format!("node {i}: {e}")));
