@@ -183,18 +183,49 @@ impl Hasher for KeyHasher {
 }
 
 /// The ids of the tables that have one.
-#[derive(Debug)]
+///
+/// Every operation looks its table up here, so the first few tables (most stores have a
+/// handful: a few per model) are kept in a list that is searched by comparing a summary of
+/// each name (its length and its first and last eight bytes), which costs less than hashing
+/// the name; the others are in a hash map.
+#[derive(Debug, Default)]
 struct TableIds {
-    ids: HashMap<Box<str>, TableId, KeyHashing>,
+    few: Vec<(NameTag, Box<str>, TableId)>,
+    more: HashMap<Box<str>, TableId, KeyHashing>,
     /// The id the next new table gets.
     next: u16,
 }
 
-impl Default for TableIds {
-    fn default() -> Self {
-        TableIds {
-            ids: HashMap::default(),
-            next: 1,
+/// How many tables [`TableIds`] keeps in its list.
+const FEW_TABLES: usize = 8;
+
+/// A table name's length and its first and last eight bytes (all of a name of at most 16
+/// bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameTag {
+    len: usize,
+    head: u64,
+    tail: u64,
+}
+
+impl NameTag {
+    #[inline]
+    fn of(name: &str) -> Self {
+        let bytes = name.as_bytes();
+        let (head, tail) = match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+            (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+            _ => {
+                let word = bytes
+                    .iter()
+                    .rev()
+                    .fold(0u64, |word, &b| (word << 8) | u64::from(b));
+                (word, word)
+            }
+        };
+        NameTag {
+            len: bytes.len(),
+            head,
+            tail,
         }
     }
 }
@@ -208,7 +239,7 @@ impl TableIds {
             version = Some(v.to_vec());
             Ok(())
         })?;
-        let mut tables = TableIds::default();
+        let mut tables = TableIds::empty();
         match version.as_deref() {
             Some([LAYOUT_VERSION]) => {}
             Some(other) => {
@@ -244,7 +275,7 @@ impl TableIds {
             let id = <[u8; 2]>::try_from(v).map(u16::from_be_bytes);
             match (name, id) {
                 (Ok(name), Ok(id)) if (1..=TableId::MAX).contains(&id) => {
-                    tables.ids.insert(name.into(), TableId(id));
+                    tables.insert(name.into(), TableId(id));
                     tables.next = tables.next.max(id + 1);
                     Ok(ControlFlow::Continue(()))
                 }
@@ -256,12 +287,37 @@ impl TableIds {
         Ok(tables)
     }
 
+    fn empty() -> Self {
+        TableIds {
+            next: 1,
+            ..TableIds::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.few.is_empty()
+    }
+
+    fn insert(&mut self, name: Box<str>, id: TableId) {
+        if self.few.len() < FEW_TABLES {
+            self.few.push((NameTag::of(&name), name, id));
+        } else {
+            self.more.insert(name, id);
+        }
+    }
+
     #[inline]
     fn get(&self, table: &str) -> Option<TableId> {
-        if self.ids.is_empty() {
+        let tag = NameTag::of(table);
+        for (other, name, id) in &self.few {
+            if *other == tag && (tag.len <= 16 || **name == *table) {
+                return Some(*id);
+            }
+        }
+        if self.more.is_empty() {
             return None;
         }
-        self.ids.get(table).copied()
+        self.more.get(table).copied()
     }
 }
 
@@ -288,7 +344,7 @@ impl<K: FlatKv> Locked<K> {
 
     /// Wraps `kv`, which is empty.
     pub(crate) fn empty(kv: K) -> Self {
-        Self::with_tables(kv, TableIds::default())
+        Self::with_tables(kv, TableIds::empty())
     }
 
     fn with_tables(kv: K, tables: TableIds) -> Self {
@@ -491,7 +547,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
                 )));
             }
         };
-        if committed.tables.ids.is_empty() && self.new_tables.is_empty() {
+        if committed.tables.is_empty() && self.new_tables.is_empty() {
             self.changes.insert(
                 K::Bytes::from(LAYOUT_KEY),
                 Some(K::Bytes::from(&[LAYOUT_VERSION][..])),
@@ -721,7 +777,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         data.kv.apply(changes)?;
         for (name, id) in new_tables {
             data.tables.next = data.tables.next.max(id.0 + 1);
-            data.tables.ids.insert(name, id);
+            data.tables.insert(name, id);
         }
         drop(data);
         if sync {
@@ -832,6 +888,32 @@ pub(crate) use overlay_transactions;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_ids_are_found_by_name_only() {
+        let mut ids = TableIds::empty();
+        let names: Vec<String> = ["", "a", "meta", "m/Message", "i/Message", "m/Messagf"]
+            .into_iter()
+            .map(String::from)
+            .chain((0..20).map(|i| format!("a fairly long table name {i} of the store")))
+            .chain((0..20).map(|i| format!("i/{i}")))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(ids.get(name), None);
+            ids.insert(name.as_str().into(), TableId(i as u16 + 1));
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(ids.get(name), Some(TableId(i as u16 + 1)), "{name}");
+        }
+        for absent in [
+            "b",
+            "meta\0",
+            "m/Messagd",
+            "a fairly long table name 1 of the stork",
+        ] {
+            assert_eq!(ids.get(absent), None, "{absent}");
+        }
+    }
 
     #[test]
     fn table_prefixes_are_prefix_free() {
