@@ -28,6 +28,7 @@ use std::ops::{Bound, ControlFlow};
 
 use crate::error::Result;
 
+mod buffer;
 pub(crate) mod guard;
 mod memory;
 mod overlay;
@@ -38,7 +39,7 @@ mod sled;
 
 pub use memory::{MemoryBackend, MemoryRead, MemoryWrite};
 #[cfg(feature = "redb")]
-pub use redb::{RedbBackend, RedbOptions, RedbRead, RedbWrite};
+pub use redb::{DEFAULT_BUFFER_LIMIT, RedbBackend, RedbOptions, RedbRead, RedbWrite};
 #[cfg(feature = "sled")]
 pub use sled::{SledBackend, SledOptions, SledRead, SledWrite};
 
@@ -315,7 +316,7 @@ pub enum AnyRead<'a> {
 pub enum AnyWrite<'a> {
     /// redb.
     #[cfg(feature = "redb")]
-    Redb(RedbWrite),
+    Redb(RedbWrite<'a>),
     /// sled.
     #[cfg(feature = "sled")]
     Sled(SledWrite<'a>),

@@ -1,10 +1,13 @@
 //! The redb backend.
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::buffer::{Buffer, Layers};
 use super::overlay::is_empty_range;
 use super::{
     Backend, BackendKind, Durability, KeyRange, ReadTransaction, ValueReader, Visitor,
@@ -13,13 +16,29 @@ use super::{
 use crate::error::{Result, StoreError};
 
 /// Options of the redb backend.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedbOptions {
     /// Whether a commit is durable when it returns ([`Durability::Immediate`], the default:
     /// one `fdatasync` per commit) or only visible ([`Durability::Deferred`]).
     pub durability: Durability,
     /// redb's page cache size in bytes; redb's default when `None`.
     pub cache_size: Option<usize>,
+    /// How many bytes of deferred commits are held in memory, about, before they are
+    /// written into the file (without a sync); [`DEFAULT_BUFFER_LIMIT`] by default.
+    pub buffer_limit: usize,
+}
+
+/// The default [`RedbOptions::buffer_limit`]: 8 MiB.
+pub const DEFAULT_BUFFER_LIMIT: usize = 8 << 20;
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            durability: Durability::Immediate,
+            cache_size: None,
+            buffer_limit: DEFAULT_BUFFER_LIMIT,
+        }
+    }
 }
 
 /// A redb database file: ACID transactions, copy-on-write B-trees, one table per store
@@ -28,14 +47,35 @@ pub struct RedbOptions {
 /// With [`Durability::Immediate`] (the default) a commit returns after redb has written
 /// and `fdatasync`ed the new state, so an acknowledged write survives a crash of the
 /// process and a power loss.
+///
+/// # Deferred commits
+///
+/// A [`Durability::Deferred`] write transaction does not touch the file: it collects its
+/// changes in memory, over a redb snapshot, and its commit adds them to a buffer in
+/// memory that every later read consults first, so they are visible at once.
+/// [`Backend::sync`] writes the whole buffer into redb in one durable commit: one commit
+/// and one `fdatasync` for any number of deferred transactions (group commit). A crash
+/// loses the buffer, that is, exactly the deferred commits not yet synced, and never part
+/// of a transaction. When the buffer grows past [`RedbOptions::buffer_limit`] it is
+/// written into redb without a sync (redb's non-durable commit; the next sync persists
+/// it), and a durable write transaction writes it the same way before it begins. Dropping
+/// the backend syncs.
+///
+/// Writers (deferred, durable and the buffer's flushes) are serialised by one lock. Read
+/// transactions hold no lock: each takes the buffer as it is (shared, copied only if a
+/// deferred commit changes it while the reader still holds it) with a redb snapshot.
 #[derive(Debug)]
 pub struct RedbBackend {
     db: redb::Database,
     durability: Durability,
-    /// Set when a deferred write transaction begins; [`Backend::sync`] clears it before it
-    /// commits durably. Writers are serialised, so a deferred commit either precedes the
-    /// sync's commit (and is made durable by it) or sets the flag again.
-    unsynced: AtomicBool,
+    buffer_limit: usize,
+    /// Serialises every writer.
+    writer: Mutex<()>,
+    /// Deferred commits not yet written into redb.
+    buffered: Mutex<Arc<Buffer>>,
+    /// Set when something is not durable yet: a deferred commit in the buffer, or a
+    /// non-durable redb commit. Changed only by the holder of the writer lock.
+    dirty: AtomicBool,
 }
 
 fn definition(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -73,7 +113,10 @@ impl RedbBackend {
         Ok(RedbBackend {
             db,
             durability: options.durability,
-            unsynced: AtomicBool::new(false),
+            buffer_limit: options.buffer_limit,
+            writer: Mutex::new(()),
+            buffered: Mutex::default(),
+            dirty: AtomicBool::new(false),
         })
     }
 }
@@ -136,28 +179,17 @@ fn sync_dir(_dir: &Path) -> Result<()> {
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-/// A read transaction of a [`RedbBackend`]: a snapshot of the last commit.
-pub struct RedbRead {
-    tx: redb::ReadTransaction,
-}
-
-/// A read transaction borrowed: what [`RedbRead`] and [`RedbBackend`]'s one-shot reads run
-/// on.
-struct ReadRef<'a>(&'a redb::ReadTransaction);
-
-impl ReadRef<'_> {
-    /// Runs `f` on table `name` (`None` if it does not exist).
-    #[inline]
-    fn with_table<R>(
-        &self,
-        name: &str,
-        f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
-    ) -> Result<R> {
-        match self.0.open_table(definition(name)) {
-            Ok(table) => f(Some(&table)),
-            Err(redb::TableError::TableDoesNotExist(_)) => f(None),
-            Err(e) => Err(map_err(e)),
-        }
+/// Runs `f` on table `name` of `tx` (`None` if it does not exist).
+#[inline]
+fn with_table<R>(
+    tx: &redb::ReadTransaction,
+    name: &str,
+    f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
+) -> Result<R> {
+    match tx.open_table(definition(name)) {
+        Ok(table) => f(Some(&table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => f(None),
+        Err(e) => Err(map_err(e)),
     }
 }
 
@@ -178,43 +210,17 @@ fn scan_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(())
 }
 
-impl ReadTransaction for RedbRead {
+/// The committed state: a redb snapshot.
+impl ReadTransaction for redb::ReadTransaction {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        ReadRef(&self.tx).get(table, key)
-    }
-
-    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        ReadRef(&self.tx).get_with(table, key, read)
-    }
-
-    fn get_many_with(
-        &self,
-        table: &str,
-        keys: &[&[u8]],
-        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        ReadRef(&self.tx).get_many_with(table, keys, read)
-    }
-
-    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        ReadRef(&self.tx).scan(table, range, visit)
-    }
-
-    fn len(&self, table: &str) -> Result<u64> {
-        ReadRef(&self.tx).len(table)
-    }
-}
-
-impl ReadTransaction for ReadRef<'_> {
-    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.with_table(table, |table| match table {
+        with_table(self, table, |table| match table {
             Some(table) => Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec())),
             None => Ok(None),
         })
     }
 
     fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
-        self.with_table(table, |table| {
+        with_table(self, table, |table| {
             let Some(table) = table else {
                 return Ok(false);
             };
@@ -231,7 +237,7 @@ impl ReadTransaction for ReadRef<'_> {
         keys: &[&[u8]],
         read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        self.with_table(table, |table| {
+        with_table(self, table, |table| {
             let Some(table) = table else {
                 return Ok(());
             };
@@ -245,32 +251,242 @@ impl ReadTransaction for ReadRef<'_> {
     }
 
     fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
-        self.with_table(table, |table| match table {
+        with_table(self, table, |table| match table {
             Some(table) => scan_table(table, range, visit),
             None => Ok(()),
         })
     }
 
     fn len(&self, table: &str) -> Result<u64> {
-        self.with_table(table, |table| match table {
+        with_table(self, table, |table| match table {
             Some(table) => table.len().map_err(map_err),
             None => Ok(0),
         })
     }
 }
 
-/// A write transaction of a [`RedbBackend`].
-pub struct RedbWrite {
-    tx: redb::WriteTransaction,
+/// A redb snapshot with the deferred commits that were buffered when it was taken.
+struct Snapshot<'a> {
+    buffered: Option<&'a Buffer>,
+    tx: &'a redb::ReadTransaction,
 }
 
-impl RedbWrite {
+impl ReadTransaction for Snapshot<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = None;
+        self.get_with(table, key, &mut |v| {
+            out = Some(v.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[inline]
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        let layers = Layers::new(self.buffered, None);
+        if layers.is_empty() {
+            return self.tx.get_with(table, key, read);
+        }
+        layers.get_with(table, key, read, || Ok(self.tx))
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        Layers::new(self.buffered, None).get_many_with(table, keys, read, || Ok(self.tx))
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        Layers::new(self.buffered, None).scan(table, range, visit, || Ok(self.tx))
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        Layers::new(self.buffered, None).len(table, || Ok(self.tx))
+    }
+}
+
+/// A read transaction of a [`RedbBackend`]: a snapshot of the last commit, deferred
+/// commits included.
+pub struct RedbRead {
+    buffered: Option<Arc<Buffer>>,
+    tx: redb::ReadTransaction,
+}
+
+impl RedbRead {
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            buffered: self.buffered.as_deref(),
+            tx: &self.tx,
+        }
+    }
+}
+
+impl ReadTransaction for RedbRead {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snapshot().get(table, key)
+    }
+
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.snapshot().get_with(table, key, read)
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.snapshot().get_many_with(table, keys, read)
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.snapshot().scan(table, range, visit)
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        self.snapshot().len(table)
+    }
+}
+
+/// A write transaction of a [`RedbBackend`].
+///
+/// With [`Durability::Immediate`] it is a redb write transaction; with
+/// [`Durability::Deferred`] it collects its changes in memory, over the buffered deferred
+/// commits and a redb snapshot, and its commit adds them to the buffer.
+pub struct RedbWrite<'a>(WriteKind<'a>);
+
+// One value per open transaction, never collected: boxing either would only add an
+// allocation per transaction.
+#[allow(clippy::large_enum_variant)]
+enum WriteKind<'a> {
+    Direct(DirectWrite<'a>),
+    Buffered(BufferedWrite<'a>),
+}
+
+/// A redb write transaction (the buffer was written into redb before it began).
+struct DirectWrite<'a> {
+    backend: &'a RedbBackend,
+    tx: redb::WriteTransaction,
+    _writer: MutexGuard<'a, ()>,
+}
+
+/// A deferred write transaction: changes in memory.
+struct BufferedWrite<'a> {
+    backend: &'a RedbBackend,
+    /// The buffer when the transaction began; it cannot change while the writer lock is
+    /// held.
+    buffered: Option<Arc<Buffer>>,
+    /// The redb snapshot under the buffer, opened on the first read that needs it (redb
+    /// does not change either while the writer lock is held).
+    committed: OnceCell<redb::ReadTransaction>,
+    changes: Buffer,
+    _writer: MutexGuard<'a, ()>,
+}
+
+impl BufferedWrite<'_> {
+    fn committed(&self) -> Result<&redb::ReadTransaction> {
+        if let Some(tx) = self.committed.get() {
+            return Ok(tx);
+        }
+        let tx = self.backend.db.begin_read().map_err(map_err)?;
+        Ok(self.committed.get_or_init(|| tx))
+    }
+
+    #[inline]
+    fn layers(&self) -> Layers<'_> {
+        Layers::new(Some(&self.changes), self.buffered.as_deref())
+    }
+
+    fn base(&self) -> Result<&dyn ReadTransaction> {
+        Ok(self.committed()? as &dyn ReadTransaction)
+    }
+}
+
+impl ReadTransaction for BufferedWrite<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = None;
+        self.get_with(table, key, &mut |v| {
+            out = Some(v.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[inline]
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        self.layers().get_with(table, key, read, || self.base())
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.layers()
+            .get_many_with(table, keys, read, || self.base())
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        self.layers().scan(table, range, visit, || self.base())
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        self.layers().len(table, || self.base())
+    }
+}
+
+impl BufferedWrite<'_> {
+    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let old = self.get(table, key)?;
+        self.changes.put(table, key, value);
+        Ok(old)
+    }
+
+    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let old = self.get(table, key)?;
+        if old.is_some() {
+            self.changes.remove(table, key);
+        }
+        Ok(old)
+    }
+
+    fn commit(self) -> Result<()> {
+        let BufferedWrite {
+            backend,
+            buffered,
+            committed,
+            changes,
+            _writer,
+        } = self;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // The buffer is shared with no one but readers now: it is copied only when one of
+        // them still holds it.
+        drop(buffered);
+        drop(committed);
+        // Past the limit, the buffer goes into the file first (so a failure leaves this
+        // transaction uncommitted, as a failed commit must).
+        if backend.lock_buffered().bytes() + changes.bytes() > backend.buffer_limit {
+            backend.flush(false)?;
+        }
+        Arc::make_mut(&mut backend.lock_buffered()).absorb(changes);
+        backend.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl DirectWrite<'_> {
     fn open(&self, name: &str) -> Result<redb::Table<'_, &'static [u8], &'static [u8]>> {
         self.tx.open_table(definition(name)).map_err(map_err)
     }
 }
 
-impl ReadTransaction for RedbWrite {
+impl ReadTransaction for DirectWrite<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let table = self.open(table)?;
         Ok(table.get(key).map_err(map_err)?.map(|v| v.value().to_vec()))
@@ -293,7 +509,7 @@ impl ReadTransaction for RedbWrite {
     }
 }
 
-impl WriteTransaction for RedbWrite {
+impl DirectWrite<'_> {
     fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut table = self.open(table)?;
         let old = table
@@ -324,9 +540,11 @@ impl WriteTransaction for RedbWrite {
         Ok(())
     }
 
+    /// Removes the entries one by one: redb 3.1's `delete_table` of a table changed
+    /// earlier in the same transaction records pages of this transaction as freed (its
+    /// debug builds assert on it).
     fn clear(&mut self, table: &str) -> Result<()> {
-        self.tx.delete_table(definition(table)).map_err(map_err)?;
-        Ok(())
+        self.open(table)?.retain(|_, _| false).map_err(map_err)
     }
 
     fn replace_all(
@@ -358,60 +576,282 @@ impl WriteTransaction for RedbWrite {
     }
 
     fn commit(self) -> Result<()> {
-        self.tx.commit().map_err(map_err)
+        let DirectWrite {
+            backend,
+            tx,
+            _writer,
+        } = self;
+        tx.commit().map_err(map_err)?;
+        // A durable commit persists every commit before it.
+        backend.dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+macro_rules! by_kind {
+    ($self:expr, $w:ident => $body:expr) => {
+        match $self {
+            WriteKind::Direct($w) => $body,
+            WriteKind::Buffered($w) => $body,
+        }
+    };
+}
+
+impl ReadTransaction for RedbWrite<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        by_kind!(&self.0, w => w.get(table, key))
+    }
+
+    fn get_with(&self, table: &str, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool> {
+        by_kind!(&self.0, w => w.get_with(table, key, read))
+    }
+
+    fn get_many_with(
+        &self,
+        table: &str,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        by_kind!(&self.0, w => w.get_many_with(table, keys, read))
+    }
+
+    fn scan(&self, table: &str, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
+        by_kind!(&self.0, w => w.scan(table, range, visit))
+    }
+
+    fn len(&self, table: &str) -> Result<u64> {
+        by_kind!(&self.0, w => w.len(table))
+    }
+}
+
+impl WriteTransaction for RedbWrite<'_> {
+    fn replace(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        by_kind!(&mut self.0, w => w.replace(table, key, value))
+    }
+
+    fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        match &mut self.0 {
+            WriteKind::Direct(w) => w.put(table, key, value),
+            WriteKind::Buffered(w) => {
+                w.changes.put(table, key, value);
+                Ok(())
+            }
+        }
+    }
+
+    fn take(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        by_kind!(&mut self.0, w => w.take(table, key))
+    }
+
+    fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        match &mut self.0 {
+            WriteKind::Direct(w) => w.delete(table, key),
+            WriteKind::Buffered(w) => {
+                w.changes.remove(table, key);
+                Ok(())
+            }
+        }
+    }
+
+    fn clear(&mut self, table: &str) -> Result<()> {
+        match &mut self.0 {
+            WriteKind::Direct(w) => w.clear(table),
+            WriteKind::Buffered(w) => {
+                w.changes.clear(table);
+                Ok(())
+            }
+        }
+    }
+
+    fn replace_all(
+        &mut self,
+        table: &str,
+        entries: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        match &mut self.0 {
+            WriteKind::Direct(w) => w.replace_all(table, entries),
+            WriteKind::Buffered(w) => entries
+                .iter()
+                .map(|(key, value)| w.replace(table, key, value))
+                .collect(),
+        }
+    }
+
+    fn apply(&mut self, table: &str, changes: &[(&[u8], Option<&[u8]>)]) -> Result<()> {
+        match &mut self.0 {
+            WriteKind::Direct(w) => w.apply(table, changes),
+            WriteKind::Buffered(w) => {
+                for (key, value) in changes {
+                    match value {
+                        Some(value) => w.changes.put(table, key, value),
+                        None => w.changes.remove(table, key),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn commit(self) -> Result<()> {
+        by_kind!(self.0, w => w.commit())
+    }
+}
+
+/// Writes every change of `buffer` into `tx`.
+fn write_buffer(tx: &redb::WriteTransaction, buffer: &Buffer) -> Result<()> {
+    for (name, changes) in buffer.tables() {
+        let mut table = tx.open_table(definition(name)).map_err(map_err)?;
+        if changes.cleared() {
+            // Not `delete_table`: see `DirectWrite::clear`.
+            table.retain(|_, _| false).map_err(map_err)?;
+        }
+        for (key, value) in changes.entries() {
+            match value {
+                Some(value) => drop(table.insert(key, value).map_err(map_err)?),
+                None => drop(table.remove(key).map_err(map_err)?),
+            }
+        }
+    }
+    Ok(())
+}
+
+impl RedbBackend {
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_buffered(&self) -> MutexGuard<'_, Arc<Buffer>> {
+        self.buffered.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The buffered deferred commits (`None` when there are none) and a redb snapshot that
+    /// together show the latest state.
+    ///
+    /// Both are taken under the buffer's lock. A flush commits the buffer to redb first
+    /// and empties it afterwards, so the snapshot is either the one before the buffer's
+    /// commit (the buffer supplies the changes) or the one after it (the buffer repeats
+    /// what redb already holds); the next flush waits for the writer lock, which the
+    /// first holds until the buffer is empty.
+    fn snapshot(&self) -> Result<(Option<Arc<Buffer>>, redb::ReadTransaction)> {
+        let shared = self.lock_buffered();
+        let buffered = (!shared.is_empty()).then(|| Arc::clone(&shared));
+        let tx = self.db.begin_read().map_err(map_err)?;
+        drop(shared);
+        Ok((buffered, tx))
+    }
+
+    /// Writes the buffered deferred commits into redb in one transaction, `durable` or not,
+    /// and empties the buffer. The caller holds the writer lock.
+    ///
+    /// A durable flush with an empty buffer still commits (an empty durable commit),
+    /// which persists earlier non-durable redb commits.
+    fn flush(&self, durable: bool) -> Result<()> {
+        let buffer = Arc::clone(&self.lock_buffered());
+        if buffer.is_empty() && !durable {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(map_err)?;
+        tx.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(map_err)?;
+        write_buffer(&tx, &buffer)?;
+        tx.commit().map_err(map_err)?;
+        *self.lock_buffered() = Arc::default();
+        // Durable: everything is. Non-durable: redb holds commits that need a sync.
+        self.dirty.store(!durable, Ordering::Release);
+        Ok(())
+    }
+
+    /// The number of bytes of deferred commits held in memory, about (for tests and
+    /// diagnostics).
+    pub fn buffered_bytes(&self) -> usize {
+        self.lock_buffered().bytes()
     }
 }
 
 impl Backend for RedbBackend {
     type Read<'a> = RedbRead;
-    type Write<'a> = RedbWrite;
+    type Write<'a> = RedbWrite<'a>;
 
     fn begin_read(&self) -> Result<RedbRead> {
-        Ok(RedbRead {
-            tx: self.db.begin_read().map_err(map_err)?,
-        })
+        let (buffered, tx) = self.snapshot()?;
+        Ok(RedbRead { buffered, tx })
     }
 
-    /// Runs `f` on the transaction where it was opened.
+    /// Runs `f` on the snapshot where it was taken.
     #[inline]
     fn with_read<R>(&self, f: impl FnOnce(&dyn ReadTransaction) -> Result<R>) -> Result<R> {
-        let tx = self.db.begin_read().map_err(map_err)?;
-        f(&ReadRef(&tx))
+        let (buffered, tx) = self.snapshot()?;
+        match buffered {
+            None => f(&tx),
+            Some(buffer) => f(&Snapshot {
+                buffered: Some(&buffer),
+                tx: &tx,
+            }),
+        }
     }
 
-    fn begin_write(&self) -> Result<RedbWrite> {
+    fn begin_write(&self) -> Result<RedbWrite<'_>> {
         self.begin_write_with(self.durability)
     }
 
-    fn begin_write_with(&self, durability: Durability) -> Result<RedbWrite> {
-        let mut tx = self.db.begin_write().map_err(map_err)?;
-        let durability = match durability {
-            Durability::Immediate => redb::Durability::Immediate,
+    fn begin_write_with(&self, durability: Durability) -> Result<RedbWrite<'_>> {
+        let writer = self.lock_writer();
+        match durability {
             Durability::Deferred => {
-                self.unsynced.store(true, Ordering::Release);
-                redb::Durability::None
+                let shared = self.lock_buffered();
+                let buffered = (!shared.is_empty()).then(|| Arc::clone(&shared));
+                drop(shared);
+                Ok(RedbWrite(WriteKind::Buffered(BufferedWrite {
+                    backend: self,
+                    buffered,
+                    committed: OnceCell::new(),
+                    changes: Buffer::default(),
+                    _writer: writer,
+                })))
             }
-        };
-        tx.set_durability(durability).map_err(map_err)?;
-        Ok(RedbWrite { tx })
+            Durability::Immediate => {
+                // Deferred commits come first: into redb, without a sync of their own (this
+                // transaction's durable commit persists them, or the next sync does).
+                self.flush(false)?;
+                let mut tx = self.db.begin_write().map_err(map_err)?;
+                tx.set_durability(redb::Durability::Immediate)
+                    .map_err(map_err)?;
+                Ok(RedbWrite(WriteKind::Direct(DirectWrite {
+                    backend: self,
+                    tx,
+                    _writer: writer,
+                })))
+            }
+        }
     }
 
-    /// An empty durable commit: redb persists the latest state, with every deferred commit
-    /// before it.
+    /// Writes the buffered deferred commits into redb in one durable commit (one
+    /// `fdatasync`); nothing when no commit since the last sync was deferred.
     fn sync(&self) -> Result<()> {
-        if !self.unsynced.swap(false, Ordering::AcqRel) {
+        if !self.dirty.load(Ordering::Acquire) {
             return Ok(());
         }
-        let result = self
-            .begin_write_with(Durability::Immediate)
-            .and_then(|tx| tx.commit());
-        if result.is_err() {
-            self.unsynced.store(true, Ordering::Release);
+        let _writer = self.lock_writer();
+        if !self.dirty.load(Ordering::Acquire) {
+            return Ok(());
         }
-        result
+        self.flush(true)
     }
 
     fn kind(&self) -> BackendKind {
         BackendKind::Redb
+    }
+}
+
+impl Drop for RedbBackend {
+    /// Writes the buffered deferred commits durably before redb closes the file.
+    fn drop(&mut self) {
+        if self.dirty.load(Ordering::Acquire) && !std::thread::panicking() {
+            let _ = self.flush(true);
+        }
     }
 }

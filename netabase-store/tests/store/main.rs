@@ -1,6 +1,7 @@
 //! Integration tests of the typed store, its backends and the DHT record store.
 
 mod basic;
+mod buffered;
 mod child;
 mod crash;
 mod faults;
