@@ -29,11 +29,13 @@ use std::time::Duration;
 #[cfg(any(feature = "async-std", feature = "smol"))]
 use futures::{FutureExt, future::BoxFuture};
 #[cfg(any(feature = "async-std", feature = "smol"))]
-use libp2p::core::upgrade::Version;
+use libp2p::core::{muxing::StreamMuxerBox, upgrade::Version};
 #[cfg(any(feature = "async-std", feature = "smol"))]
 use libp2p::swarm::NetworkBehaviour;
 #[cfg(any(feature = "async-std", feature = "smol"))]
 use libp2p::{Swarm, Transport, mdns, noise, yamux};
+#[cfg(any(feature = "async-std", feature = "smol"))]
+use netabase_swarm::UPGRADE_TIMEOUT;
 pub use netabase_swarm::{
     BootstrapResult, BuildError, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME,
     EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
@@ -53,10 +55,6 @@ pub use tcp::{TcpConfig, TcpTransport};
 const ASYNC_IO_TRANSPORTS: &[TransportKind] = &[TransportKind::Tcp];
 
 #[cfg(any(feature = "async-std", feature = "smol"))]
-/// How long the security and multiplexing handshakes of a new connection may take.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[cfg(any(feature = "async-std", feature = "smol"))]
 /// Builds the swarm for any async-io executor: TCP (with DNS names) upgraded with noise and
 /// yamux; connection tasks run on `spawn`.
 fn build_swarm_with<B: NetworkBehaviour + Send + 'static>(
@@ -72,7 +70,9 @@ fn build_swarm_with<B: NetworkBehaviour + Send + 'static>(
         .authenticate(noise)
         .multiplex(yamux::Config::default())
         .timeout(UPGRADE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
+    let transport = settings.measure(transport);
     let config = libp2p::swarm::Config::with_executor(
         move |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
             spawn(future)

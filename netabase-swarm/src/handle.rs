@@ -330,6 +330,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let behaviour = self.behaviour()?;
         let settings = TransportSettings {
             idle_connection_timeout: config.idle_connection_timeout,
+            metrics: config.metrics.clone(),
         };
         let swarm = R::build_swarm(self.inner.keypair.clone(), behaviour, &settings)?;
         let (tx, rx) = mpsc::channel(256);

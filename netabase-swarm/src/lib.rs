@@ -17,6 +17,7 @@
 //! timers, transports, mDNS) and names the handle, as `netabase-tokio` does with
 //! `netabase_tokio::Netabase<D>`.
 
+mod bandwidth;
 mod behaviour;
 mod carrier;
 mod config;
@@ -31,6 +32,7 @@ pub mod metrics;
 mod protocol;
 mod runtime;
 
+pub use bandwidth::NodeTransport;
 pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
 pub use error::NetabaseError;
 pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
@@ -41,7 +43,7 @@ pub use handle::{
 pub use identity::load_or_create as load_or_create_identity;
 pub use metrics::NodeMetrics;
 pub use protocol::StreamError;
-pub use runtime::{BuildError, Runtime, Sleep, TransportKind, TransportSettings};
+pub use runtime::{BuildError, Runtime, Sleep, TransportKind, TransportSettings, UPGRADE_TIMEOUT};
 
 pub use libp2p;
 pub use libp2p::identity::Keypair;

@@ -18,6 +18,7 @@
 //! | `netabase_store_records` | gauge | | records in the node's DHT store |
 //! | `netabase_store_provider_records` | gauge | | provider records held, over all keys |
 //! | `netabase_store_provided_keys` | gauge | | keys this node provides |
+//! | `libp2p_bandwidth_bytes_total` | counter | `protocols`, `direction` | bytes the node's connections carried, by transport protocol stack (e.g. `/ip4/tcp`) and direction (libp2p's own bandwidth transport) |
 //! | `libp2p_*` | | | libp2p's own metrics ([`libp2p::metrics`]): connections, dial and listen errors, identify, ping round trips |
 //!
 //! Label values:
@@ -60,6 +61,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::bandwidth::{Bandwidth, NodeTransport};
 use crate::protocol::StreamError;
 
 /// Labels of `netabase_operations_total` and `netabase_query_duration_seconds`.
@@ -111,6 +113,7 @@ struct Inner {
     store_provider_records: Gauge,
     store_provided_keys: Gauge,
     libp2p: Libp2pMetrics,
+    bandwidth: Bandwidth,
 }
 
 /// The metrics one node updates: counters and histograms of its operations, messages and
@@ -132,6 +135,7 @@ impl NodeMetrics {
     /// `netabase`, libp2p's under `libp2p`.
     pub fn register(registry: &mut Registry) -> Self {
         let libp2p = Libp2pMetrics::new(registry);
+        let bandwidth = Bandwidth::register(registry);
         let r = registry.sub_registry_with_prefix("netabase");
         let operations = Family::default();
         r.register(
@@ -197,8 +201,17 @@ impl NodeMetrics {
                 store_provider_records,
                 store_provided_keys,
                 libp2p,
+                bandwidth,
             }),
         }
+    }
+
+    /// `transport`, with the bytes its connections carry counted in
+    /// `libp2p_bandwidth_bytes_total`. A [`Runtime`](crate::Runtime) calls this on the
+    /// transport it builds for a node with these metrics (see
+    /// [`TransportSettings::measure`](crate::TransportSettings::measure)).
+    pub fn measure_transport(&self, transport: NodeTransport) -> NodeTransport {
+        self.inner.bandwidth.measure(transport)
     }
 
     pub(crate) fn operation(&self, operation: &'static str, outcome: &'static str) {

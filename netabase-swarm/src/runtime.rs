@@ -9,14 +9,33 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Multiaddr, PeerId, Swarm, mdns};
 
+use crate::bandwidth::NodeTransport;
+use crate::metrics::NodeMetrics;
+
 /// A timer factory: a future that completes after the given duration.
 pub type Sleep = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// How long the security and multiplexing handshakes of a new connection may take.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Settings the runtime's transport stack needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TransportSettings {
     /// How long a connection without streams stays open.
     pub idle_connection_timeout: Duration,
+    /// The node's metrics, whose bandwidth counters measure the transport.
+    pub metrics: Option<NodeMetrics>,
+}
+
+impl TransportSettings {
+    /// The transport the swarm runs on: `transport`, measured by the node's bandwidth
+    /// counters when it has metrics.
+    pub fn measure(&self, transport: NodeTransport) -> NodeTransport {
+        match &self.metrics {
+            Some(m) => m.measure_transport(transport),
+            None => transport,
+        }
+    }
 }
 
 /// A transport a runtime listens and dials on, as told by the shape of an address.

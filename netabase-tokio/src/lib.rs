@@ -18,14 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use libp2p::core::{muxing::StreamMuxerBox, upgrade::Version};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Swarm, SwarmBuilder, mdns, noise, tcp, yamux};
+use libp2p::{Swarm, Transport, dns, mdns, noise, quic, tcp, yamux};
 pub use netabase_swarm::{
     BootstrapResult, BuildError, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME,
     EventError, EventSubscriber, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, IPFS_PROTOCOL_NAME,
     Keypair, Mode, Multiaddr, NetabaseConfig, NetabaseError, NetabaseEvent, NetabaseStats, PeerId,
     ProviderInfo, ProvidingResult, PutRecordResult, QueryError, QueryKind, QueryStats, Quorum,
-    RecordKey, Runtime, StorageBackend, StreamError, TransportKind, TransportSettings, libp2p,
+    RecordKey, Runtime, StorageBackend, StreamError, TransportKind, TransportSettings,
+    UPGRADE_TIMEOUT, libp2p,
 };
 
 /// The tokio runtime: the node's driver on a thread of its own (on a multi-threaded
@@ -96,22 +98,31 @@ impl Runtime for TokioRuntime {
         behaviour: B,
         settings: &TransportSettings,
     ) -> Result<Swarm<B>, BuildError> {
-        let idle = settings.idle_connection_timeout;
-        Ok(SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| BuildError(format!("TCP transport: {e}")))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| BuildError(format!("DNS transport: {e}")))?
-            .with_behaviour(|_| behaviour)
-            .map_err(|e| BuildError(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build())
+        // Composed by hand rather than with `SwarmBuilder`, so that the node's bandwidth
+        // counters, registered before the swarm exists, can measure the transport.
+        let noise = noise::Config::new(&keypair)
+            .map_err(|e| BuildError(format!("noise handshake: {e}")))?;
+        let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(UPGRADE_TIMEOUT)
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        let quic = quic::tokio::Transport::new(quic::Config::new(&keypair))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        let transport = dns::tokio::Transport::system(
+            tcp.or_transport(quic).map(|either, _| either.into_inner()),
+        )
+        .map_err(|e| BuildError(format!("DNS transport: {e}")))?
+        .boxed();
+        let config = libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(settings.idle_connection_timeout);
+        Ok(Swarm::new(
+            settings.measure(transport),
+            behaviour,
+            keypair.public().to_peer_id(),
+            config,
+        ))
     }
 
     fn mdns(local: PeerId, config: mdns::Config) -> Result<Self::Mdns, BuildError> {

@@ -97,11 +97,24 @@ fn three_nodes_put_on_one_get_from_another_and_count_it_in_their_metrics() {
             "netabase_messages_total",
             "libp2p_swarm_connections_established_total",
             "libp2p_identify_received_total",
+            "libp2p_bandwidth_bytes_total",
         ] {
             assert!(
                 sample(m, metric).unwrap_or(0.0) > 0.0,
                 "{name}: {metric} is zero\n{m}"
             );
+        }
+        // libp2p's bandwidth counters measure the node's connections both ways.
+        for direction in ["Inbound", "Outbound"] {
+            let bytes: f64 = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("libp2p_bandwidth_bytes_total{")
+                        && l.contains(&format!("direction=\"{direction}\""))
+                })
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            assert!(bytes > 0.0, "{name}: no {direction} bytes counted\n{m}");
         }
         assert!(m.trim_end().ends_with("# EOF"), "{name}: not OpenMetrics");
     }
