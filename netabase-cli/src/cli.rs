@@ -546,23 +546,29 @@ fn describe(command: &Command, value: Value) -> Result<Done, ClientError> {
         ),
         Command::Mode | Command::SetMode { .. } => decode::<ModeName>(&value)?.to_string(),
         Command::Stats => {
-            let s: StatsReply = decode(&value)?;
+            let StatsReply {
+                counters: c,
+                connected_peers,
+                routing_table_peers,
+                local_raw_records,
+                local_documents,
+            } = decode(&value)?;
             [
-                ("local raw records", s.local_raw_records),
-                ("local documents", s.local_documents),
-                ("connected peers", s.connected_peers as u64),
-                ("routing table peers", s.routing_table_peers as u64),
-                ("requests sent", s.requests_sent),
-                ("responses received", s.responses_received),
-                ("requests failed", s.requests_failed),
-                ("requests timed out", s.requests_timed_out),
-                ("unexpected responses", s.unexpected_responses),
-                ("mismatched responses", s.mismatched_responses),
-                ("inbound requests", s.inbound_requests),
-                ("inbound rejected", s.inbound_rejected),
-                ("invalid records", s.invalid_records),
-                ("inbound stream failures", s.inbound_stream_failures),
-                ("queries finished", s.queries_finished),
+                ("local raw records", local_raw_records),
+                ("local documents", local_documents),
+                ("connected peers", connected_peers as u64),
+                ("routing table peers", routing_table_peers as u64),
+                ("requests sent", c.requests_sent),
+                ("responses received", c.responses_received),
+                ("requests failed", c.requests_failed),
+                ("requests timed out", c.requests_timed_out),
+                ("unexpected responses", c.unexpected_responses),
+                ("mismatched responses", c.mismatched_responses),
+                ("inbound requests", c.inbound_requests),
+                ("inbound rejected", c.inbound_rejected),
+                ("invalid records", c.invalid_records),
+                ("inbound stream failures", c.inbound_stream_failures),
+                ("queries finished", c.queries_finished),
             ]
             .iter()
             .map(|(name, v)| format!("{name:<24} {v}"))

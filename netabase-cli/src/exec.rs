@@ -10,8 +10,9 @@ use tracing::Instrument;
 
 use crate::models::{CliDefinition, Document, DocumentPrimaryKey, Raw, RawPrimaryKey};
 use crate::protocol::{
-    BootstrapReply, Command, DocRecord, HexError, InfoReply, LocalRecord, ModeName, Output,
-    ProvideReply, ProviderEntry, PutReply, RawRecord, Removed, Request, StatsReply, hex, unhex,
+    BootstrapReply, Command, DocRecord, HexError, InfoReply, LocalRecord, ModeName, NodeCounters,
+    Output, ProvideReply, ProviderEntry, PutReply, RawRecord, Removed, Request, StatsReply, hex,
+    unhex,
 };
 
 /// Why a command's arguments were refused before anything was done.
@@ -333,19 +334,8 @@ async fn run(ctx: &Context, command: Command) -> Result<Value, ExecError> {
         Command::Stats => {
             let stats = node.stats().await?;
             let store = node.local_store()?;
-            let kad = stats.kad;
             serde_json::to_value(StatsReply {
-                requests_sent: kad.requests_sent,
-                responses_received: kad.responses_received,
-                requests_failed: kad.requests_failed,
-                requests_timed_out: kad.requests_timed_out,
-                unexpected_responses: kad.unexpected_responses,
-                mismatched_responses: kad.mismatched_responses,
-                inbound_requests: kad.inbound_requests,
-                inbound_rejected: kad.inbound_rejected,
-                invalid_records: kad.invalid_records,
-                inbound_stream_failures: stats.inbound_stream_failures,
-                queries_finished: kad.queries_finished,
+                counters: NodeCounters::from(&stats),
                 connected_peers: node.connected_peers().await?.len(),
                 routing_table_peers: node.routing_table_peers().await?.len(),
                 local_raw_records: store.count::<Raw>().map_err(NetabaseError::from)?,

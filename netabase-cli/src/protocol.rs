@@ -430,18 +430,18 @@ pub struct BootstrapReply {
     pub requests: u32,
 }
 
-/// The node's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsReply {
+/// The Kademlia core's and the carrier's counters of a node (part of [`StatsReply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeCounters {
     /// Outbound DHT requests sent.
     pub requests_sent: u64,
-    /// Answers received.
+    /// Answers received for live requests.
     pub responses_received: u64,
     /// Outbound requests that failed or timed out.
     pub requests_failed: u64,
     /// Of which timed out.
     pub requests_timed_out: u64,
-    /// Late or duplicate answers.
+    /// Answers for unknown or finished requests (late or duplicate).
     pub unexpected_responses: u64,
     /// Answers of the wrong kind.
     pub mismatched_responses: u64,
@@ -455,6 +455,32 @@ pub struct StatsReply {
     pub inbound_stream_failures: u64,
     /// Queries finished.
     pub queries_finished: u64,
+}
+
+impl From<&netabase::NetabaseStats> for NodeCounters {
+    fn from(s: &netabase::NetabaseStats) -> Self {
+        NodeCounters {
+            requests_sent: s.kad.requests_sent,
+            responses_received: s.kad.responses_received,
+            requests_failed: s.kad.requests_failed,
+            requests_timed_out: s.kad.requests_timed_out,
+            unexpected_responses: s.kad.unexpected_responses,
+            mismatched_responses: s.kad.mismatched_responses,
+            inbound_requests: s.kad.inbound_requests,
+            inbound_rejected: s.kad.inbound_rejected,
+            invalid_records: s.kad.invalid_records,
+            inbound_stream_failures: s.inbound_stream_failures,
+            queries_finished: s.kad.queries_finished,
+        }
+    }
+}
+
+/// The node's counters and sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The protocol counters (flattened: one JSON object with the fields below).
+    #[serde(flatten)]
+    pub counters: NodeCounters,
     /// Peers with an open connection.
     pub connected_peers: usize,
     /// Peers in the routing table.

@@ -260,50 +260,9 @@ pub struct PeersReply {
     pub routing_table: Vec<String>,
 }
 
-/// The reply to [`Command::Stats`]: the Kademlia core's counters and the carrier's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct StatsReply {
-    /// Outbound requests sent.
-    pub requests_sent: u64,
-    /// Answers received for live requests.
-    pub responses_received: u64,
-    /// Outbound requests that failed or timed out.
-    pub requests_failed: u64,
-    /// Of which timed out.
-    pub requests_timed_out: u64,
-    /// Answers for unknown or finished requests.
-    pub unexpected_responses: u64,
-    /// Answers of the wrong kind.
-    pub mismatched_responses: u64,
-    /// Inbound requests handled.
-    pub inbound_requests: u64,
-    /// Inbound requests refused.
-    pub inbound_rejected: u64,
-    /// Records from the network that failed validation.
-    pub invalid_records: u64,
-    /// Queries finished.
-    pub queries_finished: u64,
-    /// Inbound streams that failed before delivering a request.
-    pub inbound_stream_failures: u64,
-}
-
-impl From<&netabase::NetabaseStats> for StatsReply {
-    fn from(s: &netabase::NetabaseStats) -> Self {
-        StatsReply {
-            requests_sent: s.kad.requests_sent,
-            responses_received: s.kad.responses_received,
-            requests_failed: s.kad.requests_failed,
-            requests_timed_out: s.kad.requests_timed_out,
-            unexpected_responses: s.kad.unexpected_responses,
-            mismatched_responses: s.kad.mismatched_responses,
-            inbound_requests: s.kad.inbound_requests,
-            inbound_rejected: s.kad.inbound_rejected,
-            invalid_records: s.kad.invalid_records,
-            queries_finished: s.kad.queries_finished,
-            inbound_stream_failures: s.inbound_stream_failures,
-        }
-    }
-}
+/// The reply to [`Command::Stats`]: the Kademlia core's counters and the carrier's (the
+/// counters of the `netabase` command's stats).
+pub use netabase_cli::protocol::NodeCounters as StatsReply;
 
 /// An event of the node ([`NetabaseEvent`] with peer ids, addresses and keys as strings;
 /// keys are hex).
