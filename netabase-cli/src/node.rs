@@ -186,12 +186,16 @@ pub fn run(args: NodeArgs) -> ExitCode {
 }
 
 /// Standard output, written by one thread so that lines from concurrent commands never
-/// interleave and a slow reader never blocks the node.
-#[derive(Clone)]
-pub(crate) struct Out(std::sync::mpsc::Sender<Option<String>>);
+/// interleave and a slow reader never blocks the node. Cheap to clone (clones write to the
+/// same thread).
+#[derive(Clone, Debug)]
+pub struct Out(std::sync::mpsc::Sender<Option<String>>);
 
 impl Out {
-    fn start() -> (Out, std::thread::JoinHandle<()>) {
+    /// Starts the writer thread; it ends at [`close`](Out::close) (once every line sent
+    /// before is written) or when standard output fails (nobody reads it any more: the
+    /// node goes on, and lines sent after that are dropped).
+    pub fn start() -> (Out, std::thread::JoinHandle<()>) {
         let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
         let writer = std::thread::spawn(move || {
             let stdout = std::io::stdout();
@@ -202,7 +206,6 @@ impl Out {
                     .and_then(|()| stdout.write_all(b"\n"))
                     .and_then(|()| stdout.flush());
                 if written.is_err() {
-                    // Nobody reads standard output any more; the node goes on.
                     return;
                 }
             }
@@ -210,11 +213,13 @@ impl Out {
         (Out(tx), writer)
     }
 
-    pub(crate) fn line(&self, line: String) {
+    /// Writes `line` and a newline, and flushes.
+    pub fn line(&self, line: String) {
         let _ = self.0.send(Some(line));
     }
 
-    fn close(&self) {
+    /// Ends the writer thread after the lines sent so far.
+    pub fn close(&self) {
         let _ = self.0.send(None);
     }
 }

@@ -1,7 +1,7 @@
 //! `netabase-test-node`: one Netabase node driven over standard input and output with JSON
 //! lines (see the library documentation for the line formats). Logs go to standard error.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -150,42 +150,21 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
     Ok(config)
 }
 
-/// What the writer thread is told.
-enum ToWriter {
-    Line(String),
-    Close,
-}
-
 /// Standard output, shared by every task: lines go to one thread that writes and flushes
-/// each, so that lines never interleave and a slow reader never blocks the node.
+/// each (the `netabase` command's writer), so that lines never interleave and a slow
+/// reader never blocks the node.
 #[derive(Clone)]
-struct Out(std::sync::mpsc::Sender<ToWriter>);
+struct Out(netabase_cli::node::Out);
 
 impl Out {
     fn start() -> (Out, std::thread::JoinHandle<()>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let writer = std::thread::spawn(move || {
-            let stdout = std::io::stdout();
-            let mut stdout = stdout.lock();
-            while let Ok(ToWriter::Line(line)) = rx.recv() {
-                let written = stdout
-                    .write_all(line.as_bytes())
-                    .and_then(|()| stdout.write_all(b"\n"))
-                    .and_then(|()| stdout.flush());
-                if written.is_err() {
-                    // The reader is gone; nobody is left to tell.
-                    return;
-                }
-            }
-        });
-        (Out(tx), writer)
+        let (out, writer) = netabase_cli::node::Out::start();
+        (Out(out), writer)
     }
 
     fn send(&self, output: &Output) {
         match serde_json::to_string(output) {
-            Ok(line) => {
-                let _ = self.0.send(ToWriter::Line(line));
-            }
+            Ok(line) => self.0.line(line),
             Err(e) => eprintln!("netabase-test-node: cannot encode output: {e}"),
         }
     }
@@ -314,7 +293,7 @@ async fn serve<R: Runtime>(config: NetabaseConfig, runtime: &str) -> Result<(), 
         out.reply(id, stopped.clone().map(|()| Value::Null));
     }
     // Everything sent so far is written before the writer ends.
-    let _ = out.0.send(ToWriter::Close);
+    out.0.close();
     let _ = writer.join();
     stopped
 }
