@@ -34,11 +34,16 @@
 //! # Secondary-index entries
 //!
 //! One index table per model; an entry's key is
-//! `index (u16) ++ value bytes ++ primary-key bytes ++ primary-key length (u32)` and its
-//! value is empty. Value and primary-key bytes are the order-preserving key encoding, so a
-//! lookup is a prefix scan over `index ++ value bytes` and returns records in primary-key
-//! order; the trailing length lets a reader check that an entry holds exactly the value
-//! looked up and recover the primary key.
+//! `index tag ++ value bytes ++ primary-key bytes ++ primary-key length` and its value is
+//! empty ([`INDEX_FORMAT`] 2). The index tag is the secondary key's position, one byte
+//! below `0x80` (else `0x80` and the position as a big-endian `u16`); the length is one
+//! byte below `0xFF` (else the length as a big-endian `u32` and `0xFF`). Value and
+//! primary-key bytes are the order-preserving key encoding, so a lookup is a prefix scan
+//! over `index tag ++ value bytes` and returns records in primary-key order; the trailing
+//! length lets a reader check that an entry holds exactly the value looked up and recover
+//! the primary key. An entry is then 2 bytes longer than its value and primary-key bytes
+//! for the first 128 secondary keys of a model and primary keys below 255 bytes (index
+//! format 1 had a two-byte index and a four-byte length: 6).
 
 use netabase_core::model::bincode_config;
 use serde::Serialize;
@@ -243,48 +248,91 @@ fn other_version(version: u32, expected: u32) -> String {
     format!("value was written with schema version {version}, the store is at {expected}")
 }
 
-/// `index ++ value` : the prefix of all index entries of one secondary-key value.
+/// The index-entry layout this code writes and reads. Stores of layout 1 (a `u16` index in
+/// front and a `u32` length behind) have their indexes rebuilt when they are opened.
+pub const INDEX_FORMAT: u8 = 2;
+
+/// The index tag of secondary key `index`: one byte below `0x80`, else `0x80` and the
+/// index as a big-endian `u16` (no tag is a prefix of another, and tags sort like indexes).
+#[inline]
+fn write_index_tag(out: &mut Vec<u8>, index: u16) {
+    if index < 0x80 {
+        out.push(index as u8);
+    } else {
+        out.push(0x80);
+        out.extend_from_slice(&index.to_be_bytes());
+    }
+}
+
+/// `index tag ++ value`: the prefix of all index entries of one secondary-key value.
 #[cfg(test)]
 pub(crate) fn index_prefix(index: u16, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + value.len() + 16);
+    let mut out = Vec::with_capacity(3 + value.len() + 16);
     write_index_prefix(&mut out, index, value);
     out
 }
 
 /// Appends [`index_prefix`] to `out`.
+#[inline]
 pub(crate) fn write_index_prefix(out: &mut Vec<u8>, index: u16, value: &[u8]) {
-    out.extend_from_slice(&index.to_be_bytes());
+    write_index_tag(out, index);
     out.extend_from_slice(value);
 }
 
 /// The key of the index entry of secondary key (`index`, `value`) of record `pk`.
 pub(crate) fn index_key(index: u16, value: &[u8], pk: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + value.len() + pk.len() + 4);
+    let mut out = Vec::with_capacity(3 + value.len() + pk.len() + 5);
     write_index_key(&mut out, index, value, pk);
     out
 }
 
-/// Appends [`index_key`] to `out`.
+/// Appends [`index_key`] to `out`: `index tag ++ value ++ pk ++ pk length`, the length one
+/// byte when it is below `0xFF`, else the length as a big-endian `u32` followed by `0xFF`.
+#[inline]
 pub(crate) fn write_index_key(out: &mut Vec<u8>, index: u16, value: &[u8], pk: &[u8]) {
     write_index_prefix(out, index, value);
     out.extend_from_slice(pk);
-    // Primary keys longer than 4 GiB cannot be stored by any backend anyway.
-    out.extend_from_slice(&(pk.len() as u32).to_be_bytes());
+    match u8::try_from(pk.len()) {
+        Ok(len) if len < 0xFF => out.push(len),
+        // Primary keys longer than 4 GiB cannot be stored by any backend anyway.
+        _ => {
+            out.extend_from_slice(&(pk.len() as u32).to_be_bytes());
+            out.push(0xFF);
+        }
+    }
+}
+
+/// The primary key of an index entry and the length of the entry's trailer, if the entry is
+/// well formed.
+#[inline]
+fn index_entry_parts(key: &[u8]) -> Option<(&[u8], usize)> {
+    let (&last, rest) = key.split_last()?;
+    let (len, rest) = if last < 0xFF {
+        (usize::from(last), rest)
+    } else {
+        let (rest, len) = rest.split_last_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len < 0xFF {
+            return None;
+        }
+        (len, rest)
+    };
+    let start = rest.len().checked_sub(len)?;
+    // At least the one-byte index tag in front.
+    (start >= 1).then(|| (&rest[start..], key.len() - rest.len()))
 }
 
 /// The primary key of an index entry, if the entry is well formed.
 pub(crate) fn index_entry_pk(key: &[u8]) -> Option<&[u8]> {
-    let split = key.len().checked_sub(4)?;
-    let len = u32::from_be_bytes(key[split..].try_into().ok()?) as usize;
-    let start = split.checked_sub(len)?;
-    (start >= 2).then(|| &key[start..split])
+    index_entry_parts(key).map(|(pk, _)| pk)
 }
 
 /// The primary key of an index entry found under `prefix`, if the entry holds exactly the
 /// value of the prefix (and not a longer value that happens to start with it).
+#[inline]
 pub(crate) fn index_entry_pk_exact<'k>(prefix: &[u8], key: &'k [u8]) -> Option<&'k [u8]> {
-    let pk = index_entry_pk(key)?;
-    (key.len() == prefix.len() + pk.len() + 4).then_some(pk)
+    let (pk, trailer) = index_entry_parts(key)?;
+    (key.len() == prefix.len() + pk.len() + trailer).then_some(pk)
 }
 
 #[cfg(test)]
@@ -383,6 +431,7 @@ mod tests {
     #[test]
     fn index_entries_give_back_their_primary_key() {
         let key = index_key(1, b"alice\0\0", b"\0\0\0\x07");
+        assert_eq!(key, b"\x01alice\0\0\0\0\0\x07\x04");
         assert_eq!(index_entry_pk(&key), Some(&b"\0\0\0\x07"[..]));
         let prefix = index_prefix(1, b"alice\0\0");
         assert!(key.starts_with(&prefix));
@@ -392,6 +441,31 @@ mod tests {
         );
         assert_eq!(index_entry_pk_exact(&index_prefix(1, b"ali"), &key), None);
         assert_eq!(index_entry_pk(b"\0"), None);
-        assert_eq!(index_entry_pk(b"\0\0\0\0\0\x09"), None);
+        assert_eq!(index_entry_pk(b"\x05"), None);
+        assert_eq!(index_entry_pk(b"\x01ab\x09"), None);
+        // A long length that would fit the short form is malformed.
+        assert_eq!(index_entry_pk(b"\x01abcd\0\0\0\x04\xFF"), None);
+        assert_eq!(index_entry_pk(b"\0\0\xFF"), None);
+    }
+
+    #[test]
+    fn index_entries_of_every_size_round_trip_and_sort_by_index() {
+        let mut keys = Vec::new();
+        for index in [0u16, 1, 0x7F, 0x80, 0x81, 0x100, 0x7FFF, 0xFFFF] {
+            for pk_len in [0usize, 1, 8, 0xFE, 0xFF, 0x100, 1000] {
+                let pk: Vec<u8> = (0..pk_len).map(|i| (i * 7) as u8).collect();
+                for value in [&b""[..], b"v\0\0", b"\xFF\xFF"] {
+                    let key = index_key(index, value, &pk);
+                    let prefix = index_prefix(index, value);
+                    assert!(key.starts_with(&prefix));
+                    assert_eq!(index_entry_pk(&key), Some(&pk[..]), "{index} {pk_len}");
+                    assert_eq!(index_entry_pk_exact(&prefix, &key), Some(&pk[..]));
+                    keys.push((index, key));
+                }
+            }
+        }
+        // Entries of a lower index sort before every entry of a higher one.
+        keys.sort_by(|a, b| a.1.cmp(&b.1));
+        assert!(keys.windows(2).all(|w| w[0].0 <= w[1].0));
     }
 }

@@ -47,6 +47,10 @@ use crate::store::Store;
 const META_DEFINITION: &[u8] = b"definition";
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_FORMAT: &[u8] = b"value_format";
+const META_INDEX: &[u8] = b"index_format";
+
+/// The index formats this code can open: its own, and format 1, whose indexes are rebuilt.
+const READABLE_INDEX_FORMATS: [u8; 2] = [1, codec::INDEX_FORMAT];
 
 /// One migration step: the payload in the old shape to the payload in the next shape.
 type Step = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
@@ -235,6 +239,18 @@ fn stored_version<D: NetabaseDefinition, T: ReadTransaction>(tx: &T) -> Result<O
             ),
         ));
     }
+    let index = tx.get(META_TABLE, META_INDEX)?;
+    if let Some(index) = index
+        && !matches!(&index[..], [f] if READABLE_INDEX_FORMATS.contains(f))
+    {
+        return Err(meta_corrupt(
+            META_INDEX,
+            format!(
+                "index format {index:?} is not supported (this build reads formats \
+                 {READABLE_INDEX_FORMATS:?})"
+            ),
+        ));
+    }
     let version = tx
         .get(META_TABLE, META_SCHEMA)?
         .ok_or_else(|| meta_corrupt(META_SCHEMA, "missing"))?;
@@ -248,6 +264,7 @@ fn stored_version<D: NetabaseDefinition, T: ReadTransaction>(tx: &T) -> Result<O
 fn write_meta<D: NetabaseDefinition, T: WriteTransaction>(tx: &mut T) -> Result<()> {
     tx.put(META_TABLE, META_DEFINITION, D::NAME.as_bytes())?;
     tx.put(META_TABLE, META_FORMAT, &[codec::VALUE_FORMAT])?;
+    tx.put(META_TABLE, META_INDEX, &[codec::INDEX_FORMAT])?;
     tx.put(META_TABLE, META_SCHEMA, &D::SCHEMA_VERSION.to_be_bytes())
 }
 
@@ -258,20 +275,31 @@ fn initialise<D: NetabaseDefinition, B: Backend>(
     let _guard = store.guard()?;
     let backend = store.backend();
     let current = D::SCHEMA_VERSION;
-    let (stored, format) = {
+    let (stored, formats) = {
         let tx = backend.begin_read()?;
         (
             stored_version::<D, _>(&tx)?,
-            tx.get(META_TABLE, META_FORMAT)?,
+            (
+                tx.get(META_TABLE, META_FORMAT)?,
+                tx.get(META_TABLE, META_INDEX)?,
+            ),
         )
     };
+    let current_formats = (
+        Some(vec![codec::VALUE_FORMAT]),
+        Some(vec![codec::INDEX_FORMAT]),
+    );
     match stored {
-        // A store of an older value format: from now on it holds values of the current
-        // format too, which builds that read only the older one must refuse as a whole
-        // rather than report record by record.
-        Some(stored) if stored == current && format.as_deref() != Some(&[codec::VALUE_FORMAT]) => {
+        // A store written by an older build: its indexes are rebuilt in the current index
+        // format, and it is marked as holding values of the current format too (which
+        // builds that read only older formats then refuse as a whole, rather than record
+        // by record).
+        Some(stored) if stored == current && formats != current_formats => {
             let mut tx = backend.begin_write()?;
-            tx.put(META_TABLE, META_FORMAT, &[codec::VALUE_FORMAT])?;
+            if formats.1 != current_formats.1 {
+                rebuild_indexes::<D, _>(&mut tx)?;
+            }
+            write_meta::<D, _>(&mut tx)?;
             tx.commit()
         }
         Some(stored) if stored == current => Ok(()),
@@ -295,6 +323,31 @@ fn initialise<D: NetabaseDefinition, B: Backend>(
             tx.commit()
         }
     }
+}
+
+/// Rebuilds every secondary index from the records. A record that does not decode keeps no
+/// index entries (reading it reports it as corrupt, and writing over it repairs it).
+fn rebuild_indexes<D: NetabaseDefinition, T: WriteTransaction>(tx: &mut T) -> Result<()> {
+    let tables = Tables::of::<D>();
+    for (i, t) in tables.all().iter().enumerate() {
+        let model = ModelId::try_from(i).map_err(|_| ModelError::UnknownModel(ModelId::MAX))?;
+        let mut entries = Vec::new();
+        tx.scan(&t.records, FULL_RANGE, &mut |pk, bytes| {
+            let keys = codec::open_version(bytes, D::SCHEMA_VERSION)
+                .ok()
+                .and_then(|payload| D::decode_model(model, payload).ok())
+                .and_then(|value| value.secondary_key_bytes().ok());
+            for (index, value) in keys.into_iter().flatten() {
+                entries.push(codec::index_key(index, &value, pk));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        tx.clear(&t.index)?;
+        for key in entries {
+            tx.put(&t.index, &key, &[])?;
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites every record at the current schema version and rebuilds every index.

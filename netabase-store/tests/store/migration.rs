@@ -400,8 +400,9 @@ fn format_1(version: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Rewrites every record of the closed store at `place` in value format 1 and marks the
-/// store as format 1, as a store written before format 2 looks.
+/// Rewrites every record of the closed store at `place` in value format 1 and every index
+/// entry in index format 1 (`index (u16) ++ value ++ pk ++ pk length (u32)`), and marks the
+/// store as format 1 with no index format, as a store written before format 2 looks.
 fn downgrade_to_format_1(place: &Place) {
     use netabase_store::backend::{Backend, ReadTransaction, WriteTransaction};
     use std::ops::ControlFlow;
@@ -428,9 +429,54 @@ fn downgrade_to_format_1(place: &Place) {
             tx.put(&table, &key, &format_1(version, payload)).unwrap();
         }
     }
+    for model in ["Note", "Tag"] {
+        let table = netabase_store::index_table(model);
+        let mut entries = Vec::new();
+        tx.scan(
+            &table,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            &mut |k, _| {
+                entries.push(k.to_vec());
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .unwrap();
+        tx.clear(&table).unwrap();
+        for entry in entries {
+            // Index format 2 with a one-byte tag and a one-byte length.
+            let (&index, rest) = entry.split_first().unwrap();
+            let (&len, middle) = rest.split_last().unwrap();
+            let mut old = vec![0, index];
+            old.extend_from_slice(middle);
+            old.extend_from_slice(&u32::from(len).to_be_bytes());
+            tx.put(&table, &old, &[]).unwrap();
+        }
+    }
     tx.put(netabase_store::META_TABLE, b"value_format", &[1])
         .unwrap();
+    tx.delete(netabase_store::META_TABLE, b"index_format")
+        .unwrap();
     tx.commit().unwrap();
+}
+
+/// The raw keys of the index entries of notes.
+fn note_index_entries(store: &Store<v1::NotesDefinition>) -> Vec<Vec<u8>> {
+    use netabase_store::backend::ReadTransaction;
+    use std::ops::ControlFlow;
+    let mut entries = Vec::new();
+    store
+        .read(|tx| {
+            tx.raw().scan(
+                &netabase_store::index_table("Note"),
+                (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+                &mut |k, _| {
+                    entries.push(k.to_vec());
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+        })
+        .unwrap();
+    entries
 }
 
 fn value_format(store: &Store<v1::NotesDefinition>) -> Option<Vec<u8>> {
@@ -448,6 +494,17 @@ fn a_store_of_value_format_1_reads_and_is_marked_as_format_2() {
         let store = place.open::<v1::NotesDefinition>().unwrap();
         // Builds that read only format 1 now refuse the store as a whole.
         assert_eq!(value_format(&store), Some(vec![2]), "{kind:?}");
+        // The index was rebuilt in index format 2: tag 0, the title, the id, its length.
+        let mut expected = Vec::new();
+        for (id, title) in [(1u64, "a"), (2, "bb"), (3, "a")] {
+            let mut entry = vec![0];
+            entry.extend_from_slice(&netabase_store::core::model::encode_key(title).unwrap());
+            entry.extend_from_slice(&id.to_be_bytes());
+            entry.push(8);
+            expected.push(entry);
+        }
+        expected.sort();
+        assert_eq!(note_index_entries(&store), expected, "{kind:?}");
         assert_eq!(
             store.get(&v1::NotePrimaryKey(2)).unwrap(),
             Some(v1::Note {
@@ -531,6 +588,21 @@ fn a_damaged_format_1_value_is_corrupt_and_an_unknown_format_is_refused() {
         Err(StoreError::Corrupt { reason, .. }) => {
             assert!(
                 reason.contains("value format [9] is not supported"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected the store to be refused, got {other:?}"),
+    }
+    let mut tx = backend.begin_write().unwrap();
+    tx.put(netabase_store::META_TABLE, b"value_format", &[2])
+        .unwrap();
+    tx.put(netabase_store::META_TABLE, b"index_format", &[3])
+        .unwrap();
+    tx.commit().unwrap();
+    match place.open::<v1::NotesDefinition>() {
+        Err(StoreError::Corrupt { reason, .. }) => {
+            assert!(
+                reason.contains("index format [3] is not supported"),
                 "{reason}"
             )
         }
