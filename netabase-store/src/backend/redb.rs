@@ -73,6 +73,10 @@ pub struct RedbBackend {
     writer: Mutex<()>,
     /// Deferred commits not yet written into redb.
     buffered: Mutex<Arc<Buffer>>,
+    /// Whether `buffered` holds anything, set and cleared under its lock: a reader that
+    /// finds it clear takes its redb snapshot without that lock (see
+    /// [`RedbBackend::snapshot`]).
+    has_buffered: AtomicBool,
     /// Set when something is not durable yet: a deferred commit in the buffer, or a
     /// non-durable redb commit. Changed only by the holder of the writer lock.
     dirty: AtomicBool,
@@ -116,6 +120,7 @@ impl RedbBackend {
             buffer_limit: options.buffer_limit,
             writer: Mutex::new(()),
             buffered: Mutex::default(),
+            has_buffered: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
         })
     }
@@ -474,7 +479,10 @@ impl BufferedWrite<'_> {
         if backend.lock_buffered().bytes() + changes.bytes() > backend.buffer_limit {
             backend.flush(false)?;
         }
-        Arc::make_mut(&mut backend.lock_buffered()).absorb(changes);
+        let mut shared = backend.lock_buffered();
+        Arc::make_mut(&mut shared).absorb(changes);
+        backend.has_buffered.store(true, Ordering::Release);
+        drop(shared);
         backend.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -732,7 +740,16 @@ impl RedbBackend {
     /// commit (the buffer supplies the changes) or the one after it (the buffer repeats
     /// what redb already holds); the next flush waits for the writer lock, which the
     /// first holds until the buffer is empty.
+    ///
+    /// When the buffer is empty, which a reader learns from `has_buffered` without taking
+    /// the lock, the snapshot alone is the latest state: the flag is cleared only after the
+    /// flush's redb commit, and set before a deferred commit returns (a reader that finds
+    /// it clear while a deferred commit is being absorbed reads before that commit).
+    #[inline]
     fn snapshot(&self) -> Result<(Option<Arc<Buffer>>, redb::ReadTransaction)> {
+        if !self.has_buffered.load(Ordering::Acquire) {
+            return Ok((None, self.db.begin_read().map_err(map_err)?));
+        }
         let shared = self.lock_buffered();
         let buffered = (!shared.is_empty()).then(|| Arc::clone(&shared));
         let tx = self.db.begin_read().map_err(map_err)?;
@@ -759,7 +776,10 @@ impl RedbBackend {
         .map_err(map_err)?;
         write_buffer(&tx, &buffer)?;
         tx.commit().map_err(map_err)?;
-        *self.lock_buffered() = Arc::default();
+        let mut shared = self.lock_buffered();
+        *shared = Arc::default();
+        self.has_buffered.store(false, Ordering::Release);
+        drop(shared);
         // Durable: everything is. Non-durable: redb holds commits that need a sync.
         self.dirty.store(!durable, Ordering::Release);
         Ok(())
