@@ -63,9 +63,10 @@ pub enum Durability {
     /// Durable when `commit` returns (redb: `fdatasync`; sled: `flush`).
     #[default]
     Immediate,
-    /// Visible when `commit` returns, persisted later (redb: with the next durable commit;
-    /// sled: by its background flusher). A crash may lose such commits, never part of one.
-    /// For bulk loads and benchmarks.
+    /// Visible when `commit` returns, persisted later (redb: held in memory and written
+    /// with the next sync or durable commit; sled: by its background flusher). A crash may
+    /// lose such commits, never part of one. For group commit ([`Backend::sync`]), bulk
+    /// loads and benchmarks.
     Deferred,
 }
 
