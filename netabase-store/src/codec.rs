@@ -9,14 +9,16 @@
 //! |---|---|
 //! | 1 | value format ([`VALUE_FORMAT`], 2) |
 //! | 1–5 | schema version of the definition that wrote the value, LEB128 (one byte below 128) |
-//! | 4 | checksum: the low 32 bits of XXH3-64 of the payload, seeded with format and version |
+//! | 4 | checksum: XXH3-64 of the payload (low 32 bits) xor the version times `0x9E3779B1` |
 //! | rest | the payload: the model value, bincode 2 ([`netabase_core::model::bincode_config`]) |
 //!
 //! A reader checks format, checksum and schema version before it decodes the payload, so
 //! truncated or damaged bytes and values of another schema version are reported as such
-//! instead of being decoded into something else: a damaged format byte or version changes
-//! the checksum's seed or where the payload starts, a damaged payload or checksum changes
-//! the comparison. A later value format can change everything after the format byte.
+//! instead of being decoded into something else: a damaged version changes the expected
+//! checksum (multiplying by an odd constant is a bijection of `u32`), a damaged format byte
+//! is refused or moves where the checksum and payload start, and a damaged payload or
+//! checksum changes the comparison. A later value format can change everything after the
+//! format byte.
 //!
 //! Values of format 1 (written before format 2) are read as well; they had an 11-byte
 //! header:
@@ -47,7 +49,7 @@
 
 use netabase_core::model::bincode_config;
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The value format this code writes. It reads this one and format 1.
 pub const VALUE_FORMAT: u8 = 2;
@@ -65,10 +67,20 @@ const HEADER_LEN_1: usize = 11;
 /// five LEB128 bytes).
 pub const MAX_HEADER_LEN: usize = 1 + 5 + 4;
 
-#[inline]
-fn checksum(format: u8, version: u32, payload: &[u8]) -> u32 {
-    let seed = (u64::from(format) << 32) | u64::from(version);
+/// The checksum of format 1: XXH3-64 of the payload seeded with format and version.
+fn checksum_1(version: u32, payload: &[u8]) -> u32 {
+    let seed = (1u64 << 32) | u64::from(version);
     xxh3_64_with_seed(payload, seed) as u32
+}
+
+/// The checksum of format 2: the low 32 bits of XXH3-64 of the payload, xored with the
+/// schema version times an odd constant. Multiplying by an odd number is a bijection of
+/// `u32`, so a damaged version always changes the expected checksum (and a damaged format
+/// byte is refused or read as another layout), while the payload is hashed with XXH3's
+/// unseeded (cheaper) variant.
+#[inline]
+fn checksum(version: u32, payload: &[u8]) -> u32 {
+    (xxh3_64(payload) as u32) ^ version.wrapping_mul(0x9E37_79B1)
 }
 
 /// Appends bincode output to a vector.
@@ -100,7 +112,7 @@ fn header(version: u32, capacity: usize) -> Vec<u8> {
 #[inline]
 fn finish(mut out: Vec<u8>, version: u32) -> Vec<u8> {
     let header_len = header_len(version);
-    let sum = checksum(VALUE_FORMAT, version, &out[header_len..]);
+    let sum = checksum(version, &out[header_len..]);
     out[header_len - 4..header_len].copy_from_slice(&sum.to_be_bytes());
     out
 }
@@ -146,7 +158,7 @@ pub fn open(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
         && version < 0x80
     {
         let version = u32::from(version);
-        if checksum(VALUE_FORMAT, version, payload) != u32::from_be_bytes([s0, s1, s2, s3]) {
+        if checksum(version, payload) != u32::from_be_bytes([s0, s1, s2, s3]) {
             return Err(damaged());
         }
         return Ok((version, payload));
@@ -194,7 +206,7 @@ fn open_2(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
     let Some((stored, payload)) = bytes[at..].split_first_chunk::<4>() else {
         return Err(truncated(bytes.len()));
     };
-    if checksum(VALUE_FORMAT, version, payload) != u32::from_be_bytes(*stored) {
+    if checksum(version, payload) != u32::from_be_bytes(*stored) {
         return Err(damaged());
     }
     Ok((version, payload))
@@ -217,7 +229,7 @@ fn open_1(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
     }
     let version = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
     let stored = u32::from_be_bytes([header[7], header[8], header[9], header[10]]);
-    if checksum(1, version, payload) != stored {
+    if checksum_1(version, payload) != stored {
         return Err(damaged());
     }
     Ok((version, payload))

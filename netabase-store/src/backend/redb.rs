@@ -191,8 +191,9 @@ fn with_table<R>(
     name: &str,
     f: impl FnOnce(Option<&ReadTable>) -> Result<R>,
 ) -> Result<R> {
+    // `ref`: the table is used where redb returned it, not moved out first.
     match tx.open_table(definition(name)) {
-        Ok(table) => f(Some(&table)),
+        Ok(ref table) => f(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => f(None),
         Err(e) => Err(map_err(e)),
     }
@@ -804,6 +805,10 @@ impl Backend for RedbBackend {
     /// Runs `f` on the snapshot where it was taken.
     #[inline]
     fn with_read<R>(&self, f: impl FnOnce(&dyn ReadTransaction) -> Result<R>) -> Result<R> {
+        // The common case of `snapshot`, without moving the transaction out of it.
+        if !self.has_buffered.load(Ordering::Acquire) {
+            return f(&self.db.begin_read().map_err(map_err)?);
+        }
         let (buffered, tx) = self.snapshot()?;
         match buffered {
             None => f(&tx),
