@@ -37,12 +37,14 @@ impl ser::Error for KeyEncodeError {
 
 /// Encodes `value` so that byte order follows the value's order.
 pub fn encode_key<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, KeyEncodeError> {
+    // Built on the stack and copied once into a vector of the right size, rather than
+    // grown step by step.
     let mut encoder = KeyEncoder {
-        out: Vec::new(),
+        out: StackBuf::new(),
         open_end: None,
     };
     value.serialize(&mut encoder)?;
-    Ok(encoder.out)
+    Ok(encoder.out.into_vec())
 }
 
 /// Appends the encoding of `value` ([`encode_key`]) to `out`, so that a caller can reuse one
@@ -140,6 +142,14 @@ impl StackBuf {
         match &self.heap {
             Some(heap) => heap,
             None => &self.inline[..self.len],
+        }
+    }
+
+    #[inline]
+    fn into_vec(self) -> Vec<u8> {
+        match self.heap {
+            Some(heap) => heap,
+            None => self.inline[..self.len].to_vec(),
         }
     }
 
