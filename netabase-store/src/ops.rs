@@ -8,7 +8,9 @@ use netabase_core::model::{
 };
 use serde::Serialize;
 
-use crate::backend::{FULL_RANGE, KeyRange, ReadTransaction, WriteTransaction, prefix_end};
+use crate::backend::{
+    Backend, FULL_RANGE, KeyRange, ReadTransaction, WriteTransaction, prefix_end,
+};
 use crate::codec;
 use crate::error::{Result, StoreError};
 
@@ -186,6 +188,20 @@ fn bound_bytes<K: PrimaryKey>(bound: Bound<&K>) -> Result<Bound<Vec<u8>>> {
         Bound::Included(k) => Bound::Included(k.key_bytes()?),
         Bound::Excluded(k) => Bound::Excluded(k.key_bytes()?),
         Bound::Unbounded => Bound::Unbounded,
+    })
+}
+
+/// The record of the key's model under `key`, in a read transaction of its own
+/// ([`Backend::read_one`]), decoded straight from the backend's bytes.
+#[inline]
+pub(crate) fn get_one<K: PrimaryKey, B: Backend>(
+    backend: &B,
+    tables: &Tables,
+    key: &K,
+) -> Result<Option<K::Model>> {
+    let t = tables_of::<K::Model>(tables)?;
+    with_key_bytes(key, |pk| {
+        backend.read_one(&t.records, pk, |bytes| decode_stored::<K::Model>(pk, bytes))
     })
 }
 

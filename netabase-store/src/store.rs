@@ -235,7 +235,7 @@ macro_rules! read_methods {
             K: PrimaryKey,
             K::Model: NetabaseModel<Definition = D>,
         {
-            $run!($self, $reader, |r| r.get(key))
+            $run!($self, $reader, get key)
         }
 
         /// The records whose secondary key equals `key`, in primary-key order.
@@ -299,6 +299,11 @@ macro_rules! read_methods {
 
 /// Runs a read in a fresh read transaction of the store.
 macro_rules! in_read_tx {
+    // A lookup by primary key: the backend's one-shot read.
+    ($self:ident, $reader:expr, get $key:ident) => {{
+        let _guard = $self.guard()?;
+        crate::ops::get_one(&*$self.backend, &$self.tables, $key)
+    }};
     ($self:ident, $reader:expr, |$r:ident| $body:expr) => {{
         let _guard = $self.guard()?;
         $self.backend.with_read(|tx| {
@@ -313,6 +318,10 @@ macro_rules! in_read_tx {
 
 /// Runs a read in the transaction at hand.
 macro_rules! in_this_tx {
+    ($self:ident, $reader:expr, get $key:ident) => {{
+        let r = $reader;
+        r.get($key)
+    }};
     ($self:ident, $reader:expr, |$r:ident| $body:expr) => {{
         let $r = $reader;
         $body

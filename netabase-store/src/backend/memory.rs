@@ -100,6 +100,16 @@ impl Backend for MemoryBackend {
         Ok(MemoryRead(self.inner.begin_read()))
     }
 
+    #[inline]
+    fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        self.inner.read_one(table, key, read)
+    }
+
     fn begin_write(&self) -> Result<MemoryWrite<'_>> {
         Ok(MemoryWrite(self.inner.begin_write(false)))
     }

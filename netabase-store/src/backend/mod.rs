@@ -199,6 +199,24 @@ pub trait Backend: Send + Sync + 'static {
         f(&self.begin_read()?)
     }
 
+    /// In a read transaction of its own, hands the value under `key` in `table` to `read`
+    /// (borrowed from the backend where it can be) and returns what `read` returns, or
+    /// `None` when there is no value: the typed store's lookups by primary key. Backends
+    /// override it to read without a transaction object or calls through `dyn`; by
+    /// default it is [`with_read`](Backend::with_read) and
+    /// [`ReadTransaction::get_with`].
+    fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>>
+    where
+        Self: Sized,
+    {
+        self.with_read(|tx| read_one_in(tx, table, key, read))
+    }
+
     /// Opens a write transaction. Write transactions are serialised: this blocks while
     /// another one is open.
     fn begin_write(&self) -> Result<Self::Write<'_>>;
@@ -356,6 +374,16 @@ impl Backend for AnyBackend {
         dispatch!(self, AnyBackend, b => b.with_read(f))
     }
 
+    #[inline]
+    fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        dispatch!(self, AnyBackend, b => b.read_one(table, key, read))
+    }
+
     fn begin_write(&self) -> Result<AnyWrite<'_>> {
         Ok(match self {
             #[cfg(feature = "redb")]
@@ -480,6 +508,24 @@ impl From<SledBackend> for AnyBackend {
     fn from(backend: SledBackend) -> Self {
         AnyBackend::Sled(backend)
     }
+}
+
+/// [`Backend::read_one`] in transaction `tx`.
+pub(crate) fn read_one_in<R>(
+    tx: &dyn ReadTransaction,
+    table: &str,
+    key: &[u8],
+    read: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<Option<R>> {
+    let mut read = Some(read);
+    let mut out = None;
+    tx.get_with(table, key, &mut |value| {
+        if let Some(read) = read.take() {
+            out = Some(read(value)?);
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The smallest key greater than every key that starts with `prefix`, or `None` when there is

@@ -64,6 +64,21 @@ pub(crate) trait FlatKv: Send + Sync + 'static {
         + Sync;
     /// Calls `read` with the value under `key`, if any; returns whether there was one.
     fn get_with(&self, key: &[u8], read: &mut ValueReader<'_>) -> Result<bool>;
+    /// Calls `read` with the value under `key`, if any, and returns what it returns.
+    fn get_one<R>(&self, key: &[u8], read: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>>
+    where
+        Self: Sized,
+    {
+        let mut read = Some(read);
+        let mut out = None;
+        self.get_with(key, &mut |value| {
+            if let Some(read) = read.take() {
+                out = Some(read(value)?);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
     /// Visits the entries within the (non-empty) range in key order.
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()>;
     /// Applies all changes atomically.
@@ -360,6 +375,22 @@ impl<K: FlatKv> Locked<K> {
 
     pub(crate) fn begin_read(&self) -> OverlayRead<'_, K> {
         OverlayRead { data: self.read() }
+    }
+
+    /// [`Backend::read_one`](super::Backend::read_one): under the read lock, without a
+    /// transaction.
+    #[inline]
+    pub(crate) fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        let data = self.read();
+        match data.tables.get(table) {
+            Some(id) => with_key(id, key, |k| data.kv.get_one(k, read)),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn begin_write(&self, sync: bool) -> OverlayWrite<'_, K> {

@@ -819,6 +819,29 @@ impl Backend for RedbBackend {
         }
     }
 
+    #[inline]
+    fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        if self.has_buffered.load(Ordering::Acquire) {
+            return self.with_read(|tx| super::read_one_in(tx, table, key, read));
+        }
+        // Nothing buffered: redb's snapshot alone is the latest state (see `snapshot`).
+        let tx = self.db.begin_read().map_err(map_err)?;
+        with_table(&tx, table, |table| {
+            let Some(table) = table else {
+                return Ok(None);
+            };
+            match table.get(key).map_err(map_err)? {
+                Some(value) => read(value.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn begin_write(&self) -> Result<RedbWrite<'_>> {
         self.begin_write_with(self.durability)
     }

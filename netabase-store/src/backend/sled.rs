@@ -94,6 +94,14 @@ impl FlatKv for SledKv {
         }
     }
 
+    #[inline]
+    fn get_one<R>(&self, key: &[u8], read: impl FnOnce(&[u8]) -> Result<R>) -> Result<Option<R>> {
+        match self.tree.get(key).map_err(map_err)? {
+            Some(value) => read(&value).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn scan(&self, range: KeyRange<'_>, visit: &mut Visitor<'_>) -> Result<()> {
         for entry in self.tree.range::<&[u8], _>(range) {
             let (k, v) = entry.map_err(map_err)?;
@@ -173,6 +181,16 @@ impl Backend for SledBackend {
 
     fn begin_read(&self) -> Result<SledRead<'_>> {
         Ok(SledRead(self.inner.begin_read()))
+    }
+
+    #[inline]
+    fn read_one<R>(
+        &self,
+        table: &str,
+        key: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        self.inner.read_one(table, key, read)
     }
 
     fn begin_write(&self) -> Result<SledWrite<'_>> {

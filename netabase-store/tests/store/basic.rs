@@ -412,3 +412,54 @@ fn a_sled_store_in_another_key_layout_is_refused() {
         other => panic!("expected a layout error, got {other:?}"),
     }
 }
+
+#[test]
+fn lookups_by_primary_key_see_buffered_and_synced_commits_alike() {
+    for kind in BACKENDS {
+        let store = open(kind, true).store;
+        let (m1, m2) = (message(1, "ada", 1, "a"), message(2, "bob", 2, "b"));
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None, "{kind:?}");
+        store.put(&m1).unwrap();
+        assert_eq!(
+            store.get(&MessagePrimaryKey(1)).unwrap().as_ref(),
+            Some(&m1)
+        );
+        store.sync().unwrap();
+        assert_eq!(
+            store.get(&MessagePrimaryKey(1)).unwrap().as_ref(),
+            Some(&m1)
+        );
+        // A deferred commit on top of synced ones (buffered in memory on redb).
+        store.put(&m2).unwrap();
+        store.remove(&MessagePrimaryKey(1)).unwrap();
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None, "{kind:?}");
+        assert_eq!(
+            store.get(&MessagePrimaryKey(2)).unwrap().as_ref(),
+            Some(&m2)
+        );
+        assert_eq!(store.get(&MessagePrimaryKey(3)).unwrap(), None);
+        assert_eq!(store.get(&UserPrimaryKey("nobody".into())).unwrap(), None);
+        store.sync().unwrap();
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None, "{kind:?}");
+        assert_eq!(
+            store.get(&MessagePrimaryKey(2)).unwrap().as_ref(),
+            Some(&m2)
+        );
+        // Inside a transaction, a lookup sees the transaction's own writes.
+        store
+            .write(|tx| {
+                tx.put(&m1)?;
+                assert_eq!(tx.get(&MessagePrimaryKey(1))?.as_ref(), Some(&m1));
+                assert!(matches!(
+                    store.get(&MessagePrimaryKey(1)),
+                    Err(StoreError::NestedTransaction)
+                ));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store.get(&MessagePrimaryKey(1)).unwrap().as_ref(),
+            Some(&m1)
+        );
+    }
+}
