@@ -722,6 +722,8 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
         entries: &[(&[u8], &[u8])],
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let id = self.table_for_write(table)?;
+        // Room for all of them at once, rather than growing the map step by step.
+        self.changes.reserve(entries.len());
         let mut olds = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let k: K::Bytes = owned_key(id, key);
@@ -742,6 +744,7 @@ impl<K: FlatKv> OverlayWrite<'_, K> {
                 None => return Ok(()),
             }
         };
+        self.changes.reserve(changes.len());
         for (key, value) in changes {
             self.changes
                 .insert(owned_key(id, key), value.map(K::Bytes::from));
