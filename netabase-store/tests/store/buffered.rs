@@ -323,6 +323,19 @@ fn open(path: &std::path::Path, limit: usize) -> RedbBackend {
 
 fn check(backend: &RedbBackend, model: &Model, context: &str) {
     check_reads(&backend.begin_read().expect("begin read"), model, context);
+    for name in TABLES {
+        let table = model.get(name).cloned().unwrap_or_default();
+        let probes = [&[][..], &[0], &[1], &[0, 0xFF], &[0xFF, 2]];
+        for key in table.keys().map(Vec::as_slice).chain(probes) {
+            assert_eq!(
+                backend
+                    .read_one(name, key, |v| Ok(v.to_vec()))
+                    .expect("read_one"),
+                table.get(key).cloned(),
+                "{context}: read_one {key:02x?} of {name}"
+            );
+        }
+    }
     backend
         .with_read(|tx| {
             check_reads(tx, model, context);
