@@ -4,8 +4,9 @@
 //! secondary key, a 100-byte text), bincode 2 encoded, with its index entry written in the
 //! same atomic commit and the old entry removed when a record is replaced, and with the
 //! same durability: redb `Durability::Immediate` (one fdatasync per commit) or `None`
-//! (the typed store with no deferred-commit buffer, `RedbOptions::buffer_limit` 0, so that
-//! each of its deferred commits is a non-durable redb commit too);
+//! (the typed store's deferred commits are held in memory until a sync writes them in one
+//! durable commit, so on redb the deferred groups compare that write-behind buffer with
+//! raw non-durable commits: different work, and the typed store's gain);
 //! sled `flush()` after every commit or none. The raw contenders are what a careful user
 //! would write by hand on each engine: redb with a record table and an index table in one
 //! transaction, sled with one tree, key prefixes and an atomic `apply_batch`.
@@ -291,11 +292,6 @@ fn typed(engine: Engine, path: &Path, durable: bool) -> Box<dyn Contender> {
     let config = match engine {
         Engine::Redb => BackendConfig::Redb(RedbOptions {
             durability: durability(durable),
-            // By default the typed store keeps deferred commits in memory until a sync
-            // writes them all in one redb commit; raw redb commits each one (non-durably).
-            // With no buffer, every deferred commit goes into the file as raw's do, so
-            // both sides do the same work.
-            buffer_limit: 0,
             ..RedbOptions::default()
         }),
         Engine::Sled => BackendConfig::Sled(SledOptions {

@@ -487,6 +487,15 @@ fn concurrent_readers_see_whole_transactions_in_order() {
                 }
             });
         }
+        // Readers stop when the writer is done, also when it fails: a failure then shows
+        // as the writer's panic instead of readers spinning until the test times out.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
         for n in 1..=600u64 {
             let durability = if n % 50 == 0 {
                 Durability::Immediate
@@ -502,7 +511,6 @@ fn concurrent_readers_see_whole_transactions_in_order() {
                 backend.sync().expect("sync");
             }
         }
-        done.store(true, std::sync::atomic::Ordering::Release);
     });
     assert_eq!(read_pair(&backend.begin_read().unwrap()), (600, 600));
 }
