@@ -70,6 +70,21 @@ pub enum Durability {
     Deferred,
 }
 
+/// [`ReadTransaction::get`] for a transaction whose
+/// [`get_with`](ReadTransaction::get_with) lends values: a copy of the value it lends.
+pub(crate) fn copied<T: ReadTransaction + ?Sized>(
+    tx: &T,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let mut out = None;
+    tx.get_with(table, key, &mut |v| {
+        out = Some(v.to_vec());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// A read view of the tables: every read of one transaction sees the same committed state
 /// (and, in a write transaction, that transaction's own changes).
 pub trait ReadTransaction {

@@ -830,12 +830,7 @@ macro_rules! overlay_transactions {
     (@read $ty:ident) => {
         impl $crate::backend::ReadTransaction for $ty<'_> {
             fn get(&self, table: &str, key: &[u8]) -> $crate::Result<Option<Vec<u8>>> {
-                let mut out = None;
-                self.0.get_with(table, key, &mut |v| {
-                    out = Some(v.to_vec());
-                    Ok(())
-                })?;
-                Ok(out)
+                $crate::backend::copied(self, table, key)
             }
             #[inline]
             fn get_with(

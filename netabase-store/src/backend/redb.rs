@@ -279,12 +279,7 @@ struct Snapshot<'a> {
 
 impl ReadTransaction for Snapshot<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let mut out = None;
-        self.get_with(table, key, &mut |v| {
-            out = Some(v.to_vec());
-            Ok(())
-        })?;
-        Ok(out)
+        super::copied(self, table, key)
     }
 
     #[inline]
@@ -416,12 +411,7 @@ impl BufferedWrite<'_> {
 
 impl ReadTransaction for BufferedWrite<'_> {
     fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let mut out = None;
-        self.get_with(table, key, &mut |v| {
-            out = Some(v.to_vec());
-            Ok(())
-        })?;
-        Ok(out)
+        super::copied(self, table, key)
     }
 
     #[inline]
