@@ -1,7 +1,8 @@
 //! A deterministic discrete-event simulator for Netabase.
 //!
-//! Many [`netabase_core::Node`]s run in one thread under one virtual clock, driven only
-//! through the core's public sans-IO API, exactly as the real adapters drive them. Every
+//! Many [`netabase_core::Node`]s run under one virtual clock, driven only through the
+//! core's public sans-IO API, exactly as the real adapters drive them. A run can use several
+//! threads ([`Simulation::set_threads`]); the results do not depend on how many. Every
 //! random choice (node ids and seeds, link latencies, loss, duplication, reordering,
 //! partitions, clogs, crashes, clock skew, the workload) derives from one seed, so a run is
 //! replayed exactly by its seed, and a trace hash proves it.

@@ -88,15 +88,18 @@ impl<T> EventQueue<T> {
         }
     }
 
-    /// The earliest item, with its time and sequence number.
-    pub(crate) fn pop(&mut self) -> Option<(Instant, u64, T)> {
+    /// Moves the earliest events into the heap being drained; `false` when there are none.
+    fn fill(&mut self) -> bool {
         loop {
-            if let Some(e) = self.current.pop() {
-                return Some((e.at, e.seq, e.item));
+            if !self.current.is_empty() {
+                return true;
             }
             if self.in_wheel == 0 {
                 // Nothing within the calendar: jump to the first far event.
-                self.cur = self.far.peek()?.bucket();
+                match self.far.peek() {
+                    Some(e) => self.cur = e.bucket(),
+                    None => return false,
+                }
             } else {
                 self.cur += 1;
             }
@@ -116,6 +119,32 @@ impl<T> EventQueue<T> {
                 std::mem::swap(&mut buffer, slot);
                 self.current = BinaryHeap::from(buffer);
             }
+        }
+    }
+
+    /// The time of the earliest item.
+    pub(crate) fn peek_time(&mut self) -> Option<Instant> {
+        if self.fill() {
+            self.current.peek().map(|e| e.at)
+        } else {
+            None
+        }
+    }
+
+    /// The earliest item, with its time and sequence number.
+    pub(crate) fn pop(&mut self) -> Option<(Instant, u64, T)> {
+        if !self.fill() {
+            return None;
+        }
+        self.current.pop().map(|e| (e.at, e.seq, e.item))
+    }
+
+    /// The earliest item if it comes before `limit`.
+    pub(crate) fn pop_before(&mut self, limit: Instant) -> Option<(Instant, u64, T)> {
+        if self.peek_time()? < limit {
+            self.pop()
+        } else {
+            None
         }
     }
 }
@@ -151,6 +180,9 @@ mod tests {
                     seq,
                     item: round,
                 });
+            }
+            if rng.next_u64() % 5 == 0 {
+                assert_eq!(q.peek_time(), reference.peek().map(|e| e.at));
             }
             if rng.next_u64() % 3 != 0 {
                 let got = q.pop();

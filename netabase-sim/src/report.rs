@@ -33,6 +33,8 @@ pub struct Report {
     pub seed: u64,
     /// Number of nodes.
     pub nodes: usize,
+    /// Threads the nodes' events ran on (the results do not depend on it).
+    pub threads: usize,
     /// Virtual time simulated, ms.
     pub virtual_ms: u64,
     /// Wall-clock time taken, ms.

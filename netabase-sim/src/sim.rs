@@ -1,7 +1,23 @@
-//! The discrete-event engine: many cores, one thread, one virtual clock.
+//! The discrete-event engine: many cores under one virtual clock, on one thread or several.
+//!
+//! Nodes are split into shards of consecutive indices. Every event belongs to one node,
+//! and a message takes at least the network's minimum latency to reach another node, so
+//! the events of the next `latency_min` of virtual time can be processed shard by shard,
+//! in parallel, without any shard waiting for another: nothing one shard does in that
+//! window can reach another shard before the window ends (conservative lookahead). At the
+//! end of each window the messages between shards are handed over, finished operations
+//! are recorded and checked, and events that touch the whole network (joins, crashes,
+//! partitions, the workload) run alone.
+//!
+//! The run does not depend on the number of shards: events are ordered by (virtual time,
+//! originating node, that node's own count), every random draw of a message comes from its
+//! sender's generator, windows are cut at the same times, and the trace hash folds each
+//! node's own event stream. One thread and eight give the same trace hash.
 
-use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::ops::{Index, IndexMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use netabase_core::{
@@ -12,7 +28,7 @@ use netabase_core::{
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxHashMap;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
 use crate::checkers::{self, Checker, Detail};
 use crate::history::{FaultLog, History, OpKind, OpRecord, Outcome, Scope};
@@ -22,6 +38,13 @@ use crate::scenario::{PartitionKind, Scenario};
 
 /// Bytes of trace gathered before they are hashed.
 const TRACE_CHUNK: usize = 16 * 1024;
+
+/// Length of an epoch, in lookaheads: the workload's operations are chosen, and finished
+/// ones recorded and checked, between epochs.
+const EPOCH_WINDOWS: u32 = 16;
+
+/// Bits of an event's order key that count the originating node's events.
+const ORDER_BITS: u32 = 40;
 
 /// SplitMix64: derives independent 64-bit values from a seed and a counter.
 fn splitmix(mut x: u64) -> u64 {
@@ -42,6 +65,11 @@ fn secs(s: f64) -> Instant {
 
 fn ms(m: f64) -> Duration {
     Duration::from_micros((m.max(0.0) * 1e3) as u64)
+}
+
+/// The simulated address of node `i`: its index.
+fn address_of(i: usize) -> Address {
+    Address::from_bytes(&(i as u32).to_be_bytes()).expect("four bytes")
 }
 
 /// The life stage of a simulated node.
@@ -67,14 +95,22 @@ pub struct SimNode {
     /// Bumped at every restart: answers addressed to an earlier incarnation are dropped.
     pub incarnation: u32,
     timer_at: Option<Instant>,
-    /// Peers it has had a connection with, in no particular order (sorted before any
-    /// use that could show the order). A connection the other side closed stays listed
-    /// until this node next looks through the list, so that closing one never searches
-    /// the other side's list: the link map of [`Simulation`] (one entry per open
-    /// connection, with when it was last used) says which are open.
-    links: Vec<u32>,
-    /// Number of open connections.
-    open_links: usize,
+    /// Its open connections as it sees them: peer index to when it last used the
+    /// connection (a value of `count`). The other side learns of a closed connection one
+    /// link latency later.
+    conns: FxHashMap<u32, u64>,
+    /// Inbound requests waiting for its answer: inbound id to (requester, the requester's
+    /// incarnation, its request id). Nodes answer at once, so this stays tiny.
+    inbound: FxHashMap<u64, (u32, u32, RequestId)>,
+    next_inbound: u64,
+    /// Client operations running on it, by query.
+    ops: FxHashMap<QueryId, usize>,
+    /// Draws for the messages it sends: jitter, loss, duplication, reordering.
+    rng: ChaCha8Rng,
+    /// Events it has scheduled or processed: orders its events and stamps connection use.
+    count: u64,
+    /// Hash of its own event stream.
+    trace: u64,
 }
 
 impl SimNode {
@@ -93,7 +129,90 @@ impl SimNode {
 
     /// How many connections the node has open.
     pub fn open_connections(&self) -> usize {
-        self.open_links
+        self.conns.len()
+    }
+
+    fn core_mut(&mut self) -> Option<&mut Node<MemoryStore>> {
+        match &mut self.state {
+            NodeState::Up(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The order key of the next event this node (index `i`) schedules.
+    fn next_order(&mut self, i: usize) -> u64 {
+        self.count += 1;
+        ((i as u64 + 1) << ORDER_BITS) | self.count
+    }
+}
+
+/// The simulated nodes, by index. They are kept in runs of consecutive indices, one per
+/// shard, so that a shard's nodes can go to another thread for a window.
+pub struct Nodes {
+    parts: Vec<Vec<SimNode>>,
+    part_len: usize,
+    len: usize,
+}
+
+impl Nodes {
+    fn new(nodes: Vec<SimNode>, part_len: usize) -> Self {
+        let len = nodes.len();
+        let mut nodes = nodes.into_iter();
+        let mut parts = Vec::new();
+        loop {
+            let part: Vec<SimNode> = nodes.by_ref().take(part_len).collect();
+            if part.is_empty() {
+                break;
+            }
+            parts.push(part);
+        }
+        Nodes {
+            parts,
+            part_len,
+            len,
+        }
+    }
+
+    /// Splits the nodes into runs of `part_len`.
+    fn regroup(&mut self, part_len: usize) {
+        let all: Vec<SimNode> = std::mem::take(&mut self.parts)
+            .into_iter()
+            .flatten()
+            .collect();
+        *self = Nodes::new(all, part_len);
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The nodes in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &SimNode> {
+        self.parts.iter().flatten()
+    }
+
+    /// Node `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&SimNode> {
+        self.parts.get(i / self.part_len)?.get(i % self.part_len)
+    }
+}
+
+impl Index<usize> for Nodes {
+    type Output = SimNode;
+    fn index(&self, i: usize) -> &SimNode {
+        &self.parts[i / self.part_len][i % self.part_len]
+    }
+}
+
+impl IndexMut<usize> for Nodes {
+    fn index_mut(&mut self, i: usize) -> &mut SimNode {
+        &mut self.parts[i / self.part_len][i % self.part_len]
     }
 }
 
@@ -106,7 +225,7 @@ pub struct World {
     /// Current virtual time.
     pub now: Instant,
     /// The nodes.
-    pub nodes: Vec<SimNode>,
+    pub nodes: Nodes,
     /// Node index by peer id.
     pub index: FxHashMap<PeerId, usize>,
     /// When faults were active.
@@ -137,8 +256,11 @@ enum Msg {
         id: RequestId,
         failure: RequestFailure,
     },
+    /// The sender closed its connection to the receiver.
+    Closed,
 }
 
+/// An event of one node.
 #[derive(Debug)]
 enum Ev {
     Deliver {
@@ -146,12 +268,31 @@ enum Ev {
         /// Incarnation the message is addressed to (answers); `None` for new requests.
         to_inc: Option<u32>,
         from: u32,
-        /// Slot of the message in [`Simulation::msgs`].
+        /// Slot of the message in [`Shard::msgs`].
         msg: u32,
     },
     Timer {
         node: u32,
     },
+    /// A client operation starts on a node.
+    Op(Box<OpStart>),
+}
+
+/// A client operation, chosen between windows, that starts on its node during one.
+#[derive(Debug)]
+struct OpStart {
+    node: u32,
+    op: usize,
+    kind: OpKind,
+    key: RecordKey,
+    value: Vec<u8>,
+}
+
+/// An event that touches the whole network: processed between windows, alone. (The
+/// workload's operations are chosen here too, but each one starts as an event of its
+/// node, so they do not cut windows short.)
+#[derive(Debug)]
+enum Global {
     Join(u32),
     Crash(u32),
     Restart(u32),
@@ -160,7 +301,6 @@ enum Ev {
     Clog(u32),
     Unclog(u32),
     HealAll,
-    Op,
     MemCheck,
 }
 
@@ -172,60 +312,903 @@ struct ActivePartition {
     fault: Option<usize>,
 }
 
+/// What every shard may read about any node during a window.
+#[derive(Clone, Copy)]
+struct Status {
+    up: bool,
+    incarnation: u32,
+}
+
+/// The network as shards see it during a window: changed only between windows.
+struct Net {
+    peers: Vec<PeerId>,
+    index: FxHashMap<PeerId, usize>,
+    status: Vec<Status>,
+    /// Whether the nodes serve the DHT (all run the same configuration).
+    servers: bool,
+    link_seed: u64,
+    latency_min_ms: f64,
+    latency_max_ms: f64,
+    jitter_ms: f64,
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+    reorder_delay_ms: f64,
+    max_connections: usize,
+    /// Loss, duplication and reordering apply (until every fault heals).
+    impaired: bool,
+    partitions: Vec<ActivePartition>,
+    clogged: Vec<Option<usize>>,
+    /// Whether shards write trace lines.
+    tracing: bool,
+}
+
+impl Net {
+    /// Base one-way latency of the link between `a` and `b` (symmetric, from the seed).
+    fn link_latency(&self, a: u32, b: u32) -> Duration {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let h = splitmix(self.link_seed ^ (u64::from(lo) << 32 | u64::from(hi)));
+        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+        ms(self.latency_min_ms + u * (self.latency_max_ms - self.latency_min_ms))
+    }
+
+    fn blocked(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (a as usize, b as usize);
+        if self.clogged[a].is_some() || self.clogged[b].is_some() {
+            return true;
+        }
+        self.partitions
+            .iter()
+            .filter(|p| p.active)
+            .any(|p| match p.kind {
+                PartitionKind::Split => p.in_a[a] != p.in_a[b],
+                PartitionKind::Isolate => p.in_a[a] || p.in_a[b],
+                PartitionKind::OneWay => p.in_a[a] && !p.in_a[b],
+            })
+    }
+
+    /// The node `peer` is, found from the address the request was sent to (a simulated
+    /// address is the node's index) when that address is the peer's own, otherwise by id.
+    fn resolve(&self, peer: &PeerId, addrs: &[Address]) -> Option<usize> {
+        if let Some(a) = addrs.first()
+            && let Ok(b) = <[u8; 4]>::try_from(a.as_bytes())
+        {
+            let j = u32::from_be_bytes(b) as usize;
+            if self.peers.get(j) == Some(peer) {
+                return Some(j);
+            }
+        }
+        self.index.get(peer).copied()
+    }
+}
+
+/// A message for a node of another shard, handed over at the end of the window.
+struct Mail {
+    at: Instant,
+    order: u64,
+    to: u32,
+    to_inc: Option<u32>,
+    from: u32,
+    msg: Msg,
+}
+
+/// How a client operation ended on its node.
+enum Finished {
+    /// Its query finished, after this many rounds.
+    Query(QueryResult, u32),
+    /// The node refused to start it.
+    Refused(String),
+}
+
+/// A client operation ended on its node.
+struct Done {
+    at: Instant,
+    order: u64,
+    op: usize,
+    how: Finished,
+}
+
+/// One line of the trace file, written in (time, node, order) order.
+struct Line {
+    at: Instant,
+    order: u64,
+    text: String,
+}
+
+/// The events of a range of nodes, and what their processing produced for the rest.
+struct Shard {
+    /// Its number.
+    index: usize,
+    /// Index of its first node.
+    lo: usize,
+    /// Nodes per shard.
+    part_len: usize,
+    /// Its nodes while another thread runs it.
+    held: Vec<SimNode>,
+    /// Its nodes' events.
+    queue: EventQueue<Ev>,
+    /// Messages in flight to its nodes, by slot; freed slots are reused (most recently
+    /// freed first, so a new message usually lands in memory that is still in cache).
+    msgs: Vec<Option<Msg>>,
+    free_msgs: Vec<u32>,
+    /// Messages for the nodes of each other shard, posted at the end of the window.
+    outbox: Vec<Vec<Mail>>,
+    /// The earliest message posted to another shard since the last window began.
+    posted_next: Option<Instant>,
+    done: Vec<Done>,
+    lines: Vec<Line>,
+    events: u64,
+    messages: u64,
+}
+
+impl Shard {
+    fn new(index: usize, part_len: usize, shards: usize) -> Self {
+        Shard {
+            index,
+            lo: index * part_len,
+            part_len,
+            held: Vec::new(),
+            queue: EventQueue::new(),
+            msgs: Vec::new(),
+            free_msgs: Vec::new(),
+            outbox: (0..shards).map(|_| Vec::new()).collect(),
+            posted_next: None,
+            done: Vec::new(),
+            lines: Vec::new(),
+            events: 0,
+            messages: 0,
+        }
+    }
+
+    /// Puts `msg` in a free slot of the message slab.
+    fn store_msg(&mut self, msg: Msg) -> u32 {
+        match self.free_msgs.pop() {
+            Some(slot) => {
+                self.msgs[slot as usize] = Some(msg);
+                slot
+            }
+            None => {
+                self.msgs.push(Some(msg));
+                (self.msgs.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Takes the message out of `slot` and frees the slot.
+    fn take_msg(&mut self, slot: u32) -> Msg {
+        self.free_msgs.push(slot);
+        self.msgs[slot as usize]
+            .take()
+            .expect("a scheduled delivery owns its message slot")
+    }
+
+    fn deliver(&mut self, mail: Mail) {
+        let msg = self.store_msg(mail.msg);
+        self.queue.push(
+            mail.at,
+            mail.order,
+            Ev::Deliver {
+                to: mail.to,
+                to_inc: mail.to_inc,
+                from: mail.from,
+                msg,
+            },
+        );
+    }
+
+    /// Hands the messages for other shards to their mailboxes.
+    /// Messages due before `taken_before` are taken by their shards before the current
+    /// epoch ends; [`Shard::next_at`] counts the others.
+    fn post(&mut self, team: &Team, taken_before: Instant) {
+        let n = self.outbox.len();
+        for (to, out) in self.outbox.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            if let Some(first) = out
+                .iter()
+                .map(|m| m.at)
+                .filter(|&t| t >= taken_before)
+                .min()
+            {
+                self.posted_next = Some(self.posted_next.map_or(first, |p| p.min(first)));
+            }
+            lock(&team.mail[self.index * n + to]).append(out);
+        }
+    }
+
+    /// Takes the messages other shards posted for this one.
+    fn collect(&mut self, team: &Team, scratch: &mut Vec<Mail>) {
+        let n = self.outbox.len();
+        for from in 0..n {
+            if from == self.index {
+                continue;
+            }
+            std::mem::swap(scratch, &mut *lock(&team.mail[from * n + self.index]));
+            for mail in scratch.drain(..) {
+                self.deliver(mail);
+            }
+        }
+    }
+
+    /// One epoch: processes this shard's events before `until`, taking the mail of the
+    /// other shards and posting its own for them.
+    ///
+    /// Shards move through the epoch at their own pace: a shard may process its events
+    /// up to one lookahead past the shard furthest behind (no message sent later than that
+    /// can arrive earlier), taking the other shards' mail before each step and posting its
+    /// own after it, then saying how far it got.
+    fn epoch(&mut self, nodes: &mut [SimNode], team: &Team, net: &Net, until: Instant) {
+        let mut scratch = Vec::new();
+        let mut reached = Instant::from_micros(team.progress[self.index].load(Ordering::Acquire));
+        let mut first = true;
+        loop {
+            let horizon = if team.shards.len() == 1 {
+                until
+            } else {
+                let mut horizon = until;
+                wait_until(|| {
+                    let behind = team
+                        .progress
+                        .iter()
+                        .enumerate()
+                        .filter(|&(k, _)| k != self.index)
+                        .map(|(_, p)| p.load(Ordering::Acquire))
+                        .min()
+                        .unwrap_or(u64::MAX);
+                    horizon =
+                        Instant::from_micros(behind.saturating_add(team.lookahead)).min(until);
+                    horizon > reached
+                });
+                horizon
+            };
+            self.collect(team, &mut scratch);
+            if first {
+                self.posted_next = None;
+                first = false;
+            }
+            while let Some((at, _, ev)) = self.queue.pop_before(horizon) {
+                let mut cx = Cx {
+                    shard: self,
+                    nodes: &mut *nodes,
+                    net,
+                    now: at,
+                };
+                cx.process(at, ev);
+            }
+            self.post(team, until);
+            team.progress[self.index].store(horizon.as_micros(), Ordering::Release);
+            if team.shards.len() > 1 {
+                team.wake();
+            }
+            reached = horizon;
+            if horizon >= until {
+                return;
+            }
+        }
+    }
+
+    /// When this shard's next event is, counting messages it posted that the other
+    /// shards have not taken yet.
+    fn next_at(&mut self) -> Option<Instant> {
+        match (self.queue.peek_time(), self.posted_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Locks `m`; a lock whose holder panicked still gives its data (the panic is reported on
+/// its own).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read access to the network.
+fn read(net: &RwLock<Net>) -> RwLockReadGuard<'_, Net> {
+    net.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the run's threads share: the shards, the mailboxes between them, the network,
+/// and the signals that start and end a window.
+struct Team {
+    shards: Vec<Mutex<Shard>>,
+    /// Mail from shard `a` to shard `b` at `a * shards + b`.
+    mail: Vec<Mutex<Vec<Mail>>>,
+    net: RwLock<Net>,
+    /// Bumped to start a window on the helper threads.
+    epoch: AtomicU64,
+    /// End of the window, in µs of virtual time.
+    until: AtomicU64,
+    /// Helper threads still working on the window.
+    pending: AtomicUsize,
+    /// How far each shard got in the current epoch (µs of virtual time): its events
+    /// before that are processed and the messages they sent posted.
+    progress: Vec<AtomicU64>,
+    /// Shortest one-way delay between two nodes, µs.
+    lookahead: u64,
+    /// Threads, the main one included.
+    threads: usize,
+    stop: AtomicBool,
+    /// A helper thread panicked.
+    failed: AtomicBool,
+    /// The run's threads, to wake when something they may wait for changed.
+    threads_of_run: std::sync::OnceLock<Vec<std::thread::Thread>>,
+}
+
+impl Team {
+    fn new(net: Net, shards: usize, part_len: usize, lookahead: Duration) -> Self {
+        Team {
+            shards: (0..shards)
+                .map(|k| Mutex::new(Shard::new(k, part_len, shards)))
+                .collect(),
+            mail: (0..shards * shards)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            net: RwLock::new(net),
+            epoch: AtomicU64::new(0),
+            until: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            progress: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            lookahead: lookahead.as_micros() as u64,
+            threads: 1,
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            threads_of_run: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Wakes the run's sleeping threads (cheap for those that are not asleep).
+    fn wake(&self) {
+        if let Some(threads) = self.threads_of_run.get() {
+            for t in threads {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// Waits until `done` says so: spins for a short while (the other threads are usually
+/// microseconds away), then sleeps until woken by [`Team::wake`] (or, as a safety net, for
+/// at most a millisecond between checks), so that more threads than cores still share
+/// the cores well.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < 1 << 10 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A helper thread: runs shard `k` each window until told to stop.
+fn helper(team: &Team, k: usize) {
+    let mut seen = 0;
+    loop {
+        wait_until(|| {
+            team.epoch.load(Ordering::Acquire) != seen || team.stop.load(Ordering::Acquire)
+        });
+        if team.stop.load(Ordering::Acquire) {
+            return;
+        }
+        seen = team.epoch.load(Ordering::Acquire);
+        let until = Instant::from_micros(team.until.load(Ordering::Acquire));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_shards(team, k, until);
+        }));
+        if ran.is_err() {
+            team.failed.store(true, Ordering::Release);
+        }
+        team.pending.fetch_sub(1, Ordering::AcqRel);
+        team.wake();
+    }
+}
+
+/// Runs the window on the shards of thread `t`: `t`, `t + threads`, ... (always the same
+/// ones, so that their nodes stay in the caches of the core that runs them).
+fn run_shards(team: &Team, t: usize, until: Instant) {
+    let net = read(&team.net);
+    for k in (t..team.shards.len()).step_by(team.threads) {
+        let mut shard = lock(&team.shards[k]);
+        let mut nodes = std::mem::take(&mut shard.held);
+        shard.epoch(&mut nodes, team, &net, until);
+        shard.held = nodes;
+    }
+}
+
+/// Tells the helper threads to stop when the run ends, however it ends.
+struct StopHelpers(Arc<Team>);
+
+impl Drop for StopHelpers {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Release);
+        self.0.wake();
+    }
+}
+/// A shard at work on its nodes at one instant.
+struct Cx<'a> {
+    shard: &'a mut Shard,
+    nodes: &'a mut [SimNode],
+    net: &'a Net,
+    now: Instant,
+}
+
+impl Cx<'_> {
+    fn node(&mut self, i: usize) -> &mut SimNode {
+        &mut self.nodes[i - self.shard.lo]
+    }
+
+    fn local_now(&mut self, i: usize) -> Instant {
+        let now = self.now;
+        now + self.node(i).skew
+    }
+
+    fn owns(&self, i: usize) -> bool {
+        i >= self.shard.lo && i < self.shard.lo + self.nodes.len()
+    }
+
+    /// Folds one event of node `i` into its trace hash (and the trace file).
+    fn trace(&mut self, i: usize, code: u8, extra: u64) {
+        let at = self.now;
+        let tracing = self.net.tracing;
+        let node = self.node(i);
+        node.count += 1;
+        let order = node.count;
+        let mut buf = [0u8; 17];
+        buf[..8].copy_from_slice(&at.as_micros().to_le_bytes());
+        buf[8] = code;
+        buf[9..].copy_from_slice(&extra.to_le_bytes());
+        node.trace = xxh3_64_with_seed(&buf, node.trace);
+        if tracing {
+            self.shard.lines.push(Line {
+                at,
+                order: ((i as u64 + 1) << ORDER_BITS) | order,
+                text: trace_line(at, code, i as u32, extra),
+            });
+        }
+    }
+
+    /// Schedules the delivery of a message from `from` to `to` at `at`; `origin`, a node
+    /// of this shard, is the node whose event causes it.
+    fn send(
+        &mut self,
+        origin: u32,
+        at: Instant,
+        to: u32,
+        to_inc: Option<u32>,
+        from: u32,
+        msg: Msg,
+    ) {
+        let order = self.node(origin as usize).next_order(origin as usize);
+        let mail = Mail {
+            at,
+            order,
+            to,
+            to_inc,
+            from,
+            msg,
+        };
+        if self.owns(to as usize) {
+            self.shard.deliver(mail);
+        } else {
+            let shard = to as usize / self.shard.part_len;
+            self.shard.outbox[shard].push(mail);
+        }
+    }
+
+    /// Sends a message over the simulated network: blocked, lost, delayed, duplicated.
+    fn transmit(&mut self, from: u32, to: u32, to_inc: Option<u32>, msg: Msg) {
+        self.shard.messages += 1;
+        let net = self.net;
+        if net.blocked(from, to) {
+            return;
+        }
+        let now = self.now;
+        let base = net.link_latency(from, to);
+        let rng = &mut self.node(from as usize).rng;
+        if net.impaired && net.loss > 0.0 && unit(rng) < net.loss {
+            return;
+        }
+        let duplicate = net.impaired && net.duplicate > 0.0 && unit(rng) < net.duplicate;
+        let delay = |rng: &mut ChaCha8Rng| {
+            let mut d = base + ms(unit(rng) * net.jitter_ms);
+            if net.impaired && net.reorder > 0.0 && unit(rng) < net.reorder {
+                d += ms(net.reorder_delay_ms);
+            }
+            d
+        };
+        let at = now + delay(rng);
+        let later = duplicate.then(|| now + delay(rng));
+        if let Some(later) = later {
+            self.send(from, later, to, to_inc, from, msg.clone());
+        }
+        self.send(from, at, to, to_inc, from, msg);
+    }
+
+    /// A notification to `to` that takes one hop's time but cannot be lost (the outcome of
+    /// a dial or of writing to a stream, a closed connection); `from` is this event's node.
+    fn notify(&mut self, from: u32, to: u32, msg: Msg) {
+        let inc = self.net.status[to as usize].incarnation;
+        let at = self.now + self.net.link_latency(from, to);
+        self.send(from, at, to, Some(inc), from, msg);
+    }
+
+    /// Like [`Cx::notify`], for a message that node `i` sends itself about peer `j`.
+    fn notify_self(&mut self, i: u32, j: u32, msg: Msg) {
+        let inc = self.node(i as usize).incarnation;
+        let at = self.now + self.net.link_latency(i, j);
+        self.send(i, at, i, Some(inc), j, msg);
+    }
+
+    /// Node `x`'s side of its connection with `y` is (or stays) open. A node keeps at most
+    /// `network.max_connections` connections; opening one more closes its least recently
+    /// used quarter at once (so closing costs little per connection opened), as libp2p's
+    /// connection limits and idle timeouts do; the other sides learn of it one hop later.
+    fn connected(&mut self, x: usize, y: usize) {
+        let max = self.net.max_connections;
+        let node = self.node(x);
+        node.count += 1;
+        let stamp = node.count;
+        if let Some(t) = node.conns.get_mut(&(y as u32)) {
+            *t = stamp;
+            return;
+        }
+        if node.conns.len() >= max {
+            let mut by_age: Vec<(u64, u32)> = node.conns.iter().map(|(&p, &t)| (t, p)).collect();
+            by_age.sort_unstable();
+            for &(_, z) in &by_age[..max / 4] {
+                self.close(x, z);
+            }
+        }
+        let now = self.local_now(x);
+        let (peer, serves) = (self.net.peers[y], self.net.servers);
+        let node = self.node(x);
+        node.conns.insert(y as u32, stamp);
+        if let Some(core) = node.core_mut() {
+            core.handle_connection_established(now, peer);
+            core.handle_peer_identified(now, peer, &[address_of(y)], serves);
+        }
+    }
+
+    /// Node `x` closes its connection with `y`.
+    fn close(&mut self, x: usize, y: u32) {
+        let now = self.local_now(x);
+        let peer = self.net.peers[y as usize];
+        let node = self.node(x);
+        node.conns.remove(&y);
+        if let Some(core) = node.core_mut() {
+            core.handle_connection_closed(now, peer);
+        }
+        self.notify(x as u32, y, Msg::Closed);
+    }
+
+    fn process(&mut self, at: Instant, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                to,
+                to_inc,
+                from,
+                msg,
+            } => {
+                let (t, f) = (to as usize, from as usize);
+                let msg = self.shard.take_msg(msg);
+                if !self.node(t).is_up() {
+                    if let Msg::Request { id, from_inc, .. } = msg {
+                        // Arrived at a crashed node: the sender's stream breaks.
+                        if self.net.status[f].incarnation == from_inc {
+                            self.notify(
+                                to,
+                                from,
+                                Msg::Failed {
+                                    id,
+                                    failure: RequestFailure::Io,
+                                },
+                            );
+                        }
+                    }
+                    return;
+                }
+                if to_inc.is_some_and(|inc| inc != self.node(t).incarnation) {
+                    return;
+                }
+                self.shard.events += 1;
+                let local = self.local_now(t);
+                let peer = self.net.peers[f];
+                match msg {
+                    Msg::Request {
+                        id,
+                        from_inc,
+                        request,
+                    } => {
+                        self.trace(t, 1, id.0);
+                        self.connected(t, f);
+                        let node = self.node(t);
+                        let inbound = node.next_inbound;
+                        node.next_inbound += 1;
+                        if request.expects_response() {
+                            node.inbound.insert(inbound, (from, from_inc, id));
+                        }
+                        if let Some(n) = node.core_mut() {
+                            n.handle_request(local, peer, InboundId(inbound), request);
+                        }
+                    }
+                    Msg::Response { id, response } => {
+                        self.trace(t, 2, id.0);
+                        // The requester's side of the connection: open since its request
+                        // got through.
+                        self.connected(t, f);
+                        if let Some(n) = self.node(t).core_mut() {
+                            n.handle_response(local, id, response);
+                        }
+                    }
+                    Msg::Sent { id } => {
+                        self.trace(t, 3, id.0);
+                        self.connected(t, f);
+                        if let Some(n) = self.node(t).core_mut() {
+                            n.handle_request_sent(local, id);
+                        }
+                    }
+                    Msg::Failed { id, failure } => {
+                        self.trace(t, 4, id.0);
+                        if failure == RequestFailure::UnsupportedProtocol {
+                            self.connected(t, f);
+                        }
+                        if let Some(n) = self.node(t).core_mut() {
+                            n.handle_request_failed(local, id, failure);
+                        }
+                    }
+                    Msg::Closed => {
+                        self.trace(t, 16, u64::from(from));
+                        let node = self.node(t);
+                        if node.conns.remove(&from).is_some()
+                            && let Some(n) = node.core_mut()
+                        {
+                            n.handle_connection_closed(local, peer);
+                        }
+                    }
+                }
+                self.drain(t);
+            }
+            Ev::Timer { node } => {
+                let i = node as usize;
+                if self.node(i).timer_at != Some(at) {
+                    return;
+                }
+                self.node(i).timer_at = None;
+                self.shard.events += 1;
+                self.trace(i, 5, 0);
+                let local = self.local_now(i);
+                if let Some(n) = self.node(i).core_mut() {
+                    n.handle_timeout(local);
+                }
+                self.drain(i);
+            }
+            Ev::Op(start) => self.start_op(*start),
+        }
+    }
+
+    /// A client operation starts on its node.
+    fn start_op(&mut self, start: OpStart) {
+        let i = start.node as usize;
+        self.shard.events += 1;
+        self.trace(i, 14, start.op as u64);
+        let local = self.local_now(i);
+        let Some(node) = self.node(i).core_mut() else {
+            return;
+        };
+        let key = start.key;
+        let started = match start.kind {
+            OpKind::Put => node.put_record(local, Record::new(key, start.value), Quorum::One),
+            OpKind::Get => node.get_record(local, key, Quorum::One),
+            OpKind::Provide => node.start_providing(local, key),
+            OpKind::GetProviders => node.get_providers(local, key),
+            OpKind::Lookup => node.get_closest_peers(local, key),
+        };
+        let node = self.node(i);
+        match started {
+            Ok(q) => {
+                node.ops.insert(q, start.op);
+            }
+            Err(e) => {
+                let order = node.next_order(i);
+                self.shard.done.push(Done {
+                    at: self.now,
+                    order,
+                    op: start.op,
+                    how: Finished::Refused(e.to_string()),
+                });
+            }
+        }
+        self.drain(i);
+    }
+
+    /// Carries out everything node `i` wants done, then re-arms its timer.
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.node(i).core_mut().and_then(|n| n.poll_output()) {
+            match out {
+                Output::SendRequest {
+                    id,
+                    peer,
+                    addrs,
+                    request,
+                } => {
+                    let one_way = !request.expects_response();
+                    let from_inc = self.node(i).incarnation;
+                    match self.net.resolve(&peer, &addrs) {
+                        Some(j) if self.net.status[j].up => {
+                            if self.net.blocked(i as u32, j as u32) {
+                                // A partitioned peer is silent: the request times out.
+                                self.shard.messages += 1;
+                                continue;
+                            }
+                            let node = self.node(i);
+                            node.count += 1;
+                            let stamp = node.count;
+                            if let Some(t) = node.conns.get_mut(&(j as u32)) {
+                                *t = stamp;
+                            }
+                            self.transmit(
+                                i as u32,
+                                j as u32,
+                                None,
+                                Msg::Request {
+                                    id,
+                                    from_inc,
+                                    request,
+                                },
+                            );
+                            if one_way {
+                                self.notify_self(i as u32, j as u32, Msg::Sent { id });
+                            }
+                        }
+                        Some(j) => {
+                            // Down or not started: the dial is refused.
+                            self.shard.messages += 1;
+                            self.notify_self(
+                                i as u32,
+                                j as u32,
+                                Msg::Failed {
+                                    id,
+                                    failure: RequestFailure::Dial,
+                                },
+                            );
+                        }
+                        None => {
+                            self.shard.messages += 1;
+                            self.notify_self(
+                                i as u32,
+                                i as u32,
+                                Msg::Failed {
+                                    id,
+                                    failure: RequestFailure::Dial,
+                                },
+                            );
+                        }
+                    }
+                }
+                Output::SendResponse { id, response, .. } => {
+                    if let Some((j, inc, rid)) = self.node(i).inbound.remove(&id.0) {
+                        self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
+                    }
+                }
+                Output::RejectInbound { id, .. } => {
+                    if let Some((j, inc, rid)) = self.node(i).inbound.remove(&id.0) {
+                        self.transmit(
+                            i as u32,
+                            j,
+                            Some(inc),
+                            Msg::Failed {
+                                id: rid,
+                                failure: RequestFailure::UnsupportedProtocol,
+                            },
+                        );
+                    }
+                }
+                Output::Event(Event::QueryFinished { id, result, stats }) => {
+                    let at = self.now;
+                    let node = self.node(i);
+                    if let Some(op) = node.ops.remove(&id) {
+                        let order = node.next_order(i);
+                        self.shard.done.push(Done {
+                            at,
+                            order,
+                            op,
+                            how: Finished::Query(result, stats.hops),
+                        });
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+        self.rearm(i);
+    }
+
+    fn rearm(&mut self, i: usize) {
+        let now = self.now;
+        let node = self.node(i);
+        let skew = node.skew;
+        let Some(t) = node.core_mut().and_then(|n| n.poll_timeout()) else {
+            return;
+        };
+        let global = t.saturating_sub(skew).max(now);
+        if node.timer_at.is_none_or(|s| global < s) {
+            node.timer_at = Some(global);
+            let order = node.next_order(i);
+            self.shard
+                .queue
+                .push(global, order, Ev::Timer { node: i as u32 });
+        }
+    }
+}
+
+/// The trace file's line for one event.
+fn trace_line(at: Instant, code: u8, node: u32, extra: u64) -> String {
+    const KINDS: [&str; 17] = [
+        "?",
+        "request",
+        "response",
+        "sent",
+        "failed",
+        "timer",
+        "join",
+        "crash",
+        "restart",
+        "partition-start",
+        "partition-end",
+        "clog",
+        "unclog",
+        "heal-all",
+        "op-start",
+        "op-end",
+        "closed",
+    ];
+    let kind = KINDS.get(usize::from(code)).copied().unwrap_or("?");
+    format!("{:>14} {kind:<15} {node:>6} {extra}", at.as_micros())
+}
+
 /// A simulation run in progress.
 pub struct Simulation {
     /// The state checkers read.
     pub world: World,
     config: Config,
-    queue: EventQueue<Ev>,
+    team: Arc<Team>,
+    /// Events of the whole network, in order of (time, sequence).
+    globals: EventQueue<Global>,
+    /// When the workload chooses its next operation.
+    next_op: Option<Instant>,
     seq: u64,
-    link_seed: u64,
-    net_rng: ChaCha8Rng,
+    /// Shortest one-way delay between two nodes: the length of a window.
+    lookahead: Duration,
     work_rng: ChaCha8Rng,
-    partitions: Vec<ActivePartition>,
-    clogged: Vec<Option<usize>>,
     crashed_fault: Vec<Option<usize>>,
-    impaired: bool,
-    ops_by_query: FxHashMap<(u32, QueryId), usize>,
     completed_puts: Vec<usize>,
     completed_provides: Vec<usize>,
+    /// Hash of the events of the whole network (the nodes' own are in each node).
     trace: Xxh3,
     /// Trace bytes not yet hashed: the hash is fed in large chunks (a streaming hash of
     /// the same bytes is the same however they are split), which costs less per event.
     trace_buf: Vec<u8>,
     events: u64,
-    messages: u64,
     checkers: Vec<Box<dyn Checker>>,
     violations: Vec<Violation>,
     end: Instant,
     trace_out: Option<Box<dyn std::io::Write>>,
-    /// Messages in flight, by slot; freed slots are reused (most recently freed first, so
-    /// a new message usually lands in memory that is still in cache).
-    msgs: Vec<Option<Msg>>,
-    free_msgs: Vec<u32>,
-    /// Open connections, keyed by the pair of node indices (lower one in the high half),
-    /// with when each was last used (event sequence). Only looked up, never iterated.
-    links: FxHashMap<u64, u64>,
-    /// Inbound requests waiting for the node's answer: (node, inbound id) to (requester,
-    /// its incarnation, its request id). Nodes answer at once, so this stays tiny and
-    /// in cache.
-    inbound: FxHashMap<(u32, u64), (u32, u32, RequestId)>,
-    next_inbound: u64,
-}
-
-/// The key of the connection between `a` and `b` in [`Simulation::links`].
-fn pair(a: usize, b: usize) -> u64 {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    (lo as u64) << 32 | hi as u64
+    /// Operations finished in the last window, gathered from the shards.
+    done: Vec<Done>,
+    lines: Vec<Line>,
 }
 
 impl Simulation {
     /// Sets up a run of `scenario` with `seed`: nodes, joins, faults and workload are all
-    /// scheduled from the seed.
+    /// scheduled from the seed. It runs on one thread unless [`Simulation::set_threads`]
+    /// says otherwise.
     pub fn new(scenario: Scenario, seed: u64) -> Self {
         let mut master = ChaCha8Rng::seed_from_u64(seed);
         let mut sched_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
-        let net_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
+        let net_seed = master.next_u64();
         let work_rng = ChaCha8Rng::seed_from_u64(master.next_u64());
         let link_seed = master.next_u64();
         let id_seed = master.next_u64();
@@ -269,16 +1252,49 @@ impl Simulation {
                 skew,
                 incarnation: 0,
                 timer_at: None,
-                links: Vec::new(),
-                open_links: 0,
+                conns: FxHashMap::default(),
+                inbound: FxHashMap::default(),
+                next_inbound: 0,
+                ops: FxHashMap::default(),
+                rng: ChaCha8Rng::seed_from_u64(splitmix(net_seed ^ i as u64)),
+                count: 0,
+                trace: 0,
             });
         }
         let end = secs(scenario.duration_s);
         let heal_at = scenario.faults_end_s.map(secs);
+        let nw = &scenario.network;
+        let net = Net {
+            peers: nodes.iter().map(|n| n.peer).collect(),
+            index: index.clone(),
+            status: vec![
+                Status {
+                    up: false,
+                    incarnation: 0,
+                };
+                n
+            ],
+            servers: config.mode == Mode::Server,
+            link_seed,
+            latency_min_ms: nw.latency_min_ms,
+            latency_max_ms: nw.latency_max_ms,
+            jitter_ms: nw.jitter_ms,
+            loss: nw.loss,
+            duplicate: nw.duplicate,
+            reorder: nw.reorder,
+            reorder_delay_ms: nw.reorder_delay_ms,
+            max_connections: nw.max_connections,
+            impaired: nw.loss > 0.0 || nw.duplicate > 0.0 || nw.reorder > 0.0,
+            partitions: Vec::new(),
+            clogged: vec![None; n],
+            tracing: false,
+        };
+        // Every message between two nodes takes at least this long.
+        let lookahead = ms(nw.latency_min_ms).max(Duration::from_micros(1));
         let world = World {
             seed,
             now: Instant::ZERO,
-            nodes,
+            nodes: Nodes::new(nodes, n),
             index,
             faults: FaultLog::default(),
             history: History::default(),
@@ -286,37 +1302,27 @@ impl Simulation {
             heal_at,
             scenario: scenario.clone(),
         };
-        let impaired = scenario.network.loss > 0.0
-            || scenario.network.duplicate > 0.0
-            || scenario.network.reorder > 0.0;
         let mut sim = Simulation {
             world,
             config,
-            queue: EventQueue::new(),
+            team: Arc::new(Team::new(net, 1, n, lookahead)),
+            globals: EventQueue::new(),
+            next_op: None,
             seq: 0,
-            link_seed,
-            net_rng,
+            lookahead,
             work_rng,
-            partitions: Vec::new(),
-            clogged: vec![None; n],
             crashed_fault: vec![None; n],
-            impaired,
-            ops_by_query: FxHashMap::default(),
             completed_puts: Vec::new(),
             completed_provides: Vec::new(),
             trace: Xxh3::new(),
             trace_buf: Vec::with_capacity(TRACE_CHUNK),
             events: 0,
-            messages: 0,
             checkers: checkers::all(&scenario),
             violations: Vec::new(),
             end,
             trace_out: None,
-            msgs: Vec::new(),
-            free_msgs: Vec::new(),
-            links: FxHashMap::default(),
-            inbound: FxHashMap::default(),
-            next_inbound: 0,
+            done: Vec::new(),
+            lines: Vec::new(),
         };
 
         // Joins: the bootstrap nodes at zero, the rest spread over the join window.
@@ -328,7 +1334,7 @@ impl Simulation {
                 secs(unit(&mut sched_rng) * scenario.join.spread_s)
             };
             last_join = last_join.max(at);
-            sim.push(at, Ev::Join(i as u32));
+            sim.push(at, Global::Join(i as u32));
         }
         sim.world.all_joined_at = last_join;
 
@@ -348,14 +1354,14 @@ impl Simulation {
                     }
                 }
             }
-            sim.partitions.push(ActivePartition {
+            sim.net_mut().partitions.push(ActivePartition {
                 kind: p.kind,
                 in_a,
                 active: false,
                 fault: None,
             });
-            sim.push(secs(p.start_s), Ev::PartitionStart(pi));
-            sim.push(secs(p.end_s), Ev::PartitionEnd(pi));
+            sim.push(secs(p.start_s), Global::PartitionStart(pi));
+            sim.push(secs(p.end_s), Global::PartitionEnd(pi));
         }
 
         // Swizzle: clog nodes one by one, heal them in a different random order.
@@ -365,12 +1371,12 @@ impl Simulation {
             order.truncate(sw.nodes.min(n));
             let mut t = sw.start_s;
             for &i in &order {
-                sim.push(secs(t), Ev::Clog(i as u32));
+                sim.push(secs(t), Global::Clog(i as u32));
                 t += sw.step_s;
             }
             shuffle(&mut order, &mut sched_rng);
             for &i in &order {
-                sim.push(secs(t), Ev::Unclog(i as u32));
+                sim.push(secs(t), Global::Unclog(i as u32));
                 t += sw.step_s;
             }
         }
@@ -383,27 +1389,87 @@ impl Simulation {
                 let at = ch.start_s + unit(&mut sched_rng) * (ch.end_s - ch.start_s);
                 let down = ch.downtime_min_s
                     + unit(&mut sched_rng) * (ch.downtime_max_s - ch.downtime_min_s);
-                sim.push(secs(at), Ev::Crash(i as u32));
-                sim.push(secs(at + down), Ev::Restart(i as u32));
+                sim.push(secs(at), Global::Crash(i as u32));
+                sim.push(secs(at + down), Global::Restart(i as u32));
             }
         }
 
         if let Some(h) = heal_at {
-            sim.push(h, Ev::HealAll);
+            sim.push(h, Global::HealAll);
         }
         let w = &scenario.workload;
         if w.rate_per_s > 0.0 && w.end_s > w.start_s {
-            sim.push(secs(w.start_s), Ev::Op);
+            sim.next_op = Some(secs(w.start_s));
         }
         if scenario.checks.memory_check_interval_s > 0.0 {
-            sim.push(secs(scenario.checks.memory_check_interval_s), Ev::MemCheck);
+            sim.push(
+                secs(scenario.checks.memory_check_interval_s),
+                Global::MemCheck,
+            );
         }
         sim
     }
 
-    fn push(&mut self, at: Instant, ev: Ev) {
+    /// Runs the nodes' events on `threads` threads (at least one; at most one per node).
+    /// The run is the same whatever the number: same events, same results, same trace
+    /// hash. Call it before [`Simulation::run`].
+    pub fn set_threads(&mut self, threads: usize) {
+        let n = self.world.nodes.len();
+        let threads = threads.clamp(1, n);
+        let part_len = n.div_ceil(threads);
+        self.world.nodes.regroup(part_len);
+        let shards = self.world.nodes.parts.len();
+        let team = Arc::get_mut(&mut self.team)
+            .expect("the simulation's threads start only when it runs, which consumes it");
+        // Nothing is scheduled on the shards before the run starts.
+        team.shards = (0..shards)
+            .map(|k| Mutex::new(Shard::new(k, part_len, shards)))
+            .collect();
+        team.mail = (0..shards * shards)
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
+        team.progress = (0..shards).map(|_| AtomicU64::new(0)).collect();
+        team.threads = threads;
+    }
+
+    /// Writes one line per processed event (time in µs, kind, node, id) to `out`.
+    pub fn set_trace_writer(&mut self, out: Box<dyn std::io::Write>) {
+        self.trace_out = Some(out);
+        self.net_mut().tracing = true;
+    }
+
+    /// The network, to change between windows.
+    fn net_mut(&self) -> std::sync::RwLockWriteGuard<'_, Net> {
+        self.team
+            .net
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&mut self, at: Instant, ev: Global) {
         self.seq += 1;
-        self.queue.push(at, self.seq, ev);
+        self.globals.push(at, self.seq, ev);
+    }
+
+    /// Runs `f` on the shard holding node `i`, at the current time.
+    fn with_cx<R>(&mut self, i: usize, f: impl FnOnce(&mut Cx<'_>) -> R) -> R {
+        let s = i / self.world.nodes.part_len;
+        let net = read(&self.team.net);
+        let mut shard = lock(&self.team.shards[s]);
+        let mut cx = Cx {
+            shard: &mut shard,
+            nodes: &mut self.world.nodes.parts[s],
+            net: &net,
+            now: self.world.now,
+        };
+        f(&mut cx)
+    }
+
+    /// Posts the messages the last events of the whole network sent.
+    fn post_all(&mut self) {
+        for shard in &self.team.shards {
+            lock(shard).post(&self.team, Instant::ZERO);
+        }
     }
 
     fn local_now(&self, i: usize) -> Instant {
@@ -411,322 +1477,10 @@ impl Simulation {
     }
 
     fn node_mut(&mut self, i: usize) -> Option<&mut Node<MemoryStore>> {
-        match &mut self.world.nodes[i].state {
-            NodeState::Up(n) => Some(n),
-            _ => None,
-        }
+        self.world.nodes[i].core_mut()
     }
 
-    /// Base one-way latency of the link between `a` and `b` (symmetric, from the seed).
-    fn link_latency(&self, a: u32, b: u32) -> Duration {
-        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-        let h = splitmix(self.link_seed ^ (u64::from(lo) << 32 | u64::from(hi)));
-        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-        let net = &self.world.scenario.network;
-        ms(net.latency_min_ms + u * (net.latency_max_ms - net.latency_min_ms))
-    }
-
-    fn message_delay(&mut self, a: u32, b: u32) -> Duration {
-        let net = &self.world.scenario.network;
-        let (jitter, reorder, reorder_delay) = (net.jitter_ms, net.reorder, net.reorder_delay_ms);
-        let mut d = self.link_latency(a, b) + ms(unit(&mut self.net_rng) * jitter);
-        if self.impaired && reorder > 0.0 && unit(&mut self.net_rng) < reorder {
-            d += ms(reorder_delay);
-        }
-        d
-    }
-
-    fn blocked(&self, a: u32, b: u32) -> bool {
-        let (a, b) = (a as usize, b as usize);
-        if self.clogged[a].is_some() || self.clogged[b].is_some() {
-            return true;
-        }
-        self.partitions
-            .iter()
-            .filter(|p| p.active)
-            .any(|p| match p.kind {
-                PartitionKind::Split => p.in_a[a] != p.in_a[b],
-                PartitionKind::Isolate => p.in_a[a] || p.in_a[b],
-                PartitionKind::OneWay => p.in_a[a] && !p.in_a[b],
-            })
-    }
-
-    /// Sends a message over the simulated network: blocked, lost, delayed, duplicated.
-    fn transmit(&mut self, from: u32, to: u32, to_inc: Option<u32>, msg: Msg) {
-        self.messages += 1;
-        if self.blocked(from, to) {
-            return;
-        }
-        let (loss, dup) = {
-            let net = &self.world.scenario.network;
-            (net.loss, net.duplicate)
-        };
-        if self.impaired && loss > 0.0 && unit(&mut self.net_rng) < loss {
-            return;
-        }
-        let duplicate = self.impaired && dup > 0.0 && unit(&mut self.net_rng) < dup;
-        let at = self.world.now + self.message_delay(from, to);
-        if duplicate {
-            let later = self.world.now + self.message_delay(from, to);
-            let copy = self.store_msg(msg.clone());
-            self.push(
-                later,
-                Ev::Deliver {
-                    to,
-                    to_inc,
-                    from,
-                    msg: copy,
-                },
-            );
-        }
-        let msg = self.store_msg(msg);
-        self.push(
-            at,
-            Ev::Deliver {
-                to,
-                to_inc,
-                from,
-                msg,
-            },
-        );
-    }
-
-    /// Puts `msg` in a free slot of the message slab.
-    fn store_msg(&mut self, msg: Msg) -> u32 {
-        match self.free_msgs.pop() {
-            Some(slot) => {
-                self.msgs[slot as usize] = Some(msg);
-                slot
-            }
-            None => {
-                self.msgs.push(Some(msg));
-                (self.msgs.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Takes the message out of `slot` and frees the slot.
-    fn take_msg(&mut self, slot: u32) -> Msg {
-        self.free_msgs.push(slot);
-        self.msgs[slot as usize]
-            .take()
-            .expect("a scheduled delivery owns its message slot")
-    }
-
-    /// A local notification that takes one hop's time but cannot be lost (the outcome of a
-    /// dial or of writing to a stream).
-    fn notify(&mut self, to: u32, from: u32, msg: Msg) {
-        let inc = self.world.nodes[to as usize].incarnation;
-        let at = self.world.now + self.link_latency(from, to);
-        let msg = self.store_msg(msg);
-        self.push(
-            at,
-            Ev::Deliver {
-                to,
-                to_inc: Some(inc),
-                from,
-                msg,
-            },
-        );
-    }
-
-    fn address_of(i: usize) -> Address {
-        Address::from_bytes(&(i as u32).to_be_bytes()).expect("four bytes")
-    }
-
-    /// The node `peer` is, found from the address the request was sent to (a simulated
-    /// address is the node's index) when that address is the peer's own, otherwise by id.
-    fn resolve(&self, peer: &PeerId, addrs: &[Address]) -> Option<usize> {
-        if let Some(a) = addrs.first()
-            && let Ok(b) = <[u8; 4]>::try_from(a.as_bytes())
-        {
-            let j = u32::from_be_bytes(b) as usize;
-            if self.world.nodes.get(j).is_some_and(|n| n.peer == *peer) {
-                return Some(j);
-            }
-        }
-        self.world.index.get(peer).copied()
-    }
-
-    /// Carries out everything node `i` wants done, then re-arms its timer.
-    fn drain(&mut self, i: usize) {
-        while let Some(out) = self.node_mut(i).and_then(|n| n.poll_output()) {
-            match out {
-                Output::SendRequest {
-                    id,
-                    peer,
-                    addrs,
-                    request,
-                } => {
-                    let one_way = !request.expects_response();
-                    let from_inc = self.world.nodes[i].incarnation;
-                    match self.resolve(&peer, &addrs) {
-                        Some(j) if self.world.nodes[j].is_up() => {
-                            if self.blocked(i as u32, j as u32) {
-                                // A partitioned peer is silent: the request times out.
-                                self.messages += 1;
-                                continue;
-                            }
-                            self.transmit(
-                                i as u32,
-                                j as u32,
-                                None,
-                                Msg::Request {
-                                    id,
-                                    from_inc,
-                                    request,
-                                },
-                            );
-                            if one_way {
-                                self.notify(i as u32, j as u32, Msg::Sent { id });
-                            }
-                        }
-                        Some(j) => {
-                            // Down or not started: the dial is refused.
-                            self.messages += 1;
-                            self.notify(
-                                i as u32,
-                                j as u32,
-                                Msg::Failed {
-                                    id,
-                                    failure: RequestFailure::Dial,
-                                },
-                            );
-                        }
-                        None => {
-                            self.messages += 1;
-                            self.notify(
-                                i as u32,
-                                i as u32,
-                                Msg::Failed {
-                                    id,
-                                    failure: RequestFailure::Dial,
-                                },
-                            );
-                        }
-                    }
-                }
-                Output::SendResponse { id, response, .. } => {
-                    if let Some((j, inc, rid)) = self.inbound.remove(&(i as u32, id.0)) {
-                        self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
-                    }
-                }
-                Output::RejectInbound { id, .. } => {
-                    if let Some((j, inc, rid)) = self.inbound.remove(&(i as u32, id.0)) {
-                        self.transmit(
-                            i as u32,
-                            j,
-                            Some(inc),
-                            Msg::Failed {
-                                id: rid,
-                                failure: RequestFailure::UnsupportedProtocol,
-                            },
-                        );
-                    }
-                }
-                Output::Event(Event::QueryFinished { id, result, stats }) => {
-                    self.query_finished(i, id, result, stats.hops);
-                }
-                Output::Event(_) => {}
-            }
-        }
-        self.rearm(i);
-    }
-
-    fn rearm(&mut self, i: usize) {
-        let skew = self.world.nodes[i].skew;
-        let Some(t) = self.node_mut(i).and_then(|n| n.poll_timeout()) else {
-            return;
-        };
-        let global = t.saturating_sub(skew).max(self.world.now);
-        let node = &mut self.world.nodes[i];
-        if node.timer_at.is_none_or(|s| global < s) {
-            node.timer_at = Some(global);
-            self.push(global, Ev::Timer { node: i as u32 });
-        }
-    }
-
-    /// Opens a connection between `a` and `b` on first contact: each learns, as from
-    /// identify, whether the other serves the DHT. A node keeps at most
-    /// `network.max_connections` connections; opening one more closes its least recently
-    /// used quarter at once (so closing costs little per connection opened), as libp2p's
-    /// connection limits and idle timeouts do.
-    fn connect(&mut self, a: usize, b: usize) {
-        let stamp = self.seq;
-        let max = self.world.scenario.network.max_connections;
-        if let Some(t) = self.links.get_mut(&pair(a, b)) {
-            *t = stamp;
-            return;
-        }
-        for x in [a, b] {
-            if self.world.nodes[x].open_links >= max {
-                // (last use, peer) of each open connection, oldest first; a peer listed
-                // twice (closed by the other side, then opened again) has the same entry
-                // twice, side by side.
-                let listed = std::mem::take(&mut self.world.nodes[x].links);
-                let mut by_age: Vec<(u64, u32)> = listed
-                    .into_iter()
-                    .filter_map(|y| Some((*self.links.get(&pair(x, y as usize))?, y)))
-                    .collect();
-                by_age.sort_unstable();
-                by_age.dedup();
-                let (old, kept) = by_age.split_at(max / 4);
-                self.world.nodes[x].links = kept.iter().map(|&(_, y)| y).collect();
-                for &(_, y) in old {
-                    self.disconnect(x, y as usize);
-                }
-            }
-        }
-        self.links.insert(pair(a, b), stamp);
-        for (x, y) in [(a, b), (b, a)] {
-            let node = &mut self.world.nodes[x];
-            node.links.push(y as u32);
-            node.open_links += 1;
-            if node.links.len() >= 2 * max {
-                // Many connections closed by the other side: forget them.
-                let open = self.open_links_of(x);
-                self.world.nodes[x].links = open;
-            }
-        }
-        for (x, y) in [(a, b), (b, a)] {
-            let serves = self.world.nodes[y]
-                .node()
-                .is_some_and(|n| n.mode() == Mode::Server);
-            let peer = self.world.nodes[y].peer;
-            let now = self.local_now(x);
-            if let Some(node) = self.node_mut(x) {
-                node.handle_connection_established(now, peer);
-                node.handle_peer_identified(now, peer, &[Self::address_of(y)], serves);
-            }
-        }
-        self.drain(a);
-        self.drain(b);
-    }
-
-    /// The peers `x` has an open connection with, each once, in increasing order.
-    fn open_links_of(&mut self, x: usize) -> Vec<u32> {
-        let mut open = std::mem::take(&mut self.world.nodes[x].links);
-        open.sort_unstable();
-        open.dedup();
-        open.retain(|&y| self.links.contains_key(&pair(x, y as usize)));
-        open
-    }
-
-    /// Closes the connection between `x` and `y`; both sides are told. The caller takes
-    /// `y` out of `x`'s list; `x` stays in `y`'s until `y` looks through it.
-    fn disconnect(&mut self, x: usize, y: usize) {
-        self.links.remove(&pair(x, y));
-        self.world.nodes[x].open_links -= 1;
-        self.world.nodes[y].open_links -= 1;
-        for (p, q) in [(x, y), (y, x)] {
-            let peer = self.world.nodes[q].peer;
-            let now = self.local_now(p);
-            if let Some(node) = self.node_mut(p) {
-                node.handle_connection_closed(now, peer);
-            }
-        }
-    }
-
+    /// Folds an event of the whole network into the trace.
     fn trace_event(&mut self, at: Instant, code: u8, node: u32, extra: u64) {
         let mut buf = [0u8; 21];
         buf[..8].copy_from_slice(&at.as_micros().to_le_bytes());
@@ -739,140 +1493,134 @@ impl Simulation {
             self.trace_buf.clear();
         }
         if let Some(w) = self.trace_out.as_mut() {
-            const KINDS: [&str; 16] = [
-                "?",
-                "request",
-                "response",
-                "sent",
-                "failed",
-                "timer",
-                "join",
-                "crash",
-                "restart",
-                "partition-start",
-                "partition-end",
-                "clog",
-                "unclog",
-                "heal-all",
-                "op-start",
-                "op-end",
-            ];
-            let kind = KINDS.get(usize::from(code)).copied().unwrap_or("?");
             // A failing trace writer must not change the run; the hash is what counts.
-            let _ = writeln!(w, "{:>14} {kind:<15} {node:>6} {extra}", at.as_micros());
+            let _ = writeln!(w, "{}", trace_line(at, code, node, extra));
         }
     }
 
-    /// Writes one line per processed event (time in µs, kind, node, id) to `out`.
-    pub fn set_trace_writer(&mut self, out: Box<dyn std::io::Write>) {
-        self.trace_out = Some(out);
+    /// Processes every node's events before `until`: each shard on its own thread.
+    fn run_window(&mut self, start: Instant, until: Instant) {
+        let team = Arc::clone(&self.team);
+        let shards = team.shards.len();
+        for p in &team.progress {
+            p.store(start.as_micros(), Ordering::Release);
+        }
+        if team.threads > 1 {
+            for k in 0..shards {
+                lock(&team.shards[k]).held = std::mem::take(&mut self.world.nodes.parts[k]);
+            }
+            team.until.store(until.as_micros(), Ordering::Release);
+            team.pending.store(team.threads - 1, Ordering::Release);
+            team.epoch.fetch_add(1, Ordering::AcqRel);
+            team.wake();
+        }
+        if team.threads > 1 {
+            run_shards(&team, 0, until);
+        } else {
+            let net = read(&team.net);
+            for (k, nodes) in self.world.nodes.parts.iter_mut().enumerate() {
+                lock(&team.shards[k]).epoch(nodes, &team, &net, until);
+            }
+        }
+        if team.threads > 1 {
+            wait_until(|| team.pending.load(Ordering::Acquire) == 0);
+            assert!(
+                !team.failed.load(Ordering::Acquire),
+                "a simulation thread panicked (its message is above)"
+            );
+            for k in 0..shards {
+                self.world.nodes.parts[k] = std::mem::take(&mut lock(&team.shards[k]).held);
+            }
+        }
+        // What finished in the window, in the order of a single run.
+        for shard in &team.shards {
+            let mut shard = lock(shard);
+            self.done.append(&mut shard.done);
+            self.lines.append(&mut shard.lines);
+        }
+        if !self.lines.is_empty() {
+            self.lines.sort_unstable_by_key(|l| (l.at, l.order));
+            if let Some(w) = self.trace_out.as_mut() {
+                for l in &self.lines {
+                    let _ = writeln!(w, "{}", l.text);
+                }
+            }
+            self.lines.clear();
+        }
+        if !self.done.is_empty() {
+            let mut done = std::mem::take(&mut self.done);
+            done.sort_unstable_by_key(|d| (d.at, d.order));
+            for d in done.drain(..) {
+                self.world.now = d.at;
+                match d.how {
+                    Finished::Query(result, hops) => self.query_finished(d.op, result, hops),
+                    Finished::Refused(e) => self.complete_op(d.op, Outcome::Failed(e), 0, None),
+                }
+            }
+            self.done = done;
+        }
     }
 
-    /// Processes the next event; returns `false` when the run is over.
-    pub fn step(&mut self) -> bool {
-        let Some((at, _, ev)) = self.queue.pop() else {
+    /// Processes the next window or event of the whole network; `false` when the run is
+    /// over.
+    fn step(&mut self) -> bool {
+        let nodes_next = self
+            .team
+            .shards
+            .iter()
+            .filter_map(|s| lock(s).next_at())
+            .min();
+        let global_next = self.globals.peek_time();
+        let work_next = [nodes_next, self.next_op].into_iter().flatten().min();
+        if let Some(g) = global_next
+            && work_next.is_none_or(|w| g <= w)
+        {
+            if g > self.end {
+                return false;
+            }
+            let (at, _, ev) = self.globals.pop().expect("just peeked");
+            self.world.now = self.world.now.max(at);
+            self.global(ev);
+            self.post_all();
+            return true;
+        }
+        let Some(start) = work_next else {
             return false;
         };
-        if at > self.end {
+        if start > self.end {
             return false;
         }
-        self.world.now = self.world.now.max(at);
+        let mut until =
+            (start + self.lookahead * EPOCH_WINDOWS).min(self.end + Duration::from_micros(1));
+        if let Some(g) = global_next {
+            until = until.min(g);
+        }
+        // The operations that start in this window, chosen now: no node joins, crashes or
+        // restarts before the window ends.
+        while let Some(t) = self.next_op.filter(|&t| t < until) {
+            self.issue_op(t);
+            let w = &self.world.scenario.workload;
+            let interval = (0.5 + unit(&mut self.work_rng)) / w.rate_per_s;
+            let next = t + Duration::from_secs_f64(interval);
+            self.next_op = (next <= secs(w.end_s)).then_some(next);
+        }
+        self.run_window(start, until);
+        true
+    }
+
+    fn global(&mut self, ev: Global) {
         let now = self.world.now;
+        self.events += 1;
         match ev {
-            Ev::Deliver {
-                to,
-                to_inc,
-                from,
-                msg,
-            } => {
-                let (t, f) = (to as usize, from as usize);
-                let msg = self.take_msg(msg);
-                if !self.world.nodes[t].is_up() {
-                    if let Msg::Request { id, from_inc, .. } = msg {
-                        // Arrived at a crashed node: the sender's stream breaks.
-                        if self.world.nodes[f].incarnation == from_inc {
-                            self.notify(
-                                from,
-                                to,
-                                Msg::Failed {
-                                    id,
-                                    failure: RequestFailure::Io,
-                                },
-                            );
-                        }
-                    }
-                    return true;
-                }
-                if to_inc.is_some_and(|inc| inc != self.world.nodes[t].incarnation) {
-                    return true;
-                }
-                self.events += 1;
-                let local = self.local_now(t);
-                match msg {
-                    Msg::Request {
-                        id,
-                        from_inc,
-                        request,
-                    } => {
-                        self.trace_event(now, 1, to, id.0);
-                        self.connect(f, t);
-                        let inbound = InboundId(self.next_inbound);
-                        self.next_inbound += 1;
-                        if request.expects_response() {
-                            self.inbound.insert((to, inbound.0), (from, from_inc, id));
-                        }
-                        let peer = self.world.nodes[f].peer;
-                        if let Some(n) = self.node_mut(t) {
-                            n.handle_request(local, peer, inbound, request);
-                        }
-                    }
-                    Msg::Response { id, response } => {
-                        self.trace_event(now, 2, to, id.0);
-                        if let Some(n) = self.node_mut(t) {
-                            n.handle_response(local, id, response);
-                        }
-                    }
-                    Msg::Sent { id } => {
-                        self.trace_event(now, 3, to, id.0);
-                        if let Some(n) = self.node_mut(t) {
-                            n.handle_request_sent(local, id);
-                        }
-                    }
-                    Msg::Failed { id, failure } => {
-                        self.trace_event(now, 4, to, id.0);
-                        if let Some(n) = self.node_mut(t) {
-                            n.handle_request_failed(local, id, failure);
-                        }
-                    }
-                }
-                self.drain(t);
-            }
-            Ev::Timer { node } => {
-                let i = node as usize;
-                if self.world.nodes[i].timer_at != Some(at) {
-                    return true;
-                }
-                self.world.nodes[i].timer_at = None;
-                self.events += 1;
-                self.trace_event(now, 5, node, 0);
-                let local = self.local_now(i);
-                if let Some(n) = self.node_mut(i) {
-                    n.handle_timeout(local);
-                }
-                self.drain(i);
-            }
-            Ev::Join(i) => {
-                self.events += 1;
+            Global::Join(i) => {
                 self.trace_event(now, 6, i, 0);
                 self.start_node(i as usize);
             }
-            Ev::Crash(i) => {
-                self.events += 1;
+            Global::Crash(i) => {
                 self.trace_event(now, 7, i, 0);
                 self.crash(i as usize);
             }
-            Ev::Restart(i) => {
-                self.events += 1;
+            Global::Restart(i) => {
                 self.trace_event(now, 8, i, 0);
                 let i = i as usize;
                 if let Some(f) = self.crashed_fault[i].take() {
@@ -883,82 +1631,87 @@ impl Simulation {
                     self.start_node(i);
                 }
             }
-            Ev::PartitionStart(p) => {
-                self.events += 1;
+            Global::PartitionStart(p) => {
                 self.trace_event(now, 9, p as u32, 0);
-                if !self.partitions[p].active && self.world.heal_at.is_none_or(|h| now < h) {
-                    self.partitions[p].active = true;
-                    self.partitions[p].fault = Some(self.world.faults.start(now, Scope::All));
+                let heal_at = self.world.heal_at;
+                let mut net = self
+                    .team
+                    .net
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !net.partitions[p].active && heal_at.is_none_or(|h| now < h) {
+                    net.partitions[p].active = true;
+                    net.partitions[p].fault = Some(self.world.faults.start(now, Scope::All));
                 }
             }
-            Ev::PartitionEnd(p) => {
-                self.events += 1;
+            Global::PartitionEnd(p) => {
                 self.trace_event(now, 10, p as u32, 0);
                 self.end_partition(p, now);
             }
-            Ev::Clog(i) => {
-                self.events += 1;
+            Global::Clog(i) => {
                 self.trace_event(now, 11, i, 0);
                 let i = i as usize;
-                if self.clogged[i].is_none() && self.world.heal_at.is_none_or(|h| now < h) {
-                    self.clogged[i] = Some(self.world.faults.start(now, Scope::Node(i)));
+                let heal_at = self.world.heal_at;
+                let mut net = self
+                    .team
+                    .net
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if net.clogged[i].is_none() && heal_at.is_none_or(|h| now < h) {
+                    net.clogged[i] = Some(self.world.faults.start(now, Scope::Node(i)));
                 }
             }
-            Ev::Unclog(i) => {
-                self.events += 1;
+            Global::Unclog(i) => {
                 self.trace_event(now, 12, i, 0);
-                if let Some(f) = self.clogged[i as usize].take() {
+                let fault = self.net_mut().clogged[i as usize].take();
+                if let Some(f) = fault {
                     self.world.faults.end(f, now);
                 }
             }
-            Ev::HealAll => {
-                self.events += 1;
+            Global::HealAll => {
                 self.trace_event(now, 13, 0, 0);
                 self.heal_all(now);
             }
-            Ev::Op => {
-                self.events += 1;
-                self.issue_op();
-                let w = &self.world.scenario.workload;
-                let interval = (0.5 + unit(&mut self.work_rng)) / w.rate_per_s;
-                let next = now + Duration::from_secs_f64(interval);
-                if next <= secs(w.end_s) {
-                    self.push(next, Ev::Op);
-                }
-            }
-            Ev::MemCheck => {
-                self.events += 1;
+            Global::MemCheck => {
                 let mut out = Vec::new();
                 for c in &mut self.checkers {
                     c.on_tick(&self.world, &mut out);
                 }
                 self.violations.extend(out);
                 let d = self.world.scenario.checks.memory_check_interval_s;
-                self.push(now + Duration::from_secs_f64(d), Ev::MemCheck);
+                self.push(now + Duration::from_secs_f64(d), Global::MemCheck);
             }
         }
-        true
     }
 
     fn end_partition(&mut self, p: usize, now: Instant) {
-        if self.partitions[p].active {
-            self.partitions[p].active = false;
-            if let Some(f) = self.partitions[p].fault.take() {
+        let mut net = self
+            .team
+            .net
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let part = &mut net.partitions[p];
+        if part.active {
+            part.active = false;
+            if let Some(f) = part.fault.take() {
                 self.world.faults.end(f, now);
             }
         }
     }
 
     fn heal_all(&mut self, now: Instant) {
-        for p in 0..self.partitions.len() {
+        let partitions = self.net_mut().partitions.len();
+        for p in 0..partitions {
             self.end_partition(p, now);
         }
-        for i in 0..self.clogged.len() {
-            if let Some(f) = self.clogged[i].take() {
-                self.world.faults.end(f, now);
-            }
+        let clogged: Vec<usize> = {
+            let mut net = self.net_mut();
+            net.impaired = false;
+            net.clogged.iter_mut().filter_map(Option::take).collect()
+        };
+        for f in clogged {
+            self.world.faults.end(f, now);
         }
-        self.impaired = false;
         for i in 0..self.world.nodes.len() {
             if matches!(self.world.nodes[i].state, NodeState::Down(_)) {
                 if let Some(f) = self.crashed_fault[i].take() {
@@ -984,31 +1737,31 @@ impl Simulation {
         let seed = splitmix(self.world.seed ^ ((i as u64) << 24) ^ u64::from(node.incarnation));
         let now = self.local_now(i);
         let mut core = Node::new(self.config.clone(), peer, store, seed, now);
-        core.set_local_addresses(vec![Self::address_of(i)]);
+        core.set_local_addresses(vec![address_of(i)]);
+        let incarnation = self.world.nodes[i].incarnation;
+        self.net_mut().status[i] = Status {
+            up: true,
+            incarnation,
+        };
         self.world.nodes[i].state = NodeState::Up(Box::new(core));
         let boots = self.world.scenario.join.bootstrap_nodes;
-        if i < boots {
+        let known: Vec<usize> = if i < boots {
             // The bootstrap nodes know each other from the start.
-            for j in 0..boots {
-                if j != i {
-                    let p = self.world.nodes[j].peer;
-                    if let Some(n) = self.node_mut(i) {
-                        n.add_address(now, p, Self::address_of(j));
-                    }
-                }
-            }
+            (0..boots).filter(|&j| j != i).collect()
         } else {
-            let j = (splitmix(seed) % boots as u64) as usize;
+            vec![(splitmix(seed) % boots as u64) as usize]
+        };
+        for j in known {
             let p = self.world.nodes[j].peer;
             if let Some(n) = self.node_mut(i) {
-                n.add_address(now, p, Self::address_of(j));
+                n.add_address(now, p, address_of(j));
             }
         }
         if let Some(n) = self.node_mut(i) {
             // Bootstrap is an internal query: its result is not a client operation.
             let _ = n.bootstrap(now);
         }
-        self.drain(i);
+        self.with_cx(i, |cx| cx.drain(i));
     }
 
     fn crash(&mut self, i: usize) {
@@ -1019,34 +1772,22 @@ impl Simulation {
         // Only what the store made durable survives.
         node.state = NodeState::Down(core.into_store());
         node.timer_at = None;
-        let peer = node.peer;
-        self.inbound.retain(|&(n, _), _| n as usize != i);
+        node.inbound.clear();
+        let mut links: Vec<u32> = node.conns.drain().map(|(j, _)| j).collect();
+        links.sort_unstable();
+        let mut pending: Vec<usize> = node.ops.drain().map(|(_, op)| op).collect();
+        pending.sort_unstable();
+        self.net_mut().status[i].up = false;
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
-        let links = self.open_links_of(i);
-        self.world.nodes[i].open_links = 0;
-        for j in links {
-            let j = j as usize;
-            self.links.remove(&pair(i, j));
-            self.world.nodes[j].open_links -= 1;
-            let now = self.local_now(j);
-            if let Some(n) = self.node_mut(j) {
-                n.handle_connection_closed(now, peer);
+        // The other ends see the connections break one hop later.
+        self.with_cx(i, |cx| {
+            for j in links {
+                cx.notify(i as u32, j, Msg::Closed);
             }
-            self.drain(j);
-        }
+        });
         // Pending client operations of the crashed node fail.
-        let pending: Vec<(u32, QueryId)> = self
-            .ops_by_query
-            .keys()
-            .filter(|(n, _)| *n as usize == i)
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for key in pending {
-            if let Some(op) = self.ops_by_query.remove(&key) {
-                self.complete_op(op, Outcome::Failed("node crashed".into()), 0, None);
-            }
+        for op in pending {
+            self.complete_op(op, Outcome::Failed("node crashed".into()), 0, None);
         }
     }
 
@@ -1061,7 +1802,8 @@ impl Simulation {
         None
     }
 
-    fn issue_op(&mut self) {
+    /// Chooses the operation that starts at `at` and schedules its start on its node.
+    fn issue_op(&mut self, at: Instant) {
         let w = self.world.scenario.workload.clone();
         let Some(i) = self.pick_up_node() else {
             return;
@@ -1118,7 +1860,6 @@ impl Simulation {
                 (k.to_vec(), Vec::new())
             }
         };
-        let now = self.world.now;
         self.world.history.ops.push(OpRecord {
             id,
             node: i,
@@ -1126,37 +1867,26 @@ impl Simulation {
             key: key.clone(),
             value: value.clone(),
             reads,
-            invoked: now,
+            invoked: at,
             completed: None,
             outcome: Outcome::Pending,
             hops: 0,
         });
-        let local = self.local_now(i);
-        let rkey = RecordKey::new(&key).expect("workload keys are short");
-        let Some(node) = self.node_mut(i) else {
-            return;
-        };
-        let started = match kind {
-            OpKind::Put => node.put_record(local, Record::new(rkey, value), Quorum::One),
-            OpKind::Get => node.get_record(local, rkey, Quorum::One),
-            OpKind::Provide => node.start_providing(local, rkey),
-            OpKind::GetProviders => node.get_providers(local, rkey),
-            OpKind::Lookup => node.get_closest_peers(local, rkey),
-        };
-        match started {
-            Ok(q) => {
-                self.ops_by_query.insert((i as u32, q), id);
-                self.trace_event(now, 14, i as u32, id as u64);
-            }
-            Err(e) => self.complete_op(id, Outcome::Failed(e.to_string()), 0, None),
-        }
-        self.drain(i);
+        let key = RecordKey::new(&key).expect("workload keys are short");
+        let order = self.world.nodes[i].next_order(i);
+        let start = Ev::Op(Box::new(OpStart {
+            node: i as u32,
+            op: id,
+            kind,
+            key,
+            value,
+        }));
+        lock(&self.team.shards[i / self.world.nodes.part_len])
+            .queue
+            .push(at, order, start);
     }
 
-    fn query_finished(&mut self, i: usize, qid: QueryId, result: QueryResult, hops: u32) {
-        let Some(op) = self.ops_by_query.remove(&(i as u32, qid)) else {
-            return;
-        };
+    fn query_finished(&mut self, op: usize, result: QueryResult, hops: u32) {
         let expect_provider = self.world.history.ops[op]
             .reads
             .map(|p| self.world.nodes[self.world.history.ops[p].node].peer);
@@ -1230,13 +1960,29 @@ impl Simulation {
     /// Runs to the end; `progress` is called now and then with the virtual time reached.
     pub fn run(mut self, progress: &mut dyn FnMut(Instant)) -> Report {
         let started = std::time::Instant::now();
-        let mut since = 0u64;
+        let helpers: Vec<_> = (1..self.team.threads)
+            .map(|k| {
+                let team = Arc::clone(&self.team);
+                std::thread::spawn(move || helper(&team, k))
+            })
+            .collect();
+        let mut threads = vec![std::thread::current()];
+        threads.extend(helpers.iter().map(|h| h.thread().clone()));
+        // Set once per run: a simulation runs once.
+        let _ = self.team.threads_of_run.set(threads);
+        let stop = StopHelpers(Arc::clone(&self.team));
+        let mut reported = 0u64;
         while self.step() {
-            since += 1;
-            if since >= 200_000 {
-                since = 0;
+            let events = self.events();
+            if events - reported >= 200_000 {
+                reported = events;
                 progress(self.world.now);
             }
+        }
+        drop(stop);
+        for h in helpers {
+            // A helper that panicked has said so in the window it panicked in.
+            let _ = h.join();
         }
         self.world.now = self.world.now.max(self.end);
         // Operations still running at the end did not finish in time.
@@ -1248,6 +1994,11 @@ impl Simulation {
         self.violations.extend(out);
         let wall = started.elapsed();
         self.report(wall)
+    }
+
+    /// Events processed so far.
+    fn events(&self) -> u64 {
+        self.events + self.team.shards.iter().map(|s| lock(s).events).sum::<u64>()
     }
 
     fn report(self, wall: Duration) -> Report {
@@ -1282,15 +2033,23 @@ impl Simulation {
             .filter(|g| g.ok() && g.reads.is_some_and(|p| ops[p].value == g.value))
             .count();
         let wall_ms = wall.as_millis() as u64;
+        let events = self.events();
+        // The whole network's events, then every node's own stream, in node order.
+        let mut trace = self.trace;
+        trace.update(&self.trace_buf);
+        for n in self.world.nodes.iter() {
+            trace.update(&n.trace.to_le_bytes());
+        }
         let [puts, gets_c, provides, get_providers, lookups] = counts;
         Report {
             scenario: self.world.scenario.name.clone(),
             seed: self.world.seed,
             nodes: self.world.nodes.len(),
+            threads: self.team.threads,
             virtual_ms: self.world.now.as_millis(),
             wall_ms,
-            events: self.events,
-            events_per_sec: self.events as f64 / wall.as_secs_f64().max(1e-9),
+            events,
+            events_per_sec: events as f64 / wall.as_secs_f64().max(1e-9),
             ops: ops.len() as u64,
             ops_ok: ok,
             ops_failed: ops.len() as u64 - ok,
@@ -1308,12 +2067,8 @@ impl Simulation {
             lookup_hops_p99: percentile(&hops, 99.0),
             latency_ms_p50: percentile(&lat, 50.0),
             latency_ms_p99: percentile(&lat, 99.0),
-            messages: self.messages,
-            trace_hash: format!("{:016x}", {
-                let mut trace = self.trace;
-                trace.update(&self.trace_buf);
-                trace.digest()
-            }),
+            messages: self.team.shards.iter().map(|s| lock(s).messages).sum(),
+            trace_hash: format!("{:016x}", trace.digest()),
             violations: self.violations,
         }
     }
@@ -1326,7 +2081,7 @@ fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
     }
 }
 
-/// Runs `scenario` with `seed` to the end.
+/// Runs `scenario` with `seed` to the end, on one thread.
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
     Simulation::new(scenario.clone(), seed).run(&mut |_| {})
 }

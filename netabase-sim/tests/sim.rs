@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use netabase_sim::{Report, Scenario, replay_command, run};
+use netabase_sim::{Report, Scenario, Simulation, replay_command, run};
 
 fn scenario_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,6 +93,50 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_does_not() {
     assert_eq!(a.events, b.events);
     assert_eq!(a.ops_ok, b.ops_ok);
     assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+/// Splitting the nodes over threads changes nothing: the same events, results, trace hash
+/// and trace file, under crashes, restarts, clogs, skew, loss and partitions.
+#[test]
+fn any_number_of_threads_gives_the_same_run() {
+    let dir = std::env::temp_dir().join(format!("netabase-sim-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, seed) in [("dht-churn", 3), ("dht-partition", 8), ("dht-loss", 11)] {
+        let mut sc = load(name);
+        if name == "dht-loss" {
+            sc.nodes = 80;
+            sc.duration_s = 150.0;
+            sc.workload.end_s = 140.0;
+        }
+        let mut runs = Vec::new();
+        for threads in [1, 2, 3] {
+            let path = dir.join(format!("{name}-{threads}.trace"));
+            let mut sim = Simulation::new(sc.clone(), seed);
+            sim.set_threads(threads);
+            sim.set_trace_writer(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(&path).unwrap(),
+            )));
+            let report = sim.run(&mut |_| {});
+            assert_eq!(report.threads, threads, "{name}");
+            assert_clean(&report, name);
+            runs.push((report, std::fs::read(&path).unwrap()));
+        }
+        let (one, trace) = &runs[0];
+        assert!(
+            one.ops_ok > 0 && one.events > 10_000,
+            "{name}: {}",
+            one.human()
+        );
+        for (other, other_trace) in &runs[1..] {
+            assert_eq!(one.trace_hash, other.trace_hash, "{name}");
+            assert_eq!(one.events, other.events, "{name}");
+            assert_eq!(one.messages, other.messages, "{name}");
+            assert_eq!(one.ops_ok, other.ops_ok, "{name}");
+            assert_eq!(one.latency_ms_p99, other.latency_ms_p99, "{name}");
+            assert!(trace == other_trace, "{name}: the trace files differ");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A short sweep of the lossy scenario: at least 99% of gets after a completed put succeed
