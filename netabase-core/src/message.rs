@@ -2,6 +2,7 @@
 //!
 //! [`crate::wire`] converts them to and from the bytes of libp2p's `dht.proto`.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::key::RecordKey;
@@ -78,8 +79,8 @@ pub enum Request {
     },
     /// Asks the peer to store a record.
     PutValue {
-        /// The record.
-        record: WireRecord,
+        /// The record (boxed: requests are moved often, and most are small).
+        record: Box<WireRecord>,
     },
     /// Asks for providers of `key`, and closer peers.
     GetProviders {
@@ -90,8 +91,8 @@ pub enum Request {
     AddProvider {
         /// The key.
         key: RecordKey,
-        /// The provider (must be the sender).
-        provider: PeerInfo,
+        /// The provider (must be the sender; boxed like [`Request::PutValue`]'s record).
+        provider: Box<PeerInfo>,
     },
     /// Liveness check (deprecated in the libp2p spec, still answered).
     Ping,
@@ -126,8 +127,9 @@ pub enum Response {
     },
     /// Answer to GET_VALUE.
     GetValue {
-        /// The record, if the responder has it.
-        record: Option<WireRecord>,
+        /// The record, if the responder has it (boxed: responses are moved often, and
+        /// most carry none).
+        record: Option<Box<WireRecord>>,
         /// Peers closer to the key.
         closer_peers: Vec<PeerInfo>,
     },

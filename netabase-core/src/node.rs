@@ -244,7 +244,7 @@ pub enum QueryResult {
     /// Closest peers to a key, closest first.
     GetClosestPeers(Result<Vec<PeerId>, QueryError>),
     /// The addresses of a peer.
-    FindPeer(Result<PeerInfo, QueryError>),
+    FindPeer(Result<Box<PeerInfo>, QueryError>),
     /// Records found under a key.
     GetRecord(Result<Vec<PeerRecord>, QueryError>),
     /// Peers that stored a record.
@@ -988,7 +988,7 @@ impl<S: RecordStore> Node<S> {
                 finished: now,
                 ..QueryStats::default()
             };
-            self.emit_finished(id, QueryResult::FindPeer(Ok(info)), stats);
+            self.emit_finished(id, QueryResult::FindPeer(Ok(Box::new(info))), stats);
             return Ok(id);
         }
         Ok(self.start_query(now, key, QueryKind::FindPeer { peer }, false))
@@ -1337,18 +1337,18 @@ impl<S: RecordStore> Node<S> {
         match &mut q.kind {
             QueryKind::PutRecord { record, .. } => {
                 let request = Request::PutValue {
-                    record: to_wire(record, now),
+                    record: Box::new(to_wire(record, now)),
                 };
                 self.start_fanout(now, id, request);
             }
             QueryKind::AddProvider { key } => {
                 let request = Request::AddProvider {
                     key: key.clone(),
-                    provider: PeerInfo {
+                    provider: Box::new(PeerInfo {
                         id: local,
                         addrs: self.local_addrs.clone(),
                         connection: ConnectionType::Connected,
-                    },
+                    }),
                 };
                 self.start_fanout(now, id, request);
             }
@@ -1558,7 +1558,7 @@ impl<S: RecordStore> Node<S> {
                 .map(|e| e.addrs.clone())
                 .unwrap_or_else(|| Addresses::from([]));
             let request = Request::PutValue {
-                record: wire.clone(),
+                record: Box::new(wire.clone()),
             };
             self.send_request(now, peer, addrs, request, None, Purpose::Cache);
         }
@@ -1638,7 +1638,7 @@ impl<S: RecordStore> Node<S> {
                                 Some(r) => {
                                     records.push(PeerRecord {
                                         peer: Some(req.peer),
-                                        record: from_wire(r, now),
+                                        record: from_wire(*r, now),
                                     });
                                     if records.len() >= *quorum {
                                         q.iter.on_success(&local, &req.peer, core::iter::empty());
@@ -1702,7 +1702,7 @@ impl<S: RecordStore> Node<S> {
         self.query_deadlines.remove(q.deadline, id);
         q.stats.finished = now;
         q.stats.hops = q.iter.succeeded().map(|(_, d)| d).max().unwrap_or(0);
-        self.emit_finished(id, QueryResult::FindPeer(Ok(info)), q.stats);
+        self.emit_finished(id, QueryResult::FindPeer(Ok(Box::new(info))), q.stats);
     }
 
     fn known_addrs(&self, req: &PendingRequest) -> Addresses {
@@ -1813,7 +1813,7 @@ impl<S: RecordStore> Node<S> {
                         let _ = self.store.remove(&key);
                         None
                     }
-                    Ok(r) => r.map(|r| to_wire(&r, now)),
+                    Ok(r) => r.map(|r| Box::new(to_wire(&r, now))),
                     Err(_) => None,
                 };
                 #[cfg(feature = "fault-injection")]
@@ -1839,7 +1839,7 @@ impl<S: RecordStore> Node<S> {
                     self.reject(id, peer, kind, true, Rejection::Store(e));
                     return;
                 }
-                let mut stored = from_wire(record, now);
+                let mut stored = from_wire(*record, now);
                 // Never keep a record longer than this node's own record lifetime.
                 if let Some(ttl) = self.config.record_ttl {
                     let cap = now + ttl;
@@ -1914,7 +1914,7 @@ impl<S: RecordStore> Node<S> {
     }
 
     #[cfg(feature = "fault-injection")]
-    fn inject_value_fault(&mut self, record: Option<WireRecord>) -> Option<WireRecord> {
+    fn inject_value_fault(&mut self, record: Option<Box<WireRecord>>) -> Option<Box<WireRecord>> {
         let mut record = record?;
         if self.config.injected_fault == Some(InjectedFault::CorruptEveryThirdValue) {
             self.fault_counter += 1;

@@ -7,6 +7,7 @@
 //! malformed id, and addresses of a bad length, are skipped (as libp2p does) rather than
 //! failing the whole message; a malformed record or key fails it.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -393,7 +394,7 @@ fn request_from_pb(msg: pb::Message) -> Result<Request, DecodeError> {
                 field: "record",
             })?;
             Request::PutValue {
-                record: record_from_pb(record)?,
+                record: Box::new(record_from_pb(record)?),
             }
         }
         pb::GET_PROVIDERS => Request::GetProviders {
@@ -418,7 +419,7 @@ fn request_from_pb(msg: pb::Message) -> Result<Request, DecodeError> {
                     })?;
             Request::AddProvider {
                 key: RecordKey::new(&msg.key)?,
-                provider: peer_from_pb(provider)?,
+                provider: Box::new(peer_from_pb(provider)?),
             }
         }
         pb::PING => Request::Ping,
@@ -440,7 +441,7 @@ fn response_to_pb(resp: &Response) -> pb::Message {
                 .as_ref()
                 .map(|r| r.key.as_bytes().to_vec())
                 .unwrap_or_default(),
-            record: record.as_ref().map(record_to_pb),
+            record: record.as_deref().map(record_to_pb),
             closer_peers: closer_peers.iter().map(peer_to_pb).collect(),
             ..empty(pb::GET_VALUE)
         },
@@ -471,7 +472,10 @@ fn response_from_pb(msg: pb::Message) -> Result<Response, DecodeError> {
             closer_peers: peers_from_pb(msg.closer_peers, "closer peers")?,
         },
         pb::GET_VALUE => Response::GetValue {
-            record: msg.record.map(record_from_pb).transpose()?,
+            record: msg
+                .record
+                .map(|r| record_from_pb(r).map(Box::new))
+                .transpose()?,
             closer_peers: peers_from_pb(msg.closer_peers, "closer peers")?,
         },
         pb::PUT_VALUE => {

@@ -99,9 +99,9 @@ pub struct SimNode {
     /// connection (a value of `count`). The other side learns of a closed connection one
     /// link latency later.
     conns: FxHashMap<u32, u64>,
-    /// Inbound requests waiting for its answer: inbound id to (requester, the requester's
-    /// incarnation, its request id). Nodes answer at once, so this stays tiny.
-    inbound: FxHashMap<u64, (u32, u32, RequestId)>,
+    /// Inbound requests waiting for its answer: (inbound id, requester, the requester's
+    /// incarnation, its request id). Nodes answer at once, so this holds one or two.
+    inbound: Vec<(u64, u32, u32, RequestId)>,
     next_inbound: u64,
     /// Client operations running on it, by query.
     ops: FxHashMap<QueryId, usize>,
@@ -137,6 +137,13 @@ impl SimNode {
             NodeState::Up(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// The requester of inbound request `id`: (node, incarnation, its request id).
+    fn take_inbound(&mut self, id: InboundId) -> Option<(u32, u32, RequestId)> {
+        let pos = self.inbound.iter().position(|e| e.0 == id.0)?;
+        let (_, j, inc, rid) = self.inbound.swap_remove(pos);
+        Some((j, inc, rid))
     }
 
     /// The order key of the next event this node (index `i`) schedules.
@@ -929,7 +936,7 @@ impl Cx<'_> {
                         let inbound = node.next_inbound;
                         node.next_inbound += 1;
                         if request.expects_response() {
-                            node.inbound.insert(inbound, (from, from_inc, id));
+                            node.inbound.push((inbound, from, from_inc, id));
                         }
                         if let Some(n) = node.core_mut() {
                             n.handle_request(local, peer, InboundId(inbound), request);
@@ -1044,12 +1051,6 @@ impl Cx<'_> {
                                 self.shard.messages += 1;
                                 continue;
                             }
-                            let node = self.node(i);
-                            node.count += 1;
-                            let stamp = node.count;
-                            if let Some(t) = node.conns.get_mut(&(j as u32)) {
-                                *t = stamp;
-                            }
                             self.transmit(
                                 i as u32,
                                 j as u32,
@@ -1090,12 +1091,12 @@ impl Cx<'_> {
                     }
                 }
                 Output::SendResponse { id, response, .. } => {
-                    if let Some((j, inc, rid)) = self.node(i).inbound.remove(&id.0) {
+                    if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
                         self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
                     }
                 }
                 Output::RejectInbound { id, .. } => {
-                    if let Some((j, inc, rid)) = self.node(i).inbound.remove(&id.0) {
+                    if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
                         self.transmit(
                             i as u32,
                             j,
@@ -1253,7 +1254,7 @@ impl Simulation {
                 incarnation: 0,
                 timer_at: None,
                 conns: FxHashMap::default(),
-                inbound: FxHashMap::default(),
+                inbound: Vec::new(),
                 next_inbound: 0,
                 ops: FxHashMap::default(),
                 rng: ChaCha8Rng::seed_from_u64(splitmix(net_seed ^ i as u64)),

@@ -65,10 +65,14 @@ fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         record_key().prop_map(|key| Request::FindNode { key }),
         record_key().prop_map(|key| Request::GetValue { key }),
-        wire_record().prop_map(|record| Request::PutValue { record }),
+        wire_record().prop_map(|record| Request::PutValue {
+            record: Box::new(record),
+        }),
         record_key().prop_map(|key| Request::GetProviders { key }),
-        (record_key(), peer_info())
-            .prop_map(|(key, provider)| Request::AddProvider { key, provider }),
+        (record_key(), peer_info()).prop_map(|(key, provider)| Request::AddProvider {
+            key,
+            provider: Box::new(provider),
+        }),
         Just(Request::Ping),
     ]
 }
@@ -82,7 +86,7 @@ fn response() -> impl Strategy<Value = Response> {
         peers().prop_map(|closer_peers| Response::FindNode { closer_peers }),
         (prop::option::of(wire_record()), peers()).prop_map(|(record, closer_peers)| {
             Response::GetValue {
-                record,
+                record: record.map(Box::new),
                 closer_peers,
             }
         }),

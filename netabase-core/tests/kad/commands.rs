@@ -293,7 +293,7 @@ fn a_found_record_is_cached_at_the_closest_peer_that_lacked_it() {
         secs(0.2),
         RequestId(0),
         Response::GetValue {
-            record: Some(found.clone()),
+            record: Some(Box::new(found.clone())),
             closer_peers: vec![],
         },
     );
@@ -308,7 +308,9 @@ fn a_found_record_is_cached_at_the_closest_peer_that_lacked_it() {
             id: RequestId(3),
             peer: p[1],
             addrs: vec![addr_of(&p[1])].into(),
-            request: Request::PutValue { record: cached },
+            request: Request::PutValue {
+                record: Box::new(cached),
+            },
         }
     );
     let Output::Event(Event::QueryFinished {
@@ -418,7 +420,14 @@ fn inbound_requests_are_answered_or_rejected_exactly_once() {
         publisher: Some(sender),
         ttl_secs: Some(30),
     };
-    node.handle_request(T0, sender, InboundId(7), Request::PutValue { record });
+    node.handle_request(
+        T0,
+        sender,
+        InboundId(7),
+        Request::PutValue {
+            record: Box::new(record),
+        },
+    );
     assert_eq!(
         drain(&mut node),
         vec![
@@ -494,7 +503,9 @@ fn inbound_requests_are_answered_or_rejected_exactly_once() {
         secs(32.0),
         sender,
         InboundId(10),
-        Request::PutValue { record: big },
+        Request::PutValue {
+            record: Box::new(big),
+        },
     );
     assert_eq!(
         drain(&mut node),
@@ -520,7 +531,7 @@ fn inbound_requests_are_answered_or_rejected_exactly_once() {
         InboundId(11),
         Request::AddProvider {
             key: key.clone(),
-            provider: info(p[2]),
+            provider: Box::new(info(p[2])),
         },
     );
     assert_eq!(
@@ -537,7 +548,7 @@ fn inbound_requests_are_answered_or_rejected_exactly_once() {
         InboundId(12),
         Request::AddProvider {
             key: key.clone(),
-            provider: info(sender),
+            provider: Box::new(info(sender)),
         },
     );
     assert_eq!(

@@ -81,7 +81,14 @@ fn an_invalid_put_is_rejected_counted_and_not_stored() {
     let (mut node, peer) = node_with_peer();
     let key = RecordKey::new(b"k").unwrap();
     let record = wire(&key, b"garbage", peer);
-    node.handle_request(T0, peer, InboundId(1), Request::PutValue { record });
+    node.handle_request(
+        T0,
+        peer,
+        InboundId(1),
+        Request::PutValue {
+            record: Box::new(record),
+        },
+    );
     let out: Vec<Output> = std::iter::from_fn(|| node.poll_output()).collect();
     assert_eq!(
         out,
@@ -102,7 +109,14 @@ fn an_invalid_put_is_rejected_counted_and_not_stored() {
     assert_eq!(node.stats().inbound_rejected, 1);
 
     let record = wire(&key, b"ok then", peer);
-    node.handle_request(T0, peer, InboundId(2), Request::PutValue { record });
+    node.handle_request(
+        T0,
+        peer,
+        InboundId(2),
+        Request::PutValue {
+            record: Box::new(record),
+        },
+    );
     assert!(node.store_mut().get(&key).unwrap().is_some());
     assert_eq!(node.stats().invalid_records, 1);
 }
@@ -124,7 +138,7 @@ fn an_invalid_record_in_a_get_answer_is_dropped_and_reported() {
         T0,
         RequestId(0),
         Response::GetValue {
-            record: Some(wire(&key, b"forged", peer)),
+            record: Some(Box::new(wire(&key, b"forged", peer))),
             closer_peers: vec![],
         },
     );

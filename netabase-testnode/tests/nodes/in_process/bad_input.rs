@@ -57,12 +57,12 @@ async fn an_invalid_record_from_a_peer_is_rejected_and_counted<R: TestRuntime>()
     let protocol = StreamProtocol::new("/netabase/kad/1.0.0");
     let key = RecordKey::new(b"/nb/ChatDefinition/Message/\x01").unwrap();
     let request = Request::PutValue {
-        record: WireRecord {
+        record: Box::new(WireRecord {
             key: key.clone(),
             value: b"not an envelope".to_vec(),
             publisher: None,
             ttl_secs: Some(60),
-        },
+        }),
     };
     let codec = Codec::default();
     let mut stream = within::<R, _>(

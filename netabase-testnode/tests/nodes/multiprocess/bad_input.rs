@@ -61,12 +61,12 @@ impl BadAnswer {
             BadAnswer::Oversized => vec![0xff, 0xff, 0xff, 0x7f],
             BadAnswer::Nothing => Vec::new(),
             BadAnswer::InvalidRecord => codec.encode_response(&Response::GetValue {
-                record: Some(WireRecord {
+                record: Some(Box::new(WireRecord {
                     key,
                     value: b"not an envelope".to_vec(),
                     publisher: None,
                     ttl_secs: Some(60),
-                }),
+                })),
                 closer_peers: Vec::new(),
             }),
         }
@@ -411,21 +411,21 @@ fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
     let refused = [
         // A value that is no typed record, under the writer's key.
         Request::PutValue {
-            record: WireRecord {
+            record: Box::new(WireRecord {
                 key: core_key(1),
                 value: b"garbage".to_vec(),
                 publisher: None,
                 ttl_secs: Some(60),
-            },
+            }),
         },
         // A valid envelope under a key it does not belong to.
         Request::PutValue {
-            record: WireRecord {
+            record: Box::new(WireRecord {
                 key: core_key(7),
                 value: moved,
                 publisher: None,
                 ttl_secs: Some(60),
-            },
+            }),
         },
     ];
     for request in refused {
@@ -440,11 +440,11 @@ fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
         .to_peer_id();
     let foreign = Request::AddProvider {
         key: core_key(1),
-        provider: PeerInfo {
+        provider: Box::new(PeerInfo {
             id: netabase_core::PeerId::from_bytes(&someone_else.to_bytes()).unwrap(),
             addrs: Vec::new().into(),
             connection: ConnectionType::Connected,
-        },
+        }),
     };
     let mark = target.mark();
     let answer = raw.exchange(node, KAD, &codec.encode_request(&foreign));
@@ -461,12 +461,12 @@ fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
     )
     .unwrap();
     let answer_as_request = codec.encode_response(&Response::GetValue {
-        record: Some(WireRecord {
+        record: Some(Box::new(WireRecord {
             key: core_key(1),
             value: forged,
             publisher: None,
             ttl_secs: Some(60),
-        }),
+        })),
         closer_peers: Vec::new(),
     });
     let answer = raw.exchange(node, KAD, &answer_as_request).unwrap();
