@@ -95,10 +95,9 @@ pub struct SimNode {
     /// Bumped at every restart: answers addressed to an earlier incarnation are dropped.
     pub incarnation: u32,
     timer_at: Option<Instant>,
-    /// Its open connections as it sees them: peer index to when it last used the
-    /// connection (a value of `count`). The other side learns of a closed connection one
-    /// link latency later.
-    conns: FxHashMap<u32, u64>,
+    /// Its open connections as it sees them. The other side learns of a closed
+    /// connection one link latency later.
+    conns: Conns,
     /// Inbound requests waiting for its answer: (inbound id, requester, the requester's
     /// incarnation, its request id). Nodes answer at once, so this holds one or two.
     inbound: Vec<(u64, u32, u32, RequestId)>,
@@ -129,7 +128,7 @@ impl SimNode {
 
     /// How many connections the node has open.
     pub fn open_connections(&self) -> usize {
-        self.conns.len()
+        self.conns.order.len()
     }
 
     fn core_mut(&mut self) -> Option<&mut Node<MemoryStore>> {
@@ -150,6 +149,45 @@ impl SimNode {
     fn next_order(&mut self, i: usize) -> u64 {
         self.count += 1;
         ((i as u64 + 1) << ORDER_BITS) | self.count
+    }
+}
+
+/// A node's open connections: a bit per peer to look one up with one memory access (an
+/// event's node is usually cold in the cache), and the peers in the order they connected.
+#[derive(Default)]
+struct Conns {
+    bits: Vec<u64>,
+    order: std::collections::VecDeque<u32>,
+}
+
+impl Conns {
+    fn contains(&self, y: u32) -> bool {
+        self.bits
+            .get(y as usize / 64)
+            .is_some_and(|w| w >> (y % 64) & 1 == 1)
+    }
+
+    /// Adds `y`, which is not in.
+    fn insert(&mut self, y: u32) {
+        let word = y as usize / 64;
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << (y % 64);
+        self.order.push_back(y);
+    }
+
+    /// Removes `y`; whether it was in. (The list is kept for closing the oldest: a peer
+    /// taken out of it by the caller only has its bit cleared here.)
+    fn remove(&mut self, y: u32) -> bool {
+        if !self.contains(y) {
+            return false;
+        }
+        self.bits[y as usize / 64] &= !(1 << (y % 64));
+        if let Some(p) = self.order.iter().position(|&z| z == y) {
+            self.order.remove(p);
+        }
+        true
     }
 }
 
@@ -851,29 +889,25 @@ impl Cx<'_> {
     }
 
     /// Node `x`'s side of its connection with `y` is (or stays) open. A node keeps at most
-    /// `network.max_connections` connections; opening one more closes its least recently
-    /// used quarter at once (so closing costs little per connection opened), as libp2p's
-    /// connection limits and idle timeouts do; the other sides learn of it one hop later.
+    /// `network.max_connections` connections; opening one more closes its oldest quarter
+    /// at once (so closing costs little per connection opened), as libp2p's connection
+    /// limits and idle timeouts do; the other sides learn of it one hop later.
     fn connected(&mut self, x: usize, y: usize) {
         let max = self.net.max_connections;
         let node = self.node(x);
-        node.count += 1;
-        let stamp = node.count;
-        if let Some(t) = node.conns.get_mut(&(y as u32)) {
-            *t = stamp;
+        if node.conns.contains(y as u32) {
             return;
         }
-        if node.conns.len() >= max {
-            let mut by_age: Vec<(u64, u32)> = node.conns.iter().map(|(&p, &t)| (t, p)).collect();
-            by_age.sort_unstable();
-            for &(_, z) in &by_age[..max / 4] {
+        if node.conns.order.len() >= max {
+            let oldest: Vec<u32> = node.conns.order.drain(..max / 4).collect();
+            for z in oldest {
                 self.close(x, z);
             }
         }
         let now = self.local_now(x);
         let (peer, serves) = (self.net.peers[y], self.net.servers);
         let node = self.node(x);
-        node.conns.insert(y as u32, stamp);
+        node.conns.insert(y as u32);
         if let Some(core) = node.core_mut() {
             core.handle_connection_established(now, peer);
             core.handle_peer_identified(now, peer, &[address_of(y)], serves);
@@ -885,7 +919,7 @@ impl Cx<'_> {
         let now = self.local_now(x);
         let peer = self.net.peers[y as usize];
         let node = self.node(x);
-        node.conns.remove(&y);
+        node.conns.remove(y);
         if let Some(core) = node.core_mut() {
             core.handle_connection_closed(now, peer);
         }
@@ -970,7 +1004,7 @@ impl Cx<'_> {
                     Msg::Closed => {
                         self.trace(t, 16, u64::from(from));
                         let node = self.node(t);
-                        if node.conns.remove(&from).is_some()
+                        if node.conns.remove(from)
                             && let Some(n) = node.core_mut()
                         {
                             n.handle_connection_closed(local, peer);
@@ -1253,7 +1287,7 @@ impl Simulation {
                 skew,
                 incarnation: 0,
                 timer_at: None,
-                conns: FxHashMap::default(),
+                conns: Conns::default(),
                 inbound: Vec::new(),
                 next_inbound: 0,
                 ops: FxHashMap::default(),
@@ -1774,7 +1808,7 @@ impl Simulation {
         node.state = NodeState::Down(core.into_store());
         node.timer_at = None;
         node.inbound.clear();
-        let mut links: Vec<u32> = node.conns.drain().map(|(j, _)| j).collect();
+        let mut links: Vec<u32> = std::mem::take(&mut node.conns).order.into();
         links.sort_unstable();
         let mut pending: Vec<usize> = node.ops.drain().map(|(_, op)| op).collect();
         pending.sort_unstable();
