@@ -39,8 +39,8 @@ use crate::scenario::{PartitionKind, Scenario};
 /// Bytes of trace gathered before they are hashed.
 const TRACE_CHUNK: usize = 16 * 1024;
 
-/// Length of an epoch, in lookaheads: the workload's operations are chosen, and finished
-/// ones recorded and checked, between epochs.
+/// Length of an epoch, in lookaheads (of at least a millisecond): the workload's
+/// operations are chosen, and finished ones recorded and checked, between epochs.
 const EPOCH_WINDOWS: u32 = 16;
 
 /// Bits of an event's order key that count the originating node's events.
@@ -1325,7 +1325,7 @@ impl Simulation {
             tracing: false,
         };
         // Every message between two nodes takes at least this long.
-        let lookahead = ms(nw.latency_min_ms).max(Duration::from_micros(1));
+        let lookahead = ms(nw.latency_min_ms);
         let world = World {
             seed,
             now: Instant::ZERO,
@@ -1447,10 +1447,16 @@ impl Simulation {
 
     /// Runs the nodes' events on `threads` threads (at least one; at most one per node).
     /// The run is the same whatever the number: same events, same results, same trace
-    /// hash. Call it before [`Simulation::run`].
+    /// hash. Call it before [`Simulation::run`]. A network whose links can have no latency
+    /// at all (`latency_min_ms` under a microsecond) runs on one thread: a message could
+    /// arrive at the very instant it was sent, so no shard could run ahead of another.
     pub fn set_threads(&mut self, threads: usize) {
         let n = self.world.nodes.len();
-        let threads = threads.clamp(1, n);
+        let threads = if self.lookahead.is_zero() {
+            1
+        } else {
+            threads.clamp(1, n)
+        };
         let part_len = n.div_ceil(threads);
         self.world.nodes.regroup(part_len);
         let shards = self.world.nodes.parts.len();
@@ -1625,8 +1631,8 @@ impl Simulation {
         if start > self.end {
             return false;
         }
-        let mut until =
-            (start + self.lookahead * EPOCH_WINDOWS).min(self.end + Duration::from_micros(1));
+        let mut until = (start + self.lookahead.max(Duration::from_millis(1)) * EPOCH_WINDOWS)
+            .min(self.end + Duration::from_micros(1));
         if let Some(g) = global_next {
             until = until.min(g);
         }

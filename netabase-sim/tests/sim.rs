@@ -139,6 +139,20 @@ fn any_number_of_threads_gives_the_same_run() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Links without any latency leave nothing to run ahead on: such a network runs on one
+/// thread whatever is asked, with the results of a one-thread run.
+#[test]
+fn a_network_without_latency_runs_on_one_thread() {
+    let mut sc = load("dht-small");
+    sc.network.latency_min_ms = 0.0;
+    let mut sim = Simulation::new(sc.clone(), 9);
+    sim.set_threads(4);
+    let report = sim.run(&mut |_| {});
+    assert_eq!(report.threads, 1);
+    assert_clean(&report, "dht-small without latency");
+    assert_eq!(report.trace_hash, run(&sc, 9).trace_hash);
+}
+
 /// A short sweep of the lossy scenario: at least 99% of gets after a completed put succeed
 /// on every seed.
 #[test]
