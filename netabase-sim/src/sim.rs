@@ -592,7 +592,13 @@ impl Shard {
                 until
             } else {
                 let mut horizon = until;
+                let mut abandoned = false;
                 wait_until(|| {
+                    // Another thread failed, or the run is being torn down: stop here.
+                    if team.failed.load(Ordering::Acquire) || team.stop.load(Ordering::Acquire) {
+                        abandoned = true;
+                        return true;
+                    }
                     let behind = team
                         .progress
                         .iter()
@@ -605,6 +611,9 @@ impl Shard {
                         Instant::from_micros(behind.saturating_add(team.lookahead)).min(until);
                     horizon > reached
                 });
+                if abandoned {
+                    return;
+                }
                 horizon
             };
             self.collect(team, &mut scratch);
