@@ -1,17 +1,18 @@
 //! The discrete-event engine: many cores under one virtual clock, on one thread or several.
 //!
-//! Nodes are split into shards of consecutive indices. Every event belongs to one node,
-//! and a message takes at least the network's minimum latency to reach another node, so
-//! the events of the next `latency_min` of virtual time can be processed shard by shard,
-//! in parallel, without any shard waiting for another: nothing one shard does in that
-//! window can reach another shard before the window ends (conservative lookahead). At the
-//! end of each window the messages between shards are handed over, finished operations
-//! are recorded and checked, and events that touch the whole network (joins, crashes,
-//! partitions, the workload) run alone.
+//! Nodes are split into shards of consecutive indices, one per thread. Every event
+//! belongs to one node, and a message takes at least the network's minimum latency (the
+//! lookahead) to reach another node, so a shard may process its events up to one
+//! lookahead past the slowest shard without waiting: nothing the others do later can reach
+//! it sooner (conservative parallel simulation). Shards hand each other messages through
+//! mailboxes. Time advances in epochs of 16 lookaheads, cut at every event
+//! that touches the whole network (joins, crashes, partitions, memory checks), which runs
+//! alone between epochs, as do choosing the workload's next operations and recording and
+//! checking the finished ones.
 //!
 //! The run does not depend on the number of shards: events are ordered by (virtual time,
 //! originating node, that node's own count), every random draw of a message comes from its
-//! sender's generator, windows are cut at the same times, and the trace hash folds each
+//! sender's generator, epochs are cut at the same times, and the trace hash folds each
 //! node's own event stream. One thread and eight give the same trace hash.
 
 use std::io::Write as _;
@@ -41,7 +42,7 @@ const TRACE_CHUNK: usize = 16 * 1024;
 
 /// Length of an epoch, in lookaheads (of at least a millisecond): the workload's
 /// operations are chosen, and finished ones recorded and checked, between epochs.
-const EPOCH_WINDOWS: u32 = 16;
+const EPOCH_LOOKAHEADS: u32 = 16;
 
 /// Bits of an event's order key that count the originating node's events.
 const ORDER_BITS: u32 = 40;
@@ -192,7 +193,7 @@ impl Conns {
 }
 
 /// The simulated nodes, by index. They are kept in runs of consecutive indices, one per
-/// shard, so that a shard's nodes can go to another thread for a window.
+/// shard, so that a shard's nodes can go to another thread for an epoch.
 pub struct Nodes {
     parts: Vec<Vec<SimNode>>,
     part_len: usize,
@@ -323,7 +324,7 @@ enum Ev {
     Op(Box<OpStart>),
 }
 
-/// A client operation, chosen between windows, that starts on its node during one.
+/// A client operation, chosen between epochs, that starts on its node during one.
 #[derive(Debug)]
 struct OpStart {
     node: u32,
@@ -333,9 +334,9 @@ struct OpStart {
     value: Vec<u8>,
 }
 
-/// An event that touches the whole network: processed between windows, alone. (The
-/// workload's operations are chosen here too, but each one starts as an event of its
-/// node, so they do not cut windows short.)
+/// An event that touches the whole network: processed between epochs, alone. (The
+/// workload's operations are chosen between epochs too, but each one starts as an event
+/// of its node, so they do not cut epochs short.)
 #[derive(Debug)]
 enum Global {
     Join(u32),
@@ -357,14 +358,14 @@ struct ActivePartition {
     fault: Option<usize>,
 }
 
-/// What every shard may read about any node during a window.
+/// What every shard may read about any node during an epoch.
 #[derive(Clone, Copy)]
 struct Status {
     up: bool,
     incarnation: u32,
 }
 
-/// The network as shards see it during a window: changed only between windows.
+/// The network as shards see it during an epoch: changed only between epochs.
 struct Net {
     peers: Vec<PeerId>,
     index: FxHashMap<PeerId, usize>,
@@ -427,7 +428,7 @@ impl Net {
     }
 }
 
-/// A message for a node of another shard, handed over at the end of the window.
+/// A message for a node of another shard, handed over through a mailbox.
 struct Mail {
     at: Instant,
     order: u64,
@@ -476,9 +477,10 @@ struct Shard {
     /// freed first, so a new message usually lands in memory that is still in cache).
     msgs: Vec<Option<Msg>>,
     free_msgs: Vec<u32>,
-    /// Messages for the nodes of each other shard, posted at the end of the window.
+    /// Messages for the nodes of each other shard, posted after each step of an epoch.
     outbox: Vec<Vec<Mail>>,
-    /// The earliest message posted to another shard since the last window began.
+    /// The earliest message posted to another shard, since this epoch began, that the
+    /// epoch does not reach.
     posted_next: Option<Instant>,
     done: Vec<Done>,
     lines: Vec<Line>,
@@ -664,25 +666,23 @@ fn read(net: &RwLock<Net>) -> RwLockReadGuard<'_, Net> {
 }
 
 /// What the run's threads share: the shards, the mailboxes between them, the network,
-/// and the signals that start and end a window.
+/// and the signals that start and end an epoch.
 struct Team {
     shards: Vec<Mutex<Shard>>,
     /// Mail from shard `a` to shard `b` at `a * shards + b`.
     mail: Vec<Mutex<Vec<Mail>>>,
     net: RwLock<Net>,
-    /// Bumped to start a window on the helper threads.
-    epoch: AtomicU64,
-    /// End of the window, in µs of virtual time.
+    /// Bumped to start an epoch on the helper threads.
+    epochs_started: AtomicU64,
+    /// End of the epoch, in µs of virtual time.
     until: AtomicU64,
-    /// Helper threads still working on the window.
+    /// Helper threads still working on the epoch.
     pending: AtomicUsize,
     /// How far each shard got in the current epoch (µs of virtual time): its events
     /// before that are processed and the messages they sent posted.
     progress: Vec<AtomicU64>,
     /// Shortest one-way delay between two nodes, µs.
     lookahead: u64,
-    /// Threads, the main one included.
-    threads: usize,
     stop: AtomicBool,
     /// A helper thread panicked.
     failed: AtomicBool,
@@ -700,12 +700,11 @@ impl Team {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             net: RwLock::new(net),
-            epoch: AtomicU64::new(0),
+            epochs_started: AtomicU64::new(0),
             until: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
             progress: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             lookahead: lookahead.as_micros() as u64,
-            threads: 1,
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             threads_of_run: std::sync::OnceLock::new(),
@@ -738,20 +737,20 @@ fn wait_until(mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A helper thread: runs shard `k` each window until told to stop.
+/// A helper thread: runs shard `k` each epoch until told to stop.
 fn helper(team: &Team, k: usize) {
     let mut seen = 0;
     loop {
         wait_until(|| {
-            team.epoch.load(Ordering::Acquire) != seen || team.stop.load(Ordering::Acquire)
+            team.epochs_started.load(Ordering::Acquire) != seen || team.stop.load(Ordering::Acquire)
         });
         if team.stop.load(Ordering::Acquire) {
             return;
         }
-        seen = team.epoch.load(Ordering::Acquire);
+        seen = team.epochs_started.load(Ordering::Acquire);
         let until = Instant::from_micros(team.until.load(Ordering::Acquire));
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_shards(team, k, until);
+            run_shard(team, k, until);
         }));
         if ran.is_err() {
             team.failed.store(true, Ordering::Release);
@@ -761,16 +760,14 @@ fn helper(team: &Team, k: usize) {
     }
 }
 
-/// Runs the window on the shards of thread `t`: `t`, `t + threads`, ... (always the same
-/// ones, so that their nodes stay in the caches of the core that runs them).
-fn run_shards(team: &Team, t: usize, until: Instant) {
+/// Runs the epoch on shard `k`, whose nodes were handed over in [`Shard::held`]. (A
+/// thread always runs the same shard, so that its nodes stay in that core's caches.)
+fn run_shard(team: &Team, k: usize, until: Instant) {
     let net = read(&team.net);
-    for k in (t..team.shards.len()).step_by(team.threads) {
-        let mut shard = lock(&team.shards[k]);
-        let mut nodes = std::mem::take(&mut shard.held);
-        shard.epoch(&mut nodes, team, &net, until);
-        shard.held = nodes;
-    }
+    let mut shard = lock(&team.shards[k]);
+    let mut nodes = std::mem::take(&mut shard.held);
+    shard.epoch(&mut nodes, team, &net, until);
+    shard.held = nodes;
 }
 
 /// Tells the helper threads to stop when the run ends, however it ends.
@@ -1224,7 +1221,8 @@ pub struct Simulation {
     /// When the workload chooses its next operation.
     next_op: Option<Instant>,
     seq: u64,
-    /// Shortest one-way delay between two nodes: the length of a window.
+    /// Shortest one-way delay between two nodes: how far a shard may run ahead of the
+    /// slowest one.
     lookahead: Duration,
     work_rng: ChaCha8Rng,
     crashed_fault: Vec<Option<usize>>,
@@ -1240,7 +1238,7 @@ pub struct Simulation {
     violations: Vec<Violation>,
     end: Instant,
     trace_out: Option<Box<dyn std::io::Write>>,
-    /// Operations finished in the last window, gathered from the shards.
+    /// Operations finished in the last epoch, gathered from the shards.
     done: Vec<Done>,
     lines: Vec<Line>,
 }
@@ -1479,7 +1477,6 @@ impl Simulation {
             .map(|_| Mutex::new(Vec::new()))
             .collect();
         team.progress = (0..shards).map(|_| AtomicU64::new(0)).collect();
-        team.threads = threads;
     }
 
     /// Writes one line per processed event (time in µs, kind, node, id) to `out`.
@@ -1488,7 +1485,7 @@ impl Simulation {
         self.net_mut().tracing = true;
     }
 
-    /// The network, to change between windows.
+    /// The network, to change between epochs.
     fn net_mut(&self) -> std::sync::RwLockWriteGuard<'_, Net> {
         self.team
             .net
@@ -1549,40 +1546,36 @@ impl Simulation {
     }
 
     /// Processes every node's events before `until`: each shard on its own thread.
-    fn run_window(&mut self, start: Instant, until: Instant) {
+    fn run_epoch(&mut self, start: Instant, until: Instant) {
         let team = Arc::clone(&self.team);
         let shards = team.shards.len();
         for p in &team.progress {
             p.store(start.as_micros(), Ordering::Release);
         }
-        if team.threads > 1 {
-            for k in 0..shards {
+        if shards > 1 {
+            for k in 1..shards {
                 lock(&team.shards[k]).held = std::mem::take(&mut self.world.nodes.parts[k]);
             }
             team.until.store(until.as_micros(), Ordering::Release);
-            team.pending.store(team.threads - 1, Ordering::Release);
-            team.epoch.fetch_add(1, Ordering::AcqRel);
+            team.pending.store(shards - 1, Ordering::Release);
+            team.epochs_started.fetch_add(1, Ordering::AcqRel);
             team.wake();
         }
-        if team.threads > 1 {
-            run_shards(&team, 0, until);
-        } else {
+        {
             let net = read(&team.net);
-            for (k, nodes) in self.world.nodes.parts.iter_mut().enumerate() {
-                lock(&team.shards[k]).epoch(nodes, &team, &net, until);
-            }
+            lock(&team.shards[0]).epoch(&mut self.world.nodes.parts[0], &team, &net, until);
         }
-        if team.threads > 1 {
+        if shards > 1 {
             wait_until(|| team.pending.load(Ordering::Acquire) == 0);
             assert!(
                 !team.failed.load(Ordering::Acquire),
                 "a simulation thread panicked (its message is above)"
             );
-            for k in 0..shards {
+            for k in 1..shards {
                 self.world.nodes.parts[k] = std::mem::take(&mut lock(&team.shards[k]).held);
             }
         }
-        // What finished in the window, in the order of a single run.
+        // What finished in the epoch, in the order of a single run.
         for shard in &team.shards {
             let mut shard = lock(shard);
             self.done.append(&mut shard.done);
@@ -1611,7 +1604,7 @@ impl Simulation {
         }
     }
 
-    /// Processes the next window or event of the whole network; `false` when the run is
+    /// Processes the next epoch or event of the whole network; `false` when the run is
     /// over.
     fn step(&mut self) -> bool {
         let nodes_next = self
@@ -1640,13 +1633,13 @@ impl Simulation {
         if start > self.end {
             return false;
         }
-        let mut until = (start + self.lookahead.max(Duration::from_millis(1)) * EPOCH_WINDOWS)
+        let mut until = (start + self.lookahead.max(Duration::from_millis(1)) * EPOCH_LOOKAHEADS)
             .min(self.end + Duration::from_micros(1));
         if let Some(g) = global_next {
             until = until.min(g);
         }
-        // The operations that start in this window, chosen now: no node joins, crashes or
-        // restarts before the window ends.
+        // The operations that start in this epoch, chosen now: no node joins, crashes or
+        // restarts before the epoch ends.
         while let Some(t) = self.next_op.filter(|&t| t < until) {
             self.issue_op(t);
             let w = &self.world.scenario.workload;
@@ -1654,7 +1647,7 @@ impl Simulation {
             let next = t + Duration::from_secs_f64(interval);
             self.next_op = (next <= secs(w.end_s)).then_some(next);
         }
-        self.run_window(start, until);
+        self.run_epoch(start, until);
         true
     }
 
@@ -2010,7 +2003,7 @@ impl Simulation {
     /// Runs to the end; `progress` is called now and then with the virtual time reached.
     pub fn run(mut self, progress: &mut dyn FnMut(Instant)) -> Report {
         let started = std::time::Instant::now();
-        let helpers: Vec<_> = (1..self.team.threads)
+        let helpers: Vec<_> = (1..self.team.shards.len())
             .map(|k| {
                 let team = Arc::clone(&self.team);
                 std::thread::spawn(move || helper(&team, k))
@@ -2031,7 +2024,7 @@ impl Simulation {
         }
         drop(stop);
         for h in helpers {
-            // A helper that panicked has said so in the window it panicked in.
+            // A helper that panicked has said so in the epoch it panicked in.
             let _ = h.join();
         }
         self.world.now = self.world.now.max(self.end);
@@ -2095,7 +2088,7 @@ impl Simulation {
             scenario: self.world.scenario.name.clone(),
             seed: self.world.seed,
             nodes: self.world.nodes.len(),
-            threads: self.team.threads,
+            threads: self.team.shards.len(),
             virtual_ms: self.world.now.as_millis(),
             wall_ms,
             events,
