@@ -22,6 +22,10 @@ use crate::time::Instant;
 /// Most addresses kept per routing-table entry (newest kept).
 pub const MAX_ADDRS_PER_ENTRY: usize = 8;
 
+/// The bits of a candidate word ([`RoutingTable::closest_excluding`]) that hold the top of
+/// its distance to the target; the low 24 hold where its entry is.
+const TOP_40: u64 = !0xFF_FFFF;
+
 /// Whether the node currently has a working connection to a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
@@ -500,12 +504,13 @@ impl RoutingTable {
         if n == 0 {
             return Vec::new();
         }
-        // Candidates as (first word of the distance, bucket position << 16 | entry
-        // position): sorting 16-byte values is cheap, and distances that share their first
-        // word (almost never) are put in order afterwards. Each bucket's entries are all
-        // closer to the target than the next bucket's in this order, so buckets are sorted
-        // one at a time, and of the last one only the entries still needed are kept.
-        let mut found: Vec<u128> = Vec::with_capacity(n + self.k);
+        // Candidates as one word: the distance's top 40 bits, then the bucket position (8
+        // bits: there are at most 256 buckets) and the entry position (16 bits). Sorting
+        // words is cheap, and distances that share their top 40 bits (almost never) are put
+        // in order afterwards. Each bucket's entries are all closer to the target than the
+        // next bucket's in this order, so buckets are sorted one at a time, and of the last
+        // one only the entries still needed are kept.
+        let mut found: Vec<u64> = Vec::with_capacity(n + self.k);
         let d = self.local.distance(target);
         match d.bucket_index() {
             Some(i) => {
@@ -545,12 +550,12 @@ impl RoutingTable {
         self.entries_of(found)
     }
 
-    fn entry_at(&self, candidate: u128) -> &Entry {
-        let pos = (candidate as u64 >> 16) as usize;
+    fn entry_at(&self, candidate: u64) -> &Entry {
+        let pos = (candidate >> 16 & 0xFF) as usize;
         &self.buckets[pos].entries[candidate as usize & 0xFFFF]
     }
 
-    fn entries_of(&self, found: Vec<u128>) -> Vec<&Entry> {
+    fn entries_of(&self, found: Vec<u64>) -> Vec<&Entry> {
         found.into_iter().map(|c| self.entry_at(c)).collect()
     }
 
@@ -563,7 +568,7 @@ impl RoutingTable {
         target: &Key,
         n: usize,
         exclude: Option<&PeerId>,
-        found: &mut Vec<u128>,
+        found: &mut Vec<u64>,
     ) -> bool {
         let start = found.len();
         if start >= n {
@@ -571,26 +576,26 @@ impl RoutingTable {
         }
         self.candidates(pos, target, exclude, found);
         let need = n - start;
-        let full_distance = |c: &u128| self.entry_at(*c).peer.kad_key().distance(target);
+        let full_distance = |c: &u64| self.entry_at(*c).peer.kad_key().distance(target);
         let got = &mut found[start..];
         if need == 1 && got.len() > 1 {
             // One more entry needed (say, after leaving out the requester): the closest.
             let best = (0..got.len())
                 .min_by(|&a, &b| {
-                    (got[a] >> 64)
-                        .cmp(&(got[b] >> 64))
+                    (got[a] & TOP_40)
+                        .cmp(&(got[b] & TOP_40))
                         .then_with(|| full_distance(&got[a]).cmp(&full_distance(&got[b])))
                 })
                 .expect("not empty");
             got.swap(0, best);
         } else {
             got.sort_unstable();
-            // Runs of equal first words: order them by the whole distance.
+            // Runs of equal top bits: order them by the whole distance.
             let mut i = 0;
             while i < got.len() {
-                let hi = got[i] >> 64;
+                let hi = got[i] & TOP_40;
                 let mut j = i + 1;
-                while j < got.len() && got[j] >> 64 == hi {
+                while j < got.len() && got[j] & TOP_40 == hi {
                     j += 1;
                 }
                 if j - i > 1 {
@@ -605,13 +610,7 @@ impl RoutingTable {
 
     /// Adds the entries of the bucket at `pos` (but `exclude`) to `found`, as sort keys for
     /// [`RoutingTable::closest_excluding`].
-    fn candidates(
-        &self,
-        pos: usize,
-        target: &Key,
-        exclude: Option<&PeerId>,
-        found: &mut Vec<u128>,
-    ) {
+    fn candidates(&self, pos: usize, target: &Key, exclude: Option<&PeerId>, found: &mut Vec<u64>) {
         // The first words of the keys sit side by side in `tags`: the entries themselves
         // are read only for the ones chosen (and to tell the excluded peer from another
         // with the same first word).
@@ -623,7 +622,7 @@ impl RoutingTable {
                 continue;
             }
             let hi = tag ^ target_tag;
-            found.push(u128::from(hi) << 64 | (pos as u128) << 16 | e as u128);
+            found.push(hi & TOP_40 | (pos as u64) << 16 | e as u64);
         }
     }
 
@@ -726,5 +725,42 @@ impl RoutingTable {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+
+    /// Candidates whose distances share their top bits (which keys almost never do, so
+    /// the tags are forced equal here) are still returned in order of the whole distance.
+    #[test]
+    fn candidates_tied_on_their_top_bits_come_in_order_of_the_whole_distance() {
+        let local = PeerId::from_seed(1);
+        let mut table = RoutingTable::new(Key::from_peer(&local), 20, Duration::from_secs(60));
+        let addr = Address::from_bytes(b"a").expect("short");
+        for i in 2..400 {
+            table.update(
+                Instant::ZERO,
+                PeerId::from_seed(i),
+                core::slice::from_ref(&addr),
+                Status::Connected,
+            );
+        }
+        for bucket in &mut table.buckets {
+            for tag in &mut bucket.tags {
+                *tag = 0;
+            }
+        }
+        for seed in 0..20 {
+            let target = Key::from_peer(&PeerId::from_seed(10_000 + seed));
+            let mut all: Vec<PeerId> = table.entries().map(|e| e.peer).collect();
+            all.sort_by_key(|p| Key::from_peer(p).distance(&target));
+            for n in [1, 2, 7, 20, 45] {
+                let got: Vec<PeerId> = table.closest(&target, n).iter().map(|e| e.peer).collect();
+                assert_eq!(got, all[..n.min(all.len())], "target {seed}, n {n}");
+            }
+        }
     }
 }
