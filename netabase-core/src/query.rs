@@ -10,6 +10,9 @@
 
 use alloc::vec::Vec;
 
+use hashbrown::HashSet;
+use rustc_hash::FxBuildHasher;
+
 use crate::key::{Distance, Key};
 use crate::peer::{Address, Addresses, PeerId};
 
@@ -69,6 +72,10 @@ pub struct ClosestPeersIter {
     no_progress: usize,
     finished: bool,
     in_flight: usize,
+    /// Keys of the peers asked so far. An answer naming one of them changes nothing (it
+    /// is not contacted twice), so it is passed over without searching the candidates:
+    /// most peers in the answers of a converging lookup were asked already.
+    asked: HashSet<Key, FxBuildHasher>,
 }
 
 impl ClosestPeersIter {
@@ -95,6 +102,7 @@ impl ClosestPeersIter {
             no_progress: 0,
             finished: false,
             in_flight: 0,
+            asked: HashSet::with_hasher(FxBuildHasher),
         };
         for (peer, addrs) in known {
             iter.insert(local, peer, addrs, 1);
@@ -242,6 +250,9 @@ impl ClosestPeersIter {
         // went, as long as the list is in order.
         let mut previous: Option<(Distance, usize)> = None;
         for (p, addrs) in closer {
+            if self.asked.contains(p.kad_key()) {
+                continue;
+            }
             let pd = Key::from_peer(&p).distance(&self.target);
             let from = match previous {
                 Some((d, pos)) if d < pd => pos,
@@ -342,6 +353,7 @@ impl ClosestPeersIter {
             c.state = PeerState::Waiting;
             self.in_flight += 1;
             let (peer, addrs) = &self.peers[usize::from(c.index)];
+            self.asked.insert(*peer.kad_key());
             return Next::Contact(*peer, addrs.clone());
         }
         if succeeded >= self.num_results && !waiting_ahead {
