@@ -13,8 +13,17 @@ pub const MAX_RECORD_KEY_LEN: usize = 1024;
 /// A point in the 256-bit key space: the SHA-256 hash of a peer id or record key.
 ///
 /// Held as four big-endian 64-bit words, so that XOR and comparison are word operations.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key([u64; 4]);
+
+/// Only the first word is hashed: a key is a SHA-256 digest, so that word is already
+/// uniform, and the sets of keys on hot paths (a node's connected peers, the peers a
+/// lookup asked) are probed for nearly every message. Equal keys still hash equally.
+impl core::hash::Hash for Key {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+    }
+}
 
 fn words(bytes: &[u8; 32]) -> [u64; 4] {
     let mut w = [0u64; 4];
