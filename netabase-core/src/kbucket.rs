@@ -590,18 +590,21 @@ impl RoutingTable {
             got.swap(0, best);
         } else {
             got.sort_unstable();
-            // Runs of equal top bits: order them by the whole distance.
-            let mut i = 0;
-            while i < got.len() {
-                let hi = got[i] & TOP_40;
-                let mut j = i + 1;
-                while j < got.len() && got[j] & TOP_40 == hi {
-                    j += 1;
+            // Runs of equal top bits (almost never, so first a cheap look for any): order
+            // them by the whole distance.
+            if got.windows(2).any(|w| (w[0] ^ w[1]) & TOP_40 == 0) {
+                let mut i = 0;
+                while i < got.len() {
+                    let hi = got[i] & TOP_40;
+                    let mut j = i + 1;
+                    while j < got.len() && got[j] & TOP_40 == hi {
+                        j += 1;
+                    }
+                    if j - i > 1 {
+                        got[i..j].sort_unstable_by_key(full_distance);
+                    }
+                    i = j;
                 }
-                if j - i > 1 {
-                    got[i..j].sort_unstable_by_key(full_distance);
-                }
-                i = j;
             }
         }
         found.truncate(start + need.min(found.len() - start));
