@@ -1641,7 +1641,7 @@ impl<S: RecordStore> Node<S> {
                                         record: from_wire(*r, now),
                                     });
                                     if records.len() >= *quorum {
-                                        q.iter.on_success(&local, &req.peer, core::iter::empty());
+                                        q.iter.on_success(&local, &req.peer, []);
                                         self.finish_query(now, qid, false);
                                         return;
                                     }
@@ -1679,15 +1679,12 @@ impl<S: RecordStore> Node<S> {
                             .cloned()
                     };
                     if let Some(info) = found {
-                        q.iter.on_success(&local, &req.peer, core::iter::empty());
+                        q.iter.on_success(&local, &req.peer, []);
                         self.finish_found_peer(now, qid, info);
                         return;
                     }
                 }
-                let closer = closer
-                    .into_iter()
-                    .take(self.config.k)
-                    .map(|p| (p.id, p.addrs));
+                let closer = closer.iter().take(self.config.k).map(|p| (&p.id, &p.addrs));
                 q.iter.on_success(&local, &req.peer, closer);
             }
             Purpose::Cache | Purpose::Probe => {}

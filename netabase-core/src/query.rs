@@ -123,7 +123,7 @@ impl ClosestPeersIter {
 
     fn insert(&mut self, local: &PeerId, peer: PeerId, addrs: Addresses, depth: u32) -> bool {
         let distance = peer.kad_key().distance(&self.target);
-        self.insert_from(local, peer, addrs, depth, distance, 0).0
+        self.insert_from(local, &peer, &addrs, depth, distance, 0).0
     }
 
     /// Adds `peer`, at `distance` from the target, as a candidate (or merges its
@@ -133,13 +133,13 @@ impl ClosestPeersIter {
     fn insert_from(
         &mut self,
         local: &PeerId,
-        peer: PeerId,
-        addrs: Addresses,
+        peer: &PeerId,
+        addrs: &Addresses,
         depth: u32,
         distance: Distance,
         from: usize,
     ) -> (bool, usize) {
-        if peer == *local {
+        if peer == local {
             return (false, from);
         }
         if self.order.len() >= self.max_candidates
@@ -187,10 +187,10 @@ impl ClosestPeersIter {
                 return (false, pos);
             }
             let freed = self.order.remove(far).index;
-            self.peers[usize::from(freed)] = (peer, addrs);
+            self.peers[usize::from(freed)] = (*peer, addrs.clone());
             freed
         } else {
-            self.peers.push((peer, addrs));
+            self.peers.push((*peer, addrs.clone()));
             u16::try_from(self.peers.len() - 1).expect("candidates are bounded")
         };
         self.order.insert(
@@ -222,11 +222,11 @@ impl ClosestPeersIter {
     /// Records the answer of `peer` and the closer peers it named. Returns `false` if the
     /// peer was not waiting in this lookup (unknown, already answered, or already failed):
     /// such answers change nothing.
-    pub fn on_success(
+    pub fn on_success<'a>(
         &mut self,
         local: &PeerId,
         peer: &PeerId,
-        closer: impl IntoIterator<Item = (PeerId, Addresses)>,
+        closer: impl IntoIterator<Item = (&'a PeerId, &'a Addresses)>,
     ) -> bool {
         if self.finished {
             return false;
@@ -253,7 +253,7 @@ impl ClosestPeersIter {
             if self.asked.contains(p.kad_key()) {
                 continue;
             }
-            let pd = Key::from_peer(&p).distance(&self.target);
+            let pd = p.kad_key().distance(&self.target);
             let from = match previous {
                 Some((d, pos)) if d < pd => pos,
                 _ => 0,
