@@ -141,11 +141,10 @@ impl<T> EventQueue<T> {
 
     /// The earliest item if it comes before `limit`.
     pub(crate) fn pop_before(&mut self, limit: Instant) -> Option<(Instant, u64, T)> {
-        if self.peek_time()? < limit {
-            self.pop()
-        } else {
-            None
+        if !self.fill() || self.current.peek().is_none_or(|e| e.at >= limit) {
+            return None;
         }
+        self.current.pop().map(|e| (e.at, e.seq, e.item))
     }
 }
 
@@ -183,6 +182,17 @@ mod tests {
             }
             if rng.next_u64() % 5 == 0 {
                 assert_eq!(q.peek_time(), reference.peek().map(|e| e.at));
+            }
+            if rng.next_u64() % 7 == 0 {
+                // Only an item due before the limit comes out.
+                let limit = Instant::from_micros(now + rng.next_u64() % 2_000);
+                let due = reference.peek().is_some_and(|e| e.at < limit);
+                let want = if due {
+                    reference.pop().map(|e| (e.at, e.seq, e.item))
+                } else {
+                    None
+                };
+                assert_eq!(q.pop_before(limit), want);
             }
             if rng.next_u64() % 3 != 0 {
                 let got = q.pop();
