@@ -98,9 +98,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  simulated {:.1} s in {:.2} s wall: {} events ({:.0}/s), {} messages",
+            "  simulated {:.1} s in {:.2} s wall on {} thread{}: {} events ({:.0}/s), {} messages",
             self.virtual_ms as f64 / 1000.0,
             self.wall_ms as f64 / 1000.0,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
             self.events,
             self.events_per_sec,
             self.messages
