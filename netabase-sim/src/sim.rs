@@ -681,7 +681,8 @@ struct Team {
     /// How far each shard got in the current epoch (µs of virtual time): its events
     /// before that are processed and the messages they sent posted.
     progress: Vec<AtomicU64>,
-    /// Shortest one-way delay between two nodes, µs.
+    /// Shortest one-way delay between two nodes, µs: how far a shard may run ahead of the
+    /// slowest one (zero: a single shard).
     lookahead: u64,
     stop: AtomicBool,
     /// A helper thread panicked.
@@ -851,17 +852,19 @@ impl Cx<'_> {
     }
 
     /// Sends a message over the simulated network: blocked, lost, delayed, duplicated.
-    fn transmit(&mut self, from: u32, to: u32, to_inc: Option<u32>, msg: Msg) {
+    /// Returns `false` when a partition or clog blocks it (the sender's stream then stalls
+    /// until it times out); a lost message still left the sender.
+    fn transmit(&mut self, from: u32, to: u32, to_inc: Option<u32>, msg: Msg) -> bool {
         self.shard.messages += 1;
         let net = self.net;
         if net.blocked(from, to) {
-            return;
+            return false;
         }
         let now = self.now;
         let base = net.link_latency(from, to);
         let rng = &mut self.node(from as usize).rng;
         if net.impaired && net.loss > 0.0 && unit(rng) < net.loss {
-            return;
+            return true;
         }
         let duplicate = net.impaired && net.duplicate > 0.0 && unit(rng) < net.duplicate;
         let delay = |rng: &mut ChaCha8Rng| {
@@ -877,6 +880,7 @@ impl Cx<'_> {
             self.send(from, later, to, to_inc, from, msg.clone());
         }
         self.send(from, at, to, to_inc, from, msg);
+        true
     }
 
     /// A notification to `to` that takes one hop's time but cannot be lost (the outcome of
@@ -1086,21 +1090,15 @@ impl Cx<'_> {
                     let from_inc = self.node(i).incarnation;
                     match self.net.resolve(&peer, &addrs) {
                         Some(j) if self.net.status[j].up => {
-                            if self.net.blocked(i as u32, j as u32) {
-                                // A partitioned peer is silent: the request times out.
-                                self.shard.messages += 1;
+                            let request = Msg::Request {
+                                id,
+                                from_inc,
+                                request,
+                            };
+                            // A partitioned peer is silent: the request times out.
+                            if !self.transmit(i as u32, j as u32, None, request) {
                                 continue;
                             }
-                            self.transmit(
-                                i as u32,
-                                j as u32,
-                                None,
-                                Msg::Request {
-                                    id,
-                                    from_inc,
-                                    request,
-                                },
-                            );
                             if one_way {
                                 self.notify_self(i as u32, j as u32, Msg::Sent { id });
                             }
@@ -1221,9 +1219,6 @@ pub struct Simulation {
     /// When the workload chooses its next operation.
     next_op: Option<Instant>,
     seq: u64,
-    /// Shortest one-way delay between two nodes: how far a shard may run ahead of the
-    /// slowest one.
-    lookahead: Duration,
     work_rng: ChaCha8Rng,
     crashed_fault: Vec<Option<usize>>,
     completed_puts: Vec<usize>,
@@ -1351,7 +1346,6 @@ impl Simulation {
             globals: EventQueue::new(),
             next_op: None,
             seq: 0,
-            lookahead,
             work_rng,
             crashed_fault: vec![None; n],
             completed_puts: Vec::new(),
@@ -1459,7 +1453,7 @@ impl Simulation {
     /// arrive at the very instant it was sent, so no shard could run ahead of another.
     pub fn set_threads(&mut self, threads: usize) {
         let n = self.world.nodes.len();
-        let threads = if self.lookahead.is_zero() {
+        let threads = if self.team.lookahead == 0 {
             1
         } else {
             threads.clamp(1, n)
@@ -1633,7 +1627,8 @@ impl Simulation {
         if start > self.end {
             return false;
         }
-        let mut until = (start + self.lookahead.max(Duration::from_millis(1)) * EPOCH_LOOKAHEADS)
+        let mut until = (start
+            + Duration::from_micros(self.team.lookahead.max(1_000)) * EPOCH_LOOKAHEADS)
             .min(self.end + Duration::from_micros(1));
         if let Some(g) = global_next {
             until = until.min(g);
