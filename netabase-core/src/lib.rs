@@ -36,6 +36,8 @@ extern crate alloc;
 extern crate std;
 
 mod deadlines;
+pub mod hlc;
+pub mod identity;
 pub mod kbucket;
 pub mod key;
 pub mod mdns;
@@ -48,8 +50,11 @@ pub mod record;
 mod requests;
 pub mod store;
 pub mod time;
+pub mod version;
 pub mod wire;
 
+pub use hlc::{ClockError, Hlc, HlcConfig};
+pub use identity::Keypair;
 pub use key::{Distance, Key, RecordKey};
 pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
 #[cfg(feature = "fault-injection")]
@@ -62,4 +67,5 @@ pub use peer::{Address, PeerId};
 pub use record::{ProviderRecord, Record};
 pub use store::{MemoryStore, MemoryStoreConfig, RecordStore, StoreError};
 pub use time::Instant;
+pub use version::{Rank, Resolution, Version, resolve};
 pub use wire::{Codec, DecodeError};

@@ -11,15 +11,19 @@ use rand_core::{RngCore, SeedableRng};
 use rustc_hash::FxBuildHasher;
 
 use crate::deadlines::Deadlines;
+use crate::hlc::{ClockError, Hlc, HlcConfig};
+use crate::identity::Keypair;
 use crate::kbucket::{RoutingTable, Status, UpdateOutcome};
 use crate::key::{Key, RecordKey};
 use crate::message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
+use crate::model::{Envelope, EnvelopeError, ModelId, SealParts};
 use crate::peer::{Address, Addresses, PeerId};
 use crate::query::{ClosestPeersIter, Next};
 use crate::record::{ProviderRecord, Record};
 use crate::requests::RequestTable;
-use crate::store::{RecordStore, StoreError};
+use crate::store::{PutOutcome, RecordStore, StoreError};
 use crate::time::Instant;
+use crate::version::{Rank, Resolution, rank, resolve};
 
 /// Whether the node serves the DHT or only uses it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,6 +110,9 @@ pub struct Config {
     pub query_progress: bool,
     /// Whether the node starts as server or client.
     pub mode: Mode,
+    /// Limits of the hybrid logical clock that versions records, and how far ahead of the
+    /// local wall clock a received version may be.
+    pub hlc: HlcConfig,
     /// A deliberate bug this node exhibits (for testing checkers).
     #[cfg(feature = "fault-injection")]
     pub injected_fault: Option<InjectedFault>,
@@ -143,6 +150,7 @@ impl Default for Config {
             cache_peers: 1,
             query_progress: false,
             mode: Mode::Server,
+            hlc: HlcConfig::default(),
             #[cfg(feature = "fault-injection")]
             injected_fault: None,
         }
@@ -186,6 +194,24 @@ pub enum Rejection {
     ForeignProvider,
     /// The store refused the write.
     Store(StoreError),
+    /// The record is an envelope that does not decode, is unsigned, or whose signature
+    /// does not verify for its origin and key.
+    Envelope(EnvelopeError),
+    /// The record's version lies too far ahead of the local clock.
+    ClockAhead(ClockError),
+}
+
+impl core::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Rejection::ClientMode => f.write_str("the node is in client mode"),
+            Rejection::RecordTooLarge { size } => write!(f, "record of {size} bytes is too large"),
+            Rejection::ForeignProvider => f.write_str("the provider is not the sender"),
+            Rejection::Store(e) => write!(f, "{e}"),
+            Rejection::Envelope(e) => write!(f, "{e}"),
+            Rejection::ClockAhead(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// A record found by a get, with the peer it came from (`None`: the local store).
@@ -236,6 +262,16 @@ pub enum ApiError {
     /// The local store refused the write.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The node has no signing identity ([`Node::with_identity`]), so it cannot version
+    /// records.
+    #[error("the node has no signing identity")]
+    NoIdentity,
+    /// The local store holds a newer version of the record; it stays.
+    #[error("the local store holds a newer version of the record")]
+    Superseded {
+        /// The stored record.
+        current: Box<Record>,
+    },
 }
 
 /// The outcome of a finished query.
@@ -312,6 +348,26 @@ pub enum Event {
         /// The record key.
         key: RecordKey,
         /// The sender.
+        from: PeerId,
+    },
+    /// A newer version of a record this node holds, learned from `from` (in a GET_VALUE
+    /// answer), replaced the local copy.
+    RecordUpdated {
+        /// The record key.
+        key: RecordKey,
+        /// The peer whose copy won.
+        from: PeerId,
+    },
+    /// A peer answered a put with a newer version of the record than the one put: the
+    /// put is superseded, and the newer version replaced the local copy.
+    RecordSuperseded {
+        /// The put's query (`None`: a background republication).
+        id: Option<QueryId>,
+        /// The record key.
+        key: RecordKey,
+        /// The newer record.
+        record: Box<Record>,
+        /// The peer that answered with it.
         from: PeerId,
     },
     /// A remote peer announced itself as provider of a key.
@@ -408,6 +464,12 @@ pub struct NodeStats {
     pub invalid_records: u64,
     /// Queries finished.
     pub queries_finished: u64,
+    /// Inbound records older than the stored copy (answered with the stored copy).
+    pub stale_records: u64,
+    /// Inbound records whose envelope was unsigned or whose signature did not verify.
+    pub forged_records: u64,
+    /// Inbound records whose version lay too far ahead of the local clock.
+    pub clock_refused: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -574,6 +636,13 @@ pub struct Node<S> {
     next_reprovide: Option<Instant>,
     next_bootstrap: Option<Instant>,
     stats: NodeStats,
+    /// The key this node signs its records with (`None`: it cannot version records).
+    keypair: Option<Keypair>,
+    /// The hybrid logical clock of record versions.
+    hlc: Hlc,
+    /// The wall clock (microseconds since the Unix epoch) minus `now`, as the driver last
+    /// reported it.
+    wall_offset: i64,
     #[cfg(feature = "fault-injection")]
     fault_counter: u64,
 }
@@ -584,7 +653,12 @@ impl<S: RecordStore> Node<S> {
     pub fn new(config: Config, local: PeerId, store: S, seed: u64, now: Instant) -> Self {
         let local_key = Key::from_peer(&local);
         let table = RoutingTable::new(local_key, config.k, config.pending_timeout);
+        // A store that cannot say where the clock stopped starts it from the wall clock.
+        let ceiling = store.clock_ceiling().ok().flatten();
         Node {
+            keypair: None,
+            hlc: Hlc::new(config.hlc, ceiling),
+            wall_offset: 0,
             mode: config.mode,
             local,
             local_key,
@@ -615,6 +689,39 @@ impl<S: RecordStore> Node<S> {
             fault_counter: 0,
             config,
         }
+    }
+
+    /// A node that signs its records with `keypair` (its peer id is the key's), so that it
+    /// can version them ([`Node::seal_record`]).
+    pub fn with_identity(
+        config: Config,
+        keypair: Keypair,
+        store: S,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let mut node = Node::new(config, keypair.peer_id(), store, seed, now);
+        node.keypair = Some(keypair);
+        node
+    }
+
+    /// Tells the node the wall clock (microseconds since the Unix epoch) at `now`. Record
+    /// versions follow it; timers never do (they run on `now`). Until it is called, the
+    /// wall clock is taken to be `now` itself. Drivers call it whenever they read their
+    /// clocks; a wall clock that steps (backwards too) is fine.
+    pub fn set_wall_clock(&mut self, now: Instant, wall_micros: u64) {
+        self.wall_offset = (i128::from(wall_micros) - i128::from(now.as_micros()))
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    }
+
+    /// The wall clock at `now`, in microseconds since the Unix epoch.
+    pub fn wall_clock(&self, now: Instant) -> u64 {
+        now.as_micros().saturating_add_signed(self.wall_offset)
+    }
+
+    /// The hybrid logical clock of record versions.
+    pub fn clock(&self) -> &Hlc {
+        &self.hlc
     }
 
     // ----- accessors -------------------------------------------------------------------
@@ -783,7 +890,10 @@ impl<S: RecordStore> Node<S> {
                 for mut r in records {
                     if r.publisher == Some(self.local) {
                         r.expires = self.config.record_ttl.map(|d| now + d);
-                        if self.store.put(r.clone()).is_ok() {
+                        if matches!(
+                            self.store.put_resolved(r.clone()),
+                            Ok(PutOutcome::Stored | PutOutcome::Refreshed)
+                        ) {
                             self.jobs.push_back(Job::Republish(r));
                         }
                     }
@@ -1054,10 +1164,64 @@ impl<S: RecordStore> Node<S> {
         if record.expires.is_none() {
             record.expires = self.config.record_ttl.map(|d| now + d);
         }
-        self.store.put(record.clone())?;
+        if let PutOutcome::Kept(current) = self.store.put_resolved(record.clone())? {
+            return Err(ApiError::Superseded {
+                current: Box::new(current),
+            });
+        }
         let quorum = quorum.eval(self.config.k);
         let target = record.key.clone();
         Ok(self.start_query(now, target, QueryKind::PutRecord { record, quorum }, false))
+    }
+
+    /// A new version of the record under `key`, signed by this node: an envelope of
+    /// `model` at schema `schema_version` holding `payload` (or a tombstone when
+    /// `tombstone`; its payload should be empty), timestamped by the node's hybrid logical
+    /// clock above the version stored for `key`, published by this node with
+    /// [`Config::record_ttl`]. Pass it to [`put_record`](Node::put_record). When the clock
+    /// passes its ceiling, the new ceiling is written to the store first.
+    pub fn seal_record(
+        &mut self,
+        now: Instant,
+        key: RecordKey,
+        model: ModelId,
+        schema_version: u32,
+        tombstone: bool,
+        payload: &[u8],
+    ) -> Result<Record, ApiError> {
+        let Some(keypair) = &self.keypair else {
+            return Err(ApiError::NoIdentity);
+        };
+        let floor = match self.store.get(&key)? {
+            Some(stored) => crate::version::version_of(&stored.value)
+                .map_or(0, |v| v.timestamp.saturating_add(1)),
+            None => 0,
+        };
+        let issued = self.hlc.issue(self.wall_clock(now), floor);
+        if let Some(ceiling) = issued.persist_ceiling
+            && let Err(e) = self.store.set_clock_ceiling(ceiling)
+        {
+            // Not persisted: the clock must not get ahead of what a restart would see.
+            self.hlc = Hlc::new(self.config.hlc, self.store.clock_ceiling().ok().flatten());
+            return Err(e.into());
+        }
+        let value = Envelope::seal_parts(
+            &key,
+            SealParts {
+                model,
+                schema_version,
+                timestamp: issued.timestamp,
+                tombstone,
+                payload,
+            },
+            keypair,
+        );
+        Ok(Record {
+            key,
+            value,
+            publisher: Some(self.local),
+            expires: self.config.record_ttl.map(|d| now + d),
+        })
     }
 
     /// Removes the record under `key` from the local store (records at other peers expire).
@@ -1465,7 +1629,7 @@ impl<S: RecordStore> Node<S> {
                     {
                         q.stats.hops = hop;
                     }
-                    self.cache_record(now, &key, &records, &without_record);
+                    let records = self.resolve_found(now, &key, records, &without_record);
                     QueryResult::GetRecord(Ok(records))
                 } else if timed_out {
                     QueryResult::GetRecord(Err(QueryError::Timeout))
@@ -1533,25 +1697,67 @@ impl<S: RecordStore> Node<S> {
         self.start_jobs(now);
     }
 
-    /// After a successful get, stores the record at the closest peers that lacked it.
-    fn cache_record(
+    /// The copies a successful get found, newest first (the order of [`resolve`]). The
+    /// newest replaces an older local copy; it is written back to the peers that answered
+    /// with an older copy (read repair) and cached at the closest peers that had none.
+    fn resolve_found(
         &mut self,
         now: Instant,
         key: &RecordKey,
-        records: &[PeerRecord],
+        records: Vec<PeerRecord>,
+        without: &[PeerId],
+    ) -> Vec<PeerRecord> {
+        let mut ranked: Vec<(Rank, PeerRecord)> = records
+            .into_iter()
+            .map(|r| (rank(&r.record.value), r))
+            .collect();
+        // Stable: among equal copies the first found stays first.
+        ranked.sort_by_key(|(r, _)| core::cmp::Reverse(*r));
+        let Some((best, winner)) = ranked.first() else {
+            return Vec::new();
+        };
+        let (best, winner) = (*best, winner.clone());
+        let holds_older = ranked.iter().any(|(r, c)| c.peer.is_none() && *r != best);
+        if let (true, Some(from)) = (holds_older, winner.peer) {
+            let mut learned = winner.record.clone();
+            if learned.publisher == Some(self.local) {
+                learned.publisher = None;
+            }
+            if let Ok(PutOutcome::Stored) = self.store.put_resolved(learned) {
+                self.outputs.push_back(Output::Event(Event::RecordUpdated {
+                    key: key.clone(),
+                    from,
+                }));
+            }
+        }
+        let outdated: Vec<PeerId> = ranked
+            .iter()
+            .filter(|(r, _)| *r != best)
+            .filter_map(|(_, c)| c.peer)
+            .collect();
+        self.write_back(now, key, &winner.record, &outdated, without);
+        ranked.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// After a successful get, sends the newest record to the peers that answered with an
+    /// older copy, and to the closest [`Config::cache_peers`] peers that had none.
+    fn write_back(
+        &mut self,
+        now: Instant,
+        key: &RecordKey,
+        newest: &Record,
+        outdated: &[PeerId],
         without: &[PeerId],
     ) {
-        if self.config.cache_peers == 0 {
-            return;
-        }
-        let Some(found) = records.first() else {
-            return;
-        };
         let target = key.key();
         let mut candidates: Vec<PeerId> = without.to_vec();
         candidates.sort_by_key(|p| Key::from_peer(p).distance(&target));
-        let wire = to_wire(&found.record, now);
-        for peer in candidates.into_iter().take(self.config.cache_peers) {
+        candidates.truncate(self.config.cache_peers);
+        if candidates.is_empty() && outdated.is_empty() {
+            return;
+        }
+        let wire = to_wire(newest, now);
+        for &peer in outdated.iter().chain(candidates.iter()) {
             let addrs = self
                 .table
                 .entry(&peer)
@@ -1580,7 +1786,11 @@ impl<S: RecordStore> Node<S> {
         }
         self.stats.responses_received += 1;
         self.sample_rtt(now.saturating_duration_since(req.sent));
-        let response = self.drop_invalid_record(req.peer, response);
+        let response = self.drop_invalid_record(now, req.peer, response);
+        let superseded = req.purpose == Purpose::Fanout
+            && req
+                .query
+                .is_some_and(|qid| self.take_superseding_answer(now, qid, req.peer, &response));
         // An answer proves the peer is a live DHT server.
         let addrs = self.known_addrs(&req);
         self.table_update(now, req.peer, &addrs, Status::Connected);
@@ -1605,7 +1815,7 @@ impl<S: RecordStore> Node<S> {
                 if let Phase::Fanout { waiting, succeeded } = &mut q.phase {
                     let ok = match (&q.kind, &response) {
                         (QueryKind::PutRecord { record, .. }, Response::PutValue { key, .. }) => {
-                            *key == record.key
+                            *key == record.key && !superseded
                         }
                         _ => false,
                     };
@@ -1690,6 +1900,51 @@ impl<S: RecordStore> Node<S> {
             Purpose::Cache | Purpose::Probe => {}
         }
         self.advance(now, qid);
+    }
+
+    /// Whether a fan-out answer to put query `qid` fails to confirm the put: a confirmation
+    /// echoes the record put. An answer with a newer, valid version of the record (the
+    /// peer kept its newer copy) supersedes the put: the newer version replaces the local
+    /// copy and [`Event::RecordSuperseded`] reports it.
+    fn take_superseding_answer(
+        &mut self,
+        now: Instant,
+        qid: QueryId,
+        peer: PeerId,
+        response: &Response,
+    ) -> bool {
+        let Response::PutValue { key, value } = response else {
+            return false;
+        };
+        let Some(q) = self.queries.get(&qid) else {
+            return false;
+        };
+        let QueryKind::PutRecord { record, .. } = &q.kind else {
+            return false;
+        };
+        if *key != record.key || *value == record.value {
+            return false;
+        }
+        let newer = resolve(&record.value, value) == Resolution::Take;
+        let id = (!q.internal).then_some(qid);
+        if newer && self.check_incoming(now, key, value).is_ok() {
+            let learned = Record {
+                key: key.clone(),
+                value: value.clone(),
+                publisher: None,
+                expires: self.config.record_ttl.map(|d| now + d),
+            };
+            if self.store.put_resolved(learned.clone()).is_ok() {
+                self.outputs
+                    .push_back(Output::Event(Event::RecordSuperseded {
+                        id,
+                        key: key.clone(),
+                        record: Box::new(learned),
+                        from: peer,
+                    }));
+            }
+        }
+        true
     }
 
     fn finish_found_peer(&mut self, now: Instant, id: QueryId, info: PeerInfo) {
@@ -1831,9 +2086,8 @@ impl<S: RecordStore> Node<S> {
                     self.reject(id, peer, kind, true, Rejection::RecordTooLarge { size });
                     return;
                 }
-                if let Err(e) = self.store.validate(&record.key, &record.value) {
-                    self.stats.invalid_records += 1;
-                    self.reject(id, peer, kind, true, Rejection::Store(e));
+                if let Err(reason) = self.check_incoming(now, &record.key, &record.value) {
+                    self.reject(id, peer, kind, true, reason);
                     return;
                 }
                 let mut stored = from_wire(*record, now);
@@ -1842,14 +2096,26 @@ impl<S: RecordStore> Node<S> {
                     let cap = now + ttl;
                     stored.expires = Some(stored.expires.map_or(cap, |e| e.min(cap)));
                 }
+                // The publisher is an untrusted hint: nobody else may claim this node's
+                // name for it (this node would republish the record as its own).
+                if stored.publisher == Some(self.local) {
+                    stored.publisher = None;
+                }
                 let key = stored.key.clone();
                 let value = stored.value.clone();
-                match self.store.put(stored) {
-                    Ok(()) => {
+                match self.store.put_resolved(stored) {
+                    Ok(PutOutcome::Stored | PutOutcome::Refreshed) => {
                         self.outputs.push_back(Output::Event(Event::RecordStored {
                             key: key.clone(),
                             from: peer,
                         }));
+                        self.respond(id, peer, Response::PutValue { key, value });
+                    }
+                    Ok(PutOutcome::Kept(current)) => {
+                        // Older than the stored copy: answered with the newer one, which a
+                        // Netabase writer takes; stock peers count any answer as success.
+                        self.stats.stale_records += 1;
+                        let value = current.value;
                         self.respond(id, peer, Response::PutValue { key, value });
                     }
                     Err(e) => self.reject(id, peer, kind, true, Rejection::Store(e)),
@@ -1927,8 +2193,43 @@ impl<S: RecordStore> Node<S> {
             .push_back(Output::SendResponse { id, peer, response });
     }
 
-    /// A GET_VALUE answer without its record when the store's validation refuses it.
-    fn drop_invalid_record(&mut self, peer: PeerId, response: Response) -> Response {
+    /// Checks a record from the network before it is stored, cached, merged or returned:
+    /// an envelope must be signed by its origin for this key and its version must not lie
+    /// too far ahead of the local clock (a close one is merged into the clock); then the
+    /// store validates it. Each refusal is counted.
+    fn check_incoming(
+        &mut self,
+        now: Instant,
+        key: &RecordKey,
+        value: &[u8],
+    ) -> Result<(), Rejection> {
+        if value.starts_with(b"NBE") {
+            let checked =
+                Envelope::decode(value).and_then(|envelope| match envelope.verify(key, value) {
+                    Ok(()) => Ok(envelope),
+                    Err(e) => Err(e),
+                });
+            let envelope = match checked {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    self.stats.forged_records += 1;
+                    return Err(Rejection::Envelope(e));
+                }
+            };
+            let wall = self.wall_clock(now);
+            if let Err(e) = self.hlc.observe(envelope.timestamp, wall) {
+                self.stats.clock_refused += 1;
+                return Err(Rejection::ClockAhead(e));
+            }
+        }
+        self.store.validate(key, value).map_err(|e| {
+            self.stats.invalid_records += 1;
+            Rejection::Store(e)
+        })
+    }
+
+    /// A GET_VALUE answer without its record when [`Node::check_incoming`] refuses it.
+    fn drop_invalid_record(&mut self, now: Instant, peer: PeerId, response: Response) -> Response {
         let Response::GetValue {
             record: Some(record),
             closer_peers,
@@ -1936,13 +2237,16 @@ impl<S: RecordStore> Node<S> {
         else {
             return response;
         };
-        match self.store.validate(&record.key, &record.value) {
+        match self.check_incoming(now, &record.key, &record.value) {
             Ok(()) => Response::GetValue {
                 record: Some(record),
                 closer_peers,
             },
-            Err(error) => {
-                self.stats.invalid_records += 1;
+            Err(reason) => {
+                let error = match reason {
+                    Rejection::Store(e) => e,
+                    other => StoreError::Rejected(alloc::format!("{other}")),
+                };
                 self.outputs.push_back(Output::Event(Event::InvalidRecord {
                     peer,
                     key: record.key,

@@ -13,6 +13,47 @@ use crate::key::RecordKey;
 use crate::peer::PeerId;
 use crate::record::{ProviderRecord, Record};
 use crate::time::Instant;
+use crate::version::{Resolution, resolve};
+
+/// What [`RecordStore::put_resolved`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The record was new, or newer than the stored copy, and is stored now.
+    Stored,
+    /// The stored copy has the same bytes; its expiry was extended to the later of the two
+    /// (a republication or replication of the same record).
+    Refreshed,
+    /// The stored copy is newer and stays; here it is.
+    Kept(Record),
+}
+
+/// The decision of [`RecordStore::put_resolved`] for `incoming` against the stored copy:
+/// the record to write, if any, and the outcome. Shared by every implementation, so they
+/// all resolve alike.
+pub fn decide_put(existing: Option<&Record>, incoming: Record) -> (Option<Record>, PutOutcome) {
+    let Some(existing) = existing else {
+        return (Some(incoming), PutOutcome::Stored);
+    };
+    if existing.value == incoming.value {
+        let expires = match (existing.expires, incoming.expires) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        if expires == existing.expires {
+            return (None, PutOutcome::Refreshed);
+        }
+        let refreshed = Record {
+            expires,
+            ..existing.clone()
+        };
+        return (Some(refreshed), PutOutcome::Refreshed);
+    }
+    match resolve(&existing.value, &incoming.value) {
+        Resolution::Take => (Some(incoming), PutOutcome::Stored),
+        Resolution::Merged(value) => (Some(Record { value, ..incoming }), PutOutcome::Stored),
+        Resolution::Keep => (None, PutOutcome::Kept(existing.clone())),
+    }
+}
 
 /// An error from a record store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,8 +95,30 @@ pub trait RecordStore {
     /// The record under `key`, if any (expired or not; the core checks expiry).
     fn get(&self, key: &RecordKey) -> Result<Option<Record>, StoreError>;
 
-    /// Inserts or replaces the record under `record.key`. Durable when it returns `Ok`.
+    /// Inserts or replaces the record under `record.key` unconditionally. Durable when it
+    /// returns `Ok`. The node writes through [`put_resolved`](RecordStore::put_resolved).
     fn put(&mut self, record: Record) -> Result<(), StoreError>;
+
+    /// Compare-and-put: stores `record` only if it wins over the stored copy under
+    /// [`resolve`] ([`decide_put`]), atomically with the read of that copy. Every write
+    /// path of the node goes through it. The default reads, decides and writes in separate
+    /// calls, which is atomic only while the node is the store's single writer; stores
+    /// shared with other writers override it with one transaction.
+    fn put_resolved(&mut self, record: Record) -> Result<PutOutcome, StoreError> {
+        let existing = self.get(&record.key)?;
+        let (write, outcome) = decide_put(existing.as_ref(), record);
+        if let Some(write) = write {
+            self.put(write)?;
+        }
+        Ok(outcome)
+    }
+
+    /// The persisted ceiling of the node's hybrid logical clock ([`crate::hlc`]), if any.
+    fn clock_ceiling(&self) -> Result<Option<u64>, StoreError>;
+
+    /// Persists the ceiling of the node's hybrid logical clock (with the same durability as
+    /// a record write).
+    fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError>;
 
     /// Removes the record under `key`, if any.
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError>;
@@ -124,6 +187,7 @@ pub struct MemoryStore {
     records: BTreeMap<RecordKey, Record>,
     providers: BTreeMap<RecordKey, BTreeMap<PeerId, ProviderRecord>>,
     provided_count: usize,
+    clock_ceiling: Option<u64>,
 }
 
 impl MemoryStore {
@@ -140,6 +204,7 @@ impl MemoryStore {
             records: BTreeMap::new(),
             providers: BTreeMap::new(),
             provided_count: 0,
+            clock_ceiling: None,
         }
     }
 
@@ -183,6 +248,15 @@ impl RecordStore for MemoryStore {
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
         self.records.remove(key);
+        Ok(())
+    }
+
+    fn clock_ceiling(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.clock_ceiling)
+    }
+
+    fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
+        self.clock_ceiling = Some(ceiling);
         Ok(())
     }
 

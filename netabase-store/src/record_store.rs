@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use netabase_core::model::{Envelope, NetabaseDefinition, decode_value};
-use netabase_core::store::{MemoryStoreConfig, RecordStore, StoreError as CoreError};
+use netabase_core::store::{
+    MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put,
+};
 use netabase_core::{Address, Instant, PeerId, ProviderRecord, Record, RecordKey};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,8 @@ const PROVIDERS: &str = "dht/providers";
 const COUNTERS: &str = "dht/meta";
 const RECORD_COUNT: &[u8] = b"records";
 const PROVIDED_COUNT: &[u8] = b"provided";
+/// The persisted ceiling of the node's hybrid logical clock.
+const CLOCK_CEILING: &[u8] = b"hlc-ceiling";
 /// The layout version of the stored DHT records (in the value header's version field).
 const LAYOUT: u32 = 1;
 
@@ -275,11 +279,13 @@ impl<B: Backend> PersistentRecordStore<B> {
         self.backend.sync().map_err(backend_error)
     }
 
-    /// Refuse records from the network whose value is not a valid typed record of
-    /// definition `D` under its key ([`Envelope::open`]), with [`CoreError::Rejected`].
+    /// Refuse records from the network whose value is not a valid typed record (or
+    /// tombstone) of definition `D` under its key, with [`CoreError::Rejected`]. The core
+    /// has checked the envelope's signature before it asks
+    /// ([`Envelope::open_verified`]).
     pub fn validating<D: NetabaseDefinition>(mut self) -> Self {
         self.validator = Some(|key, value| {
-            Envelope::open::<D>(key, value)
+            Envelope::open_verified::<D>(key, value)
                 .map(drop)
                 .map_err(|e| e.to_string())
         });
@@ -340,6 +346,26 @@ impl<B: Backend> PersistentRecordStore<B> {
     }
 }
 
+/// Writes `record` (`exists`: a record is stored under its key already, so the count
+/// stays), refusing a new key when the store holds `max` records.
+fn write_record<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    record: &Record,
+    exists: bool,
+    max: usize,
+) -> Result<(), CoreError> {
+    let bytes = encode_record(record)?;
+    if !exists {
+        let count = read_counter(tx, RECORD_COUNT)?;
+        if too_many(max, count) {
+            return Err(CoreError::MaxRecords { max });
+        }
+        write_counter(tx, RECORD_COUNT, count + 1)?;
+    }
+    tx.put(RECORDS, record.key.as_bytes(), &bytes)
+        .map_err(backend_error)
+}
+
 fn too_many(max: usize, count: u64) -> bool {
     usize::try_from(count).map_or(true, |count| count >= max)
 }
@@ -361,23 +387,52 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 max: self.config.max_value_bytes,
             });
         }
-        let bytes = encode_record(&record)?;
         let max = self.config.max_records;
         self.write(|tx| {
-            let count = read_counter(tx, RECORD_COUNT)?;
             let exists = tx
                 .get(RECORDS, record.key.as_bytes())
                 .map_err(backend_error)?
                 .is_some();
-            if !exists {
-                if too_many(max, count) {
-                    return Err(CoreError::MaxRecords { max });
-                }
-                write_counter(tx, RECORD_COUNT, count + 1)?;
-            }
-            tx.put(RECORDS, record.key.as_bytes(), &bytes)
-                .map_err(backend_error)
+            write_record(tx, &record, exists, max)
         })
+    }
+
+    fn put_resolved(&mut self, record: Record) -> Result<PutOutcome, CoreError> {
+        if record.value.len() > self.config.max_value_bytes {
+            return Err(CoreError::ValueTooLarge {
+                size: record.value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        let max = self.config.max_records;
+        // Read, decide and write in one transaction: the compare-and-put is atomic even
+        // with other writers on the database.
+        self.write(|tx| {
+            let key = record.key.clone();
+            let existing = match tx.get(RECORDS, key.as_bytes()).map_err(backend_error)? {
+                Some(bytes) => Some(decode_record(key.as_bytes(), &bytes)?),
+                None => None,
+            };
+            let exists = existing.is_some();
+            let (write, outcome) = decide_put(existing.as_ref(), record);
+            if let Some(write) = write {
+                write_record(tx, &write, exists, max)?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn clock_ceiling(&self) -> Result<Option<u64>, CoreError> {
+        self.read(
+            |tx| match tx.get(COUNTERS, CLOCK_CEILING).map_err(backend_error)? {
+                None => Ok(None),
+                Some(_) => read_counter(tx, CLOCK_CEILING).map(Some),
+            },
+        )
+    }
+
+    fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), CoreError> {
+        self.write(|tx| write_counter(tx, CLOCK_CEILING, ceiling))
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {

@@ -93,7 +93,27 @@ impl DriverMetrics {
 }
 
 /// The answer to a query command: the core's result and counters.
-pub(crate) type QueryReply = oneshot::Sender<Result<(QueryResult, QueryStats), NetabaseError>>;
+pub(crate) type QueryReply = oneshot::Sender<Result<QueryDone, NetabaseError>>;
+
+/// A finished query: the core's result, its counters, and for a put the newer version a
+/// peer answered with, if one did.
+#[derive(Debug)]
+pub(crate) struct QueryDone {
+    pub(crate) result: QueryResult,
+    pub(crate) stats: QueryStats,
+    pub(crate) superseded_by: Option<Box<Record>>,
+}
+
+/// A record to version, sign and publish: the driver asks the core to seal it, runs the
+/// local write, then publishes.
+#[derive(Debug)]
+pub(crate) struct PutOp {
+    pub(crate) key: RecordKey,
+    pub(crate) model: netabase_core::model::ModelId,
+    pub(crate) schema_version: u32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) local: LocalWrite,
+}
 
 /// A write to the local typed store that must succeed before a put is published. The
 /// driver runs it, on its own thread or task, so that a durable commit (which waits for the
@@ -109,8 +129,9 @@ impl std::fmt::Debug for LocalWrite {
 /// A query an API call starts.
 #[derive(Debug)]
 pub(crate) enum QueryOp {
-    /// The local write first; the record is published only if it succeeds.
-    Put(Record, LocalWrite),
+    /// Sealed by the core, then the local write; the record is published only if it
+    /// succeeds.
+    Put(Box<PutOp>),
     Get(RecordKey),
     StartProviding(RecordKey),
     GetProviders(RecordKey),
@@ -207,6 +228,8 @@ pub(crate) struct DriverSettings {
     pub(crate) put_quorum: Quorum,
     pub(crate) get_quorum: Quorum,
     pub(crate) metrics: Option<NodeMetrics>,
+    /// The key the node signs its records with.
+    pub(crate) keypair: Option<netabase_core::Keypair>,
 }
 
 pub(crate) struct Driver<R: Runtime> {
@@ -217,6 +240,8 @@ pub(crate) struct Driver<R: Runtime> {
     clock: Clock<R>,
     settings: DriverSettings,
     queries: HashMap<QueryId, (QueryKind, QueryReply)>,
+    /// Newer versions peers answered running puts with, until the put finishes.
+    superseded: HashMap<QueryId, Box<Record>>,
     timer: Fuse<BoxFuture<'static, ()>>,
     timer_at: Option<Instant>,
     inbound_stream_failures: u64,
@@ -266,7 +291,14 @@ impl<R: Runtime> Driver<R> {
             query_progress: true,
             ..kad
         };
-        let node = Node::new(kad, local, store, seed, clock.now());
+        let now = clock.now();
+        let mut node = match settings.keypair.clone() {
+            Some(keypair) if keypair.peer_id() == local => {
+                Node::with_identity(kad, keypair, store, seed, now)
+            }
+            _ => Node::new(kad, local, store, seed, now),
+        };
+        node.set_wall_clock(now, wall_clock_micros());
         let metrics = settings
             .metrics
             .clone()
@@ -283,6 +315,7 @@ impl<R: Runtime> Driver<R> {
             clock,
             settings,
             queries: HashMap::new(),
+            superseded: HashMap::new(),
             timer: Fuse::terminated(),
             timer_at: None,
             inbound_stream_failures: 0,
@@ -297,6 +330,13 @@ impl<R: Runtime> Driver<R> {
     /// The node's current time.
     fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Reads the wall clock into the node (record versions follow it; it may step, while
+    /// the node's `now` never does).
+    fn read_wall_clock(&mut self) {
+        let now = self.now();
+        self.node.set_wall_clock(now, wall_clock_micros());
     }
 
     fn emit(&self, event: NetabaseEvent) {
@@ -385,6 +425,7 @@ impl<R: Runtime> Driver<R> {
                 () = &mut self.timer => Step::Timer,
                 () = &mut self.gauge_tick => Step::Metrics,
             };
+            self.read_wall_clock();
             match step {
                 Step::Command(None) => break None,
                 Step::Command(Some(Command::Stop { reply })) => break Some(reply),
@@ -614,7 +655,12 @@ impl<R: Runtime> Driver<R> {
                     hops = stats.hops,
                     "query finished"
                 );
-                let _ = reply.send(Ok((result, stats.clone())));
+                let superseded_by = self.superseded.remove(&id);
+                let _ = reply.send(Ok(QueryDone {
+                    result,
+                    stats: stats.clone(),
+                    superseded_by,
+                }));
                 NetabaseEvent::QueryFinished {
                     id: id.0,
                     kind,
@@ -634,6 +680,26 @@ impl<R: Runtime> Driver<R> {
                 Some(from) => NetabaseEvent::RecordStored { key, from },
                 None => return,
             },
+            Event::RecordUpdated { key, from } => match to_libp2p_peer(&from) {
+                Some(from) => NetabaseEvent::RecordUpdated { key, from },
+                None => return,
+            },
+            Event::RecordSuperseded {
+                id,
+                key,
+                record,
+                from,
+            } => {
+                if let Some(id) = id
+                    && self.queries.contains_key(&id)
+                {
+                    self.superseded.insert(id, record);
+                }
+                match to_libp2p_peer(&from) {
+                    Some(from) => NetabaseEvent::RecordUpdated { key, from },
+                    None => return,
+                }
+            }
             Event::ProviderAdded { key, provider } => match to_libp2p_peer(&provider) {
                 Some(provider) => NetabaseEvent::ProviderAdded { key, provider },
                 None => return,
@@ -685,7 +751,29 @@ impl<R: Runtime> Driver<R> {
     fn start_query(&mut self, op: QueryOp, reply: QueryReply) {
         let now = self.now();
         let (kind, started) = match op {
-            QueryOp::Put(record, local) => {
+            QueryOp::Put(op) => {
+                let PutOp {
+                    key,
+                    model,
+                    schema_version,
+                    payload,
+                    local,
+                } = *op;
+                let record =
+                    match self
+                        .node
+                        .seal_record(now, key, model, schema_version, false, &payload)
+                    {
+                        Ok(record) => record,
+                        Err(e) => {
+                            if let Some(m) = &self.metrics {
+                                m.node
+                                    .operation(operation_label(QueryKind::PutRecord), "refused");
+                            }
+                            let _ = reply.send(Err(NetabaseError::Api(e)));
+                            return;
+                        }
+                    };
                 if let Err(e) = (local.0)() {
                     if let Some(m) = &self.metrics {
                         m.node
@@ -982,4 +1070,12 @@ fn query_error(result: &QueryResult) -> Option<&netabase_core::QueryError> {
         QueryResult::GetProviders(r) => r.as_ref().err(),
         QueryResult::Bootstrap(r) => r.as_ref().err(),
     }
+}
+
+/// The wall clock in microseconds since the Unix epoch (0 before it).
+fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

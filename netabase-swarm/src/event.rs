@@ -98,6 +98,14 @@ pub enum NetabaseEvent {
         /// The peer that sent it.
         from: PeerId,
     },
+    /// A newer version of a record this node holds, learned from `from` (in a get's
+    /// answer or a put's), replaced the local copy in the DHT store.
+    RecordUpdated {
+        /// The record's DHT key.
+        key: RecordKey,
+        /// The peer whose copy was newer.
+        from: PeerId,
+    },
     /// A remote peer announced itself here as provider of a key.
     ProviderAdded {
         /// The key.

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,17 +11,19 @@ use futures::{FutureExt, SinkExt};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, ping};
-use netabase_core::model::{Envelope, NetabaseDefinition, NetabaseModel, PrimaryKey, record_key};
-use netabase_core::{
-    Codec, Mode, NodeStats, QueryError, QueryResult, QueryStats, Record, RecordKey,
+use netabase_core::model::{
+    Envelope, NetabaseDefinition, NetabaseModel, Opened, PrimaryKey, record_key,
 };
+use netabase_core::{Codec, Mode, NodeStats, QueryError, QueryResult, QueryStats, RecordKey};
 use netabase_store::{BackendConfig, Durability, PersistentRecordStore, RecordStore, Store};
 
 use crate::behaviour::NodeBehaviour;
 use crate::carrier::KadCarrier;
 use crate::config::{NetabaseConfig, StorageBackend};
 use crate::convert::{to_core_peer, to_libp2p_peer, to_multiaddr};
-use crate::driver::{Command, Driver, DriverSettings, LocalWrite, QueryOp, Snapshot};
+use crate::driver::{
+    Command, Driver, DriverSettings, LocalWrite, PutOp, QueryDone, QueryOp, Snapshot,
+};
 use crate::error::NetabaseError;
 use crate::event::{EventSubscriber, NetabaseEvent};
 use crate::handler::Shared;
@@ -47,8 +49,22 @@ pub struct PutRecordResult {
     /// stored locally either way, and the node publishes it again with its background
     /// jobs.
     pub quorum_error: Option<QueryError>,
+    /// A newer version of the record that a peer holds, if one answered with it: the put
+    /// lost to it (last writer wins), and the newer version replaced the local DHT copy.
+    pub superseded_by: Option<Superseded>,
     /// The query's counters.
     pub stats: QueryStats,
+}
+
+/// The version of a record that superseded a put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded {
+    /// Its writer.
+    pub origin: PeerId,
+    /// Its hybrid logical clock timestamp.
+    pub timestamp: u64,
+    /// Whether it is a removal.
+    pub removed: bool,
 }
 
 impl PutRecordResult {
@@ -133,7 +149,6 @@ struct Inner<D: NetabaseDefinition, R> {
     state: Mutex<State<D>>,
     /// Serialises start and stop.
     lifecycle: futures::lock::Mutex<()>,
-    clock: AtomicU64,
     _runtime: PhantomData<fn() -> R>,
 }
 
@@ -194,6 +209,14 @@ fn open_store<D: NetabaseDefinition>(config: &NetabaseConfig) -> Result<Store<D>
 }
 
 /// A seed for the core's random choices, different for every node start.
+/// The core's signing key for a libp2p identity (Ed25519 only: other key types cannot sign
+/// records, and such a node's puts fail with `ApiError::NoIdentity`).
+fn core_keypair(keypair: &Keypair) -> Option<netabase_core::Keypair> {
+    let ed25519 = keypair.clone().try_into_ed25519().ok()?;
+    let secret: [u8; 32] = ed25519.secret().as_ref().try_into().ok()?;
+    Some(netabase_core::Keypair::from_secret(secret))
+}
+
 fn random_seed(peer: &PeerId) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -253,7 +276,6 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 _keep_open: rx.deactivate(),
                 state: Mutex::new(State::Idle(store)),
                 lifecycle: futures::lock::Mutex::new(()),
-                clock: AtomicU64::new(0),
                 _runtime: PhantomData,
             }),
         })
@@ -346,6 +368,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 put_quorum: config.put_quorum,
                 get_quorum: config.get_quorum,
                 metrics: config.metrics.clone(),
+                keypair: core_keypair(&self.inner.keypair),
             },
         )?;
         driver
@@ -432,30 +455,8 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         answer.await.map_err(|_| NetabaseError::Stopped)
     }
 
-    async fn query(&self, op: QueryOp) -> Result<(QueryResult, QueryStats), NetabaseError> {
+    async fn query(&self, op: QueryOp) -> Result<QueryDone, NetabaseError> {
         self.call(|reply| Command::Query { op, reply }).await?
-    }
-
-    /// A hybrid logical timestamp for a new record: wall-clock microseconds, strictly
-    /// increasing per node.
-    fn timestamp(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let mut last = self.inner.clock.load(Ordering::Relaxed);
-        loop {
-            let next = wall.max(last.saturating_add(1));
-            match self.inner.clock.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(current) => last = current,
-            }
-        }
     }
 
     /// Stores `model` in the local typed store, then publishes it on the DHT (in its
@@ -470,17 +471,35 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     {
         let (store, _) = self.running()?;
         let value: D = model.into();
-        let (key, bytes) = Envelope::seal(&value, self.timestamp(), self.inner.core_peer)?;
-        // The driver writes the typed store (on its own thread) and publishes the record
-        // only once that write succeeded. The commit is deferred: the driver makes it
-        // durable with the DHT record's, in one sync, before the first request goes out.
+        let key = value.record_key()?;
+        let model = value.model_id();
+        let payload = value.encode_model()?;
+        // The driver has the core version and sign the record, writes the typed store (on
+        // its own thread) and publishes the record only once that write succeeded. The
+        // commit is deferred: the driver makes it durable with the DHT record's, in one
+        // sync, before the first request goes out.
         let local = LocalWrite(Box::new(move || {
             store.write_with(Durability::Deferred, |tx| tx.put_definition(&value))?;
             Ok(())
         }));
-        let (result, stats) = self
-            .query(QueryOp::Put(Record::new(key.clone(), bytes), local))
+        let done = self
+            .query(QueryOp::Put(Box::new(PutOp {
+                key: key.clone(),
+                model,
+                schema_version: D::SCHEMA_VERSION,
+                payload,
+                local,
+            })))
             .await?;
+        let superseded_by = done.superseded_by.as_deref().and_then(|record| {
+            let envelope = Envelope::decode(&record.value).ok()?;
+            Some(Superseded {
+                origin: to_libp2p_peer(&envelope.origin)?,
+                timestamp: envelope.timestamp,
+                removed: envelope.tombstone,
+            })
+        });
+        let (result, stats) = (done.result, done.stats);
         let (stored_at, quorum_error) = match result {
             QueryResult::PutRecord(Ok(peers)) => (peers_of(&peers), None),
             QueryResult::PutRecord(Err(e)) => (Vec::new(), Some(e)),
@@ -490,6 +509,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             key,
             stored_at,
             quorum_error,
+            superseded_by,
             stats,
         })
     }
@@ -507,17 +527,20 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         K::Model: NetabaseModel<Definition = D>,
     {
         let record_key = record_key(key)?;
-        let (result, stats) = self.query(QueryOp::Get(record_key.clone())).await?;
+        let QueryDone { result, stats, .. } = self.query(QueryOp::Get(record_key.clone())).await?;
         let found = match result {
             QueryResult::GetRecord(Ok(found)) => found,
             QueryResult::GetRecord(Err(QueryError::NotFound)) => return Ok(None),
             QueryResult::GetRecord(Err(e)) => return Err(e.into()),
             _ => return Ok(None),
         };
+        // Newest first: the core resolved the copies it found. A removal wins like any
+        // newer version.
         let mut last_error = None;
         for peer_record in found {
-            match Envelope::open::<D>(&record_key, &peer_record.record.value) {
-                Ok((value, envelope)) => {
+            match Envelope::open_verified::<D>(&record_key, &peer_record.record.value) {
+                Ok(Opened::Removed(_)) => return Ok(None),
+                Ok(Opened::Value(value, envelope)) => {
                     let model = <K::Model as TryFrom<D>>::try_from(value).map_err(|_| {
                         NetabaseError::WrongModel {
                             found: envelope.model,
@@ -585,7 +608,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         K::Model: NetabaseModel<Definition = D>,
     {
         let record_key = record_key(key)?;
-        let (result, _) = self
+        let QueryDone { result, .. } = self
             .query(QueryOp::StartProviding(record_key.clone()))
             .await?;
         let (announced_to, error) = match result {
@@ -620,7 +643,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         K::Model: NetabaseModel<Definition = D>,
     {
         let key = record_key(key)?;
-        let (result, _) = self.query(QueryOp::GetProviders(key)).await?;
+        let QueryDone { result, .. } = self.query(QueryOp::GetProviders(key)).await?;
         match result {
             QueryResult::GetProviders(Ok(providers)) => Ok(providers
                 .into_iter()
@@ -642,7 +665,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// mDNS).
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn bootstrap(&self) -> Result<BootstrapResult, NetabaseError> {
-        let (result, stats) = self.query(QueryOp::Bootstrap).await?;
+        let QueryDone { result, stats, .. } = self.query(QueryOp::Bootstrap).await?;
         match result {
             QueryResult::Bootstrap(Ok(size)) => Ok(BootstrapResult {
                 routing_table_size: size,

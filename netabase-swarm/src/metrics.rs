@@ -354,6 +354,8 @@ pub(crate) fn rejection_label(rejection: &Rejection) -> &'static str {
         Rejection::RecordTooLarge { .. } => "record_too_large",
         Rejection::ForeignProvider => "foreign_provider",
         Rejection::Store(_) => "store",
+        Rejection::Envelope(_) => "bad_envelope",
+        Rejection::ClockAhead(_) => "clock_ahead",
     }
 }
 

@@ -19,7 +19,10 @@ use crate::key::{MAX_RECORD_KEY_LEN, RecordKey};
 mod envelope;
 pub mod keycodec;
 
-pub use envelope::{ENVELOPE_FORMAT, Envelope, EnvelopeError};
+pub use envelope::{
+    ENVELOPE_FORMAT, Envelope, EnvelopeError, FLAG_TOMBSTONE, LEGACY_ENVELOPE_FORMAT, Opened,
+    SealParts,
+};
 pub use keycodec::{
     INLINE_KEY_LEN, KeyEncodeError, encode_key, encode_key_into, encode_key_prefix,
     with_encoded_key,

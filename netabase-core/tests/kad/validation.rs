@@ -41,6 +41,12 @@ impl RecordStore for Picky {
     fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError> {
         self.0.remove_expired(now)
     }
+    fn clock_ceiling(&self) -> Result<Option<u64>, StoreError> {
+        self.0.clock_ceiling()
+    }
+    fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
+        self.0.set_clock_ceiling(ceiling)
+    }
     fn validate(&self, _key: &RecordKey, value: &[u8]) -> Result<(), StoreError> {
         if value.starts_with(b"ok") {
             Ok(())

@@ -1,6 +1,6 @@
 //! The generated types and trait implementations behave as documented.
 
-use netabase_core::PeerId;
+use netabase_core::Keypair;
 use netabase_core::model::{
     Envelope, EnvelopeError, ModelError, ModelInfo, NetabaseDefinition, NetabaseModel, PrimaryKey,
     SecondaryKey, decode_value, encode_key, encode_value, record_key,
@@ -316,9 +316,10 @@ fn the_definition_and_the_key_derive_the_same_record_key() {
 
 #[test]
 fn envelopes_seal_and_open_generated_definitions() {
-    let origin = PeerId::from_seed(3);
+    let keypair = Keypair::from_seed(3);
+    let origin = keypair.peer_id();
     let value = ChatDefinition::from(message(7));
-    let (key, bytes) = Envelope::seal(&value, 1234, origin).unwrap();
+    let (key, bytes) = Envelope::seal(&value, 1234, &keypair).unwrap();
     assert_eq!(key, record_key(&MessagePrimaryKey(7)).unwrap());
     let (opened, envelope) = Envelope::open::<ChatDefinition>(&key, &bytes).unwrap();
     assert_eq!(opened, value);
@@ -327,16 +328,20 @@ fn envelopes_seal_and_open_generated_definitions() {
     assert_eq!(envelope.timestamp, 1234);
     assert_eq!(envelope.origin, origin);
 
-    // Under another key the value does not belong.
+    // Under another key the signature does not hold, and the value does not belong.
     let other = record_key(&MessagePrimaryKey(8)).unwrap();
-    assert_eq!(
+    assert!(matches!(
         Envelope::open::<ChatDefinition>(&other, &bytes),
+        Err(EnvelopeError::Signature(_))
+    ));
+    assert_eq!(
+        Envelope::open_verified::<ChatDefinition>(&other, &bytes),
         Err(EnvelopeError::KeyMismatch)
     );
 
     // The schema version of the definition travels in the envelope.
     let value = InventoryDefinition::from(product());
-    let (key, bytes) = Envelope::seal(&value, 1, origin).unwrap();
+    let (key, bytes) = Envelope::seal(&value, 1, &keypair).unwrap();
     let (opened, envelope) = Envelope::open::<InventoryDefinition>(&key, &bytes).unwrap();
     assert_eq!((opened, envelope.schema_version), (value, 2));
 }

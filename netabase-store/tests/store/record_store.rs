@@ -2,8 +2,9 @@
 //! records and provider records that survive a restart.
 
 use netabase_store::core::model::Envelope;
+use netabase_store::core::store::PutOutcome;
 use netabase_store::core::{
-    Address, Instant, MemoryStore, PeerId, ProviderRecord, Record, RecordKey, RecordStore,
+    Address, Instant, Keypair, MemoryStore, PeerId, ProviderRecord, Record, RecordKey, RecordStore,
     StoreError as CoreError,
 };
 use netabase_store::{BackendKind, PersistentRecordStore, RecordStoreConfig, Store};
@@ -41,6 +42,8 @@ fn local() -> PeerId {
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, Vec<u8>, Option<u64>, Option<u64>),
+    PutResolved(u8, Vec<u8>, Option<u64>, Option<u64>),
+    SetCeiling(u64),
     Remove(u8),
     AddProvider(u8, u64, Option<u64>),
     RemoveProvider(u8, u64),
@@ -52,6 +55,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u8..8, prop::collection::vec(any::<u8>(), 0..10), prop::option::of(0u64..4), expiry.clone())
             .prop_map(|(k, v, p, e)| Op::Put(k, v, p, e)),
+        3 => (0u8..8, prop::collection::vec(any::<u8>(), 0..3), prop::option::of(0u64..4), prop::option::of(0u64..100))
+            .prop_map(|(k, v, p, e)| Op::PutResolved(k, v, p, e)),
+        1 => any::<u64>().prop_map(Op::SetCeiling),
         1 => (0u8..8).prop_map(Op::Remove),
         3 => (0u8..8, 0u64..4, expiry).prop_map(|(k, p, e)| Op::AddProvider(k, p, e)),
         1 => (0u8..8, 0u64..4).prop_map(|(k, p)| Op::RemoveProvider(k, p)),
@@ -70,6 +76,19 @@ fn apply(store: &mut impl RecordStore, op: &Op) -> Result<usize, CoreError> {
                 expires: at(e),
             })
             .map(|()| 0),
+        Op::PutResolved(k, v, p, e) => store
+            .put_resolved(Record {
+                key: key(*k),
+                value: v.clone(),
+                publisher: p.map(PeerId::from_seed),
+                expires: at(e),
+            })
+            .map(|outcome| match outcome {
+                PutOutcome::Stored => 1,
+                PutOutcome::Refreshed => 2,
+                PutOutcome::Kept(_) => 3,
+            }),
+        Op::SetCeiling(c) => store.set_clock_ceiling(*c).map(|()| 0),
         Op::Remove(k) => store.remove(&key(*k)).map(|()| 0),
         Op::AddProvider(k, p, e) => store
             .add_provider(ProviderRecord {
@@ -89,6 +108,11 @@ fn apply(store: &mut impl RecordStore, op: &Op) -> Result<usize, CoreError> {
 fn same_contents(a: &impl RecordStore, b: &impl RecordStore, context: &str) {
     assert_eq!(a.records().unwrap(), b.records().unwrap(), "{context}");
     assert_eq!(a.provided().unwrap(), b.provided().unwrap(), "{context}");
+    assert_eq!(
+        a.clock_ceiling().unwrap(),
+        b.clock_ceiling().unwrap(),
+        "{context}"
+    );
     for k in 0..8 {
         assert_eq!(
             a.get(&key(k)).unwrap(),
@@ -200,7 +224,7 @@ fn a_store_backed_record_store_validates_against_the_definition() {
             .unwrap();
     let mut records = store.record_store(local(), RecordStoreConfig::default());
     let value = ChatDefinition::Message(message(1, "ada", 1, "hi"));
-    let (record_key, bytes) = Envelope::seal(&value, 1, local()).unwrap();
+    let (record_key, bytes) = Envelope::seal(&value, 1, &Keypair::from_seed(0)).unwrap();
     records.validate(&record_key, &bytes).unwrap();
     assert!(matches!(
         records.validate(&record_key, b"garbage"),
@@ -217,4 +241,51 @@ fn a_store_backed_record_store_validates_against_the_definition() {
     store.put(&message(2, "bob", 1, "typed")).unwrap();
     assert_eq!(records.get(&record_key).unwrap().unwrap().value, bytes);
     assert_eq!(store.count::<Message>().unwrap(), 1);
+}
+
+#[test]
+fn compare_and_put_keeps_the_newer_version_and_the_clock_ceiling_persists() {
+    let writer = Keypair::from_seed(5);
+    let value = ChatDefinition::Message(message(1, "ada", 1, "hi"));
+    let newer_value = ChatDefinition::Message(message(1, "ada", 1, "hi again"));
+    let (k, old) = Envelope::seal(&value, 10, &writer).unwrap();
+    let (_, new) = Envelope::seal(&newer_value, 11, &writer).unwrap();
+    for kind in [BackendKind::Redb, BackendKind::Sled] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = PersistentRecordStore::open(
+            store_path(&dir),
+            config(kind, false),
+            local(),
+            RecordStoreConfig::default(),
+        )
+        .unwrap();
+        let record = |v: &Vec<u8>, expires: u64| Record {
+            expires: Some(Instant::from_millis(expires)),
+            ..Record::new(k.clone(), v.clone())
+        };
+        assert_eq!(store.put_resolved(record(&new, 5)), Ok(PutOutcome::Stored));
+        // The older version is refused, and the newer one comes back.
+        assert_eq!(
+            store.put_resolved(record(&old, 9)),
+            Ok(PutOutcome::Kept(record(&new, 5)))
+        );
+        // The same bytes extend the expiry.
+        assert_eq!(
+            store.put_resolved(record(&new, 7)),
+            Ok(PutOutcome::Refreshed)
+        );
+        assert_eq!(store.get(&k).unwrap(), Some(record(&new, 7)));
+        assert_eq!(store.clock_ceiling(), Ok(None));
+        store.set_clock_ceiling(1234).unwrap();
+        drop(store);
+        let store = PersistentRecordStore::open(
+            store_path(&dir),
+            config(kind, false),
+            local(),
+            RecordStoreConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(store.clock_ceiling(), Ok(Some(1234)), "{kind:?}");
+        assert_eq!(store.get(&k).unwrap(), Some(record(&new, 7)), "{kind:?}");
+    }
 }

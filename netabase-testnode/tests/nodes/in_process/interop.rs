@@ -156,11 +156,13 @@ async fn a_stock_kademlia_node_and_netabase_exchange_records_and_providers<R: Te
 
     // Stock -> Netabase: a typed record in its envelope, stored after validation.
     let typed_key = record_key(&MessagePrimaryKey(2)).unwrap();
-    let origin = netabase_core::PeerId::from_bytes(&stock.to_bytes()).unwrap();
+    // Written (signed) by some Netabase identity, carried by the stock node.
+    let writer = netabase_core::Keypair::from_seed(42);
+    let writer_id = libp2p::PeerId::from_bytes(writer.peer_id().as_bytes()).unwrap();
     let (k, bytes) = Envelope::seal(
         &ChatDefinition::Message(message(2, "from stock")),
         1,
-        origin,
+        &writer,
     )
     .unwrap();
     assert_eq!(k, typed_key);
@@ -172,7 +174,10 @@ async fn a_stock_kademlia_node_and_netabase_exchange_records_and_providers<R: Te
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((got.record, got.origin), (message(2, "from stock"), stock));
+    assert_eq!(
+        (got.record, got.origin),
+        (message(2, "from stock"), writer_id)
+    );
 
     // Providers both ways; ADD_PROVIDER is one-way in both directions.
     let theirs = UserPrimaryKey("stock".into());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use netabase_core::model::Envelope;
+use netabase_core::model::{Envelope, NetabaseDefinition, SealParts};
 use netabase_core::wire::Frame;
 use netabase_core::{
     Codec, ConnectionType, MessageKind, PeerInfo, RecordKey, Request, Response, WireRecord,
@@ -401,13 +401,20 @@ fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
     );
 
     // 2. Well-formed messages the node must refuse: each is rejected without an answer.
-    let forged_origin = netabase_core::PeerId::from_bytes(&raw.id.to_bytes()).unwrap();
-    let (_, moved) = Envelope::seal(
-        &ChatDefinition::Message(message(1, "forged")),
-        1,
-        forged_origin,
-    )
-    .unwrap();
+    // Signed by its writer for key 7, but its value belongs under key 1.
+    let forger = netabase_core::Keypair::from_seed(99);
+    let misplaced = ChatDefinition::Message(message(1, "forged"));
+    let moved = Envelope::seal_parts(
+        &core_key(7),
+        SealParts {
+            model: misplaced.model_id(),
+            schema_version: 1,
+            timestamp: 1,
+            tombstone: false,
+            payload: &misplaced.encode_model().unwrap(),
+        },
+        &forger,
+    );
     let refused = [
         // A value that is no typed record, under the writer's key.
         Request::PutValue {
@@ -457,7 +464,7 @@ fn a_node_survives_bad_input_and_keeps_its_records(rt: Rt) {
     let (_, forged) = Envelope::seal(
         &ChatDefinition::Message(message(1, "forged")),
         u64::MAX,
-        forged_origin,
+        &forger,
     )
     .unwrap();
     let answer_as_request = codec.encode_response(&Response::GetValue {
