@@ -113,6 +113,12 @@ pub struct Config {
     /// Limits of the hybrid logical clock that versions records, and how far ahead of the
     /// local wall clock a received version may be.
     pub hlc: HlcConfig,
+    /// How long a tombstone (a removal) is kept, counted from its own version's timestamp
+    /// (not from when it arrived), so every replica drops it at the same time. It must
+    /// exceed [`record_ttl`](Config::record_ttl) plus the longest downtime of a node that
+    /// may still hold an older copy: by then every older copy has expired and cannot come
+    /// back. Tombstones are exempt from the `record_ttl` cap on inbound records.
+    pub tombstone_horizon: Duration,
     /// A deliberate bug this node exhibits (for testing checkers).
     #[cfg(feature = "fault-injection")]
     pub injected_fault: Option<InjectedFault>,
@@ -151,6 +157,7 @@ impl Default for Config {
             query_progress: false,
             mode: Mode::Server,
             hlc: HlcConfig::default(),
+            tombstone_horizon: Duration::from_secs(30 * 24 * HOUR),
             #[cfg(feature = "fault-injection")]
             injected_fault: None,
         }
@@ -440,6 +447,18 @@ pub enum Output {
     Event(Event),
 }
 
+impl Output {
+    /// The output rule of group commit, which every driver follows (the real node's and
+    /// the simulator's): whether this output must wait until every store write made
+    /// before it is durable (the driver syncs first). A request acknowledges nothing, so
+    /// it may leave before the sync (and stays sent if the sync then fails); answers,
+    /// refusals and events report writes, so they wait. No input is handled during a
+    /// sync.
+    pub fn waits_for_sync(&self) -> bool {
+        !matches!(self, Output::SendRequest { .. })
+    }
+}
+
 /// Node-wide counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -724,6 +743,42 @@ impl<S: RecordStore> Node<S> {
         &self.hlc
     }
 
+    /// The instant on the driver's clock at which the wall clock reads `wall`.
+    fn instant_of_wall(&self, wall: u64) -> Instant {
+        let micros = i128::from(wall) - i128::from(self.wall_offset);
+        Instant::from_micros(micros.clamp(0, i128::from(u64::MAX)) as u64)
+    }
+
+    /// When a tombstone `value` expires: its version's timestamp plus
+    /// [`Config::tombstone_horizon`], on the driver's clock. `None` when `value` is no
+    /// tombstone.
+    fn tombstone_expiry(&self, value: &[u8]) -> Option<Instant> {
+        match Envelope::version_of(value) {
+            Some((version, true)) => {
+                let horizon =
+                    u64::try_from(self.config.tombstone_horizon.as_micros()).unwrap_or(u64::MAX);
+                Some(self.instant_of_wall(version.timestamp.saturating_add(horizon)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The expiry of a record this node stores from the network: a tombstone's own
+    /// ([`Config::tombstone_horizon`]), otherwise the sender's, capped by this node's
+    /// [`Config::record_ttl`].
+    fn inbound_expiry(&self, now: Instant, value: &[u8], sent: Option<Instant>) -> Option<Instant> {
+        if let Some(expiry) = self.tombstone_expiry(value) {
+            return Some(expiry);
+        }
+        match self.config.record_ttl {
+            Some(ttl) => {
+                let cap = now + ttl;
+                Some(sent.map_or(cap, |e| e.min(cap)))
+            }
+            None => sent,
+        }
+    }
+
     // ----- accessors -------------------------------------------------------------------
 
     /// The local peer id.
@@ -889,7 +944,10 @@ impl<S: RecordStore> Node<S> {
             if let Ok(records) = self.store.records() {
                 for mut r in records {
                     if r.publisher == Some(self.local) {
-                        r.expires = self.config.record_ttl.map(|d| now + d);
+                        // A tombstone keeps its own horizon; a value gets a fresh TTL.
+                        r.expires = self
+                            .tombstone_expiry(&r.value)
+                            .or_else(|| self.config.record_ttl.map(|d| now + d));
                         if matches!(
                             self.store.put_resolved(r.clone()),
                             Ok(PutOutcome::Stored | PutOutcome::Refreshed)
@@ -1161,7 +1219,9 @@ impl<S: RecordStore> Node<S> {
             });
         }
         record.publisher.get_or_insert(self.local);
-        if record.expires.is_none() {
+        if let Some(expiry) = self.tombstone_expiry(&record.value) {
+            record.expires = Some(expiry);
+        } else if record.expires.is_none() {
             record.expires = self.config.record_ttl.map(|d| now + d);
         }
         if let PutOutcome::Kept(current) = self.store.put_resolved(record.clone())? {
@@ -1723,6 +1783,7 @@ impl<S: RecordStore> Node<S> {
             if learned.publisher == Some(self.local) {
                 learned.publisher = None;
             }
+            learned.expires = self.inbound_expiry(now, &learned.value, learned.expires);
             if let Ok(PutOutcome::Stored) = self.store.put_resolved(learned) {
                 self.outputs.push_back(Output::Event(Event::RecordUpdated {
                     key: key.clone(),
@@ -1932,7 +1993,7 @@ impl<S: RecordStore> Node<S> {
                 key: key.clone(),
                 value: value.clone(),
                 publisher: None,
-                expires: self.config.record_ttl.map(|d| now + d),
+                expires: self.inbound_expiry(now, value, None),
             };
             if self.store.put_resolved(learned.clone()).is_ok() {
                 self.outputs
@@ -2091,11 +2152,9 @@ impl<S: RecordStore> Node<S> {
                     return;
                 }
                 let mut stored = from_wire(*record, now);
-                // Never keep a record longer than this node's own record lifetime.
-                if let Some(ttl) = self.config.record_ttl {
-                    let cap = now + ttl;
-                    stored.expires = Some(stored.expires.map_or(cap, |e| e.min(cap)));
-                }
+                // Never keep a record longer than this node's own record lifetime; a
+                // tombstone lives until its own horizon.
+                stored.expires = self.inbound_expiry(now, &stored.value, stored.expires);
                 // The publisher is an untrusted hint: nobody else may claim this node's
                 // name for it (this node would republish the record as its own).
                 if stored.publisher == Some(self.local) {

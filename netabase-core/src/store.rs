@@ -58,8 +58,8 @@ pub fn decide_put(existing: Option<&Record>, incoming: Record) -> (Option<Record
 /// An error from a record store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The store holds its maximum number of records.
-    #[error("the store is full ({max} records)")]
+    /// The store holds its maximum number of records for other peers.
+    #[error("the store is full ({max} records held for other peers)")]
     MaxRecords {
         /// The configured maximum.
         max: usize,
@@ -156,7 +156,8 @@ pub trait RecordStore {
 /// Limits of a [`MemoryStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryStoreConfig {
-    /// Maximum number of records.
+    /// Maximum number of records held for other peers. The node's own records (published
+    /// by it) do not count: they are limited by memory or disk only.
     pub max_records: usize,
     /// Maximum size of a record value in bytes.
     pub max_value_bytes: usize,
@@ -187,6 +188,8 @@ pub struct MemoryStore {
     records: BTreeMap<RecordKey, Record>,
     providers: BTreeMap<RecordKey, BTreeMap<PeerId, ProviderRecord>>,
     provided_count: usize,
+    /// Records held for other peers (not published by `local`).
+    held_count: usize,
     clock_ceiling: Option<u64>,
 }
 
@@ -204,6 +207,7 @@ impl MemoryStore {
             records: BTreeMap::new(),
             providers: BTreeMap::new(),
             provided_count: 0,
+            held_count: 0,
             clock_ceiling: None,
         }
     }
@@ -216,6 +220,16 @@ impl MemoryStore {
     /// Number of records held.
     pub fn record_count(&self) -> usize {
         self.records.len()
+    }
+
+    /// Number of records held for other peers (the ones [`MemoryStoreConfig::max_records`]
+    /// limits).
+    pub fn held_count(&self) -> usize {
+        self.held_count
+    }
+
+    fn is_held(&self, record: &Record) -> bool {
+        record.publisher != Some(self.local)
     }
 
     /// Number of provider records held, over all keys.
@@ -236,18 +250,24 @@ impl RecordStore for MemoryStore {
                 max: self.config.max_value_bytes,
             });
         }
-        if !self.records.contains_key(&record.key) && self.records.len() >= self.config.max_records
-        {
+        let was_held = self.records.get(&record.key).map(|r| self.is_held(r));
+        let held = self.is_held(&record);
+        if held && was_held != Some(true) && self.held_count >= self.config.max_records {
             return Err(StoreError::MaxRecords {
                 max: self.config.max_records,
             });
         }
+        self.held_count = self.held_count + usize::from(held) - usize::from(was_held == Some(true));
         self.records.insert(record.key.clone(), record);
         Ok(())
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
-        self.records.remove(key);
+        if let Some(r) = self.records.remove(key)
+            && self.is_held(&r)
+        {
+            self.held_count -= 1;
+        }
         Ok(())
     }
 
@@ -319,8 +339,16 @@ impl RecordStore for MemoryStore {
 
     fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError> {
         let before = self.records.len() + self.provider_count();
-        self.records.retain(|_, r| !r.is_expired(now));
         let local = self.local;
+        let mut held_removed = 0;
+        self.records.retain(|_, r| {
+            let keep = !r.is_expired(now);
+            if !keep && r.publisher != Some(local) {
+                held_removed += 1;
+            }
+            keep
+        });
+        self.held_count -= held_removed;
         let mut local_removed = 0;
         for m in self.providers.values_mut() {
             m.retain(|p, r| {
@@ -364,6 +392,28 @@ mod tests {
         );
         // Replacing an existing record is always allowed.
         store.put(Record::new(key(2), vec![9])).unwrap();
+        // The node's own records do not count against the limit.
+        let own = |k: u8| Record {
+            publisher: Some(local),
+            ..Record::new(key(k), vec![k])
+        };
+        for k in 10..20 {
+            store.put(own(k)).unwrap();
+        }
+        assert_eq!((store.record_count(), store.held_count()), (12, 2));
+        // A held record that becomes the node's own frees a place, and back.
+        store.put(own(2)).unwrap();
+        store.put(Record::new(key(3), vec![3])).unwrap();
+        assert_eq!(
+            store.put(Record::new(key(2), vec![2])),
+            Err(StoreError::MaxRecords { max: 2 })
+        );
+        store.remove(&key(3)).unwrap();
+        store.put(Record::new(key(2), vec![9])).unwrap();
+        for k in 10..20 {
+            store.remove(&key(k)).unwrap();
+        }
+        assert_eq!((store.record_count(), store.held_count()), (2, 2));
         assert_eq!(
             store.put(Record::new(key(1), vec![0; 5])),
             Err(StoreError::ValueTooLarge { size: 5, max: 4 })

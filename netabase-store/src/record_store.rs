@@ -28,6 +28,8 @@ const PROVIDERS: &str = "dht/providers";
 const COUNTERS: &str = "dht/meta";
 const RECORD_COUNT: &[u8] = b"records";
 const PROVIDED_COUNT: &[u8] = b"provided";
+/// The number of records held for other peers (the ones the record limit applies to).
+const HELD_COUNT: &[u8] = b"held";
 /// The persisted ceiling of the node's hybrid logical clock.
 const CLOCK_CEILING: &[u8] = b"hlc-ceiling";
 /// The layout version of the stored DHT records (in the value header's version field).
@@ -335,6 +337,13 @@ impl<B: Backend> PersistentRecordStore<B> {
         self.read(|tx| read_counter(tx, RECORD_COUNT))
     }
 
+    /// Number of records held for other peers (the ones [`RecordStoreConfig`]'s
+    /// `max_records` limits).
+    pub fn held_count(&self) -> Result<u64, CoreError> {
+        let local = self.local;
+        self.read(|tx| read_held(tx, local))
+    }
+
     /// Number of keys the local node provides.
     pub fn provided_count(&self) -> Result<u64, CoreError> {
         self.read(|tx| read_counter(tx, PROVIDED_COUNT))
@@ -346,24 +355,81 @@ impl<B: Backend> PersistentRecordStore<B> {
     }
 }
 
-/// Writes `record` (`exists`: a record is stored under its key already, so the count
-/// stays), refusing a new key when the store holds `max` records.
+/// Whether `record` is held for another peer (not published by `local`).
+fn is_held(record: &Record, local: PeerId) -> bool {
+    record.publisher != Some(local)
+}
+
+/// The number of records held for other peers; counted once from the records when the
+/// counter was never written (a store of an earlier release, which counted all records
+/// against the limit).
+fn read_held<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<u64, CoreError> {
+    if tx
+        .get(COUNTERS, HELD_COUNT)
+        .map_err(backend_error)?
+        .is_some()
+    {
+        return read_counter(tx, HELD_COUNT);
+    }
+    let mut held = 0u64;
+    tx.scan(RECORDS, FULL_RANGE, &mut |k, v| {
+        if decode_record(k, v).is_ok_and(|r| is_held(&r, local)) {
+            held += 1;
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .map_err(backend_error)?;
+    Ok(held)
+}
+
+/// Writes `record` over the stored one (`was_held`: whether a stored record is held for
+/// another peer; `None`: no record under the key), keeping the counts, and refusing a
+/// record for another peer that would take the store past `max` such records.
 fn write_record<T: WriteTransaction + ?Sized>(
     tx: &mut T,
     record: &Record,
-    exists: bool,
+    was_held: Option<bool>,
+    local: PeerId,
     max: usize,
 ) -> Result<(), CoreError> {
     let bytes = encode_record(record)?;
-    if !exists {
-        let count = read_counter(tx, RECORD_COUNT)?;
-        if too_many(max, count) {
+    let held = is_held(record, local);
+    if held != (was_held == Some(true)) {
+        let count = read_held(tx, local)?;
+        if held && too_many(max, count) {
             return Err(CoreError::MaxRecords { max });
         }
+        let count = if held {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        write_counter(tx, HELD_COUNT, count)?;
+    }
+    if was_held.is_none() {
+        let count = read_counter(tx, RECORD_COUNT)?;
         write_counter(tx, RECORD_COUNT, count + 1)?;
     }
     tx.put(RECORDS, record.key.as_bytes(), &bytes)
         .map_err(backend_error)
+}
+
+/// Removes the counts of a removed record.
+fn count_removed<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    records: u64,
+    held: u64,
+    local: PeerId,
+) -> Result<(), CoreError> {
+    if records > 0 {
+        let count = read_counter(tx, RECORD_COUNT)?;
+        write_counter(tx, RECORD_COUNT, count.saturating_sub(records))?;
+    }
+    if held > 0 {
+        let count = read_held(tx, local)?;
+        write_counter(tx, HELD_COUNT, count.saturating_sub(held))?;
+    }
+    Ok(())
 }
 
 fn too_many(max: usize, count: u64) -> bool {
@@ -387,13 +453,19 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 max: self.config.max_value_bytes,
             });
         }
-        let max = self.config.max_records;
+        let (max, local) = (self.config.max_records, self.local);
         self.write(|tx| {
-            let exists = tx
+            let was_held = match tx
                 .get(RECORDS, record.key.as_bytes())
                 .map_err(backend_error)?
-                .is_some();
-            write_record(tx, &record, exists, max)
+            {
+                Some(bytes) => Some(is_held(
+                    &decode_record(record.key.as_bytes(), &bytes)?,
+                    local,
+                )),
+                None => None,
+            };
+            write_record(tx, &record, was_held, local, max)
         })
     }
 
@@ -404,7 +476,7 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 max: self.config.max_value_bytes,
             });
         }
-        let max = self.config.max_records;
+        let (max, local) = (self.config.max_records, self.local);
         // Read, decide and write in one transaction: the compare-and-put is atomic even
         // with other writers on the database.
         self.write(|tx| {
@@ -413,10 +485,10 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 Some(bytes) => Some(decode_record(key.as_bytes(), &bytes)?),
                 None => None,
             };
-            let exists = existing.is_some();
+            let was_held = existing.as_ref().map(|r| is_held(r, local));
             let (write, outcome) = decide_put(existing.as_ref(), record);
             if let Some(write) = write {
-                write_record(tx, &write, exists, max)?;
+                write_record(tx, &write, was_held, local, max)?;
             }
             Ok(outcome)
         })
@@ -436,14 +508,13 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {
+        let local = self.local;
         self.write(|tx| {
-            if tx
-                .take(RECORDS, key.as_bytes())
-                .map_err(backend_error)?
-                .is_some()
-            {
-                let count = read_counter(tx, RECORD_COUNT)?;
-                write_counter(tx, RECORD_COUNT, count.saturating_sub(1))?;
+            if let Some(bytes) = tx.take(RECORDS, key.as_bytes()).map_err(backend_error)? {
+                // A damaged record counted as held: it was no record of this node's.
+                let held =
+                    decode_record(key.as_bytes(), &bytes).map_or(true, |r| is_held(&r, local));
+                count_removed(tx, 1, u64::from(held), local)?;
             }
             Ok(())
         })
@@ -547,16 +618,17 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
         self.write(|tx| {
             let mut removed = 0usize;
             let mut records_removed = 0u64;
+            let mut held_removed = 0u64;
             for (k, v) in entries(tx, RECORDS, FULL_RANGE)? {
-                if decode_record(&k, &v).is_ok_and(|r| r.is_expired(now)) {
+                if let Ok(r) = decode_record(&k, &v)
+                    && r.is_expired(now)
+                {
                     tx.delete(RECORDS, &k).map_err(backend_error)?;
                     records_removed += 1;
+                    held_removed += u64::from(is_held(&r, local));
                 }
             }
-            if records_removed > 0 {
-                let count = read_counter(tx, RECORD_COUNT)?;
-                write_counter(tx, RECORD_COUNT, count.saturating_sub(records_removed))?;
-            }
+            count_removed(tx, records_removed, held_removed, local)?;
             removed += records_removed as usize;
             let mut local_removed = 0u64;
             for (k, v) in entries(tx, PROVIDERS, FULL_RANGE)? {

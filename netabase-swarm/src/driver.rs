@@ -574,7 +574,7 @@ impl<R: Runtime> Driver<R> {
     /// the writes made so far are durable.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
-            if let Output::SendRequest { .. } = output {
+            if !output.waits_for_sync() {
                 // A request acknowledges nothing; it may leave before the writes are
                 // durable (the run loop syncs once it is on its way).
                 self.requests_before_sync = true;

@@ -154,6 +154,11 @@ proptest! {
                     reference.record_count() as u64,
                     "{}", context
                 );
+                prop_assert_eq!(
+                    store.held_count().unwrap(),
+                    reference.held_count() as u64,
+                    "{}", context
+                );
             }
         }
     }
