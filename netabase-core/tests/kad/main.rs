@@ -6,3 +6,4 @@ mod harness;
 mod lookup;
 mod table;
 mod validation;
+mod versions;
