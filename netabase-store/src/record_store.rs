@@ -4,7 +4,7 @@ use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 use std::sync::Arc;
 
-use netabase_core::model::{Envelope, NetabaseDefinition, decode_value};
+use netabase_core::model::{Envelope, NetabaseDefinition, Opened, decode_value, primary_key_of};
 use netabase_core::store::{
     MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put,
 };
@@ -17,6 +17,7 @@ use crate::backend::{
     ReadTransaction, WriteTransaction, prefix_end,
 };
 use crate::codec;
+use crate::ops::{Tables, Writer};
 use crate::error::StoreError;
 use crate::store::Store;
 
@@ -52,6 +53,14 @@ struct StoredProvider {
 
 type Validator = fn(&RecordKey, &[u8]) -> Result<(), String>;
 
+/// Applies a newer version of a record to the typed store, inside the transaction that
+/// stores it in the DHT tables (see [`Store::record_store`]).
+type Mirror<B> = Arc<
+    dyn for<'a> Fn(&mut <B as Backend>::Write<'a>, &Record) -> Result<(), CoreError>
+        + Send
+        + Sync,
+>;
+
 /// The core's [`RecordStore`] on a store backend: the DHT records and provider records a
 /// node holds, persisted across restarts, with the limits of [`RecordStoreConfig`].
 ///
@@ -68,6 +77,7 @@ pub struct PersistentRecordStore<B: Backend = AnyBackend> {
     local: PeerId,
     config: RecordStoreConfig,
     validator: Option<Validator>,
+    mirror: Option<Mirror<B>>,
     /// The durability of this store's writes (`None`: the backend's own).
     durability: Option<Durability>,
 }
@@ -107,14 +117,58 @@ impl PersistentRecordStore<AnyBackend> {
 
 impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
     /// A record store in the same database as this store, validating incoming records
-    /// against definition `D`.
+    /// against definition `D`, and keeping the typed store in agreement with it: when a
+    /// newer version written by another peer replaces a record whose key has a row in the
+    /// typed store, the row (and its secondary-index entries) is replaced with the newer
+    /// value, or removed for a tombstone, in the same transaction. Records of keys without
+    /// a typed row (held for other peers) stay out of the typed store, and so do versions
+    /// this node cannot decode (a newer schema): those are kept and forwarded as bytes.
     pub fn record_store(
         &self,
         local: PeerId,
         config: RecordStoreConfig,
     ) -> PersistentRecordStore<B> {
-        PersistentRecordStore::new(Arc::clone(self.backend()), local, config).validating::<D>()
+        let tables = Arc::clone(self.tables());
+        let mirror: Mirror<B> = Arc::new(move |tx, record| mirror_typed::<D, _>(&tables, tx, record, local));
+        let mut store =
+            PersistentRecordStore::new(Arc::clone(self.backend()), local, config).validating::<D>();
+        store.mirror = Some(mirror);
+        store
     }
+}
+
+/// Applies `record`, which just replaced the DHT copy of its key, to the typed row of that
+/// key, if there is one and the record is another peer's (this node's own writes went to
+/// the typed store when they were made).
+fn mirror_typed<D: NetabaseDefinition, T: WriteTransaction + ?Sized>(
+    tables: &Tables,
+    tx: &mut T,
+    record: &Record,
+    local: PeerId,
+) -> Result<(), CoreError> {
+    let Ok(opened) = Envelope::open_verified::<D>(&record.key, &record.value) else {
+        return Ok(());
+    };
+    let envelope = match &opened {
+        Opened::Value(_, envelope) | Opened::Removed(envelope) => envelope,
+    };
+    if envelope.origin == local {
+        return Ok(());
+    }
+    let model = envelope.model;
+    let Some(pk) = primary_key_of::<D>(model, &record.key) else {
+        return Ok(());
+    };
+    let t = tables.get(model).map_err(backend_error)?;
+    if tx.get(&t.records, pk).map_err(backend_error)?.is_none() {
+        return Ok(());
+    }
+    let mut writer = Writer { tx, tables };
+    match opened {
+        Opened::Value(value, _) => writer.put_definition(&value).map(drop),
+        Opened::Removed(_) => writer.remove_definition::<D>(model, pk).map(drop),
+    }
+    .map_err(backend_error)
 }
 
 fn backend_error(e: StoreError) -> CoreError {
@@ -260,6 +314,7 @@ impl<B: Backend> PersistentRecordStore<B> {
             local,
             config,
             validator: None,
+            mirror: None,
             durability: None,
         }
     }
@@ -489,6 +544,9 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
             let (write, outcome) = decide_put(existing.as_ref(), record);
             if let Some(write) = write {
                 write_record(tx, &write, was_held, local, max)?;
+                if let (Some(mirror), PutOutcome::Stored) = (&self.mirror, &outcome) {
+                    mirror(tx, &write)?;
+                }
             }
             Ok(outcome)
         })

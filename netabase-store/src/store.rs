@@ -114,6 +114,10 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         &self.backend
     }
 
+    pub(crate) fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
     #[inline]
     pub(crate) fn guard(&self) -> Result<TxGuard> {
         TxGuard::enter(Arc::as_ptr(&self.backend) as *const () as usize)

@@ -225,6 +225,17 @@ pub fn record_key<K: PrimaryKey>(key: &K) -> Result<RecordKey, ModelError> {
 }
 
 /// `/nb/<definition>/<model>/` followed by the encoded primary key.
+/// The encoded primary key of the record of model `model` of definition `D` stored under
+/// `key`: the inverse of the DHT key derivation ([`record_key`]). `None` when `key` is no
+/// key of that model (another definition or model, or the model is unknown). A tombstone
+/// carries no value, so this is how a removal finds the row it removes.
+pub fn primary_key_of<D: NetabaseDefinition>(model: ModelId, key: &RecordKey) -> Option<&[u8]> {
+    let info = D::MODELS.get(usize::from(model))?;
+    let rest = key.as_bytes().strip_prefix(b"/nb/")?;
+    let rest = rest.strip_prefix(D::NAME.as_bytes())?.strip_prefix(b"/")?;
+    rest.strip_prefix(info.name.as_bytes())?.strip_prefix(b"/")
+}
+
 fn derive_record_key(
     definition: &str,
     model: &str,

@@ -294,3 +294,87 @@ fn compare_and_put_keeps_the_newer_version_and_the_clock_ceiling_persists() {
         assert_eq!(store.get(&k).unwrap(), Some(record(&new, 7)), "{kind:?}");
     }
 }
+
+#[test]
+fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transaction() {
+    use netabase_store::core::model::{NetabaseModel, SealParts};
+    for kind in [BackendKind::Redb, BackendKind::Sled, BackendKind::Memory] {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::<ChatDefinition>::open_with(store_path(&dir), config(kind, false)).unwrap();
+        let me = Keypair::from_seed(0);
+        let other = Keypair::from_seed(1);
+        let mut records = store.record_store(me.peer_id(), RecordStoreConfig::default());
+        // This node's own row, written by it (typed row and DHT record).
+        let mine = message(1, "ada", 1, "first");
+        store.put(&mine).unwrap();
+        let (k1, v1) = Envelope::seal(&ChatDefinition::Message(mine), 10, &me).unwrap();
+        assert_eq!(
+            records.put_resolved(Record::new(k1.clone(), v1)),
+            Ok(PutOutcome::Stored)
+        );
+        // Another peer's newer version: row and secondary index follow.
+        let theirs = message(1, "bob", 1, "second");
+        let (_, v2) =
+            Envelope::seal(&ChatDefinition::Message(theirs.clone()), 11, &other).unwrap();
+        assert_eq!(
+            records.put_resolved(Record::new(k1.clone(), v2.clone())),
+            Ok(PutOutcome::Stored)
+        );
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), Some(theirs));
+        assert_eq!(
+            store
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("bob".into())))
+                .unwrap()
+                .len(),
+            1,
+            "{kind:?}"
+        );
+        assert!(
+            store
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("ada".into())))
+                .unwrap()
+                .is_empty()
+        );
+        // An older version changes nothing.
+        let (_, v0) = Envelope::seal(
+            &ChatDefinition::Message(message(1, "eve", 1, "stale")),
+            5,
+            &other,
+        )
+        .unwrap();
+        assert!(matches!(
+            records.put_resolved(Record::new(k1.clone(), v0)),
+            Ok(PutOutcome::Kept(_))
+        ));
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap().unwrap().author, "bob");
+        // A tombstone removes the row and its index entries.
+        let tombstone = Envelope::seal_parts(
+            &k1,
+            SealParts {
+                model: Message::ID,
+                schema_version: 1,
+                timestamp: 12,
+                tombstone: true,
+                payload: &[],
+            },
+            &other,
+        );
+        assert_eq!(
+            records.put_resolved(Record::new(k1.clone(), tombstone)),
+            Ok(PutOutcome::Stored)
+        );
+        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None);
+        assert!(
+            store
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("bob".into())))
+                .unwrap()
+                .is_empty()
+        );
+        // A record held for others (no typed row here) stays out of the typed store.
+        let held = message(2, "carol", 1, "not mine");
+        let (k2, v) = Envelope::seal(&ChatDefinition::Message(held), 20, &other).unwrap();
+        records.put_resolved(Record::new(k2, v)).unwrap();
+        assert_eq!(store.get(&MessagePrimaryKey(2)).unwrap(), None, "{kind:?}");
+    }
+}
