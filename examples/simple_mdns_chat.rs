@@ -34,7 +34,7 @@
 // An interactive example talks to its user on standard output.
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,9 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use futures::StreamExt;
 use futures::channel::mpsc;
-use netabase::core::RecordStore as _;
 use netabase::core::model::Envelope;
-use netabase::store::RecordStoreConfig;
 use netabase::swarm::Runtime;
 use netabase::swarm::libp2p::multiaddr::Protocol;
 use netabase::{
@@ -73,7 +71,7 @@ pub mod chat {
         pub text: String,
     }
 }
-use chat::{ChatDefinition, Message, MessagePrimaryKey};
+use chat::{ChatDefinition, Message};
 
 /// A chat node on runtime `R`.
 type Node<R> = netabase::swarm::Netabase<ChatDefinition, R>;
@@ -250,6 +248,9 @@ struct Chat<R: Runtime> {
     /// The last id used, so ids strictly increase.
     last_id: u64,
     announced: HashSet<PeerId>,
+    /// Messages received from other peers in this session, by id (this peer's own are in
+    /// its typed store).
+    received: BTreeMap<u64, Message>,
 }
 
 /// The chat on runtime `R`, until `quit` or the end of input.
@@ -306,6 +307,7 @@ async fn run<R: Runtime>(args: Args) -> Result<(), String> {
         writer,
         last_id: 0,
         announced: HashSet::new(),
+        received: BTreeMap::new(),
     };
 
     // Standard input is read on a thread of its own (any runtime can wait on the channel);
@@ -380,9 +382,14 @@ impl<R: Runtime> Chat<R> {
 
     fn history(&self) -> Result<(), String> {
         let store = self.node.local_store().map_err(|e| e.to_string())?;
-        let messages = store
+        let mut messages: BTreeMap<u64, Message> = store
             .query::<Message>(usize::MAX)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        messages.extend(self.received.iter().map(|(id, m)| (*id, m.clone())));
+        let messages: Vec<Message> = messages.into_values().collect();
         println!("history: {} message(s)", messages.len());
         for message in &messages {
             println!("  {}", show(message));
@@ -425,8 +432,8 @@ impl<R: Runtime> Chat<R> {
         }
     }
 
-    /// A peer stored a record here: if it is a message not seen before, keep it in the
-    /// local store (for `/history`) and show it.
+    /// A peer stored a record here: if it is a message not seen before, keep it (for
+    /// `/history`) and show it.
     fn received(&mut self, key: &RecordKey, from: PeerId) {
         match self.open(key) {
             Ok(Some(message)) => println!("{}", show(&message)),
@@ -436,12 +443,8 @@ impl<R: Runtime> Chat<R> {
     }
 
     /// The new message stored under `key` in this node's DHT store, if there is one.
-    fn open(&self, key: &RecordKey) -> Result<Option<Message>, String> {
-        let store = self.node.local_store().map_err(|e| e.to_string())?;
-        let local = netabase::core::PeerId::from_bytes(&self.node.local_peer_id().to_bytes())
-            .map_err(|e| format!("{e:?}"))?;
-        let dht = store.record_store(local, RecordStoreConfig::default());
-        let Some(record) = dht.get(key).map_err(|e| e.to_string())? else {
+    fn open(&mut self, key: &RecordKey) -> Result<Option<Message>, String> {
+        let Some(record) = self.node.local_record(key).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         let (value, _envelope) =
@@ -449,14 +452,10 @@ impl<R: Runtime> Chat<R> {
         let Ok(message) = Message::try_from(value) else {
             return Ok(None);
         };
-        if store
-            .get(&MessagePrimaryKey(message.id))
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {
+        if self.received.contains_key(&message.id) {
             return Ok(None);
         }
-        store.put(&message).map_err(|e| e.to_string())?;
+        self.received.insert(message.id, message.clone());
         Ok(Some(message))
     }
 }

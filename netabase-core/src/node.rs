@@ -113,6 +113,11 @@ pub struct Config {
     /// Limits of the hybrid logical clock that versions records, and how far ahead of the
     /// local wall clock a received version may be.
     pub hlc: HlcConfig,
+    /// How often the node retries publishing the records of its outbox (its own records
+    /// whose latest version has not reached its quorum yet, kept across restarts), at most
+    /// [`max_job_queries`](Config::max_job_queries) at a time; the first retry comes one
+    /// interval after start. `None` leaves them to the republication job.
+    pub outbox_interval: Option<Duration>,
     /// How long a tombstone (a removal) is kept, counted from its own version's timestamp
     /// (not from when it arrived), so every replica drops it at the same time. It must
     /// exceed [`record_ttl`](Config::record_ttl) plus the longest downtime of a node that
@@ -158,6 +163,7 @@ impl Default for Config {
             mode: Mode::Server,
             hlc: HlcConfig::default(),
             tombstone_horizon: Duration::from_secs(30 * 24 * HOUR),
+            outbox_interval: Some(Duration::from_secs(10)),
             #[cfg(feature = "fault-injection")]
             injected_fault: None,
         }
@@ -544,6 +550,8 @@ enum QueryKind {
     PutRecord {
         record: Record,
         quorum: usize,
+        /// The key is in the store's outbox until the quorum is met.
+        outbox: bool,
     },
     AddProvider {
         key: RecordKey,
@@ -573,7 +581,13 @@ struct Query {
 
 #[derive(Clone, Debug)]
 enum Job {
-    Republish(Record),
+    /// Publish a record again: replication of one held for others, republication of one of
+    /// this node's, or a retry from the outbox (`outbox`: remove it from there once the
+    /// quorum is met).
+    Republish {
+        record: Record,
+        outbox: bool,
+    },
     Reprovide(RecordKey),
 }
 
@@ -654,6 +668,7 @@ pub struct Node<S> {
     next_publication: Option<Instant>,
     next_reprovide: Option<Instant>,
     next_bootstrap: Option<Instant>,
+    next_outbox: Option<Instant>,
     stats: NodeStats,
     /// The key this node signs its records with (`None`: it cannot version records).
     keypair: Option<Keypair>,
@@ -703,6 +718,7 @@ impl<S: RecordStore> Node<S> {
             next_publication: config.publication_interval.map(|d| now + d),
             next_reprovide: config.provider_publication_interval.map(|d| now + d),
             next_bootstrap: config.bootstrap_interval.map(|d| now + d),
+            next_outbox: config.outbox_interval.map(|d| now + d),
             stats: NodeStats::default(),
             #[cfg(feature = "fault-injection")]
             fault_counter: 0,
@@ -864,6 +880,7 @@ impl<S: RecordStore> Node<S> {
         consider(self.next_publication);
         consider(self.next_reprovide);
         consider(self.next_bootstrap);
+        consider(self.next_outbox);
         next
     }
 
@@ -934,7 +951,10 @@ impl<S: RecordStore> Node<S> {
             if let Ok(records) = self.store.records() {
                 for r in records {
                     if !r.is_expired(now) && r.publisher != Some(self.local) {
-                        self.jobs.push_back(Job::Republish(r));
+                        self.jobs.push_back(Job::Republish {
+                            record: r,
+                            outbox: false,
+                        });
                     }
                 }
             }
@@ -952,7 +972,10 @@ impl<S: RecordStore> Node<S> {
                             self.store.put_resolved(r.clone()),
                             Ok(PutOutcome::Stored | PutOutcome::Refreshed)
                         ) {
-                            self.jobs.push_back(Job::Republish(r));
+                            self.jobs.push_back(Job::Republish {
+                                record: r,
+                                outbox: false,
+                            });
                         }
                     }
                 }
@@ -971,6 +994,10 @@ impl<S: RecordStore> Node<S> {
                 }
             }
         }
+        if self.next_outbox.is_some_and(|t| now >= t) {
+            self.next_outbox = self.config.outbox_interval.map(|d| now + d);
+            self.retry_outbox(now);
+        }
         if self.next_bootstrap.is_some_and(|t| now >= t) {
             self.next_bootstrap = self.config.bootstrap_interval.map(|d| now + d);
             if !self.table.is_empty() {
@@ -978,6 +1005,38 @@ impl<S: RecordStore> Node<S> {
             }
         }
         self.start_jobs(now);
+    }
+
+    /// Queues a publication of each record in the outbox that is not being published
+    /// already (at most [`Config::max_job_queries`] per round); keys whose record is gone
+    /// leave the outbox.
+    fn retry_outbox(&mut self, now: Instant) {
+        if self.table.is_empty() {
+            return;
+        }
+        let Ok(keys) = self.store.outbox(self.config.max_job_queries) else {
+            return;
+        };
+        for key in keys {
+            let publishing = self.queries.values().any(
+                |q| matches!(&q.kind, QueryKind::PutRecord { record, .. } if record.key == key),
+            );
+            if publishing {
+                continue;
+            }
+            match self.store.get(&key) {
+                Ok(Some(record)) if !record.is_expired(now) => {
+                    self.jobs.push_back(Job::Republish {
+                        record,
+                        outbox: true,
+                    });
+                }
+                Ok(_) => {
+                    let _ = self.store.outbox_remove(&key);
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn start_jobs(&mut self, now: Instant) {
@@ -988,9 +1047,13 @@ impl<S: RecordStore> Node<S> {
                 break;
             };
             match job {
-                Job::Republish(record) => {
+                Job::Republish { record, outbox } => {
                     let target = record.key.clone();
-                    let kind = QueryKind::PutRecord { record, quorum: 1 };
+                    let kind = QueryKind::PutRecord {
+                        record,
+                        quorum: 1,
+                        outbox,
+                    };
                     self.start_query(now, target, kind, true);
                 }
                 Job::Reprovide(key) => {
@@ -1229,9 +1292,17 @@ impl<S: RecordStore> Node<S> {
                 current: Box::new(current),
             });
         }
+        // Until the quorum confirms it, the record waits in the outbox, which survives a
+        // restart: a node that is offline now publishes it when it is back.
+        self.store.outbox_add(&record.key)?;
         let quorum = quorum.eval(self.config.k);
         let target = record.key.clone();
-        Ok(self.start_query(now, target, QueryKind::PutRecord { record, quorum }, false))
+        let kind = QueryKind::PutRecord {
+            record,
+            quorum,
+            outbox: true,
+        };
+        Ok(self.start_query(now, target, kind, false))
     }
 
     /// A new version of the record under `key`, signed by this node: an envelope of
@@ -1252,30 +1323,15 @@ impl<S: RecordStore> Node<S> {
         let Some(keypair) = &self.keypair else {
             return Err(ApiError::NoIdentity);
         };
-        let floor = match self.store.get(&key)? {
-            Some(stored) => crate::version::version_of(&stored.value)
-                .map_or(0, |v| v.timestamp.saturating_add(1)),
-            None => 0,
+        let wall = self.wall_clock(now);
+        let parts = SealParts {
+            model,
+            schema_version,
+            timestamp: 0,
+            tombstone,
+            payload,
         };
-        let issued = self.hlc.issue(self.wall_clock(now), floor);
-        if let Some(ceiling) = issued.persist_ceiling
-            && let Err(e) = self.store.set_clock_ceiling(ceiling)
-        {
-            // Not persisted: the clock must not get ahead of what a restart would see.
-            self.hlc = Hlc::new(self.config.hlc, self.store.clock_ceiling().ok().flatten());
-            return Err(e.into());
-        }
-        let value = Envelope::seal_parts(
-            &key,
-            SealParts {
-                model,
-                schema_version,
-                timestamp: issued.timestamp,
-                tombstone,
-                payload,
-            },
-            keypair,
-        );
+        let value = seal_version(&mut self.store, &mut self.hlc, keypair, wall, &key, parts)?;
         Ok(Record {
             key,
             value,
@@ -1702,11 +1758,19 @@ impl<S: RecordStore> Node<S> {
                     }))
                 }
             }
-            QueryKind::PutRecord { quorum, .. } => {
+            QueryKind::PutRecord {
+                quorum,
+                outbox,
+                record,
+            } => {
                 let stored = match q.phase {
                     Phase::Fanout { succeeded, .. } => succeeded,
                     Phase::Lookup => Vec::new(),
                 };
+                if outbox && stored.len() >= quorum {
+                    // A failing backend keeps the key in the outbox: one more publication.
+                    let _ = self.store.outbox_remove(&record.key);
+                }
                 QueryResult::PutRecord(if stored.len() >= quorum {
                     Ok(stored)
                 } else if timed_out {
@@ -2421,6 +2485,45 @@ impl<S: RecordStore> Node<S> {
         }
         Ok(())
     }
+}
+
+/// Versions and signs a record for `key`: the envelope of `parts` (whose `timestamp` is
+/// ignored) at a timestamp from `hlc` at wall-clock time `wall`, above the version `store`
+/// holds for `key`. When the clock passes its ceiling, the new ceiling is written to
+/// `store` first; if that write fails, `hlc` restarts from the persisted ceiling and the
+/// error is returned. [`Node::seal_record`] uses it; a driver whose node is not running
+/// can use it with a clock made from the store's persisted ceiling
+/// (`Hlc::new(config, store.clock_ceiling()?)`).
+pub fn seal_version<S: RecordStore>(
+    store: &mut S,
+    hlc: &mut Hlc,
+    keypair: &Keypair,
+    wall: u64,
+    key: &RecordKey,
+    parts: SealParts<'_>,
+) -> Result<Vec<u8>, StoreError> {
+    let floor = match store.get(key)? {
+        Some(stored) => {
+            crate::version::version_of(&stored.value).map_or(0, |v| v.timestamp.saturating_add(1))
+        }
+        None => 0,
+    };
+    let issued = hlc.issue(wall, floor);
+    if let Some(ceiling) = issued.persist_ceiling
+        && let Err(e) = store.set_clock_ceiling(ceiling)
+    {
+        // Not persisted: the clock must not get ahead of what a restart would see.
+        *hlc = Hlc::new(*hlc.config(), store.clock_ceiling().ok().flatten());
+        return Err(e);
+    }
+    Ok(Envelope::seal_parts(
+        key,
+        SealParts {
+            timestamp: issued.timestamp,
+            ..parts
+        },
+        keypair,
+    ))
 }
 
 /// A record as sent to peers: its remaining lifetime in whole seconds (at least one).

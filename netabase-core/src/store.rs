@@ -5,6 +5,7 @@
 //! is durable in that backend, so the core never acknowledges a write that a crash could
 //! lose. The persistent backends (redb, sled) live in `netabase-store`.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -120,6 +121,27 @@ pub trait RecordStore {
     /// a record write).
     fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError>;
 
+    /// Adds `key` to the outbox: this node's records whose latest version has not yet
+    /// reached its publication quorum (persisted, so a node that was offline publishes
+    /// them when it is back). The default keeps no outbox: such records wait for the next
+    /// republication.
+    fn outbox_add(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// Removes `key` from the outbox (its publication reached its quorum).
+    fn outbox_remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// Up to `limit` keys of the outbox, in key order.
+    fn outbox(&self, limit: usize) -> Result<Vec<RecordKey>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// Removes the record under `key`, if any.
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError>;
 
@@ -190,7 +212,16 @@ pub struct MemoryStore {
     provided_count: usize,
     /// Records held for other peers (not published by `local`).
     held_count: usize,
+    /// Boxed: rarely touched, and it keeps the store small enough to sit inline beside a
+    /// boxed node in the simulator's node states.
+    meta: Box<NodeMeta>,
+}
+
+/// The clock ceiling and outbox of a [`MemoryStore`].
+#[derive(Debug, Clone, Default)]
+struct NodeMeta {
     clock_ceiling: Option<u64>,
+    outbox: alloc::collections::BTreeSet<RecordKey>,
 }
 
 impl MemoryStore {
@@ -208,7 +239,7 @@ impl MemoryStore {
             providers: BTreeMap::new(),
             provided_count: 0,
             held_count: 0,
-            clock_ceiling: None,
+            meta: Box::default(),
         }
     }
 
@@ -272,12 +303,26 @@ impl RecordStore for MemoryStore {
     }
 
     fn clock_ceiling(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.clock_ceiling)
+        Ok(self.meta.clock_ceiling)
     }
 
     fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), StoreError> {
-        self.clock_ceiling = Some(ceiling);
+        self.meta.clock_ceiling = Some(ceiling);
         Ok(())
+    }
+
+    fn outbox_add(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.meta.outbox.insert(key.clone());
+        Ok(())
+    }
+
+    fn outbox_remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.meta.outbox.remove(key);
+        Ok(())
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<RecordKey>, StoreError> {
+        Ok(self.meta.outbox.iter().take(limit).cloned().collect())
     }
 
     fn records(&self) -> Result<Vec<Record>, StoreError> {

@@ -86,4 +86,4 @@ pub use error::{Result, StoreError};
 pub use migration::StoreBuilder;
 pub use ops::{META_TABLE, Scan, index_table, records_table};
 pub use record_store::{PersistentRecordStore, RecordStoreConfig};
-pub use store::{Batch, ReadTx, Store, WriteTx};
+pub use store::{Batch, ReadOnlyStore, ReadTx, Store, WriteTx};

@@ -17,8 +17,8 @@ use crate::backend::{
     ReadTransaction, WriteTransaction, prefix_end,
 };
 use crate::codec;
-use crate::ops::{Tables, Writer};
 use crate::error::StoreError;
+use crate::ops::{Tables, Writer};
 use crate::store::Store;
 
 /// Limits of a [`PersistentRecordStore`]: the same as the core's memory store.
@@ -27,6 +27,9 @@ pub type RecordStoreConfig = MemoryStoreConfig;
 const RECORDS: &str = "dht/records";
 const PROVIDERS: &str = "dht/providers";
 const COUNTERS: &str = "dht/meta";
+/// This node's records whose latest version has not reached its quorum yet (key bytes,
+/// empty values).
+const OUTBOX: &str = "dht/outbox";
 const RECORD_COUNT: &[u8] = b"records";
 const PROVIDED_COUNT: &[u8] = b"provided";
 /// The number of records held for other peers (the ones the record limit applies to).
@@ -56,9 +59,7 @@ type Validator = fn(&RecordKey, &[u8]) -> Result<(), String>;
 /// Applies a newer version of a record to the typed store, inside the transaction that
 /// stores it in the DHT tables (see [`Store::record_store`]).
 type Mirror<B> = Arc<
-    dyn for<'a> Fn(&mut <B as Backend>::Write<'a>, &Record) -> Result<(), CoreError>
-        + Send
-        + Sync,
+    dyn for<'a> Fn(&mut <B as Backend>::Write<'a>, &Record) -> Result<(), CoreError> + Send + Sync,
 >;
 
 /// The core's [`RecordStore`] on a store backend: the DHT records and provider records a
@@ -129,7 +130,8 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         config: RecordStoreConfig,
     ) -> PersistentRecordStore<B> {
         let tables = Arc::clone(self.tables());
-        let mirror: Mirror<B> = Arc::new(move |tx, record| mirror_typed::<D, _>(&tables, tx, record, local));
+        let mirror: Mirror<B> =
+            Arc::new(move |tx, record| mirror_typed::<D, _>(&tables, tx, record, local));
         let mut store =
             PersistentRecordStore::new(Arc::clone(self.backend()), local, config).validating::<D>();
         store.mirror = Some(mirror);
@@ -563,6 +565,39 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
 
     fn set_clock_ceiling(&mut self, ceiling: u64) -> Result<(), CoreError> {
         self.write(|tx| write_counter(tx, CLOCK_CEILING, ceiling))
+    }
+
+    fn outbox_add(&mut self, key: &RecordKey) -> Result<(), CoreError> {
+        self.write(|tx| tx.put(OUTBOX, key.as_bytes(), &[]).map_err(backend_error))
+    }
+
+    fn outbox_remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {
+        self.write(|tx| {
+            tx.delete(OUTBOX, key.as_bytes())
+                .map_err(backend_error)
+                .map(drop)
+        })
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<RecordKey>, CoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(|tx| {
+            let mut out = Vec::new();
+            tx.scan(OUTBOX, FULL_RANGE, &mut |k, _| {
+                if let Ok(key) = RecordKey::new(k) {
+                    out.push(key);
+                }
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })
+            .map_err(backend_error)?;
+            Ok(out)
+        })
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {

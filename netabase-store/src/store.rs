@@ -336,6 +336,65 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
     read_methods!(self => (), in_read_tx);
 }
 
+/// A read-only view of a [`Store`]: every read of the store, no write. A running node hands
+/// this out (`Netabase::local_store`), since its writes must go through the node, which
+/// versions them and keeps the DHT store in step.
+pub struct ReadOnlyStore<D: NetabaseDefinition, B: Backend = AnyBackend> {
+    backend: Arc<B>,
+    tables: Arc<Tables>,
+    _definition: PhantomData<fn() -> D>,
+}
+
+impl<D: NetabaseDefinition, B: Backend> Clone for ReadOnlyStore<D, B> {
+    fn clone(&self) -> Self {
+        ReadOnlyStore {
+            backend: Arc::clone(&self.backend),
+            tables: Arc::clone(&self.tables),
+            _definition: PhantomData,
+        }
+    }
+}
+
+impl<D: NetabaseDefinition, B: Backend> std::fmt::Debug for ReadOnlyStore<D, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyStore")
+            .field("definition", &D::NAME)
+            .field("backend", &self.backend.kind())
+            .finish()
+    }
+}
+
+impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
+    /// A read-only view of this store.
+    pub fn read_only(&self) -> ReadOnlyStore<D, B> {
+        ReadOnlyStore {
+            backend: Arc::clone(&self.backend),
+            tables: Arc::clone(&self.tables),
+            _definition: PhantomData,
+        }
+    }
+}
+
+impl<D: NetabaseDefinition, B: Backend> ReadOnlyStore<D, B> {
+    read_methods!(self => (), in_read_tx);
+
+    #[inline]
+    fn guard(&self) -> Result<TxGuard> {
+        TxGuard::enter(Arc::as_ptr(&self.backend) as *const () as usize)
+    }
+
+    /// Runs `f` in a read transaction: every read inside sees the same committed state.
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTx<'_, D, B>) -> Result<T>) -> Result<T> {
+        let _guard = self.guard()?;
+        let tx = ReadTx {
+            tx: self.backend.begin_read()?,
+            tables: &self.tables,
+            _definition: PhantomData,
+        };
+        f(&tx)
+    }
+}
+
 /// A read transaction of a [`Store`], handed to [`Store::read`] closures.
 pub struct ReadTx<'s, D: NetabaseDefinition, B: Backend + 's> {
     tx: B::Read<'s>,

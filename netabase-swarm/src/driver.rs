@@ -112,6 +112,8 @@ pub(crate) struct PutOp {
     pub(crate) model: netabase_core::model::ModelId,
     pub(crate) schema_version: u32,
     pub(crate) payload: Vec<u8>,
+    /// A removal: the record becomes a tombstone (`payload` is empty).
+    pub(crate) tombstone: bool,
     pub(crate) local: LocalWrite,
 }
 
@@ -156,10 +158,6 @@ pub(crate) enum Command {
         reply: QueryReply,
     },
     StopProviding {
-        key: RecordKey,
-        reply: oneshot::Sender<Result<(), NetabaseError>>,
-    },
-    RemoveRecord {
         key: RecordKey,
         reply: oneshot::Sender<Result<(), NetabaseError>>,
     },
@@ -757,23 +755,27 @@ impl<R: Runtime> Driver<R> {
                     model,
                     schema_version,
                     payload,
+                    tombstone,
                     local,
                 } = *op;
-                let record =
-                    match self
-                        .node
-                        .seal_record(now, key, model, schema_version, false, &payload)
-                    {
-                        Ok(record) => record,
-                        Err(e) => {
-                            if let Some(m) = &self.metrics {
-                                m.node
-                                    .operation(operation_label(QueryKind::PutRecord), "refused");
-                            }
-                            let _ = reply.send(Err(NetabaseError::Api(e)));
-                            return;
+                let record = match self.node.seal_record(
+                    now,
+                    key,
+                    model,
+                    schema_version,
+                    tombstone,
+                    &payload,
+                ) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        if let Some(m) = &self.metrics {
+                            m.node
+                                .operation(operation_label(QueryKind::PutRecord), "refused");
                         }
-                    };
+                        let _ = reply.send(Err(NetabaseError::Api(e)));
+                        return;
+                    }
+                };
                 if let Err(e) = (local.0)() {
                     if let Some(m) = &self.metrics {
                         m.node
@@ -840,15 +842,6 @@ impl<R: Runtime> Driver<R> {
                     .map_err(Into::into)
                     .and_then(|()| self.durable());
                 self.count("stop_providing", &result);
-                let _ = reply.send(result);
-            }
-            Command::RemoveRecord { key, reply } => {
-                let result = self
-                    .node
-                    .remove_record(&key)
-                    .map_err(Into::into)
-                    .and_then(|()| self.durable());
-                self.count("remove_record", &result);
                 let _ = reply.send(result);
             }
             Command::AddAddress { peer, addr, reply } => {

@@ -12,10 +12,12 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, ping};
 use netabase_core::model::{
-    Envelope, NetabaseDefinition, NetabaseModel, Opened, PrimaryKey, record_key,
+    Envelope, NetabaseDefinition, NetabaseModel, Opened, PrimaryKey, SealParts, record_key,
 };
 use netabase_core::{Codec, Mode, NodeStats, QueryError, QueryResult, QueryStats, RecordKey};
-use netabase_store::{BackendConfig, Durability, PersistentRecordStore, RecordStore, Store};
+use netabase_store::{
+    BackendConfig, Durability, PersistentRecordStore, ReadOnlyStore, RecordStore, Store,
+};
 
 use crate::behaviour::NodeBehaviour;
 use crate::carrier::KadCarrier;
@@ -295,8 +297,30 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         }
     }
 
-    /// The typed local store (shared with the node). Fails after `stop_swarm`.
-    pub fn local_store(&self) -> Result<Store<D>, NetabaseError> {
+    /// A read-only view of the typed local store (shared with the node). Writes go through
+    /// [`put_record`](Netabase::put_record) and [`remove_record`](Netabase::remove_record),
+    /// which version them and keep the DHT store in step. Fails after `stop_swarm`.
+    pub fn local_store(&self) -> Result<ReadOnlyStore<D>, NetabaseError> {
+        Ok(self.typed_store()?.read_only())
+    }
+
+    /// The DHT record this node holds under `key` (its own or one held for another peer),
+    /// as stored: the envelope bytes, publisher and expiry. `None` when it holds none.
+    pub fn local_record(
+        &self,
+        key: &RecordKey,
+    ) -> Result<Option<netabase_core::Record>, NetabaseError> {
+        let store = self.typed_store()?;
+        let dht: PersistentRecordStore = PersistentRecordStore::new(
+            Arc::clone(store.backend()),
+            self.inner.core_peer,
+            self.inner.config.record_store.clone(),
+        );
+        Ok(dht.get(key)?)
+    }
+
+    /// The typed local store itself, for the node's own writes.
+    fn typed_store(&self) -> Result<Store<D>, NetabaseError> {
         match &*self.state() {
             State::Running { store, .. } | State::Idle(store) => Ok(store.clone()),
             State::Stopped => Err(NetabaseError::Stopped),
@@ -488,6 +512,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 model,
                 schema_version: D::SCHEMA_VERSION,
                 payload,
+                tombstone: false,
                 local,
             })))
             .await?;
@@ -563,8 +588,17 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         }
     }
 
-    /// Removes the record with primary key `key` from the local typed store and from this
-    /// node's DHT store; copies at other peers expire. Returns the removed value.
+    /// Removes the record with primary key `key`: the typed row goes, and a signed
+    /// tombstone (a removal versioned like any write, so it beats every older copy and
+    /// loses to newer writes) takes the DHT record's place in the same sync and is
+    /// published to the closest peers. A tombstone that has not reached the put quorum
+    /// waits in the node's outbox, which survives restarts, and is published again until it
+    /// does. Tombstones expire at their own timestamp plus
+    /// [`tombstone_horizon`](netabase_core::Config::tombstone_horizon). Returns the removed
+    /// value.
+    ///
+    /// A node that is not started writes the tombstone locally and publishes it from the
+    /// outbox once it runs.
     #[tracing::instrument(level = "debug", skip_all, fields(model = <K::Model as NetabaseModel>::NAME))]
     pub async fn remove_record<K>(&self, key: &K) -> Result<Option<K::Model>, NetabaseError>
     where
@@ -572,23 +606,88 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         K::Model: NetabaseModel<Definition = D>,
     {
         let record_key = record_key(key)?;
-        let store = self.local_store()?;
-        let removed = store.remove(key)?;
-        match self.running() {
-            Ok(_) => {
-                self.call(|reply| Command::RemoveRecord {
+        let model = <K::Model as NetabaseModel>::ID;
+        let pk = key
+            .key_bytes()
+            .map_err(netabase_core::model::ModelError::from)?;
+        let removed = match self.running() {
+            Ok((store, _)) => {
+                let slot = Arc::new(Mutex::new(None));
+                let filled = Arc::clone(&slot);
+                let local = LocalWrite(Box::new(move || {
+                    let old = store
+                        .write_with(Durability::Deferred, |tx| tx.remove_definition(model, &pk))?;
+                    *filled.lock().unwrap_or_else(|e| e.into_inner()) = old;
+                    Ok(())
+                }));
+                // A quorum failure is no error: the tombstone stands locally and waits in
+                // the outbox.
+                self.query(QueryOp::Put(Box::new(PutOp {
                     key: record_key,
-                    reply,
-                })
-                .await??
+                    model,
+                    schema_version: D::SCHEMA_VERSION,
+                    payload: Vec::new(),
+                    tombstone: true,
+                    local,
+                })))
+                .await?;
+                slot.lock().unwrap_or_else(|e| e.into_inner()).take()
             }
-            Err(_) => {
-                let mut dht: PersistentRecordStore = store
-                    .record_store(self.inner.core_peer, self.inner.config.record_store.clone());
-                dht.remove(&record_key)?;
-            }
+            Err(NetabaseError::NotRunning) => self.remove_offline(record_key, model, &pk)?,
+            Err(e) => return Err(e),
+        };
+        match removed {
+            Some(value) => <K::Model as TryFrom<D>>::try_from(value)
+                .map(Some)
+                .map_err(|_| NetabaseError::WrongModel { found: model }),
+            None => Ok(None),
         }
-        Ok(removed)
+    }
+
+    /// [`remove_record`](Netabase::remove_record) on a node that is not started: the typed
+    /// removal, the tombstone (versioned by a clock that starts at the persisted ceiling)
+    /// and its outbox entry, made durable in one sync.
+    fn remove_offline(
+        &self,
+        key: RecordKey,
+        model: netabase_core::model::ModelId,
+        pk: &[u8],
+    ) -> Result<Option<D>, NetabaseError> {
+        let keypair = core_keypair(&self.inner.keypair)
+            .ok_or(NetabaseError::Api(netabase_core::ApiError::NoIdentity))?;
+        let store = self.typed_store()?;
+        let config = &self.inner.config;
+        let mut dht: PersistentRecordStore = store
+            .record_store(self.inner.core_peer, config.record_store.clone())
+            .with_durability(Durability::Deferred);
+        let old = store.write_with(Durability::Deferred, |tx| tx.remove_definition(model, pk))?;
+        let mut hlc = netabase_core::Hlc::new(config.kad.hlc, dht.clock_ceiling()?);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let parts = SealParts {
+            model,
+            schema_version: D::SCHEMA_VERSION,
+            timestamp: 0,
+            tombstone: true,
+            payload: &[],
+        };
+        let value = netabase_core::seal_version(&mut dht, &mut hlc, &keypair, wall, &key, parts)?;
+        // The node's clock reads microseconds since the Unix epoch, as the wall clock does.
+        let horizon = u64::try_from(config.kad.tombstone_horizon.as_micros()).unwrap_or(u64::MAX);
+        let expires = Envelope::version_of(&value)
+            .map(|(v, _)| netabase_core::Instant::from_micros(v.timestamp.saturating_add(horizon)));
+        let record = netabase_core::Record {
+            key: key.clone(),
+            value,
+            publisher: Some(self.inner.core_peer),
+            expires,
+        };
+        dht.put_resolved(record)?;
+        dht.outbox_add(&key)?;
+        dht.sync()?;
+        Ok(old)
     }
 
     /// Up to `limit` records of model `M` from the local typed store, in key order.

@@ -593,6 +593,7 @@ fn full_bucket_probes_the_oldest_entry_and_replaces_it_when_dead() {
     let config = Config {
         k: 2,
         bootstrap_interval: None,
+        outbox_interval: None,
         ..Config::default()
     };
     let local = PeerId::from_seed(0);

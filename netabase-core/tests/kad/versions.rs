@@ -483,3 +483,60 @@ fn a_quorum_failure_reports_the_copies_it_saw_nowhere() {
         Output::Event(Event::QueryFinished { id, result: QueryResult::GetRecord(Err(QueryError::NotFound)), .. })
             if *id == qid)));
 }
+
+#[test]
+fn a_put_that_missed_its_quorum_waits_in_the_outbox_and_is_published_again() {
+    use netabase_core::RequestFailure;
+    let Setup { mut node, b, c, .. } = setup();
+    let record = node.seal_record(T0, key(), 0, 1, false, b"mine").unwrap();
+    let qid = node.put_record(T0, record.clone(), Quorum::One).unwrap();
+    assert_eq!(node.store().outbox(10), Ok(vec![key()]));
+    let lookup = drain(&mut node);
+    for p in [&b, &c] {
+        let id = request_to(&lookup, p.peer_id());
+        node.handle_response(
+            T0,
+            id,
+            Response::FindNode {
+                closer_peers: vec![],
+            },
+        );
+    }
+    let fanout = drain(&mut node);
+    for p in [&b, &c] {
+        node.handle_request_failed(T0, request_to(&fanout, p.peer_id()), RequestFailure::Io);
+    }
+    let out = drain(&mut node);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Event(Event::QueryFinished { id, result: QueryResult::PutRecord(Err(QueryError::QuorumFailed { .. })), .. })
+            if *id == qid)), "{out:?}");
+    assert_eq!(node.store().outbox(10), Ok(vec![key()]));
+    // One outbox interval later the node publishes it again, and a confirmation empties
+    // the outbox.
+    let later = T0 + Config::default().outbox_interval.unwrap();
+    node.handle_timeout(later);
+    let lookup = drain(&mut node);
+    for p in [&b, &c] {
+        let id = request_to(&lookup, p.peer_id());
+        node.handle_response(
+            later,
+            id,
+            Response::FindNode {
+                closer_peers: vec![],
+            },
+        );
+    }
+    let fanout = drain(&mut node);
+    for p in [&b, &c] {
+        node.handle_response(
+            later,
+            request_to(&fanout, p.peer_id()),
+            Response::PutValue {
+                key: key(),
+                value: record.value.clone(),
+            },
+        );
+    }
+    drain(&mut node);
+    assert_eq!(node.store().outbox(10), Ok(vec![]));
+}

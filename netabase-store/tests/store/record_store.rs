@@ -44,6 +44,7 @@ enum Op {
     Put(u8, Vec<u8>, Option<u64>, Option<u64>),
     PutResolved(u8, Vec<u8>, Option<u64>, Option<u64>),
     SetCeiling(u64),
+    Outbox(u8, bool),
     Remove(u8),
     AddProvider(u8, u64, Option<u64>),
     RemoveProvider(u8, u64),
@@ -58,6 +59,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..8, prop::collection::vec(any::<u8>(), 0..3), prop::option::of(0u64..4), prop::option::of(0u64..100))
             .prop_map(|(k, v, p, e)| Op::PutResolved(k, v, p, e)),
         1 => any::<u64>().prop_map(Op::SetCeiling),
+        2 => (0u8..8, any::<bool>()).prop_map(|(k, add)| Op::Outbox(k, add)),
         1 => (0u8..8).prop_map(Op::Remove),
         3 => (0u8..8, 0u64..4, expiry).prop_map(|(k, p, e)| Op::AddProvider(k, p, e)),
         1 => (0u8..8, 0u64..4).prop_map(|(k, p)| Op::RemoveProvider(k, p)),
@@ -89,6 +91,8 @@ fn apply(store: &mut impl RecordStore, op: &Op) -> Result<usize, CoreError> {
                 PutOutcome::Kept(_) => 3,
             }),
         Op::SetCeiling(c) => store.set_clock_ceiling(*c).map(|()| 0),
+        Op::Outbox(k, true) => store.outbox_add(&key(*k)).map(|()| 0),
+        Op::Outbox(k, false) => store.outbox_remove(&key(*k)).map(|()| 0),
         Op::Remove(k) => store.remove(&key(*k)).map(|()| 0),
         Op::AddProvider(k, p, e) => store
             .add_provider(ProviderRecord {
@@ -113,6 +117,8 @@ fn same_contents(a: &impl RecordStore, b: &impl RecordStore, context: &str) {
         b.clock_ceiling().unwrap(),
         "{context}"
     );
+    assert_eq!(a.outbox(100).unwrap(), b.outbox(100).unwrap(), "{context}");
+    assert_eq!(a.outbox(2).unwrap(), b.outbox(2).unwrap(), "{context}");
     for k in 0..8 {
         assert_eq!(
             a.get(&key(k)).unwrap(),
@@ -315,8 +321,7 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
         );
         // Another peer's newer version: row and secondary index follow.
         let theirs = message(1, "bob", 1, "second");
-        let (_, v2) =
-            Envelope::seal(&ChatDefinition::Message(theirs.clone()), 11, &other).unwrap();
+        let (_, v2) = Envelope::seal(&ChatDefinition::Message(theirs.clone()), 11, &other).unwrap();
         assert_eq!(
             records.put_resolved(Record::new(k1.clone(), v2.clone())),
             Ok(PutOutcome::Stored)
@@ -324,7 +329,9 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
         assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), Some(theirs));
         assert_eq!(
             store
-                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("bob".into())))
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey(
+                    "bob".into()
+                )))
                 .unwrap()
                 .len(),
             1,
@@ -332,7 +339,9 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
         );
         assert!(
             store
-                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("ada".into())))
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey(
+                    "ada".into()
+                )))
                 .unwrap()
                 .is_empty()
         );
@@ -347,7 +356,10 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
             records.put_resolved(Record::new(k1.clone(), v0)),
             Ok(PutOutcome::Kept(_))
         ));
-        assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap().unwrap().author, "bob");
+        assert_eq!(
+            store.get(&MessagePrimaryKey(1)).unwrap().unwrap().author,
+            "bob"
+        );
         // A tombstone removes the row and its index entries.
         let tombstone = Envelope::seal_parts(
             &k1,
@@ -367,7 +379,9 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
         assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None);
         assert!(
             store
-                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey("bob".into())))
+                .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey(
+                    "bob".into()
+                )))
                 .unwrap()
                 .is_empty()
         );

@@ -31,17 +31,21 @@ fn records_flow_over_quic() {
         // a holds the record for b in its DHT store, so it answers from there.
         assert_eq!(got.source, None);
         assert_eq!(got.origin, b.id());
-        // Once b drops its own copies, it fetches the record from a over QUIC.
+        // b removes it: the tombstone reaches a over QUIC too, and a reads the removal.
         assert_eq!(
             b.node.remove_record(&MessagePrimaryKey(5)).await.unwrap(),
             Some(message(5, "over quic"))
         );
-        let fetched = b
-            .node
-            .get_record(&MessagePrimaryKey(5))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(fetched.source, Some(a.id()));
+        assert_eq!(
+            a.node.get_record(&MessagePrimaryKey(5)).await.unwrap(),
+            None
+        );
+        let held = a.node.local_record(&got_key(5)).unwrap().unwrap();
+        let envelope = netabase_core::model::Envelope::decode(&held.value).unwrap();
+        assert!(envelope.tombstone);
     });
+}
+
+fn got_key(id: u64) -> netabase_core::RecordKey {
+    netabase_core::model::record_key(&MessagePrimaryKey(id)).unwrap()
 }

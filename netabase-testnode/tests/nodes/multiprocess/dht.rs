@@ -30,8 +30,8 @@ fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network(rt: R
         assert_eq!(found.origin, writer, "node {i}");
     }
 
-    // Ten nodes are fewer than K: the put reached every one. Node 3 drops its copy and then
-    // fetches the record from a peer.
+    // Ten nodes are fewer than K: the put reached every one. Node 3, which never wrote it,
+    // removes it: the tombstone reaches every node, and no node reads the record any more.
     let key = message_key(1);
     nodes[3].expect_event("the put reached node 3", |e| {
         matches!(e, Event::RecordStored { key: k, from } if *k == key && *from == writer)
@@ -39,11 +39,24 @@ fn a_record_put_on_one_node_is_fetched_on_the_others_in_a_ten_node_network(rt: R
     });
     let removed: Option<netabase_testnode::Message> = nodes[3].call(Command::Remove { id: 1 });
     assert_eq!(removed, None, "node 3 never wrote it to its typed store");
-    let found = nodes[3].get(1).expect("found on the network");
-    let source = found.source.expect("came from a peer");
-    assert_ne!(source, nodes[3].peer_id);
-    assert!(nodes.iter().any(|n| n.peer_id == source));
-    assert_eq!(found.record, hello);
+    let remover = nodes[3].peer_id.clone();
+    for (i, node) in nodes.iter_mut().enumerate().filter(|(i, _)| *i != 3) {
+        node.expect_event(&format!("the tombstone reached node {i}"), |e| {
+            matches!(e, Event::RecordStored { key: k, from } if *k == key && *from == remover)
+                .then_some(())
+        });
+    }
+    let reqs: Vec<(usize, u64)> = (0..10)
+        .map(|i| (i, nodes[i].send(Command::Get { id: 1 })))
+        .collect();
+    for (i, req) in reqs {
+        let found: Option<netabase_testnode::Found<netabase_testnode::Message>> =
+            nodes[i].reply_as(req);
+        assert!(
+            found.is_none(),
+            "node {i} still reads a removed record: {found:?}"
+        );
+    }
     assert_eq!(nodes[5].get(2), None);
 }
 
