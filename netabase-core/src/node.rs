@@ -102,6 +102,10 @@ pub struct Config {
     pub max_queries: usize,
     /// Most queries the background jobs run at once.
     pub max_job_queries: usize,
+    /// Most background jobs queued at once. Replication and republication walk the store
+    /// in batches and queue more only as queued jobs start, so neither memory nor the
+    /// queue grows with the store.
+    pub max_queued_jobs: usize,
     /// After a successful get, store the record at this many of the closest peers that did
     /// not have it (0 disables caching).
     pub cache_peers: usize,
@@ -158,6 +162,7 @@ impl Default for Config {
             max_record_size: 65 * 1024,
             max_queries: 1024,
             max_job_queries: 16,
+            max_queued_jobs: 1024,
             cache_peers: 1,
             query_progress: false,
             mode: Mode::Server,
@@ -495,6 +500,9 @@ pub struct NodeStats {
     pub forged_records: u64,
     /// Inbound records whose version lay too far ahead of the local clock.
     pub clock_refused: u64,
+    /// Replication or republication intervals that came while the previous walk of the
+    /// store was still going (it goes on; a new one is not started).
+    pub walks_overrun: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -577,6 +585,25 @@ struct Query {
     deadline: Instant,
     /// Started by a background job: finishes without an event.
     internal: bool,
+}
+
+/// Records a store walk reads at a time.
+const WALK_BATCH: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WalkKind {
+    /// Records held for others, every replication interval.
+    Replication,
+    /// The node's own records, every publication interval.
+    Republication,
+}
+
+/// A walk through the store in key order, one batch at a time.
+#[derive(Clone, Debug)]
+struct Walk {
+    /// The last key read.
+    after: Option<RecordKey>,
+    started: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -662,6 +689,10 @@ pub struct Node<S> {
     connected: HashSet<Key, FxBuildHasher>,
     outputs: VecDeque<Output>,
     jobs: VecDeque<Job>,
+    /// Keys of the queued publication jobs (each key is queued once).
+    queued_keys: BTreeSet<RecordKey>,
+    replication_walk: Option<Walk>,
+    publication_walk: Option<Walk>,
     job_queries: usize,
     next_sweep: Instant,
     next_replication: Option<Instant>,
@@ -712,6 +743,9 @@ impl<S: RecordStore> Node<S> {
             connected: HashSet::with_hasher(FxBuildHasher),
             outputs: VecDeque::new(),
             jobs: VecDeque::new(),
+            queued_keys: BTreeSet::new(),
+            replication_walk: None,
+            publication_walk: None,
             job_queries: 0,
             next_sweep: now + config.expiry_sweep_interval,
             next_replication: config.replication_interval.map(|d| now + d),
@@ -948,38 +982,11 @@ impl<S: RecordStore> Node<S> {
         }
         if self.next_replication.is_some_and(|t| now >= t) {
             self.next_replication = self.config.replication_interval.map(|d| now + d);
-            if let Ok(records) = self.store.records() {
-                for r in records {
-                    if !r.is_expired(now) && r.publisher != Some(self.local) {
-                        self.jobs.push_back(Job::Republish {
-                            record: r,
-                            outbox: false,
-                        });
-                    }
-                }
-            }
+            self.start_walk(now, WalkKind::Replication);
         }
         if self.next_publication.is_some_and(|t| now >= t) {
             self.next_publication = self.config.publication_interval.map(|d| now + d);
-            if let Ok(records) = self.store.records() {
-                for mut r in records {
-                    if r.publisher == Some(self.local) {
-                        // A tombstone keeps its own horizon; a value gets a fresh TTL.
-                        r.expires = self
-                            .tombstone_expiry(&r.value)
-                            .or_else(|| self.config.record_ttl.map(|d| now + d));
-                        if matches!(
-                            self.store.put_resolved(r.clone()),
-                            Ok(PutOutcome::Stored | PutOutcome::Refreshed)
-                        ) {
-                            self.jobs.push_back(Job::Republish {
-                                record: r,
-                                outbox: false,
-                            });
-                        }
-                    }
-                }
-            }
+            self.start_walk(now, WalkKind::Republication);
         }
         if self.next_reprovide.is_some_and(|t| now >= t) {
             self.next_reprovide = self.config.provider_publication_interval.map(|d| now + d);
@@ -1026,10 +1033,9 @@ impl<S: RecordStore> Node<S> {
             }
             match self.store.get(&key) {
                 Ok(Some(record)) if !record.is_expired(now) => {
-                    self.jobs.push_back(Job::Republish {
-                        record,
-                        outbox: true,
-                    });
+                    if self.jobs.len() < self.config.max_queued_jobs {
+                        self.queue_publication(record, true);
+                    }
                 }
                 Ok(_) => {
                     let _ = self.store.outbox_remove(&key);
@@ -1039,7 +1045,95 @@ impl<S: RecordStore> Node<S> {
         }
     }
 
+    /// Starts walking the store for replication or republication, unless the previous
+    /// walk of that kind is still going (then it goes on, and the overrun is counted).
+    fn start_walk(&mut self, now: Instant, kind: WalkKind) {
+        let slot = match kind {
+            WalkKind::Replication => &mut self.replication_walk,
+            WalkKind::Republication => &mut self.publication_walk,
+        };
+        if slot.is_some() {
+            self.stats.walks_overrun += 1;
+            return;
+        }
+        *slot = Some(Walk {
+            after: None,
+            started: now,
+        });
+    }
+
+    /// Fills the job queue from the store walks in progress, one bounded batch of records
+    /// at a time, while the queue has room: replication queues the records held for
+    /// others, republication the node's own (with a fresh expiry; tombstones keep their
+    /// own). A walk ends when it reaches the end of the store.
+    fn feed_jobs(&mut self, now: Instant) {
+        for kind in [WalkKind::Republication, WalkKind::Replication] {
+            loop {
+                let room = self.config.max_queued_jobs.saturating_sub(self.jobs.len());
+                if room == 0 {
+                    break;
+                }
+                let walk = match kind {
+                    WalkKind::Replication => &mut self.replication_walk,
+                    WalkKind::Republication => &mut self.publication_walk,
+                };
+                let Some(current) = walk else {
+                    break;
+                };
+                // A failing backend is retried when the queue next drains.
+                let limit = room.min(WALK_BATCH);
+                let Ok(batch) = self.store.records_after(current.after.as_ref(), limit) else {
+                    break;
+                };
+                match batch.last() {
+                    Some(last) if batch.len() == limit => current.after = Some(last.key.clone()),
+                    // Fewer than asked for: the end of the store.
+                    _ => *walk = None,
+                }
+                for mut r in batch {
+                    let own = r.publisher == Some(self.local);
+                    match kind {
+                        WalkKind::Replication if !own && !r.is_expired(now) => {
+                            self.queue_publication(r, false);
+                        }
+                        WalkKind::Republication if own => {
+                            r.expires = self
+                                .tombstone_expiry(&r.value)
+                                .or_else(|| self.config.record_ttl.map(|d| now + d));
+                            if matches!(
+                                self.store.put_resolved(r.clone()),
+                                Ok(PutOutcome::Stored | PutOutcome::Refreshed)
+                            ) {
+                                self.queue_publication(r, false);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a publication of `record` unless one of its key is queued already.
+    fn queue_publication(&mut self, record: Record, outbox: bool) {
+        if self.queued_keys.insert(record.key.clone()) {
+            self.jobs.push_back(Job::Republish { record, outbox });
+        }
+    }
+
+    /// How long the oldest store walk in progress has been going (`None`: none is). A
+    /// walk that takes longer than its interval means the node cannot keep up with its
+    /// replication or republication.
+    pub fn background_lag(&self, now: Instant) -> Option<Duration> {
+        [&self.replication_walk, &self.publication_walk]
+            .into_iter()
+            .flatten()
+            .map(|w| now.saturating_duration_since(w.started))
+            .max()
+    }
+
     fn start_jobs(&mut self, now: Instant) {
+        self.feed_jobs(now);
         while self.job_queries < self.config.max_job_queries
             && self.queries.len() < self.config.max_queries
         {
@@ -1048,6 +1142,7 @@ impl<S: RecordStore> Node<S> {
             };
             match job {
                 Job::Republish { record, outbox } => {
+                    self.queued_keys.remove(&record.key);
                     let target = record.key.clone();
                     let kind = QueryKind::PutRecord {
                         record,
@@ -2475,6 +2570,22 @@ impl<S: RecordStore> Node<S> {
                     q.iter.candidate_count()
                 ));
             }
+        }
+        let publications = self
+            .jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Republish { .. }))
+            .count();
+        if publications > self.config.max_queued_jobs {
+            return Err(format!(
+                "{publications} queued publications exceed max_queued_jobs"
+            ));
+        }
+        if publications != self.queued_keys.len() {
+            return Err(format!(
+                "{publications} queued publications but {} queued keys",
+                self.queued_keys.len()
+            ));
         }
         let jobs = self.queries.values().filter(|q| q.internal).count();
         if jobs != self.job_queries {

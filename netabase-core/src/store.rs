@@ -145,8 +145,25 @@ pub trait RecordStore {
     /// Removes the record under `key`, if any.
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError>;
 
-    /// All records, in key order. Used by the replication and republish jobs.
+    /// All records, in key order.
     fn records(&self) -> Result<Vec<Record>, StoreError>;
+
+    /// Up to `limit` records whose keys follow `after` (from the first key when `None`),
+    /// in key order. Replication and republication walk the store with it, one batch at
+    /// a time. The default filters [`records`](RecordStore::records); stores override it
+    /// with a bounded range read.
+    fn records_after(
+        &self,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.key > *a))
+            .take(limit)
+            .collect())
+    }
 
     /// Adds or refreshes a provider record (keyed by key and provider).
     fn add_provider(&mut self, record: ProviderRecord) -> Result<(), StoreError>;
@@ -327,6 +344,21 @@ impl RecordStore for MemoryStore {
 
     fn records(&self) -> Result<Vec<Record>, StoreError> {
         Ok(self.records.values().cloned().collect())
+    }
+
+    fn records_after(
+        &self,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        use core::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(self
+            .records
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<(), StoreError> {

@@ -622,6 +622,33 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
         })
     }
 
+    fn records_after(
+        &self,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, CoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+        self.read(|tx| {
+            let mut out = Vec::with_capacity(limit);
+            tx.scan(RECORDS, (start, Bound::Unbounded), &mut |k, v| {
+                // Damaged entries are skipped, as the full listing does.
+                if let Ok(record) = decode_record(k, v) {
+                    out.push(record);
+                }
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })
+            .map_err(backend_error)?;
+            Ok(out)
+        })
+    }
+
     fn add_provider(&mut self, record: ProviderRecord) -> Result<(), CoreError> {
         let key = provider_key(&record.key, &record.provider);
         let bytes = encode_provider(&record)?;

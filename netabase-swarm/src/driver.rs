@@ -533,6 +533,8 @@ impl<R: Runtime> Driver<R> {
         m.node
             .set_routing_table_peers(self.node.routing_table().len());
         m.node.set_queries_running(self.queries.len());
+        let lag = self.node.background_lag(self.now()).unwrap_or_default();
+        m.node.set_background(lag, self.node.queued_job_count());
     }
 
     /// Makes every write of the store durable (one `fdatasync` for all the writes since the

@@ -112,6 +112,8 @@ struct Inner {
     store_records: Gauge,
     store_provider_records: Gauge,
     store_provided_keys: Gauge,
+    background_lag: Gauge,
+    background_jobs: Gauge,
     libp2p: Libp2pMetrics,
     bandwidth: Bandwidth,
 }
@@ -187,6 +189,16 @@ impl NodeMetrics {
             "Provider records held, over all keys",
         );
         let store_provided_keys = gauge(r, "store_provided_keys", "Keys this node provides");
+        let background_lag = gauge(
+            r,
+            "background_lag_seconds",
+            "How long the oldest replication or republication walk of the store has been going (0: none is)",
+        );
+        let background_jobs = gauge(
+            r,
+            "background_jobs_queued",
+            "Background jobs (publications, announcements) waiting to start",
+        );
         NodeMetrics {
             inner: Arc::new(Inner {
                 operations,
@@ -200,6 +212,8 @@ impl NodeMetrics {
                 store_records,
                 store_provider_records,
                 store_provided_keys,
+                background_lag,
+                background_jobs,
                 libp2p,
                 bandwidth,
             }),
@@ -287,6 +301,14 @@ impl NodeMetrics {
             .store_provider_records
             .set(saturate(provider_records));
         self.inner.store_provided_keys.set(saturate(provided_keys));
+    }
+
+    /// Sets the background-work gauges: the lag of the store walks and the queued jobs.
+    pub(crate) fn set_background(&self, lag: std::time::Duration, queued: usize) {
+        self.inner
+            .background_lag
+            .set(i64::try_from(lag.as_secs()).unwrap_or(i64::MAX));
+        self.inner.background_jobs.set(saturate(queued as u64));
     }
 
     /// Records an event in libp2p's own metrics.

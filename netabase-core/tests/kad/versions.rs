@@ -540,3 +540,81 @@ fn a_put_that_missed_its_quorum_waits_in_the_outbox_and_is_published_again() {
     drain(&mut node);
     assert_eq!(node.store().outbox(10), Ok(vec![]));
 }
+
+#[test]
+fn replication_walks_the_store_in_bounded_batches_and_reaches_every_record() {
+    use netabase_core::RequestFailure;
+    use std::collections::BTreeSet;
+    let config = Config {
+        k: 3,
+        alpha: 2,
+        bootstrap_interval: None,
+        outbox_interval: None,
+        publication_interval: None,
+        max_queued_jobs: 100,
+        max_job_queries: 2,
+        ..Config::default()
+    };
+    let me = Keypair::from_seed(100);
+    let b = Keypair::from_seed(101);
+    let store = MemoryStore::with_config(
+        me.peer_id(),
+        MemoryStoreConfig {
+            max_records: 10_000,
+            ..MemoryStoreConfig::default()
+        },
+    );
+    let mut node = Node::with_identity(config.clone(), me, store, 1, T0);
+    node.add_address(T0, b.peer_id(), addr_of(&b.peer_id()));
+    let held: BTreeSet<RecordKey> = (0..500u32)
+        .map(|i| RecordKey::new(format!("held/{i:04}").as_bytes()).unwrap())
+        .collect();
+    for (i, key) in held.iter().enumerate() {
+        let record = Request::PutValue {
+            record: Box::new(WireRecord {
+                key: key.clone(),
+                value: vec![1],
+                publisher: None,
+                ttl_secs: None,
+            }),
+        };
+        node.handle_request(T0, b.peer_id(), InboundId(i as u64), record);
+    }
+    drain(&mut node);
+    let at = T0 + config.replication_interval.unwrap();
+    node.handle_timeout(at);
+    assert!(
+        node.queued_job_count() <= 100,
+        "{}",
+        node.queued_job_count()
+    );
+    assert_eq!(node.background_lag(at), Some(std::time::Duration::ZERO));
+    node.check_invariants().unwrap();
+    // Every request fails at once, so each publication ends after its lookup; the walk
+    // goes on as jobs finish, until it has published every held record once.
+    let mut published = Vec::new();
+    for _ in 0..10_000 {
+        let out = drain(&mut node);
+        if out.is_empty() {
+            break;
+        }
+        for o in out {
+            if let Output::SendRequest {
+                id,
+                request: Request::FindNode { key },
+                ..
+            } = o
+            {
+                published.push(key);
+                node.handle_request_failed(at, id, RequestFailure::Dial);
+            }
+        }
+        assert!(node.queued_job_count() <= 100);
+        node.check_invariants().unwrap();
+    }
+    let distinct: BTreeSet<RecordKey> = published.iter().cloned().collect();
+    assert_eq!(distinct, held);
+    assert_eq!(published.len(), held.len(), "each record once");
+    assert_eq!(node.background_lag(at), None);
+    assert_eq!(node.stats().walks_overrun, 0);
+}

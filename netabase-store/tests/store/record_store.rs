@@ -118,6 +118,15 @@ fn same_contents(a: &impl RecordStore, b: &impl RecordStore, context: &str) {
         "{context}"
     );
     assert_eq!(a.outbox(100).unwrap(), b.outbox(100).unwrap(), "{context}");
+    for after in [None, Some(key(0)), Some(key(5)), Some(key(30))] {
+        for limit in [1, 3, 100] {
+            assert_eq!(
+                a.records_after(after.as_ref(), limit).unwrap(),
+                b.records_after(after.as_ref(), limit).unwrap(),
+                "{context}: records after {after:?}, {limit}"
+            );
+        }
+    }
     assert_eq!(a.outbox(2).unwrap(), b.outbox(2).unwrap(), "{context}");
     for k in 0..8 {
         assert_eq!(
