@@ -6,6 +6,7 @@ use netabase_core::model::{
     ModelError, ModelId, NetabaseDefinition, NetabaseModel, PrimaryKey, SecondaryKey, decode_value,
     encode_key_prefix, encode_secondary_keys,
 };
+use netabase_core::{PeerId, Version};
 use serde::Serialize;
 
 use crate::backend::{
@@ -16,6 +17,74 @@ use crate::error::{Result, StoreError};
 
 /// The name of the table of definition facts (name, schema version, value format).
 pub const META_TABLE: &str = "meta";
+
+/// The name of the table of record versions: the version of each typed row as a node last
+/// wrote or learned it (key: model id, big-endian, then the primary-key bytes; value: the
+/// timestamp, big-endian, then the origin peer id's bytes).
+pub const VERSIONS_TABLE: &str = "versions";
+
+/// The key of a row's entry in [`VERSIONS_TABLE`].
+fn version_key(model: ModelId, pk: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + pk.len());
+    key.extend_from_slice(&model.to_be_bytes());
+    key.extend_from_slice(pk);
+    key
+}
+
+fn encode_version(version: &Version) -> Vec<u8> {
+    let origin = version.origin.as_bytes();
+    let mut out = Vec::with_capacity(8 + origin.len());
+    out.extend_from_slice(&version.timestamp.to_be_bytes());
+    out.extend_from_slice(origin);
+    out
+}
+
+fn decode_version(key: &[u8], bytes: &[u8]) -> Result<Version> {
+    let corrupt = |reason: &str| StoreError::corrupt(VERSIONS_TABLE, key, reason);
+    let (timestamp, origin) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("shorter than a timestamp"))?;
+    Ok(Version {
+        timestamp: u64::from_be_bytes(*timestamp),
+        origin: PeerId::from_bytes(origin).map_err(|_| corrupt("not a peer id"))?,
+    })
+}
+
+/// Writes the version of row `pk` of model `model`.
+pub(crate) fn set_version<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    model: ModelId,
+    pk: &[u8],
+    version: &Version,
+) -> Result<()> {
+    tx.put(
+        VERSIONS_TABLE,
+        &version_key(model, pk),
+        &encode_version(version),
+    )
+}
+
+/// Removes the version of row `pk` of model `model`.
+pub(crate) fn remove_version<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    model: ModelId,
+    pk: &[u8],
+) -> Result<()> {
+    tx.delete(VERSIONS_TABLE, &version_key(model, pk)).map(drop)
+}
+
+/// The version of row `pk` of model `model`, if one is recorded.
+pub(crate) fn read_version<T: ReadTransaction + ?Sized>(
+    tx: &T,
+    model: ModelId,
+    pk: &[u8],
+) -> Result<Option<Version>> {
+    let key = version_key(model, pk);
+    match tx.get(VERSIONS_TABLE, &key)? {
+        Some(bytes) => decode_version(&key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
 
 /// The name of the table holding the records of model `model`.
 pub fn records_table(model: &str) -> String {
@@ -347,6 +416,10 @@ impl<T: ReadTransaction + ?Sized> Reader<'_, T> {
 
     pub(crate) fn count<M: NetabaseModel>(&self) -> Result<u64> {
         self.tx.len(&tables_of::<M>(self.tables)?.records)
+    }
+
+    pub(crate) fn version(&self, model: ModelId, key: &[u8]) -> Result<Option<Version>> {
+        read_version(self.tx, model, key)
     }
 
     pub(crate) fn get_definition<D: NetabaseDefinition>(

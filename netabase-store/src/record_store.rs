@@ -18,7 +18,7 @@ use crate::backend::{
 };
 use crate::codec;
 use crate::error::StoreError;
-use crate::ops::{Tables, Writer};
+use crate::ops::{Tables, Writer, remove_version, set_version};
 use crate::store::Store;
 
 /// Limits of a [`PersistentRecordStore`]: the same as the core's memory store.
@@ -165,10 +165,18 @@ fn mirror_typed<D: NetabaseDefinition, T: WriteTransaction + ?Sized>(
     if tx.get(&t.records, pk).map_err(backend_error)?.is_none() {
         return Ok(());
     }
-    let mut writer = Writer { tx, tables };
+    let version = envelope.version();
+    let mut writer = Writer {
+        tx: &mut *tx,
+        tables,
+    };
     match opened {
-        Opened::Value(value, _) => writer.put_definition(&value).map(drop),
-        Opened::Removed(_) => writer.remove_definition::<D>(model, pk).map(drop),
+        Opened::Value(value, _) => writer
+            .put_definition(&value)
+            .and_then(|_| set_version(tx, model, pk, &version)),
+        Opened::Removed(_) => writer
+            .remove_definition::<D>(model, pk)
+            .and_then(|_| remove_version(tx, model, pk)),
     }
     .map_err(backend_error)
 }

@@ -5,6 +5,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
+use netabase_core::Version;
 use netabase_core::model::{
     KeyEncodeError, ModelId, NetabaseDefinition, NetabaseModel, PrimaryKey, SecondaryKey,
 };
@@ -298,6 +299,23 @@ macro_rules! read_methods {
         pub fn get_definition(&$self, model: ModelId, key: &[u8]) -> Result<Option<D>> {
             $run!($self, $reader, |r| r.get_definition::<D>(model, key))
         }
+
+        /// The version (timestamp, writer) of the row of model `model` whose encoded
+        /// primary key is `key`, as a node last wrote or learned it. `None` for a row no
+        /// node versioned (written with [`Store::put`] directly) or no row at all.
+        pub fn version(&$self, model: ModelId, key: &[u8]) -> Result<Option<Version>> {
+            $run!($self, $reader, |r| r.version(model, key))
+        }
+
+        /// The version of the row with primary key `key` (see [`version`](Self::version)).
+        pub fn record_version<K>(&$self, key: &K) -> Result<Option<Version>>
+        where
+            K: PrimaryKey,
+            K::Model: NetabaseModel<Definition = D>,
+        {
+            let pk = key.key_bytes()?;
+            $run!($self, $reader, |r| r.version(<K::Model as NetabaseModel>::ID, &pk))
+        }
     };
 }
 
@@ -459,6 +477,17 @@ impl<'s, D: NetabaseDefinition, B: Backend> WriteTx<'s, D, B> {
     /// Removes the record of model `model` whose encoded primary key is `key`.
     pub fn remove_definition(&mut self, model: ModelId, key: &[u8]) -> Result<Option<D>> {
         self.writer().remove_definition(model, key)
+    }
+
+    /// Records the version of the row of model `model` with encoded primary key `key` (a
+    /// node does, in the transaction that writes the row).
+    pub fn set_version(&mut self, model: ModelId, key: &[u8], version: &Version) -> Result<()> {
+        crate::ops::set_version(&mut self.tx, model, key, version)
+    }
+
+    /// Forgets the version of a row (a node does when it removes the row).
+    pub fn remove_version(&mut self, model: ModelId, key: &[u8]) -> Result<()> {
+        crate::ops::remove_version(&mut self.tx, model, key)
     }
 
     /// Applies every operation of `batch`, in order.

@@ -120,7 +120,11 @@ pub(crate) struct PutOp {
 /// A write to the local typed store that must succeed before a put is published. The
 /// driver runs it, on its own thread or task, so that a durable commit (which waits for the
 /// disk) holds no task of the caller.
-pub(crate) struct LocalWrite(pub(crate) Box<dyn FnOnce() -> Result<(), NetabaseError> + Send>);
+pub(crate) struct LocalWrite(pub(crate) Box<LocalWriteFn>);
+
+/// The typed write of a put or removal, given the version the core sealed.
+pub(crate) type LocalWriteFn =
+    dyn FnOnce(&netabase_core::Version) -> Result<(), NetabaseError> + Send;
 
 impl std::fmt::Debug for LocalWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -778,7 +782,15 @@ impl<R: Runtime> Driver<R> {
                         return;
                     }
                 };
-                if let Err(e) = (local.0)() {
+                let Some(version) = netabase_core::version::version_of(&record.value) else {
+                    // The core seals format-2 envelopes: this cannot happen, but a typed
+                    // row without its version must not be written.
+                    let _ = reply.send(Err(NetabaseError::Config(
+                        "sealed record has no version".into(),
+                    )));
+                    return;
+                };
+                if let Err(e) = (local.0)(&version) {
                     if let Some(m) = &self.metrics {
                         m.node
                             .operation(operation_label(QueryKind::PutRecord), "refused");

@@ -12,7 +12,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, ping};
 use netabase_core::model::{
-    Envelope, NetabaseDefinition, NetabaseModel, Opened, PrimaryKey, SealParts, record_key,
+    Envelope, ModelError, NetabaseDefinition, NetabaseModel, Opened, PrimaryKey, SealParts,
+    record_key,
 };
 use netabase_core::{Codec, Mode, NodeStats, QueryError, QueryResult, QueryStats, RecordKey};
 use netabase_store::{
@@ -502,8 +503,12 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         // its own thread) and publishes the record only once that write succeeded. The
         // commit is deferred: the driver makes it durable with the DHT record's, in one
         // sync, before the first request goes out.
-        let local = LocalWrite(Box::new(move || {
-            store.write_with(Durability::Deferred, |tx| tx.put_definition(&value))?;
+        let pk = value.primary_key_bytes().map_err(ModelError::from)?;
+        let local = LocalWrite(Box::new(move |version| {
+            store.write_with(Durability::Deferred, |tx| {
+                tx.put_definition(&value)?;
+                tx.set_version(model, &pk, version)
+            })?;
             Ok(())
         }));
         let done = self
@@ -614,9 +619,12 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             Ok((store, _)) => {
                 let slot = Arc::new(Mutex::new(None));
                 let filled = Arc::clone(&slot);
-                let local = LocalWrite(Box::new(move || {
-                    let old = store
-                        .write_with(Durability::Deferred, |tx| tx.remove_definition(model, &pk))?;
+                let local = LocalWrite(Box::new(move |_| {
+                    let old = store.write_with(Durability::Deferred, |tx| {
+                        let old = tx.remove_definition(model, &pk)?;
+                        tx.remove_version(model, &pk)?;
+                        Ok(old)
+                    })?;
                     *filled.lock().unwrap_or_else(|e| e.into_inner()) = old;
                     Ok(())
                 }));
@@ -660,7 +668,11 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let mut dht: PersistentRecordStore = store
             .record_store(self.inner.core_peer, config.record_store.clone())
             .with_durability(Durability::Deferred);
-        let old = store.write_with(Durability::Deferred, |tx| tx.remove_definition(model, pk))?;
+        let old = store.write_with(Durability::Deferred, |tx| {
+            let old = tx.remove_definition(model, pk)?;
+            tx.remove_version(model, pk)?;
+            Ok(old)
+        })?;
         let mut hlc = netabase_core::Hlc::new(config.kad.hlc, dht.clock_ceiling()?);
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -5,7 +5,7 @@ use netabase_store::core::model::Envelope;
 use netabase_store::core::store::PutOutcome;
 use netabase_store::core::{
     Address, Instant, Keypair, MemoryStore, PeerId, ProviderRecord, Record, RecordKey, RecordStore,
-    StoreError as CoreError,
+    StoreError as CoreError, Version,
 };
 use netabase_store::{BackendKind, PersistentRecordStore, RecordStoreConfig, Store};
 use proptest::prelude::*;
@@ -337,6 +337,13 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
         );
         assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), Some(theirs));
         assert_eq!(
+            store.record_version(&MessagePrimaryKey(1)).unwrap(),
+            Some(Version {
+                timestamp: 11,
+                origin: other.peer_id()
+            })
+        );
+        assert_eq!(
             store
                 .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey(
                     "bob".into()
@@ -386,6 +393,7 @@ fn a_newer_version_from_another_peer_replaces_the_typed_row_in_the_same_transact
             Ok(PutOutcome::Stored)
         );
         assert_eq!(store.get(&MessagePrimaryKey(1)).unwrap(), None);
+        assert_eq!(store.record_version(&MessagePrimaryKey(1)).unwrap(), None);
         assert!(
             store
                 .get_by_secondary(&MessageSecondaryKeys::Author(MessageAuthorSecondaryKey(

@@ -44,3 +44,4 @@ mod interop;
 mod lifecycle;
 mod mixed;
 mod modes;
+mod typed_versions;
