@@ -85,5 +85,5 @@ pub use backend::{SledBackend, SledOptions};
 pub use error::{Result, StoreError};
 pub use migration::StoreBuilder;
 pub use ops::{META_TABLE, Scan, VERSIONS_TABLE, index_table, records_table};
-pub use record_store::{PersistentRecordStore, RecordStoreConfig};
+pub use record_store::{PersistentRecordStore, RecordStoreConfig, RecordStoreMigration};
 pub use store::{Batch, ReadOnlyStore, ReadTx, Store, WriteTx};

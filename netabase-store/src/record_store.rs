@@ -4,11 +4,13 @@ use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 use std::sync::Arc;
 
-use netabase_core::model::{Envelope, NetabaseDefinition, Opened, decode_value, primary_key_of};
+use netabase_core::model::{
+    Envelope, ModelId, NetabaseDefinition, Opened, SealParts, decode_value, primary_key_of,
+};
 use netabase_core::store::{
     MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put,
 };
-use netabase_core::{Address, Instant, PeerId, ProviderRecord, Record, RecordKey};
+use netabase_core::{Address, Instant, Keypair, PeerId, ProviderRecord, Record, RecordKey};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::guard::TxGuard;
@@ -18,7 +20,7 @@ use crate::backend::{
 };
 use crate::codec;
 use crate::error::StoreError;
-use crate::ops::{Tables, Writer, remove_version, set_version};
+use crate::ops::{Tables, Writer, read_version, remove_version, set_version};
 use crate::store::Store;
 
 /// Limits of a [`PersistentRecordStore`]: the same as the core's memory store.
@@ -137,6 +139,141 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         store.mirror = Some(mirror);
         store
     }
+}
+
+/// What [`Store::migrate_record_store`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordStoreMigration {
+    /// The node's own records of envelope format 1, signed again as format 2 (same
+    /// version, same payload).
+    pub resigned: u64,
+    /// Records of other writers of envelope format 1, dropped: unsigned, they cannot be
+    /// verified (their writers publish them again once they run this release).
+    pub dropped: u64,
+    /// Typed rows that got a version: their DHT record's, or (0, this node).
+    pub versioned_rows: u64,
+}
+
+impl RecordStoreMigration {
+    /// Whether the migration changed anything.
+    pub fn changed(&self) -> bool {
+        *self != RecordStoreMigration::default()
+    }
+}
+
+/// The layout of the DHT tables this code writes: 2 adds envelope format 2 (signed),
+/// the held-record count and typed-row versions.
+const CURRENT_LAYOUT: u64 = 2;
+const LAYOUT_KEY: &[u8] = b"layout";
+
+impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
+    /// Brings the DHT tables of this database to the current layout, in one durable
+    /// transaction (a crash leaves the old layout whole; running it again after it is done
+    /// changes nothing): the node's own format-1 records are signed again as format 2 with
+    /// `keypair` (their version and payload unchanged; without a key they are dropped like
+    /// other writers'), other writers' format-1 records are dropped, the record counts are
+    /// taken afresh, and each typed row without a version takes its DHT record's version,
+    /// or (0, `local`) when there is none. Records of a newer envelope format or schema
+    /// are kept as they are.
+    pub fn migrate_record_store(
+        &self,
+        local: PeerId,
+        keypair: Option<&Keypair>,
+    ) -> Result<RecordStoreMigration, StoreError> {
+        let tables = Arc::clone(self.tables());
+        let _guard = self.guard()?;
+        let mut tx = self.backend().begin_write_with(Durability::Immediate)?;
+        let layout = match tx.get(COUNTERS, LAYOUT_KEY)? {
+            Some(_) => read_counter(&tx, LAYOUT_KEY).map_err(core_error)?,
+            None => 1,
+        };
+        if layout >= CURRENT_LAYOUT {
+            return Ok(RecordStoreMigration::default());
+        }
+        let mut report = RecordStoreMigration::default();
+        let (mut records, mut held) = (0u64, 0u64);
+        for (k, v) in entries(&tx, RECORDS, FULL_RANGE).map_err(core_error)? {
+            let Ok(mut record) = decode_record(&k, &v) else {
+                records += 1;
+                held += 1;
+                continue;
+            };
+            if let Ok(envelope) = Envelope::decode(&record.value)
+                && envelope.format == netabase_core::model::LEGACY_ENVELOPE_FORMAT
+            {
+                match keypair.filter(|kp| envelope.origin == kp.peer_id()) {
+                    Some(keypair) => {
+                        record.value = Envelope::seal_parts(
+                            &record.key,
+                            SealParts {
+                                model: envelope.model,
+                                schema_version: envelope.schema_version,
+                                timestamp: envelope.timestamp,
+                                tombstone: false,
+                                payload: &envelope.payload,
+                            },
+                            keypair,
+                        );
+                        tx.put(RECORDS, &k, &encode_record(&record).map_err(core_error)?)?;
+                        report.resigned += 1;
+                    }
+                    None => {
+                        tx.delete(RECORDS, &k)?;
+                        report.dropped += 1;
+                        continue;
+                    }
+                }
+            }
+            records += 1;
+            held += u64::from(is_held(&record, local));
+        }
+        write_counter(&mut tx, RECORD_COUNT, records).map_err(core_error)?;
+        write_counter(&mut tx, HELD_COUNT, held).map_err(core_error)?;
+        for (model, info) in D::MODELS.iter().enumerate() {
+            let model = model as ModelId;
+            let t = tables.get(model)?;
+            let mut rows = Vec::new();
+            tx.scan(&t.records, FULL_RANGE, &mut |pk, _| {
+                rows.push(pk.to_vec());
+                Ok(ControlFlow::Continue(()))
+            })?;
+            for pk in rows {
+                if read_version(&tx, model, &pk)?.is_some() {
+                    continue;
+                }
+                let key = record_key_of::<D>(info.name, &pk)?;
+                let version = tx
+                    .get(RECORDS, key.as_bytes())?
+                    .and_then(|bytes| decode_record(key.as_bytes(), &bytes).ok())
+                    .and_then(|r| netabase_core::version::version_of(&r.value))
+                    .unwrap_or(netabase_core::Version {
+                        timestamp: 0,
+                        origin: local,
+                    });
+                set_version(&mut tx, model, &pk, &version)?;
+                report.versioned_rows += 1;
+            }
+        }
+        write_counter(&mut tx, LAYOUT_KEY, CURRENT_LAYOUT).map_err(core_error)?;
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+/// The DHT key of the row of model `model` (by name) with primary-key bytes `pk`.
+fn record_key_of<D: NetabaseDefinition>(model: &str, pk: &[u8]) -> Result<RecordKey, StoreError> {
+    let mut bytes = Vec::with_capacity(6 + D::NAME.len() + model.len() + pk.len());
+    bytes.extend_from_slice(b"/nb/");
+    bytes.extend_from_slice(D::NAME.as_bytes());
+    bytes.push(b'/');
+    bytes.extend_from_slice(model.as_bytes());
+    bytes.push(b'/');
+    bytes.extend_from_slice(pk);
+    RecordKey::new(&bytes).map_err(|e| StoreError::corrupt("typed row", pk, e.to_string()))
+}
+
+fn core_error(e: CoreError) -> StoreError {
+    StoreError::Backend(e.to_string())
 }
 
 /// Applies `record`, which just replaced the DHT copy of its key, to the typed row of that

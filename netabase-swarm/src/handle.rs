@@ -202,16 +202,27 @@ fn store_path(config: &NetabaseConfig) -> PathBuf {
     }
 }
 
-fn open_store<D: NetabaseDefinition>(config: &NetabaseConfig) -> Result<Store<D>, NetabaseError> {
+/// Opens the node's database and brings its DHT tables to the current layout (see
+/// [`Store::migrate_record_store`]; a no-op once done).
+fn open_store<D: NetabaseDefinition>(
+    config: &NetabaseConfig,
+    keypair: &Keypair,
+) -> Result<Store<D>, NetabaseError> {
     let backend = match config.backend {
         StorageBackend::Redb => BackendConfig::redb(),
         StorageBackend::Sled => BackendConfig::sled(),
         StorageBackend::Memory => BackendConfig::Memory,
     };
-    Ok(Store::open_with(store_path(config), backend)?)
+    let store = Store::open_with(store_path(config), backend)?;
+    let core_peer = to_core_peer(&keypair.public().to_peer_id())
+        .ok_or_else(|| NetabaseError::Config("unsupported peer id".into()))?;
+    let migrated = store.migrate_record_store(core_peer, core_keypair(keypair).as_ref())?;
+    if migrated.changed() {
+        tracing::info!(?migrated, "migrated the DHT tables to the current layout");
+    }
+    Ok(store)
 }
 
-/// A seed for the core's random choices, different for every node start.
 /// The core's signing key for a libp2p identity (Ed25519 only: other key types cannot sign
 /// records, and such a node's puts fail with `ApiError::NoIdentity`).
 fn core_keypair(keypair: &Keypair) -> Option<netabase_core::Keypair> {
@@ -220,6 +231,7 @@ fn core_keypair(keypair: &Keypair) -> Option<netabase_core::Keypair> {
     Some(netabase_core::Keypair::from_secret(secret))
 }
 
+/// A seed for the core's random choices, different for every node start.
 fn random_seed(peer: &PeerId) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -264,7 +276,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let peer_id = keypair.public().to_peer_id();
         let core_peer = to_core_peer(&peer_id)
             .ok_or_else(|| NetabaseError::Config(format!("unsupported peer id {peer_id}")))?;
-        let store = open_store::<D>(&config)?;
+        let store = open_store::<D>(&config, &keypair)?;
         let (mut events, rx) = async_broadcast::broadcast(config.event_capacity);
         events.set_overflow(true);
         events.set_await_active(false);
@@ -366,7 +378,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let store = match &*self.state() {
             State::Running { .. } => return Err(NetabaseError::AlreadyRunning),
             State::Idle(store) => store.clone(),
-            State::Stopped => open_store::<D>(&self.inner.config)?,
+            State::Stopped => open_store::<D>(&self.inner.config, &self.inner.keypair)?,
         };
         let config = &self.inner.config;
         // Deferred commits: the driver syncs them, all writes since its last output at

@@ -2,6 +2,7 @@
 //! its control subcommands, its standard input and signals; metrics scraped over HTTP.
 
 mod control;
+mod migration;
 mod network;
 mod restart;
 mod sim;
