@@ -148,7 +148,7 @@ fn a_restarted_node_does_not_bring_back_its_old_copies(rt: Rt) {
         _ => spawn,
     });
     let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
-    let (a, w, x) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let (a, x) = (ids[0].clone(), ids[2].clone());
     put_everywhere(&mut nodes, 1, message(1, "v1 by w"));
     put_everywhere(&mut nodes, 2, message(2, "v1 by x"));
     assert_eq!(local_messages(&mut nodes[2]), vec![message(2, "v1 by x")]);
@@ -166,13 +166,10 @@ fn a_restarted_node_does_not_bring_back_its_old_copies(rt: Rt) {
         .arg("--publication-interval-ms", SHORT)
         .start();
     assert_eq!(again.peer_id, x);
-    let old = again.local(1).expect("X kept message 1");
-    assert_eq!(
-        (old.record, old.version.origin),
-        (Some(message(1, "v1 by w")), w)
-    );
     // Its replication (message 1, held for W) and its republication (message 2, its own)
-    // are answered with A's newer versions, which replace its copies.
+    // are answered with A's newer versions, which replace its copies. (Only a re-send of
+    // an older copy is answered so: A and W re-send nothing within the test, and nobody
+    // reads, so these events also show that X came back with its old copies.)
     let (k1, k2) = (message_key(1), message_key(2));
     again.expect_event("X learns the newer message 1", updated(&k1));
     again.expect_event("X learns the newer message 2", updated(&k2));
@@ -228,8 +225,13 @@ fn a_removed_record_stays_removed_through_replication(rt: Rt) {
         .arg("--replication-interval-ms", SHORT)
         .start();
     assert_eq!(back.peer_id, *d);
-    let old = back.local(1).expect("D kept message 1");
-    assert_eq!(old.record, Some(message(1, "to be removed")));
+    // D came back with the old copy, unless a holder's replication already brought it the
+    // removal.
+    let held = back.local(1).expect("D holds message 1");
+    assert!(
+        held.record == Some(message(1, "to be removed")) || held.version.origin == *r,
+        "{held:?}"
+    );
     // D learns the removal: as the answer to its own re-send of the old copy, or from a
     // holder's replication, whichever comes first.
     let learned = {
