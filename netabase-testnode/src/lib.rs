@@ -103,6 +103,12 @@ pub enum Command {
         /// The message id.
         id: u64,
     },
+    /// The DHT record this node holds for `Message` `id` (`local_record`, no network);
+    /// replies `Option<`[`LocalRecord`]`>`.
+    Local {
+        /// The message id.
+        id: u64,
+    },
     /// `query_local_records::<Message>(limit)`; replies `Vec<Message>`.
     LocalMessages {
         /// Most messages returned.
@@ -209,6 +215,33 @@ pub struct PutReply {
     pub stored_at: Vec<String>,
     /// Why the put fell short of its quorum, if it did.
     pub quorum_error: Option<String>,
+    /// The newer version a peer answered with, if the put lost to one.
+    #[serde(default)]
+    pub superseded_by: Option<Version>,
+}
+
+/// A record version: its writer, its timestamp, whether it is a removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The peer that wrote it.
+    pub origin: String,
+    /// The writer's hybrid logical clock timestamp.
+    pub timestamp: u64,
+    /// Whether it is a tombstone (a removal).
+    pub removed: bool,
+}
+
+/// The reply to [`Command::Local`]: the DHT record as this node stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalRecord {
+    /// Its version.
+    pub version: Version,
+    /// The typed value (`None` for a tombstone).
+    pub record: Option<Message>,
+    /// The peer that publishes it (`None`: held for another peer).
+    pub publisher: Option<String>,
+    /// When it expires, in microseconds since the Unix epoch (`None`: never).
+    pub expires: Option<u64>,
 }
 
 /// A record found by [`Command::Get`] or [`Command::GetUser`].
@@ -338,6 +371,14 @@ pub enum Event {
         /// The sender.
         from: String,
     },
+    /// A newer version of a record this node holds, learned from a peer (in a get's or a
+    /// put's answer), replaced the local copy.
+    RecordUpdated {
+        /// The record's key, hex.
+        key: String,
+        /// The peer whose copy was newer.
+        from: String,
+    },
     /// A remote peer announced itself as provider here.
     ProviderAdded {
         /// The key, hex.
@@ -464,6 +505,10 @@ impl From<&NetabaseEvent> for Event {
                 peer: peer.to_string(),
             },
             NetabaseEvent::RecordStored { key, from } => Event::RecordStored {
+                key: hex(key.as_bytes()),
+                from: from.to_string(),
+            },
+            NetabaseEvent::RecordUpdated { key, from } => Event::RecordUpdated {
                 key: hex(key.as_bytes()),
                 from: from.to_string(),
             },

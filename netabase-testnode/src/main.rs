@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
+use netabase::core::model::{Envelope, Opened, record_key};
 use netabase::swarm::libp2p::multiaddr::Protocol;
 use netabase::swarm::{Netabase, Runtime};
 use netabase::{
@@ -16,8 +17,9 @@ use netabase::{
     StorageBackend,
 };
 use netabase_testnode::{
-    BootstrapReply, ChatDefinition, Command, Event, Found, MessagePrimaryKey, ModeName, Output,
-    PeersReply, ProviderReply, ProvidingReply, PutReply, Request, StatsReply, UserPrimaryKey, hex,
+    BootstrapReply, ChatDefinition, Command, Event, Found, LocalRecord, MessagePrimaryKey,
+    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, StatsReply,
+    UserPrimaryKey, Version, hex,
 };
 use serde_json::Value;
 
@@ -81,6 +83,26 @@ struct Args {
     /// milliseconds; 0: wait for the request timeout.
     #[arg(long)]
     lookup_patience_ms: Option<u64>,
+    /// Lifetime of the records this node publishes, in milliseconds; 0: never expire.
+    #[arg(long)]
+    record_ttl_ms: Option<u64>,
+    /// How often the records held for other peers are stored again at the closest peers,
+    /// in milliseconds; 0: never.
+    #[arg(long)]
+    replication_interval_ms: Option<u64>,
+    /// How often the node's own records are published again, in milliseconds; 0: never.
+    #[arg(long)]
+    publication_interval_ms: Option<u64>,
+    /// How often the records that missed their put quorum are published again, in
+    /// milliseconds; 0: only with the republication.
+    #[arg(long)]
+    outbox_interval_ms: Option<u64>,
+    /// How long a removal (tombstone) is kept, from its own timestamp, in milliseconds.
+    #[arg(long)]
+    tombstone_horizon_ms: Option<u64>,
+    /// How often expired records are removed from the store, in milliseconds.
+    #[arg(long)]
+    expiry_sweep_interval_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -146,6 +168,29 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
         Some(0) => config.kad.lookup_patience = None,
         Some(ms) => config.kad.lookup_patience = Some(Duration::from_millis(ms)),
         None => {}
+    }
+    // Optional periods: 0 switches the job off.
+    let period = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    if let Some(ms) = args.record_ttl_ms {
+        config.kad.record_ttl = period(ms);
+    }
+    if let Some(ms) = args.replication_interval_ms {
+        config.kad.replication_interval = period(ms);
+    }
+    if let Some(ms) = args.publication_interval_ms {
+        config.kad.publication_interval = period(ms);
+    }
+    if let Some(ms) = args.outbox_interval_ms {
+        config.kad.outbox_interval = period(ms);
+    }
+    if let Some(ms) = args.tombstone_horizon_ms {
+        config.kad.tombstone_horizon = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.expiry_sweep_interval_ms {
+        if ms == 0 {
+            return Err("--expiry-sweep-interval-ms must be positive".to_string());
+        }
+        config.kad.expiry_sweep_interval = Duration::from_millis(ms);
     }
     Ok(config)
 }
@@ -328,7 +373,40 @@ fn put_reply(put: netabase::PutRecordResult) -> PutReply {
         key: hex(put.key.as_bytes()),
         stored_at: strings(&put.stored_at),
         quorum_error: put.quorum_error.map(|e| e.to_string()),
+        superseded_by: put.superseded_by.map(|s| Version {
+            origin: s.origin.to_string(),
+            timestamp: s.timestamp,
+            removed: s.removed,
+        }),
     }
+}
+
+/// The DHT record `node` holds for `Message` `id`, decoded.
+fn local_record<R: Runtime>(
+    node: &Netabase<ChatDefinition, R>,
+    id: u64,
+) -> Result<Option<LocalRecord>, String> {
+    let key = record_key(&MessagePrimaryKey(id)).map_err(|e| e.to_string())?;
+    let Some(stored) = node.local_record(&key).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let (envelope, record) = match Envelope::open_verified::<ChatDefinition>(&key, &stored.value)
+        .map_err(|e| format!("the stored record does not open: {e}"))?
+    {
+        Opened::Removed(envelope) => (envelope, None),
+        Opened::Value(ChatDefinition::Message(message), envelope) => (envelope, Some(message)),
+        Opened::Value(other, _) => return Err(format!("not a message: {other:?}")),
+    };
+    Ok(Some(LocalRecord {
+        version: Version {
+            origin: envelope.origin.to_string(),
+            timestamp: envelope.timestamp,
+            removed: envelope.tombstone,
+        },
+        record,
+        publisher: stored.publisher.map(|p| p.to_string()),
+        expires: stored.expires.map(|t| t.as_micros()),
+    }))
 }
 
 /// Runs one command.
@@ -351,6 +429,7 @@ async fn execute<R: Runtime>(
                 .await
                 .map_err(e)?,
         ),
+        Command::Local { id } => json(local_record(node, id)?),
         Command::LocalMessages { limit } => json(
             node.query_local_records::<netabase_testnode::Message>(limit)
                 .await

@@ -7,10 +7,12 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use netabase::swarm::Runtime;
 use netabase::{IPFS_PROTOCOL_NAME, NetabaseEvent};
+use netabase_core::RecordKey;
 use netabase_core::model::{Envelope, record_key};
 use netabase_testnode::in_process::*;
 use netabase_testnode::{ChatDefinition, MessagePrimaryKey, UserPrimaryKey};
 use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::stock::{TokioPeers, tokio_swarm};
@@ -20,6 +22,8 @@ enum Cmd {
     Get(kad::RecordKey, oneshot::Sender<Option<Vec<u8>>>),
     Provide(kad::RecordKey, oneshot::Sender<bool>),
     Providers(kad::RecordKey, oneshot::Sender<HashSet<PeerId>>),
+    /// Answers once the stock node's own store holds exactly this value under the key.
+    Holds(kad::RecordKey, Vec<u8>, oneshot::Sender<()>),
 }
 
 /// A stock Kademlia server on 127.0.0.1 on `peers`' runtime, driven through commands;
@@ -67,7 +71,21 @@ async fn serve(
     let mut gets = HashMap::new();
     let mut provides = HashMap::new();
     let mut providers = HashMap::new();
+    let mut waiting: Vec<(kad::RecordKey, Vec<u8>, oneshot::Sender<()>)> = Vec::new();
     loop {
+        // Answers the waiters whose value the store holds now (checked after every command
+        // and every swarm event).
+        let mut i = 0;
+        while i < waiting.len() {
+            let (key, value, _) = &waiting[i];
+            let store = swarm.behaviour_mut().store_mut();
+            if store.get(key).is_some_and(|r| r.value == *value) {
+                let (_, _, reply) = waiting.swap_remove(i);
+                let _ = reply.send(());
+            } else {
+                i += 1;
+            }
+        }
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 None => return,
@@ -82,6 +100,7 @@ async fn serve(
                 Some(Cmd::Provide(key, reply)) => {
                     provides.insert(swarm.behaviour_mut().start_providing(key).unwrap(), reply);
                 }
+                Some(Cmd::Holds(key, value, reply)) => waiting.push((key, value, reply)),
                 Some(Cmd::Providers(key, reply)) => {
                     let q = swarm.behaviour_mut().get_providers(key);
                     providers.insert(q, (reply, HashSet::new()));
@@ -198,4 +217,151 @@ async fn a_stock_kademlia_node_and_netabase_exchange_records_and_providers<R: Te
     let mine_key = kad::RecordKey::new(&record_key(&mine).unwrap().as_bytes());
     let providers = ask::<R, _>(&stock_tx, |r| Cmd::Providers(mine_key, r)).await;
     assert!(providers.contains(&ours.id()), "{providers:?}");
+}
+
+/// Versioned records beside a stock node: three Netabase servers on `/ipfs/kad/1.0.0`
+/// joined through the first, and a stock Kademlia server (which stores whatever it is
+/// sent, newest or not) that knows the first and that every server has in its routing
+/// table, so that it is among the closest peers of every key.
+struct Mixed<R: TestRuntime> {
+    servers: Vec<TestNode<R>>,
+    stock: PeerId,
+    stock_tx: mpsc::Sender<Cmd>,
+}
+
+fn ipfs(c: &mut netabase::NetabaseConfig) {
+    c.protocol_name = IPFS_PROTOCOL_NAME.to_string();
+}
+
+/// The DHT key of message 1 and its form for the stock node.
+fn key_one() -> (RecordKey, kad::RecordKey) {
+    let key = record_key(&MessagePrimaryKey(1)).unwrap();
+    let stock_key = kad::RecordKey::new(&key.as_bytes());
+    (key, stock_key)
+}
+
+impl<R: TestRuntime> Mixed<R> {
+    async fn start(peers: &TokioPeers) -> Self {
+        let mut servers = vec![start_with::<R>(ipfs).await];
+        let boot = (servers[0].id(), servers[0].addr.clone());
+        for _ in 0..2 {
+            let node = start_with::<R>(|c| {
+                ipfs(c);
+                c.bootstrap_peers = vec![boot.clone()];
+            })
+            .await;
+            node.node.bootstrap().await.expect("bootstrap");
+            servers.push(node);
+        }
+        let (stock, stock_addr, stock_tx) = stock_node::<R>(peers, boot.0, boot.1).await;
+        for s in &servers {
+            s.node.add_address(stock, stock_addr.clone()).await.unwrap();
+        }
+        Mixed {
+            servers,
+            stock,
+            stock_tx,
+        }
+    }
+
+    fn events(&self) -> Vec<Events<R>> {
+        self.servers.iter().map(TestNode::events).collect()
+    }
+
+    /// Waits until every server other than `from` stored message 1 from `from` (events
+    /// subscribed before the put).
+    async fn reached(&self, events: &mut [Events<R>], from: PeerId) {
+        let (key, _) = key_one();
+        for (s, events) in self.servers.iter().zip(events) {
+            if s.id() != from {
+                events
+                    .wait_for("the put reaches every server", |e| {
+                        matches!(e, NetabaseEvent::RecordStored { key: k, from: f }
+                            if *k == key && *f == from)
+                        .then_some(())
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Every server reads message 1 as `text` by `origin`, one version everywhere, and the
+    /// stock node holds that version's bytes; returns its timestamp.
+    async fn newest_everywhere(&self, text: &str, origin: PeerId) -> u64 {
+        let mut stamps = Vec::new();
+        for s in &self.servers {
+            let got = s.node.get_record(&MessagePrimaryKey(1)).await.unwrap();
+            let got = got.expect("found");
+            assert_eq!((got.record, got.origin), (message(1, text), origin));
+            stamps.push(got.timestamp);
+        }
+        stamps.dedup();
+        assert_eq!(stamps.len(), 1, "one version on every server: {stamps:?}");
+        let (key, stock_key) = key_one();
+        let bytes = self.servers[0].node.local_record(&key).unwrap();
+        let bytes = bytes.expect("held").value;
+        ask::<R, _>(&self.stock_tx, |r| Cmd::Holds(stock_key, bytes, r)).await;
+        stamps[0]
+    }
+
+    /// Server `i` puts message 1 saying `text`: the put succeeds, is not superseded and
+    /// reaches every server.
+    async fn put(&self, i: usize, text: &str) {
+        let mut events = self.events();
+        let put = self.servers[i].node.put_record(message(1, text)).await;
+        let put = put.unwrap();
+        assert_eq!((&put.quorum_error, put.superseded_by), (&None, None));
+        self.reached(&mut events, self.servers[i].id()).await;
+    }
+
+    /// The stock node puts message 1 saying `text`, written by the identity of `seed` at
+    /// `timestamp`; it reaches every server. Returns the writer's peer id.
+    async fn stock_put(&self, text: &str, seed: u64, timestamp: u64) -> PeerId {
+        let writer = netabase_core::Keypair::from_seed(seed);
+        let message = ChatDefinition::Message(message(1, text));
+        let (_, bytes) = Envelope::seal(&message, timestamp, &writer).unwrap();
+        let mut events = self.events();
+        let record = kad::Record::new(key_one().1, bytes);
+        assert!(ask::<R, _>(&self.stock_tx, |r| Cmd::Put(record, r)).await);
+        self.reached(&mut events, self.stock).await;
+        PeerId::from_bytes(writer.peer_id().as_bytes()).unwrap()
+    }
+}
+
+/// The wall clock plus `secs`, in microseconds since the Unix epoch.
+fn wall_in(secs: u64) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(now.as_micros()).unwrap() + secs * 1_000_000
+}
+
+per_runtime!(a_stock_kademlia_peer_among_the_closest_keeps_versioned_records_working);
+/// Beside a stock Kademlia peer among the closest: a put and an overwrite succeed, every
+/// server reads the newer version and the stock node holds it; a version the stock node
+/// carries (written by another identity 20 s ahead, within the accepted drift) is newer
+/// and wins everywhere; a server's next write goes above it, reaches every peer, and the
+/// stock node's own network get finds it.
+async fn a_stock_kademlia_peer_among_the_closest_keeps_versioned_records_working<R: TestRuntime>() {
+    let peers = TokioPeers::new();
+    let net = Mixed::<R>::start(&peers).await;
+    let ids: Vec<PeerId> = net.servers.iter().map(TestNode::id).collect();
+
+    net.put(1, "first").await;
+    let first = net.newest_everywhere("first", ids[1]).await;
+    net.put(2, "second").await;
+    let second = net.newest_everywhere("second", ids[2]).await;
+    assert!(second > first);
+
+    let ahead = wall_in(20);
+    let writer = net.stock_put("from the stock node", 7, ahead).await;
+    let carried = net.newest_everywhere("from the stock node", writer).await;
+    assert_eq!(carried, ahead);
+
+    net.put(0, "last").await;
+    let last = net.newest_everywhere("last", ids[0]).await;
+    assert!(last > carried);
+    let (key, stock_key) = key_one();
+    let found = ask::<R, _>(&net.stock_tx, |r| Cmd::Get(stock_key, r)).await;
+    let (value, envelope) = Envelope::open::<ChatDefinition>(&key, &found.expect("found")).unwrap();
+    assert_eq!(value, ChatDefinition::Message(message(1, "last")));
+    assert_eq!(envelope.timestamp, last);
 }

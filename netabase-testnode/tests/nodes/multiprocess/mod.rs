@@ -36,3 +36,4 @@ mod modes;
 mod node_program;
 mod restart;
 mod support;
+mod versions;

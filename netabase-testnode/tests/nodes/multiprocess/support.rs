@@ -9,7 +9,9 @@ use std::process::{Child, ChildStdin, Command as Process, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use netabase_testnode::{BootstrapReply, Command, Event, Found, Message, Output, StatsReply};
+use netabase_testnode::{
+    BootstrapReply, Command, Event, Found, LocalRecord, Message, Output, StatsReply,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -491,6 +493,11 @@ impl NodeProc {
         self.call(Command::Get { id })
     }
 
+    /// The DHT record the node holds for message `id` (no network).
+    pub(crate) fn local(&mut self, id: u64) -> Option<LocalRecord> {
+        self.call(Command::Local { id })
+    }
+
     pub(crate) fn stats(&mut self) -> StatsReply {
         self.call(Command::Stats)
     }
@@ -518,10 +525,20 @@ pub(crate) fn network(prefix: &str, n: usize, rt: Rt) -> Vec<NodeProc> {
 /// learn each other too), and the bootstrap node has every other one in its routing table
 /// when this returns.
 pub(crate) fn network_of(prefix: &str, runtimes: &[Rt]) -> Vec<NodeProc> {
-    let mut first = Spawn::new(&format!("{prefix}0"), runtimes[0]).start();
+    network_with(prefix, runtimes, |_, spawn| spawn)
+}
+
+/// [`network_of`], with every node's [`Spawn`] changed by `tweak` (given the node's index)
+/// before it starts.
+pub(crate) fn network_with(
+    prefix: &str,
+    runtimes: &[Rt],
+    tweak: impl Fn(usize, Spawn) -> Spawn,
+) -> Vec<NodeProc> {
+    let mut first = tweak(0, Spawn::new(&format!("{prefix}0"), runtimes[0])).start();
     let launched: Vec<Launched> = (1..runtimes.len())
         .map(|i| {
-            Spawn::new(&format!("{prefix}{i}"), runtimes[i])
+            tweak(i, Spawn::new(&format!("{prefix}{i}"), runtimes[i]))
                 .bootstrap(&first)
                 .launch()
         })
