@@ -587,6 +587,14 @@ struct Query {
     internal: bool,
 }
 
+/// A finished put whose fan-out requests are still out.
+#[derive(Clone, Debug)]
+struct LatePut {
+    record: Record,
+    internal: bool,
+    outstanding: usize,
+}
+
 /// Records a store walk reads at a time.
 const WALK_BATCH: usize = 64;
 
@@ -689,6 +697,10 @@ pub struct Node<S> {
     connected: HashSet<Key, FxBuildHasher>,
     outputs: VecDeque<Output>,
     jobs: VecDeque<Job>,
+    /// Puts that finished (quorum met, or timed out) while some of their fan-out requests
+    /// were still out: a late answer may carry a newer version, which supersedes the put.
+    /// Kept until the last of those requests completes.
+    late_puts: BTreeMap<QueryId, LatePut>,
     /// Keys of the queued publication jobs (each key is queued once).
     queued_keys: BTreeSet<RecordKey>,
     replication_walk: Option<Walk>,
@@ -744,6 +756,7 @@ impl<S: RecordStore> Node<S> {
             outputs: VecDeque::new(),
             jobs: VecDeque::new(),
             queued_keys: BTreeSet::new(),
+            late_puts: BTreeMap::new(),
             replication_walk: None,
             publication_walk: None,
             job_queries: 0,
@@ -1096,7 +1109,11 @@ impl<S: RecordStore> Node<S> {
                         WalkKind::Replication if !own && !r.is_expired(now) => {
                             self.queue_publication(r, false);
                         }
-                        WalkKind::Republication if own => {
+                        // An own record that expired here was not republished for a whole
+                        // record lifetime: the node was down. It may have been overwritten
+                        // or removed meanwhile, so it is not sent out again (the expiry
+                        // sweep drops it); the typed row stays until the next local write.
+                        WalkKind::Republication if own && !r.is_expired(now) => {
                             r.expires = self
                                 .tombstone_expiry(&r.value)
                                 .or_else(|| self.config.record_ttl.map(|d| now + d));
@@ -1859,7 +1876,19 @@ impl<S: RecordStore> Node<S> {
                 record,
             } => {
                 let stored = match q.phase {
-                    Phase::Fanout { succeeded, .. } => succeeded,
+                    Phase::Fanout { succeeded, waiting } => {
+                        if !waiting.is_empty() {
+                            self.late_puts.insert(
+                                id,
+                                LatePut {
+                                    record: record.clone(),
+                                    internal: q.internal,
+                                    outstanding: waiting.len(),
+                                },
+                            );
+                        }
+                        succeeded
+                    }
                     Phase::Lookup => Vec::new(),
                 };
                 if outbox && stored.len() >= quorum {
@@ -2011,6 +2040,7 @@ impl<S: RecordStore> Node<S> {
             && req
                 .query
                 .is_some_and(|qid| self.take_superseding_answer(now, qid, req.peer, &response));
+        self.settle_late_put(&req);
         // An answer proves the peer is a live DHT server.
         let addrs = self.known_addrs(&req);
         self.table_update(now, req.peer, &addrs, Status::Connected);
@@ -2136,17 +2166,23 @@ impl<S: RecordStore> Node<S> {
         let Response::PutValue { key, value } = response else {
             return false;
         };
-        let Some(q) = self.queries.get(&qid) else {
-            return false;
-        };
-        let QueryKind::PutRecord { record, .. } = &q.kind else {
-            return false;
+        let (record, internal) = match self.queries.get(&qid) {
+            Some(Query {
+                kind: QueryKind::PutRecord { record, .. },
+                internal,
+                ..
+            }) => (record, *internal),
+            Some(_) => return false,
+            None => match self.late_puts.get(&qid) {
+                Some(late) => (&late.record, late.internal),
+                None => return false,
+            },
         };
         if *key != record.key || *value == record.value {
             return false;
         }
         let newer = resolve(&record.value, value) == Resolution::Take;
-        let id = (!q.internal).then_some(qid);
+        let id = (!internal).then_some(qid);
         if newer && self.check_incoming(now, key, value).is_ok() {
             let learned = Record {
                 key: key.clone(),
@@ -2165,6 +2201,22 @@ impl<S: RecordStore> Node<S> {
             }
         }
         true
+    }
+
+    /// A fan-out request of a finished put completed: the put is forgotten with its last.
+    fn settle_late_put(&mut self, req: &PendingRequest) {
+        if req.purpose != Purpose::Fanout {
+            return;
+        }
+        let Some(qid) = req.query else {
+            return;
+        };
+        if let Some(late) = self.late_puts.get_mut(&qid) {
+            late.outstanding = late.outstanding.saturating_sub(1);
+            if late.outstanding == 0 {
+                self.late_puts.remove(&qid);
+            }
+        }
     }
 
     fn finish_found_peer(&mut self, now: Instant, id: QueryId, info: PeerInfo) {
@@ -2202,6 +2254,7 @@ impl<S: RecordStore> Node<S> {
 
     fn request_failed(&mut self, now: Instant, req: PendingRequest) {
         self.stats.requests_failed += 1;
+        self.settle_late_put(&req);
         self.table.mark_disconnected(&req.peer);
         let Some(qid) = req.query else {
             return;
@@ -2570,6 +2623,13 @@ impl<S: RecordStore> Node<S> {
                     q.iter.candidate_count()
                 ));
             }
+        }
+        let late: usize = self.late_puts.values().map(|l| l.outstanding).sum();
+        if late > self.requests.len() {
+            return Err(format!(
+                "{late} late put answers awaited but {} requests out",
+                self.requests.len()
+            ));
         }
         let publications = self
             .jobs
