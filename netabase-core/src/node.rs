@@ -388,6 +388,11 @@ pub enum Event {
         /// The peer that answered with it.
         from: PeerId,
     },
+    /// The expiry sweep removed records or provider records that had expired.
+    Expired {
+        /// How many it removed.
+        count: usize,
+    },
     /// A remote peer announced itself as provider of a key.
     ProviderAdded {
         /// The key.
@@ -991,7 +996,10 @@ impl<S: RecordStore> Node<S> {
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.expiry_sweep_interval;
             // A failing backend is retried at the next sweep; nothing is lost by waiting.
-            let _ = self.store.remove_expired(now);
+            if let Ok(count @ 1..) = self.store.remove_expired(now) {
+                self.outputs
+                    .push_back(Output::Event(Event::Expired { count }));
+            }
         }
         if self.next_replication.is_some_and(|t| now >= t) {
             self.next_replication = self.config.replication_interval.map(|d| now + d);

@@ -684,6 +684,7 @@ impl<R: Runtime> Driver<R> {
                 Some(from) => NetabaseEvent::RecordStored { key, from },
                 None => return,
             },
+            Event::Expired { count } => NetabaseEvent::Expired { count },
             Event::RecordUpdated { key, from } => match to_libp2p_peer(&from) {
                 Some(from) => NetabaseEvent::RecordUpdated { key, from },
                 None => return,

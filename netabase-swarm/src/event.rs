@@ -106,6 +106,12 @@ pub enum NetabaseEvent {
         /// The peer whose copy was newer.
         from: PeerId,
     },
+    /// The expiry sweep removed records or provider records that had expired (tombstones
+    /// past their horizon among them).
+    Expired {
+        /// How many it removed.
+        count: usize,
+    },
     /// A remote peer announced itself here as provider of a key.
     ProviderAdded {
         /// The key.

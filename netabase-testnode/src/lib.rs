@@ -379,6 +379,11 @@ pub enum Event {
         /// The peer whose copy was newer.
         from: String,
     },
+    /// The expiry sweep removed this many expired records or provider records.
+    Expired {
+        /// How many.
+        count: usize,
+    },
     /// A remote peer announced itself as provider here.
     ProviderAdded {
         /// The key, hex.
@@ -512,6 +517,7 @@ impl From<&NetabaseEvent> for Event {
                 key: hex(key.as_bytes()),
                 from: from.to_string(),
             },
+            NetabaseEvent::Expired { count } => Event::Expired { count: *count },
             NetabaseEvent::ProviderAdded { key, provider } => Event::ProviderAdded {
                 key: hex(key.as_bytes()),
                 provider: provider.to_string(),

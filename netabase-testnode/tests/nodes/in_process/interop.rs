@@ -365,3 +365,58 @@ async fn a_stock_kademlia_peer_among_the_closest_keeps_versioned_records_working
     assert_eq!(value, ChatDefinition::Message(message(1, "last")));
     assert_eq!(envelope.timestamp, last);
 }
+
+per_runtime!(a_put_that_loses_to_a_newer_version_yields_to_it_beside_a_stock_peer);
+/// Every server holds a version of message 1 written 20 s ahead (carried by the stock
+/// node). A Netabase client that holds no copy puts message 1 at the wall clock: the
+/// servers answer with the newer version. The put may be confirmed first by the stock
+/// node's echo (then its result cannot say it lost), but the newer version still replaces
+/// the client's copy and typed row, with an event; when the result does report it, it
+/// names the newer version.
+async fn a_put_that_loses_to_a_newer_version_yields_to_it_beside_a_stock_peer<R: TestRuntime>() {
+    let peers = TokioPeers::new();
+    let net = Mixed::<R>::start(&peers).await;
+    let ahead = wall_in(20);
+    let writer = net.stock_put("from the stock node", 7, ahead).await;
+    net.newest_everywhere("from the stock node", writer).await;
+    let boot = (net.servers[0].id(), net.servers[0].addr.clone());
+    let client = start_with::<R>(|c| {
+        ipfs(c);
+        c.kad.mode = netabase::Mode::Client;
+        c.bootstrap_peers = vec![boot];
+    })
+    .await;
+    client.node.bootstrap().await.expect("bootstrap");
+    let mut events = client.events();
+
+    let late = client.node.put_record(message(1, "late")).await.unwrap();
+    if let Some(superseded) = late.superseded_by {
+        assert_eq!(
+            (superseded.origin, superseded.timestamp, superseded.removed),
+            (writer, ahead, false)
+        );
+    }
+    let key = late.key.clone();
+    events
+        .wait_for(
+            "the newer version replaces the client's copy",
+            |e| match e {
+                netabase::NetabaseEvent::RecordUpdated { key: k, .. } if *k == key => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+    let got = client.node.get_record(&MessagePrimaryKey(1)).await.unwrap();
+    let got = got.expect("found");
+    assert_eq!(
+        (got.record, got.origin),
+        (message(1, "from the stock node"), writer)
+    );
+    let typed = client
+        .node
+        .query_local_records::<netabase_testnode::Message>(10);
+    assert_eq!(
+        typed.await.unwrap(),
+        vec![message(1, "from the stock node")]
+    );
+}

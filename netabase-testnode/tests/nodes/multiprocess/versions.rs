@@ -256,3 +256,89 @@ fn a_removed_record_stays_removed_through_replication(rt: Rt) {
 }
 
 per_runtime!(a_removed_record_stays_removed_through_replication);
+
+/// Waits until `node` no longer holds a DHT record for message `id`: each expiry sweep
+/// that removes something says so, and the record is looked at after each, with one
+/// deadline for all.
+fn wait_until_dropped(node: &mut NodeProc, id: u64) {
+    let mut mark = node.mark();
+    while node.local(id).is_some() {
+        node.expect_event_since(mark, &format!("message {id} expires"), |e| {
+            matches!(e, Event::Expired { .. }).then_some(())
+        });
+        mark = node.mark();
+    }
+}
+
+/// Tombstones live 3 s, records 2 s. Writer W puts messages 1 and 2 and is killed; A
+/// removes message 1; the removal and every copy expire on A and B while W is still down.
+/// W comes back on its data directory and republishes every second: its expired copies
+/// must not go out again, since nothing can tell it any more which of them was removed
+/// meanwhile: message 1 must not come back to A or B (and neither does message 2). A
+/// record W writes after its return is republished, which shows the republication ran,
+/// past the keys of messages 1 and 2, twice.
+fn a_writer_back_after_the_tombstone_horizon_does_not_resurrect_its_record(rt: Rt) {
+    let short = |spawn: Spawn| {
+        spawn
+            .arg("--tombstone-horizon-ms", "3000")
+            .arg("--record-ttl-ms", "2000")
+            .arg("--expiry-sweep-interval-ms", "250")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = network_with("horizon", &[rt; 3], |i, spawn| match i {
+        2 => short(spawn).data_dir(dir.path()),
+        _ => short(spawn),
+    });
+    let w = nodes[2].peer_id.clone();
+    put_everywhere(&mut nodes, 2, message(1, "removed while w is down"));
+    put_everywhere(&mut nodes, 2, message(2, "expired while w is down"));
+    drop(nodes.pop());
+
+    let k1 = message_key(1);
+    let a = nodes[0].peer_id.clone();
+    let mark_b = nodes[1].mark();
+    let _: Option<Message> = nodes[0].call(Command::Remove { id: 1 });
+    nodes[1].expect_event_since(mark_b, "the removal reaches B", stored(&k1, &a));
+    for node in nodes.iter_mut() {
+        wait_until_dropped(node, 1);
+        wait_until_dropped(node, 2);
+    }
+
+    let marks: Vec<usize> = nodes.iter_mut().map(NodeProc::mark).collect();
+    let mut back = short(Spawn::new("horizon2-again", rt))
+        .data_dir(dir.path())
+        .bootstrap(&nodes[0])
+        .arg("--publication-interval-ms", SHORT)
+        .start();
+    assert_eq!(back.peer_id, w);
+    let put: PutReply = back.call(Command::Put {
+        message: message(3, "written after the return"),
+    });
+    assert_eq!(put.quorum_error, None, "{put:?}");
+    let k3 = message_key(3);
+    let mut rounds = 0;
+    nodes[0].expect_event_since(marks[0], "the put and two republications of W", |e| {
+        if stored(&k3, &w)(e).is_some() {
+            rounds += 1;
+        }
+        (rounds == 3).then_some(())
+    });
+    for node in nodes.iter_mut() {
+        assert_eq!(
+            node.local(1),
+            None,
+            "{}: W's old message 1 came back",
+            node.name
+        );
+        assert_eq!(
+            node.local(2),
+            None,
+            "{}: W's expired message 2 went out",
+            node.name
+        );
+        assert!(node.local(3).is_some(), "{}", node.name);
+    }
+    drop(back.local(1));
+}
+
+per_runtime!(a_writer_back_after_the_tombstone_horizon_does_not_resurrect_its_record: tokio);
