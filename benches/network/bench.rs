@@ -617,8 +617,10 @@ impl<R: Runtime> NetabaseNet<R> {
             c.kad.k = settings.k;
             // Stock kad caches nothing unless its user does; neither does this side.
             c.kad.cache_peers = 0;
+            // Stock kad's memory store limits record counts only.
             c.record_store = RecordStoreConfig {
                 max_records: MAX_RECORDS,
+                max_held_bytes: usize::MAX,
                 ..RecordStoreConfig::default()
             };
             c.idle_connection_timeout = IDLE;

@@ -10,7 +10,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::key::RecordKey;
+use crate::key::{Distance, Key, RecordKey};
 use crate::peer::PeerId;
 use crate::record::{ProviderRecord, Record};
 use crate::time::Instant;
@@ -59,9 +59,17 @@ pub fn decide_put(existing: Option<&Record>, incoming: Record) -> (Option<Record
 /// An error from a record store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The store holds its maximum number of records for other peers.
+    /// The store holds its maximum number of records for other peers, none of them
+    /// farther from this node than the refused one.
     #[error("the store is full ({max} records held for other peers)")]
     MaxRecords {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The records held for other peers take their maximum of bytes, and none of them is
+    /// farther from this node than the refused one.
+    #[error("the store is full ({max} bytes of records held for other peers)")]
+    MaxHeldBytes {
         /// The configured maximum.
         max: usize,
     },
@@ -200,6 +208,13 @@ pub struct MemoryStoreConfig {
     pub max_records: usize,
     /// Maximum size of a record value in bytes.
     pub max_value_bytes: usize,
+    /// Maximum bytes (values and keys) of the records held for other peers. A new record
+    /// for another peer that would pass this or [`max_records`](Self::max_records) evicts
+    /// the held records farthest from this node (XOR distance of the keys) while they are
+    /// farther than it, and is refused otherwise: the keys a node is among the closest
+    /// peers for win over copies cached farther away. Newer versions of keys already held
+    /// always replace.
+    pub max_held_bytes: usize,
     /// Maximum number of providers kept per key.
     pub max_providers_per_key: usize,
     /// Maximum number of keys the local node provides.
@@ -211,6 +226,7 @@ impl Default for MemoryStoreConfig {
         MemoryStoreConfig {
             max_records: 1024,
             max_value_bytes: 65 * 1024,
+            max_held_bytes: 64 * 1024 * 1024,
             max_providers_per_key: 20,
             max_provided_keys: 1024,
         }
@@ -227,11 +243,26 @@ pub struct MemoryStore {
     records: BTreeMap<RecordKey, Record>,
     providers: BTreeMap<RecordKey, BTreeMap<PeerId, ProviderRecord>>,
     provided_count: usize,
-    /// Records held for other peers (not published by `local`).
-    held_count: usize,
+    /// The records held for other peers (not published by `local`); boxed, so that the
+    /// store stays small enough to sit inline beside a boxed node in the simulator.
+    held: Box<Held>,
     /// Boxed: rarely touched, and it keeps the store small enough to sit inline beside a
     /// boxed node in the simulator's node states.
     meta: Box<NodeMeta>,
+}
+
+/// What a store holds for other peers: counts, and the keys by distance from the node.
+#[derive(Debug, Clone)]
+struct Held {
+    local: Key,
+    count: usize,
+    bytes: usize,
+    by_distance: alloc::collections::BTreeSet<(Distance, RecordKey)>,
+}
+
+/// The bytes a held record takes against [`MemoryStoreConfig::max_held_bytes`].
+pub fn held_size(record: &Record) -> usize {
+    record.value.len() + record.key.as_bytes().len()
 }
 
 /// The clock ceiling and outbox of a [`MemoryStore`].
@@ -255,7 +286,12 @@ impl MemoryStore {
             records: BTreeMap::new(),
             providers: BTreeMap::new(),
             provided_count: 0,
-            held_count: 0,
+            held: Box::new(Held {
+                local: Key::from_peer(&local),
+                count: 0,
+                bytes: 0,
+                by_distance: alloc::collections::BTreeSet::new(),
+            }),
             meta: Box::default(),
         }
     }
@@ -273,7 +309,36 @@ impl MemoryStore {
     /// Number of records held for other peers (the ones [`MemoryStoreConfig::max_records`]
     /// limits).
     pub fn held_count(&self) -> usize {
-        self.held_count
+        self.held.count
+    }
+
+    /// Bytes of the records held for other peers (see [`held_size`]).
+    pub fn held_bytes(&self) -> usize {
+        self.held.bytes
+    }
+
+    fn distance(&self, key: &RecordKey) -> Distance {
+        self.held.local.distance(&key.key())
+    }
+
+    /// Forgets the held record `record` (removed or replaced) in the held accounting.
+    fn unhold(&mut self, record: &Record) {
+        if self.is_held(record) {
+            let d = self.distance(&record.key);
+            self.held.count -= 1;
+            self.held.bytes -= held_size(record);
+            self.held.by_distance.remove(&(d, record.key.clone()));
+        }
+    }
+
+    /// Counts `record` in the held accounting if it is held for another peer.
+    fn hold(&mut self, record: &Record) {
+        if self.is_held(record) {
+            let d = self.distance(&record.key);
+            self.held.count += 1;
+            self.held.bytes += held_size(record);
+            self.held.by_distance.insert((d, record.key.clone()));
+        }
     }
 
     fn is_held(&self, record: &Record) -> bool {
@@ -299,22 +364,56 @@ impl RecordStore for MemoryStore {
             });
         }
         let was_held = self.records.get(&record.key).map(|r| self.is_held(r));
-        let held = self.is_held(&record);
-        if held && was_held != Some(true) && self.held_count >= self.config.max_records {
-            return Err(StoreError::MaxRecords {
-                max: self.config.max_records,
-            });
+        if self.is_held(&record) && was_held != Some(true) {
+            // A new record for another peer: make room by evicting farther ones, all of
+            // them or none (the store stays as it was when the record is refused).
+            let d = self.distance(&record.key);
+            let size = held_size(&record);
+            let (mut count, mut bytes) = (self.held.count, self.held.bytes);
+            let mut victims = Vec::new();
+            let mut farthest = self.held.by_distance.iter().rev();
+            loop {
+                let over_count = count >= self.config.max_records;
+                let over_bytes = bytes + size > self.config.max_held_bytes;
+                if !over_count && !over_bytes {
+                    break;
+                }
+                match farthest.next() {
+                    Some((fd, key)) if *fd > d => {
+                        let victim = &self.records[key];
+                        count -= 1;
+                        bytes -= held_size(victim);
+                        victims.push(key.clone());
+                    }
+                    _ if over_count => {
+                        return Err(StoreError::MaxRecords {
+                            max: self.config.max_records,
+                        });
+                    }
+                    _ => {
+                        return Err(StoreError::MaxHeldBytes {
+                            max: self.config.max_held_bytes,
+                        });
+                    }
+                }
+            }
+            for key in victims {
+                if let Some(evicted) = self.records.remove(&key) {
+                    self.unhold(&evicted);
+                }
+            }
         }
-        self.held_count = self.held_count + usize::from(held) - usize::from(was_held == Some(true));
+        if let Some(old) = self.records.remove(&record.key) {
+            self.unhold(&old);
+        }
+        self.hold(&record);
         self.records.insert(record.key.clone(), record);
         Ok(())
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
-        if let Some(r) = self.records.remove(key)
-            && self.is_held(&r)
-        {
-            self.held_count -= 1;
+        if let Some(r) = self.records.remove(key) {
+            self.unhold(&r);
         }
         Ok(())
     }
@@ -417,15 +516,17 @@ impl RecordStore for MemoryStore {
     fn remove_expired(&mut self, now: Instant) -> Result<usize, StoreError> {
         let before = self.records.len() + self.provider_count();
         let local = self.local;
-        let mut held_removed = 0;
-        self.records.retain(|_, r| {
-            let keep = !r.is_expired(now);
-            if !keep && r.publisher != Some(local) {
-                held_removed += 1;
+        let expired: Vec<RecordKey> = self
+            .records
+            .values()
+            .filter(|r| r.is_expired(now))
+            .map(|r| r.key.clone())
+            .collect();
+        for key in expired {
+            if let Some(r) = self.records.remove(&key) {
+                self.unhold(&r);
             }
-            keep
-        });
-        self.held_count -= held_removed;
+        }
         let mut local_removed = 0;
         for m in self.providers.values_mut() {
             m.retain(|p, r| {
@@ -459,14 +560,11 @@ mod tests {
             max_value_bytes: 4,
             max_providers_per_key: 2,
             max_provided_keys: 1,
+            ..MemoryStoreConfig::default()
         };
         let mut store = MemoryStore::with_config(local, config);
         store.put(Record::new(key(1), vec![1])).unwrap();
         store.put(Record::new(key(2), vec![2])).unwrap();
-        assert_eq!(
-            store.put(Record::new(key(3), vec![3])),
-            Err(StoreError::MaxRecords { max: 2 })
-        );
         // Replacing an existing record is always allowed.
         store.put(Record::new(key(2), vec![9])).unwrap();
         // The node's own records do not count against the limit.
@@ -480,12 +578,7 @@ mod tests {
         assert_eq!((store.record_count(), store.held_count()), (12, 2));
         // A held record that becomes the node's own frees a place, and back.
         store.put(own(2)).unwrap();
-        store.put(Record::new(key(3), vec![3])).unwrap();
-        assert_eq!(
-            store.put(Record::new(key(2), vec![2])),
-            Err(StoreError::MaxRecords { max: 2 })
-        );
-        store.remove(&key(3)).unwrap();
+        assert_eq!(store.held_count(), 1);
         store.put(Record::new(key(2), vec![9])).unwrap();
         for k in 10..20 {
             store.remove(&key(k)).unwrap();
@@ -525,6 +618,56 @@ mod tests {
         assert_eq!(ids.len(), 2);
         assert!(ids.contains(&local));
         assert_eq!(store.provided().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn held_records_make_room_farthest_first_and_closer_keys_win() {
+        let local = PeerId::from_seed(0);
+        let me = Key::from_peer(&local);
+        // Twelve keys, sorted by distance from this node, nearest first.
+        let mut keys: Vec<RecordKey> = (0..12u8).map(key).collect();
+        keys.sort_by_key(|k| me.distance(&k.key()));
+        let held = |k: &RecordKey, len: usize| Record::new(k.clone(), vec![7; len]);
+        let config = MemoryStoreConfig {
+            max_records: 3,
+            max_held_bytes: 1000,
+            ..MemoryStoreConfig::default()
+        };
+        let mut store = MemoryStore::with_config(local, config);
+        for k in &keys[4..7] {
+            store.put(held(k, 10)).unwrap();
+        }
+        // Full: a closer key evicts the farthest, a farther one is refused.
+        store.put(held(&keys[0], 10)).unwrap();
+        assert!(store.get(&keys[6]).unwrap().is_none());
+        assert_eq!(
+            store.put(held(&keys[11], 10)),
+            Err(StoreError::MaxRecords { max: 3 })
+        );
+        // A newer value of a key held already always replaces, whatever its size (keys
+        // are one byte here).
+        store.put(held(&keys[5], 900)).unwrap();
+        assert_eq!(store.held_bytes(), 11 + 901 + 11);
+        // Bytes: room is made farthest first too, down to the incoming key's distance.
+        store.remove(&keys[0]).unwrap();
+        assert_eq!(
+            store.put(held(&keys[8], 100)),
+            Err(StoreError::MaxHeldBytes { max: 1000 })
+        );
+        store.put(held(&keys[1], 100)).unwrap();
+        assert!(store.get(&keys[5]).unwrap().is_none());
+        assert_eq!(store.held_count(), 2);
+        assert_eq!(store.held_bytes(), 101 + 11);
+        // The node's own records never count and are never evicted.
+        for k in &keys[8..12] {
+            store
+                .put(Record {
+                    publisher: Some(local),
+                    ..held(k, 500)
+                })
+                .unwrap();
+        }
+        assert_eq!((store.held_count(), store.record_count()), (2, 6));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use netabase_core::model::{
     Envelope, ModelId, NetabaseDefinition, Opened, SealParts, decode_value, primary_key_of,
 };
 use netabase_core::store::{
-    MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put,
+    MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put, held_size,
 };
-use netabase_core::{Address, Instant, Keypair, PeerId, ProviderRecord, Record, RecordKey};
+use netabase_core::{Address, Instant, Key, Keypair, PeerId, ProviderRecord, Record, RecordKey};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::guard::TxGuard;
@@ -36,6 +36,11 @@ const RECORD_COUNT: &[u8] = b"records";
 const PROVIDED_COUNT: &[u8] = b"provided";
 /// The number of records held for other peers (the ones the record limit applies to).
 const HELD_COUNT: &[u8] = b"held";
+/// Their bytes ([`held_size`]).
+const HELD_BYTES: &[u8] = b"held-bytes";
+/// The records held for other peers by distance from this node, farthest first (see
+/// [`held_entry`]), for eviction.
+const HELD: &str = "dht/held";
 /// The persisted ceiling of the node's hybrid logical clock.
 const CLOCK_CEILING: &[u8] = b"hlc-ceiling";
 /// The layout version of the stored DHT records (in the value header's version field).
@@ -191,7 +196,13 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
             return Ok(RecordStoreMigration::default());
         }
         let mut report = RecordStoreMigration::default();
-        let (mut records, mut held) = (0u64, 0u64);
+        let (mut records, mut held, mut held_bytes) = (0u64, 0u64, 0u64);
+        let limits = Limits {
+            local,
+            local_key: Key::from_peer(&local),
+            max_records: usize::MAX,
+            max_held_bytes: usize::MAX,
+        };
         for (k, v) in entries(&tx, RECORDS, FULL_RANGE).map_err(core_error)? {
             let Ok(mut record) = decode_record(&k, &v) else {
                 records += 1;
@@ -225,10 +236,15 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
                 }
             }
             records += 1;
-            held += u64::from(is_held(&record, local));
+            if is_held(&record, local) {
+                held += 1;
+                held_bytes += held_size(&record) as u64;
+                tx.put(HELD, &held_entry(&limits, &record.key), &[])?;
+            }
         }
         write_counter(&mut tx, RECORD_COUNT, records).map_err(core_error)?;
         write_counter(&mut tx, HELD_COUNT, held).map_err(core_error)?;
+        write_counter(&mut tx, HELD_BYTES, held_bytes).map_err(core_error)?;
         for (model, info) in D::MODELS.iter().enumerate() {
             let model = model as ModelId;
             let t = tables.get(model)?;
@@ -539,6 +555,22 @@ impl<B: Backend> PersistentRecordStore<B> {
         self.read(|tx| read_counter(tx, RECORD_COUNT))
     }
 
+    fn limits(&self) -> Limits {
+        Limits {
+            local: self.local,
+            local_key: Key::from_peer(&self.local),
+            max_records: self.config.max_records,
+            max_held_bytes: self.config.max_held_bytes,
+        }
+    }
+
+    /// Bytes of the records held for other peers
+    /// ([`held_size`](netabase_core::store::held_size)).
+    pub fn held_bytes(&self) -> Result<u64, CoreError> {
+        let local = self.local;
+        self.read(|tx| read_held_bytes(tx, local))
+    }
+
     /// Number of records held for other peers (the ones [`RecordStoreConfig`]'s
     /// `max_records` limits).
     pub fn held_count(&self) -> Result<u64, CoreError> {
@@ -584,54 +616,161 @@ fn read_held<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<u64, 
     Ok(held)
 }
 
-/// Writes `record` over the stored one (`was_held`: whether a stored record is held for
-/// another peer; `None`: no record under the key), keeping the counts, and refusing a
-/// record for another peer that would take the store past `max` such records.
+/// What the accounting of records held for other peers needs.
+#[derive(Clone, Copy)]
+struct Limits {
+    local: PeerId,
+    local_key: Key,
+    max_records: usize,
+    max_held_bytes: usize,
+}
+
+/// The entry of `key` in the table of held records by distance: the distance from this
+/// node, inverted (so the farthest comes first in key order), then the key.
+fn held_entry(limits: &Limits, key: &RecordKey) -> Vec<u8> {
+    let distance = limits.local_key.distance(&key.key()).to_bytes();
+    let mut entry = Vec::with_capacity(32 + key.as_bytes().len());
+    entry.extend(distance.iter().map(|b| !b));
+    entry.extend_from_slice(key.as_bytes());
+    entry
+}
+
+/// The bytes held for other peers; summed once from the records when the counter was
+/// never written.
+fn read_held_bytes<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<u64, CoreError> {
+    if tx
+        .get(COUNTERS, HELD_BYTES)
+        .map_err(backend_error)?
+        .is_some()
+    {
+        return read_counter(tx, HELD_BYTES);
+    }
+    let mut bytes = 0u64;
+    tx.scan(RECORDS, FULL_RANGE, &mut |k, v| {
+        if let Ok(r) = decode_record(k, v)
+            && is_held(&r, local)
+        {
+            bytes += held_size(&r) as u64;
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .map_err(backend_error)?;
+    Ok(bytes)
+}
+
+/// Counts `record` in, or out of (`sign` false), the held accounting, if it is held.
+fn account<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    limits: &Limits,
+    record: &Record,
+    add: bool,
+) -> Result<(), CoreError> {
+    if !is_held(record, limits.local) {
+        return Ok(());
+    }
+    let (count, bytes) = (
+        read_held(tx, limits.local)?,
+        read_held_bytes(tx, limits.local)?,
+    );
+    let size = held_size(record) as u64;
+    let entry = held_entry(limits, &record.key);
+    if add {
+        write_counter(tx, HELD_COUNT, count + 1)?;
+        write_counter(tx, HELD_BYTES, bytes + size)?;
+        tx.put(HELD, &entry, &[]).map_err(backend_error)
+    } else {
+        write_counter(tx, HELD_COUNT, count.saturating_sub(1))?;
+        write_counter(tx, HELD_BYTES, bytes.saturating_sub(size))?;
+        tx.delete(HELD, &entry).map_err(backend_error).map(drop)
+    }
+}
+
+/// Makes room for `record`, a new record held for another peer: evicts held records
+/// farther from this node than it, farthest first, until it fits, or refuses it.
+fn make_room<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    limits: &Limits,
+    record: &Record,
+) -> Result<(), CoreError> {
+    let distance = limits.local_key.distance(&record.key.key());
+    let size = held_size(record) as u64;
+    loop {
+        let over_count = too_many(limits.max_records, read_held(tx, limits.local)?);
+        let over_bytes =
+            read_held_bytes(tx, limits.local)?.saturating_add(size) > limits.max_held_bytes as u64;
+        if !over_count && !over_bytes {
+            return Ok(());
+        }
+        let mut farthest = None;
+        tx.scan(HELD, FULL_RANGE, &mut |k, _| {
+            farthest = Some(k.to_vec());
+            Ok(ControlFlow::Break(()))
+        })
+        .map_err(backend_error)?;
+        let victim = farthest
+            .and_then(|entry| RecordKey::new(&entry[32.min(entry.len())..]).ok())
+            .filter(|key| limits.local_key.distance(&key.key()) > distance);
+        let Some(victim) = victim else {
+            return Err(if over_count {
+                CoreError::MaxRecords {
+                    max: limits.max_records,
+                }
+            } else {
+                CoreError::MaxHeldBytes {
+                    max: limits.max_held_bytes,
+                }
+            });
+        };
+        match tx.take(RECORDS, victim.as_bytes()).map_err(backend_error)? {
+            Some(bytes) => {
+                let evicted = decode_record(victim.as_bytes(), &bytes)?;
+                account(tx, limits, &evicted, false)?;
+                let count = read_counter(tx, RECORD_COUNT)?;
+                write_counter(tx, RECORD_COUNT, count.saturating_sub(1))?;
+            }
+            // An index entry without its record: drop the entry.
+            None => {
+                tx.delete(HELD, &held_entry(limits, &victim))
+                    .map_err(backend_error)?;
+            }
+        }
+    }
+}
+
+/// Writes `record` over `old` (the stored record under its key, if any), keeping the counts
+/// and the held index; a new record for another peer first makes room ([`make_room`]).
 fn write_record<T: WriteTransaction + ?Sized>(
     tx: &mut T,
     record: &Record,
-    was_held: Option<bool>,
-    local: PeerId,
-    max: usize,
+    old: Option<&Record>,
+    limits: &Limits,
 ) -> Result<(), CoreError> {
     let bytes = encode_record(record)?;
-    let held = is_held(record, local);
-    if held != (was_held == Some(true)) {
-        let count = read_held(tx, local)?;
-        if held && too_many(max, count) {
-            return Err(CoreError::MaxRecords { max });
+    let was_held = old.is_some_and(|o| is_held(o, limits.local));
+    if is_held(record, limits.local) && !was_held {
+        make_room(tx, limits, record)?;
+    }
+    match old {
+        Some(old) => account(tx, limits, old, false)?,
+        None => {
+            let count = read_counter(tx, RECORD_COUNT)?;
+            write_counter(tx, RECORD_COUNT, count + 1)?;
         }
-        let count = if held {
-            count + 1
-        } else {
-            count.saturating_sub(1)
-        };
-        write_counter(tx, HELD_COUNT, count)?;
     }
-    if was_held.is_none() {
-        let count = read_counter(tx, RECORD_COUNT)?;
-        write_counter(tx, RECORD_COUNT, count + 1)?;
-    }
+    account(tx, limits, record, true)?;
     tx.put(RECORDS, record.key.as_bytes(), &bytes)
         .map_err(backend_error)
 }
 
-/// Removes the counts of a removed record.
+/// Takes the removed `record` out of the counts and the held index.
 fn count_removed<T: WriteTransaction + ?Sized>(
     tx: &mut T,
-    records: u64,
-    held: u64,
-    local: PeerId,
+    limits: &Limits,
+    record: &Record,
 ) -> Result<(), CoreError> {
-    if records > 0 {
-        let count = read_counter(tx, RECORD_COUNT)?;
-        write_counter(tx, RECORD_COUNT, count.saturating_sub(records))?;
-    }
-    if held > 0 {
-        let count = read_held(tx, local)?;
-        write_counter(tx, HELD_COUNT, count.saturating_sub(held))?;
-    }
-    Ok(())
+    let count = read_counter(tx, RECORD_COUNT)?;
+    write_counter(tx, RECORD_COUNT, count.saturating_sub(1))?;
+    account(tx, limits, record, false)
 }
 
 fn too_many(max: usize, count: u64) -> bool {
@@ -655,19 +794,16 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 max: self.config.max_value_bytes,
             });
         }
-        let (max, local) = (self.config.max_records, self.local);
+        let limits = self.limits();
         self.write(|tx| {
-            let was_held = match tx
+            let old = match tx
                 .get(RECORDS, record.key.as_bytes())
                 .map_err(backend_error)?
             {
-                Some(bytes) => Some(is_held(
-                    &decode_record(record.key.as_bytes(), &bytes)?,
-                    local,
-                )),
+                Some(bytes) => Some(decode_record(record.key.as_bytes(), &bytes)?),
                 None => None,
             };
-            write_record(tx, &record, was_held, local, max)
+            write_record(tx, &record, old.as_ref(), &limits)
         })
     }
 
@@ -678,7 +814,7 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 max: self.config.max_value_bytes,
             });
         }
-        let (max, local) = (self.config.max_records, self.local);
+        let limits = self.limits();
         // Read, decide and write in one transaction: the compare-and-put is atomic even
         // with other writers on the database.
         self.write(|tx| {
@@ -687,10 +823,9 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
                 Some(bytes) => Some(decode_record(key.as_bytes(), &bytes)?),
                 None => None,
             };
-            let was_held = existing.as_ref().map(|r| is_held(r, local));
             let (write, outcome) = decide_put(existing.as_ref(), record);
             if let Some(write) = write {
-                write_record(tx, &write, was_held, local, max)?;
+                write_record(tx, &write, existing.as_ref(), &limits)?;
                 if let (Some(mirror), PutOutcome::Stored) = (&self.mirror, &outcome) {
                     mirror(tx, &write)?;
                 }
@@ -746,13 +881,14 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {
-        let local = self.local;
+        let limits = self.limits();
         self.write(|tx| {
             if let Some(bytes) = tx.take(RECORDS, key.as_bytes()).map_err(backend_error)? {
-                // A damaged record counted as held: it was no record of this node's.
-                let held =
-                    decode_record(key.as_bytes(), &bytes).map_or(true, |r| is_held(&r, local));
-                count_removed(tx, 1, u64::from(held), local)?;
+                // A damaged record is taken for a held one of no bytes (it was no record
+                // of this node's).
+                let removed = decode_record(key.as_bytes(), &bytes)
+                    .unwrap_or_else(|_| Record::new(key.clone(), Vec::new()));
+                count_removed(tx, &limits, &removed)?;
             }
             Ok(())
         })
@@ -879,22 +1015,19 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
     }
 
     fn remove_expired(&mut self, now: Instant) -> Result<usize, CoreError> {
+        let limits = self.limits();
         let local = self.local;
         self.write(|tx| {
             let mut removed = 0usize;
-            let mut records_removed = 0u64;
-            let mut held_removed = 0u64;
             for (k, v) in entries(tx, RECORDS, FULL_RANGE)? {
                 if let Ok(r) = decode_record(&k, &v)
                     && r.is_expired(now)
                 {
                     tx.delete(RECORDS, &k).map_err(backend_error)?;
-                    records_removed += 1;
-                    held_removed += u64::from(is_held(&r, local));
+                    count_removed(tx, &limits, &r)?;
+                    removed += 1;
                 }
             }
-            count_removed(tx, records_removed, held_removed, local)?;
-            removed += records_removed as usize;
             let mut local_removed = 0u64;
             for (k, v) in entries(tx, PROVIDERS, FULL_RANGE)? {
                 if let Ok(p) = decode_provider(&k, &v)

@@ -53,7 +53,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use libp2p::metrics::{Metrics as Libp2pMetrics, Recorder};
-use netabase_core::{MessageKind, QueryError, Rejection, RequestFailure};
+use netabase_core::{MessageKind, QueryError, Rejection, RequestFailure, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -375,6 +375,10 @@ pub(crate) fn rejection_label(rejection: &Rejection) -> &'static str {
         Rejection::ClientMode => "client_mode",
         Rejection::RecordTooLarge { .. } => "record_too_large",
         Rejection::ForeignProvider => "foreign_provider",
+        Rejection::Store(StoreError::MaxRecords { .. }) => "store_full_records",
+        Rejection::Store(StoreError::MaxHeldBytes { .. }) => "store_full_bytes",
+        Rejection::Store(StoreError::ValueTooLarge { .. }) => "value_too_large",
+        Rejection::Store(StoreError::Rejected(_)) => "invalid_record",
         Rejection::Store(_) => "store",
         Rejection::Envelope(_) => "bad_envelope",
         Rejection::ClockAhead(_) => "clock_ahead",

@@ -258,12 +258,22 @@ fn nobody_else_can_name_this_node_as_publisher() {
 
 #[test]
 fn peers_cannot_fill_the_store_against_the_nodes_own_writes() {
-    let Setup { mut node, b, .. } = setup_with(MemoryStoreConfig {
+    let Setup {
+        mut node, me, b, ..
+    } = setup_with(MemoryStoreConfig {
         max_records: 2,
         ..MemoryStoreConfig::default()
     });
-    for i in 0..3u8 {
-        let key = RecordKey::new(&[b'k', i]).unwrap();
+    // The two keys nearest this node, then the farthest: the store is full of nearer
+    // keys when the farthest comes.
+    let local = netabase_core::Key::from_peer(&me.peer_id());
+    let mut keys: Vec<RecordKey> = (0..10u8)
+        .map(|i| RecordKey::new(&[b'k', i]).unwrap())
+        .collect();
+    keys.sort_by_key(|k| local.distance(&k.key()));
+    let order = [keys[0].clone(), keys[1].clone(), keys[9].clone()];
+    for (i, key) in order.into_iter().enumerate() {
+        let i = i as u8;
         let record = Request::PutValue {
             record: Box::new(WireRecord {
                 key,

@@ -32,6 +32,7 @@ fn limits() -> RecordStoreConfig {
         max_value_bytes: 8,
         max_providers_per_key: 2,
         max_provided_keys: 2,
+        max_held_bytes: 20,
     }
 }
 
@@ -174,6 +175,11 @@ proptest! {
                     reference.held_count() as u64,
                     "{}", context
                 );
+                prop_assert_eq!(
+                    store.held_bytes().unwrap(),
+                    reference.held_bytes() as u64,
+                    "{}", context
+                );
             }
         }
     }
@@ -212,9 +218,17 @@ fn records_and_providers_survive_a_restart_and_limits_hold() {
         assert_eq!(store.get(&key(1)).unwrap(), Some(record), "{kind:?}");
         assert_eq!(store.providers(&key(2)).unwrap(), vec![provider.clone()]);
         assert_eq!(store.provided().unwrap().len(), 2);
-        // The limits count what was stored before the restart.
+        // The limits count what was stored before the restart: a key farther from this
+        // node than the three held is refused (a nearer one would evict the farthest).
+        let me = netabase_store::core::Key::from_peer(&local());
+        let distance = |k: &RecordKey| me.distance(&k.key());
+        let held_farthest = [key(1), key(3), key(4)].iter().map(distance).max().unwrap();
+        let farther = (6..64)
+            .map(key)
+            .find(|k| distance(k) > held_farthest)
+            .unwrap();
         assert_eq!(
-            store.put(Record::new(key(6), vec![])),
+            store.put(Record::new(farther, vec![])),
             Err(CoreError::MaxRecords { max: 3 }),
             "{kind:?}"
         );
