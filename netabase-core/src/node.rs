@@ -600,6 +600,9 @@ struct LatePut {
     outstanding: usize,
 }
 
+/// Most background jobs one input starts.
+const JOB_STARTS_PER_INPUT: usize = 64;
+
 /// Records a store walk reads at a time.
 const WALK_BATCH: usize = 64;
 
@@ -706,6 +709,10 @@ pub struct Node<S> {
     /// were still out: a late answer may carry a newer version, which supersedes the put.
     /// Kept until the last of those requests completes.
     late_puts: BTreeMap<QueryId, LatePut>,
+    /// Set while [`Node::start_jobs`] runs (it is not entered again from inside).
+    starting_jobs: bool,
+    /// When queued jobs go on, after an input started its share of them.
+    resume_jobs: Option<Instant>,
     /// Keys of the queued publication jobs (each key is queued once).
     queued_keys: BTreeSet<RecordKey>,
     replication_walk: Option<Walk>,
@@ -762,6 +769,8 @@ impl<S: RecordStore> Node<S> {
             jobs: VecDeque::new(),
             queued_keys: BTreeSet::new(),
             late_puts: BTreeMap::new(),
+            starting_jobs: false,
+            resume_jobs: None,
             replication_walk: None,
             publication_walk: None,
             job_queries: 0,
@@ -933,6 +942,7 @@ impl<S: RecordStore> Node<S> {
         consider(self.next_reprovide);
         consider(self.next_bootstrap);
         consider(self.next_outbox);
+        consider(self.resume_jobs);
         next
     }
 
@@ -1158,10 +1168,34 @@ impl<S: RecordStore> Node<S> {
     }
 
     fn start_jobs(&mut self, now: Instant) {
+        // A job's query can finish while it starts (nobody to ask), and a finished query
+        // starts the next jobs: the outer call's loop does that, so that the stack does not
+        // grow with the queue.
+        if self.starting_jobs {
+            return;
+        }
+        self.starting_jobs = true;
+        self.run_jobs(now);
+        self.starting_jobs = false;
+    }
+
+    fn run_jobs(&mut self, now: Instant) {
         self.feed_jobs(now);
+        self.resume_jobs = None;
+        let mut budget = JOB_STARTS_PER_INPUT;
         while self.job_queries < self.config.max_job_queries
             && self.queries.len() < self.config.max_queries
         {
+            if budget == 0 {
+                // Jobs that finish as they start (nobody to ask) would otherwise run the
+                // whole queue in one input: the rest waits for the next timeout, at once.
+                let walking = self.replication_walk.is_some() || self.publication_walk.is_some();
+                if !self.jobs.is_empty() || walking {
+                    self.resume_jobs = Some(now);
+                }
+                break;
+            }
+            budget -= 1;
             let Some(job) = self.jobs.pop_front() else {
                 break;
             };
@@ -1180,6 +1214,9 @@ impl<S: RecordStore> Node<S> {
                     let kind = QueryKind::AddProvider { key: key.clone() };
                     self.start_query(now, key, kind, true);
                 }
+            }
+            if self.jobs.is_empty() {
+                self.feed_jobs(now);
             }
         }
     }

@@ -628,3 +628,42 @@ fn replication_walks_the_store_in_bounded_batches_and_reaches_every_record() {
     assert_eq!(node.background_lag(at), None);
     assert_eq!(node.stats().walks_overrun, 0);
 }
+
+#[test]
+fn a_node_without_peers_republishes_a_large_store_in_bounded_steps() {
+    let config = Config {
+        bootstrap_interval: None,
+        outbox_interval: None,
+        replication_interval: None,
+        ..Config::default()
+    };
+    let me = Keypair::from_seed(100);
+    let local = me.peer_id();
+    let mut store = MemoryStore::new(local);
+    for i in 0..5_000u32 {
+        let record = Record {
+            publisher: Some(local),
+            expires: Some(T0 + std::time::Duration::from_secs(48 * 3600)),
+            ..Record::new(RecordKey::new(&i.to_be_bytes()).unwrap(), vec![1])
+        };
+        store.put(record).unwrap();
+    }
+    let mut node = Node::with_identity(config.clone(), me, store, 1, T0);
+    let at = T0 + config.publication_interval.unwrap();
+    let mut inputs = 0;
+    while node.poll_timeout().is_some_and(|t| t <= at) {
+        node.handle_timeout(at);
+        drain(&mut node);
+        node.check_invariants().unwrap();
+        inputs += 1;
+        assert!(inputs < 10_000, "no progress");
+    }
+    // Each input started a bounded share of the jobs, and together they reached every
+    // record: each has the fresh expiry of its republication.
+    assert!(inputs >= 5_000 / 64, "{inputs} inputs");
+    let fresh = at + config.record_ttl.unwrap();
+    let records = node.store().records().unwrap();
+    assert_eq!(records.len(), 5_000);
+    assert!(records.iter().all(|r| r.expires == Some(fresh)));
+    assert_eq!(node.background_lag(at), None);
+}
