@@ -13,7 +13,8 @@
 //! the large node's records, `OWN_BENCH_OPS` (2000) the operations per round and kind,
 //! `OWN_BENCH_ROUNDS` (5) the rounds, `OWN_BENCH_CONCURRENCY` (16) the operations in flight.
 
-#![allow(missing_docs)]
+// A benchmark binary: its report goes to standard output.
+#![allow(missing_docs, clippy::print_stdout)]
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
