@@ -33,6 +33,7 @@
 
 pub mod checkers;
 pub mod cli;
+pub mod disk;
 pub mod history;
 mod queue;
 pub mod report;

@@ -59,7 +59,10 @@ pub struct Report {
     pub get_providers: OpCounts,
     /// Closest-peer lookups.
     pub lookups: OpCounts,
-    /// Fraction of gets, issued after their put completed, that found the value.
+    /// Removals.
+    pub removes: OpCounts,
+    /// Fraction of gets, issued after a put of their key was acknowledged, that found that
+    /// value or a newer one.
     pub get_after_put_success: f64,
     /// Median lookup rounds (lookups and gets).
     pub lookup_hops_p50: u32,
@@ -118,6 +121,7 @@ impl Report {
             ("provide", &self.provides),
             ("get_providers", &self.get_providers),
             ("lookup", &self.lookups),
+            ("remove", &self.removes),
         ] {
             if c.issued > 0 {
                 let _ = writeln!(
