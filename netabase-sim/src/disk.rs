@@ -24,6 +24,8 @@ enum DiskOp {
     RemoveProvider(RecordKey, PeerId),
     Expire(Instant),
     Ceiling(u64),
+    OutboxAdd(RecordKey),
+    OutboxRemove(RecordKey),
 }
 
 /// Deliberate store bugs (see [`crate::scenario::FaultSpec`]).
@@ -87,6 +89,8 @@ impl SimStore {
                 DiskOp::RemoveProvider(k, p) => durable.remove_provider(&k, &p),
                 DiskOp::Expire(now) => durable.remove_expired(now).map(|_| ()),
                 DiskOp::Ceiling(c) => durable.set_clock_ceiling(c),
+                DiskOp::OutboxAdd(k) => durable.outbox_add(&k),
+                DiskOp::OutboxRemove(k) => durable.outbox_remove(&k),
             };
         }
     }
@@ -162,6 +166,30 @@ impl RecordStore for SimStore {
 
     fn records(&self) -> Result<Vec<Record>, StoreError> {
         self.live.records()
+    }
+
+    fn records_after(
+        &self,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.live.records_after(after, limit)
+    }
+
+    fn outbox_add(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.live.outbox_add(key)?;
+        self.log(DiskOp::OutboxAdd(key.clone()));
+        Ok(())
+    }
+
+    fn outbox_remove(&mut self, key: &RecordKey) -> Result<(), StoreError> {
+        self.live.outbox_remove(key)?;
+        self.log(DiskOp::OutboxRemove(key.clone()));
+        Ok(())
+    }
+
+    fn outbox(&self, limit: usize) -> Result<Vec<RecordKey>, StoreError> {
+        self.live.outbox(limit)
     }
 
     fn add_provider(&mut self, record: ProviderRecord) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
 //! No node's memory grows past its bounds: routing table, pending queries and requests,
-//! lookup candidates, stored records, open connections, queued background jobs.
+//! lookup candidates, stored records, open connections (queued background jobs are
+//! [`super::job_queues`]'s).
 
 use super::{Checker, violation};
 use crate::report::Violation;
@@ -56,15 +57,6 @@ impl Checker for BoundedMemory {
                     self,
                     world,
                     format!("node {i} holds {} records for others", store.held_count()),
-                ));
-            }
-            if node.queued_job_count()
-                > store.config().max_records + store.config().max_provided_keys
-            {
-                out.push(violation(
-                    self,
-                    world,
-                    format!("node {i} queued {} jobs", node.queued_job_count()),
                 ));
             }
         }

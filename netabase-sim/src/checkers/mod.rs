@@ -13,6 +13,7 @@ mod bounded_memory;
 mod convergence;
 mod durable_acks;
 mod get_after_put;
+mod job_queues;
 mod liveness;
 mod lookup_results;
 mod monotonic_reads;
@@ -113,5 +114,6 @@ pub fn all(scenario: &Scenario) -> Vec<Box<dyn Checker>> {
         Box::new(convergence::Convergence::new(scenario)),
         Box::new(durable_acks::DurableAcks::default()),
         Box::new(own_versions::OwnVersions::default()),
+        Box::new(job_queues::JobQueues::default()),
     ]
 }
