@@ -392,6 +392,11 @@ pub struct FaultSpec {
     /// - `"tombstone-horizon-ignored"`: tombstones are kept only a second after their
     ///   timestamp, however long `core.tombstone_horizon_s` says.
     pub inject: Option<String>,
+    /// How many nodes (the last ones) are forgers: every record of another origin they
+    /// serve or forward (GET_VALUE answers, replicated, cached and repaired copies) goes
+    /// out with a later timestamp and another payload under the original signature, which
+    /// no longer verifies. Honest nodes must refuse every such copy.
+    pub forgers: usize,
 }
 
 impl FaultSpec {
@@ -504,6 +509,9 @@ impl Scenario {
         }
         if !w.versioned && w.remove > 0.0 {
             return bad("workload.remove needs versioned records");
+        }
+        if self.faults.forgers >= self.nodes.saturating_sub(self.join.bootstrap_nodes) {
+            return bad("faults.forgers must leave the bootstrap nodes and one more honest");
         }
         if w.put_quorum == 0 || w.get_quorum == 0 {
             return bad("workload quorums must be at least 1");

@@ -493,6 +493,8 @@ struct Net {
     sync_latency_ms: Option<(f64, f64)>,
     /// Deliberate bug: outputs do not wait for the sync.
     acks_before_sync: bool,
+    /// Nodes from this index on are forgers.
+    first_forger: usize,
 }
 
 impl Net {
@@ -1365,7 +1367,25 @@ impl Cx<'_> {
     }
 
     /// Carries out one output of node `i`.
-    fn carry_out(&mut self, i: usize, out: Output) {
+    fn carry_out(&mut self, i: usize, mut out: Output) {
+        if i >= self.net.first_forger {
+            let own = self.net.peers[i];
+            match &mut out {
+                Output::SendRequest {
+                    request: Request::PutValue { record },
+                    ..
+                } => forge(&mut record.value, own),
+                Output::SendResponse {
+                    response:
+                        Response::GetValue {
+                            record: Some(record),
+                            ..
+                        },
+                    ..
+                } => forge(&mut record.value, own),
+                _ => {}
+            }
+        }
         match out {
             Output::SendRequest {
                 id,
@@ -1426,16 +1446,15 @@ impl Cx<'_> {
                 }
             }
             Output::RejectInbound { id, .. } => {
+                // A client does not speak the protocol at all; a server that refuses one
+                // request (a forged record, a version too far ahead) closes its stream.
+                let failure = if self.net.servers {
+                    RequestFailure::Io
+                } else {
+                    RequestFailure::UnsupportedProtocol
+                };
                 if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
-                    self.transmit(
-                        i as u32,
-                        j,
-                        Some(inc),
-                        Msg::Failed {
-                            id: rid,
-                            failure: RequestFailure::UnsupportedProtocol,
-                        },
-                    );
+                    self.transmit(i as u32, j, Some(inc), Msg::Failed { id: rid, failure });
                 }
             }
             Output::Event(Event::QueryFinished { id, result, stats }) => {
@@ -1482,6 +1501,22 @@ impl Cx<'_> {
                 .push(global, order, Ev::Timer { node: i as u32 });
         }
     }
+}
+
+/// A forger's change to a signed record of another origin: a later timestamp and a
+/// flipped byte of the payload (or origin), under the original signature.
+fn forge(value: &mut [u8], own: PeerId) {
+    /// Offset of the timestamp in a format-2 envelope.
+    const TIMESTAMP: std::ops::Range<usize> = 11..19;
+    if version_of(value).is_none_or(|(v, _)| v.origin == own) || value.len() < 20 + 64 {
+        return;
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&value[TIMESTAMP]);
+    let ts = u64::from_be_bytes(ts).saturating_add(1_000);
+    value[TIMESTAMP].copy_from_slice(&ts.to_be_bytes());
+    let last = value.len() - 65;
+    value[last] ^= 0xFF;
 }
 
 /// The trace file's line for one event.
@@ -1693,6 +1728,7 @@ impl Simulation {
                 .as_ref()
                 .map(|d| (d.sync_latency_ms[0], d.sync_latency_ms[1])),
             acks_before_sync: faults.is("acks-before-sync"),
+            first_forger: n - scenario.faults.forgers,
         };
         // Every message between two nodes takes at least this long.
         let lookahead = ms(nw.latency_min_ms);
@@ -2248,8 +2284,10 @@ impl Simulation {
         }
     }
 
+    /// A random running node to issue an operation at (forgers issue none: they are the
+    /// adversary, not clients).
     fn pick_up_node(&mut self) -> Option<usize> {
-        let n = self.world.nodes.len();
+        let n = self.world.nodes.len() - self.world.scenario.faults.forgers;
         for _ in 0..16 {
             let i = (self.work_rng.next_u64() % n as u64) as usize;
             if self.world.nodes[i].is_up() {
@@ -2618,6 +2656,20 @@ impl Simulation {
             latency_ms_p50: percentile(&lat, 50.0),
             latency_ms_p99: percentile(&lat, 99.0),
             messages: self.team.shards.iter().map(|s| lock(s).messages).sum(),
+            forged_refused: self
+                .world
+                .nodes
+                .iter()
+                .filter_map(|n| n.node())
+                .map(|n| n.stats().forged_records)
+                .sum(),
+            clock_refused: self
+                .world
+                .nodes
+                .iter()
+                .filter_map(|n| n.node())
+                .map(|n| n.stats().clock_refused)
+                .sum(),
             trace_hash: format!("{:016x}", trace.digest()),
             violations: self.violations,
         }
