@@ -1,13 +1,13 @@
 //! The record of every client operation, and of every fault window, that checkers read.
 
-use netabase_core::Instant;
+use netabase_core::{Instant, Version};
 use serde::Serialize;
 
 /// What a client asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
-    /// Put a fresh key.
+    /// Put a value: a fresh key, or an overwrite of a key written before.
     Put,
     /// Get a key whose put completed.
     Get,
@@ -17,6 +17,8 @@ pub enum OpKind {
     GetProviders,
     /// Find the closest peers of a random key.
     Lookup,
+    /// Remove a key written before: put a tombstone.
+    Remove,
 }
 
 /// How an operation ended.
@@ -41,8 +43,17 @@ pub struct OpRecord {
     pub kind: OpKind,
     /// The record or provider key.
     pub key: Vec<u8>,
-    /// Put: the value written. Get: the value read (empty if none).
+    /// Put or remove: the record value written (a signed envelope). Get: the value read
+    /// (the winning copy; empty if none).
     pub value: Vec<u8>,
+    /// The version of `value`, if it is a signed envelope.
+    pub version: Option<Version>,
+    /// Whether `value` is a tombstone.
+    pub tombstone: bool,
+    /// Get: the version of the node's own copy of the key when the get started.
+    pub local_version: Option<Version>,
+    /// The incarnation of the node it ran on (bumped at every restart).
+    pub incarnation: u32,
     /// The op this one reads (a get's put, a provider lookup's announcement).
     pub reads: Option<usize>,
     /// When it was invoked (virtual time).
@@ -56,9 +67,15 @@ pub struct OpRecord {
 }
 
 impl OpRecord {
-    /// Whether it completed successfully.
+    /// Whether it completed successfully (for a put or removal: acknowledged, its quorum
+    /// met).
     pub fn ok(&self) -> bool {
         self.outcome == Outcome::Ok
+    }
+
+    /// Whether it writes a record (a put or a removal).
+    pub fn is_write(&self) -> bool {
+        matches!(self.kind, OpKind::Put | OpKind::Remove)
     }
 
     /// Completion latency, if completed.

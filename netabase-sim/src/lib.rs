@@ -7,10 +7,20 @@
 //! partitions, clogs, crashes, clock skew, the workload) derives from one seed, so a run is
 //! replayed exactly by its seed, and a trace hash proves it.
 //!
+//! Nodes sign versioned records with seeded Ed25519 identities; the workload puts,
+//! overwrites and removes (tombstones) shared keys from many writers. With a `[disk]`, each
+//! node's store makes writes durable only at a sync of seeded latency, and the node follows
+//! the group-commit output rule ([`netabase_core::Output::waits_for_sync`]); a crash loses
+//! what was not synced ([`disk`]). Wall clocks drift and step apart from the timers' clock.
+//!
 //! A run has a safety phase, in which the scenario's faults are active and checkers verify
-//! that nothing wrong happens (a get after a completed put finds the right value, lookups
-//! return real peers, memory stays bounded), and, when the scenario sets `faults_end_s`, a
-//! liveness phase in which every fault is healed and every operation must succeed.
+//! that nothing wrong happens (a get after a completed put finds that value or a newer one,
+//! every value read was written and reads never go back in version, nothing a node
+//! acknowledged is lost in a crash, no node's clock goes back, lookups return real peers,
+//! memory and job queues stay bounded), and, when the scenario sets `faults_end_s`, a
+//! liveness phase in which every fault is healed and every operation must succeed, no
+//! acknowledged write is lost, removals stay removed and the closest nodes of every key
+//! converge on one version.
 //!
 //! ```
 //! use netabase_sim::{Scenario, run};
@@ -33,6 +43,7 @@
 
 pub mod checkers;
 pub mod cli;
+pub mod disk;
 pub mod history;
 mod queue;
 pub mod report;

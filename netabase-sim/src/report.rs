@@ -59,7 +59,10 @@ pub struct Report {
     pub get_providers: OpCounts,
     /// Closest-peer lookups.
     pub lookups: OpCounts,
-    /// Fraction of gets, issued after their put completed, that found the value.
+    /// Removals.
+    pub removes: OpCounts,
+    /// Fraction of gets, issued after a put of their key was acknowledged, that found that
+    /// value or a newer one.
     pub get_after_put_success: f64,
     /// Median lookup rounds (lookups and gets).
     pub lookup_hops_p50: u32,
@@ -71,6 +74,10 @@ pub struct Report {
     pub latency_ms_p99: f64,
     /// Messages sent (requests and responses).
     pub messages: u64,
+    /// Records the running nodes refused at the end: forged or tampered signatures.
+    pub forged_refused: u64,
+    /// Records the running nodes refused at the end: versions too far ahead of their clocks.
+    pub clock_refused: u64,
     /// Hash of the whole event trace: equal seeds give equal hashes.
     pub trace_hash: String,
     /// Invariants that did not hold (empty when all held).
@@ -118,6 +125,7 @@ impl Report {
             ("provide", &self.provides),
             ("get_providers", &self.get_providers),
             ("lookup", &self.lookups),
+            ("remove", &self.removes),
         ] {
             if c.issued > 0 {
                 let _ = writeln!(
@@ -142,6 +150,13 @@ impl Report {
             "  latency p50 {:.1} ms p99 {:.1} ms",
             self.latency_ms_p50, self.latency_ms_p99
         );
+        if self.forged_refused + self.clock_refused > 0 {
+            let _ = writeln!(
+                s,
+                "  records refused: {} forged, {} too far ahead of the clock",
+                self.forged_refused, self.clock_refused
+            );
+        }
         let _ = writeln!(s, "  trace hash {}", self.trace_hash);
         if self.violations.is_empty() {
             let _ = writeln!(s, "  all invariants held");

@@ -42,9 +42,12 @@ pub struct Scenario {
     /// Crashes and restarts.
     #[serde(default)]
     pub churn: Option<ChurnSpec>,
-    /// Clock skew.
+    /// Clock skew, drift and steps.
     #[serde(default)]
     pub clock: ClockSpec,
+    /// The disk under every node's store: `None`, every write is durable at once.
+    #[serde(default)]
+    pub disk: Option<DiskSpec>,
     /// What the checkers demand.
     #[serde(default)]
     pub checks: CheckSpec,
@@ -132,8 +135,13 @@ pub struct WorkloadSpec {
     pub end_s: f64,
     /// Operations per second of virtual time.
     pub rate_per_s: f64,
-    /// Relative weight of puts (each to a fresh key).
+    /// Relative weight of puts (each to a fresh key, until `max_keys` keys exist; then
+    /// they overwrite).
     pub put: f64,
+    /// Relative weight of overwrites of keys that were written before.
+    pub overwrite: f64,
+    /// Relative weight of removals (tombstones) of keys that were written before.
+    pub remove: f64,
     /// Relative weight of gets (of keys whose put completed).
     pub get: f64,
     /// Relative weight of provider announcements (fresh keys).
@@ -144,6 +152,18 @@ pub struct WorkloadSpec {
     pub lookup: f64,
     /// Size of put values.
     pub value_bytes: usize,
+    /// Most distinct record keys (`None`: every put writes a fresh key). Fewer keys, more
+    /// writers per key.
+    pub max_keys: Option<usize>,
+    /// Peers that must confirm a put (or removal) for it to be acknowledged.
+    pub put_quorum: usize,
+    /// Copies a get collects before it answers with the newest.
+    pub get_quorum: usize,
+    /// Whether puts write versioned, signed records (envelopes sealed by the writer's
+    /// node, as typed models are written). `false`: plain values without a version, as a
+    /// stock libp2p peer writes them (no signatures to check: much cheaper to simulate);
+    /// removals need versions.
+    pub versioned: bool,
 }
 
 impl Default for WorkloadSpec {
@@ -158,6 +178,12 @@ impl Default for WorkloadSpec {
             get_providers: 0.5,
             lookup: 1.0,
             value_bytes: 64,
+            overwrite: 0.0,
+            remove: 0.0,
+            max_keys: None,
+            put_quorum: 1,
+            get_quorum: 1,
+            versioned: true,
         }
     }
 }
@@ -224,12 +250,47 @@ pub struct ChurnSpec {
     pub downtime_max_s: f64,
 }
 
-/// Clock skew.
+/// Clocks. Skew moves a node's whole clock (its timers and its wall clock); drift and
+/// steps move only its wall clock, which versions records, never its timers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClockSpec {
     /// Each node's clock is ahead of virtual time by a uniform amount in `[0, max]` ms.
     pub max_skew_ms: f64,
+    /// Each node's wall clock runs fast or slow by a uniform rate in `[-max, max]` parts
+    /// per million.
+    pub max_drift_ppm: f64,
+    /// Scheduled wall-clock steps.
+    pub steps: Vec<ClockStepSpec>,
+}
+
+/// At `at_s`, the wall clocks of `nodes` random nodes jump by `offset_ms` (negative:
+/// backwards), as an NTP correction or an operator would make them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockStepSpec {
+    /// When, in seconds of virtual time.
+    pub at_s: f64,
+    /// How far, in milliseconds.
+    pub offset_ms: f64,
+    /// How many nodes step (chosen at random).
+    #[serde(default = "one_usize")]
+    pub nodes: usize,
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+/// A disk under each node's store: a write is durable only after a sync, which takes a
+/// latency drawn from `sync_latency_ms`; a crash loses what is not synced. A node follows
+/// the group-commit output rule: its requests leave at once, its other outputs wait for
+/// the sync, and it handles no input while a sync runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// A sync takes a uniform time in `[min, max]` milliseconds.
+    pub sync_latency_ms: [f64; 2],
 }
 
 /// What the checkers demand.
@@ -246,6 +307,17 @@ pub struct CheckSpec {
     /// Fraction of lookups, issued while no fault is active and all nodes have joined,
     /// whose result is compared with a brute-force sort of all live nodes.
     pub exact_lookup_sample: f64,
+    /// How long an acknowledged write may take to reach every copy of its key (its
+    /// fan-out, then a replication round that updates stale and cached copies): the
+    /// acked-writes and no-resurrection checkers hold gets to the writes acknowledged this
+    /// long before they started.
+    pub settle_s: f64,
+    /// When every record key written so far is read once more, at a random node (after
+    /// the liveness grace, this shows that no acknowledged write was lost).
+    pub final_reads_s: Option<f64>,
+    /// When the closest live nodes of every key are compared, store by store: they must
+    /// hold the same version (`None`: not checked).
+    pub convergence_s: Option<f64>,
 }
 
 impl Default for CheckSpec {
@@ -255,6 +327,9 @@ impl Default for CheckSpec {
             liveness_grace_s: 30.0,
             memory_check_interval_s: 60.0,
             exact_lookup_sample: 0.0,
+            settle_s: 0.0,
+            final_reads_s: None,
+            convergence_s: None,
         }
     }
 }
@@ -275,14 +350,60 @@ pub struct CoreSpec {
     pub bootstrap_interval_s: Option<u64>,
     /// Replication interval, s (0 disables).
     pub replication_interval_s: Option<u64>,
+    /// Republication interval of a node's own records, s (0 disables).
+    pub publication_interval_s: Option<u64>,
+    /// Lifetime of published records, s (0: never expire).
+    pub record_ttl_s: Option<u64>,
+    /// How long a tombstone is kept after its own timestamp, s.
+    pub tombstone_horizon_s: Option<u64>,
+    /// Peers a successful get caches the record at.
+    pub cache_peers: Option<usize>,
+    /// How far ahead of a node's wall clock a received version is merged into its clock, ms.
+    pub hlc_max_offset_ms: Option<u64>,
+    /// How much further ahead it is still accepted, ms.
+    pub hlc_max_drift_ms: Option<u64>,
 }
+
+/// The deliberate bugs a scenario can switch on (`[faults] inject`).
+pub const INJECTABLE: [&str; 6] = [
+    "corrupt-every-third-value",
+    "store-ignores-versions",
+    "acks-before-sync",
+    "get-returns-oldest-copy",
+    "clock-ceiling-not-persisted",
+    "tombstone-horizon-ignored",
+];
 
 /// Deliberate bugs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultSpec {
-    /// `"corrupt-every-third-value"`: every node corrupts every third record it serves.
+    /// One of [`INJECTABLE`]:
+    /// - `"corrupt-every-third-value"`: every node corrupts every third record it serves
+    ///   (the core's `fault-injection` feature);
+    /// - `"store-ignores-versions"`: every store's compare-and-put takes the incoming copy,
+    ///   older or not;
+    /// - `"acks-before-sync"`: nodes carry out every output at once instead of waiting for
+    ///   the sync of the writes it reports, so a crash can lose what was acknowledged;
+    /// - `"get-returns-oldest-copy"`: the client takes the last copy of a get's answer (the
+    ///   oldest) instead of the first;
+    /// - `"clock-ceiling-not-persisted"`: stores drop the clock ceiling, so a restarted
+    ///   node's clock starts from its wall clock;
+    /// - `"tombstone-horizon-ignored"`: tombstones are kept only a second after their
+    ///   timestamp, however long `core.tombstone_horizon_s` says.
     pub inject: Option<String>,
+    /// How many nodes (the last ones) are forgers: every record of another origin they
+    /// serve or forward (GET_VALUE answers, replicated, cached and repaired copies) goes
+    /// out with a later timestamp and another payload under the original signature, which
+    /// no longer verifies. Honest nodes must refuse every such copy.
+    pub forgers: usize,
+}
+
+impl FaultSpec {
+    /// Whether `name` is switched on.
+    pub fn is(&self, name: &str) -> bool {
+        self.inject.as_deref() == Some(name)
+    }
 }
 
 /// Why a scenario could not be loaded.
@@ -380,9 +501,31 @@ impl Scenario {
             return bad("churn needs end >= start and max downtime >= min");
         }
         if let Some(f) = &self.faults.inject
-            && f != "corrupt-every-third-value"
+            && !INJECTABLE.contains(&f.as_str())
         {
-            return bad("faults.inject knows only \"corrupt-every-third-value\"");
+            return Err(ScenarioError::Invalid(format!(
+                "faults.inject must be one of {INJECTABLE:?}"
+            )));
+        }
+        if !w.versioned && w.remove > 0.0 {
+            return bad("workload.remove needs versioned records");
+        }
+        if self.faults.forgers >= self.nodes.saturating_sub(self.join.bootstrap_nodes) {
+            return bad("faults.forgers must leave the bootstrap nodes and one more honest");
+        }
+        if w.put_quorum == 0 || w.get_quorum == 0 {
+            return bad("workload quorums must be at least 1");
+        }
+        if [w.overwrite, w.remove].iter().any(|x| *x < 0.0) {
+            return bad("workload weights must be non-negative");
+        }
+        if let Some(d) = &self.disk
+            && (d.sync_latency_ms[0] < 0.0 || d.sync_latency_ms[1] < d.sync_latency_ms[0])
+        {
+            return bad("disk.sync_latency_ms must be [min, max] with 0 <= min <= max");
+        }
+        if self.clock.max_drift_ppm < 0.0 || self.clock.max_drift_ppm >= 1e6 {
+            return bad("clock.max_drift_ppm must be in [0, 1e6)");
         }
         Ok(())
     }

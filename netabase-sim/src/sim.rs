@@ -21,10 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use std::collections::{BTreeMap, VecDeque};
+
+use netabase_core::model::Envelope;
 use netabase_core::{
-    Address, Config, Event, InboundId, InjectedFault, Instant, Key, MemoryStore, Mode, Node,
-    Output, PeerId, QueryId, QueryResult, Quorum, Record, RecordKey, Request, RequestFailure,
-    RequestId, Response,
+    Address, Config, Event, InboundId, InjectedFault, Instant, Key, Keypair, Mode, Node, Output,
+    PeerId, QueryId, QueryResult, Quorum, RecordKey, RecordStore, Request, RequestFailure,
+    RequestId, Response, Version,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -32,6 +35,7 @@ use rustc_hash::FxHashMap;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
 use crate::checkers::{self, Checker, Detail};
+use crate::disk::{SimStore, StoreBugs};
 use crate::history::{FaultLog, History, OpKind, OpRecord, Outcome, Scope};
 use crate::queue::EventQueue;
 use crate::report::{OpCounts, Report, Violation, percentile};
@@ -68,6 +72,25 @@ fn ms(m: f64) -> Duration {
     Duration::from_micros((m.max(0.0) * 1e3) as u64)
 }
 
+/// The wall clocks of the simulated nodes start here (microseconds since the Unix epoch,
+/// November 2023), far enough from zero that a clock may step back.
+const WALL_EPOCH_MICROS: i128 = 1_700_000_000_000_000;
+
+/// How a put or removal that a newer version superseded fails (the write lost, as last
+/// writer wins says it must).
+pub const SUPERSEDED: &str = "superseded by a newer version";
+
+/// The model id of the records the workload writes.
+const WORKLOAD_MODEL: u16 = 0;
+
+/// The schema version of the records the workload writes.
+const WORKLOAD_SCHEMA: u32 = 1;
+
+/// The version of a record value, if it is a signed envelope.
+pub fn version_of(value: &[u8]) -> Option<(Version, bool)> {
+    Envelope::version_of(value)
+}
+
 /// The simulated address of node `i`: its index.
 fn address_of(i: usize) -> Address {
     Address::from_bytes(&(i as u32).to_be_bytes()).expect("four bytes")
@@ -78,9 +101,28 @@ pub enum NodeState {
     /// Not started yet.
     NotJoined,
     /// Running.
-    Up(Box<Node<MemoryStore>>),
+    Up(Box<Node<SimStore>>),
     /// Crashed: only its durable store is left.
-    Down(MemoryStore),
+    Down(Box<SimStore>),
+}
+
+/// An input that reached a node while it was syncing its disk: handled, in arrival
+/// order, once the sync completes.
+enum Queued {
+    Msg { from: u32, msg: Msg },
+    Timer,
+    Op(Box<OpStart>),
+}
+
+/// A client operation running on a node.
+struct OpRun {
+    op: usize,
+    /// A get: the version of the node's own copy when it started.
+    local: Option<Version>,
+    /// A put or removal: the key and the version it wrote.
+    written: Option<(RecordKey, Version)>,
+    /// A put or removal a peer answered with a newer version of the record.
+    superseded: bool,
 }
 
 /// One simulated node.
@@ -93,6 +135,12 @@ pub struct SimNode {
     pub state: NodeState,
     /// How far its clock is ahead of virtual time.
     pub skew: Duration,
+    /// Its signing identity.
+    keypair: Keypair,
+    /// How fast its wall clock runs, in parts per million off virtual time.
+    drift_ppm: f64,
+    /// Steps of its wall clock: (when, by how many µs).
+    steps: Vec<(Instant, i64)>,
     /// Bumped at every restart: answers addressed to an earlier incarnation are dropped.
     pub incarnation: u32,
     timer_at: Option<Instant>,
@@ -104,18 +152,30 @@ pub struct SimNode {
     inbound: Vec<(u64, u32, u32, RequestId)>,
     next_inbound: u64,
     /// Client operations running on it, by query.
-    ops: FxHashMap<QueryId, usize>,
+    ops: FxHashMap<QueryId, OpRun>,
     /// Draws for the messages it sends: jitter, loss, duplication, reordering.
     rng: ChaCha8Rng,
     /// Events it has scheduled or processed: orders its events and stamps connection use.
     count: u64,
     /// Hash of its own event stream.
     trace: u64,
+    /// Draws for its disk's sync latencies.
+    disk_rng: ChaCha8Rng,
+    /// The sync in progress, if any (its number).
+    sync: Option<u64>,
+    sync_seq: u64,
+    /// Outputs waiting for the sync in progress.
+    held: Vec<Output>,
+    /// Inputs waiting for the sync in progress.
+    queued: VecDeque<Queued>,
+    /// With a disk model: for every key it acknowledged holding (a PUT_VALUE answer, a put
+    /// of its own that completed), the newest version and that copy's expiry.
+    acked: BTreeMap<RecordKey, (Version, Option<Instant>)>,
 }
 
 impl SimNode {
     /// The running node, if up.
-    pub fn node(&self) -> Option<&Node<MemoryStore>> {
+    pub fn node(&self) -> Option<&Node<SimStore>> {
         match &self.state {
             NodeState::Up(n) => Some(n),
             _ => None,
@@ -132,7 +192,32 @@ impl SimNode {
         self.conns.order.len()
     }
 
-    fn core_mut(&mut self) -> Option<&mut Node<MemoryStore>> {
+    /// The node's store: the running node's, or what a crashed node kept.
+    pub fn store(&self) -> Option<&SimStore> {
+        match &self.state {
+            NodeState::Up(n) => Some(n.store()),
+            NodeState::Down(s) => Some(&**s),
+            NodeState::NotJoined => None,
+        }
+    }
+
+    /// Its wall clock at virtual time `t`, in microseconds since the Unix epoch: virtual
+    /// time plus its skew, drift and the steps made so far.
+    pub fn wall_clock(&self, t: Instant) -> u64 {
+        let micros = t.as_micros();
+        let drift = (micros as f64 * self.drift_ppm / 1e6) as i128;
+        let steps: i128 = self
+            .steps
+            .iter()
+            .filter(|(at, _)| *at <= t)
+            .map(|(_, d)| i128::from(*d))
+            .sum();
+        let wall =
+            WALL_EPOCH_MICROS + i128::from(micros) + self.skew.as_micros() as i128 + drift + steps;
+        wall.clamp(0, i128::from(u64::MAX)) as u64
+    }
+
+    fn core_mut(&mut self) -> Option<&mut Node<SimStore>> {
         match &mut self.state {
             NodeState::Up(n) => Some(n),
             _ => None,
@@ -282,6 +367,9 @@ pub struct World {
     pub all_joined_at: Instant,
     /// When every fault healed (start of the liveness phase), if scheduled.
     pub heal_at: Option<Instant>,
+    /// Records a node acknowledged holding that its disk did not keep through a crash:
+    /// (node, when it crashed, what was lost).
+    pub lost_acks: Vec<(usize, Instant, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +410,11 @@ enum Ev {
     },
     /// A client operation starts on a node.
     Op(Box<OpStart>),
+    /// A node's disk finished sync number `seq`.
+    SyncDone {
+        node: u32,
+        seq: u64,
+    },
 }
 
 /// A client operation, chosen between epochs, that starts on its node during one.
@@ -331,7 +424,12 @@ struct OpStart {
     op: usize,
     kind: OpKind,
     key: RecordKey,
+    /// A put's payload.
     value: Vec<u8>,
+    /// Copies a put must store, or a get collect.
+    quorum: usize,
+    /// Whether a put seals a versioned record (otherwise it writes the plain payload).
+    versioned: bool,
 }
 
 /// An event that touches the whole network: processed between epochs, alone. (The
@@ -348,6 +446,10 @@ enum Global {
     Unclog(u32),
     HealAll,
     MemCheck,
+    /// Every key with an acknowledged write is read once more.
+    FinalReads,
+    /// The closest live nodes of every key are compared.
+    Converge,
 }
 
 struct ActivePartition {
@@ -387,6 +489,12 @@ struct Net {
     clogged: Vec<Option<usize>>,
     /// Whether shards write trace lines.
     tracing: bool,
+    /// A sync takes `[min, max]` ms; `None`: no disk model.
+    sync_latency_ms: Option<(f64, f64)>,
+    /// Deliberate bug: outputs do not wait for the sync.
+    acks_before_sync: bool,
+    /// Nodes from this index on are forgers.
+    first_forger: usize,
 }
 
 impl Net {
@@ -440,10 +548,13 @@ struct Mail {
 
 /// How a client operation ended on its node.
 enum Finished {
-    /// Its query finished, after this many rounds.
-    Query(QueryResult, u32),
+    /// Its query finished, after this many rounds; a get's local version at its start;
+    /// whether a put was superseded.
+    Query(QueryResult, u32, Option<Version>, bool),
     /// The node refused to start it.
     Refused(String),
+    /// A put or removal sealed this record value (the operation goes on).
+    Sealed(Vec<u8>),
 }
 
 /// A client operation ended on its node.
@@ -936,6 +1047,22 @@ impl Cx<'_> {
         self.notify(x as u32, y, Msg::Closed);
     }
 
+    /// Tells node `i` its wall clock before it handles an input; returns its `now`.
+    fn input_now(&mut self, i: usize) -> Instant {
+        let t = self.now;
+        let local = self.local_now(i);
+        let node = self.node(i);
+        let wall = node.wall_clock(t);
+        if let Some(core) = node.core_mut() {
+            core.set_wall_clock(local, wall);
+        }
+        local
+    }
+
+    fn syncing(&mut self, i: usize) -> bool {
+        self.node(i).sync.is_some()
+    }
+
     fn process(&mut self, at: Instant, ev: Ev) {
         match ev {
             Ev::Deliver {
@@ -965,63 +1092,11 @@ impl Cx<'_> {
                 if to_inc.is_some_and(|inc| inc != self.node(t).incarnation) {
                     return;
                 }
-                self.shard.events += 1;
-                let local = self.local_now(t);
-                let peer = self.net.peers[f];
-                match msg {
-                    Msg::Request {
-                        id,
-                        from_inc,
-                        request,
-                    } => {
-                        self.trace(t, 1, id.0);
-                        self.connected(t, f);
-                        let node = self.node(t);
-                        let inbound = node.next_inbound;
-                        node.next_inbound += 1;
-                        if request.expects_response() {
-                            node.inbound.push((inbound, from, from_inc, id));
-                        }
-                        if let Some(n) = node.core_mut() {
-                            n.handle_request(local, peer, InboundId(inbound), request);
-                        }
-                    }
-                    Msg::Response { id, response } => {
-                        self.trace(t, 2, id.0);
-                        // The requester's side of the connection: open since its request
-                        // got through.
-                        self.connected(t, f);
-                        if let Some(n) = self.node(t).core_mut() {
-                            n.handle_response(local, id, response);
-                        }
-                    }
-                    Msg::Sent { id } => {
-                        self.trace(t, 3, id.0);
-                        self.connected(t, f);
-                        if let Some(n) = self.node(t).core_mut() {
-                            n.handle_request_sent(local, id);
-                        }
-                    }
-                    Msg::Failed { id, failure } => {
-                        self.trace(t, 4, id.0);
-                        if failure == RequestFailure::UnsupportedProtocol {
-                            self.connected(t, f);
-                        }
-                        if let Some(n) = self.node(t).core_mut() {
-                            n.handle_request_failed(local, id, failure);
-                        }
-                    }
-                    Msg::Closed => {
-                        self.trace(t, 16, u64::from(from));
-                        let node = self.node(t);
-                        if node.conns.remove(from)
-                            && let Some(n) = node.core_mut()
-                        {
-                            n.handle_connection_closed(local, peer);
-                        }
-                    }
+                if self.syncing(t) {
+                    self.node(t).queued.push_back(Queued::Msg { from, msg });
+                    return;
                 }
-                self.drain(t);
+                self.handle_msg(t, from, msg);
             }
             Ev::Timer { node } => {
                 let i = node as usize;
@@ -1029,15 +1104,127 @@ impl Cx<'_> {
                     return;
                 }
                 self.node(i).timer_at = None;
-                self.shard.events += 1;
-                self.trace(i, 5, 0);
-                let local = self.local_now(i);
-                if let Some(n) = self.node(i).core_mut() {
-                    n.handle_timeout(local);
+                if self.syncing(i) {
+                    self.node(i).queued.push_back(Queued::Timer);
+                    return;
                 }
-                self.drain(i);
+                self.handle_timer(i);
             }
-            Ev::Op(start) => self.start_op(*start),
+            Ev::Op(start) => {
+                let i = start.node as usize;
+                if self.syncing(i) {
+                    self.node(i).queued.push_back(Queued::Op(start));
+                    return;
+                }
+                self.start_op(*start);
+            }
+            Ev::SyncDone { node, seq } => self.sync_done(node as usize, seq),
+        }
+    }
+
+    /// A message reaches node `t`, which is up and not syncing.
+    fn handle_msg(&mut self, t: usize, from: u32, msg: Msg) {
+        let f = from as usize;
+        self.shard.events += 1;
+        let local = self.input_now(t);
+        let peer = self.net.peers[f];
+        match msg {
+            Msg::Request {
+                id,
+                from_inc,
+                request,
+            } => {
+                self.trace(t, 1, id.0);
+                self.connected(t, f);
+                let node = self.node(t);
+                let inbound = node.next_inbound;
+                node.next_inbound += 1;
+                if request.expects_response() {
+                    node.inbound.push((inbound, from, from_inc, id));
+                }
+                if let Some(n) = node.core_mut() {
+                    n.handle_request(local, peer, InboundId(inbound), request);
+                }
+            }
+            Msg::Response { id, response } => {
+                self.trace(t, 2, id.0);
+                // The requester's side of the connection: open since its request
+                // got through.
+                self.connected(t, f);
+                if let Some(n) = self.node(t).core_mut() {
+                    n.handle_response(local, id, response);
+                }
+            }
+            Msg::Sent { id } => {
+                self.trace(t, 3, id.0);
+                self.connected(t, f);
+                if let Some(n) = self.node(t).core_mut() {
+                    n.handle_request_sent(local, id);
+                }
+            }
+            Msg::Failed { id, failure } => {
+                self.trace(t, 4, id.0);
+                if failure == RequestFailure::UnsupportedProtocol {
+                    self.connected(t, f);
+                }
+                if let Some(n) = self.node(t).core_mut() {
+                    n.handle_request_failed(local, id, failure);
+                }
+            }
+            Msg::Closed => {
+                self.trace(t, 16, u64::from(from));
+                let node = self.node(t);
+                if node.conns.remove(from)
+                    && let Some(n) = node.core_mut()
+                {
+                    n.handle_connection_closed(local, peer);
+                }
+            }
+        }
+        self.drain(t);
+    }
+
+    /// Node `i`'s timer fires (it is up and not syncing).
+    fn handle_timer(&mut self, i: usize) {
+        self.shard.events += 1;
+        self.trace(i, 5, 0);
+        let local = self.input_now(i);
+        if let Some(n) = self.node(i).core_mut() {
+            n.handle_timeout(local);
+        }
+        self.drain(i);
+    }
+
+    /// Node `i`'s disk finished sync `seq`: the writes are durable, the outputs that
+    /// waited for them are carried out, then the inputs that waited are handled in order
+    /// (until one of them starts another sync).
+    fn sync_done(&mut self, i: usize, seq: u64) {
+        if self.node(i).sync != Some(seq) {
+            return;
+        }
+        self.shard.events += 1;
+        self.trace(i, 17, seq);
+        let node = self.node(i);
+        node.sync = None;
+        if let NodeState::Up(core) = &mut node.state {
+            core.store_mut().sync();
+        }
+        let held = std::mem::take(&mut self.node(i).held);
+        for out in held {
+            self.carry_out(i, out);
+        }
+        while !self.syncing(i) {
+            let Some(q) = self.node(i).queued.pop_front() else {
+                break;
+            };
+            match q {
+                Queued::Msg { from, msg } => self.handle_msg(i, from, msg),
+                Queued::Timer => self.handle_timer(i),
+                Queued::Op(start) => self.start_op(*start),
+            }
+        }
+        if !self.syncing(i) {
+            self.rearm(i);
         }
     }
 
@@ -1046,27 +1233,78 @@ impl Cx<'_> {
         let i = start.node as usize;
         self.shard.events += 1;
         self.trace(i, 14, start.op as u64);
-        let local = self.local_now(i);
+        let local = self.input_now(i);
         let Some(node) = self.node(i).core_mut() else {
             return;
         };
         let key = start.key;
+        let mut run = OpRun {
+            op: start.op,
+            local: None,
+            written: None,
+            superseded: false,
+        };
+        let mut sealed = None;
+        let quorum = Quorum::N(start.quorum);
         let started = match start.kind {
-            OpKind::Put => node.put_record(local, Record::new(key, start.value), Quorum::One),
-            OpKind::Get => node.get_record(local, key, Quorum::One),
+            OpKind::Put if !start.versioned => {
+                sealed = Some(start.value.clone());
+                node.put_record(local, netabase_core::Record::new(key, start.value), quorum)
+            }
+            OpKind::Put | OpKind::Remove => {
+                let tombstone = start.kind == OpKind::Remove;
+                let payload = if tombstone { &[][..] } else { &start.value[..] };
+                match node.seal_record(
+                    local,
+                    key.clone(),
+                    WORKLOAD_MODEL,
+                    WORKLOAD_SCHEMA,
+                    tombstone,
+                    payload,
+                ) {
+                    Ok(record) => {
+                        run.written = version_of(&record.value).map(|(v, _)| (key.clone(), v));
+                        sealed = Some(record.value.clone());
+                        node.put_record(local, record, quorum)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            OpKind::Get => {
+                run.local = node
+                    .store()
+                    .get(&key)
+                    .ok()
+                    .flatten()
+                    .filter(|r| !r.is_expired(local))
+                    .and_then(|r| version_of(&r.value))
+                    .map(|(v, _)| v);
+                node.get_record(local, key, quorum)
+            }
             OpKind::Provide => node.start_providing(local, key),
             OpKind::GetProviders => node.get_providers(local, key),
             OpKind::Lookup => node.get_closest_peers(local, key),
         };
+        let at = self.now;
+        let node = self.node(i);
+        if let Some(value) = sealed {
+            let order = node.next_order(i);
+            self.shard.done.push(Done {
+                at,
+                order,
+                op: start.op,
+                how: Finished::Sealed(value),
+            });
+        }
         let node = self.node(i);
         match started {
             Ok(q) => {
-                node.ops.insert(q, start.op);
+                node.ops.insert(q, run);
             }
             Err(e) => {
                 let order = node.next_order(i);
                 self.shard.done.push(Done {
-                    at: self.now,
+                    at,
                     order,
                     op: start.op,
                     how: Finished::Refused(e.to_string()),
@@ -1076,93 +1314,175 @@ impl Cx<'_> {
         self.drain(i);
     }
 
-    /// Carries out everything node `i` wants done, then re-arms its timer.
+    /// Carries out everything node `i` wants done, then re-arms its timer. With a disk
+    /// model, writes the input made are synced first: requests leave at once, every other
+    /// output waits for the sync (the group-commit rule, [`Output::waits_for_sync`]).
     fn drain(&mut self, i: usize) {
+        let dirty = self.net.sync_latency_ms.is_some()
+            && self.node(i).node().is_some_and(|n| n.store().is_dirty());
+        let hold = dirty && !self.net.acks_before_sync;
         while let Some(out) = self.node(i).core_mut().and_then(|n| n.poll_output()) {
-            match out {
+            if hold && out.waits_for_sync() {
+                self.node(i).held.push(out);
+            } else {
+                self.carry_out(i, out);
+            }
+        }
+        if dirty {
+            let (lo, hi) = self.net.sync_latency_ms.unwrap_or((0.0, 0.0));
+            let node = self.node(i);
+            let latency = ms(lo + unit(&mut node.disk_rng) * (hi - lo));
+            node.sync_seq += 1;
+            let seq = node.sync_seq;
+            node.sync = Some(seq);
+            let order = node.next_order(i);
+            let at = self.now + latency;
+            self.shard.queue.push(
+                at,
+                order,
+                Ev::SyncDone {
+                    node: i as u32,
+                    seq,
+                },
+            );
+        }
+        self.rearm(i);
+    }
+
+    /// With a disk model, remembers that node `i` acknowledged holding `value` under
+    /// `key` (checked against what survives its next crash).
+    fn note_ack(&mut self, i: usize, key: &RecordKey, version: Version) {
+        if self.net.sync_latency_ms.is_none() {
+            return;
+        }
+        let node = self.node(i);
+        let expires = node
+            .node()
+            .and_then(|n| n.store().get(key).ok().flatten())
+            .and_then(|r| r.expires);
+        let e = node.acked.entry(key.clone()).or_insert((version, expires));
+        if version >= e.0 {
+            *e = (version, expires);
+        }
+    }
+
+    /// Carries out one output of node `i`.
+    fn carry_out(&mut self, i: usize, mut out: Output) {
+        if i >= self.net.first_forger {
+            let own = self.net.peers[i];
+            match &mut out {
                 Output::SendRequest {
-                    id,
-                    peer,
-                    addrs,
-                    request,
-                } => {
-                    let one_way = !request.expects_response();
-                    let from_inc = self.node(i).incarnation;
-                    match self.net.resolve(&peer, &addrs) {
-                        Some(j) if self.net.status[j].up => {
-                            let request = Msg::Request {
-                                id,
-                                from_inc,
-                                request,
-                            };
-                            // A partitioned peer is silent: the request times out.
-                            if !self.transmit(i as u32, j as u32, None, request) {
-                                continue;
-                            }
-                            if one_way {
-                                self.notify_self(i as u32, j as u32, Msg::Sent { id });
-                            }
+                    request: Request::PutValue { record },
+                    ..
+                } => forge(&mut record.value, own),
+                Output::SendResponse {
+                    response:
+                        Response::GetValue {
+                            record: Some(record),
+                            ..
+                        },
+                    ..
+                } => forge(&mut record.value, own),
+                _ => {}
+            }
+        }
+        match out {
+            Output::SendRequest {
+                id,
+                peer,
+                addrs,
+                request,
+            } => {
+                let one_way = !request.expects_response();
+                let from_inc = self.node(i).incarnation;
+                match self.net.resolve(&peer, &addrs) {
+                    Some(j) if self.net.status[j].up => {
+                        let request = Msg::Request {
+                            id,
+                            from_inc,
+                            request,
+                        };
+                        // A partitioned peer is silent: the request times out.
+                        if !self.transmit(i as u32, j as u32, None, request) {
+                            return;
                         }
-                        Some(j) => {
-                            // Down or not started: the dial is refused.
-                            self.shard.messages += 1;
-                            self.notify_self(
-                                i as u32,
-                                j as u32,
-                                Msg::Failed {
-                                    id,
-                                    failure: RequestFailure::Dial,
-                                },
-                            );
-                        }
-                        None => {
-                            self.shard.messages += 1;
-                            self.notify_self(
-                                i as u32,
-                                i as u32,
-                                Msg::Failed {
-                                    id,
-                                    failure: RequestFailure::Dial,
-                                },
-                            );
+                        if one_way {
+                            self.notify_self(i as u32, j as u32, Msg::Sent { id });
                         }
                     }
-                }
-                Output::SendResponse { id, response, .. } => {
-                    if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
-                        self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
-                    }
-                }
-                Output::RejectInbound { id, .. } => {
-                    if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
-                        self.transmit(
+                    Some(j) => {
+                        // Down or not started: the dial is refused.
+                        self.shard.messages += 1;
+                        self.notify_self(
                             i as u32,
-                            j,
-                            Some(inc),
+                            j as u32,
                             Msg::Failed {
-                                id: rid,
-                                failure: RequestFailure::UnsupportedProtocol,
+                                id,
+                                failure: RequestFailure::Dial,
+                            },
+                        );
+                    }
+                    None => {
+                        self.shard.messages += 1;
+                        self.notify_self(
+                            i as u32,
+                            i as u32,
+                            Msg::Failed {
+                                id,
+                                failure: RequestFailure::Dial,
                             },
                         );
                     }
                 }
-                Output::Event(Event::QueryFinished { id, result, stats }) => {
-                    let at = self.now;
-                    let node = self.node(i);
-                    if let Some(op) = node.ops.remove(&id) {
-                        let order = node.next_order(i);
-                        self.shard.done.push(Done {
-                            at,
-                            order,
-                            op,
-                            how: Finished::Query(result, stats.hops),
-                        });
-                    }
-                }
-                Output::Event(_) => {}
             }
+            Output::SendResponse { id, response, .. } => {
+                if let Response::PutValue { key, value } = &response
+                    && let Some((version, _)) = version_of(value)
+                {
+                    self.note_ack(i, key, version);
+                }
+                if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
+                    self.transmit(i as u32, j, Some(inc), Msg::Response { id: rid, response });
+                }
+            }
+            Output::RejectInbound { id, .. } => {
+                // A client does not speak the protocol at all; a server that refuses one
+                // request (a forged record, a version too far ahead) closes its stream.
+                let failure = if self.net.servers {
+                    RequestFailure::Io
+                } else {
+                    RequestFailure::UnsupportedProtocol
+                };
+                if let Some((j, inc, rid)) = self.node(i).take_inbound(id) {
+                    self.transmit(i as u32, j, Some(inc), Msg::Failed { id: rid, failure });
+                }
+            }
+            Output::Event(Event::QueryFinished { id, result, stats }) => {
+                let at = self.now;
+                let node = self.node(i);
+                if let Some(run) = node.ops.remove(&id) {
+                    if let (QueryResult::PutRecord(Ok(_)), Some((key, version))) =
+                        (&result, &run.written)
+                    {
+                        self.note_ack(i, key, *version);
+                    }
+                    let node = self.node(i);
+                    let order = node.next_order(i);
+                    self.shard.done.push(Done {
+                        at,
+                        order,
+                        op: run.op,
+                        how: Finished::Query(result, stats.hops, run.local, run.superseded),
+                    });
+                }
+            }
+            Output::Event(Event::RecordSuperseded { id: Some(id), .. }) => {
+                if let Some(run) = self.node(i).ops.get_mut(&id) {
+                    run.superseded = true;
+                }
+            }
+            Output::Event(_) => {}
         }
-        self.rearm(i);
     }
 
     fn rearm(&mut self, i: usize) {
@@ -1183,9 +1503,25 @@ impl Cx<'_> {
     }
 }
 
+/// A forger's change to a signed record of another origin: a later timestamp and a
+/// flipped byte of the payload (or origin), under the original signature.
+fn forge(value: &mut [u8], own: PeerId) {
+    /// Offset of the timestamp in a format-2 envelope.
+    const TIMESTAMP: std::ops::Range<usize> = 11..19;
+    if version_of(value).is_none_or(|(v, _)| v.origin == own) || value.len() < 20 + 64 {
+        return;
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&value[TIMESTAMP]);
+    let ts = u64::from_be_bytes(ts).saturating_add(1_000);
+    value[TIMESTAMP].copy_from_slice(&ts.to_be_bytes());
+    let last = value.len() - 65;
+    value[last] ^= 0xFF;
+}
+
 /// The trace file's line for one event.
 fn trace_line(at: Instant, code: u8, node: u32, extra: u64) -> String {
-    const KINDS: [&str; 17] = [
+    const KINDS: [&str; 19] = [
         "?",
         "request",
         "response",
@@ -1203,6 +1539,8 @@ fn trace_line(at: Instant, code: u8, node: u32, extra: u64) -> String {
         "op-start",
         "op-end",
         "closed",
+        "sync",
+        "final-reads",
     ];
     let kind = KINDS.get(usize::from(code)).copied().unwrap_or("?");
     format!("{:>14} {kind:<15} {node:>6} {extra}", at.as_micros())
@@ -1221,8 +1559,14 @@ pub struct Simulation {
     seq: u64,
     work_rng: ChaCha8Rng,
     crashed_fault: Vec<Option<usize>>,
-    completed_puts: Vec<usize>,
     completed_provides: Vec<usize>,
+    /// Record keys with an acknowledged write, in the order of their first one.
+    keys: Vec<Vec<u8>>,
+    /// The latest acknowledged write of each key (by completion).
+    latest_acked: FxHashMap<Vec<u8>, usize>,
+    /// Puts of fresh keys issued.
+    fresh_keys: usize,
+    bugs: StoreBugs,
     /// Hash of the events of the whole network (the nodes' own are in each node).
     trace: Xxh3,
     /// Trace bytes not yet hashed: the hash is fed in large chunks (a streaming hash of
@@ -1270,23 +1614,59 @@ impl Simulation {
         if let Some(t) = c.replication_interval_s {
             config.replication_interval = (t > 0).then(|| Duration::from_secs(t));
         }
-        if scenario.faults.inject.as_deref() == Some("corrupt-every-third-value") {
+        if let Some(t) = c.publication_interval_s {
+            config.publication_interval = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.record_ttl_s {
+            config.record_ttl = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.tombstone_horizon_s {
+            config.tombstone_horizon = Duration::from_secs(t);
+        }
+        if let Some(n) = c.cache_peers {
+            config.cache_peers = n;
+        }
+        if let Some(t) = c.hlc_max_offset_ms {
+            config.hlc.max_offset = Duration::from_millis(t);
+        }
+        if let Some(t) = c.hlc_max_drift_ms {
+            config.hlc.max_drift = Duration::from_millis(t);
+        }
+        let faults = &scenario.faults;
+        if faults.is("corrupt-every-third-value") {
             config.injected_fault = Some(InjectedFault::CorruptEveryThirdValue);
         }
+        if faults.is("tombstone-horizon-ignored") {
+            config.tombstone_horizon = Duration::from_secs(1);
+        }
+        let bugs = StoreBugs {
+            ignore_versions: faults.is("store-ignores-versions"),
+            drop_clock_ceiling: faults.is("clock-ceiling-not-persisted"),
+        };
 
         let n = scenario.nodes;
         let max_skew = scenario.clock.max_skew_ms;
+        let max_drift = scenario.clock.max_drift_ppm;
         let mut nodes = Vec::with_capacity(n);
         let mut index = FxHashMap::default();
         for i in 0..n {
-            let peer = PeerId::from_seed(splitmix(id_seed ^ i as u64));
+            let keypair = Keypair::from_seed(splitmix(id_seed ^ i as u64));
+            let peer = keypair.peer_id();
             index.insert(peer, i);
             let skew = ms(unit(&mut sched_rng) * max_skew);
+            let drift_ppm = if max_drift > 0.0 {
+                (unit(&mut sched_rng) * 2.0 - 1.0) * max_drift
+            } else {
+                0.0
+            };
             nodes.push(SimNode {
                 peer,
                 key: Key::from_peer(&peer),
                 state: NodeState::NotJoined,
                 skew,
+                keypair,
+                drift_ppm,
+                steps: Vec::new(),
                 incarnation: 0,
                 timer_at: None,
                 conns: Conns::default(),
@@ -1296,7 +1676,25 @@ impl Simulation {
                 rng: ChaCha8Rng::seed_from_u64(splitmix(net_seed ^ i as u64)),
                 count: 0,
                 trace: 0,
+                disk_rng: ChaCha8Rng::seed_from_u64(splitmix(
+                    net_seed ^ i as u64 ^ 0xD15C_0000_0000_0000,
+                )),
+                sync: None,
+                sync_seq: 0,
+                held: Vec::new(),
+                queued: VecDeque::new(),
+                acked: BTreeMap::new(),
             });
+        }
+        // Wall-clock steps: each picks its nodes at random.
+        for step in &scenario.clock.steps {
+            let mut order: Vec<usize> = (0..n).collect();
+            shuffle(&mut order, &mut sched_rng);
+            for &i in order.iter().take(step.nodes.min(n)) {
+                nodes[i]
+                    .steps
+                    .push((secs(step.at_s), (step.offset_ms * 1e3) as i64));
+            }
         }
         let end = secs(scenario.duration_s);
         let heal_at = scenario.faults_end_s.map(secs);
@@ -1325,6 +1723,12 @@ impl Simulation {
             partitions: Vec::new(),
             clogged: vec![None; n],
             tracing: false,
+            sync_latency_ms: scenario
+                .disk
+                .as_ref()
+                .map(|d| (d.sync_latency_ms[0], d.sync_latency_ms[1])),
+            acks_before_sync: faults.is("acks-before-sync"),
+            first_forger: n - scenario.faults.forgers,
         };
         // Every message between two nodes takes at least this long.
         let lookahead = ms(nw.latency_min_ms);
@@ -1337,6 +1741,7 @@ impl Simulation {
             history: History::default(),
             all_joined_at: Instant::ZERO,
             heal_at,
+            lost_acks: Vec::new(),
             scenario: scenario.clone(),
         };
         let mut sim = Simulation {
@@ -1348,8 +1753,11 @@ impl Simulation {
             seq: 0,
             work_rng,
             crashed_fault: vec![None; n],
-            completed_puts: Vec::new(),
             completed_provides: Vec::new(),
+            keys: Vec::new(),
+            latest_acked: FxHashMap::default(),
+            fresh_keys: 0,
+            bugs,
             trace: Xxh3::new(),
             trace_buf: Vec::with_capacity(TRACE_CHUNK),
             events: 0,
@@ -1437,6 +1845,12 @@ impl Simulation {
         if w.rate_per_s > 0.0 && w.end_s > w.start_s {
             sim.next_op = Some(secs(w.start_s));
         }
+        if let Some(t) = scenario.checks.final_reads_s {
+            sim.push(secs(t), Global::FinalReads);
+        }
+        if let Some(t) = scenario.checks.convergence_s {
+            sim.push(secs(t), Global::Converge);
+        }
         if scenario.checks.memory_check_interval_s > 0.0 {
             sim.push(
                 secs(scenario.checks.memory_check_interval_s),
@@ -1513,11 +1927,7 @@ impl Simulation {
         }
     }
 
-    fn local_now(&self, i: usize) -> Instant {
-        self.world.now + self.world.nodes[i].skew
-    }
-
-    fn node_mut(&mut self, i: usize) -> Option<&mut Node<MemoryStore>> {
+    fn node_mut(&mut self, i: usize) -> Option<&mut Node<SimStore>> {
         self.world.nodes[i].core_mut()
     }
 
@@ -1590,8 +2000,11 @@ impl Simulation {
             for d in done.drain(..) {
                 self.world.now = d.at;
                 match d.how {
-                    Finished::Query(result, hops) => self.query_finished(d.op, result, hops),
+                    Finished::Query(result, hops, local, superseded) => {
+                        self.query_finished(d.op, result, hops, local, superseded);
+                    }
                     Finished::Refused(e) => self.complete_op(d.op, Outcome::Failed(e), 0, None),
+                    Finished::Sealed(value) => self.sealed(d.op, value),
                 }
             }
             self.done = done;
@@ -1710,6 +2123,17 @@ impl Simulation {
                 self.trace_event(now, 13, 0, 0);
                 self.heal_all(now);
             }
+            Global::FinalReads => {
+                self.trace_event(now, 18, 0, 0);
+                self.final_reads(now);
+            }
+            Global::Converge => {
+                let mut out = Vec::new();
+                for c in &mut self.checkers {
+                    c.on_converged(&self.world, &mut out);
+                }
+                self.violations.extend(out);
+            }
             Global::MemCheck => {
                 let mut out = Vec::new();
                 for c in &mut self.checkers {
@@ -1763,18 +2187,21 @@ impl Simulation {
 
     fn start_node(&mut self, i: usize) {
         let node = &mut self.world.nodes[i];
+        let disk = self.world.scenario.disk.is_some();
         let store = match std::mem::replace(&mut node.state, NodeState::NotJoined) {
-            NodeState::Down(store) => store,
-            NodeState::NotJoined => MemoryStore::new(node.peer),
+            NodeState::Down(store) => *store,
+            NodeState::NotJoined => SimStore::new(node.peer, disk, self.bugs),
             up @ NodeState::Up(_) => {
                 node.state = up;
                 return;
             }
         };
-        let peer = node.peer;
         let seed = splitmix(self.world.seed ^ ((i as u64) << 24) ^ u64::from(node.incarnation));
-        let now = self.local_now(i);
-        let mut core = Node::new(self.config.clone(), peer, store, seed, now);
+        let now = self.world.now + node.skew;
+        let keypair = node.keypair.clone();
+        let wall = node.wall_clock(self.world.now);
+        let mut core = Node::with_identity(self.config.clone(), keypair, store, seed, now);
+        core.set_wall_clock(now, wall);
         core.set_local_addresses(vec![address_of(i)]);
         let incarnation = self.world.nodes[i].incarnation;
         self.net_mut().status[i] = Status {
@@ -1808,12 +2235,40 @@ impl Simulation {
             return;
         };
         // Only what the store made durable survives.
-        node.state = NodeState::Down(core.into_store());
+        let store = core.into_store().crash();
+        node.sync = None;
+        node.held.clear();
+        node.queued.clear();
+        // Everything it acknowledged holding must have survived (unless it expired or a
+        // newer version replaced it before).
+        let local = self.world.now + node.skew;
+        for (key, (version, expires)) in std::mem::take(&mut node.acked) {
+            if expires.is_some_and(|e| e <= local) {
+                continue;
+            }
+            let kept = store
+                .get(&key)
+                .ok()
+                .flatten()
+                .and_then(|r| version_of(&r.value))
+                .map(|(v, _)| v);
+            if kept.is_none_or(|v| v < version) {
+                let what = format!(
+                    "key {} at version {} (kept: {:?})",
+                    String::from_utf8_lossy(key.as_bytes()),
+                    version.timestamp,
+                    kept.map(|v| v.timestamp)
+                );
+                self.world.lost_acks.push((i, self.world.now, what));
+            }
+        }
+        let node = &mut self.world.nodes[i];
+        node.state = NodeState::Down(Box::new(store));
         node.timer_at = None;
         node.inbound.clear();
         let mut links: Vec<u32> = std::mem::take(&mut node.conns).order.into();
         links.sort_unstable();
-        let mut pending: Vec<usize> = node.ops.drain().map(|(_, op)| op).collect();
+        let mut pending: Vec<usize> = node.ops.drain().map(|(_, run)| run.op).collect();
         pending.sort_unstable();
         self.net_mut().status[i].up = false;
         self.crashed_fault[i] = Some(self.world.faults.start(self.world.now, Scope::Node(i)));
@@ -1829,8 +2284,10 @@ impl Simulation {
         }
     }
 
+    /// A random running node to issue an operation at (forgers issue none: they are the
+    /// adversary, not clients).
     fn pick_up_node(&mut self) -> Option<usize> {
-        let n = self.world.nodes.len();
+        let n = self.world.nodes.len() - self.world.scenario.faults.forgers;
         for _ in 0..16 {
             let i = (self.work_rng.next_u64() % n as u64) as usize;
             if self.world.nodes[i].is_up() {
@@ -1846,48 +2303,53 @@ impl Simulation {
         let Some(i) = self.pick_up_node() else {
             return;
         };
-        let total = w.put + w.get + w.provide + w.get_providers + w.lookup;
-        if total <= 0.0 {
-            return;
-        }
-        let mut x = unit(&mut self.work_rng) * total;
-        let mut kind = OpKind::Lookup;
-        for (k, weight) in [
+        let weights = [
             (OpKind::Put, w.put),
+            (OpKind::Put, w.overwrite),
+            (OpKind::Remove, w.remove),
             (OpKind::Get, w.get),
             (OpKind::Provide, w.provide),
             (OpKind::GetProviders, w.get_providers),
             (OpKind::Lookup, w.lookup),
-        ] {
-            if x < weight {
-                kind = k;
+        ];
+        let total: f64 = weights.iter().map(|(_, x)| x).sum();
+        if total <= 0.0 {
+            return;
+        }
+        let mut x = unit(&mut self.work_rng) * total;
+        let mut choice = weights.len() - 1;
+        for (c, (_, weight)) in weights.iter().enumerate() {
+            if x < *weight {
+                choice = c;
                 break;
             }
             x -= weight;
         }
+        let mut kind = weights[choice].0;
+        // A put of a fresh key, unless the scenario's keys are all taken.
+        let fresh = choice == 0 && w.max_keys.is_none_or(|m| self.fresh_keys < m);
         let id = self.world.history.ops.len();
         let mut reads = None;
-        let (key, value) = match kind {
-            OpKind::Put => {
-                let mut value = vec![0u8; w.value_bytes];
-                for chunk in value.chunks_mut(8) {
-                    let r = self.work_rng.next_u64().to_le_bytes();
-                    chunk.copy_from_slice(&r[..chunk.len()]);
+        let mut value = Vec::new();
+        let key = match kind {
+            OpKind::Put if fresh => {
+                self.fresh_keys += 1;
+                format!("rec-{id}").into_bytes()
+            }
+            OpKind::Put | OpKind::Remove | OpKind::Get if !self.keys.is_empty() => {
+                let k =
+                    self.keys[(self.work_rng.next_u64() % self.keys.len() as u64) as usize].clone();
+                if kind == OpKind::Get {
+                    reads = self.latest_acked.get(&k).copied();
                 }
-                (format!("rec-{id}").into_bytes(), value)
+                k
             }
-            OpKind::Provide => (format!("prov-{id}").into_bytes(), Vec::new()),
-            OpKind::Get if !self.completed_puts.is_empty() => {
-                let p = self.completed_puts
-                    [(self.work_rng.next_u64() % self.completed_puts.len() as u64) as usize];
-                reads = Some(p);
-                (self.world.history.ops[p].key.clone(), Vec::new())
-            }
+            OpKind::Provide => format!("prov-{id}").into_bytes(),
             OpKind::GetProviders if !self.completed_provides.is_empty() => {
                 let p = self.completed_provides
                     [(self.work_rng.next_u64() % self.completed_provides.len() as u64) as usize];
                 reads = Some(p);
-                (self.world.history.ops[p].key.clone(), Vec::new())
+                self.world.history.ops[p].key.clone()
             }
             _ => {
                 kind = OpKind::Lookup;
@@ -1895,15 +2357,49 @@ impl Simulation {
                 for b in k.chunks_mut(8) {
                     b.copy_from_slice(&self.work_rng.next_u64().to_le_bytes());
                 }
-                (k.to_vec(), Vec::new())
+                k.to_vec()
             }
+        };
+        if kind == OpKind::Put {
+            // The payload says who wrote it and in which operation, then random bytes.
+            value = vec![0u8; w.value_bytes.max(12)];
+            value[..8].copy_from_slice(&(id as u64).to_be_bytes());
+            value[8..12].copy_from_slice(&(i as u32).to_be_bytes());
+            for chunk in value[12..].chunks_mut(8) {
+                let r = self.work_rng.next_u64().to_le_bytes();
+                chunk.copy_from_slice(&r[..chunk.len()]);
+            }
+        }
+        self.schedule_op(at, i, kind, key, value, reads);
+    }
+
+    /// Records operation `kind` on `key` in the history and schedules its start at node
+    /// `i` at `at`.
+    fn schedule_op(
+        &mut self,
+        at: Instant,
+        i: usize,
+        kind: OpKind,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+        reads: Option<usize>,
+    ) {
+        let id = self.world.history.ops.len();
+        let w = &self.world.scenario.workload;
+        let quorum = match kind {
+            OpKind::Get => w.get_quorum,
+            _ => w.put_quorum,
         };
         self.world.history.ops.push(OpRecord {
             id,
             node: i,
             kind,
             key: key.clone(),
-            value: value.clone(),
+            value: Vec::new(),
+            version: None,
+            tombstone: false,
+            local_version: None,
+            incarnation: self.world.nodes[i].incarnation,
             reads,
             invoked: at,
             completed: None,
@@ -1917,26 +2413,69 @@ impl Simulation {
             op: id,
             kind,
             key,
-            value,
+            value: payload,
+            quorum,
+            versioned: self.world.scenario.workload.versioned,
         }));
         lock(&self.team.shards[i / self.world.nodes.part_len])
             .queue
             .push(at, order, start);
     }
 
-    fn query_finished(&mut self, op: usize, result: QueryResult, hops: u32) {
+    /// Reads every key with an acknowledged write once more, each at a random up node.
+    fn final_reads(&mut self, at: Instant) {
+        for k in 0..self.keys.len() {
+            let Some(i) = self.pick_up_node() else {
+                return;
+            };
+            let key = self.keys[k].clone();
+            let reads = self.latest_acked.get(&key).copied();
+            self.schedule_op(at, i, OpKind::Get, key, Vec::new(), reads);
+        }
+    }
+
+    /// A put or removal sealed its record: the history keeps its value and version.
+    fn sealed(&mut self, op: usize, value: Vec<u8>) {
+        let rec = &mut self.world.history.ops[op];
+        if let Some((v, t)) = version_of(&value) {
+            rec.version = Some(v);
+            rec.tombstone = t;
+        }
+        rec.value = value;
+    }
+
+    fn query_finished(
+        &mut self,
+        op: usize,
+        result: QueryResult,
+        hops: u32,
+        local: Option<Version>,
+        superseded: bool,
+    ) {
         let expect_provider = self.world.history.ops[op]
             .reads
             .map(|p| self.world.nodes[self.world.history.ops[p].node].peer);
         let mut lookup_peers = None;
         let outcome = match result {
             QueryResult::PutRecord(Ok(_)) | QueryResult::StartProviding(Ok(_)) => Outcome::Ok,
+            QueryResult::PutRecord(Err(e)) if superseded => {
+                Outcome::Failed(format!("{SUPERSEDED} ({e})"))
+            }
             QueryResult::GetRecord(Ok(records)) => {
-                let value = records
-                    .first()
-                    .map(|r| r.record.value.clone())
-                    .unwrap_or_default();
-                self.world.history.ops[op].value = value;
+                // The newest copy comes first (the injected bug takes the last, the oldest).
+                let chosen = if self.world.scenario.faults.is("get-returns-oldest-copy") {
+                    records.last()
+                } else {
+                    records.first()
+                };
+                let value = chosen.map(|r| r.record.value.clone()).unwrap_or_default();
+                let rec = &mut self.world.history.ops[op];
+                if let Some((v, t)) = version_of(&value) {
+                    rec.version = Some(v);
+                    rec.tombstone = t;
+                }
+                rec.value = value;
+                rec.local_version = local;
                 Outcome::Ok
             }
             QueryResult::GetProviders(Ok(providers)) => {
@@ -1959,6 +2498,7 @@ impl Simulation {
             | QueryResult::Bootstrap(Err(e)) => Outcome::Failed(e.to_string()),
             QueryResult::FindPeer(Ok(_)) | QueryResult::Bootstrap(Ok(_)) => Outcome::Ok,
         };
+        self.world.history.ops[op].local_version = local;
         self.complete_op(op, outcome, hops, lookup_peers);
     }
 
@@ -1975,11 +2515,16 @@ impl Simulation {
         let rec = &self.world.history.ops[op];
         if rec.ok() {
             match rec.kind {
-                OpKind::Put => self.completed_puts.push(op),
+                OpKind::Put | OpKind::Remove
+                    if self.latest_acked.insert(rec.key.clone(), op).is_none() =>
+                {
+                    self.keys.push(rec.key.clone());
+                }
                 OpKind::Provide => self.completed_provides.push(op),
                 _ => {}
             }
         }
+        let rec = &self.world.history.ops[op];
         let target = RecordKey::new(&rec.key).map(|k| k.key()).ok();
         let detail = match (&peers, &target) {
             (Some(p), Some(t)) => Detail::Lookup {
@@ -2041,7 +2586,7 @@ impl Simulation {
 
     fn report(self, wall: Duration) -> Report {
         let ops = &self.world.history.ops;
-        let mut counts: [OpCounts; 5] = Default::default();
+        let mut counts: [OpCounts; 6] = Default::default();
         let mut hops = Vec::new();
         let mut lat = Vec::new();
         for op in ops {
@@ -2068,7 +2613,11 @@ impl Simulation {
             .collect();
         let gets_ok = gets
             .iter()
-            .filter(|g| g.ok() && g.reads.is_some_and(|p| ops[p].value == g.value))
+            .filter(|g| {
+                g.ok()
+                    && g.reads
+                        .is_some_and(|p| crate::checkers::reads_at_least(g, &ops[p]))
+            })
             .count();
         let wall_ms = wall.as_millis() as u64;
         let events = self.events();
@@ -2078,7 +2627,7 @@ impl Simulation {
         for n in self.world.nodes.iter() {
             trace.update(&n.trace.to_le_bytes());
         }
-        let [puts, gets_c, provides, get_providers, lookups] = counts;
+        let [puts, gets_c, provides, get_providers, lookups, removes] = counts;
         Report {
             scenario: self.world.scenario.name.clone(),
             seed: self.world.seed,
@@ -2096,6 +2645,7 @@ impl Simulation {
             provides,
             get_providers,
             lookups,
+            removes,
             get_after_put_success: if gets.is_empty() {
                 1.0
             } else {
@@ -2106,6 +2656,20 @@ impl Simulation {
             latency_ms_p50: percentile(&lat, 50.0),
             latency_ms_p99: percentile(&lat, 99.0),
             messages: self.team.shards.iter().map(|s| lock(s).messages).sum(),
+            forged_refused: self
+                .world
+                .nodes
+                .iter()
+                .filter_map(|n| n.node())
+                .map(|n| n.stats().forged_records)
+                .sum(),
+            clock_refused: self
+                .world
+                .nodes
+                .iter()
+                .filter_map(|n| n.node())
+                .map(|n| n.stats().clock_refused)
+                .sum(),
             trace_hash: format!("{:016x}", trace.digest()),
             violations: self.violations,
         }

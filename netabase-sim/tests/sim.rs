@@ -101,7 +101,12 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_does_not() {
 fn any_number_of_threads_gives_the_same_run() {
     let dir = std::env::temp_dir().join(format!("netabase-sim-threads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, seed) in [("dht-churn", 3), ("dht-partition", 8), ("dht-loss", 11)] {
+    for (name, seed) in [
+        ("dht-churn", 3),
+        ("dht-partition", 8),
+        ("dht-loss", 11),
+        ("dht-crash-disk", 2),
+    ] {
         let mut sc = load(name);
         if name == "dht-loss" {
             sc.nodes = 80;
@@ -153,31 +158,27 @@ fn a_network_without_latency_runs_on_one_thread() {
     assert_eq!(report.trace_hash, run(&sc, 9).trace_hash);
 }
 
-/// A short sweep of the lossy scenario: at least 99% of gets after a completed put succeed
-/// on every seed.
-#[test]
-fn dht_loss_sweep() {
-    let sc = load("dht-loss");
+/// Runs seeds `0..50` of scenario `name` on two threads; returns a line per seed that
+/// `bad` rejects, with its replay command.
+fn sweep(name: &str, bad: impl Fn(&Report) -> bool + Sync) -> Vec<String> {
+    let sc = load(name);
     let seeds: Vec<u64> = (0..50).collect();
-    let failures: Vec<String> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = seeds
             .chunks(25)
             .map(|chunk| {
-                let sc = &sc;
+                let (sc, bad) = (&sc, &bad);
                 s.spawn(move || {
                     chunk
                         .iter()
                         .map(|&seed| run(sc, seed))
-                        .filter(|r| !r.violations.is_empty() || r.get_after_put_success < 0.99)
+                        .filter(|r| !r.violations.is_empty() || bad(r))
                         .map(|r| {
                             format!(
                                 "seed {}: {:?}\n  replay with: {}",
                                 r.seed,
                                 r.violations.first().map(|v| &v.message),
-                                replay_command(
-                                    &scenario_path("dht-loss").display().to_string(),
-                                    r.seed
-                                )
+                                replay_command(&scenario_path(name).display().to_string(), r.seed)
                             )
                         })
                         .collect::<Vec<_>>()
@@ -188,8 +189,134 @@ fn dht_loss_sweep() {
             .into_iter()
             .flat_map(|h| h.join().expect("sweep thread"))
             .collect()
+    })
+}
+
+/// A short sweep of the lossy scenario: at least 99% of gets after a completed put succeed
+/// on every seed.
+#[test]
+fn dht_loss_sweep() {
+    let failures = sweep("dht-loss", |r| r.get_after_put_success < 0.99);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Fifty seeds of overwrites and removals from both sides of a partition, with crashes,
+/// disks, stepped clocks and two forgers: every checker holds on every seed.
+#[test]
+fn dht_overwrite_sweep() {
+    // Its two forgers' copies are refused: some must have been sent.
+    let failures = sweep("dht-overwrite", |r| {
+        r.removes.ok == 0 || r.puts.ok == 0 || r.forged_refused == 0
     });
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Fifty seeds of crashes on disks that lose what was not synced, with clocks stepping
+/// back: every checker holds on every seed.
+#[test]
+fn dht_crash_disk_sweep() {
+    let failures = sweep("dht-crash-disk", |r| r.removes.ok == 0 || r.puts.ok == 0);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The checkers that found violations in a run.
+fn checkers_of(report: &Report) -> std::collections::BTreeSet<String> {
+    report
+        .violations
+        .iter()
+        .map(|v| v.checker.clone())
+        .collect()
+}
+
+/// Runs `sc` with and without the deliberate bug `bug` on `seed`: the bug is caught by
+/// `checker`, which finds nothing without it.
+fn assert_caught(mut sc: Scenario, bug: &str, seed: u64, checker: &str) {
+    let clean = run(&sc, seed);
+    assert!(
+        !checkers_of(&clean).contains(checker),
+        "without {bug}: {}",
+        clean.human()
+    );
+    sc.faults.inject = Some(bug.to_string());
+    sc.validate().unwrap();
+    let buggy = run(&sc, seed);
+    assert!(
+        checkers_of(&buggy).contains(checker),
+        "{bug} was not caught by {checker}: {}",
+        buggy.human()
+    );
+}
+
+#[test]
+fn a_store_that_ignores_versions_is_caught() {
+    assert_caught(
+        load("dht-overwrite"),
+        "store-ignores-versions",
+        0,
+        "acked-writes",
+    );
+    assert_caught(
+        load("dht-overwrite"),
+        "store-ignores-versions",
+        1,
+        "convergence",
+    );
+}
+
+#[test]
+fn a_get_that_takes_the_oldest_copy_is_caught() {
+    assert_caught(
+        load("dht-overwrite"),
+        "get-returns-oldest-copy",
+        0,
+        "monotonic-reads",
+    );
+}
+
+#[test]
+fn tombstones_dropped_too_early_are_caught_as_resurrections() {
+    assert_caught(
+        load("dht-overwrite"),
+        "tombstone-horizon-ignored",
+        1,
+        "no-resurrection",
+    );
+}
+
+/// On slow disks (syncs of 0.1 to 1 s), a node that acknowledges before its sync loses
+/// what it acknowledged when it crashes.
+#[test]
+fn acknowledging_before_the_sync_is_caught() {
+    let mut sc = load("dht-crash-disk");
+    sc.disk.as_mut().unwrap().sync_latency_ms = [100.0, 1000.0];
+    assert_caught(sc, "acks-before-sync", 0, "durable-acks");
+}
+
+/// Every wall clock steps back 50 s: a node that restarts without its clock ceiling
+/// issues versions below those it issued before the crash.
+#[test]
+fn a_clock_ceiling_that_is_not_persisted_is_caught() {
+    let mut sc = load("dht-crash-disk");
+    for step in &mut sc.clock.steps {
+        if step.offset_ms < 0.0 {
+            step.offset_ms = -50_000.0;
+            step.nodes = sc.nodes;
+        }
+    }
+    assert_caught(sc, "clock-ceiling-not-persisted", 0, "own-versions");
+}
+
+/// A peer that corrupts the values it serves is harmless now: the corrupted copies fail
+/// their signature check, are dropped, and the gets find the value elsewhere.
+#[test]
+fn corrupted_copies_are_refused_by_their_signatures() {
+    let sc = Scenario::parse(
+        "name = \"corrupt\"\nnodes = 60\nduration_s = 120\n[workload]\nstart_s = 30\nend_s = 110\nrate_per_s = 10\n[faults]\ninject = \"corrupt-every-third-value\"\n",
+    )
+    .unwrap();
+    let report = run(&sc, 9);
+    assert_clean(&report, "corrupt");
+    assert_eq!(report.gets.ok, report.gets.issued, "{}", report.human());
 }
 
 #[test]
@@ -197,11 +324,13 @@ fn an_injected_bug_is_caught_and_the_printed_command_replays_it() {
     let dir = std::env::temp_dir().join(format!("netabase-sim-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("buggy.toml");
-    // Large enough that records live at a subset of the nodes, so gets cross the network.
-    let base = "name = \"buggy\"\nnodes = 60\nduration_s = 120\n\n[workload]\nstart_s = 30\nend_s = 110\nrate_per_s = 10\n";
+    let base = std::fs::read_to_string(scenario_path("dht-overwrite")).unwrap();
     std::fs::write(
         &path,
-        format!("{base}\n[faults]\ninject = \"corrupt-every-third-value\"\n"),
+        base.replace(
+            "[faults]\n",
+            "[faults]\ninject = \"store-ignores-versions\"\n",
+        ),
     )
     .unwrap();
     let clean_path = dir.join("clean.toml");
@@ -220,7 +349,7 @@ fn an_injected_bug_is_caught_and_the_printed_command_replays_it() {
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let violations = first["violations"].as_array().unwrap();
     assert!(
-        violations.iter().any(|v| v["checker"] == "get-after-put"),
+        violations.iter().any(|v| v["checker"] == "acked-writes"),
         "{first}"
     );
 
@@ -272,6 +401,15 @@ fn malformed_scenarios_are_refused_with_a_clear_error() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("max_connections"), "{err}");
+    let err =
+        Scenario::parse("name = \"x\"\nnodes = 5\nduration_s = 10\n[faults]\ninject = \"bogus\"\n")
+            .unwrap_err();
+    assert!(err.to_string().contains("store-ignores-versions"), "{err}");
+    let err = Scenario::parse(
+        "name = \"x\"\nnodes = 5\nduration_s = 10\n[disk]\nsync_latency_ms = [4, 1]\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("sync_latency_ms"), "{err}");
 }
 
 #[test]
@@ -318,9 +456,13 @@ fn a_sweep_reports_every_failing_seed_with_its_replay_command() {
     let dir = std::env::temp_dir().join(format!("netabase-sim-sweep-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("buggy.toml");
+    let base = std::fs::read_to_string(scenario_path("dht-overwrite")).unwrap();
     std::fs::write(
         &path,
-        "name = \"buggy\"\nnodes = 60\nduration_s = 100\n[workload]\nstart_s = 30\nend_s = 90\nrate_per_s = 10\n[faults]\ninject = \"corrupt-every-third-value\"\n",
+        base.replace(
+            "[faults]\n",
+            "[faults]\ninject = \"get-returns-oldest-copy\"\n",
+        ),
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_netabase-sim");

@@ -1,7 +1,8 @@
 //! After every fault healed, the network converges: once the grace period after the heal
 //! has passed, every operation succeeds. Reads of records or announcements written while a
 //! fault was active are exempt: a DHT brings those to the closest peers of the whole network
-//! only at its next replication or republication (sync reconciles them sooner).
+//! only at its next replication or republication (sync reconciles them sooner). So are
+//! writes that a newer version superseded: under last writer wins they must fail.
 
 use super::{Checker, Detail, violation};
 use crate::history::{OpRecord, Outcome};
@@ -39,7 +40,9 @@ impl Checker for Liveness {
         {
             return;
         }
-        if let Outcome::Failed(reason) = &op.outcome {
+        if let Outcome::Failed(reason) = &op.outcome
+            && !reason.starts_with(crate::sim::SUPERSEDED)
+        {
             self.failures += 1;
             if self.reported < 10 {
                 self.reported += 1;
