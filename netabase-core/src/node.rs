@@ -603,6 +603,10 @@ struct LatePut {
 /// Most background jobs one input starts.
 const JOB_STARTS_PER_INPUT: usize = 64;
 
+/// How long background jobs that finish as they start (a node without peers) wait after
+/// an input started its share, so that they take a bounded share of the node's time.
+const JOB_PACE: Duration = Duration::from_millis(10);
+
 /// Records a store walk reads at a time.
 const WALK_BATCH: usize = 64;
 
@@ -1099,7 +1103,9 @@ impl<S: RecordStore> Node<S> {
     /// own). A walk ends when it reaches the end of the store.
     fn feed_jobs(&mut self, now: Instant) {
         for kind in [WalkKind::Republication, WalkKind::Replication] {
-            loop {
+            // One batch at a time, when the queue runs low: a republication writes each
+            // record's new expiry as it queues it, so the work per input stays bounded.
+            while self.jobs.len() < WALK_BATCH {
                 let room = self.config.max_queued_jobs.saturating_sub(self.jobs.len());
                 if room == 0 {
                     break;
@@ -1191,7 +1197,7 @@ impl<S: RecordStore> Node<S> {
                 // whole queue in one input: the rest waits for the next timeout, at once.
                 let walking = self.replication_walk.is_some() || self.publication_walk.is_some();
                 if !self.jobs.is_empty() || walking {
-                    self.resume_jobs = Some(now);
+                    self.resume_jobs = Some(now + JOB_PACE);
                 }
                 break;
             }
