@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use netabase_core::model::{
-    Envelope, ModelId, NetabaseDefinition, Opened, SealParts, decode_value, primary_key_of,
+    Envelope, EnvelopeError, ModelId, NetabaseDefinition, Opened, SealParts, decode_value,
+    primary_key_of,
 };
 use netabase_core::store::{
     MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put, held_size,
@@ -504,11 +505,16 @@ impl<B: Backend> PersistentRecordStore<B> {
     /// has checked the envelope's signature before it asks
     /// ([`Envelope::open_verified`]).
     pub fn validating<D: NetabaseDefinition>(mut self) -> Self {
-        self.validator = Some(|key, value| {
-            Envelope::open_verified::<D>(key, value)
-                .map(drop)
-                .map_err(|e| e.to_string())
-        });
+        self.validator = Some(
+            |key, value| match Envelope::open_verified::<D>(key, value) {
+                // Written by a later release: kept and forwarded as bytes (the core checked
+                // its signature); only reading it as a model fails.
+                Ok(_)
+                | Err(EnvelopeError::NewerSchema { .. })
+                | Err(EnvelopeError::UnsupportedFormat(3..)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        );
         self
     }
 

@@ -576,32 +576,28 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             QueryResult::GetRecord(Err(e)) => return Err(e.into()),
             _ => return Ok(None),
         };
-        // Newest first: the core resolved the copies it found. A removal wins like any
-        // newer version.
-        let mut last_error = None;
-        for peer_record in found {
-            match Envelope::open_verified::<D>(&record_key, &peer_record.record.value) {
-                Ok(Opened::Removed(_)) => return Ok(None),
-                Ok(Opened::Value(value, envelope)) => {
-                    let model = <K::Model as TryFrom<D>>::try_from(value).map_err(|_| {
-                        NetabaseError::WrongModel {
-                            found: envelope.model,
-                        }
-                    })?;
-                    return Ok(Some(GetRecordResult {
-                        record: model,
-                        source: peer_record.peer.as_ref().and_then(to_libp2p_peer),
-                        origin: to_libp2p_peer(&envelope.origin).unwrap_or(self.inner.peer_id),
-                        timestamp: envelope.timestamp,
-                        stats,
-                    }));
-                }
-                Err(e) => last_error = Some(e),
+        // Newest first: the core resolved the copies it found, and the newest is the
+        // answer. A removal wins like any newer version; a newest copy this release cannot
+        // read (a later schema or envelope format) is an error, never an older copy.
+        let Some(newest) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        match Envelope::open_verified::<D>(&record_key, &newest.record.value)? {
+            Opened::Removed(_) => Ok(None),
+            Opened::Value(value, envelope) => {
+                let model = <K::Model as TryFrom<D>>::try_from(value).map_err(|_| {
+                    NetabaseError::WrongModel {
+                        found: envelope.model,
+                    }
+                })?;
+                Ok(Some(GetRecordResult {
+                    record: model,
+                    source: newest.peer.as_ref().and_then(to_libp2p_peer),
+                    origin: to_libp2p_peer(&envelope.origin).unwrap_or(self.inner.peer_id),
+                    timestamp: envelope.timestamp,
+                    stats,
+                }))
             }
-        }
-        match last_error {
-            Some(e) => Err(e.into()),
-            None => Ok(None),
         }
     }
 

@@ -84,7 +84,8 @@ pub enum EnvelopeError {
     /// Does not start with the envelope magic.
     #[error("not a netabase record envelope")]
     BadMagic,
-    /// Written in a format version this code does not read.
+    /// Written in a format version this code does not read. A later format's record is
+    /// still checked, ranked, stored and forwarded as bytes; only its payload is not read.
     #[error("envelope format {0} is not supported (this build reads format {ENVELOPE_FORMAT})")]
     UnsupportedFormat(u8),
     /// Flag bits this code does not know are set.
@@ -229,6 +230,9 @@ impl Envelope {
         key: &RecordKey,
         envelope: Envelope,
     ) -> Result<Opened<D>, EnvelopeError> {
+        if envelope.format > ENVELOPE_FORMAT {
+            return Err(EnvelopeError::UnsupportedFormat(envelope.format));
+        }
         if envelope.schema_version > D::SCHEMA_VERSION {
             return Err(EnvelopeError::NewerSchema {
                 record: envelope.schema_version,
@@ -296,14 +300,18 @@ impl Envelope {
         }
         let format = bytes[3];
         let (head, flags) = match format {
-            ENVELOPE_FORMAT => (HEAD_V2, bytes.get(4).copied().unwrap_or(0)),
+            0 => return Err(EnvelopeError::UnsupportedFormat(0)),
             LEGACY_ENVELOPE_FORMAT => (HEAD_V1, 0),
-            other => return Err(EnvelopeError::UnsupportedFormat(other)),
+            // Format 2 and every later one: later formats keep this head and the signature
+            // at the end (over everything before it), so that this release can check and
+            // rank their records and store and forward them as bytes, even where it
+            // cannot read their payload (a rolling upgrade converges).
+            _ => (HEAD_V2, bytes.get(4).copied().unwrap_or(0)),
         };
         if bytes.len() < head {
             return Err(EnvelopeError::Truncated);
         }
-        if flags & !FLAG_TOMBSTONE != 0 {
+        if format == ENVELOPE_FORMAT && flags & !FLAG_TOMBSTONE != 0 {
             return Err(EnvelopeError::UnsupportedFlags(flags));
         }
         // Fields after the format byte (and the flags byte of format 2).
@@ -322,7 +330,7 @@ impl Envelope {
             .get(head..origin_end)
             .ok_or(EnvelopeError::Truncated)?;
         let origin = PeerId::from_bytes(origin).map_err(|_| EnvelopeError::BadOrigin)?;
-        let (payload, signature) = if format == ENVELOPE_FORMAT {
+        let (payload, signature) = if format != LEGACY_ENVELOPE_FORMAT {
             let end = bytes
                 .len()
                 .checked_sub(SIGNATURE_LEN)
@@ -449,6 +457,26 @@ mod tests {
     }
 
     #[test]
+    fn a_later_format_is_checked_and_ranked_but_its_payload_is_not_read() {
+        // A format-3 envelope as a later release would write it: this head, a payload this
+        // release does not know, unknown flags, the signature at the end.
+        let keypair = Keypair::from_seed(9);
+        let mut bytes = sealed(false);
+        bytes.truncate(bytes.len() - SIGNATURE_LEN);
+        bytes[3] = 3;
+        bytes[4] = 0x80;
+        let signature = keypair.sign(&signed_message(&key(), &bytes));
+        bytes.extend_from_slice(&signature);
+        let envelope = Envelope::decode(&bytes).unwrap();
+        assert_eq!(
+            (envelope.format, envelope.timestamp),
+            (3, 0x0102_0304_0506_0708)
+        );
+        assert_eq!(envelope.verify(&key(), &bytes), Ok(()));
+        assert!(Envelope::version_of(&bytes).is_some());
+    }
+
+    #[test]
     fn legacy_envelopes_decode_but_are_unsigned() {
         let mut envelope = Envelope::decode(&sealed(false)).unwrap();
         envelope.format = 1;
@@ -466,9 +494,10 @@ mod tests {
         assert_eq!(Envelope::decode(b""), Err(EnvelopeError::Truncated));
         assert_eq!(Envelope::decode(b"XYZ\x02"), Err(EnvelopeError::BadMagic));
         assert_eq!(
-            Envelope::decode(b"NBE\x09"),
-            Err(EnvelopeError::UnsupportedFormat(9))
+            Envelope::decode(b"NBE\x00"),
+            Err(EnvelopeError::UnsupportedFormat(0))
         );
+        assert_eq!(Envelope::decode(b"NBE\x09"), Err(EnvelopeError::Truncated));
         assert_eq!(
             Envelope::decode(b"NBE\x02\0\0"),
             Err(EnvelopeError::Truncated)
