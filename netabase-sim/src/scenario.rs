@@ -365,13 +365,14 @@ pub struct CoreSpec {
 }
 
 /// The deliberate bugs a scenario can switch on (`[faults] inject`).
-pub const INJECTABLE: [&str; 6] = [
+pub const INJECTABLE: [&str; 7] = [
     "corrupt-every-third-value",
     "store-ignores-versions",
     "acks-before-sync",
     "get-returns-oldest-copy",
     "clock-ceiling-not-persisted",
     "tombstone-horizon-ignored",
+    "unchecked-signatures",
 ];
 
 /// Deliberate bugs.
@@ -390,7 +391,10 @@ pub struct FaultSpec {
     /// - `"clock-ceiling-not-persisted"`: stores drop the clock ceiling, so a restarted
     ///   node's clock starts from its wall clock;
     /// - `"tombstone-horizon-ignored"`: tombstones are kept only a second after their
-    ///   timestamp, however long `core.tombstone_horizon_s` says.
+    ///   timestamp, however long `core.tombstone_horizon_s` says;
+    /// - `"unchecked-signatures"`: nodes take records from the network without checking
+    ///   their signatures (the core's `fault-injection` feature), so the forgers' copies
+    ///   get through.
     pub inject: Option<String>,
     /// How many nodes (the last ones) are forgers: every record of another origin they
     /// serve or forward (GET_VALUE answers, replicated, cached and repaired copies) goes

@@ -76,6 +76,9 @@ fn ms(m: f64) -> Duration {
 /// November 2023), far enough from zero that a clock may step back.
 const WALL_EPOCH_MICROS: i128 = 1_700_000_000_000_000;
 
+/// The failure of an operation whose node crashed before it finished.
+pub(crate) const CRASHED: &str = "node crashed";
+
 /// How a put or removal that a newer version superseded fails (the write lost, as last
 /// writer wins says it must).
 pub const SUPERSEDED: &str = "superseded by a newer version";
@@ -1208,6 +1211,7 @@ impl Cx<'_> {
         node.sync = None;
         if let NodeState::Up(core) = &mut node.state {
             core.store_mut().sync();
+            core.synced();
         }
         let held = std::mem::take(&mut self.node(i).held);
         for out in held {
@@ -1321,8 +1325,12 @@ impl Cx<'_> {
         let dirty = self.net.sync_latency_ms.is_some()
             && self.node(i).node().is_some_and(|n| n.store().is_dirty());
         let hold = dirty && !self.net.acks_before_sync;
-        while let Some(out) = self.node(i).core_mut().and_then(|n| n.poll_output()) {
-            if hold && out.waits_for_sync() {
+        while let Some((out, waits)) = self.node(i).core_mut().and_then(|n| {
+            let out = n.poll_output()?;
+            let waits = n.output_waits_for_sync(&out);
+            Some((out, waits))
+        }) {
+            if hold && waits {
                 self.node(i).held.push(out);
             } else {
                 self.carry_out(i, out);
@@ -1635,6 +1643,9 @@ impl Simulation {
         let faults = &scenario.faults;
         if faults.is("corrupt-every-third-value") {
             config.injected_fault = Some(InjectedFault::CorruptEveryThirdValue);
+        }
+        if faults.is("unchecked-signatures") {
+            config.injected_fault = Some(InjectedFault::SkipSignatureCheck);
         }
         if faults.is("tombstone-horizon-ignored") {
             config.tombstone_horizon = Duration::from_secs(1);
@@ -2280,7 +2291,7 @@ impl Simulation {
         });
         // Pending client operations of the crashed node fail.
         for op in pending {
-            self.complete_op(op, Outcome::Failed("node crashed".into()), 0, None);
+            self.complete_op(op, Outcome::Failed(CRASHED.into()), 0, None);
         }
     }
 

@@ -552,11 +552,17 @@ impl<R: Runtime> Driver<R> {
             return Err(NetabaseError::Stopped);
         }
         self.requests_before_sync = false;
-        self.node.store().sync().map_err(|e| {
-            tracing::error!(error = %e, "the store cannot make writes durable; stopping the node");
-            self.store_failed = true;
-            NetabaseError::RecordStore(e)
-        })
+        match self.node.store().sync() {
+            Ok(()) => {
+                self.node.synced();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store cannot make writes durable; stopping the node");
+                self.store_failed = true;
+                Err(NetabaseError::RecordStore(e))
+            }
+        }
     }
 
     /// Polls the swarm until it has nothing ready, so that it hands the requests queued on
@@ -578,7 +584,7 @@ impl<R: Runtime> Driver<R> {
     /// the writes made so far are durable.
     fn drain(&mut self) {
         while let Some(output) = self.node.poll_output() {
-            if !output.waits_for_sync() {
+            if !self.node.output_waits_for_sync(&output) {
                 // A request acknowledges nothing; it may leave before the writes are
                 // durable (the run loop syncs once it is on its way).
                 self.requests_before_sync = true;
