@@ -1158,9 +1158,26 @@ impl<S: RecordStore> Node<S> {
                         // or removed meanwhile, so it is not sent out again (the expiry
                         // sweep drops it); the typed row stays until the next local write.
                         WalkKind::Republication if own && !r.is_expired(now) => {
-                            r.expires = self
+                            // A tombstone keeps its own horizon; a value gets a fresh
+                            // lifetime, written only when the one it has would not last
+                            // two more publication intervals (so a walk soon after the
+                            // last one, or over a store loaded with long lifetimes, writes
+                            // nothing).
+                            let fresh = self
                                 .tombstone_expiry(&r.value)
                                 .or_else(|| self.config.record_ttl.map(|d| now + d));
+                            let interval = self.config.publication_interval.unwrap_or_default();
+                            let stale = match (r.expires, fresh) {
+                                (Some(old), Some(new)) => {
+                                    old < new.min(now.saturating_add(interval * 2))
+                                }
+                                (old, new) => old != new,
+                            };
+                            if !stale {
+                                self.queue_publication(r, false);
+                                continue;
+                            }
+                            r.expires = fresh;
                             if matches!(
                                 self.store.put_resolved(r.clone()),
                                 Ok(PutOutcome::Stored | PutOutcome::Refreshed)
