@@ -120,6 +120,66 @@ pub fn verify(
         .map_err(|_| SignatureError::Invalid)
 }
 
+/// The decompressed public keys of the origins a node met last, so that checking another
+/// record of the same origin skips decompressing its key. Bounded (oldest out first) and
+/// deterministic.
+#[derive(Debug, Clone)]
+pub struct KeyCache {
+    keys: alloc::collections::BTreeMap<PeerId, VerifyingKey>,
+    order: alloc::collections::VecDeque<PeerId>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    /// A cache of at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        KeyCache {
+            keys: alloc::collections::BTreeMap::new(),
+            order: alloc::collections::VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// [`verify`], with the origin's key taken from the cache when it is there.
+    pub fn verify(
+        &mut self,
+        origin: &PeerId,
+        message: &[u8],
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> Result<(), SignatureError> {
+        let key = match self.keys.get(origin) {
+            Some(key) => *key,
+            None => {
+                let public = origin.ed25519_public().ok_or(SignatureError::NotEd25519)?;
+                let key = VerifyingKey::from_bytes(&public).map_err(|_| SignatureError::BadKey)?;
+                if self.capacity > 0 {
+                    if self.keys.len() >= self.capacity
+                        && let Some(oldest) = self.order.pop_front()
+                    {
+                        self.keys.remove(&oldest);
+                    }
+                    self.keys.insert(*origin, key);
+                    self.order.push_back(*origin);
+                }
+                key
+            }
+        };
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        key.verify_strict(message, &signature)
+            .map_err(|_| SignatureError::Invalid)
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +206,25 @@ mod tests {
         );
         assert_eq!(
             verify(&PeerId::from_seed(3), b"hello", &sig),
+            Err(SignatureError::NotEd25519)
+        );
+    }
+
+    #[test]
+    fn the_key_cache_verifies_alike_and_stays_bounded() {
+        let mut cache = KeyCache::new(2);
+        let keys: alloc::vec::Vec<Keypair> = (0..3).map(Keypair::from_seed).collect();
+        for kp in keys.iter().chain(keys.iter()) {
+            let sig = kp.sign(b"m");
+            assert_eq!(cache.verify(&kp.peer_id(), b"m", &sig), Ok(()));
+            assert_eq!(
+                cache.verify(&kp.peer_id(), b"x", &sig),
+                Err(SignatureError::Invalid)
+            );
+            assert!(cache.len() <= 2);
+        }
+        assert_eq!(
+            cache.verify(&PeerId::from_seed(1), b"m", &[0; 64]),
             Err(SignatureError::NotEd25519)
         );
     }

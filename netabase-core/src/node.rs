@@ -565,8 +565,8 @@ enum QueryKind {
     PutRecord {
         record: Record,
         quorum: usize,
-        /// The key is in the store's outbox until the quorum is met.
-        outbox: bool,
+        /// What the outcome means for the store's outbox.
+        outbox: Outbox,
     },
     AddProvider {
         key: RecordKey,
@@ -594,6 +594,17 @@ struct Query {
     internal: bool,
 }
 
+/// What a put's outcome does to the store's outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outbox {
+    /// Nothing (replication, republication).
+    Untouched,
+    /// A fresh put: into the outbox if it misses its quorum.
+    AddOnFailure,
+    /// A retry from the outbox: out of it once the quorum is met.
+    RemoveOnSuccess,
+}
+
 /// A finished put whose fan-out requests are still out.
 #[derive(Clone, Debug)]
 struct LatePut {
@@ -601,6 +612,9 @@ struct LatePut {
     internal: bool,
     outstanding: usize,
 }
+
+/// Origins whose decompressed public keys a node keeps.
+const KEY_CACHE: usize = 256;
 
 /// Most background jobs one input starts.
 const JOB_STARTS_PER_INPUT: usize = 64;
@@ -721,6 +735,8 @@ pub struct Node<S> {
     resume_jobs: Option<Instant>,
     /// A raised clock ceiling was written but the driver has not said it is durable.
     ceiling_unsynced: bool,
+    /// Public keys of the origins met last (boxed: cold, and large).
+    keys: Box<crate::identity::KeyCache>,
     /// Keys of the queued publication jobs (each key is queued once).
     queued_keys: BTreeSet<RecordKey>,
     replication_walk: Option<Walk>,
@@ -780,6 +796,7 @@ impl<S: RecordStore> Node<S> {
             starting_jobs: false,
             resume_jobs: None,
             ceiling_unsynced: false,
+            keys: Box::new(crate::identity::KeyCache::new(KEY_CACHE)),
             replication_walk: None,
             publication_walk: None,
             job_queries: 0,
@@ -1249,7 +1266,11 @@ impl<S: RecordStore> Node<S> {
                     let kind = QueryKind::PutRecord {
                         record,
                         quorum: 1,
-                        outbox,
+                        outbox: if outbox {
+                            Outbox::RemoveOnSuccess
+                        } else {
+                            Outbox::Untouched
+                        },
                     };
                     self.start_query(now, target, kind, true);
                 }
@@ -1492,15 +1513,14 @@ impl<S: RecordStore> Node<S> {
                 current: Box::new(current),
             });
         }
-        // Until the quorum confirms it, the record waits in the outbox, which survives a
-        // restart: a node that is offline now publishes it when it is back.
-        self.store.outbox_add(&record.key)?;
+        // A publication that misses its quorum goes to the outbox, which survives a restart:
+        // a node that is offline now publishes it when it is back.
         let quorum = quorum.eval(self.config.k);
         let target = record.key.clone();
         let kind = QueryKind::PutRecord {
             record,
             quorum,
-            outbox: true,
+            outbox: Outbox::AddOnFailure,
         };
         Ok(self.start_query(now, target, kind, false))
     }
@@ -1983,9 +2003,16 @@ impl<S: RecordStore> Node<S> {
                     }
                     Phase::Lookup => Vec::new(),
                 };
-                if outbox && stored.len() >= quorum {
-                    // A failing backend keeps the key in the outbox: one more publication.
-                    let _ = self.store.outbox_remove(&record.key);
+                // A failing backend leaves the outbox as it was: one publication more or less
+                // (republication covers the node's records anyway).
+                match outbox {
+                    Outbox::RemoveOnSuccess if stored.len() >= quorum => {
+                        let _ = self.store.outbox_remove(&record.key);
+                    }
+                    Outbox::AddOnFailure if stored.len() < quorum => {
+                        let _ = self.store.outbox_add(&record.key);
+                    }
+                    _ => {}
                 }
                 QueryResult::PutRecord(if stored.len() >= quorum {
                     Ok(stored)
@@ -2571,12 +2598,14 @@ impl<S: RecordStore> Node<S> {
             let skip = self.config.injected_fault == Some(InjectedFault::SkipSignatureCheck);
             #[cfg(not(feature = "fault-injection"))]
             let skip = false;
-            let checked =
-                Envelope::decode(value).and_then(|envelope| match envelope.verify(key, value) {
+            let keys = &mut self.keys;
+            let checked = Envelope::decode(value).and_then(|envelope| {
+                match envelope.verify_cached(key, value, keys) {
                     Ok(()) => Ok(envelope),
                     Err(_) if skip => Ok(envelope),
                     Err(e) => Err(e),
-                });
+                }
+            });
             let envelope = match checked {
                 Ok(envelope) => envelope,
                 Err(e) => {

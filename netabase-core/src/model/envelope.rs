@@ -264,6 +264,22 @@ impl Envelope {
         Ok(())
     }
 
+    /// [`verify`](Envelope::verify) with the origin's key from (and into) `cache`.
+    pub fn verify_cached(
+        &self,
+        key: &RecordKey,
+        bytes: &[u8],
+        cache: &mut identity::KeyCache,
+    ) -> Result<(), EnvelopeError> {
+        let signature = self.signature.as_ref().ok_or(EnvelopeError::Unsigned)?;
+        let end = bytes
+            .len()
+            .checked_sub(SIGNATURE_LEN)
+            .ok_or(EnvelopeError::Truncated)?;
+        cache.verify(&self.origin, &signed_message(key, &bytes[..end]), signature)?;
+        Ok(())
+    }
+
     /// The version of the record: (timestamp, origin).
     pub fn version(&self) -> Version {
         Version {
