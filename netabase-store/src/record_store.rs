@@ -36,9 +36,7 @@ const OUTBOX: &str = "dht/outbox";
 const RECORD_COUNT: &[u8] = b"records";
 const PROVIDED_COUNT: &[u8] = b"provided";
 /// The number of records held for other peers (the ones the record limit applies to).
-const HELD_COUNT: &[u8] = b"held";
-/// Their bytes ([`held_size`]).
-const HELD_BYTES: &[u8] = b"held-bytes";
+const HELD_TOTALS: &[u8] = b"held";
 /// The records held for other peers by distance from this node, farthest first (see
 /// [`held_entry`]), for eviction.
 const HELD: &str = "dht/held";
@@ -244,8 +242,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
             }
         }
         write_counter(&mut tx, RECORD_COUNT, records).map_err(core_error)?;
-        write_counter(&mut tx, HELD_COUNT, held).map_err(core_error)?;
-        write_counter(&mut tx, HELD_BYTES, held_bytes).map_err(core_error)?;
+        write_held(&mut tx, (held, held_bytes)).map_err(core_error)?;
         for (model, info) in D::MODELS.iter().enumerate() {
             let model = model as ModelId;
             let t = tables.get(model)?;
@@ -302,24 +299,28 @@ fn mirror_typed<D: NetabaseDefinition, T: WriteTransaction + ?Sized>(
     record: &Record,
     local: PeerId,
 ) -> Result<(), CoreError> {
-    let Ok(opened) = Envelope::open_verified::<D>(&record.key, &record.value) else {
+    // The cheap checks first: most records a node stores are held for others and have no
+    // typed row, and those need no decoding.
+    let Ok(head) = Envelope::peek(&record.value) else {
         return Ok(());
     };
-    let envelope = match &opened {
-        Opened::Value(_, envelope) | Opened::Removed(envelope) => envelope,
-    };
-    if envelope.origin == local {
+    if head.origin == local {
         return Ok(());
     }
-    let model = envelope.model;
+    let model = head.model;
     let Some(pk) = primary_key_of::<D>(model, &record.key) else {
         return Ok(());
     };
-    let t = tables.get(model).map_err(backend_error)?;
+    let Ok(t) = tables.get(model) else {
+        return Ok(());
+    };
     if tx.get(&t.records, pk).map_err(backend_error)?.is_none() {
         return Ok(());
     }
-    let version = envelope.version();
+    let Ok(opened) = Envelope::open_verified::<D>(&record.key, &record.value) else {
+        return Ok(());
+    };
+    let version = head.version();
     let mut writer = Writer {
         tx: &mut *tx,
         tables,
@@ -574,14 +575,14 @@ impl<B: Backend> PersistentRecordStore<B> {
     /// ([`held_size`](netabase_core::store::held_size)).
     pub fn held_bytes(&self) -> Result<u64, CoreError> {
         let local = self.local;
-        self.read(|tx| read_held_bytes(tx, local))
+        self.read(|tx| read_held(tx, local).map(|(_, bytes)| bytes))
     }
 
     /// Number of records held for other peers (the ones [`RecordStoreConfig`]'s
     /// `max_records` limits).
     pub fn held_count(&self) -> Result<u64, CoreError> {
         let local = self.local;
-        self.read(|tx| read_held(tx, local))
+        self.read(|tx| read_held(tx, local).map(|(count, _)| count))
     }
 
     /// Number of keys the local node provides.
@@ -600,26 +601,42 @@ fn is_held(record: &Record, local: PeerId) -> bool {
     record.publisher != Some(local)
 }
 
-/// The number of records held for other peers; counted once from the records when the
-/// counter was never written (a store of an earlier release, which counted all records
-/// against the limit).
-fn read_held<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<u64, CoreError> {
-    if tx
-        .get(COUNTERS, HELD_COUNT)
-        .map_err(backend_error)?
-        .is_some()
-    {
-        return read_counter(tx, HELD_COUNT);
+/// The number and bytes of the records held for other peers (one counter, read and written
+/// once per change); counted once from the records when it was never written (a store of
+/// an earlier release, which counted all records against the limit).
+fn read_held<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<(u64, u64), CoreError> {
+    if let Some(bytes) = tx.get(COUNTERS, HELD_TOTALS).map_err(backend_error)? {
+        let totals = <[u8; 16]>::try_from(bytes.as_slice())
+            .map_err(|_| corrupt("counter", HELD_TOTALS, "not 16 bytes"))?;
+        let (count, size) = totals.split_at(8);
+        return Ok((
+            u64::from_be_bytes(count.try_into().unwrap_or_default()),
+            u64::from_be_bytes(size.try_into().unwrap_or_default()),
+        ));
     }
-    let mut held = 0u64;
+    let (mut count, mut size) = (0u64, 0u64);
     tx.scan(RECORDS, FULL_RANGE, &mut |k, v| {
-        if decode_record(k, v).is_ok_and(|r| is_held(&r, local)) {
-            held += 1;
+        if let Ok(r) = decode_record(k, v)
+            && is_held(&r, local)
+        {
+            count += 1;
+            size += held_size(&r) as u64;
         }
         Ok(ControlFlow::Continue(()))
     })
     .map_err(backend_error)?;
-    Ok(held)
+    Ok((count, size))
+}
+
+fn write_held<T: WriteTransaction + ?Sized>(
+    tx: &mut T,
+    (count, size): (u64, u64),
+) -> Result<(), CoreError> {
+    let mut totals = [0u8; 16];
+    totals[..8].copy_from_slice(&count.to_be_bytes());
+    totals[8..].copy_from_slice(&size.to_be_bytes());
+    tx.put(COUNTERS, HELD_TOTALS, &totals)
+        .map_err(backend_error)
 }
 
 /// What the accounting of records held for other peers needs.
@@ -641,29 +658,6 @@ fn held_entry(limits: &Limits, key: &RecordKey) -> Vec<u8> {
     entry
 }
 
-/// The bytes held for other peers; summed once from the records when the counter was
-/// never written.
-fn read_held_bytes<T: ReadTransaction + ?Sized>(tx: &T, local: PeerId) -> Result<u64, CoreError> {
-    if tx
-        .get(COUNTERS, HELD_BYTES)
-        .map_err(backend_error)?
-        .is_some()
-    {
-        return read_counter(tx, HELD_BYTES);
-    }
-    let mut bytes = 0u64;
-    tx.scan(RECORDS, FULL_RANGE, &mut |k, v| {
-        if let Ok(r) = decode_record(k, v)
-            && is_held(&r, local)
-        {
-            bytes += held_size(&r) as u64;
-        }
-        Ok(ControlFlow::Continue(()))
-    })
-    .map_err(backend_error)?;
-    Ok(bytes)
-}
-
 /// Counts `record` in, or out of (`sign` false), the held accounting, if it is held.
 fn account<T: WriteTransaction + ?Sized>(
     tx: &mut T,
@@ -674,19 +668,14 @@ fn account<T: WriteTransaction + ?Sized>(
     if !is_held(record, limits.local) {
         return Ok(());
     }
-    let (count, bytes) = (
-        read_held(tx, limits.local)?,
-        read_held_bytes(tx, limits.local)?,
-    );
+    let (count, bytes) = read_held(tx, limits.local)?;
     let size = held_size(record) as u64;
     let entry = held_entry(limits, &record.key);
     if add {
-        write_counter(tx, HELD_COUNT, count + 1)?;
-        write_counter(tx, HELD_BYTES, bytes + size)?;
+        write_held(tx, (count + 1, bytes + size))?;
         tx.put(HELD, &entry, &[]).map_err(backend_error)
     } else {
-        write_counter(tx, HELD_COUNT, count.saturating_sub(1))?;
-        write_counter(tx, HELD_BYTES, bytes.saturating_sub(size))?;
+        write_held(tx, (count.saturating_sub(1), bytes.saturating_sub(size)))?;
         tx.delete(HELD, &entry).map_err(backend_error).map(drop)
     }
 }
@@ -701,9 +690,9 @@ fn make_room<T: WriteTransaction + ?Sized>(
     let distance = limits.local_key.distance(&record.key.key());
     let size = held_size(record) as u64;
     loop {
-        let over_count = too_many(limits.max_records, read_held(tx, limits.local)?);
-        let over_bytes =
-            read_held_bytes(tx, limits.local)?.saturating_add(size) > limits.max_held_bytes as u64;
+        let (count, bytes) = read_held(tx, limits.local)?;
+        let over_count = too_many(limits.max_records, count);
+        let over_bytes = bytes.saturating_add(size) > limits.max_held_bytes as u64;
         if !over_count && !over_bytes {
             return Ok(());
         }

@@ -296,6 +296,11 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// Parses everything but the payload (left empty): the head of an envelope, cheaply.
+    pub fn peek(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        Envelope::decode_head(bytes).map(|(envelope, _)| envelope)
+    }
+
     /// The version and tombstone flag of format-2 envelope bytes, without copying the
     /// payload or checking the signature; `None` for anything else (format 1 included).
     pub fn version_of(bytes: &[u8]) -> Option<(Version, bool)> {
