@@ -22,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use netabase::core::model::Envelope;
-use netabase::core::{Keypair, PeerId as CorePeerId, Record, RecordStore};
+use netabase::core::{Record, RecordStore};
 use netabase::store::{Durability, Store};
-use netabase::swarm::load_or_create_identity;
+use netabase::swarm::{core_keypair, load_or_create_identity};
 use netabase::{Netabase, NetabaseConfig, netabase_definition_module};
 
 #[netabase_definition_module(OwnDefinition, OwnKeys)]
@@ -67,15 +67,8 @@ fn item(id: u64) -> Item {
 fn load(dir: &Path, count: u64) {
     std::fs::create_dir_all(dir).unwrap();
     let identity = load_or_create_identity(dir).expect("identity");
-    let local = CorePeerId::from_bytes(&identity.public().to_peer_id().to_bytes()).unwrap();
-    let secret: [u8; 32] = identity
-        .try_into_ed25519()
-        .unwrap()
-        .secret()
-        .as_ref()
-        .try_into()
-        .unwrap();
-    let keypair = Keypair::from_secret(secret);
+    let keypair = core_keypair(&identity).expect("an Ed25519 identity");
+    let local = keypair.peer_id();
     let store = Store::<OwnDefinition>::open(dir.join("netabase.redb")).expect("store");
     let mut dht = store
         .record_store(local, Default::default())

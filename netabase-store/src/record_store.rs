@@ -562,6 +562,16 @@ impl<B: Backend> PersistentRecordStore<B> {
         self.read(|tx| read_counter(tx, RECORD_COUNT))
     }
 
+    fn check_size(&self, record: &Record) -> Result<(), CoreError> {
+        if record.value.len() > self.config.max_value_bytes {
+            return Err(CoreError::ValueTooLarge {
+                size: record.value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             local: self.local,
@@ -593,6 +603,17 @@ impl<B: Backend> PersistentRecordStore<B> {
     /// Number of provider records held, over all keys.
     pub fn provider_count(&self) -> Result<u64, CoreError> {
         self.read(|tx| tx.len(PROVIDERS).map_err(backend_error))
+    }
+}
+
+/// The record stored under `key`, if any.
+fn stored_record<T: ReadTransaction + ?Sized>(
+    tx: &T,
+    key: &RecordKey,
+) -> Result<Option<Record>, CoreError> {
+    match tx.get(RECORDS, key.as_bytes()).map_err(backend_error)? {
+        Some(bytes) => decode_record(key.as_bytes(), &bytes).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -774,50 +795,25 @@ fn too_many(max: usize, count: u64) -> bool {
 
 impl<B: Backend> RecordStore for PersistentRecordStore<B> {
     fn get(&self, key: &RecordKey) -> Result<Option<Record>, CoreError> {
-        self.read(
-            |tx| match tx.get(RECORDS, key.as_bytes()).map_err(backend_error)? {
-                Some(bytes) => decode_record(key.as_bytes(), &bytes).map(Some),
-                None => Ok(None),
-            },
-        )
+        self.read(|tx| stored_record(tx, key))
     }
 
     fn put(&mut self, record: Record) -> Result<(), CoreError> {
-        if record.value.len() > self.config.max_value_bytes {
-            return Err(CoreError::ValueTooLarge {
-                size: record.value.len(),
-                max: self.config.max_value_bytes,
-            });
-        }
+        self.check_size(&record)?;
         let limits = self.limits();
         self.write(|tx| {
-            let old = match tx
-                .get(RECORDS, record.key.as_bytes())
-                .map_err(backend_error)?
-            {
-                Some(bytes) => Some(decode_record(record.key.as_bytes(), &bytes)?),
-                None => None,
-            };
+            let old = stored_record(tx, &record.key)?;
             write_record(tx, &record, old.as_ref(), &limits)
         })
     }
 
     fn put_resolved(&mut self, record: Record) -> Result<PutOutcome, CoreError> {
-        if record.value.len() > self.config.max_value_bytes {
-            return Err(CoreError::ValueTooLarge {
-                size: record.value.len(),
-                max: self.config.max_value_bytes,
-            });
-        }
+        self.check_size(&record)?;
         let limits = self.limits();
         // Read, decide and write in one transaction: the compare-and-put is atomic even
         // with other writers on the database.
         self.write(|tx| {
-            let key = record.key.clone();
-            let existing = match tx.get(RECORDS, key.as_bytes()).map_err(backend_error)? {
-                Some(bytes) => Some(decode_record(key.as_bytes(), &bytes)?),
-                None => None,
-            };
+            let existing = stored_record(tx, &record.key)?;
             let (write, outcome) = decide_put(existing.as_ref(), record);
             if let Some(write) = write {
                 write_record(tx, &write, existing.as_ref(), &limits)?;

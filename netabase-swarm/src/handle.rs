@@ -31,6 +31,7 @@ use crate::error::NetabaseError;
 use crate::event::{EventSubscriber, NetabaseEvent};
 use crate::handler::Shared;
 use crate::identity;
+use crate::identity::core_keypair;
 use crate::runtime::{Runtime, TransportSettings, sleeper};
 
 /// The identify protocol version this node announces.
@@ -221,14 +222,6 @@ fn open_store<D: NetabaseDefinition>(
         tracing::info!(?migrated, "migrated the DHT tables to the current layout");
     }
     Ok(store)
-}
-
-/// The core's signing key for a libp2p identity (Ed25519 only: other key types cannot sign
-/// records, and such a node's puts fail with `ApiError::NoIdentity`).
-fn core_keypair(keypair: &Keypair) -> Option<netabase_core::Keypair> {
-    let ed25519 = keypair.clone().try_into_ed25519().ok()?;
-    let secret: [u8; 32] = ed25519.secret().as_ref().try_into().ok()?;
-    Some(netabase_core::Keypair::from_secret(secret))
 }
 
 /// A seed for the core's random choices, different for every node start.

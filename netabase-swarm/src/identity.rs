@@ -48,3 +48,11 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
         Err(e) => Err(error(e.to_string())),
     }
 }
+
+/// The core's signing key for a libp2p identity (Ed25519 only: other key types cannot sign
+/// records, and such a node's puts fail with `ApiError::NoIdentity`).
+pub fn core_keypair(keypair: &libp2p::identity::Keypair) -> Option<netabase_core::Keypair> {
+    let ed25519 = keypair.clone().try_into_ed25519().ok()?;
+    let secret: [u8; 32] = ed25519.secret().as_ref().try_into().ok()?;
+    Some(netabase_core::Keypair::from_secret(secret))
+}

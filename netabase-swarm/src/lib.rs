@@ -40,7 +40,7 @@ pub use handle::{
     BootstrapResult, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, Netabase, NetabaseStats,
     ProviderInfo, ProvidingResult, PutRecordResult,
 };
-pub use identity::load_or_create as load_or_create_identity;
+pub use identity::{core_keypair, load_or_create as load_or_create_identity};
 pub use metrics::NodeMetrics;
 pub use protocol::StreamError;
 pub use runtime::{BuildError, Runtime, Sleep, TransportKind, TransportSettings, UPGRADE_TIMEOUT};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use netabase::core::model::{Envelope, record_key};
 use netabase::core::{PeerId as CorePeerId, RecordStore, Version};
 use netabase::store::{PersistentRecordStore, RecordStoreConfig, Store};
-use netabase::swarm::load_or_create_identity;
+use netabase::swarm::{core_keypair, load_or_create_identity};
 use netabase_cli::models::{CliDefinition, DocumentPrimaryKey, RawPrimaryKey};
 
 use crate::support::{NodeProcess, ctl, json, ok};
@@ -29,16 +29,8 @@ fn copy_fixture(to: &Path) {
 
 /// The node's id in the core's form, and its signing key.
 fn identity(dir: &Path) -> (CorePeerId, netabase::core::Keypair) {
-    let keypair = load_or_create_identity(dir).unwrap();
-    let peer = CorePeerId::from_bytes(&keypair.public().to_peer_id().to_bytes()).unwrap();
-    let secret: [u8; 32] = keypair
-        .try_into_ed25519()
-        .unwrap()
-        .secret()
-        .as_ref()
-        .try_into()
-        .unwrap();
-    (peer, netabase::core::Keypair::from_secret(secret))
+    let keypair = core_keypair(&load_or_create_identity(dir).unwrap()).unwrap();
+    (keypair.peer_id(), keypair)
 }
 
 fn dht(store: &Store<CliDefinition>, local: CorePeerId) -> PersistentRecordStore {
