@@ -606,6 +606,30 @@ impl<B: Backend> PersistentRecordStore<B> {
     }
 }
 
+/// The first `limit` entries of `table` in `range` that `pick` makes something of.
+fn first_of<T: ReadTransaction + ?Sized, X>(
+    tx: &T,
+    table: &str,
+    range: KeyRange<'_>,
+    limit: usize,
+    mut pick: impl FnMut(&[u8], &[u8]) -> Option<X>,
+) -> Result<Vec<X>, CoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    tx.scan(table, range, &mut |k, v| {
+        out.extend(pick(k, v));
+        Ok(if out.len() >= limit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })
+    .map_err(backend_error)?;
+    Ok(out)
+}
+
 /// The record stored under `key`, if any.
 fn stored_record<T: ReadTransaction + ?Sized>(
     tx: &T,
@@ -851,24 +875,7 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
     }
 
     fn outbox(&self, limit: usize) -> Result<Vec<RecordKey>, CoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.read(|tx| {
-            let mut out = Vec::new();
-            tx.scan(OUTBOX, FULL_RANGE, &mut |k, _| {
-                if let Ok(key) = RecordKey::new(k) {
-                    out.push(key);
-                }
-                Ok(if out.len() >= limit {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                })
-            })
-            .map_err(backend_error)?;
-            Ok(out)
-        })
+        self.read(|tx| first_of(tx, OUTBOX, FULL_RANGE, limit, |k, _| RecordKey::new(k).ok()))
     }
 
     fn remove(&mut self, key: &RecordKey) -> Result<(), CoreError> {
@@ -899,25 +906,12 @@ impl<B: Backend> RecordStore for PersistentRecordStore<B> {
         after: Option<&RecordKey>,
         limit: usize,
     ) -> Result<Vec<Record>, CoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes()));
+        // Damaged entries are skipped, as the full listing does.
         self.read(|tx| {
-            let mut out = Vec::with_capacity(limit);
-            tx.scan(RECORDS, (start, Bound::Unbounded), &mut |k, v| {
-                // Damaged entries are skipped, as the full listing does.
-                if let Ok(record) = decode_record(k, v) {
-                    out.push(record);
-                }
-                Ok(if out.len() >= limit {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                })
+            first_of(tx, RECORDS, (start, Bound::Unbounded), limit, |k, v| {
+                decode_record(k, v).ok()
             })
-            .map_err(backend_error)?;
-            Ok(out)
         })
     }
 
