@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use netabase_core::model::{
     Envelope, EnvelopeError, ModelId, NetabaseDefinition, Opened, SealParts, decode_value,
-    primary_key_of,
+    primary_key_of, record_key_of,
 };
 use netabase_core::store::{
     MemoryStoreConfig, PutOutcome, RecordStore, StoreError as CoreError, decide_put, held_size,
@@ -243,8 +243,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         }
         write_counter(&mut tx, RECORD_COUNT, records).map_err(core_error)?;
         write_held(&mut tx, (held, held_bytes)).map_err(core_error)?;
-        for (model, info) in D::MODELS.iter().enumerate() {
-            let model = model as ModelId;
+        for model in 0..D::MODELS.len() as ModelId {
             let t = tables.get(model)?;
             let mut rows = Vec::new();
             tx.scan(&t.records, FULL_RANGE, &mut |pk, _| {
@@ -255,7 +254,7 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
                 if read_version(&tx, model, &pk)?.is_some() {
                     continue;
                 }
-                let key = record_key_of::<D>(info.name, &pk)?;
+                let key = record_key_of::<D>(model, &pk)?;
                 let version = tx
                     .get(RECORDS, key.as_bytes())?
                     .and_then(|bytes| decode_record(key.as_bytes(), &bytes).ok())
@@ -272,18 +271,6 @@ impl<D: NetabaseDefinition, B: Backend> Store<D, B> {
         tx.commit()?;
         Ok(report)
     }
-}
-
-/// The DHT key of the row of model `model` (by name) with primary-key bytes `pk`.
-fn record_key_of<D: NetabaseDefinition>(model: &str, pk: &[u8]) -> Result<RecordKey, StoreError> {
-    let mut bytes = Vec::with_capacity(6 + D::NAME.len() + model.len() + pk.len());
-    bytes.extend_from_slice(b"/nb/");
-    bytes.extend_from_slice(D::NAME.as_bytes());
-    bytes.push(b'/');
-    bytes.extend_from_slice(model.as_bytes());
-    bytes.push(b'/');
-    bytes.extend_from_slice(pk);
-    RecordKey::new(&bytes).map_err(|e| StoreError::corrupt("typed row", pk, e.to_string()))
 }
 
 fn core_error(e: CoreError) -> StoreError {

@@ -236,6 +236,19 @@ pub fn primary_key_of<D: NetabaseDefinition>(model: ModelId, key: &RecordKey) ->
     rest.strip_prefix(info.name.as_bytes())?.strip_prefix(b"/")
 }
 
+/// The DHT key of the record of model `model` of definition `D` whose encoded primary key
+/// is `key_bytes` (the derivation of [`record_key`], for code that holds bytes rather than
+/// a typed key); the inverse of [`primary_key_of`].
+pub fn record_key_of<D: NetabaseDefinition>(
+    model: ModelId,
+    key_bytes: &[u8],
+) -> Result<RecordKey, ModelError> {
+    let info = D::MODELS
+        .get(usize::from(model))
+        .ok_or(ModelError::UnknownModel(model))?;
+    derive_record_key(D::NAME, info.name, key_bytes)
+}
+
 fn derive_record_key(
     definition: &str,
     model: &str,
