@@ -109,6 +109,13 @@ pub struct Config {
     /// After a successful get, store the record at this many of the closest peers that did
     /// not have it (0 disables caching).
     pub cache_peers: usize,
+    /// Read repair (a get writing the newest copy back to the peers that answered with an
+    /// older one) happens at most once per key in this interval, so that a key read in a
+    /// loop, or peers that keep answering with an old copy, cost one round of writes per
+    /// interval. At most [`READ_REPAIR_KEYS`] keys are remembered at once; a repair that
+    /// finds them all taken within the interval is skipped and counted
+    /// ([`NodeStats::read_repairs_skipped`]): the next replication repairs those copies.
+    pub read_repair_interval: Duration,
     /// Emit [`Event::QueryProgress`] after every answer or failure of a query's requests
     /// (off by default: drivers that show progress switch it on).
     pub query_progress: bool,
@@ -166,6 +173,7 @@ impl Default for Config {
             max_job_queries: 16,
             max_queued_jobs: 1024,
             cache_peers: 1,
+            read_repair_interval: Duration::from_secs(60),
             query_progress: false,
             mode: Mode::Server,
             hlc: HlcConfig::default(),
@@ -510,6 +518,12 @@ pub struct NodeStats {
     /// Replication or republication intervals that came while the previous walk of the
     /// store was still going (it goes on; a new one is not started).
     pub walks_overrun: u64,
+    /// Read repairs sent: newest copies written back to peers that answered a get with an
+    /// older one.
+    pub read_repairs: u64,
+    /// Read repairs not sent because the key was repaired within
+    /// [`Config::read_repair_interval`], or too many keys were.
+    pub read_repairs_skipped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,6 +629,10 @@ struct LatePut {
 
 /// Origins whose decompressed public keys a node keeps.
 const KEY_CACHE: usize = 256;
+
+/// The most keys whose last read repair a node remembers (see
+/// [`Config::read_repair_interval`]).
+pub const READ_REPAIR_KEYS: usize = 4096;
 
 /// Most background jobs one input starts.
 const JOB_STARTS_PER_INPUT: usize = 64;
@@ -729,6 +747,11 @@ pub struct Node<S> {
     /// were still out: a late answer may carry a newer version, which supersedes the put.
     /// Kept until the last of those requests completes.
     late_puts: BTreeMap<QueryId, LatePut>,
+    /// Keys read-repaired within the last [`Config::read_repair_interval`], oldest first,
+    /// with the time of their repair.
+    repaired: VecDeque<(Instant, RecordKey)>,
+    /// The keys of `repaired`.
+    repaired_keys: BTreeSet<RecordKey>,
     /// Set while [`Node::start_jobs`] runs (it is not entered again from inside).
     starting_jobs: bool,
     /// When queued jobs go on, after an input started its share of them.
@@ -793,6 +816,8 @@ impl<S: RecordStore> Node<S> {
             jobs: VecDeque::new(),
             queued_keys: BTreeSet::new(),
             late_puts: BTreeMap::new(),
+            repaired: VecDeque::new(),
+            repaired_keys: BTreeSet::new(),
             starting_jobs: false,
             resume_jobs: None,
             ceiling_unsynced: false,
@@ -2121,6 +2146,13 @@ impl<S: RecordStore> Node<S> {
         let mut candidates: Vec<PeerId> = without.to_vec();
         candidates.sort_by_key(|p| Key::from_peer(p).distance(&target));
         candidates.truncate(self.config.cache_peers);
+        let outdated = if !outdated.is_empty() && self.may_repair(now, key) {
+            self.stats.read_repairs += 1;
+            outdated
+        } else {
+            self.stats.read_repairs_skipped += u64::from(!outdated.is_empty());
+            &[]
+        };
         if candidates.is_empty() && outdated.is_empty() {
             return;
         }
@@ -2136,6 +2168,25 @@ impl<S: RecordStore> Node<S> {
             };
             self.send_request(now, peer, addrs, request, None, Purpose::Cache);
         }
+    }
+
+    /// Whether a read repair of `key` may go out now; if so, remembers it. Keys repaired
+    /// longer than [`Config::read_repair_interval`] ago are forgotten first.
+    fn may_repair(&mut self, now: Instant, key: &RecordKey) -> bool {
+        let interval = self.config.read_repair_interval;
+        while let Some((at, _)) = self.repaired.front()
+            && now.saturating_duration_since(*at) >= interval
+        {
+            if let Some((_, old)) = self.repaired.pop_front() {
+                self.repaired_keys.remove(&old);
+            }
+        }
+        if self.repaired_keys.contains(key) || self.repaired.len() >= READ_REPAIR_KEYS {
+            return false;
+        }
+        self.repaired_keys.insert(key.clone());
+        self.repaired.push_back((now, key.clone()));
+        true
     }
 
     // ----- network input -----------------------------------------------------------------
@@ -2749,6 +2800,14 @@ impl<S: RecordStore> Node<S> {
                     q.iter.candidate_count()
                 ));
             }
+        }
+        if self.repaired.len() != self.repaired_keys.len() || self.repaired.len() > READ_REPAIR_KEYS
+        {
+            return Err(format!(
+                "{} read repairs remembered for {} keys (at most {READ_REPAIR_KEYS})",
+                self.repaired.len(),
+                self.repaired_keys.len()
+            ));
         }
         let late: usize = self.late_puts.values().map(|l| l.outstanding).sum();
         if late > self.requests.len() {

@@ -472,6 +472,55 @@ fn a_get_returns_the_newest_copy_first_and_repairs_the_older_one() {
     assert_eq!(repair, vec![(b.peer_id(), newer)]);
 }
 
+/// Runs a get of `key()` at `now` answered by B with `older` and by C with `newer`, and
+/// returns the peers the node wrote a record back to.
+fn repaired_by_get(setup: &mut Setup, now: Instant, older: &[u8], newer: &[u8]) -> Vec<PeerId> {
+    let Setup { node, b, c, .. } = setup;
+    node.get_record(now, key(), Quorum::N(2)).unwrap();
+    let out = drain(node);
+    let (to_b, to_c) = (request_to(&out, b.peer_id()), request_to(&out, c.peer_id()));
+    let answer = |value: &[u8]| Response::GetValue {
+        record: Some(Box::new(wire(value, None))),
+        closer_peers: vec![],
+    };
+    node.handle_response(now, to_b, answer(older));
+    node.handle_response(now, to_c, answer(newer));
+    drain(node)
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendRequest {
+                peer,
+                request: Request::PutValue { .. },
+                ..
+            } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn read_repair_of_a_key_happens_at_most_once_per_interval() {
+    let mut setup = setup();
+    let interval = Config::default().read_repair_interval;
+    let older = sealed(&setup.b, T0.as_micros() - 2, b"old", false);
+    let newer = sealed(&setup.c, T0.as_micros() - 1, b"new", false);
+    let b = setup.b.peer_id();
+    assert_eq!(repaired_by_get(&mut setup, T0, &older, &newer), vec![b]);
+    // B keeps answering with its old copy (its write was lost, say): within the interval
+    // the key is not repaired again, however often it is read.
+    let soon = T0 + interval / 2;
+    for _ in 0..3 {
+        assert_eq!(repaired_by_get(&mut setup, soon, &older, &newer), vec![]);
+    }
+    assert_eq!(setup.node.stats().read_repairs, 1);
+    assert_eq!(setup.node.stats().read_repairs_skipped, 3);
+    // One interval after the repair, it may be repaired again.
+    let later = T0 + interval;
+    assert_eq!(repaired_by_get(&mut setup, later, &older, &newer), vec![b]);
+    assert_eq!(setup.node.stats().read_repairs, 2);
+    setup.node.check_invariants().unwrap();
+}
+
 #[test]
 fn a_quorum_failure_reports_the_copies_it_saw_nowhere() {
     // A get of a key nobody holds ends NotFound, as before versions.
