@@ -280,6 +280,9 @@ pub(crate) struct SystemReport {
     pub(crate) value_bytes: usize,
     /// Kademlia requests the nodes served during the measured operations.
     pub(crate) requests: u64,
+    /// Record signatures the nodes verified during the measured operations (`None`: the
+    /// network does not count them).
+    pub(crate) verified: Option<u64>,
     /// CPU time the whole process used during the measured operations (every network's
     /// nodes, idle or not, and the load generator), when the platform reports it.
     pub(crate) cpu_seconds: Option<f64>,
@@ -351,7 +354,7 @@ impl Report {
             s.nodes, s.k, s.payload, value, s.concurrency, s.rounds, s.ops, s.warmup
         );
         out.push_str(&format!(
-            "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>6}\n",
+            "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6}\n",
             "network",
             "ops/s",
             "put p50",
@@ -361,20 +364,24 @@ impl Report {
             "op p50",
             "op p99",
             "req/op",
+            "sig/op",
             "CPU/op",
             "failed"
         ));
         out.push_str(&format!(
-            "{:<32} {:>7} {:>53} {:>7} {:>7}\n",
-            "", "", "(milliseconds)", "", "(ms)"
+            "{:<32} {:>7} {:>53} {:>7} {:>7} {:>7}\n",
+            "", "", "(milliseconds)", "", "", "(ms)"
         ));
         for r in &self.systems {
             let cpu = r.cpu_seconds.map_or_else(
                 || "-".to_string(),
                 |c| format!("{:.2}", r.per_op(c) * 1000.0),
             );
+            let sigs = r
+                .verified
+                .map_or_else(|| "-".to_string(), |v| format!("{:.1}", r.per_op(v as f64)));
             out.push_str(&format!(
-                "{:<32} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7} {:>6}\n",
+                "{:<32} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7} {:>7} {:>6}\n",
                 r.system.name(),
                 r.throughput(),
                 ms(quantile(&r.put, 0.5)),
@@ -384,6 +391,7 @@ impl Report {
                 ms(quantile(&r.op, 0.5)),
                 ms(quantile(&r.op, 0.99)),
                 r.per_op(r.requests as f64),
+                sigs,
                 cpu,
                 r.failures
             ));
@@ -478,11 +486,15 @@ impl Net {
         }
     }
 
-    /// Kademlia requests every node of the network has served so far.
-    async fn inbound_requests(&self) -> u64 {
+    /// Kademlia requests every node of the network has served so far, and the record
+    /// signatures they verified (when the network counts them).
+    async fn counters(&self) -> (u64, Option<u64>) {
         match self {
-            Net::Stock(n) => n.served.load(Ordering::Relaxed),
-            Net::Netabase(n) => n.inbound_requests().await,
+            Net::Stock(n) => (n.served.load(Ordering::Relaxed), None),
+            Net::Netabase(n) => {
+                let (served, verified) = n.counters().await;
+                (served, Some(verified))
+            }
         }
     }
 
@@ -528,8 +540,8 @@ trait NetabaseNetwork: Send + Sync {
     fn put(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>>;
     /// Gets the record of `id` at node `at` and checks it.
     fn get(&self, at: usize, id: u64, payload: usize) -> BoxFuture<'_, Result<(), String>>;
-    /// Kademlia requests every node has served so far.
-    fn inbound_requests(&self) -> BoxFuture<'_, u64>;
+    /// Kademlia requests every node has served so far, and record signatures verified.
+    fn counters(&self) -> BoxFuture<'_, (u64, u64)>;
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
@@ -580,15 +592,16 @@ impl<R: Runtime> NetabaseNetwork for NetabaseNet<R> {
         })
     }
 
-    fn inbound_requests(&self) -> BoxFuture<'_, u64> {
+    fn counters(&self) -> BoxFuture<'_, (u64, u64)> {
         Box::pin(async move {
-            let mut total = 0;
+            let (mut served, mut verified) = (0, 0);
             for node in &self.nodes {
                 if let Ok(stats) = node.stats().await {
-                    total += stats.kad.inbound_requests;
+                    served += stats.kad.inbound_requests;
+                    verified += stats.kad.signatures_verified;
                 }
             }
-            total
+            (served, verified)
         })
     }
 
@@ -1035,6 +1048,7 @@ pub(crate) async fn run(
             op: Vec::new(),
             value_bytes: net.value_bytes(settings.payload),
             requests: 0,
+            verified: Some(0),
             cpu_seconds: process_cpu_seconds().map(|_| 0.0),
         })
         .collect();
@@ -1046,14 +1060,20 @@ pub(crate) async fn run(
                 settings.rounds,
                 system.name()
             ));
-            let served_before = net.inbound_requests().await;
+            let (served_before, verified_before) = net.counters().await;
             let cpu_before = process_cpu_seconds();
             let (b, took) = batch(net, next_id[n], settings.ops, settings).await;
             let cpu_after = process_cpu_seconds();
-            let served_after = net.inbound_requests().await;
+            let (served_after, verified_after) = net.counters().await;
             next_id[n] += settings.ops as u64;
             let r = &mut reports[n];
             r.requests += served_after.saturating_sub(served_before);
+            r.verified = match (r.verified, verified_before, verified_after) {
+                (Some(total), Some(before), Some(after)) => {
+                    Some(total + after.saturating_sub(before))
+                }
+                _ => None,
+            };
             if let (Some(total), Some(before), Some(after)) =
                 (r.cpu_seconds.as_mut(), cpu_before, cpu_after)
             {

@@ -128,6 +128,7 @@ pub struct KeyCache {
     keys: alloc::collections::BTreeMap<PeerId, VerifyingKey>,
     order: alloc::collections::VecDeque<PeerId>,
     capacity: usize,
+    verified: u64,
 }
 
 impl KeyCache {
@@ -137,6 +138,7 @@ impl KeyCache {
             keys: alloc::collections::BTreeMap::new(),
             order: alloc::collections::VecDeque::new(),
             capacity,
+            verified: 0,
         }
     }
 
@@ -165,6 +167,7 @@ impl KeyCache {
             }
         };
         let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.verified += 1;
         key.verify_strict(message, &signature)
             .map_err(|_| SignatureError::Invalid)
     }
@@ -177,6 +180,11 @@ impl KeyCache {
     /// Whether it holds no key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Signatures verified (each one Ed25519 verification), valid or not.
+    pub fn verified(&self) -> u64 {
+        self.verified
     }
 }
 
@@ -223,6 +231,7 @@ mod tests {
             );
             assert!(cache.len() <= 2);
         }
+        assert_eq!(cache.verified(), 12);
         assert_eq!(
             cache.verify(&PeerId::from_seed(1), b"m", &[0; 64]),
             Err(SignatureError::NotEd25519)

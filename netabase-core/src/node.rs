@@ -524,6 +524,8 @@ pub struct NodeStats {
     /// Read repairs not sent because the key was repaired within
     /// [`Config::read_repair_interval`], or too many keys were.
     pub read_repairs_skipped: u64,
+    /// Ed25519 signatures of records verified, valid or not.
+    pub signatures_verified: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2657,6 +2659,7 @@ impl<S: RecordStore> Node<S> {
                     Err(e) => Err(e),
                 }
             });
+            self.stats.signatures_verified = self.keys.verified();
             let envelope = match checked {
                 Ok(envelope) => envelope,
                 Err(e) => {
