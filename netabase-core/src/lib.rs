@@ -61,7 +61,8 @@ pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, Wire
 pub use node::InjectedFault;
 pub use node::{
     ApiError, Config, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord, QueryError,
-    QueryId, QueryResult, QueryStats, Quorum, Rejection, RequestFailure, RequestId, seal_version,
+    QueryId, QueryResult, QueryStats, Quorum, READ_REPAIR_KEYS, Rejection, RequestFailure,
+    RequestId, seal_version,
 };
 pub use peer::{Address, PeerId};
 pub use record::{ProviderRecord, Record};
