@@ -74,3 +74,19 @@ pub type Netabase<D> = SmolNetabase<D>;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The features this build of Netabase has: its runtimes (`tokio`, `async-std`, `smol`)
+/// and its storage backends (`redb`, `sled`; the memory backend is always there), in that
+/// order.
+pub fn build_features() -> Vec<&'static str> {
+    let runtimes = [
+        ("tokio", cfg!(feature = "tokio")),
+        ("async-std", cfg!(feature = "async-std")),
+        ("smol", cfg!(feature = "smol")),
+    ];
+    runtimes
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .chain(netabase_store::BACKENDS.iter().copied())
+        .collect()
+}

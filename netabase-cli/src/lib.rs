@@ -110,8 +110,23 @@ pub use cli::{EXIT_FAILED, EXIT_UNREACHABLE};
 /// The `netabase` program: parses the process's arguments, sets up logging and runs the
 /// command.
 pub fn main() -> std::process::ExitCode {
-    use clap::Parser;
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     logging::init(matches!(cli.command, Cmd::Node(_)));
     run(cli)
+}
+
+/// What `netabase --version` prints: the version and the features this build has (its
+/// runtimes and storage backends). Test-only code has no feature of its own to show up
+/// here: the simulator's deliberate bugs live in the simulator, never in the core.
+pub fn version() -> String {
+    format!(
+        "{} (features: {})",
+        env!("CARGO_PKG_VERSION"),
+        netabase::build_features().join(", ")
+    )
 }

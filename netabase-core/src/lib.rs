@@ -57,8 +57,6 @@ pub use hlc::{ClockError, Hlc, HlcConfig};
 pub use identity::Keypair;
 pub use key::{Distance, Key, RecordKey};
 pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
-#[cfg(feature = "fault-injection")]
-pub use node::InjectedFault;
 pub use node::{
     ApiError, Config, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord, QueryError,
     QueryId, QueryResult, QueryStats, Quorum, READ_REPAIR_KEYS, Rejection, RequestFailure,

@@ -135,20 +135,6 @@ pub struct Config {
     /// may still hold an older copy: by then every older copy has expired and cannot come
     /// back. Tombstones are exempt from the `record_ttl` cap on inbound records.
     pub tombstone_horizon: Duration,
-    /// A deliberate bug this node exhibits (for testing checkers).
-    #[cfg(feature = "fault-injection")]
-    pub injected_fault: Option<InjectedFault>,
-}
-
-/// Deliberate protocol bugs for testing the simulator's checkers (feature
-/// `fault-injection`).
-#[cfg(feature = "fault-injection")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InjectedFault {
-    /// Every third GET_VALUE answer that carries a record carries a corrupted value.
-    CorruptEveryThirdValue,
-    /// Records from the network are taken without checking their signatures.
-    SkipSignatureCheck,
 }
 
 impl Default for Config {
@@ -179,8 +165,6 @@ impl Default for Config {
             hlc: HlcConfig::default(),
             tombstone_horizon: Duration::from_secs(30 * 24 * HOUR),
             outbox_interval: Some(Duration::from_secs(10)),
-            #[cfg(feature = "fault-injection")]
-            injected_fault: None,
         }
     }
 }
@@ -781,8 +765,6 @@ pub struct Node<S> {
     /// The wall clock (microseconds since the Unix epoch) minus `now`, as the driver last
     /// reported it.
     wall_offset: i64,
-    #[cfg(feature = "fault-injection")]
-    fault_counter: u64,
 }
 
 impl<S: RecordStore> Node<S> {
@@ -834,8 +816,6 @@ impl<S: RecordStore> Node<S> {
             next_bootstrap: config.bootstrap_interval.map(|d| now + d),
             next_outbox: config.outbox_interval.map(|d| now + d),
             stats: NodeStats::default(),
-            #[cfg(feature = "fault-injection")]
-            fault_counter: 0,
             config,
         }
     }
@@ -2513,8 +2493,6 @@ impl<S: RecordStore> Node<S> {
                     Ok(r) => r.map(|r| Box::new(to_wire(&r, now))),
                     Err(_) => None,
                 };
-                #[cfg(feature = "fault-injection")]
-                let record = self.inject_value_fault(record);
                 let closer_peers = self.closer_peers(&key.key(), &peer);
                 self.respond(
                     id,
@@ -2619,18 +2597,6 @@ impl<S: RecordStore> Node<S> {
         }
     }
 
-    #[cfg(feature = "fault-injection")]
-    fn inject_value_fault(&mut self, record: Option<Box<WireRecord>>) -> Option<Box<WireRecord>> {
-        let mut record = record?;
-        if self.config.injected_fault == Some(InjectedFault::CorruptEveryThirdValue) {
-            self.fault_counter += 1;
-            if self.fault_counter.is_multiple_of(3) {
-                record.value.push(0xEE);
-            }
-        }
-        Some(record)
-    }
-
     fn respond(&mut self, id: InboundId, peer: PeerId, response: Response) {
         self.outputs
             .push_back(Output::SendResponse { id, peer, response });
@@ -2647,18 +2613,9 @@ impl<S: RecordStore> Node<S> {
         value: &[u8],
     ) -> Result<(), Rejection> {
         if value.starts_with(b"NBE") {
-            #[cfg(feature = "fault-injection")]
-            let skip = self.config.injected_fault == Some(InjectedFault::SkipSignatureCheck);
-            #[cfg(not(feature = "fault-injection"))]
-            let skip = false;
             let keys = &mut self.keys;
-            let checked = Envelope::decode(value).and_then(|envelope| {
-                match envelope.verify_cached(key, value, keys) {
-                    Ok(()) => Ok(envelope),
-                    Err(_) if skip => Ok(envelope),
-                    Err(e) => Err(e),
-                }
-            });
+            let checked = Envelope::decode(value)
+                .and_then(|envelope| envelope.verify_cached(key, value, keys).map(|()| envelope));
             self.stats.signatures_verified = self.keys.verified();
             let envelope = match checked {
                 Ok(envelope) => envelope,

@@ -381,7 +381,7 @@ pub const INJECTABLE: [&str; 7] = [
 pub struct FaultSpec {
     /// One of [`INJECTABLE`]:
     /// - `"corrupt-every-third-value"`: every node corrupts every third record it serves
-    ///   (the core's `fault-injection` feature);
+    ///   (the simulator changes its answers on their way out);
     /// - `"store-ignores-versions"`: every store's compare-and-put takes the incoming copy,
     ///   older or not;
     /// - `"acks-before-sync"`: nodes carry out every output at once instead of waiting for
@@ -393,8 +393,9 @@ pub struct FaultSpec {
     /// - `"tombstone-horizon-ignored"`: tombstones are kept only a second after their
     ///   timestamp, however long `core.tombstone_horizon_s` says;
     /// - `"unchecked-signatures"`: nodes take records from the network without checking
-    ///   their signatures (the core's `fault-injection` feature), so the forgers' copies
-    ///   get through.
+    ///   their signatures, so the forgers' copies get through (the simulator signs each
+    ///   forgery with the key of the origin it names, which is what a node that checks no
+    ///   signature lets through).
     pub inject: Option<String>,
     /// How many nodes (the last ones) are forgers: every record of another origin they
     /// serve or forward (GET_VALUE answers, replicated, cached and repaired copies) goes

@@ -25,9 +25,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use netabase_core::model::Envelope;
 use netabase_core::{
-    Address, Config, Event, InboundId, InjectedFault, Instant, Key, Keypair, Mode, Node, Output,
-    PeerId, QueryId, QueryResult, Quorum, RecordKey, RecordStore, Request, RequestFailure,
-    RequestId, Response, Version,
+    Address, Config, Event, InboundId, Instant, Key, Keypair, Mode, Node, Output, PeerId, QueryId,
+    QueryResult, Quorum, RecordKey, RecordStore, Request, RequestFailure, RequestId, Response,
+    Version,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -174,6 +174,8 @@ pub struct SimNode {
     /// With a disk model: for every key it acknowledged holding (a PUT_VALUE answer, a put
     /// of its own that completed), the newest version and that copy's expiry.
     acked: BTreeMap<RecordKey, (Version, Option<Instant>)>,
+    /// GET_VALUE answers with a record it served (for the `corrupt-every-third-value` bug).
+    served_values: u64,
 }
 
 impl SimNode {
@@ -498,6 +500,14 @@ struct Net {
     acks_before_sync: bool,
     /// Nodes from this index on are forgers.
     first_forger: usize,
+    /// Deliberate bug: the forgers' changes carry valid signatures of the records' origins,
+    /// which is what nodes that check no signature would let through.
+    forgeries_signed: bool,
+    /// Deliberate bug: every node corrupts every third record it serves.
+    corrupt_every_third: bool,
+    /// The seed every node's identity derives from (node `i`'s keypair is
+    /// `Keypair::from_seed(splitmix(id_seed ^ i))`).
+    id_seed: u64,
 }
 
 impl Net {
@@ -1378,11 +1388,11 @@ impl Cx<'_> {
     fn carry_out(&mut self, i: usize, mut out: Output) {
         if i >= self.net.first_forger {
             let own = self.net.peers[i];
-            match &mut out {
+            let record = match &mut out {
                 Output::SendRequest {
                     request: Request::PutValue { record },
                     ..
-                } => forge(&mut record.value, own),
+                } => Some(record),
                 Output::SendResponse {
                     response:
                         Response::GetValue {
@@ -1390,8 +1400,30 @@ impl Cx<'_> {
                             ..
                         },
                     ..
-                } => forge(&mut record.value, own),
-                _ => {}
+                } => Some(record),
+                _ => None,
+            };
+            if let Some(record) = record
+                && forge(&mut record.value, own)
+                && self.net.forgeries_signed
+            {
+                sign_forgery(self.net, &record.key, &mut record.value);
+            }
+        }
+        if self.net.corrupt_every_third
+            && let Output::SendResponse {
+                response:
+                    Response::GetValue {
+                        record: Some(record),
+                        ..
+                    },
+                ..
+            } = &mut out
+        {
+            let node = self.node(i);
+            node.served_values += 1;
+            if node.served_values.is_multiple_of(3) {
+                record.value.push(0xEE);
             }
         }
         match out {
@@ -1512,12 +1544,13 @@ impl Cx<'_> {
 }
 
 /// A forger's change to a signed record of another origin: a later timestamp and a
-/// flipped byte of the payload (or origin), under the original signature.
-fn forge(value: &mut [u8], own: PeerId) {
+/// flipped byte of the payload (or origin), under the original signature. Whether it
+/// changed anything.
+fn forge(value: &mut [u8], own: PeerId) -> bool {
     /// Offset of the timestamp in a format-2 envelope.
     const TIMESTAMP: std::ops::Range<usize> = 11..19;
     if version_of(value).is_none_or(|(v, _)| v.origin == own) || value.len() < 20 + 64 {
-        return;
+        return false;
     }
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&value[TIMESTAMP]);
@@ -1525,6 +1558,32 @@ fn forge(value: &mut [u8], own: PeerId) {
     value[TIMESTAMP].copy_from_slice(&ts.to_be_bytes());
     let last = value.len() - 65;
     value[last] ^= 0xFF;
+    true
+}
+
+/// Signs a forged record again with the key of the origin it names (a simulated node's,
+/// derived from the identity seed), so that it passes every signature check: the
+/// `unchecked-signatures` bug, as nodes that check no signature would see it. Forgeries
+/// whose origin is no simulated node (or that no longer decode) stay as they are.
+fn sign_forgery(net: &Net, key: &RecordKey, value: &mut Vec<u8>) {
+    let Ok(envelope) = netabase_core::model::Envelope::decode(value) else {
+        return;
+    };
+    let Some(&j) = net.index.get(&envelope.origin) else {
+        return;
+    };
+    let keypair = Keypair::from_seed(splitmix(net.id_seed ^ j as u64));
+    *value = netabase_core::model::Envelope::seal_parts(
+        key,
+        netabase_core::model::SealParts {
+            model: envelope.model,
+            schema_version: envelope.schema_version,
+            timestamp: envelope.timestamp,
+            tombstone: envelope.tombstone,
+            payload: &envelope.payload,
+        },
+        &keypair,
+    );
 }
 
 /// The trace file's line for one event.
@@ -1641,12 +1700,6 @@ impl Simulation {
             config.hlc.max_drift = Duration::from_millis(t);
         }
         let faults = &scenario.faults;
-        if faults.is("corrupt-every-third-value") {
-            config.injected_fault = Some(InjectedFault::CorruptEveryThirdValue);
-        }
-        if faults.is("unchecked-signatures") {
-            config.injected_fault = Some(InjectedFault::SkipSignatureCheck);
-        }
         if faults.is("tombstone-horizon-ignored") {
             config.tombstone_horizon = Duration::from_secs(1);
         }
@@ -1695,6 +1748,7 @@ impl Simulation {
                 held: Vec::new(),
                 queued: VecDeque::new(),
                 acked: BTreeMap::new(),
+                served_values: 0,
             });
         }
         // Wall-clock steps: each picks its nodes at random.
@@ -1740,6 +1794,9 @@ impl Simulation {
                 .map(|d| (d.sync_latency_ms[0], d.sync_latency_ms[1])),
             acks_before_sync: faults.is("acks-before-sync"),
             first_forger: n - scenario.faults.forgers,
+            forgeries_signed: faults.is("unchecked-signatures"),
+            corrupt_every_third: faults.is("corrupt-every-third-value"),
+            id_seed,
         };
         // Every message between two nodes takes at least this long.
         let lookahead = ms(nw.latency_min_ms);

@@ -87,3 +87,12 @@ pub use migration::StoreBuilder;
 pub use ops::{META_TABLE, Scan, VERSIONS_TABLE, index_table, records_table};
 pub use record_store::{PersistentRecordStore, RecordStoreConfig, RecordStoreMigration};
 pub use store::{Batch, ReadOnlyStore, ReadTx, Store, WriteTx};
+
+/// The persistent backends this build has (features `redb` and `sled`); the memory backend
+/// is always there.
+pub const BACKENDS: &[&str] = &[
+    #[cfg(feature = "redb")]
+    "redb",
+    #[cfg(feature = "sled")]
+    "sled",
+];
