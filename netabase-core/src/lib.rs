@@ -6,7 +6,8 @@
 //! or a global random number generator: a driver feeds inputs in (network messages, API
 //! calls, `now`) and carries commands out. The same core runs under the tokio and async-io
 //! adapters, in the deterministic simulator, in property tests and in fuzzers, and builds
-//! for `wasm32-unknown-unknown`.
+//! for `wasm32-unknown-unknown`. It is `no_std` (it needs `alloc` only), and so are its
+//! dependencies: CI links it into a library without the standard library (`.ci/no-std`).
 //!
 //! Start at [`Node`], whose documentation states the driving contract.
 //!
