@@ -49,7 +49,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let config = Config { k: 4, alpha: 2, max_queries: 16, ..Config::default() };
     let store_config = MemoryStoreConfig { max_records: 8, max_provided_keys: 4, max_providers_per_key: 3, ..MemoryStoreConfig::default() };
     let mut now = Instant::from_millis(1);
-    let mut node = Node::new(config, local, MemoryStore::with_config(local, store_config), 7, now);
+    let mut node = Node::new(config, local, MemoryStore::with_config(local, store_config), 7, now)
+        .expect("a valid configuration");
     let codec = Codec::default();
     let mut outstanding: Vec<RequestId> = Vec::new();
     let mut inbound = 0u64;

@@ -16,7 +16,7 @@
 //!
 //! let local = PeerId::from_seed(1);
 //! let now = Instant::ZERO;
-//! let mut node = Node::new(Config::default(), local, MemoryStore::new(local), 42, now);
+//! let mut node = Node::new(Config::default(), local, MemoryStore::new(local), 42, now).unwrap();
 //! let key = RecordKey::new(b"greeting").unwrap();
 //! // No peers known yet: the record is stored locally and the query ends at once.
 //! node.put_record(now, Record::new(key.clone(), b"hello".to_vec()), Quorum::One).unwrap();
@@ -59,9 +59,9 @@ pub use identity::Keypair;
 pub use key::{Distance, Key, RecordKey};
 pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
 pub use node::{
-    ApiError, Config, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord, QueryError,
-    QueryId, QueryResult, QueryStats, Quorum, READ_REPAIR_KEYS, Rejection, RequestFailure,
-    RequestId, seal_version,
+    ApiError, Config, ConfigError, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord,
+    QueryError, QueryId, QueryResult, QueryStats, Quorum, READ_REPAIR_KEYS, Rejection,
+    RequestFailure, RequestId, seal_version,
 };
 pub use peer::{Address, PeerId};
 pub use record::{ProviderRecord, Record};

@@ -137,6 +137,116 @@ pub struct Config {
     pub tombstone_horizon: Duration,
 }
 
+/// Why a configuration cannot run a node: each names the field (and the field it
+/// contradicts), as [`Config`] (or the adapter's configuration around it) calls it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A number lies outside what the node can work with.
+    #[error("`{field}` is {value}, outside {min}..={max}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// A duration or interval is zero (an interval of zero would run its job without end).
+    #[error("`{field}` is zero")]
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+    /// Two fields contradict each other.
+    #[error("`{field}` contradicts `{other}`: {reason}")]
+    Contradiction {
+        /// The field.
+        field: &'static str,
+        /// The field it contradicts.
+        other: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// The largest bucket size and replication factor (K): a lookup keeps up to 8·K
+    /// candidates, indexed by 16 bits.
+    pub const MAX_K: usize = (u16::MAX as usize + 1) / 8 - 1;
+
+    /// Checks every field and the relations between them; [`Node::new`] refuses a
+    /// configuration that fails.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let range = |field, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange {
+                    field,
+                    value: value as u64,
+                    min: min as u64,
+                    max: max as u64,
+                })
+            }
+        };
+        let nonzero = |field, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::Zero { field })
+            } else {
+                Ok(())
+            }
+        };
+        let nonzero_opt = |field, d: Option<Duration>| d.map_or(Ok(()), |d| nonzero(field, d));
+        let contradiction = |field, other, reason| ConfigError::Contradiction {
+            field,
+            other,
+            reason,
+        };
+        range("k", self.k, 1, Config::MAX_K)?;
+        range("alpha", self.alpha, 1, Config::MAX_K)?;
+        range("max_queries", self.max_queries, 1, usize::MAX)?;
+        range("max_job_queries", self.max_job_queries, 1, usize::MAX)?;
+        range("max_queued_jobs", self.max_queued_jobs, 1, usize::MAX)?;
+        range("max_record_size", self.max_record_size, 1, usize::MAX)?;
+        range("cache_peers", self.cache_peers, 0, self.k)?;
+        nonzero("request_timeout", self.request_timeout)?;
+        nonzero("query_timeout", self.query_timeout)?;
+        nonzero("expiry_sweep_interval", self.expiry_sweep_interval)?;
+        nonzero("tombstone_horizon", self.tombstone_horizon)?;
+        nonzero_opt("lookup_patience", self.lookup_patience)?;
+        nonzero_opt("record_ttl", self.record_ttl)?;
+        nonzero_opt("replication_interval", self.replication_interval)?;
+        nonzero_opt("publication_interval", self.publication_interval)?;
+        nonzero_opt("provider_record_ttl", self.provider_record_ttl)?;
+        nonzero_opt(
+            "provider_publication_interval",
+            self.provider_publication_interval,
+        )?;
+        nonzero_opt("bootstrap_interval", self.bootstrap_interval)?;
+        nonzero_opt("outbox_interval", self.outbox_interval)?;
+        nonzero("hlc.ceiling_step", self.hlc.ceiling_step)?;
+        if self.request_timeout > self.query_timeout {
+            return Err(contradiction(
+                "request_timeout",
+                "query_timeout",
+                "a query would end before its first answer could come",
+            ));
+        }
+        if let Some(ttl) = self.record_ttl
+            && self.tombstone_horizon < ttl
+        {
+            return Err(contradiction(
+                "tombstone_horizon",
+                "record_ttl",
+                "a removal would be forgotten while older copies may still live",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         const HOUR: u64 = 3600;
@@ -769,13 +879,21 @@ pub struct Node<S> {
 
 impl<S: RecordStore> Node<S> {
     /// A node with identity `local`, backed by `store`, whose random choices derive from
-    /// `seed`. `now` starts its periodic jobs.
-    pub fn new(config: Config, local: PeerId, store: S, seed: u64, now: Instant) -> Self {
+    /// `seed`. `now` starts its periodic jobs. Fails when `config` does not
+    /// [validate](Config::validate).
+    pub fn new(
+        config: Config,
+        local: PeerId,
+        store: S,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
         let local_key = Key::from_peer(&local);
         let table = RoutingTable::new(local_key, config.k, config.pending_timeout);
         // A store that cannot say where the clock stopped starts it from the wall clock.
         let ceiling = store.clock_ceiling().ok().flatten();
-        Node {
+        Ok(Node {
             keypair: None,
             hlc: Hlc::new(config.hlc, ceiling),
             wall_offset: 0,
@@ -817,7 +935,7 @@ impl<S: RecordStore> Node<S> {
             next_outbox: config.outbox_interval.map(|d| now + d),
             stats: NodeStats::default(),
             config,
-        }
+        })
     }
 
     /// A node that signs its records with `keypair` (its peer id is the key's), so that it
@@ -828,10 +946,10 @@ impl<S: RecordStore> Node<S> {
         store: S,
         seed: u64,
         now: Instant,
-    ) -> Self {
-        let mut node = Node::new(config, keypair.peer_id(), store, seed, now);
+    ) -> Result<Self, ConfigError> {
+        let mut node = Node::new(config, keypair.peer_id(), store, seed, now)?;
         node.keypair = Some(keypair);
-        node
+        Ok(node)
     }
 
     /// Tells the node the wall clock (microseconds since the Unix epoch) at `now`. Record

@@ -10,6 +10,8 @@
 //! a store that ignores versions (its compare-and-put always takes the incoming copy) and
 //! one that never persists the clock ceiling.
 
+use std::time::Duration;
+
 use netabase_core::store::{PutOutcome, decide_put};
 use netabase_core::{
     Instant, MemoryStore, PeerId, ProviderRecord, Record, RecordKey, RecordStore, StoreError,
@@ -35,6 +37,9 @@ pub struct StoreBugs {
     pub ignore_versions: bool,
     /// The clock ceiling is never written.
     pub drop_clock_ceiling: bool,
+    /// Tombstones are stored with their expiry this much earlier than the node asked for
+    /// (the node's horizon minus a second: they go a second after their version).
+    pub shorten_tombstones: Option<Duration>,
 }
 
 /// A node's store on a simulated disk.
@@ -123,7 +128,13 @@ impl RecordStore for SimStore {
         self.live.get(key)
     }
 
-    fn put(&mut self, record: Record) -> Result<(), StoreError> {
+    fn put(&mut self, mut record: Record) -> Result<(), StoreError> {
+        if let (Some(cut), Some(expires)) = (self.bugs.shorten_tombstones, record.expires)
+            && netabase_core::model::Envelope::version_of(&record.value)
+                .is_some_and(|(_, tombstone)| tombstone)
+        {
+            record.expires = Some(expires.saturating_sub(cut));
+        }
         self.live.put(record.clone())?;
         self.log(DiskOp::Put(record));
         Ok(())

@@ -1,6 +1,7 @@
 //! Scenario files: what to simulate, as TOML.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -461,6 +462,50 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The core's configuration every node of the scenario runs: the defaults with the
+    /// `[core]` settings applied.
+    pub fn core_config(&self) -> netabase_core::Config {
+        let mut config = netabase_core::Config::default();
+        let c = &self.core;
+        if let Some(k) = c.k {
+            config.k = k;
+        }
+        if let Some(a) = c.alpha {
+            config.alpha = a;
+        }
+        if let Some(t) = c.request_timeout_ms {
+            config.request_timeout = Duration::from_millis(t);
+        }
+        if let Some(t) = c.query_timeout_ms {
+            config.query_timeout = Duration::from_millis(t);
+        }
+        if let Some(t) = c.bootstrap_interval_s {
+            config.bootstrap_interval = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.replication_interval_s {
+            config.replication_interval = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.publication_interval_s {
+            config.publication_interval = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.record_ttl_s {
+            config.record_ttl = (t > 0).then(|| Duration::from_secs(t));
+        }
+        if let Some(t) = c.tombstone_horizon_s {
+            config.tombstone_horizon = Duration::from_secs(t);
+        }
+        if let Some(n) = c.cache_peers {
+            config.cache_peers = n;
+        }
+        if let Some(t) = c.hlc_max_offset_ms {
+            config.hlc.max_offset = Duration::from_millis(t);
+        }
+        if let Some(t) = c.hlc_max_drift_ms {
+            config.hlc.max_drift = Duration::from_millis(t);
+        }
+        config
+    }
+
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let bad = |m: &str| Err(ScenarioError::Invalid(m.to_string()));
@@ -518,6 +563,9 @@ impl Scenario {
         if self.faults.forgers >= self.nodes.saturating_sub(self.join.bootstrap_nodes) {
             return bad("faults.forgers must leave the bootstrap nodes and one more honest");
         }
+        self.core_config()
+            .validate()
+            .map_err(|e| ScenarioError::Invalid(format!("[core]: {e}")))?;
         if w.put_quorum == 0 || w.get_quorum == 0 {
             return bad("workload quorums must be at least 1");
         }

@@ -1661,51 +1661,16 @@ impl Simulation {
         let link_seed = master.next_u64();
         let id_seed = master.next_u64();
 
-        let mut config = Config::default();
-        let c = &scenario.core;
-        if let Some(k) = c.k {
-            config.k = k;
-        }
-        if let Some(a) = c.alpha {
-            config.alpha = a;
-        }
-        if let Some(t) = c.request_timeout_ms {
-            config.request_timeout = Duration::from_millis(t);
-        }
-        if let Some(t) = c.query_timeout_ms {
-            config.query_timeout = Duration::from_millis(t);
-        }
-        if let Some(t) = c.bootstrap_interval_s {
-            config.bootstrap_interval = (t > 0).then(|| Duration::from_secs(t));
-        }
-        if let Some(t) = c.replication_interval_s {
-            config.replication_interval = (t > 0).then(|| Duration::from_secs(t));
-        }
-        if let Some(t) = c.publication_interval_s {
-            config.publication_interval = (t > 0).then(|| Duration::from_secs(t));
-        }
-        if let Some(t) = c.record_ttl_s {
-            config.record_ttl = (t > 0).then(|| Duration::from_secs(t));
-        }
-        if let Some(t) = c.tombstone_horizon_s {
-            config.tombstone_horizon = Duration::from_secs(t);
-        }
-        if let Some(n) = c.cache_peers {
-            config.cache_peers = n;
-        }
-        if let Some(t) = c.hlc_max_offset_ms {
-            config.hlc.max_offset = Duration::from_millis(t);
-        }
-        if let Some(t) = c.hlc_max_drift_ms {
-            config.hlc.max_drift = Duration::from_millis(t);
-        }
+        let config = scenario.core_config();
         let faults = &scenario.faults;
-        if faults.is("tombstone-horizon-ignored") {
-            config.tombstone_horizon = Duration::from_secs(1);
-        }
         let bugs = StoreBugs {
             ignore_versions: faults.is("store-ignores-versions"),
             drop_clock_ceiling: faults.is("clock-ceiling-not-persisted"),
+            shorten_tombstones: faults.is("tombstone-horizon-ignored").then(|| {
+                config
+                    .tombstone_horizon
+                    .saturating_sub(Duration::from_secs(1))
+            }),
         };
 
         let n = scenario.nodes;
@@ -2268,7 +2233,8 @@ impl Simulation {
         let now = self.world.now + node.skew;
         let keypair = node.keypair.clone();
         let wall = node.wall_clock(self.world.now);
-        let mut core = Node::with_identity(self.config.clone(), keypair, store, seed, now);
+        let mut core = Node::with_identity(self.config.clone(), keypair, store, seed, now)
+            .expect("Scenario::validate checked the core's configuration");
         core.set_wall_clock(now, wall);
         core.set_local_addresses(vec![address_of(i)]);
         let incarnation = self.world.nodes[i].incarnation;

@@ -135,6 +135,67 @@ impl Default for NetabaseConfig {
 }
 
 impl NetabaseConfig {
+    /// Checks every setting (the Kademlia core's with [`netabase_core::Config::validate`])
+    /// and the relations between them. Starting a node runs it first.
+    pub fn validate(&self) -> Result<(), netabase_core::ConfigError> {
+        use netabase_core::ConfigError;
+        self.kad.validate()?;
+        let at_least_one = |field, value: u64| {
+            if value == 0 {
+                Err(ConfigError::OutOfRange {
+                    field,
+                    value,
+                    min: 1,
+                    max: u64::MAX,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let nonzero = |field, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::Zero { field })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("event_capacity", self.event_capacity as u64)?;
+        at_least_one(
+            "max_streams_per_connection",
+            self.max_streams_per_connection as u64,
+        )?;
+        at_least_one(
+            "connection_limits.max_established",
+            self.connection_limits.max_established.into(),
+        )?;
+        at_least_one(
+            "connection_limits.max_established_per_peer",
+            self.connection_limits.max_established_per_peer.into(),
+        )?;
+        at_least_one(
+            "connection_limits.max_pending",
+            self.connection_limits.max_pending.into(),
+        )?;
+        for (field, quorum) in [
+            ("put_quorum", self.put_quorum),
+            ("get_quorum", self.get_quorum),
+        ] {
+            if quorum == Quorum::N(0) {
+                at_least_one(field, 0)?;
+            }
+        }
+        nonzero("stream_timeout", self.stream_timeout)?;
+        nonzero("idle_connection_timeout", self.idle_connection_timeout)?;
+        if self.kad.max_record_size >= self.max_message_size {
+            return Err(ConfigError::Contradiction {
+                field: "kad.max_record_size",
+                other: "max_message_size",
+                reason: "a record that large could not be sent in one message",
+            });
+        }
+        Ok(())
+    }
+
     /// Keeps the database and the identity key in `data_dir`.
     pub fn with_data_dir(mut self, data_dir: impl Into<PathBuf>) -> Self {
         self.data_dir = data_dir.into();
@@ -215,5 +276,73 @@ impl NetabaseConfig {
     pub fn with_kad_config(mut self, kad: netabase_core::Config) -> Self {
         self.kad = kad;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netabase_core::ConfigError;
+
+    use super::*;
+
+    #[test]
+    fn invalid_settings_are_refused_with_the_field_they_name() {
+        let d = NetabaseConfig::default();
+        d.validate().unwrap();
+        let kad = NetabaseConfig {
+            kad: netabase_core::Config {
+                alpha: 0,
+                ..d.kad.clone()
+            },
+            ..d.clone()
+        };
+        assert!(matches!(
+            kad.validate(),
+            Err(ConfigError::OutOfRange { field: "alpha", .. })
+        ));
+        let events = NetabaseConfig {
+            event_capacity: 0,
+            ..d.clone()
+        };
+        assert!(matches!(
+            events.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "event_capacity",
+                ..
+            })
+        ));
+        let quorum = NetabaseConfig {
+            get_quorum: Quorum::N(0),
+            ..d.clone()
+        };
+        assert!(matches!(
+            quorum.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "get_quorum",
+                ..
+            })
+        ));
+        let streams = NetabaseConfig {
+            stream_timeout: Duration::ZERO,
+            ..d.clone()
+        };
+        assert_eq!(
+            streams.validate(),
+            Err(ConfigError::Zero {
+                field: "stream_timeout"
+            })
+        );
+        let big = NetabaseConfig {
+            max_message_size: d.kad.max_record_size,
+            ..d
+        };
+        assert!(matches!(
+            big.validate(),
+            Err(ConfigError::Contradiction {
+                field: "kad.max_record_size",
+                other: "max_message_size",
+                ..
+            })
+        ));
     }
 }

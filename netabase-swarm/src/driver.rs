@@ -299,7 +299,8 @@ impl<R: Runtime> Driver<R> {
                 Node::with_identity(kad, keypair, store, seed, now)
             }
             _ => Node::new(kad, local, store, seed, now),
-        };
+        }
+        .map_err(NetabaseError::InvalidConfig)?;
         node.set_wall_clock(now, wall_clock_micros());
         let metrics = settings
             .metrics

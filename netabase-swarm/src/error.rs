@@ -78,6 +78,10 @@ pub enum NetabaseError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A setting of [`NetabaseConfig`](crate::NetabaseConfig) or of its Kademlia core's
+    /// configuration is out of range or contradicts another (the error names the field).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(#[from] netabase_core::ConfigError),
     /// An I/O error (creating the data directory).
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -256,11 +256,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     pub fn new_with_config(config: NetabaseConfig) -> Result<Self, NetabaseError> {
         let protocol = StreamProtocol::try_from_owned(config.protocol_name.clone())
             .map_err(|e| NetabaseError::Config(format!("protocol name: {e}")))?;
-        if config.event_capacity == 0 {
-            return Err(NetabaseError::Config(
-                "event_capacity must be positive".into(),
-            ));
-        }
+        config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
         let keypair = match &config.identity {
             Some(k) => k.clone(),

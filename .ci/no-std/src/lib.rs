@@ -37,5 +37,5 @@ pub extern "C" fn netabase_core_no_std_check() -> usize {
         1,
         netabase_core::Instant::ZERO,
     );
-    node.query_count()
+    node.map_or(0, |n| n.query_count())
 }

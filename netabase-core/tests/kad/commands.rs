@@ -56,7 +56,7 @@ fn setup_with(
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
-    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0);
+    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0).unwrap();
     let mut peers: Vec<PeerId> = (1..=3).map(PeerId::from_seed).collect();
     for p in &peers {
         node.add_address(T0, *p, addr_of(p));
@@ -597,7 +597,7 @@ fn full_bucket_probes_the_oldest_entry_and_replaces_it_when_dead() {
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
-    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0);
+    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0).unwrap();
     let local_key = Key::from_peer(&local);
     // Three peers in bucket 255 (the far half of the key space).
     let far: Vec<PeerId> = (1..)
@@ -639,7 +639,7 @@ fn an_entry_that_answers_its_probe_keeps_its_place() {
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
-    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0);
+    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0).unwrap();
     let local_key = Key::from_peer(&local);
     let far: Vec<PeerId> = (1..)
         .map(PeerId::from_seed)
@@ -687,7 +687,7 @@ fn query_progress_is_reported_per_answer_when_asked_for() {
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
-    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0);
+    let mut node = Node::new(config, local, MemoryStore::new(local), 1, T0).unwrap();
     let mut p: Vec<PeerId> = (1..=3).map(PeerId::from_seed).collect();
     for peer in &p {
         node.add_address(T0, *peer, addr_of(peer));

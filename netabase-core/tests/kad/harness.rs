@@ -92,7 +92,8 @@ impl Net {
                     MemoryStore::new(peer),
                     id_base ^ i as u64,
                     self.now,
-                );
+                )
+                .expect("a valid test configuration");
                 self.nodes.insert(peer, node);
                 self.reschedule(peer);
                 peer

@@ -2,6 +2,7 @@
 
 mod codec;
 mod commands;
+mod config;
 mod harness;
 mod lookup;
 mod table;

@@ -66,7 +66,7 @@ fn node_with_peer() -> (Node<Picky>, PeerId) {
         ..Config::default()
     };
     let local = PeerId::from_seed(0);
-    let mut node = Node::new(config, local, Picky(MemoryStore::new(local)), 1, T0);
+    let mut node = Node::new(config, local, Picky(MemoryStore::new(local)), 1, T0).unwrap();
     let peer = PeerId::from_seed(1);
     node.add_address(T0, peer, addr_of(&peer));
     while node.poll_output().is_some() {}

@@ -72,7 +72,7 @@ fn setup_with(store: MemoryStoreConfig) -> Setup {
     let me = Keypair::from_seed(100);
     let (b, c) = (Keypair::from_seed(101), Keypair::from_seed(102));
     let store = MemoryStore::with_config(me.peer_id(), store);
-    let mut node = Node::with_identity(config, me.clone(), store, 1, T0);
+    let mut node = Node::with_identity(config, me.clone(), store, 1, T0).unwrap();
     for p in [&b, &c] {
         node.add_address(T0, p.peer_id(), addr_of(&p.peer_id()));
     }
@@ -622,7 +622,7 @@ fn replication_walks_the_store_in_bounded_batches_and_reaches_every_record() {
             ..MemoryStoreConfig::default()
         },
     );
-    let mut node = Node::with_identity(config.clone(), me, store, 1, T0);
+    let mut node = Node::with_identity(config.clone(), me, store, 1, T0).unwrap();
     node.add_address(T0, b.peer_id(), addr_of(&b.peer_id()));
     let held: BTreeSet<RecordKey> = (0..500u32)
         .map(|i| RecordKey::new(format!("held/{i:04}").as_bytes()).unwrap())
@@ -696,7 +696,7 @@ fn a_node_without_peers_republishes_a_large_store_in_bounded_steps() {
         };
         store.put(record).unwrap();
     }
-    let mut node = Node::with_identity(config.clone(), me, store, 1, T0);
+    let mut node = Node::with_identity(config.clone(), me, store, 1, T0).unwrap();
     let at = T0 + config.publication_interval.unwrap();
     node.handle_timeout(at);
     drain(&mut node);
