@@ -96,6 +96,7 @@
 
 mod cli;
 pub mod client;
+pub mod control;
 mod exec;
 mod http;
 mod lines;
