@@ -237,9 +237,23 @@ impl Client {
             command,
         })
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\n")?;
-        Ok(req)
+        let written = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"));
+        match written {
+            Ok(()) => Ok(req),
+            Err(e) => Err(self.refusal_or(e)),
+        }
+    }
+
+    /// The node's refusal, if it sent one before it closed the connection (a write failed
+    /// with `e`), else `e`.
+    fn refusal_or(&mut self, e: std::io::Error) -> ClientError {
+        match self.receive() {
+            Err(refused @ ClientError::Refused(_)) => refused,
+            _ => ClientError::Io(e),
+        }
     }
 
     /// The next reply: its request number and its result or error.

@@ -62,6 +62,10 @@ pub const MAX_IN_FLIGHT: usize = 32;
 pub const TOKEN_DEADLINE: Duration = Duration::from_secs(2);
 /// The token's length in bytes (256 bits); its line is twice as many hex digits.
 pub const TOKEN_BYTES: usize = 32;
+/// How long a refused connection's further input is read (and dropped) before it closes.
+const LINGER: Duration = Duration::from_millis(500);
+/// How much of a refused connection's further input is read before it closes.
+const LINGER_BYTES: u64 = 1 << 20;
 /// The longest first line read from a TCP connection (the token line).
 const MAX_TOKEN_LINE: usize = 256;
 /// The directory of the socket and the token, inside the data directory.
@@ -740,7 +744,18 @@ where
             Step::Refuse(refusal) => {
                 shared.refusals.count(&refusal);
                 let _ = tx.send(refusal.to_line()).await;
-                break;
+                drop(tx);
+                let _ = writer.await;
+                // What the client sent after the refused line is read and dropped for a
+                // moment, so that closing with unread data (which resets the connection)
+                // does not destroy the refusal before the client reads it.
+                let mut rest = tokio::io::AsyncReadExt::take(read, LINGER_BYTES);
+                let _ = tokio::time::timeout(
+                    LINGER,
+                    tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+                )
+                .await;
+                return;
             }
         }
     }
