@@ -85,11 +85,7 @@ impl Endpoint {
             None => Some(PathBuf::from(node)),
         };
         match path {
-            Some(path) if path.is_dir() => Ok(Endpoint::Unix(
-                path.join(crate::control::CONTROL_DIR)
-                    .join(crate::control::SOCKET_NAME),
-            )),
-            Some(path) => Ok(Endpoint::Unix(path)),
+            Some(path) => Ok(Endpoint::Unix(socket_of(&path))),
             None => match token_file {
                 Some(file) => Ok(Endpoint::Tcp {
                     address: node.to_string(),
@@ -105,6 +101,16 @@ impl Endpoint {
             Endpoint::Unix(path) => path.display().to_string(),
             Endpoint::Tcp { address, .. } => address.clone(),
         }
+    }
+}
+
+/// The socket `path` names: the one in it if it is a data directory, else itself.
+fn socket_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(crate::control::CONTROL_DIR)
+            .join(crate::control::SOCKET_NAME)
+    } else {
+        path.to_path_buf()
     }
 }
 
@@ -148,10 +154,16 @@ impl Client {
         let deadline = Instant::now() + wait;
         match endpoint {
             Endpoint::Unix(path) => {
-                let (short, _dir) = crate::control::short_socket_path(path)
-                    .map_err(|e| connect_error(std::io::Error::other(e.to_string())))?;
                 let stream = loop {
-                    match UnixStream::connect(&short) {
+                    // A data directory that a starting node has not created yet names
+                    // its socket once it exists.
+                    let attempt = crate::control::short_socket_path(&socket_of(path))
+                        .map_err(|e| match e {
+                            crate::control::SetupError::Io { source, .. } => source,
+                            other => std::io::Error::other(other.to_string()),
+                        })
+                        .and_then(|(short, _dir)| UnixStream::connect(short));
+                    match attempt {
                         Ok(stream) => break stream,
                         Err(e) if worth_retrying(&e) && Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(100));
@@ -171,7 +183,16 @@ impl Client {
                 address,
                 token_file,
             } => {
-                let token = std::fs::read_to_string(token_file)
+                // A node that is starting may not have written its token yet.
+                let read = || loop {
+                    match std::fs::read_to_string(token_file) {
+                        Err(e) if worth_retrying(&e) && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        read => return read,
+                    }
+                };
+                let token = read()
                     .map_err(|source| ClientError::TokenFile {
                         path: token_file.clone(),
                         reason: source.to_string(),

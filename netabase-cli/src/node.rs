@@ -286,11 +286,9 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
     })?;
     // The endpoints are opened first, so a busy port fails before the database opens.
     let unix = open_unix(&data_dir, uid, &lock)?;
-    let control_tcp = match &args.control {
-        Some(address) => Some(bind("control commands", address).await?),
-        None => None,
-    };
-    let token = match &control_tcp {
+    // The token is written before the TCP endpoint listens, so a client that reaches the
+    // endpoint reads this start's token, not one a previous run left behind.
+    let token = match &args.control {
         Some(_) => {
             let token = Token::generate()?;
             let path = args
@@ -300,6 +298,10 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
             token.write_file(&path)?;
             Some((token, path))
         }
+        None => None,
+    };
+    let control_tcp = match &args.control {
+        Some(address) => Some(bind("control commands", address).await?),
         None => None,
     };
     let mut registry = args.metrics.as_ref().map(|_| Registry::default());
