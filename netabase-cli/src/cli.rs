@@ -227,8 +227,8 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
 }
 
 fn id(data_dir: &std::path::Path) -> ExitCode {
-    let result = std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("{}: {e}", data_dir.display()))
+    let result = crate::control::create_private_dir(data_dir)
+        .map_err(|e| e.to_string())
         .and_then(|()| {
             netabase::swarm::load_or_create_identity(data_dir).map_err(|e| e.to_string())
         });
