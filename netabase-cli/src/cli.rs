@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Endpoint};
 use crate::node::NodeArgs;
 use crate::protocol::{
     BootstrapReply, Command, DocRecord, InfoReply, LocalRecord, ModeName, ProvideReply,
@@ -20,7 +20,7 @@ use crate::protocol::{
 
 /// Exit code of a command that failed, or of a `get` that found nothing.
 pub const EXIT_FAILED: u8 = 1;
-/// Exit code when the node's control socket cannot be reached.
+/// Exit code when the node's control endpoint cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Run a Netabase node, control it, read its metrics, or run the simulator.
@@ -36,7 +36,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Cmd {
     /// Run a node until SIGINT or SIGTERM. Commands are read as JSON lines on standard
-    /// input (and on the control socket, with --control); replies go to standard output.
+    /// input (replies go to standard output) and on the control socket in the data
+    /// directory (and on TCP with --control).
     Node(NodeArgs),
     /// Print the peer id of the node keeping its data in DIR (creating its identity key
     /// if there is none yet), without starting it.
@@ -184,9 +185,13 @@ pub(crate) enum Cmd {
 /// How to reach a running node.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Conn {
-    /// The node's control address (the node's --control).
-    #[arg(long, env = "NETABASE_NODE", value_name = "ADDR")]
+    /// The node: its data directory (the control socket inside it), the socket's path,
+    /// or HOST:PORT of its TCP control endpoint (with --token-file).
+    #[arg(long, env = "NETABASE_NODE", value_name = "DIR|SOCKET|HOST:PORT", default_value = netabase::DEFAULT_DATA_DIR)]
     pub(crate) node: String,
+    /// The token file of a TCP control endpoint (the node's --control-token-file).
+    #[arg(long, env = "NETABASE_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -202,7 +207,7 @@ pub(crate) struct Conn {
 impl Conn {
     fn connect(&self) -> Result<Client, ClientError> {
         Client::connect(
-            &self.node,
+            &Endpoint::parse(&self.node, self.token_file.as_deref())?,
             Duration::from_secs(self.wait),
             Duration::from_secs(self.timeout.max(1)),
         )
@@ -222,8 +227,8 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
 }
 
 fn id(data_dir: &std::path::Path) -> ExitCode {
-    let result = std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("{}: {e}", data_dir.display()))
+    let result = crate::control::create_private_dir(data_dir)
+        .map_err(|e| e.to_string())
         .and_then(|()| {
             netabase::swarm::load_or_create_identity(data_dir).map_err(|e| e.to_string())
         });

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use netabase::swarm::prometheus_client::encoding::text::encode;
+use netabase::swarm::prometheus_client::metrics::counter::Counter;
+use netabase::swarm::prometheus_client::metrics::family::Family;
 use netabase::swarm::prometheus_client::registry::Registry;
 
 /// The content type of the OpenMetrics text format (which Prometheus reads).
@@ -31,12 +34,102 @@ async fn index() -> &'static str {
     "netabase node: metrics at /metrics\n"
 }
 
-/// Serves `registry` at `/metrics` on `listener` until the process ends.
-pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+/// What the metrics endpoint checks each request against: the host names it answers to
+/// besides IP addresses and `localhost`, and its refusal counter
+/// (`netabase_metrics_refusals_total{reason="host"}`).
+#[derive(Clone, Debug)]
+pub(crate) struct MetricsEndpoint {
+    names: Arc<Vec<String>>,
+    refusals: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl MetricsEndpoint {
+    /// The endpoint answering to `names` too, its counter registered in `registry`.
+    pub(crate) fn new(registry: &mut Registry, names: &[String]) -> MetricsEndpoint {
+        let refusals = Family::default();
+        registry.register(
+            "netabase_metrics_refusals",
+            "Requests the metrics endpoint refused, by reason",
+            refusals.clone(),
+        );
+        MetricsEndpoint {
+            names: Arc::new(names.iter().map(|n| n.to_ascii_lowercase()).collect()),
+            refusals,
+        }
+    }
+}
+
+/// Whether a request's `Host` header names this endpoint: an IP address, `localhost`, or
+/// one of `names` (lower case), with or without a port. Any other name may be one a web
+/// page's author controls and points at 127.0.0.1 (DNS rebinding), so the page would read
+/// the answer as its own.
+pub(crate) fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal, with or without a port.
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || valid_port(port) => {
+                return ip.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost" || names.contains(&name)
+}
+
+fn valid_port(port: &str) -> bool {
+    port.strip_prefix(':')
+        .unwrap_or(port)
+        .parse::<u16>()
+        .is_ok()
+}
+
+async fn check_host(
+    State(endpoint): State<MetricsEndpoint>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let allowed = match request.headers().get(header::HOST) {
+        // HTTP/1.0 clients may send none; a browser always does.
+        None => true,
+        Some(host) => host
+            .to_str()
+            .is_ok_and(|host| host_allowed(host, &endpoint.names)),
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        endpoint.refusals.get_or_create(&[("reason", "host")]).inc();
+        tracing::debug!(host = ?request.headers().get(header::HOST), "metrics request for another host refused");
+        (
+            StatusCode::FORBIDDEN,
+            "this endpoint answers only to IP addresses, localhost and its configured names\n",
+        )
+            .into_response()
+    }
+}
+
+/// Serves `registry` at `/metrics` on `listener` until the process ends. It sends no
+/// CORS headers, so a web page of another origin cannot read what it serves.
+pub(crate) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    endpoint: MetricsEndpoint,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/", get(index))
-        .with_state(registry);
+        .with_state(registry)
+        .layer(middleware::from_fn_with_state(endpoint, check_host));
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics endpoint stopped");
     }
@@ -104,4 +197,44 @@ pub(crate) fn fetch(address: &str, path: &str, timeout: Duration) -> Result<Stri
         });
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_addresses_localhost_and_configured_names_are_served() {
+        let names = vec!["metrics.internal".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9100",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9100",
+            "localhost",
+            "LocalHost:9100",
+            "localhost.:9100",
+            "metrics.internal",
+            "Metrics.Internal:9100",
+        ] {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9100",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "2130706433",
+            "[::1",
+            "[not-an-ip]:80",
+            "127.0.0.1:99999",
+            "localhost:port",
+            "",
+            "metrics.internal.evil",
+        ] {
+            assert!(!host_allowed(refused, &names), "{refused}");
+        }
+        assert!(!host_allowed("metrics.internal", &[]));
+    }
 }

@@ -4,8 +4,7 @@
 //! # Running a node
 //!
 //! ```text
-//! netabase node --data-dir /tmp/nb/a --listen /ip4/127.0.0.1/tcp/4001 \
-//!     --control 127.0.0.1:7001 --metrics 127.0.0.1:9101
+//! netabase node --data-dir /tmp/nb/a --listen /ip4/127.0.0.1/tcp/4001 --metrics 9101
 //! ```
 //!
 //! runs one node until SIGINT or SIGTERM, printing its peer id and listen addresses
@@ -21,9 +20,9 @@
 //! redb|sled`, `--protocol` (Kademlia protocol name; `/ipfs/kad/1.0.0` joins stock
 //! libp2p peers), `--mode server|client`, `--bootstrap MULTIADDR/p2p/PEER` (repeatable; the
 //! node bootstraps through them at start), `--mdns`/`--no-mdns`, `--metrics ADDR`,
-//! `--control ADDR`, `--no-stdin`, `--stop-on-eof`, `--lookup-patience-ms`,
-//! `--query-timeout-ms`, `--max-records` (1024 by default: raise it for bulk imports),
-//! `--max-provided-keys`.
+//! `--metrics-host NAME`, `--control HOST:PORT`, `--control-token-file FILE`,
+//! `--no-stdin`, `--stop-on-eof`, `--lookup-patience-ms`, `--query-timeout-ms`,
+//! `--max-records` (1024 by default: raise it for bulk imports), `--max-provided-keys`.
 //!
 //! **mDNS is off by default.** A long-running node is usually joined through known
 //! bootstrap peers, and mDNS multicasts the node's addresses on every network interface of
@@ -36,33 +35,54 @@
 //! # Controlling a node
 //!
 //! The node reads commands as JSON lines on standard input and answers on standard output
-//! (the [`protocol`] module describes the lines). With `--control ADDR` it accepts the
-//! same lines on a TCP socket, which the subcommands use:
+//! (the [`protocol`] module describes the lines). It accepts the same lines on a Unix
+//! domain socket in its data directory, `DATA_DIR/control/socket`, which only the user
+//! running the node can reach; the subcommands use it, named by the data directory (or
+//! the socket's path):
 //!
 //! ```text
-//! netabase put --node 127.0.0.1:7001 greeting hello
-//! netabase get --node 127.0.0.1:7002 greeting
-//! netabase put --node 127.0.0.1:7001 --doc profile '{"name":"ada","langs":["en","fr"]}'
-//! netabase get --node 127.0.0.1:7003 --doc profile
+//! netabase put --node /tmp/nb/a greeting hello
+//! netabase get --node /tmp/nb/b greeting
+//! netabase put --node /tmp/nb/a --doc profile '{"name":"ada","langs":["en","fr"]}'
+//! netabase get --node /tmp/nb/c --doc profile
 //! ```
+//!
+//! With `--control HOST:PORT` the node also accepts them over TCP. Every TCP connection
+//! must first send a token, which the node draws from the operating system's random
+//! source at each start and writes to a file of mode 0600 (`DATA_DIR/control/token`, or
+//! `--control-token-file`); the subcommands send it given `--token-file`:
+//!
+//! ```text
+//! netabase node --data-dir /tmp/nb/a --control 127.0.0.1:7001
+//! netabase info --node 127.0.0.1:7001 --token-file /tmp/nb/a/control/token
+//! ```
+//!
+//! The [`control`] module describes the checks: the data directory must not be writable
+//! by others, the socket's peer must be the node's user, a line that starts with an HTTP
+//! method or is not a request closes the connection, and requests and connections are
+//! bounded. A web page can therefore neither reach the socket nor drive the TCP endpoint.
 //!
 //! Subcommands: `info`, `put`/`get`/`remove` (raw records; `--doc` for JSON documents,
 //! `--hex` for binary values), `list`, `import FILE` (bulk put from JSON lines, with a
 //! progress bar), `provide`, `stop-providing`, `providers`, `add-address`, `remove-peer`,
 //! `bootstrap`, `peers`, `routing-table`, `mode [server|client]`, `stats`, `shutdown`.
 //! Output is readable text; `--json` prints the command's result as one JSON value.
-//! `--node` may come from the `NETABASE_NODE` environment variable. Exit codes: 0 success,
-//! 1 the command failed (or `get` found nothing), 2 bad usage, 3 the node cannot be
-//! reached.
+//! `--node` (default `./netabase-data`, the default data directory) may come from the
+//! `NETABASE_NODE` environment variable, `--token-file` from `NETABASE_TOKEN_FILE`. Exit
+//! codes: 0 success, 1 the command failed (or `get` found nothing), 2 bad usage, 3 the
+//! node cannot be reached.
 //!
-//! The control socket has no authentication: bind it to a loopback address (the node
-//! warns otherwise). Records are those of the built-in definition in [`models`]: a raw
-//! record ([`models::Raw`]) or a JSON document ([`models::Document`]) under a string key.
+//! Records are those of the built-in definition in [`models`]: a raw record
+//! ([`models::Raw`]) or a JSON document ([`models::Document`]) under a string key.
 //!
 //! # Metrics
 //!
 //! With `--metrics ADDR` the node serves its metrics in the Prometheus (OpenMetrics) text
-//! format at `http://ADDR/metrics`; `netabase metrics ADDR` prints them.
+//! format at `http://ADDR/metrics`; `netabase metrics ADDR` prints them. A port alone
+//! (`--metrics 9101`) binds 127.0.0.1; the node warns when ADDR is not a loopback
+//! address. The endpoint answers only requests whose `Host` is an IP address, `localhost`
+//! or a name given with `--metrics-host` (others get 403: a web page cannot read the
+//! metrics through a name of its own pointed at the node), and it sends no CORS headers.
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
@@ -77,6 +97,8 @@
 //! | `netabase_store_records` | gauge | | records in the node's DHT store |
 //! | `netabase_store_provider_records` | gauge | | provider records held |
 //! | `netabase_store_provided_keys` | gauge | | keys this node provides |
+//! | `netabase_control_refusals_total` | counter | `reason` | control connections and lines refused: `http`, `invalid_request`, `token`, `token_timeout`, `peer_user`, `connections` |
+//! | `netabase_metrics_refusals_total` | counter | `reason` | metrics requests refused: `host` |
 //! | `libp2p_swarm_*`, `libp2p_identify_*`, `libp2p_ping_*` | | | libp2p's own: connections, dial and listen errors, identify, ping round trips |
 //!
 //! [`netabase::swarm::metrics`] lists every label value.
@@ -96,6 +118,7 @@
 
 mod cli;
 pub mod client;
+pub mod control;
 mod exec;
 mod http;
 mod lines;

@@ -14,12 +14,15 @@ use netabase::{
     DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME, EventError, Multiaddr, Netabase, NetabaseConfig,
     NetabaseError, StorageBackend,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::control::{
+    CONTROL_DIR, DataDirLock, Refusals, SetupError, Shared, TOKEN_NAME, Token, check_data_dir,
+    create_private_dir, open_unix, own_uid,
+};
 use crate::exec::{Context, handle_line, peer_address};
-use crate::lines::{Line, read_line, read_line_async};
+use crate::lines::{Line, read_line};
 use crate::models::CliDefinition;
 use crate::protocol::{InfoReply, MAX_LINE, ModeName, Output};
 
@@ -63,15 +66,25 @@ pub struct NodeArgs {
     /// Do not use mDNS (the default).
     #[arg(long, overrides_with = "mdns")]
     pub no_mdns: bool,
-    /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics` (e.g.
-    /// `127.0.0.1:9100`; port 0 picks one).
+    /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics`: `PORT` (on
+    /// 127.0.0.1) or `HOST:PORT` (port 0 picks one). The node warns when HOST is not a
+    /// loopback address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
-    /// Accept control commands (JSON lines, as on standard input) on this TCP address,
-    /// e.g. `127.0.0.1:7001` (port 0 picks one). It has no authentication: keep it on
-    /// the loopback interface.
-    #[arg(long, value_name = "ADDR")]
+    /// A host name the metrics endpoint answers to besides IP addresses and `localhost`
+    /// (repeatable). Requests naming any other host are refused, so that a web page
+    /// cannot read the metrics through a name it controls (DNS rebinding).
+    #[arg(long = "metrics-host", value_name = "NAME", requires = "metrics")]
+    pub metrics_hosts: Vec<String>,
+    /// Also accept control commands on this TCP address, e.g. `127.0.0.1:7001` (port 0
+    /// picks one). Every connection must first send the token the node writes to
+    /// `--control-token-file`. The Unix socket `DATA_DIR/control/socket` is always open.
+    #[arg(long, value_name = "HOST:PORT")]
     pub control: Option<String>,
+    /// Where to write the TCP control endpoint's token (a new file of mode 0600, replaced
+    /// at every start). Default: `DATA_DIR/control/token`.
+    #[arg(long, value_name = "FILE", requires = "control")]
+    pub control_token_file: Option<PathBuf>,
     /// Do not read commands from standard input.
     #[arg(long, conflicts_with = "stop_on_eof")]
     pub no_stdin: bool,
@@ -115,6 +128,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory or a control endpoint could not be set up.
+    #[error(transparent)]
+    Control(#[from] SetupError),
     /// The node failed.
     #[error(transparent)]
     Node(#[from] NetabaseError),
@@ -248,36 +264,80 @@ enum StopReason {
     EndOfInput,
 }
 
+/// The metrics address of `--metrics`: a port alone is on 127.0.0.1.
+pub fn metrics_address(flag: &str) -> String {
+    match flag.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => flag.to_string(),
+    }
+}
+
 async fn serve(args: NodeArgs) -> Result<(), NodeError> {
     let mut config = config(&args)?;
+    // The data directory holds the identity key and the control socket: it is created
+    // private, must not be open to others, and is locked while the node runs.
+    let uid = own_uid();
+    create_private_dir(&args.data_dir)?;
+    check_data_dir(&args.data_dir, uid)?;
+    let lock = DataDirLock::acquire(&args.data_dir)?;
+    let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|source| SetupError::Io {
+        path: args.data_dir.clone(),
+        source,
+    })?;
     // The endpoints are opened first, so a busy port fails before the database opens.
-    let control = match &args.control {
-        Some(address) => Some(bind("control commands", address).await?),
-        None => None,
-    };
-    let metrics = match &args.metrics {
-        Some(address) => {
-            let listener = bind("metrics", address).await?;
-            let mut registry = Registry::default();
-            config = config.with_metrics(NodeMetrics::register(&mut registry));
-            Some((listener, Arc::new(registry)))
+    let unix = open_unix(&data_dir, uid, &lock)?;
+    // The token is written before the TCP endpoint listens, so a client that reaches the
+    // endpoint reads this start's token, not one a previous run left behind.
+    let token = match &args.control {
+        Some(_) => {
+            let token = Token::generate()?;
+            let path = args
+                .control_token_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join(CONTROL_DIR).join(TOKEN_NAME));
+            token.write_file(&path)?;
+            Some((token, path))
         }
         None => None,
     };
-    let control_addr = match &control {
+    let control_tcp = match &args.control {
+        Some(address) => Some(bind("control commands", address).await?),
+        None => None,
+    };
+    let mut registry = args.metrics.as_ref().map(|_| Registry::default());
+    let refusals = Refusals::new(registry.as_mut());
+    let metrics = match (&args.metrics, registry) {
+        (Some(flag), Some(mut registry)) => {
+            let address = metrics_address(flag);
+            let listener = bind("metrics", &address).await?;
+            config = config.with_metrics(NodeMetrics::register(&mut registry));
+            let endpoint = crate::http::MetricsEndpoint::new(&mut registry, &args.metrics_hosts);
+            Some((listener, Arc::new(registry), endpoint))
+        }
+        _ => None,
+    };
+    let control_addr = match &control_tcp {
         Some(l) => Some(l.local_addr()?.to_string()),
         None => None,
     };
     let metrics_addr = match &metrics {
-        Some((l, _)) => Some(l.local_addr()?.to_string()),
+        Some((l, _, _)) => Some(l.local_addr()?.to_string()),
         None => None,
     };
-    if let Some(addr) = &control
-        && !addr.local_addr()?.ip().is_loopback()
+    if let Some(l) = &control_tcp
+        && !l.local_addr()?.ip().is_loopback()
     {
         tracing::warn!(
             address = control_addr.as_deref().unwrap_or_default(),
-            "the control socket is not on a loopback address; anyone who can reach it controls the node"
+            "the TCP control endpoint is not on a loopback address; anyone who can reach it and learns its token controls the node"
+        );
+    }
+    if let Some((l, _, _)) = &metrics
+        && !l.local_addr()?.ip().is_loopback()
+    {
+        tracing::warn!(
+            address = metrics_addr.as_deref().unwrap_or_default(),
+            "the metrics endpoint is not on a loopback address; anyone who can reach it reads the node's metrics"
         );
     }
 
@@ -305,14 +365,17 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
         mode: node.get_mode().await?.into(),
         data_dir: args.data_dir.display().to_string(),
         backend: backend_name(args.backend).to_string(),
-        control: control_addr.clone(),
+        control: Some(unix.path.display().to_string()),
+        control_tcp: control_addr.clone(),
+        control_token_file: token.as_ref().map(|(_, p)| p.display().to_string()),
         metrics: metrics_addr.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     tracing::info!(
         peer = %peer_id,
         addresses = ?info.listen_addresses,
-        control = ?control_addr,
+        control = %unix.path.display(),
+        control_tcp = ?control_addr,
         metrics = ?metrics_addr,
         "node started"
     );
@@ -330,11 +393,20 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
         info,
         shutdown: shutdown_tx,
     });
-    if let Some((listener, registry)) = metrics {
-        tokio::spawn(crate::http::serve_metrics(listener, registry));
+    if let Some((listener, registry, endpoint)) = metrics {
+        tokio::spawn(crate::http::serve_metrics(listener, registry, endpoint));
     }
-    if let Some(listener) = control {
-        tokio::spawn(serve_control(listener, Arc::clone(&ctx)));
+    let shared = Shared::new(Arc::clone(&ctx), refusals);
+    let socket_path = unix.path.clone();
+    tokio::spawn(crate::control::serve_unix(
+        unix.listener,
+        uid,
+        shared.clone(),
+    ));
+    if let (Some(listener), Some((token, _))) = (control_tcp, &token) {
+        tokio::spawn(crate::control::serve_tcp(listener, token.clone(), shared));
+    } else {
+        drop(shared);
     }
     if bootstrap {
         let node = node.clone();
@@ -372,6 +444,12 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
         }
     });
     node.stop_swarm().await?;
+    // Still under the data directory's lock: the socket and the token go.
+    let _ = std::fs::remove_file(&socket_path);
+    if let Some((_, path)) = &token {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(lock);
     drop(ctx);
     tracing::info!(peer = %peer_id, "node stopped");
     if args.json {
@@ -435,14 +513,16 @@ async fn wait_for_stop(
 }
 
 /// Reads commands from standard input on a thread of its own; each runs on a task of its
-/// own and its reply goes to standard output. At the end of input, once every command
-/// read has been answered, `eof` is dropped.
+/// own (at most [`MAX_IN_FLIGHT`](crate::control::MAX_IN_FLIGHT) at once: the next line is
+/// read when one is answered) and its reply goes to standard output. At the end of input,
+/// once every command read has been answered, `eof` is dropped.
 fn serve_stdin(ctx: Arc<Context>, out: Out, eof: mpsc::Sender<()>) {
     let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut stdin = stdin.lock();
         let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(crate::control::MAX_IN_FLIGHT));
         loop {
             let line = match read_line(&mut stdin, MAX_LINE) {
                 Ok(Line::Eof) => break,
@@ -452,10 +532,14 @@ fn serve_stdin(ctx: Arc<Context>, out: Out, eof: mpsc::Sender<()>) {
                     break;
                 }
             };
+            let Ok(place) = runtime.block_on(Arc::clone(&in_flight).acquire_owned()) else {
+                break;
+            };
             let (ctx, out) = (Arc::clone(&ctx), out.clone());
             running.retain(|task| !task.is_finished());
             running.push(runtime.spawn(async move {
                 out.line(reply_to(ctx, line).await.to_line());
+                drop(place);
             }));
         }
         tracing::debug!("standard input ended");
@@ -484,51 +568,4 @@ async fn reply_to(ctx: Arc<Context>, line: Line) -> Output {
         ),
         Line::Eof => Output::reply(serde_json::Value::Null, Err("end of input".into())),
     }
-}
-
-/// Accepts control connections until the process ends.
-async fn serve_control(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, from)) => {
-                tracing::debug!(%from, "control connection");
-                tokio::spawn(control_connection(stream, Arc::clone(&ctx)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept a control connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// One control connection: request lines in, reply lines out (in completion order). The
-/// connection closes after the replies to every request read, once the client has
-/// finished sending.
-async fn control_connection(stream: TcpStream, ctx: Arc<Context>) {
-    let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let writer = tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            if write.write_all(line.as_bytes()).await.is_err()
-                || write.write_all(b"\n").await.is_err()
-            {
-                return;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
-    let mut read = BufReader::new(read);
-    loop {
-        let line = match read_line_async(&mut read, MAX_LINE).await {
-            Ok(Line::Eof) | Err(_) => break,
-            Ok(line) => line,
-        };
-        let (ctx, tx) = (Arc::clone(&ctx), tx.clone());
-        tokio::spawn(async move {
-            let _ = tx.send(reply_to(ctx, line).await.to_line());
-        });
-    }
-    drop(tx);
-    let _ = writer.await;
 }

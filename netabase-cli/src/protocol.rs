@@ -15,9 +15,11 @@
 //! <- {"type":"reply","req":null,"ok":false,"error":"invalid request: unknown variant `nonsense`, ..."}
 //! ```
 //!
-//! A line longer than [`MAX_LINE`] bytes, an empty line, and a line that is not UTF-8 are
-//! refused (with `req: null`); the next line is read as usual. The result of each command
-//! is described on its variant.
+//! A line longer than [`MAX_LINE`] bytes, an empty line, a line that is not UTF-8 and a
+//! line that is not a request are refused (with `req: null`). On standard input the next
+//! line is read as usual; on the control socket the connection closes after the refusal
+//! (the [`control`](crate::control) module describes the socket). The result of each
+//! command is described on its variant.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -292,8 +294,14 @@ pub struct InfoReply {
     pub data_dir: String,
     /// The storage engine (`redb` or `sled`).
     pub backend: String,
-    /// The control socket's address, if it has one.
+    /// The path of the control socket (a Unix domain socket).
     pub control: Option<String>,
+    /// The address of the TCP control endpoint, if it has one.
+    #[serde(default)]
+    pub control_tcp: Option<String>,
+    /// The file holding the TCP control endpoint's token, if it has one.
+    #[serde(default)]
+    pub control_token_file: Option<String>,
     /// The metrics endpoint's address, if it has one.
     pub metrics: Option<String>,
     /// The program's version.
@@ -312,6 +320,13 @@ impl InfoReply {
         }
         if let Some(c) = &self.control {
             s.push_str(&format!("control    {c}\n"));
+        }
+        if let Some(c) = &self.control_tcp {
+            s.push_str(&format!("control    {c} (TCP"));
+            if let Some(f) = &self.control_token_file {
+                s.push_str(&format!(", token in {f}"));
+            }
+            s.push_str(")\n");
         }
         if let Some(m) = &self.metrics {
             s.push_str(&format!("metrics    http://{m}/metrics\n"));

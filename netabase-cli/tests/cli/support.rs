@@ -28,9 +28,25 @@ pub(crate) struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node on `dir` on 127.0.0.1 (OS-assigned ports for everything, mDNS off),
-    /// with `extra` flags, and waits for its ready line.
+    /// Starts a node on `dir` on 127.0.0.1 (OS-assigned ports for everything, mDNS off;
+    /// controlled through the Unix socket in `dir`; metrics on 127.0.0.1 unless `extra`
+    /// says where), with `extra` flags, and waits for its ready line.
     pub(crate) fn start(dir: &Path, extra: &[&str]) -> NodeProcess {
+        let mut node = NodeProcess::spawn(dir, extra);
+        let ready = node.next_line();
+        let ready: Value = serde_json::from_str(&ready).unwrap_or_else(|e| {
+            panic!(
+                "the first line is JSON ({e}): {ready}; logs:\n{}",
+                node.logs()
+            )
+        });
+        assert_eq!(ready["type"], "ready", "{ready}");
+        node.info = ready;
+        node
+    }
+
+    /// Starts a node as [`start`](NodeProcess::start) does, without waiting for it.
+    pub(crate) fn spawn(dir: &Path, extra: &[&str]) -> NodeProcess {
         let mut child = Command::new(bin())
             .arg("node")
             .arg("--data-dir")
@@ -38,10 +54,6 @@ impl NodeProcess {
             .args([
                 "--listen",
                 "/ip4/127.0.0.1/tcp/0",
-                "--control",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
                 "--no-mdns",
                 "--json",
                 "--stop-on-eof",
@@ -49,6 +61,11 @@ impl NodeProcess {
                 "0",
             ])
             .args(extra)
+            .args(if extra.contains(&"--metrics") {
+                &[][..]
+            } else {
+                &["--metrics", "127.0.0.1:0"][..]
+            })
             .env("RUST_LOG", "info,netabase_swarm=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -80,18 +97,13 @@ impl NodeProcess {
             }
         });
         let stdin = child.stdin.take();
-        let mut node = NodeProcess {
+        NodeProcess {
             child: Some(child),
             stdin,
             lines,
             stderr,
             info: Value::Null,
-        };
-        let ready = node.next_line();
-        let ready: Value = serde_json::from_str(&ready).expect("the first line is JSON");
-        assert_eq!(ready["type"], "ready", "{ready}");
-        node.info = ready;
-        node
+        }
     }
 
     pub(crate) fn peer_id(&self) -> String {
@@ -101,10 +113,27 @@ impl NodeProcess {
             .to_string()
     }
 
+    /// The path of the node's control socket.
     pub(crate) fn control(&self) -> String {
         self.info["control"]
             .as_str()
-            .expect("a control address")
+            .expect("a control socket")
+            .to_string()
+    }
+
+    /// The address of the node's TCP control endpoint (started with `--control`).
+    pub(crate) fn control_tcp(&self) -> String {
+        self.info["control_tcp"]
+            .as_str()
+            .expect("a TCP control endpoint")
+            .to_string()
+    }
+
+    /// The file holding the TCP control endpoint's token.
+    pub(crate) fn token_file(&self) -> String {
+        self.info["control_token_file"]
+            .as_str()
+            .expect("a token file")
             .to_string()
     }
 
@@ -173,6 +202,28 @@ impl NodeProcess {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// Waits for the process to exit, then checks what it logged with `check`; its status
+    /// and the rest of its output.
+    pub(crate) fn wait_exit_with_logs(self, check: impl FnOnce(&str)) -> (ExitStatus, Vec<String>) {
+        let stderr = Arc::clone(&self.stderr);
+        let exit = self.wait_exit();
+        // The exit closed standard error: wait until its reader has everything.
+        let deadline = Instant::now() + DEADLINE;
+        let logs = loop {
+            let logs = stderr.lock().unwrap().clone();
+            if Arc::strong_count(&stderr) == 1 {
+                break logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "standard error stays open: {logs}"
+            );
+            std::thread::yield_now();
+        };
+        check(&logs);
+        exit
+    }
+
     /// Waits for the process to exit; its status and the rest of its output.
     pub(crate) fn wait_exit(mut self) -> (ExitStatus, Vec<String>) {
         let mut child = self.child.take().expect("running");
@@ -216,6 +267,19 @@ pub(crate) fn ctl(node: &NodeProcess, args: &[&str]) -> Output {
         .args(args)
         .arg("--node")
         .arg(node.control())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the netabase binary runs")
+}
+
+/// Runs `netabase ARGS --node TCP-CONTROL --token-file TOKEN-FILE`.
+pub(crate) fn ctl_tcp(node: &NodeProcess, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .arg("--node")
+        .arg(node.control_tcp())
+        .arg("--token-file")
+        .arg(node.token_file())
         .stdin(Stdio::null())
         .output()
         .expect("the netabase binary runs")
