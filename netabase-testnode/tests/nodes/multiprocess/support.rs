@@ -455,8 +455,10 @@ impl NodeProc {
         }
     }
 
-    /// Waits until `count` events from position `mark` on match `accept`; fails the test
-    /// if fewer arrive within [`DEADLINE`] or more have arrived by then.
+    /// Waits until `count` events from position `mark` on match `accept`, then asks the
+    /// node for its stats and counts again: fails the test if fewer arrive within
+    /// [`DEADLINE`], or if more have arrived by the time the node answers (every event it
+    /// emitted before that answer is in).
     pub(crate) fn expect_event_count(
         &mut self,
         mark: usize,
@@ -480,6 +482,9 @@ impl NodeProc {
             let line = self.next_line(deadline, &format!("{count} x {what} (seen {seen})"));
             self.absorb(line);
         }
+        // A barrier: events the node emitted before this answer come before it.
+        self.stats();
+        let seen = self.events[mark..].iter().filter(|e| accept(e)).count();
         assert_eq!(seen, count, "{}: {what}", self.name);
     }
 
