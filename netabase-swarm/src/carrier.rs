@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
@@ -14,6 +15,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use netabase_core::{Request, RequestFailure, Response};
 
+use crate::guard::{Guard, InboundLimits, Refusal, Source};
 use crate::handler::{Handler, HandlerIn, HandlerOut, Shared};
 use crate::protocol::StreamError;
 
@@ -44,6 +46,14 @@ pub(crate) enum CarrierEvent {
         /// What went wrong.
         error: StreamError,
     },
+    /// The [inbound limits](crate::InboundLimits) refused a connection (`peer` unknown
+    /// before the handshake) or a request, which was closed without an answer.
+    Refused {
+        /// The peer, when known.
+        peer: Option<PeerId>,
+        /// Why.
+        refusal: Refusal,
+    },
 }
 
 /// Carries Kademlia requests and answers: one stream per request, negotiated under the
@@ -58,16 +68,19 @@ pub(crate) struct KadCarrier {
     waiting: HashMap<PeerId, Vec<(u64, Request)>>,
     /// Outbound requests handed to a connection.
     in_flight: HashMap<u64, (PeerId, ConnectionId)>,
-    /// Inbound requests awaiting the node's answer.
-    inbound: HashMap<u64, (PeerId, ConnectionId)>,
+    /// Inbound requests awaiting the node's answer, with the source address they count
+    /// against.
+    inbound: HashMap<u64, (PeerId, ConnectionId, Option<Source>)>,
+    guard: Guard,
     events: VecDeque<ToSwarm<CarrierEvent, HandlerIn>>,
     waker: Option<Waker>,
 }
 
 impl KadCarrier {
-    pub(crate) fn new(shared: Shared) -> Self {
+    pub(crate) fn new(shared: Shared, limits: InboundLimits) -> Self {
         KadCarrier {
             shared,
+            guard: Guard::new(limits),
             connections: HashMap::new(),
             waiting: HashMap::new(),
             in_flight: HashMap::new(),
@@ -132,7 +145,8 @@ impl KadCarrier {
 
     /// Answers inbound request `id`; `None` closes it without an answer.
     pub(crate) fn respond(&mut self, id: u64, response: Option<Response>) {
-        if let Some((peer, conn)) = self.inbound.remove(&id) {
+        if let Some((peer, conn, source)) = self.inbound.remove(&id) {
+            self.guard.answered(source);
             self.push(ToSwarm::NotifyHandler {
                 peer_id: peer,
                 handler: NotifyHandler::One(conn),
@@ -183,7 +197,23 @@ impl KadCarrier {
                 result: Err(RequestFailure::Io),
             }));
         }
-        self.inbound.retain(|_, (_, c)| *c != conn);
+        let guard = &mut self.guard;
+        self.inbound.retain(|_, (_, c, source)| {
+            let keep = *c != conn;
+            if !keep {
+                guard.answered(*source);
+            }
+            keep
+        });
+        self.guard.release(conn);
+    }
+
+    fn refuse(&mut self, peer: Option<PeerId>, refusal: Refusal) -> ConnectionDenied {
+        self.push(ToSwarm::GenerateEvent(CarrierEvent::Refused {
+            peer,
+            refusal,
+        }));
+        ConnectionDenied::new(refusal)
     }
 
     fn on_dial_failure(&mut self, failure: DialFailure<'_>) {
@@ -208,13 +238,27 @@ impl NetworkBehaviour for KadCarrier {
     type ConnectionHandler = Handler;
     type ToSwarm = CarrierEvent;
 
+    fn handle_pending_inbound_connection(
+        &mut self,
+        conn: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.guard
+            .admit_pending(conn, remote, Instant::now())
+            .map_err(|refusal| self.refuse(None, refusal))
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
-        _: PeerId,
+        conn: ConnectionId,
+        peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.guard
+            .admit_established(conn, remote)
+            .map_err(|refusal| self.refuse(Some(peer), refusal))?;
         Ok(self.handler())
     }
 
@@ -234,6 +278,7 @@ impl NetworkBehaviour for KadCarrier {
             FromSwarm::ConnectionEstablished(e) => self.on_established(e.peer_id, e.connection_id),
             FromSwarm::ConnectionClosed(e) => self.on_closed(e),
             FromSwarm::DialFailure(e) => self.on_dial_failure(e),
+            FromSwarm::ListenFailure(e) => self.guard.release(e.connection_id),
             _ => {}
         }
     }
@@ -245,11 +290,33 @@ impl NetworkBehaviour for KadCarrier {
         event: THandlerOutEvent<Self>,
     ) {
         let event = match event {
-            HandlerOut::Request { id, request } => {
-                if request.expects_response() {
-                    self.inbound.insert(id, (peer, conn));
+            HandlerOut::Request { id, request, bytes } => {
+                let answer = request.expects_response();
+                match self
+                    .guard
+                    .admit_request(peer, conn, bytes, answer, Instant::now())
+                {
+                    Ok(source) => {
+                        if answer {
+                            self.inbound.insert(id, (peer, conn, source));
+                        }
+                        CarrierEvent::Request { peer, id, request }
+                    }
+                    Err(refusal) => {
+                        if answer {
+                            // Closed without an answer, as a refused request is.
+                            self.push(ToSwarm::NotifyHandler {
+                                peer_id: peer,
+                                handler: NotifyHandler::One(conn),
+                                event: HandlerIn::Respond { id, response: None },
+                            });
+                        }
+                        CarrierEvent::Refused {
+                            peer: Some(peer),
+                            refusal,
+                        }
+                    }
                 }
-                CarrierEvent::Request { peer, id, request }
             }
             HandlerOut::Outcome { id, result, .. } => {
                 if self.in_flight.remove(&id).is_none() {

@@ -9,6 +9,7 @@ use netabase_core::wire::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PROTOCOL_NAME, IPFS_
 use netabase_core::{Mode, Quorum};
 use netabase_store::RecordStoreConfig;
 
+use crate::guard::InboundLimits;
 use crate::metrics::NodeMetrics;
 use crate::runtime::Runtime;
 
@@ -91,6 +92,10 @@ pub struct NetabaseConfig {
     pub max_streams_per_connection: usize,
     /// Connection limits.
     pub connection_limits: ConnectionLimits,
+    /// Limits of what one peer, or one source address, may ask of the node: connections
+    /// (checked before the Noise handshake), requests and request bytes per second,
+    /// answers owed. Every refusal is counted by its reason.
+    pub inbound_limits: InboundLimits,
     /// How long a connection without streams stays open.
     pub idle_connection_timeout: Duration,
     /// Whether local peers are discovered with mDNS (multicast on the local network).
@@ -124,6 +129,7 @@ impl Default for NetabaseConfig {
             stream_timeout: Duration::from_secs(10),
             max_streams_per_connection: 32,
             connection_limits: ConnectionLimits::default(),
+            inbound_limits: InboundLimits::default(),
             idle_connection_timeout: Duration::from_secs(60),
             mdns: true,
             bootstrap_peers: Vec::new(),

@@ -153,6 +153,7 @@ pub(crate) struct Snapshot {
     pub(crate) mode: Mode,
     pub(crate) stats: NodeStats,
     pub(crate) inbound_stream_failures: u64,
+    pub(crate) inbound_refused: u64,
 }
 
 /// A call from a handle.
@@ -247,6 +248,8 @@ pub(crate) struct Driver<R: Runtime> {
     timer: Fuse<BoxFuture<'static, ()>>,
     timer_at: Option<Instant>,
     inbound_stream_failures: u64,
+    /// Connections and requests the inbound limits refused.
+    inbound_refused: u64,
     /// Listeners that have not reported an address yet (during start-up).
     unbound: HashSet<ListenerId>,
     metrics: Option<DriverMetrics>,
@@ -322,6 +325,7 @@ impl<R: Runtime> Driver<R> {
             timer: Fuse::terminated(),
             timer_at: None,
             inbound_stream_failures: 0,
+            inbound_refused: 0,
             unbound: HashSet::new(),
             metrics,
             gauge_tick,
@@ -918,6 +922,7 @@ impl<R: Runtime> Driver<R> {
             mode: self.node.mode(),
             stats: self.node.stats().clone(),
             inbound_stream_failures: self.inbound_stream_failures,
+            inbound_refused: self.inbound_refused,
         }
     }
 
@@ -1058,6 +1063,13 @@ impl<R: Runtime> Driver<R> {
                         self.node.handle_request_failed(now, id, failure)
                     }
                 }
+            }
+            CarrierEvent::Refused { peer, refusal } => {
+                self.inbound_refused += 1;
+                if let Some(m) = &self.metrics {
+                    m.node.rejected("limit", refusal.label());
+                }
+                tracing::debug!(?peer, %refusal, "inbound work refused");
             }
             CarrierEvent::InboundFailed { peer, error } => {
                 self.inbound_stream_failures += 1;

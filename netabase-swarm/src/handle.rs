@@ -131,6 +131,10 @@ pub struct NetabaseStats {
     /// Inbound streams that failed before delivering a request (malformed or oversized
     /// messages, timeouts, too many streams).
     pub inbound_stream_failures: u64,
+    /// Inbound connections and requests refused by the
+    /// [inbound limits](crate::InboundLimits) (the metric
+    /// `netabase_rejected_inputs_total{input="limit"}` counts them by reason).
+    pub inbound_refused: u64,
 }
 
 enum State<D: NetabaseDefinition> {
@@ -438,7 +442,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         };
         Ok(NodeBehaviour {
             limits: connection_limits::Behaviour::new(limits),
-            kad: KadCarrier::new(shared),
+            kad: KadCarrier::new(shared, config.inbound_limits.clone()),
             identify: identify::Behaviour::new(identify),
             ping: ping::Behaviour::default(),
             mdns: Toggle::from(mdns),
@@ -847,6 +851,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         Ok(NetabaseStats {
             kad: snapshot.stats,
             inbound_stream_failures: snapshot.inbound_stream_failures,
+            inbound_refused: snapshot.inbound_refused,
         })
     }
 }

@@ -53,8 +53,12 @@ pub(crate) enum HandlerIn {
 /// What a handler tells the carrier.
 #[derive(Debug)]
 pub(crate) enum HandlerOut {
-    /// A request arrived.
-    Request { id: u64, request: Request },
+    /// A request of `bytes` arrived.
+    Request {
+        id: u64,
+        request: Request,
+        bytes: usize,
+    },
     /// Outbound request `id` ended: its answer (`None` for one-way requests) or failure.
     Outcome {
         id: u64,
@@ -65,7 +69,7 @@ pub(crate) enum HandlerOut {
 }
 
 type Outbound = BoxFuture<'static, (u64, Result<Option<Response>, StreamError>)>;
-type Inbound = BoxFuture<'static, Result<(u64, Request, Stream), StreamError>>;
+type Inbound = BoxFuture<'static, Result<(u64, Request, usize, Stream), StreamError>>;
 type Answer = BoxFuture<'static, Result<(), StreamError>>;
 
 /// Runs `future` for at most `timeout`.
@@ -153,8 +157,8 @@ impl Handler {
         let codec = self.shared.codec;
         let next = Arc::clone(&self.shared.next_inbound);
         let future = bounded(&self.shared.sleep, self.shared.stream_timeout, async move {
-            let request = protocol::read_request(&mut stream, &codec).await?;
-            Ok((next.fetch_add(1, Ordering::Relaxed), request, stream))
+            let (request, bytes) = protocol::read_request(&mut stream, &codec).await?;
+            Ok((next.fetch_add(1, Ordering::Relaxed), request, bytes, stream))
         });
         self.inbound.push(
             future
@@ -262,7 +266,7 @@ impl ConnectionHandler for Handler {
             }
             if let Poll::Ready(Some(result)) = self.inbound.poll_next_unpin(cx) {
                 match result {
-                    Ok((id, request, stream)) => {
+                    Ok((id, request, bytes, stream)) => {
                         if request.expects_response() {
                             self.awaiting.insert(id, stream);
                         } else {
@@ -273,7 +277,7 @@ impl ConnectionHandler for Handler {
                             );
                         }
                         return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
-                            HandlerOut::Request { id, request },
+                            HandlerOut::Request { id, request, bytes },
                         ));
                     }
                     Err(StreamError::NoMessage) => continue,

@@ -25,6 +25,7 @@ mod convert;
 mod driver;
 mod error;
 mod event;
+mod guard;
 mod handle;
 mod handler;
 mod identity;
@@ -36,6 +37,7 @@ pub use bandwidth::NodeTransport;
 pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
 pub use error::NetabaseError;
 pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
+pub use guard::{InboundLimits, Rate, Refusal};
 pub use handle::{
     BootstrapResult, GetRecordResult, IDENTIFY_PROTOCOL_VERSION, Netabase, NetabaseStats,
     ProviderInfo, ProvidingResult, PutRecordResult,

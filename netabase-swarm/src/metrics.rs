@@ -10,7 +10,7 @@
 //! | `netabase_operations_total` | counter | `operation`, `outcome` | API operations the node carried out |
 //! | `netabase_query_duration_seconds` | histogram | `operation`, `outcome` | how long each DHT query took, start to answer |
 //! | `netabase_messages_total` | counter | `direction`, `protocol`, `kind`, `role` | protocol messages sent (`out`) and received (`in`) |
-//! | `netabase_rejected_inputs_total` | counter | `input`, `reason` | inputs from peers the node refused |
+//! | `netabase_rejected_inputs_total` | counter | `input`, `reason` | inputs from peers the node refused (`input="limit"`: connections and requests over the [inbound limits](crate::InboundLimits), `reason` one of [`Refusal::label`](crate::Refusal::label)) |
 //! | `netabase_request_failures_total` | counter | `reason` | outbound DHT requests that failed |
 //! | `netabase_routing_table_peers` | gauge | | peers in the Kademlia routing table |
 //! | `netabase_connected_peers` | gauge | | peers with an open connection |

@@ -129,15 +129,15 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
     }
 }
 
-/// Reads one request.
+/// Reads one request, with the size of its message in bytes.
 pub(crate) async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     codec: &Codec,
-) -> Result<Request, StreamError> {
+) -> Result<(Request, usize), StreamError> {
     let payload = read_frame(stream, codec)
         .await?
         .ok_or(StreamError::NoMessage)?;
-    Ok(codec.decode_request(&payload)?)
+    Ok((codec.decode_request(&payload)?, payload.len()))
 }
 
 /// Writes `request`, closes the sending side, and reads the answer; for a request without
@@ -197,7 +197,10 @@ mod tests {
         };
         let bytes = codec.encode_request(&request);
         let mut cursor = Cursor::new(bytes);
-        assert_eq!(block_on(read_request(&mut cursor, &codec)), Ok(request));
+        assert_eq!(
+            block_on(read_request(&mut cursor, &codec)).map(|(r, _)| r),
+            Ok(request)
+        );
         // A prefix announcing more than the bound fails before reading the payload.
         let mut big = Cursor::new(vec![0x80, 0x01]);
         assert!(matches!(
