@@ -468,6 +468,9 @@ pub struct NodeCounters {
     pub invalid_records: u64,
     /// Inbound streams that failed before delivering a request.
     pub inbound_stream_failures: u64,
+    /// Inbound connections and requests refused by the inbound limits.
+    #[serde(default)]
+    pub inbound_refused: u64,
     /// Queries finished.
     pub queries_finished: u64,
 }
@@ -485,6 +488,7 @@ impl From<&netabase::NetabaseStats> for NodeCounters {
             inbound_rejected: s.kad.inbound_rejected,
             invalid_records: s.kad.invalid_records,
             inbound_stream_failures: s.inbound_stream_failures,
+            inbound_refused: s.inbound_refused,
             queries_finished: s.kad.queries_finished,
         }
     }

@@ -15,7 +15,7 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId};
 use netabase_core::{Request, RequestFailure, Response};
 
-use crate::guard::{Guard, InboundLimits, Refusal, Source};
+use crate::guard::{Guard, InboundLimits, Refusal, Source, Verdict};
 use crate::handler::{Handler, HandlerIn, HandlerOut, Shared};
 use crate::protocol::StreamError;
 
@@ -302,7 +302,17 @@ impl NetworkBehaviour for KadCarrier {
                         }
                         CarrierEvent::Request { peer, id, request }
                     }
-                    Err(refusal) => {
+                    Err(verdict) => {
+                        let refusal = match verdict {
+                            Verdict::Refuse(refusal) => refusal,
+                            Verdict::Close(refusal) => {
+                                self.push(ToSwarm::CloseConnection {
+                                    peer_id: peer,
+                                    connection: libp2p::swarm::CloseConnection::One(conn),
+                                });
+                                refusal
+                            }
+                        };
                         if answer {
                             // Closed without an answer, as a refused request is.
                             self.push(ToSwarm::NotifyHandler {

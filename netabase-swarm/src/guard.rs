@@ -46,6 +46,14 @@ pub struct InboundLimits {
     pub bytes_per_ip: Option<Rate>,
     /// Requests whose answers the node still owes, per source address.
     pub max_in_flight_per_ip: Option<u32>,
+    /// A connection whose requests the limits refuse this often within one second is
+    /// closed, and its source address may not connect again for
+    /// [`cooldown`](InboundLimits::cooldown): a peer that keeps sending over its limits
+    /// costs the node a refused handshake, not a decrypted and decoded request each.
+    pub max_refusals_per_connection: Option<u32>,
+    /// How long a source address whose connection was closed for its refusals is refused
+    /// before its handshake.
+    pub cooldown: std::time::Duration,
     /// IPv4 addresses that share this many leading bits count as one source.
     pub ipv4_prefix: u8,
     /// IPv6 addresses that share this many leading bits count as one source.
@@ -78,6 +86,8 @@ impl Default for InboundLimits {
                 burst: 64 << 20,
             }),
             max_in_flight_per_ip: Some(256),
+            max_refusals_per_connection: Some(64),
+            cooldown: std::time::Duration::from_secs(10),
             ipv4_prefix: 32,
             ipv6_prefix: 64,
         }
@@ -111,6 +121,9 @@ pub enum Refusal {
     /// One source address awaits too many answers.
     #[error("too many requests from one address await answers")]
     InFlightPerIp,
+    /// The source address had a connection closed for its refusals a short while ago.
+    #[error("the address is cooling down after too many refusals")]
+    Cooldown,
 }
 
 impl Refusal {
@@ -125,6 +138,7 @@ impl Refusal {
             Refusal::BytesPerPeer => "bytes_per_peer",
             Refusal::BytesPerIp => "bytes_per_ip",
             Refusal::InFlightPerIp => "in_flight_per_ip",
+            Refusal::Cooldown => "cooldown",
         }
     }
 }
@@ -247,6 +261,29 @@ impl<K: std::hash::Hash + Eq + Copy> Buckets<K> {
 struct Inbound {
     source: Option<Source>,
     established: bool,
+    /// Requests refused in the current one-second window, and when it began.
+    refusals: u32,
+    window: Option<Instant>,
+}
+
+impl Inbound {
+    fn new(source: Option<Source>, established: bool) -> Self {
+        Inbound {
+            source,
+            established,
+            refusals: 0,
+            window: None,
+        }
+    }
+}
+
+/// What the carrier does with a refused request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Only this request is refused.
+    Refuse(Refusal),
+    /// The request is refused and its connection closed (too many refusals).
+    Close(Refusal),
 }
 
 /// The state behind [`InboundLimits`].
@@ -262,6 +299,8 @@ pub(crate) struct Guard {
     requests_per_ip: Buckets<Source>,
     bytes_per_peer: Buckets<PeerId>,
     bytes_per_ip: Buckets<Source>,
+    /// Source addresses refused before their handshake until the given time.
+    cooling: HashMap<Source, Instant>,
 }
 
 fn decrement(map: &mut HashMap<Source, u32>, source: Source) {
@@ -286,6 +325,7 @@ impl Guard {
             pending: HashMap::new(),
             established: HashMap::new(),
             in_flight: HashMap::new(),
+            cooling: HashMap::new(),
         }
     }
 
@@ -298,6 +338,12 @@ impl Guard {
     ) -> Result<(), Refusal> {
         let source = Source::of(remote, &self.limits);
         if let Some(source) = source {
+            if let Some(&until) = self.cooling.get(&source) {
+                if now < until {
+                    return Err(Refusal::Cooldown);
+                }
+                self.cooling.remove(&source);
+            }
             let pending = self.pending.get(&source).copied().unwrap_or(0);
             if self
                 .limits
@@ -311,13 +357,7 @@ impl Guard {
             }
             *self.pending.entry(source).or_default() += 1;
         }
-        self.connections.insert(
-            conn,
-            Inbound {
-                source,
-                established: false,
-            },
-        );
+        self.connections.insert(conn, Inbound::new(source, false));
         Ok(())
     }
 
@@ -343,13 +383,7 @@ impl Guard {
             }
             *self.established.entry(source).or_default() += 1;
         }
-        self.connections.insert(
-            conn,
-            Inbound {
-                source,
-                established: true,
-            },
-        );
+        self.connections.insert(conn, Inbound::new(source, true));
         Ok(())
     }
 
@@ -368,8 +402,21 @@ impl Guard {
     }
 
     /// A request of `bytes` from `peer` on `conn` arrived; `answer`: the node owes an
-    /// answer (released with [`Guard::answered`]). Returns the source it counts against.
+    /// answer (released with [`Guard::answered`]). Returns the source it counts against,
+    /// or what to do with the refused request.
     pub(crate) fn admit_request(
+        &mut self,
+        peer: PeerId,
+        conn: ConnectionId,
+        bytes: usize,
+        answer: bool,
+        now: Instant,
+    ) -> Result<Option<Source>, Verdict> {
+        self.check_request(peer, conn, bytes, answer, now)
+            .map_err(|refusal| self.count_refusal(conn, refusal, now))
+    }
+
+    fn check_request(
         &mut self,
         peer: PeerId,
         conn: ConnectionId,
@@ -406,6 +453,37 @@ impl Guard {
             *in_flight += 1;
         }
         Ok(Some(source))
+    }
+
+    /// Counts a refusal against its connection: past the limit the connection is to be
+    /// closed and its source cools down.
+    fn count_refusal(&mut self, conn: ConnectionId, refusal: Refusal, now: Instant) -> Verdict {
+        let Some(max) = self.limits.max_refusals_per_connection else {
+            return Verdict::Refuse(refusal);
+        };
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return Verdict::Refuse(refusal);
+        };
+        match c.window {
+            Some(start) if now.saturating_duration_since(start).as_secs() < 1 => {}
+            _ => {
+                c.window = Some(now);
+                c.refusals = 0;
+            }
+        }
+        c.refusals += 1;
+        if c.refusals <= max {
+            return Verdict::Refuse(refusal);
+        }
+        if let Some(source) = c.source {
+            if self.cooling.len() >= MAX_KEYS {
+                self.cooling.retain(|_, until| *until > now);
+            }
+            if self.cooling.len() < MAX_KEYS {
+                self.cooling.insert(source, now + self.limits.cooldown);
+            }
+        }
+        Verdict::Close(refusal)
     }
 
     /// An answer owed to `source` went out (or its connection closed).
@@ -544,21 +622,67 @@ mod tests {
         g.admit_request(p1, c(1), 100, false, now).unwrap();
         assert_eq!(
             g.admit_request(p1, c(1), 100, false, now),
-            Err(Refusal::RequestsPerPeer)
+            Err(Verdict::Refuse(Refusal::RequestsPerPeer))
         );
         // A new identity on the same address: its own peer bucket, the address's
         // in-flight bound (one answer owed already) and then its rate.
         g.admit_request(p2, c(2), 100, true, now).unwrap();
         assert_eq!(
             g.admit_request(p2, c(2), 100, true, now),
-            Err(Refusal::RequestsPerIp)
+            Err(Verdict::Refuse(Refusal::RequestsPerIp))
         );
         let later = now + Duration::from_secs(5);
         assert_eq!(
             g.admit_request(p2, c(2), 100, true, later),
-            Err(Refusal::InFlightPerIp)
+            Err(Verdict::Refuse(Refusal::InFlightPerIp))
         );
         g.answered(s);
         assert!(g.admit_request(p2, c(2), 100, true, later).is_ok());
+    }
+
+    #[test]
+    fn a_connection_refused_too_often_is_closed_and_its_source_cools_down() {
+        let limits = InboundLimits {
+            requests_per_peer: Some(Rate {
+                per_second: 1,
+                burst: 1,
+            }),
+            max_refusals_per_connection: Some(3),
+            cooldown: Duration::from_secs(10),
+            ..InboundLimits::default()
+        };
+        let mut g = Guard::new(limits);
+        let now = Instant::now();
+        let flooder = addr("/ip4/127.0.0.5/tcp/4000");
+        let c = ConnectionId::new_unchecked;
+        g.admit_pending(c(1), &flooder, now).unwrap();
+        g.admit_established(c(1), &flooder).unwrap();
+        let peer = PeerId::random();
+        g.admit_request(peer, c(1), 10, false, now).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                g.admit_request(peer, c(1), 10, false, now),
+                Err(Verdict::Refuse(Refusal::RequestsPerPeer))
+            );
+        }
+        assert_eq!(
+            g.admit_request(peer, c(1), 10, false, now),
+            Err(Verdict::Close(Refusal::RequestsPerPeer))
+        );
+        g.release(c(1));
+        // The address is refused before its handshake until the cooldown ends; another
+        // address is not.
+        assert_eq!(
+            g.admit_pending(c(2), &flooder, now + Duration::from_secs(9)),
+            Err(Refusal::Cooldown)
+        );
+        assert_eq!(
+            g.admit_pending(c(3), &addr("/ip4/127.0.0.2/tcp/1"), now),
+            Ok(())
+        );
+        assert_eq!(
+            g.admit_pending(c(4), &flooder, now + Duration::from_secs(10)),
+            Ok(())
+        );
     }
 }

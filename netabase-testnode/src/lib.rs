@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod in_process;
 pub mod netns;
+pub mod source_tcp;
 
 /// The chat definition the test node stores and publishes.
 // The macro generates public items without docs of their own; they are documented here.

@@ -39,6 +39,7 @@ enum RuntimeName {
 enum BackendName {
     Redb,
     Sled,
+    Memory,
 }
 
 /// One Netabase node for the chat definition, driven with JSON lines on stdin/stdout.
@@ -103,6 +104,14 @@ struct Args {
     /// How often expired records are removed from the store, in milliseconds.
     #[arg(long)]
     expiry_sweep_interval_ms: Option<u64>,
+    /// Kademlia requests per second one source address may send (bursts of twice as
+    /// many); 0: no limit.
+    #[arg(long)]
+    requests_per_ip: Option<u32>,
+    /// Kademlia requests per second one peer may send (bursts of twice as many); 0: no
+    /// limit.
+    #[arg(long)]
+    requests_per_peer: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +159,7 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
         .with_backend(match args.backend {
             BackendName::Redb => StorageBackend::Redb,
             BackendName::Sled => StorageBackend::Sled,
+            BackendName::Memory => StorageBackend::Memory,
         });
     for addr in &args.bootstrap {
         let (peer, addr) = split_peer(addr)?;
@@ -185,6 +195,18 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
     }
     if let Some(ms) = args.tombstone_horizon_ms {
         config.kad.tombstone_horizon = Duration::from_millis(ms);
+    }
+    let rate = |n: u32| {
+        (n > 0).then_some(netabase::swarm::Rate {
+            per_second: n,
+            burst: n.saturating_mul(2),
+        })
+    };
+    if let Some(n) = args.requests_per_ip {
+        config.inbound_limits.requests_per_ip = rate(n);
+    }
+    if let Some(n) = args.requests_per_peer {
+        config.inbound_limits.requests_per_peer = rate(n);
     }
     if let Some(ms) = args.expiry_sweep_interval_ms {
         if ms == 0 {

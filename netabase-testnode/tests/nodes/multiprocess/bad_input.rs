@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::support::*;
 use crate::stock::tokio_swarm;
 
-const KAD: StreamProtocol = StreamProtocol::new("/netabase/kad/1.0.0");
+pub(crate) const KAD: StreamProtocol = StreamProtocol::new("/netabase/kad/1.0.0");
 const IDENTIFY: StreamProtocol = StreamProtocol::new("/ipfs/id/1.0.0");
 const IDENTIFY_PUSH: StreamProtocol = StreamProtocol::new("/ipfs/id/push/1.0.0");
 const PING: StreamProtocol = StreamProtocol::new("/ipfs/ping/1.0.0");
@@ -153,7 +153,7 @@ struct RawBehaviour {
 }
 
 /// A libp2p peer that opens and accepts raw streams.
-struct RawPeer {
+pub(crate) struct RawPeer {
     rt: Runtime,
     control: libp2p_stream::Control,
     id: PeerId,
@@ -164,6 +164,12 @@ struct RawPeer {
 impl RawPeer {
     /// Starts the peer, listening on 127.0.0.1, connected to `remote` at `remote_addr`.
     fn start(remote: PeerId, remote_addr: Multiaddr) -> RawPeer {
+        RawPeer::start_from("127.0.0.1", remote, remote_addr)
+    }
+
+    /// Starts the peer, listening on `ip` (its dials go out from there), connected to
+    /// `remote` at `remote_addr`.
+    pub(crate) fn start_from(ip: &str, remote: PeerId, remote_addr: Multiaddr) -> RawPeer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -171,20 +177,31 @@ impl RawPeer {
             .unwrap();
         let script = Arc::new(Mutex::new(VecDeque::new()));
         let (control, id, addr) = rt.block_on(async {
-            let mut swarm = tokio_swarm(
-                |_| RawBehaviour {
-                    streams: libp2p_stream::Behaviour::new(),
-                    ping: libp2p::ping::Behaviour::default(),
-                },
-                Some(Duration::from_secs(60)),
-            );
-            swarm
-                .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-                .unwrap();
-            let addr = loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    break address;
-                }
+            let behaviour = |_: &libp2p::identity::Keypair| RawBehaviour {
+                streams: libp2p_stream::Behaviour::new(),
+                ping: libp2p::ping::Behaviour::default(),
+            };
+            let idle = Duration::from_secs(60);
+            // On 127.0.0.1 the peer listens too (the node dials it back); on another
+            // address it only dials, from that address.
+            let (mut swarm, addr) = if ip == "127.0.0.1" {
+                let mut swarm = tokio_swarm(behaviour, Some(idle));
+                swarm
+                    .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+                    .unwrap();
+                let addr = loop {
+                    if let SwarmEvent::NewListenAddr { address, .. } =
+                        swarm.select_next_some().await
+                    {
+                        break address;
+                    }
+                };
+                (swarm, addr)
+            } else {
+                let swarm =
+                    netabase_testnode::source_tcp::swarm_from(ip.parse().unwrap(), behaviour, idle)
+                        .unwrap();
+                (swarm, format!("/ip4/{ip}/tcp/0").parse().unwrap())
             };
             let id = *swarm.local_peer_id();
             swarm
@@ -227,7 +244,7 @@ impl RawPeer {
 
     /// Opens a stream of `protocol` to `peer`, writes `bytes`, closes the sending side and
     /// reads until the node ends the stream; an error means the node reset it.
-    fn exchange(
+    pub(crate) fn exchange(
         &mut self,
         peer: PeerId,
         protocol: StreamProtocol,

@@ -30,6 +30,7 @@ macro_rules! per_runtime {
 mod bad_input;
 mod chat;
 mod dht;
+mod flood;
 mod mdns;
 mod mixed;
 mod modes;

@@ -278,6 +278,11 @@ impl Drop for NodeProc {
 }
 
 impl NodeProc {
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its first listen address with `/p2p/<id>`.
     pub(crate) fn p2p_addr(&self) -> String {
         format!("{}/p2p/{}", self.addrs[0], self.peer_id)
