@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod migration;
 mod model_based;
+mod powercut;
 mod record_store;
 mod support;
 
