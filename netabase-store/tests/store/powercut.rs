@@ -24,7 +24,7 @@ use netabase_store::backend::{FULL_RANGE, ReadTransaction, WriteTransaction};
 use netabase_store::{Backend, Durability, RedbBackend, RedbOptions};
 
 /// Cuts per sweep unless `NETABASE_POWERCUT_CUTS` says otherwise.
-const DEFAULT_CUTS: u64 = 600;
+const DEFAULT_CUTS: u64 = 200;
 
 const TABLES: [&str; 2] = ["a", "b"];
 
