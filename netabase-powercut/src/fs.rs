@@ -120,11 +120,10 @@ impl State {
                 match self.nodes.get(&ino) {
                     Some(Node::Dir { .. }) => todo.push(ino),
                     Some(Node::File { data, perm }) => {
-                        if !image.files.contains_key(&ino) {
-                            let seed = rng.next_u64();
-                            image
-                                .files
-                                .insert(ino, (*perm, data.cut_now(seed, retention)));
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            image.files.entry(ino)
+                        {
+                            slot.insert((*perm, data.cut_now(rng.next_u64(), retention)));
                         }
                     }
                     None => {}

@@ -27,6 +27,9 @@ pub(crate) enum Mode {
     /// Writes large records until the store reports an error (`ACK <id>` per write, then
     /// `ERR <error>`).
     Fill,
+    /// Writes to sled 0.34 directly, without this crate's backend: key `n` (8 bytes,
+    /// big-endian) forever, printing `ACK <n>` after each `flush()` returns.
+    SledAlone,
 }
 
 impl Mode {
@@ -36,6 +39,7 @@ impl Mode {
             Mode::CrashGrouped => "crash-grouped",
             Mode::OpenProbe => "open-probe",
             Mode::Fill => "fill",
+            Mode::SledAlone => "sled-alone",
         }
     }
 }
@@ -200,7 +204,18 @@ fn entry() {
         "crash-grouped" => crash_writer(kind, &path, true),
         "open-probe" => open_probe(kind, &path),
         "fill" => fill(kind, &path),
+        "sled-alone" => sled_alone(&path),
         other => panic!("unknown child mode {other}"),
+    }
+}
+
+fn sled_alone(path: &Path) {
+    let db = sled::open(path).expect("open sled");
+    for n in 0u64.. {
+        db.insert(n.to_be_bytes(), &b"sled alone"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+        say(&format!("ACK {n}"));
     }
 }
 

@@ -8,6 +8,7 @@ mod faults;
 mod migration;
 mod model_based;
 mod powercut;
+mod powercut_fs;
 mod record_store;
 mod support;
 
