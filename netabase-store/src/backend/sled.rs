@@ -81,8 +81,9 @@ struct SledKv {
     tree: sled::Tree,
     /// sled's data file (`db`), opened again to `fdatasync` it after a flush.
     data_file: std::fs::File,
-    /// The database directory, synced after the data file.
-    dir: PathBuf,
+    /// The database directory, opened once, synced after the data file (`None` where
+    /// directories cannot be opened).
+    dir: Option<std::fs::File>,
 }
 
 /// Maps a sled error to a store error.
@@ -137,7 +138,10 @@ impl FlatKv for SledKv {
     fn sync(&self) -> Result<()> {
         self.tree.flush().map_err(map_err)?;
         self.data_file.sync_data().map_err(StoreError::Io)?;
-        sync_dir(&self.dir)
+        match &self.dir {
+            Some(dir) => dir.sync_all().map_err(StoreError::Io),
+            None => Ok(()),
+        }
     }
 }
 
@@ -157,7 +161,10 @@ impl SledBackend {
         let tree = db.open_tree("netabase").map_err(map_err)?;
         let data_file = std::fs::File::open(path.join("db")).map_err(StoreError::Io)?;
         // The files sled created, and the directory itself, get names that last.
-        sync_dir(path)?;
+        let dir = open_dir(path)?;
+        if let Some(dir) = &dir {
+            dir.sync_all().map_err(StoreError::Io)?;
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
@@ -165,7 +172,7 @@ impl SledBackend {
             inner: Locked::open(SledKv {
                 tree,
                 data_file,
-                dir: path.to_path_buf(),
+                dir,
             })?,
             sync: options.durability == Durability::Immediate,
             unsynced: AtomicBool::new(false),
@@ -190,6 +197,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn sync_dir(_dir: &Path) -> Result<()> {
     Ok(())
+}
+
+/// The directory `dir`, opened to sync it.
+#[cfg(unix)]
+fn open_dir(dir: &Path) -> Result<Option<std::fs::File>> {
+    std::fs::File::open(dir).map(Some).map_err(StoreError::Io)
+}
+
+/// Directories cannot be opened on this platform.
+#[cfg(not(unix))]
+fn open_dir(_dir: &Path) -> Result<Option<std::fs::File>> {
+    Ok(None)
 }
 
 fn open_error(path: &Path, e: sled::Error) -> StoreError {
