@@ -261,7 +261,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 "event_capacity must be positive".into(),
             ));
         }
-        std::fs::create_dir_all(&config.data_dir)?;
+        identity::create_data_dir(&config.data_dir)?;
         let keypair = match &config.identity {
             Some(k) => k.clone(),
             None => identity::load_or_create(&config.data_dir)?,

@@ -51,6 +51,26 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
     }
 }
 
+/// Creates directory `dir` and its missing ancestors, and syncs the parent of each one it
+/// created, so that a power cut never takes a new data directory (and the identity key and
+/// database in it) away.
+pub(crate) fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        match created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync_dir(parent)?,
+            None => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
 /// Makes the entries of directory `dir` (a new or renamed file) durable.
 #[cfg(unix)]
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
