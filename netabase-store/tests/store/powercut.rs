@@ -324,7 +324,7 @@ fn sweep(workload: &Workload, cuts: u64) -> Vec<(u64, Failure)> {
         .iter()
         .filter_map(|&seed| {
             let outcome = std::panic::catch_unwind(|| cut(workload, seed))
-                .unwrap_or_else(|panic| Err(Failure::Panicked(panic_message(&panic))));
+                .unwrap_or_else(|panic| Err(Failure::Panicked(panic_message(&*panic))));
             outcome.err().map(|f| (seed, f))
         })
         .collect();

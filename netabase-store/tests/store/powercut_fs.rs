@@ -175,9 +175,10 @@ fn sled_loses_nothing_acknowledged_over_power_cuts() {
     );
 }
 
-/// sled 0.34 as it is (its own `flush()`, no further sync): acknowledged writes are lost
-/// within a few cuts, because its `sync_file_range` never reaches the file system as a
-/// sync. The positive control of the cuts above: a store that skips its sync is caught.
+/// sled 0.34 as it is (its own `flush()`, no further sync; the directory entries of its
+/// files synced by the writer, so only file data is at stake): acknowledged writes are
+/// lost within a few cuts, because its `sync_file_range` never reaches the file system as
+/// a sync. The positive control of the cuts above: a store that skips its sync is caught.
 #[test]
 fn sled_alone_loses_acknowledged_writes() {
     const CUTS: u64 = 10;
