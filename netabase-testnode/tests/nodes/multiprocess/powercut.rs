@@ -158,6 +158,7 @@ fn a_failed_fsync_stops_the_node_without_acknowledging() {
         later.is_err(),
         "acknowledged after a failed sync: {later:?}"
     );
+    eprintln!("the put whose sync failed: {failed:?}; the next one: {later:?}");
 }
 
 /// The identity key file survives a cut right after it was written (with nothing else in
