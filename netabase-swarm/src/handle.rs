@@ -261,7 +261,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         let protocol = StreamProtocol::try_from_owned(config.protocol_name.clone())
             .map_err(|e| NetabaseError::Config(format!("protocol name: {e}")))?;
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        identity::create_data_dir(&config.data_dir)?;
         let keypair = match &config.identity {
             Some(k) => k.clone(),
             None => identity::load_or_create(&config.data_dir)?,

@@ -29,8 +29,9 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
             let bytes = keypair
                 .to_protobuf_encoding()
                 .map_err(|e| error(e.to_string()))?;
-            // Written to a temporary file first and renamed, so a crash never leaves a
-            // half-written key behind.
+            // Written to a temporary file first, synced and renamed, and the directory
+            // synced after the rename: a crash never leaves a half-written key behind, and
+            // a power cut after this returns never takes the key (and so the peer id) away.
             let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
@@ -43,10 +44,43 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, NetabaseError> {
             file.write_all(&bytes).map_err(|e| error(e.to_string()))?;
             file.sync_all().map_err(|e| error(e.to_string()))?;
             std::fs::rename(&tmp, &path).map_err(|e| error(e.to_string()))?;
+            sync_dir(dir).map_err(|e| error(format!("cannot sync the directory: {e}")))?;
             Ok(keypair)
         }
         Err(e) => Err(error(e.to_string())),
     }
+}
+
+/// Creates directory `dir` and its missing ancestors, and syncs the parent of each one it
+/// created, so that a power cut never takes a new data directory (and the identity key and
+/// database in it) away.
+pub(crate) fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        match created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => sync_dir(parent)?,
+            None => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+/// Makes the entries of directory `dir` (a new or renamed file) durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened and synced on this platform.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// The core's signing key for a libp2p identity (Ed25519 only: other key types cannot sign

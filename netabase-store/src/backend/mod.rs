@@ -10,8 +10,8 @@
 //!
 //! - [`RedbBackend`] (feature `redb`, the default): ACID, copy-on-write B-trees, a commit
 //!   returns after one `fdatasync`.
-//! - [`SledBackend`] (feature `sled`): atomic batches, flushed before a commit returns; see
-//!   its documentation for what sled's flush guarantees.
+//! - [`SledBackend`] (feature `sled`): atomic batches, flushed and `fdatasync`ed before a
+//!   commit returns; see its documentation for why sled's flush alone is not enough.
 //! - [`MemoryBackend`]: ordered maps in memory, nothing persists. For tests, wasm32 and the
 //!   simulator; it needs neither redb nor sled.
 //!
@@ -60,7 +60,7 @@ pub type ValueReader<'r> = dyn FnMut(&[u8]) -> Result<()> + 'r;
 /// When a committed write transaction is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Durable when `commit` returns (redb: `fdatasync`; sled: `flush`).
+    /// Durable when `commit` returns (redb: `fdatasync`; sled: `flush`, then `fdatasync`).
     #[default]
     Immediate,
     /// Visible when `commit` returns, persisted later (redb: held in memory and written

@@ -1,6 +1,7 @@
 //! The sled backend.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::overlay::{Changes, FlatKv, Locked, overlay_transactions};
@@ -28,12 +29,23 @@ pub struct SledOptions {
 ///
 /// # Durability
 ///
-/// sled 0.34's `flush()` writes its log with `sync_file_range` and issues no `fdatasync`:
-/// an acknowledged commit survives a crash of the process (it is in the kernel's page
-/// cache), but not necessarily a power loss or a kernel crash, because neither the data
-/// nor the file metadata is forced to the device. This is why redb, whose commits return
-/// after an `fdatasync`, is the default backend. A reader may also observe a commit
-/// between its batch being applied and its flush returning.
+/// sled 0.34's `flush()` writes its log with `sync_file_range`, which forces neither the
+/// file's metadata nor the device's cache and, on file systems without it (FUSE, among
+/// others), reaches the file system as no sync at all: on its own, an acknowledged commit
+/// survives a crash of the process (it is in the kernel's page cache) but not a power loss.
+/// The power-cut tests (`netabase-store/tests/store/powercut_fs.rs`) show sled losing
+/// acknowledged commits so. This backend therefore follows every `flush()` with an
+/// `fdatasync` of sled's data file through a descriptor of its own, and then, when the
+/// database directory's entries changed since its last sync (sled created, renamed or
+/// removed a file: compared by name and inode, a listing of a few entries), an `fsync` of
+/// the directory, before a commit or a sync returns; after which the same tests find
+/// nothing acknowledged lost. On the ext4 disk of the (loaded) development machine a
+/// small durable commit took about 0.1 ms with the flush alone, 0.2 to 0.7 ms with the
+/// `fdatasync`, and 2 to 3 ms with a directory sync on every commit, which the comparison
+/// of entries avoids. Not covered: sled writes log items larger than about
+/// a quarter of its segment (128 KiB by default) into files of its `blobs` directory,
+/// which neither sled nor this backend syncs. A reader may observe a commit between its batch being applied and
+/// its flush returning.
 #[derive(Debug)]
 pub struct SledBackend {
     inner: Locked<SledKv>,
@@ -74,6 +86,77 @@ impl Drop for ReleaseOnDrop {
 #[derive(Debug)]
 struct SledKv {
     tree: sled::Tree,
+    /// sled's data file (`db`), opened again to `fdatasync` it after a flush.
+    data_file: std::fs::File,
+    /// The database directory, synced after the data file when its entries changed.
+    dir: Directory,
+}
+
+/// The database directory, and its entries (name and inode) at its last sync.
+#[derive(Debug)]
+struct Directory {
+    path: PathBuf,
+    /// Opened once (`None` where directories cannot be opened).
+    handle: Option<std::fs::File>,
+    synced: Mutex<Vec<(std::ffi::OsString, u64)>>,
+}
+
+impl Directory {
+    /// Opens directory `path` and syncs it.
+    fn open(path: &Path) -> Result<Self> {
+        let dir = Directory {
+            path: path.to_path_buf(),
+            handle: open_dir(path)?,
+            synced: Mutex::new(Vec::new()),
+        };
+        if let Some(handle) = &dir.handle {
+            let listed = entries(path);
+            handle.sync_all().map_err(StoreError::Io)?;
+            *dir.lock() = listed.unwrap_or_default();
+        }
+        Ok(dir)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(std::ffi::OsString, u64)>> {
+        self.synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Syncs the directory if its entries changed since its last sync, or if it cannot be
+    /// listed (it was removed, say: then through its descriptor, every time).
+    fn sync_if_changed(&self) -> Result<()> {
+        let Some(handle) = &self.handle else {
+            return Ok(());
+        };
+        let mut synced = self.lock();
+        match entries(&self.path) {
+            Ok(now) if now == *synced => Ok(()),
+            Ok(now) => {
+                handle.sync_all().map_err(StoreError::Io)?;
+                *synced = now;
+                Ok(())
+            }
+            Err(_) => handle.sync_all().map_err(StoreError::Io),
+        }
+    }
+}
+
+/// The entries of directory `dir`, by name, with their inode numbers.
+#[cfg(unix)]
+fn entries(dir: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64)>> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut out = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| (e.file_name(), e.ino())))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    out.sort();
+    Ok(out)
+}
+
+/// Directories are not synced on this platform.
+#[cfg(not(unix))]
+fn entries(_dir: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64)>> {
+    Ok(Vec::new())
 }
 
 /// Maps a sled error to a store error.
@@ -123,9 +206,12 @@ impl FlatKv for SledKv {
         self.tree.apply_batch(batch).map_err(map_err)
     }
 
+    /// sled's flush, then an `fdatasync` of its data file and, if its entries changed, an
+    /// `fsync` of its directory (see [`SledBackend`]'s durability notes).
     fn sync(&self) -> Result<()> {
         self.tree.flush().map_err(map_err)?;
-        Ok(())
+        self.data_file.sync_data().map_err(StoreError::Io)?;
+        self.dir.sync_if_changed()
     }
 }
 
@@ -143,8 +229,18 @@ impl SledBackend {
         }
         let db = config.open().map_err(|e| open_error(path, e))?;
         let tree = db.open_tree("netabase").map_err(map_err)?;
+        let data_file = std::fs::File::open(path.join("db")).map_err(StoreError::Io)?;
+        // The files sled created, and the directory itself, get names that last.
+        let dir = Directory::open(path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         Ok(SledBackend {
-            inner: Locked::open(SledKv { tree })?,
+            inner: Locked::open(SledKv {
+                tree,
+                data_file,
+                dir,
+            })?,
             sync: options.durability == Durability::Immediate,
             unsynced: AtomicBool::new(false),
             _db: db,
@@ -154,6 +250,32 @@ impl SledBackend {
             },
         })
     }
+}
+
+/// Makes the directory entries of `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::Io)
+}
+
+/// Directories cannot be opened and synced on this platform.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// The directory `dir`, opened to sync it.
+#[cfg(unix)]
+fn open_dir(dir: &Path) -> Result<Option<std::fs::File>> {
+    std::fs::File::open(dir).map(Some).map_err(StoreError::Io)
+}
+
+/// Directories cannot be opened on this platform.
+#[cfg(not(unix))]
+fn open_dir(_dir: &Path) -> Result<Option<std::fs::File>> {
+    Ok(None)
 }
 
 fn open_error(path: &Path, e: sled::Error) -> StoreError {

@@ -27,6 +27,10 @@ pub(crate) enum Mode {
     /// Writes large records until the store reports an error (`ACK <id>` per write, then
     /// `ERR <error>`).
     Fill,
+    /// Writes to sled 0.34 directly, without this crate's backend: syncs the directories
+    /// once after opening, then writes key `n` (8 bytes, big-endian) forever, printing
+    /// `ACK <n>` after each `flush()` returns.
+    SledAlone,
 }
 
 impl Mode {
@@ -36,6 +40,7 @@ impl Mode {
             Mode::CrashGrouped => "crash-grouped",
             Mode::OpenProbe => "open-probe",
             Mode::Fill => "fill",
+            Mode::SledAlone => "sled-alone",
         }
     }
 }
@@ -200,7 +205,26 @@ fn entry() {
         "crash-grouped" => crash_writer(kind, &path, true),
         "open-probe" => open_probe(kind, &path),
         "fill" => fill(kind, &path),
+        "sled-alone" => sled_alone(&path),
         other => panic!("unknown child mode {other}"),
+    }
+}
+
+fn sled_alone(path: &Path) {
+    let db = sled::open(path).expect("open sled");
+    // The names of sled's files are made durable here, so that what a power cut takes is
+    // only what sled's own flush left unsynced.
+    db.flush().expect("flush");
+    for dir in [path, path.parent().expect("a parent")] {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .expect("sync the directory");
+    }
+    for n in 0u64.. {
+        db.insert(n.to_be_bytes(), &b"sled alone"[..])
+            .expect("insert");
+        db.flush().expect("flush");
+        say(&format!("ACK {n}"));
     }
 }
 

@@ -51,7 +51,11 @@ fn iterations() -> usize {
 }
 
 /// Checks the store after a crash; returns the last committed transaction.
-fn verify(store: &Store<ChatDefinition>, acked: Option<u64>, context: &str) -> Option<u64> {
+pub(crate) fn verify(
+    store: &Store<ChatDefinition>,
+    acked: Option<u64>,
+    context: &str,
+) -> Option<u64> {
     let last = store
         .get(&counter_key())
         .unwrap_or_else(|e| panic!("{context}: counter unreadable: {e}"))

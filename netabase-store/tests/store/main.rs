@@ -7,6 +7,8 @@ mod crash;
 mod faults;
 mod migration;
 mod model_based;
+mod powercut;
+mod powercut_fs;
 mod record_store;
 mod support;
 

@@ -35,6 +35,7 @@ mod mdns;
 mod mixed;
 mod modes;
 mod node_program;
+mod powercut;
 mod restart;
 mod support;
 mod versions;
