@@ -39,30 +39,29 @@ extern crate std;
 mod deadlines;
 pub mod hlc;
 pub mod identity;
-pub mod kbucket;
+pub mod kad;
 pub mod key;
 pub mod mdns;
-pub mod message;
 pub mod model;
-mod node;
 pub mod peer;
-pub mod query;
 pub mod record;
-mod requests;
 pub mod store;
 pub mod time;
 pub mod version;
-pub mod wire;
+
+// The Kademlia modules keep their paths at the crate root.
+pub(crate) use kad::requests;
+pub use kad::{kbucket, message, query, wire};
 
 pub use hlc::{ClockError, Hlc, HlcConfig};
 pub use identity::Keypair;
-pub use key::{Distance, Key, RecordKey};
-pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
-pub use node::{
+pub use kad::{
     ApiError, Config, ConfigError, Event, InboundId, Mode, Node, NodeStats, Output, PeerRecord,
     QueryError, QueryId, QueryResult, QueryStats, Quorum, READ_REPAIR_KEYS, Rejection,
     RequestFailure, RequestId, seal_version,
 };
+pub use key::{Distance, Key, RecordKey};
+pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
 pub use peer::{Address, PeerId};
 pub use record::{ProviderRecord, Record};
 pub use store::{MemoryStore, MemoryStoreConfig, RecordStore, StoreError};
