@@ -523,3 +523,17 @@ fn a_sweep_reports_every_failing_seed_with_its_replay_command() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn every_shipped_scenario_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 7, "only {loaded} scenarios in {}", dir.display());
+}
