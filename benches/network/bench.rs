@@ -1211,7 +1211,7 @@ impl RedbRecordStore {
         Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
 
-    fn try_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, redb::Error> {
+    fn try_all(&self) -> Result<Vec<Entry>, redb::Error> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read()?;
         let table = match tx.open_table(RECORDS) {
@@ -1237,6 +1237,9 @@ impl RedbRecordStore {
         Ok(removed)
     }
 }
+
+/// A stored record's key and bytes.
+type Entry = (Vec<u8>, Vec<u8>);
 
 /// Why a put into [`RedbRecordStore`] failed.
 enum StoreFailure {
