@@ -93,7 +93,7 @@ fn build_swarm_with<B: NetworkBehaviour + Send + 'static>(
 /// that only parks the thread (`futures::executor::block_on`), not async-io's, which would
 /// take its turn at polling the reactor: readiness events for connections would then land
 /// on driver threads, each waking an executor thread to run the connection's task (in the
-/// network benchmark that cost 0.5-0.6 ms of CPU per operation). This way the executor's
+/// network benchmark that cost 0.4-0.7 ms of CPU per operation). This way the executor's
 /// threads (and async-io's own thread when they are busy) poll the reactor, and a thread
 /// that receives an event runs the woken task itself. The driver makes
 /// blocking storage calls (a durable commit waits for the disk's fdatasync); on an executor
