@@ -48,6 +48,9 @@ const MAX_RECORDS: usize = 1_000_000;
 pub(crate) enum System {
     /// Stock rust-libp2p `kad::Behaviour` with its `MemoryStore`, on tokio.
     Stock,
+    /// Stock rust-libp2p `kad::Behaviour` on tokio over [`RedbRecordStore`], a record store
+    /// on redb whose every put is a durable commit (fdatasync) before it returns.
+    StockRedb,
     /// Netabase nodes with a storage backend, on a runtime.
     Netabase(Backend, Rt),
 }
@@ -106,6 +109,7 @@ impl System {
     pub(crate) fn name(self) -> String {
         match self {
             System::Stock => "stock libp2p kad (MemoryStore)".to_string(),
+            System::StockRedb => "stock libp2p kad (redb durable)".to_string(),
             System::Netabase(Backend::Memory, rt) => format!("Netabase memory, {}", rt.name()),
             System::Netabase(Backend::Redb, rt) => {
                 format!("Netabase redb durable, {}", rt.name())
@@ -113,15 +117,23 @@ impl System {
         }
     }
 
-    /// The systems named in `NETABASE_BENCH_SYSTEMS`: a comma-separated list of `stock`,
+    /// Whether its store makes every write durable (redb), so that it is compared with
+    /// stock kad over redb too.
+    fn durable(self) -> bool {
+        matches!(self, System::StockRedb | System::Netabase(Backend::Redb, _))
+    }
+
+    /// The systems named in `NETABASE_BENCH_SYSTEMS`: a comma-separated list of `stock`
+    /// and `stock-redb` (stock kad over its memory store and over a durable redb store),
     /// `memory` and `redb` (Netabase on tokio), `memory-<runtime>` and `redb-<runtime>`
     /// (runtime `tokio`, `async-std` or `smol`; a leading `netabase-` is allowed), and
-    /// `all`: stock, then both backends on every runtime this build has.
+    /// `all`: both stock networks, then both backends on every runtime this build has.
     pub(crate) fn parse_list(list: &str) -> Result<Vec<System>, String> {
         let mut systems = Vec::new();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "all" {
                 systems.push(System::Stock);
+                systems.push(System::StockRedb);
                 for rt in Rt::ALL.into_iter().filter(|rt| rt.built()) {
                     systems.push(System::Netabase(Backend::Memory, rt));
                     systems.push(System::Netabase(Backend::Redb, rt));
@@ -130,6 +142,7 @@ impl System {
             }
             let system = match name.strip_prefix("netabase-").unwrap_or(name) {
                 "stock" => System::Stock,
+                "stock-redb" => System::StockRedb,
                 other => {
                     let (backend, rt) = other.split_once('-').unwrap_or((other, "tokio"));
                     let backend = match backend {
@@ -161,8 +174,8 @@ impl System {
 
 fn unknown_system(name: &str) -> String {
     format!(
-        "NETABASE_BENCH_SYSTEMS: {name:?} is none of stock, memory, redb, memory-<runtime>, \
-         redb-<runtime> (runtime tokio, async-std or smol), all"
+        "NETABASE_BENCH_SYSTEMS: {name:?} is none of stock, stock-redb, memory, redb, \
+         memory-<runtime>, redb-<runtime> (runtime tokio, async-std or smol), all"
     )
 }
 
@@ -181,9 +194,14 @@ pub(crate) struct Settings {
     pub(crate) warmup: usize,
     /// Measured operations per network and round.
     pub(crate) ops: usize,
-    /// Rounds; each round runs every network once, in turn, so that load from elsewhere
-    /// on the machine falls on all of them alike.
+    /// Rounds; each round runs every network once, in turn (each round starting one
+    /// network later than the one before), so that load from elsewhere on the machine
+    /// falls on all of them alike. A network exists only during its turn: it is started,
+    /// warmed up, measured and stopped before the next one starts.
     pub(crate) rounds: usize,
+    /// 4 KiB appends with an fdatasync each, in the stores' directory, at the start of
+    /// every round: the disk's fsync floor.
+    pub(crate) floor_syncs: usize,
     /// The networks, in the order they run within a round.
     pub(crate) systems: Vec<System>,
 }
@@ -199,8 +217,10 @@ impl Settings {
             warmup: 200,
             ops: 1000,
             rounds: 5,
+            floor_syncs: 200,
             systems: vec![
                 System::Stock,
+                System::StockRedb,
                 System::NETABASE_MEMORY,
                 System::NETABASE_REDB,
             ],
@@ -213,6 +233,7 @@ impl Settings {
             warmup: 10,
             ops: 30,
             rounds: 1,
+            floor_syncs: 20,
             concurrency: 4,
             ..Settings::full()
         }
@@ -283,13 +304,57 @@ pub(crate) struct SystemReport {
     /// Record signatures the nodes verified during the measured operations (`None`: the
     /// network does not count them).
     pub(crate) verified: Option<u64>,
-    /// CPU time the whole process used during the measured operations (every network's
-    /// nodes, idle or not, and the load generator), when the platform reports it.
+    /// CPU time the whole process used during the measured operations, when the platform
+    /// reports it: this network's nodes and the load generator (no other network exists
+    /// while it runs).
+    pub(crate) cpu_seconds: Option<f64>,
+    /// Each round's measurements, in order.
+    pub(crate) rounds: Vec<RoundStats>,
+}
+
+/// One network's measured operations in one round.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoundStats {
+    /// Operations that succeeded.
+    pub(crate) ops: usize,
+    /// Operations that failed, and errors of a stock redb store.
+    pub(crate) failures: usize,
+    /// Wall time.
+    pub(crate) seconds: f64,
+    /// CPU time of the process (see [`SystemReport::cpu_seconds`]).
     pub(crate) cpu_seconds: Option<f64>,
 }
 
-impl SystemReport {
+impl RoundStats {
     /// Operations per second.
+    pub(crate) fn throughput(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// CPU milliseconds per operation (succeeded or not).
+    fn cpu_ms_per_op(&self) -> Option<f64> {
+        self.cpu_seconds
+            .map(|c| c * 1000.0 / (self.ops + self.failures).max(1) as f64)
+    }
+}
+
+/// The median, least and greatest of `v` (`None` if empty).
+pub(crate) fn spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    let (first, last) = (*v.first()?, *v.last()?);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((median, first, last))
+}
+
+impl SystemReport {
+    /// Operations per second over all rounds.
+    // The bench binary reports rounds' medians; the test suite checks this total.
+    #[allow(dead_code)]
     pub(crate) fn throughput(&self) -> f64 {
         self.ops as f64 / self.seconds.max(f64::MIN_POSITIVE)
     }
@@ -329,10 +394,23 @@ pub(crate) struct Report {
     pub(crate) settings: Settings,
     /// One entry per network, in the order of `settings.systems`.
     pub(crate) systems: Vec<SystemReport>,
+    /// The fsync floor of each round: the median latency of a 4 KiB append and its
+    /// fdatasync in the directory the stores are in (`None`: it could not be measured).
+    pub(crate) floor: Vec<Option<Duration>>,
+    /// How the nodes are scheduled (threads, executors and their worker counts).
+    pub(crate) scheduling: String,
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// `(median, least, greatest)` as `median (least-greatest)`, with `digits` decimals.
+fn range(s: Option<(f64, f64, f64)>, digits: usize) -> String {
+    s.map_or_else(
+        || "-".to_string(),
+        |(m, lo, hi)| format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})"),
+    )
 }
 
 impl Report {
@@ -341,20 +419,42 @@ impl Report {
         self.systems.iter().find(|r| r.system == system)
     }
 
-    /// The table and the ratios against the stock network.
+    /// `r`'s throughput over `base`'s in each round (rounds interleave the networks, so a
+    /// round's ratio compares networks measured under about the same load), as median,
+    /// least and greatest.
+    fn ratio(r: &SystemReport, base: &SystemReport) -> Option<(f64, f64, f64)> {
+        spread(
+            r.rounds
+                .iter()
+                .zip(&base.rounds)
+                .map(|(a, b)| a.throughput() / b.throughput().max(f64::MIN_POSITIVE))
+                .collect(),
+        )
+    }
+
+    /// The table, the ratios against the stock networks, and the fsync floor.
     pub(crate) fn render(&self) -> String {
         let s = &self.settings;
         let value = self.systems.first().map_or(0, |r| r.value_bytes);
         let mut out = format!(
-            "{} nodes per network on 127.0.0.1 (TCP + noise + yamux), K = {}, put and get \
-             quorum 1, {} B payload ({} B record value), {} operations in flight, \
-             {} round(s) x {} measured operations per network (+{} warm-up), networks \
-             interleaved; one operation = put at a node outside the record's K closest, then \
-             get from the farthest node\n\n",
-            s.nodes, s.k, s.payload, value, s.concurrency, s.rounds, s.ops, s.warmup
+            "{} nodes per network on 127.0.0.1 (TCP + noise + yamux), K = {} (bucket size and \
+             replication factor on both sides), put and get quorum 1, {} B payload ({} B \
+             record value), {} operations in flight, {} round(s) x {} measured operations \
+             per network (+{} warm-up each round), networks interleaved, each one alone in \
+             the process during its turn; one operation = put at a node outside the \
+             record's K closest, then get from the farthest node\n{}\n\n",
+            s.nodes,
+            s.k,
+            s.payload,
+            value,
+            s.concurrency,
+            s.rounds,
+            s.ops,
+            s.warmup,
+            self.scheduling
         );
         out.push_str(&format!(
-            "{:<32} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6}\n",
+            "{:<34} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>17} {:>6}\n",
             "network",
             "ops/s",
             "put p50",
@@ -369,21 +469,26 @@ impl Report {
             "failed"
         ));
         out.push_str(&format!(
-            "{:<32} {:>7} {:>53} {:>7} {:>7} {:>7}\n",
-            "", "", "(milliseconds)", "", "", "(ms)"
+            "{:<34} {:>19} {:>53} {:>6} {:>6} {:>17}\n",
+            "", "(median, range)", "(milliseconds)", "", "", "(ms, median)"
         ));
         for r in &self.systems {
-            let cpu = r.cpu_seconds.map_or_else(
-                || "-".to_string(),
-                |c| format!("{:.2}", r.per_op(c) * 1000.0),
+            let cpu = spread(
+                r.rounds
+                    .iter()
+                    .filter_map(RoundStats::cpu_ms_per_op)
+                    .collect(),
             );
             let sigs = r
                 .verified
                 .map_or_else(|| "-".to_string(), |v| format!("{:.1}", r.per_op(v as f64)));
             out.push_str(&format!(
-                "{:<32} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7} {:>7} {:>6}\n",
+                "{:<34} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6.1} {:>6} {:>17} {:>6}\n",
                 r.system.name(),
-                r.throughput(),
+                range(
+                    spread(r.rounds.iter().map(RoundStats::throughput).collect()),
+                    0
+                ),
                 ms(quantile(&r.put, 0.5)),
                 ms(quantile(&r.put, 0.99)),
                 ms(quantile(&r.get, 0.5)),
@@ -392,23 +497,50 @@ impl Report {
                 ms(quantile(&r.op, 0.99)),
                 r.per_op(r.requests as f64),
                 sigs,
-                cpu,
+                range(cpu, 2),
                 r.failures
             ));
         }
-        if let Some(stock) = self.of(System::Stock) {
-            out.push('\n');
-            for r in self.systems.iter().filter(|r| r.system != System::Stock) {
+        out.push('\n');
+        for (base_system, label) in [(System::Stock, "stock"), (System::StockRedb, "stock redb")] {
+            let Some(base) = self.of(base_system) else {
+                continue;
+            };
+            for r in self.systems.iter().filter(|r| {
+                r.system != base_system
+                    && r.system != System::Stock
+                    && (base_system == System::Stock || r.system.durable())
+            }) {
                 let p50 = quantile(&r.op, 0.5).as_secs_f64()
-                    / quantile(&stock.op, 0.5)
-                        .as_secs_f64()
-                        .max(f64::MIN_POSITIVE);
+                    / quantile(&base.op, 0.5).as_secs_f64().max(f64::MIN_POSITIVE);
                 out.push_str(&format!(
-                    "{} / stock: throughput x{:.2} (higher is better), op p50 x{:.2} (lower \
-                     is better)\n",
+                    "{} / {label}: throughput x{} by round (higher is better), op p50 x{:.2} \
+                     (lower is better)\n",
                     r.system.name(),
-                    r.throughput() / stock.throughput().max(f64::MIN_POSITIVE),
+                    range(Self::ratio(r, base), 2),
                     p50
+                ));
+            }
+        }
+        let floors: Vec<f64> = self
+            .floor
+            .iter()
+            .flatten()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        if let Some((median, lo, hi)) = spread(floors) {
+            out.push_str(&format!(
+                "\nfsync floor (a 4 KiB append + fdatasync, {} per round, in the stores' \
+                 directory): p50 {median:.3} ms by round ({lo:.3}-{hi:.3}), about {:.0} \
+                 syncs/s for one writer\n",
+                s.floor_syncs,
+                1000.0 / median.max(f64::MIN_POSITIVE)
+            ));
+            for r in self.systems.iter().filter(|r| r.system.durable()) {
+                out.push_str(&format!(
+                    "{}: put p50 = {:.1} floors\n",
+                    r.system.name(),
+                    quantile(&r.put, 0.5).as_secs_f64() * 1000.0 / median.max(f64::MIN_POSITIVE)
                 ));
             }
         }
@@ -444,7 +576,16 @@ fn roles(peers: &[PeerId], key: &[u8]) -> (usize, usize) {
 impl Net {
     async fn start(system: System, settings: &Settings) -> Result<Net, String> {
         let (backend, rt) = match system {
-            System::Stock => return Ok(Net::Stock(StockNet::start(settings).await?)),
+            System::Stock => {
+                return Ok(Net::Stock(
+                    StockNet::start(settings, StockStore::Memory).await?,
+                ));
+            }
+            System::StockRedb => {
+                return Ok(Net::Stock(
+                    StockNet::start(settings, StockStore::Redb).await?,
+                ));
+            }
             System::Netabase(backend, rt) => (backend, rt),
         };
         let backend = match backend {
@@ -486,26 +627,26 @@ impl Net {
         }
     }
 
-    /// Kademlia requests every node of the network has served so far, and the record
-    /// signatures they verified (when the network counts them).
-    async fn counters(&self) -> (u64, Option<u64>) {
+    /// Kademlia requests every node of the network has served so far, the record
+    /// signatures they verified (when the network counts them), and the errors of their
+    /// stores (when the benchmark sees them: a stock network's redb stores).
+    async fn counters(&self) -> (u64, Option<u64>, u64) {
         match self {
-            Net::Stock(n) => (n.served.load(Ordering::Relaxed), None),
+            Net::Stock(n) => (
+                n.served.load(Ordering::Relaxed),
+                None,
+                n.store_errors.load(Ordering::Relaxed),
+            ),
             Net::Netabase(n) => {
                 let (served, verified) = n.counters().await;
-                (served, Some(verified))
+                (served, Some(verified), 0)
             }
         }
     }
 
-    /// Bytes of the sealed value of one record.
-    fn value_bytes(&self, payload: usize) -> usize {
-        seal(&netabase::core::Keypair::from_seed(0), 0, payload).map_or(0, |(_, v)| v.len())
-    }
-
     async fn stop(self) {
         match self {
-            Net::Stock(n) => n.stop(),
+            Net::Stock(n) => n.stop().await,
             Net::Netabase(n) => n.stop().await,
         }
     }
@@ -690,8 +831,9 @@ impl<R: Runtime> NetabaseNet<R> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Stock rust-libp2p Kademlia: one swarm per node on its own task, driven by commands, as
-// an application would run it.
+// Stock rust-libp2p Kademlia: one swarm per node, driven by commands as an application
+// would drive it, on a thread of its own polled with the tokio runtime's handle (as
+// Netabase's tokio runtime runs a node's driver), its connections tasks of that runtime.
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
@@ -702,14 +844,27 @@ enum StockCmd {
     Get(kad::RecordKey, Reply<Option<Vec<u8>>>),
 }
 
+/// The record store of a stock network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StockStore {
+    /// libp2p's `MemoryStore`.
+    Memory,
+    /// [`RedbRecordStore`], every put durable.
+    Redb,
+}
+
 struct StockNet {
     commands: Vec<mpsc::UnboundedSender<StockCmd>>,
     peers: Vec<PeerId>,
     /// The identity each node signs the records it writes with.
     writers: Vec<netabase::core::Keypair>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each node's thread; it ends when its command channel closes.
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// Inbound requests served, every node together.
     served: Arc<AtomicU64>,
+    /// Errors of the nodes' redb stores, every node together.
+    store_errors: Arc<AtomicU64>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 async fn ask<T>(
@@ -723,18 +878,50 @@ async fn ask<T>(
 }
 
 impl StockNet {
-    async fn start(settings: &Settings) -> Result<StockNet, String> {
+    async fn start(settings: &Settings, store: StockStore) -> Result<StockNet, String> {
+        let dir = match store {
+            StockStore::Memory => None,
+            StockStore::Redb => Some(
+                tempfile::Builder::new()
+                    .prefix("netabase-bench-stock-")
+                    .tempdir()
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
         let mut commands = Vec::new();
         let mut peers = Vec::new();
         let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
+        let mut threads = Vec::new();
         let served = Arc::new(AtomicU64::new(0));
-        for _ in 0..settings.nodes {
-            let (peer, addr, tx, task) = stock_node(settings.k, Arc::clone(&served)).await?;
+        let store_errors = Arc::new(AtomicU64::new(0));
+        for i in 0..settings.nodes {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            let id = keypair.public().to_peer_id();
+            let node = match &dir {
+                None => {
+                    let store = kad::store::MemoryStore::with_config(
+                        id,
+                        kad::store::MemoryStoreConfig {
+                            max_records: MAX_RECORDS,
+                            ..Default::default()
+                        },
+                    );
+                    stock_node(keypair, store, settings.k, Arc::clone(&served)).await?
+                }
+                Some(dir) => {
+                    let store = RedbRecordStore::create(
+                        &dir.path().join(format!("node-{i}.redb")),
+                        id,
+                        Arc::clone(&store_errors),
+                    )?;
+                    stock_node(keypair, store, settings.k, Arc::clone(&served)).await?
+                }
+            };
+            let (peer, addr, tx, thread) = node;
             peers.push(peer);
             addrs.push(addr);
             commands.push(tx);
-            tasks.push(task);
+            threads.push(thread);
         }
         // Every node knows every other one's address (stock kad learns the addresses of
         // peers that dialled it only from identify, which this bare node lacks).
@@ -758,8 +945,10 @@ impl StockNet {
             commands,
             peers,
             writers,
-            tasks,
+            threads,
             served,
+            store_errors,
+            _dir: dir,
         })
     }
 
@@ -787,29 +976,42 @@ impl StockNet {
         }
     }
 
-    fn stop(self) {
-        for task in self.tasks {
-            task.abort();
-        }
+    /// Closes every node's command channel and waits for its thread to end (which drops
+    /// its swarm, closing its connections).
+    async fn stop(self) {
+        drop(self.commands);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 }
 
+/// A stock node: its peer id, listen address, command channel and thread.
+type StockNode = (
+    PeerId,
+    Multiaddr,
+    mpsc::UnboundedSender<StockCmd>,
+    std::thread::JoinHandle<()>,
+);
+
 /// Starts one stock Kademlia server on 127.0.0.1: TCP (nodelay, as Netabase's), noise,
-/// yamux, `kad::Behaviour` with a `MemoryStore`.
-async fn stock_node(
+/// yamux, `kad::Behaviour` with K as bucket size and replication factor over `store`; its
+/// swarm on a thread of its own, named `stock-node`.
+async fn stock_node<S>(
+    keypair: libp2p::identity::Keypair,
+    store: S,
     k: usize,
     served: Arc<AtomicU64>,
-) -> Result<
-    (
-        PeerId,
-        Multiaddr,
-        mpsc::UnboundedSender<StockCmd>,
-        tokio::task::JoinHandle<()>,
-    ),
-    String,
-> {
+) -> Result<StockNode, String>
+where
+    S: kad::store::RecordStore + Send + 'static,
+{
     let k = std::num::NonZeroUsize::new(k).ok_or("K must be positive")?;
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
@@ -820,14 +1022,8 @@ async fn stock_node(
         .with_behaviour(|key| {
             let id = key.public().to_peer_id();
             let mut config = kad::Config::new(StreamProtocol::new(PROTOCOL));
+            config.set_kbucket_size(k);
             config.set_replication_factor(k);
-            let store = kad::store::MemoryStore::with_config(
-                id,
-                kad::store::MemoryStoreConfig {
-                    max_records: MAX_RECORDS,
-                    ..Default::default()
-                },
-            );
             kad::Behaviour::with_config(id, store, config)
         })
         .map_err(|e| e.to_string())?
@@ -843,80 +1039,333 @@ async fn stock_node(
         }
     };
     let peer = *swarm.local_peer_id();
-    let (tx, mut rx) = mpsc::unbounded_channel::<StockCmd>();
-    let task = tokio::spawn(async move {
-        let mut puts = std::collections::HashMap::new();
-        let mut gets = std::collections::HashMap::new();
-        let mut bootstraps = std::collections::HashMap::new();
-        loop {
-            tokio::select! {
-                command = rx.recv() => match command {
-                    None => return,
-                    Some(StockCmd::AddAddress(peer, addr)) => {
-                        swarm.behaviour_mut().add_address(&peer, addr);
-                    }
-                    Some(StockCmd::Bootstrap(reply)) => match swarm.behaviour_mut().bootstrap() {
-                        Ok(id) => { bootstraps.insert(id, reply); }
-                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
-                    },
-                    Some(StockCmd::Put(record, reply)) => {
-                        match swarm.behaviour_mut().put_record(record, kad::Quorum::One) {
-                            Ok(id) => { puts.insert(id, reply); }
-                            Err(e) => { let _ = reply.send(Err(e.to_string())); }
-                        }
-                    }
-                    Some(StockCmd::Get(key, reply)) => {
-                        gets.insert(swarm.behaviour_mut().get_record(key), reply);
-                    }
+    let (tx, rx) = mpsc::unbounded_channel::<StockCmd>();
+    let handle = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("stock-node".into())
+        .spawn(move || handle.block_on(stock_loop(swarm, rx, served)))
+        .map_err(|e| format!("stock node thread: {e}"))?;
+    Ok((peer, addr, tx, thread))
+}
+
+/// A stock node's loop: its commands and its swarm's events, until its command channel
+/// closes.
+async fn stock_loop<S>(
+    mut swarm: libp2p::Swarm<kad::Behaviour<S>>,
+    mut rx: mpsc::UnboundedReceiver<StockCmd>,
+    served: Arc<AtomicU64>,
+) where
+    S: kad::store::RecordStore + Send + 'static,
+{
+    let mut puts = std::collections::HashMap::new();
+    let mut gets = std::collections::HashMap::new();
+    let mut bootstraps = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                None => return,
+                Some(StockCmd::AddAddress(peer, addr)) => {
+                    swarm.behaviour_mut().add_address(&peer, addr);
+                }
+                Some(StockCmd::Bootstrap(reply)) => match swarm.behaviour_mut().bootstrap() {
+                    Ok(id) => { bootstraps.insert(id, reply); }
+                    Err(e) => { let _ = reply.send(Err(e.to_string())); }
                 },
-                event = swarm.select_next_some() => {
-                    let (id, result, step) = match event {
-                        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
-                            id, result, step, ..
-                        }) => (id, result, step),
-                        SwarmEvent::Behaviour(kad::Event::InboundRequest { .. }) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        _ => continue,
-                    };
-                    match result {
-                        kad::QueryResult::PutRecord(r) => {
-                            if let Some(reply) = puts.remove(&id) {
-                                let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
-                            }
-                        }
-                        kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                            // Quorum 1: the first record answers the get, and the query
-                            // stops, as the stock API documents for that case.
-                            if let Some(reply) = gets.remove(&id) {
-                                let _ = reply.send(Ok(Some(found.record.value)));
-                            }
-                            if let Some(mut query) = swarm.behaviour_mut().query_mut(&id) {
-                                query.finish();
-                            }
-                        }
-                        kad::QueryResult::GetRecord(r) => {
-                            if let Some(reply) = gets.remove(&id) {
-                                let _ = reply.send(match r {
-                                    Err(kad::GetRecordError::NotFound { .. }) => Ok(None),
-                                    Err(e) => Err(e.to_string()),
-                                    Ok(_) => Ok(None),
-                                });
-                            }
-                        }
-                        kad::QueryResult::Bootstrap(r) => {
-                            if step.last && let Some(reply) = bootstraps.remove(&id) {
-                                let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
-                            }
-                        }
-                        _ => {}
+                Some(StockCmd::Put(record, reply)) => {
+                    match swarm.behaviour_mut().put_record(record, kad::Quorum::One) {
+                        Ok(id) => { puts.insert(id, reply); }
+                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
                     }
+                }
+                Some(StockCmd::Get(key, reply)) => {
+                    gets.insert(swarm.behaviour_mut().get_record(key), reply);
+                }
+            },
+            event = swarm.select_next_some() => {
+                let (id, result, step) = match event {
+                    SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+                        id, result, step, ..
+                    }) => (id, result, step),
+                    SwarmEvent::Behaviour(kad::Event::InboundRequest { .. }) => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                match result {
+                    kad::QueryResult::PutRecord(r) => {
+                        if let Some(reply) = puts.remove(&id) {
+                            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        }
+                    }
+                    kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                        // Quorum 1: the first record answers the get, and the query
+                        // stops, as the stock API documents for that case.
+                        if let Some(reply) = gets.remove(&id) {
+                            let _ = reply.send(Ok(Some(found.record.value)));
+                        }
+                        if let Some(mut query) = swarm.behaviour_mut().query_mut(&id) {
+                            query.finish();
+                        }
+                    }
+                    kad::QueryResult::GetRecord(r) => {
+                        if let Some(reply) = gets.remove(&id) {
+                            let _ = reply.send(match r {
+                                Err(kad::GetRecordError::NotFound { .. }) => Ok(None),
+                                Err(e) => Err(e.to_string()),
+                                Ok(_) => Ok(None),
+                            });
+                        }
+                    }
+                    kad::QueryResult::Bootstrap(r) => {
+                        if step.last && let Some(reply) = bootstraps.remove(&id) {
+                            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A libp2p record store on redb, as durable as Netabase's redb backend: every record put
+// is committed with `Durability::Immediate` (redb writes and fdatasyncs before `commit`
+// returns) before `put` returns, so a stock node acknowledges a record (its own put, or a
+// peer's PUT_VALUE) only once it is on disk. Provider records stay in memory (the
+// benchmark announces none).
+
+/// The table of records: key bytes to [`encode`]d record.
+const RECORDS: redb::TableDefinition<'static, &[u8], &[u8]> = redb::TableDefinition::new("records");
+/// The largest value accepted, as stock's `MemoryStore` by default.
+const MAX_VALUE_BYTES: usize = 65 * 1024;
+
+/// A `RecordStore` on a redb file. The trait's methods return no I/O errors, so each redb
+/// error is counted in `errors` (the benchmark reports them as failures) and the call
+/// answers as if the record were absent, or refuses the put with `MaxRecords`.
+pub(crate) struct RedbRecordStore {
+    db: redb::Database,
+    /// Records stored.
+    records: usize,
+    providers: kad::store::MemoryStore,
+    errors: Arc<AtomicU64>,
+}
+
+impl RedbRecordStore {
+    /// Opens the store in the redb file at `path`, creating it if it does not exist; redb
+    /// errors of its later calls are counted in `errors`.
+    pub(crate) fn create(
+        path: &std::path::Path,
+        local: PeerId,
+        errors: Arc<AtomicU64>,
+    ) -> Result<Self, String> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let db = redb::Database::create(path).map_err(|e| failed(&e))?;
+        let tx = db.begin_read().map_err(|e| failed(&e))?;
+        let records = match tx.open_table(RECORDS) {
+            Ok(table) => table.len().map_err(|e| failed(&e))? as usize,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(failed(&e)),
+        };
+        drop(tx);
+        Ok(RedbRecordStore {
+            db,
+            records,
+            providers: kad::store::MemoryStore::new(local),
+            errors,
+        })
+    }
+
+    fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn try_put(&mut self, key: &[u8], bytes: &[u8]) -> Result<(), StoreFailure> {
+        let mut tx = self.db.begin_write().map_err(StoreFailure::io)?;
+        tx.set_durability(redb::Durability::Immediate)
+            .map_err(StoreFailure::io)?;
+        let new = {
+            let mut table = tx.open_table(RECORDS).map_err(StoreFailure::io)?;
+            let old = table.insert(key, bytes).map_err(StoreFailure::io)?;
+            old.is_none()
+        };
+        if new && self.records >= MAX_RECORDS {
+            // Dropping the transaction aborts it.
+            return Err(StoreFailure::Full);
+        }
+        tx.commit().map_err(StoreFailure::io)?;
+        self.records += usize::from(new);
+        Ok(())
+    }
+
+    fn try_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, redb::Error> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(RECORDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn try_all(&self) -> Result<Vec<Entry>, redb::Error> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let tx = self.db.begin_read()?;
+        let table = match tx.open_table(RECORDS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut all = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            all.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(all)
+    }
+
+    fn try_remove(&mut self, key: &[u8]) -> Result<bool, redb::Error> {
+        let tx = self.db.begin_write()?;
+        let removed = {
+            let mut table = tx.open_table(RECORDS)?;
+            table.remove(key)?.is_some()
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+}
+
+/// A stored record's key and bytes.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// Why a put into [`RedbRecordStore`] failed.
+enum StoreFailure {
+    Full,
+    Io,
+}
+
+impl StoreFailure {
+    fn io(_: impl std::error::Error) -> StoreFailure {
+        StoreFailure::Io
+    }
+}
+
+/// A record as stored: the publisher's peer id (length-prefixed, empty for none), the
+/// expiry in milliseconds since the Unix epoch (0 for none), then the value.
+fn encode(record: &kad::Record) -> Vec<u8> {
+    let publisher = record.publisher.map(|p| p.to_bytes()).unwrap_or_default();
+    let expires = record.expires.map_or(0, |at| {
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        (std::time::SystemTime::now() + left)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().clamp(1, u128::from(u64::MAX)) as u64)
     });
-    Ok((peer, addr, tx, task))
+    let mut out = Vec::with_capacity(1 + publisher.len() + 8 + record.value.len());
+    out.push(publisher.len() as u8);
+    out.extend_from_slice(&publisher);
+    out.extend_from_slice(&expires.to_be_bytes());
+    out.extend_from_slice(&record.value);
+    out
+}
+
+/// The record of `key` stored as `bytes` (see [`encode`]); `None` if they are malformed.
+fn decode(key: &[u8], bytes: &[u8]) -> Option<kad::Record> {
+    let (&len, rest) = bytes.split_first()?;
+    let (publisher, rest) = rest.split_at_checked(usize::from(len))?;
+    let (expires, value) = rest.split_at_checked(8)?;
+    let publisher = if publisher.is_empty() {
+        None
+    } else {
+        Some(PeerId::from_bytes(publisher).ok()?)
+    };
+    let expires = u64::from_be_bytes(expires.try_into().ok()?);
+    let expires = (expires != 0).then(|| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(expires);
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        std::time::Instant::now() + left
+    });
+    Some(kad::Record {
+        key: kad::RecordKey::new(&key),
+        value: value.to_vec(),
+        publisher,
+        expires,
+    })
+}
+
+impl kad::store::RecordStore for RedbRecordStore {
+    type RecordsIter<'a> = std::vec::IntoIter<std::borrow::Cow<'a, kad::Record>>;
+    type ProvidedIter<'a> = <kad::store::MemoryStore as kad::store::RecordStore>::ProvidedIter<'a>;
+
+    fn get(&self, k: &kad::RecordKey) -> Option<std::borrow::Cow<'_, kad::Record>> {
+        match self.try_get(k.as_ref()) {
+            Ok(found) => {
+                let record = decode(k.as_ref(), &found?);
+                if record.is_none() {
+                    self.failed();
+                }
+                record.map(std::borrow::Cow::Owned)
+            }
+            Err(_) => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    fn put(&mut self, r: kad::Record) -> kad::store::Result<()> {
+        if r.value.len() >= MAX_VALUE_BYTES {
+            return Err(kad::store::Error::ValueTooLarge);
+        }
+        match self.try_put(r.key.as_ref(), &encode(&r)) {
+            Ok(()) => Ok(()),
+            Err(StoreFailure::Full) => Err(kad::store::Error::MaxRecords),
+            Err(StoreFailure::Io) => {
+                // The trait has no error for a failed write; the put is refused all the same.
+                self.failed();
+                Err(kad::store::Error::MaxRecords)
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &kad::RecordKey) {
+        match self.try_remove(k.as_ref()) {
+            Ok(true) => self.records = self.records.saturating_sub(1),
+            Ok(false) => {}
+            Err(_) => self.failed(),
+        }
+    }
+
+    fn records(&self) -> Self::RecordsIter<'_> {
+        let all = self.try_all().unwrap_or_else(|_| {
+            self.failed();
+            Vec::new()
+        });
+        all.iter()
+            .filter_map(|(k, v)| decode(k, v).map(std::borrow::Cow::Owned))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn add_provider(&mut self, record: kad::ProviderRecord) -> kad::store::Result<()> {
+        self.providers.add_provider(record)
+    }
+
+    fn providers(&self, key: &kad::RecordKey) -> Vec<kad::ProviderRecord> {
+        self.providers.providers(key)
+    }
+
+    fn provided(&self) -> Self::ProvidedIter<'_> {
+        self.providers.provided()
+    }
+
+    fn remove_provider(&mut self, k: &kad::RecordKey, p: &PeerId) {
+        self.providers.remove_provider(k, p);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1006,66 +1455,173 @@ async fn batch(
     (all, started.elapsed())
 }
 
-/// Runs the benchmark: starts every network, warms each up, then runs the rounds.
-/// `progress` is told what is happening (for a terminal).
+/// The median latency of `count` 4 KiB appends, each followed by an fdatasync, to a new
+/// file in the directory the stores are created in (the default temporary directory).
+fn fsync_floor(count: usize) -> Result<Duration, String> {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("netabase-bench-floor-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::create(dir.path().join("probe")).map_err(|e| e.to_string())?;
+    let block = [7u8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let started = Instant::now();
+        file.write_all(&block).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    Ok(quantile(&samples, 0.5))
+}
+
+/// Threads of this process whose name is `netabase-node` or `stock-node` (a node's
+/// driver or swarm), from `/proc/self/task` (Linux); `None` elsewhere.
+fn node_threads() -> Option<usize> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|n| matches!(n.trim(), "netabase-node" | "stock-node"))
+            })
+            .count(),
+    )
+}
+
+/// Waits, up to a deadline, until no more than `before` node threads are left in the
+/// process (a stopped network's threads end shortly after its nodes answered the stop).
+/// The node threads beyond `before` still there at the deadline.
+async fn node_threads_back_to(before: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = node_threads().unwrap_or(0).saturating_sub(before);
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How the nodes of `systems` are scheduled in this process, with the worker counts of
+/// the executors they use.
+fn scheduling(systems: &[System], stray: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = |var: &str, default: usize| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let tokio_workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let mut out = format!(
+        "scheduling: every node's event loop (a stock swarm, a Netabase driver) on a thread \
+         of its own; connections (noise, yamux, protocol handlers) are tasks of the node's \
+         runtime: tokio with {tokio_workers} worker thread(s), shared with the load \
+         generator (stock nodes and Netabase on tokio)"
+    );
+    let uses = |rt: Rt| {
+        systems
+            .iter()
+            .any(|s| matches!(s, System::Netabase(_, r) if *r == rt))
+    };
+    if uses(Rt::AsyncStd) {
+        out.push_str(&format!(
+            ", async-std's executor with {} thread(s)",
+            threads("ASYNC_STD_THREAD_COUNT", cores)
+        ));
+    }
+    if uses(Rt::Smol) {
+        out.push_str(&format!(
+            ", smol's global executor with {} thread(s)",
+            threads("SMOL_THREADS", 1)
+        ));
+    }
+    out.push_str(&format!("; {cores} core(s)"));
+    if stray > 0 {
+        out.push_str(&format!(
+            "; {stray} node thread(s) of stopped networks were still running after a 2 s \
+             wait (another network's measurement may include them)"
+        ));
+    }
+    out
+}
+
+/// Runs the benchmark: the rounds, each of which starts every network in turn, warms it
+/// up, measures it and stops it, after measuring the disk's fsync floor. `progress` is
+/// told what is happening (for a terminal).
 pub(crate) async fn run(
     settings: &Settings,
     mut progress: impl FnMut(&str),
 ) -> Result<Report, String> {
-    let mut nets = Vec::new();
-    for &system in &settings.systems {
-        progress(&format!(
-            "starting {} nodes: {}",
-            settings.nodes,
-            system.name()
-        ));
-        nets.push((system, Arc::new(Net::start(system, settings).await?)));
-    }
-    // Ids: each network has its own range, each phase its own part of it.
-    let id_base = |n: usize| (n as u64 + 1) << 40;
-    let mut next_id: Vec<u64> = (0..nets.len()).map(id_base).collect();
-    for (n, (system, net)) in nets.iter().enumerate() {
-        progress(&format!("warming up: {}", system.name()));
-        let (warm, _) = batch(net, next_id[n], settings.warmup, settings).await;
-        next_id[n] += settings.warmup as u64;
-        if warm.failures > 0 {
-            progress(&format!(
-                "  {} warm-up failures, first: {}",
-                warm.failures,
-                warm.first_error.unwrap_or_default()
-            ));
-        }
-    }
-    let mut reports: Vec<SystemReport> = nets
+    let systems = &settings.systems;
+    let payload = settings.payload;
+    let mut reports: Vec<SystemReport> = systems
         .iter()
-        .map(|(system, net)| SystemReport {
-            system: *system,
+        .map(|&system| SystemReport {
+            system,
             ops: 0,
             failures: 0,
             seconds: 0.0,
             put: Vec::new(),
             get: Vec::new(),
             op: Vec::new(),
-            value_bytes: net.value_bytes(settings.payload),
+            value_bytes: seal(&netabase::core::Keypair::from_seed(0), 0, payload)
+                .map_or(0, |(_, v)| v.len()),
             requests: 0,
             verified: Some(0),
             cpu_seconds: process_cpu_seconds().map(|_| 0.0),
+            rounds: Vec::new(),
         })
         .collect();
+    let mut floor = Vec::new();
+    let mut stray = 0;
+    // Ids: each network has its own range, each round and phase its own part of it.
+    let id_base = |n: usize| (n as u64 + 1) << 40;
+    let mut next_id: Vec<u64> = (0..systems.len()).map(id_base).collect();
     for round in 0..settings.rounds {
-        for (n, (system, net)) in nets.iter().enumerate() {
+        let floor_now = fsync_floor(settings.floor_syncs);
+        if let Err(e) = &floor_now {
+            progress(&format!("fsync floor: {e}"));
+        }
+        floor.push(floor_now.ok());
+        // Each round starts one network later, so that none always follows the same one.
+        for turn in 0..systems.len() {
+            let n = (round + turn) % systems.len();
+            let system = systems[n];
             progress(&format!(
-                "round {}/{}: {}",
+                "round {}/{}: {} ({} nodes)",
                 round + 1,
                 settings.rounds,
-                system.name()
+                system.name(),
+                settings.nodes
             ));
-            let (served_before, verified_before) = net.counters().await;
+            let threads_before = node_threads().unwrap_or(0);
+            let net = Arc::new(Net::start(system, settings).await?);
+            let (warm, _) = batch(&net, next_id[n], settings.warmup, settings).await;
+            next_id[n] += settings.warmup as u64;
+            if warm.failures > 0 {
+                progress(&format!(
+                    "  {} warm-up failures, first: {}",
+                    warm.failures,
+                    warm.first_error.unwrap_or_default()
+                ));
+            }
+            let (served_before, verified_before, errors_before) = net.counters().await;
             let cpu_before = process_cpu_seconds();
-            let (b, took) = batch(net, next_id[n], settings.ops, settings).await;
+            let (b, took) = batch(&net, next_id[n], settings.ops, settings).await;
             let cpu_after = process_cpu_seconds();
-            let (served_after, verified_after) = net.counters().await;
+            let (served_after, verified_after, errors_after) = net.counters().await;
             next_id[n] += settings.ops as u64;
+            let store_errors = errors_after.saturating_sub(errors_before) as usize;
+            let stats = RoundStats {
+                ops: b.op.len(),
+                failures: b.failures + store_errors,
+                seconds: took.as_secs_f64(),
+                cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+            };
             let r = &mut reports[n];
             r.requests += served_after.saturating_sub(served_before);
             r.verified = match (r.verified, verified_before, verified_after) {
@@ -1074,19 +1630,30 @@ pub(crate) async fn run(
                 }
                 _ => None,
             };
-            if let (Some(total), Some(before), Some(after)) =
-                (r.cpu_seconds.as_mut(), cpu_before, cpu_after)
-            {
-                *total += after - before;
-            }
-            r.ops += b.op.len();
-            r.failures += b.failures;
-            r.seconds += took.as_secs_f64();
+            r.cpu_seconds = r.cpu_seconds.zip(stats.cpu_seconds).map(|(t, c)| t + c);
+            r.ops += stats.ops;
+            r.failures += stats.failures;
+            r.seconds += stats.seconds;
+            r.rounds.push(stats);
             r.put.extend(b.put);
             r.get.extend(b.get);
             r.op.extend(b.op);
             if let Some(e) = b.first_error {
                 progress(&format!("  {} failures, first: {e}", b.failures));
+            }
+            if store_errors > 0 {
+                progress(&format!("  {store_errors} store errors"));
+            }
+            match Arc::try_unwrap(net) {
+                Ok(net) => net.stop().await,
+                Err(_) => return Err("a network is still in use after its operations".into()),
+            }
+            let left = node_threads_back_to(threads_before).await;
+            if left > 0 {
+                stray += left;
+                progress(&format!(
+                    "  {left} node thread(s) still run after the network stopped"
+                ));
             }
         }
     }
@@ -1095,13 +1662,10 @@ pub(crate) async fn run(
         r.get.sort();
         r.op.sort();
     }
-    for (_, net) in nets {
-        if let Ok(net) = Arc::try_unwrap(net) {
-            net.stop().await;
-        }
-    }
     Ok(Report {
         settings: settings.clone(),
         systems: reports,
+        floor,
+        scheduling: scheduling(systems, stray),
     })
 }

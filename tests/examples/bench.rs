@@ -10,9 +10,10 @@ async fn the_network_benchmark_runs_in_quick_mode() {
     let report = run(&settings, |what| eprintln!("{what}"))
         .await
         .expect("the benchmark runs");
-    assert_eq!(report.systems.len(), 3);
+    assert_eq!(report.systems.len(), 4);
     for system in [
         System::Stock,
+        System::StockRedb,
         System::NETABASE_MEMORY,
         System::NETABASE_REDB,
     ] {
@@ -20,6 +21,7 @@ async fn the_network_benchmark_runs_in_quick_mode() {
         assert_eq!(r.failures, 0, "{}", system.name());
         assert_eq!(r.ops, settings.ops * settings.rounds, "{}", system.name());
         assert_eq!(r.put.len(), r.ops);
+        assert_eq!(r.rounds.len(), settings.rounds, "{}", system.name());
         assert!(quantile(&r.put, 0.5) > std::time::Duration::ZERO);
         assert!(quantile(&r.op, 0.99) >= quantile(&r.op, 0.5));
         assert!(r.throughput() > 0.0);
@@ -34,6 +36,10 @@ async fn the_network_benchmark_runs_in_quick_mode() {
         "stock libp2p kad (MemoryStore)",
         "Netabase memory, tokio / stock: throughput x",
         "Netabase redb durable, tokio / stock: throughput x",
+        "stock libp2p kad (redb durable) / stock: throughput x",
+        "Netabase redb durable, tokio / stock redb: throughput x",
+        "fsync floor",
+        "scheduling: every node's event loop",
     ] {
         assert!(table.contains(needle), "{needle:?} in\n{table}");
     }
@@ -88,16 +94,79 @@ fn network_names_are_parsed_and_unknown_ones_refused() {
         [System::NETABASE_REDB]
     );
     let all = System::parse_list("all").unwrap();
-    assert_eq!(all[0], System::Stock);
+    assert_eq!(all[..2], [System::Stock, System::StockRedb]);
     assert_eq!(
         all.len(),
-        1 + 2 * [Rt::Tokio, Rt::AsyncStd, Rt::Smol]
+        2 + 2 * [Rt::Tokio, Rt::AsyncStd, Rt::Smol]
             .iter()
             .filter(|r| r.built())
             .count()
     );
-    for bad in ["sled", "memory-glommio", "redb-", "stock-tokio"] {
+    assert_eq!(
+        System::parse_list("stock-redb,stock").unwrap(),
+        [System::StockRedb, System::Stock]
+    );
+    for bad in [
+        "sled",
+        "memory-glommio",
+        "redb-",
+        "stock-tokio",
+        "stock-sled",
+    ] {
         let e = System::parse_list(bad).expect_err(bad);
         assert!(e.contains(bad), "{e}");
     }
+}
+
+/// The stock network's redb record store keeps what it acknowledged: a record put, then
+/// the store reopened from its file, gives the same key, value, publisher and (to the
+/// millisecond) expiry; a removed record is gone after reopening, and too large a value
+/// is refused.
+#[test]
+fn the_stock_redb_store_keeps_acknowledged_records() {
+    use crate::network_bench::RedbRecordStore;
+    use libp2p::kad::store::RecordStore;
+    use libp2p::kad::{Record, RecordKey};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let local = libp2p::PeerId::random();
+    let errors = Arc::new(AtomicU64::new(0));
+    let publisher = libp2p::PeerId::random();
+    let expires = Instant::now() + Duration::from_secs(3600);
+    let kept = Record {
+        key: RecordKey::new(&b"kept"),
+        value: vec![1, 2, 3],
+        publisher: Some(publisher),
+        expires: Some(expires),
+    };
+    let removed = Record::new(RecordKey::new(&b"removed"), vec![4]);
+    {
+        let mut store = RedbRecordStore::create(&path, local, Arc::clone(&errors)).unwrap();
+        store.put(kept.clone()).unwrap();
+        store.put(removed.clone()).unwrap();
+        store.remove(&removed.key);
+        assert!(matches!(
+            store.put(Record::new(RecordKey::new(&b"big"), vec![0; 65 * 1024])),
+            Err(libp2p::kad::store::Error::ValueTooLarge)
+        ));
+    }
+    let store = RedbRecordStore::create(&path, local, Arc::clone(&errors)).unwrap();
+    let found = store.get(&kept.key).expect("the record survives reopening");
+    assert_eq!(found.value, kept.value);
+    assert_eq!(found.publisher, Some(publisher));
+    let at = found.expires.expect("its expiry too");
+    let off = if at > expires {
+        at - expires
+    } else {
+        expires - at
+    };
+    assert!(off < Duration::from_millis(50), "{off:?}");
+    assert!(store.get(&removed.key).is_none());
+    assert!(store.get(&RecordKey::new(&b"big")).is_none());
+    assert_eq!(store.records().count(), 1);
+    assert_eq!(errors.load(Ordering::Relaxed), 0);
 }
