@@ -16,12 +16,12 @@ use netabase::{
     DEFAULT_PROTOCOL_NAME, EventError, Multiaddr, NetabaseConfig, NetabaseError, PeerId,
     StorageBackend,
 };
+use netabase_cli::protocol::{mode_name, mode_of, node_counters};
 use netabase_testnode::{
     BootstrapReply, ChatDefinition, Command, Event, Found, LocalRecord, MessagePrimaryKey,
-    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, StatsReply,
-    UserPrimaryKey, Version, hex,
+    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, UserPrimaryKey,
+    Version, hex,
 };
-use netabase_cli::protocol::{mode_name, mode_of, node_counters};
 use serde_json::Value;
 
 /// The async runtimes the node can run on.
