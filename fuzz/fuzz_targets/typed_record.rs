@@ -8,27 +8,7 @@ use netabase_core::{Keypair, RecordKey};
 use netabase_core::model::{Envelope, NetabaseDefinition, Opened};
 use netabase_macros::netabase_definition_module;
 
-#[netabase_definition_module(FuzzDefinition, FuzzKeys)]
-mod models {
-    use netabase_macros::NetabaseModel;
-
-    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Message {
-        #[primary_key]
-        pub id: u64,
-        #[secondary_key]
-        pub author: String,
-        pub text: String,
-        pub tags: Vec<String>,
-    }
-
-    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct User {
-        #[primary_key]
-        pub name: String,
-        pub age: Option<u8>,
-    }
-}
+include!("../models/typed_record.rs");
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the key length, so that keys that match their value are reached.
