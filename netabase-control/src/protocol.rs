@@ -633,6 +633,28 @@ mod tests {
     }
 
     #[test]
+    fn numbers_that_are_not_exact_integers_round_trip() {
+        // Integers beyond u64 and i64 and decimals become f64; each parses to the closest
+        // one, so re-encoding gives a line that parses to the same request.
+        for req in [
+            "1000000000000000000000000000000000000000000000000",
+            "-98765432109876543210987654321",
+            "0.1",
+            "2.2250738585072011e-308",
+            "123456789.123456789e-20",
+        ] {
+            let line = format!(r#"{{"req":{req},"cmd":"info"}}"#);
+            let request: Request = serde_json::from_str(&line).unwrap();
+            let again = serde_json::to_string(&request).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Request>(&again).unwrap(),
+                request,
+                "{req}"
+            );
+        }
+    }
+
+    #[test]
     fn replies_carry_either_a_result_or_an_error() {
         let ok = Output::reply(Value::from(3), Ok(Value::Null)).to_line();
         assert_eq!(ok, r#"{"type":"reply","req":3,"ok":true,"result":null}"#);
