@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use netabase_core::model::Envelope;
 use netabase_core::wire::Codec;
-use netabase_core::{Address, ConnectionType, Keypair, PeerId, PeerInfo, RecordKey, Request, Response, WireRecord};
+use netabase_core::{
+    Address, ConnectionType, Keypair, PeerId, PeerInfo, RecordKey, Request, Response, WireRecord,
+};
 use netabase_store::NetabaseDefinition;
 use netabase_store::codec;
 
@@ -91,8 +93,18 @@ fn wire_decode(root: &Path) {
     };
     let requests = [
         ("find-node", Request::FindNode { key: key("k") }),
-        ("get-value", Request::GetValue { key: key("greeting") }),
-        ("put-value", Request::PutValue { record: Box::new(record.clone()) }),
+        (
+            "get-value",
+            Request::GetValue {
+                key: key("greeting"),
+            },
+        ),
+        (
+            "put-value",
+            Request::PutValue {
+                record: Box::new(record.clone()),
+            },
+        ),
         ("get-providers", Request::GetProviders { key: key("file") }),
         (
             "add-provider",
@@ -116,16 +128,39 @@ fn wire_decode(root: &Path) {
         peer_info(4, &[tcp4([10, 0, 0, 1], 4003), tcp6_loopback(4004)]),
     ];
     let responses = [
-        ("find-node", Response::FindNode { closer_peers: peers.clone() }),
+        (
+            "find-node",
+            Response::FindNode {
+                closer_peers: peers.clone(),
+            },
+        ),
         (
             "get-value",
-            Response::GetValue { record: Some(Box::new(record)), closer_peers: peers.clone() },
+            Response::GetValue {
+                record: Some(Box::new(record)),
+                closer_peers: peers.clone(),
+            },
         ),
-        ("get-value-none", Response::GetValue { record: None, closer_peers: vec![] }),
-        ("put-value", Response::PutValue { key: key("greeting"), value: b"hello".to_vec() }),
+        (
+            "get-value-none",
+            Response::GetValue {
+                record: None,
+                closer_peers: vec![],
+            },
+        ),
+        (
+            "put-value",
+            Response::PutValue {
+                key: key("greeting"),
+                value: b"hello".to_vec(),
+            },
+        ),
         (
             "get-providers",
-            Response::GetProviders { closer_peers: peers.clone(), provider_peers: peers },
+            Response::GetProviders {
+                closer_peers: peers.clone(),
+                provider_peers: peers,
+            },
         ),
         ("pong", Response::Pong),
     ];
@@ -153,12 +188,24 @@ fn typed_record(root: &Path) {
                 tags: vec!["greeting".into(), "first".into()],
             }),
         ),
-        ("user", FuzzDefinition::User(User { name: "grace".into(), age: Some(85) })),
-        ("user-no-age", FuzzDefinition::User(User { name: String::new(), age: None })),
+        (
+            "user",
+            FuzzDefinition::User(User {
+                name: "grace".into(),
+                age: Some(85),
+            }),
+        ),
+        (
+            "user-no-age",
+            FuzzDefinition::User(User {
+                name: String::new(),
+                age: None,
+            }),
+        ),
     ];
     for (name, value) in &values {
-        let (key, sealed) = Envelope::seal(value, 1_700_000_000_000_000, &writer)
-            .expect("a value seals");
+        let (key, sealed) =
+            Envelope::seal(value, 1_700_000_000_000_000, &writer).expect("a value seals");
         let key = key.as_bytes().to_vec();
         let mut input = vec![u8::try_from(key.len()).expect("a short key")];
         input.extend_from_slice(&key);
@@ -174,7 +221,10 @@ fn typed_record(root: &Path) {
         out.put(&format!("{name}-damaged"), &damaged);
         // The model payload alone, as the model decoder sees it.
         let mut payload = vec![0];
-        payload.extend_from_slice(&netabase_store::core::model::NetabaseDefinition::encode_model(value).expect("a model encodes"));
+        payload.extend_from_slice(
+            &netabase_store::core::model::NetabaseDefinition::encode_model(value)
+                .expect("a model encodes"),
+        );
         out.put(&format!("{name}-payload"), &payload);
     }
 }
@@ -189,7 +239,11 @@ fn store_value(root: &Path) {
         tags: vec!["a".into(), "b".into()],
         reply_to: Some(6),
     };
-    let user = User { name: "ada".into(), age: Some(36), flags: (true, -1) };
+    let user = User {
+        name: "ada".into(),
+        age: Some(36),
+        flags: (true, -1),
+    };
     let version = FuzzDefinition::SCHEMA_VERSION;
     // The first byte picks the model: even a message, odd a user.
     let mut put = |name: &str, pick: u8, bytes: &[u8]| {
@@ -204,7 +258,11 @@ fn store_value(root: &Path) {
     put("message-as-user", 1, &sealed_message);
     // Other schema versions, one to five LEB128 bytes.
     for v in [version + 1, 200, 20_000, 3_000_000, u32::MAX] {
-        put(&format!("message-version-{v}"), 0, &codec::seal(v, &message).expect("encodes"));
+        put(
+            &format!("message-version-{v}"),
+            0,
+            &codec::seal(v, &message).expect("encodes"),
+        );
     }
     // Damage: payload, checksum, version, format byte, truncation.
     let mut damaged = sealed_message.clone();
@@ -236,8 +294,16 @@ fn store_value(root: &Path) {
     format_1.extend_from_slice(payload);
     put("user-format-1", 1, &format_1);
     // A valid header around a payload that is not a model.
-    put("header-around-garbage", 0, &codec::seal_payload(version, &[0xff; 9]));
-    put("header-around-nothing", 1, &codec::seal_payload(version, &[]));
+    put(
+        "header-around-garbage",
+        0,
+        &codec::seal_payload(version, &[0xff; 9]),
+    );
+    put(
+        "header-around-nothing",
+        1,
+        &codec::seal_payload(version, &[]),
+    );
 }
 
 fn control_request(root: &Path) {
@@ -245,24 +311,39 @@ fn control_request(root: &Path) {
     // The first byte: even a Unix session, odd a TCP one; 3 sends the right token first.
     let lines: &[(&str, &str)] = &[
         ("info", r#"{"req":1,"cmd":"info"}"#),
-        ("put", r#"{"req":2,"cmd":"put","key":"greeting","value":"hello"}"#),
-        ("put-hex", r#"{"req":"x","cmd":"put","key":"k","value_hex":"00ff"}"#),
+        (
+            "put",
+            r#"{"req":2,"cmd":"put","key":"greeting","value":"hello"}"#,
+        ),
+        (
+            "put-hex",
+            r#"{"req":"x","cmd":"put","key":"k","value_hex":"00ff"}"#,
+        ),
         ("get", r#"{"cmd":"get","key":"greeting"}"#),
         ("remove", r#"{"cmd":"remove","key":"greeting"}"#),
-        ("put-doc", r#"{"req":[1,2],"cmd":"put_doc","key":"d","doc":{"a":[1,2.5,null,true]}}"#),
+        (
+            "put-doc",
+            r#"{"req":[1,2],"cmd":"put_doc","key":"d","doc":{"a":[1,2.5,null,true]}}"#,
+        ),
         ("get-doc", r#"{"cmd":"get_doc","key":"d"}"#),
         ("remove-doc", r#"{"cmd":"remove_doc","key":"d"}"#),
         ("list", r#"{"cmd":"list","doc":true,"limit":3}"#),
         ("provide", r#"{"cmd":"provide","key":"f","doc":false}"#),
         ("stop-providing", r#"{"cmd":"stop_providing","key":"f"}"#),
         ("providers", r#"{"cmd":"providers","key":"f","doc":true}"#),
-        ("add-address", r#"{"cmd":"add_address","address":"/ip4/127.0.0.1/tcp/1","peer":"p"}"#),
+        (
+            "add-address",
+            r#"{"cmd":"add_address","address":"/ip4/127.0.0.1/tcp/1","peer":"p"}"#,
+        ),
         ("remove-peer", r#"{"cmd":"remove_peer","peer":"p"}"#),
         ("bootstrap", r#"{"cmd":"bootstrap"}"#),
         ("peers", r#"{"cmd":"peers"}"#),
         ("routing-table", r#"{"cmd":"routing_table"}"#),
         ("mode", r#"{"cmd":"mode"}"#),
-        ("set-mode", r#"{"req":{"n":1},"cmd":"set_mode","mode":"client"}"#),
+        (
+            "set-mode",
+            r#"{"req":{"n":1},"cmd":"set_mode","mode":"client"}"#,
+        ),
         ("stats", r#"{"cmd":"stats"}"#),
         ("shutdown", r#"{"req":9,"cmd":"shutdown"}"#),
         ("escapes", r#"{"cmd":"get","key":"\u00e9\n\"\\"}"#),

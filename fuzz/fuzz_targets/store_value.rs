@@ -48,7 +48,10 @@ where
             let again = codec::seal(FuzzDefinition::SCHEMA_VERSION, &value)
                 .expect("a decoded value encodes");
             write_raw(&key, &again);
-            assert_eq!(store().get(&key).expect("re-encoded bytes decode"), Some(value));
+            assert_eq!(
+                store().get(&key).expect("re-encoded bytes decode"),
+                Some(value)
+            );
         }
         Ok(None) => panic!("a row that was written is missing"),
         Err(StoreError::Corrupt { .. }) => {}

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netabase_core::{Keypair, RecordKey};
 use netabase_core::model::{ENVELOPE_FORMAT, Envelope, NetabaseDefinition, Opened};
+use netabase_core::{Keypair, RecordKey};
 use netabase_macros::netabase_definition_module;
 
 include!("../models/typed_record.rs");
@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let (key, value) = rest.split_at(key_len);
     if let Ok(envelope) = Envelope::decode(value) {
         if envelope.format <= ENVELOPE_FORMAT {
-            assert_eq!(envelope.encode(), value, "a decoded envelope re-encodes to its bytes");
+            assert_eq!(
+                envelope.encode(),
+                value,
+                "a decoded envelope re-encodes to its bytes"
+            );
         } else {
             // A later format's flags byte holds bits this release does not know; they are
             // kept as bytes (records are stored and forwarded unchanged), and re-encoding
