@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netabase_cli::control::{Session, Step, Token, parse_request, starts_with_http_method};
-use netabase_cli::protocol::Request;
+use netabase_control::protocol::Request;
+use netabase_control::session::{Session, Step, Token, parse_request, starts_with_http_method};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks a Unix session (no token) or a TCP one; on a TCP session whose

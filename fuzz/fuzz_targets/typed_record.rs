@@ -4,31 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use netabase_core::model::{ENVELOPE_FORMAT, Envelope, NetabaseDefinition, Opened};
 use netabase_core::{Keypair, RecordKey};
-use netabase_core::model::{Envelope, NetabaseDefinition, Opened};
 use netabase_macros::netabase_definition_module;
 
-#[netabase_definition_module(FuzzDefinition, FuzzKeys)]
-mod models {
-    use netabase_macros::NetabaseModel;
-
-    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct Message {
-        #[primary_key]
-        pub id: u64,
-        #[secondary_key]
-        pub author: String,
-        pub text: String,
-        pub tags: Vec<String>,
-    }
-
-    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    pub struct User {
-        #[primary_key]
-        pub name: String,
-        pub age: Option<u8>,
-    }
-}
+include!("../models/typed_record.rs");
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the key length, so that keys that match their value are reached.
@@ -38,7 +18,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let (key, value) = rest.split_at(key_len);
     if let Ok(envelope) = Envelope::decode(value) {
-        assert_eq!(envelope.encode(), value, "a decoded envelope re-encodes to its bytes");
+        if envelope.format <= ENVELOPE_FORMAT {
+            assert_eq!(
+                envelope.encode(),
+                value,
+                "a decoded envelope re-encodes to its bytes"
+            );
+        } else {
+            // A later format's flags byte holds bits this release does not know; they are
+            // kept as bytes (records are stored and forwarded unchanged), and re-encoding
+            // gives an envelope that reads the same.
+            assert_eq!(Envelope::decode(&envelope.encode()), Ok(envelope));
+        }
     }
     let Ok(key) = RecordKey::new(key) else {
         return;

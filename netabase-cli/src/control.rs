@@ -44,24 +44,21 @@ use std::time::Duration;
 use netabase::swarm::prometheus_client::metrics::counter::Counter;
 use netabase::swarm::prometheus_client::metrics::family::Family;
 use netabase::swarm::prometheus_client::registry::Registry;
-use serde_json::Value;
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::exec::{Context, execute};
-use crate::lines::{Line, read_line_async};
-use crate::protocol::{MAX_LINE, Output, Request};
+pub use netabase_control::session::{
+    Line, MAX_CONNECTIONS, Refusal, Session, Step, TOKEN_BYTES, TOKEN_DEADLINE, Token,
+    parse_request, starts_with_http_method,
+};
 
-/// Most control connections open at once (both endpoints together).
-pub const MAX_CONNECTIONS: usize = 32;
+use crate::exec::{Context, execute};
+use crate::lines::read_line_async;
+use crate::protocol::MAX_LINE;
+
 /// Most requests of one connection running at once.
 pub const MAX_IN_FLIGHT: usize = 32;
-/// How long a TCP connection may take to send its token line.
-pub const TOKEN_DEADLINE: Duration = Duration::from_secs(2);
-/// The token's length in bytes (256 bits); its line is twice as many hex digits.
-pub const TOKEN_BYTES: usize = 32;
 /// How long a refused connection's further input is read (and dropped) before it closes.
 const LINGER: Duration = Duration::from_millis(500);
 /// How much of a refused connection's further input is read before it closes.
@@ -78,11 +75,6 @@ pub const TOKEN_NAME: &str = "token";
 pub const LOCK_NAME: &str = "node.lock";
 /// The longest path a Unix socket address holds on Linux (108 bytes with the final NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
-
-/// The HTTP methods a control line may not start with.
-const HTTP_METHODS: [&str; 10] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PRI",
-];
 
 /// Why a control endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -310,236 +302,42 @@ pub fn open_unix(
     Ok(UnixEndpoint { listener, path })
 }
 
-/// A TCP endpoint's token.
-#[derive(Clone)]
-pub struct Token {
-    hex: String,
+/// A fresh token from the operating system's random source.
+pub fn generate_token() -> Result<Token, SetupError> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| SetupError::Random(e.to_string()))?;
+    Ok(Token::from_bytes(&bytes))
 }
 
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(..)")
+/// Writes `token` to `path` as a new file of mode 0600: to a fresh file beside it (created
+/// with that mode, so no other user could ever open it), synced, then renamed over `path`.
+pub fn write_token_file(token: &Token, path: &Path) -> Result<(), SetupError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let fresh = dir.join(name);
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(&fresh)(e)),
     }
-}
-
-impl Token {
-    /// A fresh token from the operating system's random source.
-    pub fn generate() -> Result<Token, SetupError> {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::fill(&mut bytes).map_err(|e| SetupError::Random(e.to_string()))?;
-        Ok(Token {
-            hex: crate::protocol::hex(&bytes),
-        })
-    }
-
-    /// The token of a token line or file (hex; surrounding white space ignored), if it is
-    /// one.
-    pub fn from_hex(text: &str) -> Option<Token> {
-        let text = text.trim();
-        (text.len() == 2 * TOKEN_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
-            Token {
-                hex: text.to_ascii_lowercase(),
-            }
-        })
-    }
-
-    /// The token in hex, as written to the token file and sent as the first line.
-    pub fn to_hex(&self) -> &str {
-        &self.hex
-    }
-
-    /// Whether `line` is this token. The comparison takes the same time whichever bytes
-    /// differ (`subtle`), so the time a refusal takes tells nothing about the token.
-    pub fn matches(&self, line: &[u8]) -> bool {
-        self.hex.as_bytes().ct_eq(line).into()
-    }
-
-    /// Writes the token to `path` as a new file of mode 0600: to a fresh file beside it
-    /// (created with that mode, so no other user could ever open it), synced, then renamed
-    /// over `path`.
-    pub fn write_file(&self, path: &Path) -> Result<(), SetupError> {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".new");
-        let fresh = dir.join(name);
-        match std::fs::remove_file(&fresh) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&fresh)(e)),
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&fresh)
-            .map_err(io_error(&fresh))?;
-        file.write_all(self.hex.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(io_error(&fresh))?;
-        std::fs::rename(&fresh, path).map_err(io_error(path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(&dir))
-    }
-}
-
-/// Why a connection or a line was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// The line starts with an HTTP method.
-    #[error("HTTP is not spoken here: this is a JSON-lines control socket")]
-    Http,
-    /// The line is not a valid request.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The first line of a TCP connection is not the token.
-    #[error("the first line must be the node's control token")]
-    Token,
-    /// No token line within [`TOKEN_DEADLINE`].
-    #[error("no control token within {} s", TOKEN_DEADLINE.as_secs())]
-    TokenTimeout,
-    /// The peer runs as another user.
-    #[error("the control socket serves only its own user")]
-    PeerUser,
-    /// Too many connections are open.
-    #[error("too many control connections (at most {MAX_CONNECTIONS})")]
-    Connections,
-    /// The connection was closed after an earlier refusal.
-    #[error("the connection is closed")]
-    Closed,
-}
-
-impl Refusal {
-    /// The `reason` label of the refusal's counter.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Http => "http",
-            Refusal::Invalid(_) => "invalid_request",
-            Refusal::Token => "token",
-            Refusal::TokenTimeout => "token_timeout",
-            Refusal::PeerUser => "peer_user",
-            Refusal::Connections => "connections",
-            Refusal::Closed => "closed",
-        }
-    }
-
-    /// The refusal line sent before the connection closes.
-    pub fn to_line(&self) -> String {
-        Output::reply(Value::Null, Err(self.to_string())).to_line()
-    }
-}
-
-/// Whether `line` starts with an HTTP method and a space (a request line, as a browser's
-/// request begins).
-pub fn starts_with_http_method(line: &[u8]) -> bool {
-    HTTP_METHODS
-        .iter()
-        .any(|m| line.len() > m.len() && line.starts_with(m.as_bytes()) && line[m.len()] == b' ')
-}
-
-/// Parses one request line (without its line ending): refuses a line longer than
-/// [`MAX_LINE`], one that is not UTF-8, an empty one, one that starts with an HTTP
-/// method, and one that is not a [`Request`].
-pub fn parse_request(line: &[u8]) -> Result<Request, Refusal> {
-    if line.len() > MAX_LINE {
-        return Err(Refusal::Invalid(format!(
-            "the line is longer than {MAX_LINE} bytes"
-        )));
-    }
-    if starts_with_http_method(line) {
-        return Err(Refusal::Http);
-    }
-    let text =
-        std::str::from_utf8(line).map_err(|_| Refusal::Invalid("the line is not UTF-8".into()))?;
-    if text.trim().is_empty() {
-        return Err(Refusal::Invalid("empty line".into()));
-    }
-    serde_json::from_str(text).map_err(|e| Refusal::Invalid(e.to_string()))
-}
-
-/// What one line read on a control connection leads to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// The token was right: go on reading requests.
-    Authenticated,
-    /// A request to carry out.
-    Request(Request),
-    /// Send this refusal and close the connection.
-    Refuse(Refusal),
-}
-
-/// The state of one control connection: whether it still owes its token, and whether it
-/// was refused (then every later line is refused too).
-#[derive(Debug, Clone)]
-pub struct Session {
-    token: Option<Token>,
-    closed: bool,
-}
-
-impl Session {
-    /// A connection that must first send `token` (TCP), or none (the Unix socket).
-    pub fn new(token: Option<Token>) -> Session {
-        Session {
-            token,
-            closed: false,
-        }
-    }
-
-    /// Whether the next line must be the token.
-    pub fn awaits_token(&self) -> bool {
-        self.token.is_some() && !self.closed
-    }
-
-    /// The step for one line (without its line ending).
-    pub fn on_line(&mut self, line: &[u8]) -> Step {
-        if self.closed {
-            return Step::Refuse(Refusal::Closed);
-        }
-        let step = match self.token.take() {
-            Some(_) if starts_with_http_method(line) => Step::Refuse(Refusal::Http),
-            Some(token) if token.matches(line) => Step::Authenticated,
-            Some(_) => Step::Refuse(Refusal::Token),
-            None => match parse_request(line) {
-                Ok(request) => Step::Request(request),
-                Err(refusal) => Step::Refuse(refusal),
-            },
-        };
-        if matches!(step, Step::Refuse(_)) {
-            self.closed = true;
-        }
-        step
-    }
-
-    /// The step for one line as the line reader returned it.
-    fn on_read(&mut self, line: Line) -> Step {
-        match line {
-            Line::Text(text) => self.on_line(text.as_bytes()),
-            Line::NotUtf8 if !self.closed => {
-                self.closed = true;
-                Step::Refuse(if self.token.is_some() {
-                    Refusal::Token
-                } else {
-                    Refusal::Invalid("the line is not UTF-8".into())
-                })
-            }
-            Line::TooLong if !self.closed => {
-                self.closed = true;
-                Step::Refuse(if self.token.is_some() {
-                    Refusal::Token
-                } else {
-                    Refusal::Invalid(format!("the line is longer than {MAX_LINE} bytes"))
-                })
-            }
-            Line::NotUtf8 | Line::TooLong | Line::Eof => {
-                self.closed = true;
-                Step::Refuse(Refusal::Closed)
-            }
-        }
-    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)
+        .map_err(io_error(&fresh))?;
+    file.write_all(token.to_hex().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&fresh))?;
+    std::fs::rename(&fresh, path).map_err(io_error(path))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(&dir))
 }
 
 /// The refusals of the control endpoints, by reason
@@ -766,7 +564,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Command;
+    use serde_json::Value;
 
     fn mode(path: &Path, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
@@ -775,8 +573,8 @@ mod tests {
 
     #[test]
     fn tokens_are_fresh_and_match_only_themselves() {
-        let a = Token::generate().unwrap();
-        let b = Token::generate().unwrap();
+        let a = generate_token().unwrap();
+        let b = generate_token().unwrap();
         assert_eq!(a.to_hex().len(), 2 * TOKEN_BYTES);
         assert_ne!(a.to_hex(), b.to_hex());
         assert!(a.matches(a.to_hex().as_bytes()));
@@ -809,8 +607,8 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "old and readable\n").unwrap();
         mode(&path, 0o644);
-        let token = Token::generate().unwrap();
-        token.write_file(&path).unwrap();
+        let token = generate_token().unwrap();
+        write_token_file(&token, &path).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -943,86 +741,6 @@ mod tests {
         assert!(peer_allowed(peer, own_uid()));
         assert!(!peer_allowed(peer, own_uid().wrapping_add(1)));
         assert!(!peer_allowed(peer.wrapping_add(1), own_uid()));
-    }
-
-    #[test]
-    fn http_requests_and_bad_lines_are_refused_and_close_the_session() {
-        for line in [
-            &b"POST / HTTP/1.1"[..],
-            b"GET /metrics HTTP/1.1",
-            b"OPTIONS * HTTP/1.1",
-            b"PRI * HTTP/2.0",
-        ] {
-            assert_eq!(parse_request(line), Err(Refusal::Http));
-            let mut s = Session::new(None);
-            assert_eq!(s.on_line(line), Step::Refuse(Refusal::Http));
-            // Nothing after a refusal runs, not even a valid request.
-            assert_eq!(
-                s.on_line(br#"{"req":1,"cmd":"shutdown"}"#),
-                Step::Refuse(Refusal::Closed)
-            );
-        }
-        for line in [
-            &b""[..],
-            b"  ",
-            b"\xff",
-            b"{}",
-            b"GETX",
-            b"{\"cmd\":\"nope\"}",
-        ] {
-            assert!(
-                matches!(parse_request(line), Err(Refusal::Invalid(_))),
-                "{line:?}"
-            );
-        }
-        let long = vec![b' '; MAX_LINE + 1];
-        assert!(matches!(parse_request(&long), Err(Refusal::Invalid(_))));
-        let mut s = Session::new(None);
-        assert_eq!(
-            s.on_line(br#"{"req":1,"cmd":"mode"}"#),
-            Step::Request(Request {
-                req: Value::from(1),
-                command: Command::Mode
-            })
-        );
-        assert!(matches!(
-            s.on_read(Line::TooLong),
-            Step::Refuse(Refusal::Invalid(_))
-        ));
-        assert_eq!(
-            s.on_line(br#"{"cmd":"mode"}"#),
-            Step::Refuse(Refusal::Closed)
-        );
-    }
-
-    #[test]
-    fn a_tcp_session_wants_the_token_first() {
-        let token = Token::generate().unwrap();
-        let shutdown = br#"{"req":1,"cmd":"shutdown"}"#;
-        // A request instead of the token.
-        let mut s = Session::new(Some(token.clone()));
-        assert!(s.awaits_token());
-        assert_eq!(s.on_line(shutdown), Step::Refuse(Refusal::Token));
-        assert_eq!(
-            s.on_line(token.to_hex().as_bytes()),
-            Step::Refuse(Refusal::Closed)
-        );
-        // A browser's request line.
-        let mut s = Session::new(Some(token.clone()));
-        assert_eq!(s.on_line(b"POST / HTTP/1.1"), Step::Refuse(Refusal::Http));
-        // The token, then requests.
-        let mut s = Session::new(Some(token.clone()));
-        assert_eq!(s.on_line(token.to_hex().as_bytes()), Step::Authenticated);
-        assert!(!s.awaits_token());
-        assert!(matches!(s.on_line(shutdown), Step::Request(_)));
-        // The token a second time is not a request.
-        assert!(matches!(
-            s.on_line(token.to_hex().as_bytes()),
-            Step::Refuse(Refusal::Invalid(_))
-        ));
-        // An unreadable first line.
-        let mut s = Session::new(Some(token));
-        assert_eq!(s.on_read(Line::NotUtf8), Step::Refuse(Refusal::Token));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use tracing::Instrument;
 
 use crate::models::{CliDefinition, Document, DocumentPrimaryKey, Raw, RawPrimaryKey};
 use crate::protocol::{
-    BootstrapReply, Command, DocRecord, HexError, InfoReply, LocalRecord, ModeName, NodeCounters,
-    Output, ProvideReply, ProviderEntry, PutReply, RawRecord, Removed, Request, StatsReply, hex,
-    unhex,
+    BootstrapReply, Command, DocRecord, HexError, InfoReply, LocalRecord, Output, ProvideReply,
+    ProviderEntry, PutReply, RawRecord, Removed, Request, StatsReply, hex, mode_name, mode_of,
+    node_counters, unhex,
 };
 
 /// Why a command's arguments were refused before anything was done.
@@ -203,7 +203,7 @@ async fn run(ctx: &Context, command: Command) -> Result<Value, ExecError> {
         Command::Info => {
             let mut info = ctx.info.clone();
             info.listen_addresses = strings(&node.listen_addresses().await?);
-            info.mode = node.get_mode().await?.into();
+            info.mode = mode_name(node.get_mode().await?);
             serde_json::to_value(info)?
         }
         Command::Put {
@@ -326,16 +326,16 @@ async fn run(ctx: &Context, command: Command) -> Result<Value, ExecError> {
         }
         Command::Peers => serde_json::to_value(strings(&node.connected_peers().await?))?,
         Command::RoutingTable => serde_json::to_value(strings(&node.routing_table_peers().await?))?,
-        Command::Mode => serde_json::to_value(ModeName::from(node.get_mode().await?))?,
+        Command::Mode => serde_json::to_value(mode_name(node.get_mode().await?))?,
         Command::SetMode { mode } => {
-            node.set_mode(mode.into()).await?;
+            node.set_mode(mode_of(mode)).await?;
             serde_json::to_value(mode)?
         }
         Command::Stats => {
             let stats = node.stats().await?;
             let store = node.local_store()?;
             serde_json::to_value(StatsReply {
-                counters: NodeCounters::from(&stats),
+                counters: node_counters(&stats),
                 connected_peers: node.connected_peers().await?.len(),
                 routing_table_peers: node.routing_table_peers().await?.len(),
                 local_raw_records: store.count::<Raw>().map_err(NetabaseError::from)?,

@@ -4,18 +4,7 @@ use std::io::BufRead;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
-/// One line read.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Line {
-    /// A line (without its line ending).
-    Text(String),
-    /// A line that is not UTF-8.
-    NotUtf8,
-    /// A line longer than allowed; the rest of it was skipped.
-    TooLong,
-    /// The end of input.
-    Eof,
-}
+pub(crate) use netabase_control::session::Line;
 
 fn finish(buf: &mut Vec<u8>, max: usize) -> Line {
     let ended = buf.last() == Some(&b'\n');

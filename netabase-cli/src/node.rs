@@ -18,13 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::control::{
-    CONTROL_DIR, DataDirLock, Refusals, SetupError, Shared, TOKEN_NAME, Token, check_data_dir,
-    create_private_dir, open_unix, own_uid,
+    CONTROL_DIR, DataDirLock, Refusals, SetupError, Shared, TOKEN_NAME, check_data_dir,
+    create_private_dir, generate_token, open_unix, own_uid, write_token_file,
 };
 use crate::exec::{Context, handle_line, peer_address};
 use crate::lines::{Line, read_line};
 use crate::models::CliDefinition;
-use crate::protocol::{InfoReply, MAX_LINE, ModeName, Output};
+use crate::protocol::{InfoReply, MAX_LINE, ModeName, Output, mode_name, mode_of};
 
 /// The storage engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,7 +144,7 @@ pub fn config(args: &NodeArgs) -> Result<NetabaseConfig, NodeError> {
     let mut config = NetabaseConfig::default()
         .with_data_dir(&args.data_dir)
         .with_mdns(args.mdns && !args.no_mdns)
-        .with_mode(args.mode.into())
+        .with_mode(mode_of(args.mode))
         .with_protocol_name(args.protocol.clone())
         .with_backend(match args.backend {
             BackendName::Redb => StorageBackend::Redb,
@@ -290,12 +290,12 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
     // endpoint reads this start's token, not one a previous run left behind.
     let token = match &args.control {
         Some(_) => {
-            let token = Token::generate()?;
+            let token = generate_token()?;
             let path = args
                 .control_token_file
                 .clone()
                 .unwrap_or_else(|| data_dir.join(CONTROL_DIR).join(TOKEN_NAME));
-            token.write_file(&path)?;
+            write_token_file(&token, &path)?;
             Some((token, path))
         }
         None => None,
@@ -362,7 +362,7 @@ async fn serve(args: NodeArgs) -> Result<(), NodeError> {
         peer_id: peer_id.to_string(),
         listen_addresses: listen_addresses.iter().map(ToString::to_string).collect(),
         protocol: args.protocol.clone(),
-        mode: node.get_mode().await?.into(),
+        mode: mode_name(node.get_mode().await?),
         data_dir: args.data_dir.display().to_string(),
         backend: backend_name(args.backend).to_string(),
         control: Some(unix.path.display().to_string()),

@@ -535,7 +535,7 @@ impl From<&NetabaseEvent> for Event {
                 success: *success,
             },
             NetabaseEvent::ModeChanged { mode } => Event::ModeChanged {
-                mode: (*mode).into(),
+                mode: netabase_cli::protocol::mode_name(*mode),
             },
             NetabaseEvent::InboundRejected { peer, kind, reason } => Event::InboundRejected {
                 peer: peer.to_string(),

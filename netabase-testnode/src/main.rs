@@ -16,10 +16,11 @@ use netabase::{
     DEFAULT_PROTOCOL_NAME, EventError, Multiaddr, NetabaseConfig, NetabaseError, PeerId,
     StorageBackend,
 };
+use netabase_cli::protocol::{mode_name, mode_of, node_counters};
 use netabase_testnode::{
     BootstrapReply, ChatDefinition, Command, Event, Found, LocalRecord, MessagePrimaryKey,
-    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, StatsReply,
-    UserPrimaryKey, Version, hex,
+    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, UserPrimaryKey,
+    Version, hex,
 };
 use serde_json::Value;
 
@@ -154,7 +155,7 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
         .with_data_dir(&args.data_dir)
         .with_listen_addresses(args.listen.iter().cloned())
         .with_mdns(args.mdns)
-        .with_mode(args.mode.into())
+        .with_mode(mode_of(args.mode))
         .with_protocol_name(args.protocol.clone())
         .with_backend(match args.backend {
             BackendName::Redb => StorageBackend::Redb,
@@ -502,13 +503,13 @@ async fn execute<R: Runtime>(
                 .map_err(e)?,
         ),
         Command::RemovePeer { peer: p } => json(node.remove_peer(peer(&p)?).await.map_err(e)?),
-        Command::SetMode { mode } => json(node.set_mode(mode.into()).await.map_err(e)?),
-        Command::GetMode => json(ModeName::from(node.get_mode().await.map_err(e)?)),
+        Command::SetMode { mode } => json(node.set_mode(mode_of(mode)).await.map_err(e)?),
+        Command::GetMode => json(mode_name(node.get_mode().await.map_err(e)?)),
         Command::Peers => json(PeersReply {
             connected: strings(&node.connected_peers().await.map_err(e)?),
             routing_table: strings(&node.routing_table_peers().await.map_err(e)?),
         }),
-        Command::Stats => json(StatsReply::from(&node.stats().await.map_err(e)?)),
+        Command::Stats => json(node_counters(&node.stats().await.map_err(e)?)),
         // Handled by the input loop; answered here only if it ever arrives another way.
         Command::Shutdown => Ok(Value::Null),
     }

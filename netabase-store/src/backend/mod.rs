@@ -28,6 +28,8 @@ use std::ops::{Bound, ControlFlow};
 
 use crate::error::Result;
 
+// The write buffer of the redb backend.
+#[cfg(feature = "redb")]
 mod buffer;
 pub(crate) mod guard;
 mod memory;

@@ -248,6 +248,7 @@ impl NameTag {
 impl TableIds {
     /// Reads the ids recorded in `kv`, after checking that `kv` has this layout. `kv` must
     /// be empty or written by this layout.
+    #[cfg(feature = "sled")]
     fn load<K: FlatKv>(kv: &K) -> Result<Self> {
         let mut version = None;
         kv.get_with(LAYOUT_KEY, &mut |v| {
@@ -352,6 +353,7 @@ pub(crate) struct Locked<K> {
 
 impl<K: FlatKv> Locked<K> {
     /// Wraps `kv`, which must be empty or written by this layout.
+    #[cfg(feature = "sled")]
     pub(crate) fn open(kv: K) -> Result<Self> {
         let tables = TableIds::load(&kv)?;
         Ok(Self::with_tables(kv, tables))

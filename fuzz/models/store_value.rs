@@ -1,0 +1,24 @@
+// The definition of the `store_value` target, shared with the seed generator.
+#[netabase_definition_module(FuzzDefinition, FuzzKeys)]
+pub mod models {
+    use netabase_store::NetabaseModel;
+
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Message {
+        #[primary_key]
+        pub id: u64,
+        #[secondary_key]
+        pub author: String,
+        pub text: String,
+        pub tags: Vec<String>,
+        pub reply_to: Option<u64>,
+    }
+
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct User {
+        #[primary_key]
+        pub name: String,
+        pub age: Option<u8>,
+        pub flags: (bool, i32),
+    }
+}
