@@ -2,8 +2,9 @@
 //! stays within three times what it was unloaded, the node's memory stays bounded, and the
 //! refusals show in its counters.
 //!
-//! The node runs on the memory backend, pinned to CPU 0; the flooder is its own process
-//! (`netabase-flood`) pinned to CPU 1 with `taskset`, dialling from 127.0.0.5 in 40 slots,
+//! The node runs on the memory backend, pinned to CPU 0 with the honest peers (this test's
+//! process); the flooder is its own process
+//! (`netabase-flood`) pinned to CPU 1 with `taskset`, dialling from 127.0.0.5 in 20 slots,
 //! each connecting with a fresh identity, sending requests on 48 streams at once and
 //! holding 4 that send one byte and then nothing, and connecting again with another
 //! identity whenever the node closes its connection; the honest peers dial from 127.0.0.2,
@@ -85,6 +86,9 @@ fn a_flooding_peer_is_held_back_while_honest_peers_are_served(rt: Rt) {
         .arg("--requests-per-peer", "500")
         .start();
     pin(target.pid(), 0);
+    // The honest peers share CPU 0 with the node (in both phases alike), so that the
+    // flooder's own CPU 1 is all it has.
+    pin(std::process::id(), 0);
     let node: PeerId = target.peer_id.parse().unwrap();
     let addr: Multiaddr = target.addrs[0].parse().unwrap();
     let request = Codec::default().encode_request(&Request::FindNode {
@@ -101,7 +105,7 @@ fn a_flooding_peer_is_held_back_while_honest_peers_are_served(rt: Rt) {
     let mut flooder = Process::new("taskset")
         .args(["-c", "1", env!("CARGO_BIN_EXE_netabase-flood")])
         .args(["--target", &target.p2p_addr(), "--source", "127.0.0.5"])
-        .args(["--seconds", "8"])
+        .args(["--seconds", "8", "--identities", "20"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("the flooder starts");
