@@ -155,17 +155,7 @@ pub fn own_uid() -> u32 {
 /// write to.
 pub fn check_data_dir(dir: &Path, uid: u32) -> Result<(), SetupError> {
     let meta = std::fs::metadata(dir).map_err(io_error(dir))?;
-    if !meta.is_dir() {
-        return Err(SetupError::NotADirectory(dir.to_path_buf()));
-    }
-    if meta.uid() != uid {
-        return Err(SetupError::NotOwned {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            own: uid,
-        });
-    }
-    let mode = meta.mode() & 0o7777;
+    let mode = owned_dir_mode(dir, &meta, uid)?;
     if mode & 0o022 != 0 {
         return Err(SetupError::WritableByOthers {
             path: dir.to_path_buf(),
@@ -179,6 +169,19 @@ pub fn check_data_dir(dir: &Path, uid: u32) -> Result<(), SetupError> {
 /// permission for its group or others.
 pub fn check_private_dir(dir: &Path, uid: u32) -> Result<(), SetupError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_error(dir))?;
+    let mode = owned_dir_mode(dir, &meta, uid)?;
+    if mode & 0o077 != 0 {
+        return Err(SetupError::NotPrivate {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The permission bits of `dir` (whose metadata is `meta`), once it is known to be a
+/// directory owned by `uid`.
+fn owned_dir_mode(dir: &Path, meta: &std::fs::Metadata, uid: u32) -> Result<u32, SetupError> {
     if !meta.is_dir() {
         return Err(SetupError::NotADirectory(dir.to_path_buf()));
     }
@@ -189,14 +192,7 @@ pub fn check_private_dir(dir: &Path, uid: u32) -> Result<(), SetupError> {
             own: uid,
         });
     }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(SetupError::NotPrivate {
-            path: dir.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
+    Ok(meta.mode() & 0o7777)
 }
 
 /// Creates `dir` (and missing parents) with mode 0700 if it does not exist.

@@ -557,3 +557,19 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// Makes the directory entries of `dir` durable (after creating, renaming or growing a
+/// file in it); the redb and sled backends call it.
+#[cfg(all(unix, any(feature = "redb", feature = "sled")))]
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(crate::error::StoreError::Io)
+}
+
+/// Directories cannot be opened and synced on this platform; each file's own sync is all
+/// there is.
+#[cfg(all(not(unix), any(feature = "redb", feature = "sled")))]
+pub(crate) fn sync_dir(_dir: &std::path::Path) -> Result<()> {
+    Ok(())
+}

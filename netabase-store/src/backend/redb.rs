@@ -241,22 +241,7 @@ fn create_atomically(builder: &redb::Builder, path: &Path) -> Result<()> {
     });
     let _ = std::fs::remove_file(&temp);
     linked?;
-    sync_dir(&dir)
-}
-
-/// Makes the directory entries of `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::Io)
-}
-
-/// Directories cannot be opened and synced on this platform; redb's own sync covers the
-/// file.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
-    Ok(())
+    super::sync_dir(&dir)
 }
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;

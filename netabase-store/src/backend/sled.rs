@@ -233,7 +233,7 @@ impl SledBackend {
         // The files sled created, and the directory itself, get names that last.
         let dir = Directory::open(path)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+            super::sync_dir(parent)?;
         }
         Ok(SledBackend {
             inner: Locked::open(SledKv {
@@ -250,20 +250,6 @@ impl SledBackend {
             },
         })
     }
-}
-
-/// Makes the directory entries of `dir` durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StoreError::Io)
-}
-
-/// Directories cannot be opened and synced on this platform.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// The directory `dir`, opened to sync it.
