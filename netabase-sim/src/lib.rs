@@ -22,6 +22,19 @@
 //! acknowledged write is lost, removals stay removed and the closest nodes of every key
 //! converge on one version.
 //!
+//! # How the simulator is organised
+//!
+//! [`scenario`] reads and validates scenario files. [`sim`] runs one: [`Simulation`]
+//! schedules the joins, faults and checks from the seed and steps the run, event by event
+//! for those that touch the whole network and epoch by epoch for the nodes' own. Inside
+//! [`sim`], each concern has its module: the discrete-event engine (shards of nodes, the
+//! threads that run them, the processing of one node's event), the network model
+//! (latencies, loss, duplication, reordering, partitions, clogs), the simulated nodes
+//! (clocks, connections, crash and restart over their [`disk`]), the workload (client
+//! operations and the forgers' changes), the trace hash, and the report. [`history`]
+//! records every operation and fault, [`checkers`] verify them as the run goes and at its
+//! end, [`report`] holds the result, and [`cli`] is the `netabase-sim` command.
+//!
 //! ```
 //! use netabase_sim::{Scenario, run};
 //!
