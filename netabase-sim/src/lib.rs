@@ -58,6 +58,7 @@ pub mod checkers;
 pub mod cli;
 pub mod disk;
 pub mod history;
+pub mod linearizability;
 mod queue;
 pub mod report;
 pub mod scenario;
