@@ -36,6 +36,8 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "paxos")]
+pub mod consensus;
 mod deadlines;
 pub mod hlc;
 pub mod identity;

@@ -183,6 +183,44 @@ impl core::str::FromStr for PeerId {
     }
 }
 
+/// Serialized as its multihash bytes (what libp2p calls `PeerId::to_bytes`).
+impl serde::Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.as_bytes())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PeerId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PeerId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the bytes of a peer id")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<PeerId, E> {
+                PeerId::from_bytes(v).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PeerId, A::Error> {
+                let mut bytes = [0u8; MAX_PEER_ID_LEN];
+                let mut len = 0;
+                while let Some(b) = seq.next_element::<u8>()? {
+                    if len == MAX_PEER_ID_LEN {
+                        return Err(serde::de::Error::custom("peer id too long"));
+                    }
+                    bytes[len] = b;
+                    len += 1;
+                }
+                PeerId::from_bytes(&bytes[..len]).map_err(serde::de::Error::custom)
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
 /// Addresses up to this many bytes are kept inline (`/ip4/../tcp/..` is 8 bytes, with a
 /// `/p2p/` suffix about 48; `/ip6/../udp/../quic-v1` is 22).
 const INLINE_ADDRESS_LEN: usize = 30;

@@ -303,7 +303,7 @@ pub fn decode_value<T: DeserializeOwned>(
 
 /// [`bincode_config`] with the smallest of a ladder of decoding limits (powers of 4) that is
 /// at least 17 times the input's length.
-fn decode_limited<T: DeserializeOwned>(
+pub(crate) fn decode_limited<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
     let needed = bytes.len().saturating_mul(17);

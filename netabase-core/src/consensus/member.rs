@@ -1,0 +1,2139 @@
+//! One member of a Multi-Paxos cluster (see [`Member`]).
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue};
+use super::store::{AcceptedValue, LogStore, State};
+use super::types::{Ballot, ClusterId, Configuration, Entry, EntryId, Position, Slot, Value};
+use crate::{Instant, PeerId};
+
+/// Master leases: the leader serves [`ReadLevel::Lease`] reads without a quorum round
+/// while its lease runs.
+///
+/// Leases run on the monotonic clock the driver passes as `now`, never on wall time. The
+/// leader dates a lease from when it sent the heartbeat round a quorum acknowledged and
+/// drops it at `start + duration·(1 − ε) − margin`; an acceptor that acknowledged refuses
+/// other candidates for `duration·(1 + ε)` on its own clock, and after a restart waits
+/// that long before promising anything. Unsafe on hosts that suspend processes (a
+/// suspended leader's clock stops while the others' run); off by default on wasm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The lease's nominal length `D`.
+    pub duration: Duration,
+    /// The bound ε on the relative rate difference between any two members' clocks, in
+    /// parts per million.
+    pub drift_ppm: u32,
+    /// Subtracted from the leader's end of lease on top of the drift.
+    pub margin: Duration,
+}
+
+impl LeaseConfig {
+    fn scaled(d: Duration, ppm: i64) -> Duration {
+        let micros = d.as_micros() as i128 * (1_000_000 + ppm as i128) / 1_000_000;
+        Duration::from_micros(micros.max(0) as u64)
+    }
+
+    /// `D·(1 + ε)`: how long an acceptor refuses other candidates after granting.
+    pub fn acceptor_wait(&self) -> Duration {
+        Self::scaled(self.duration, i64::from(self.drift_ppm))
+    }
+
+    /// `D·(1 − ε) − margin`: how long the leader relies on a lease from its start.
+    pub fn leader_span(&self) -> Duration {
+        Self::scaled(self.duration, -i64::from(self.drift_ppm)).saturating_sub(self.margin)
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            duration: Duration::from_millis(400),
+            drift_ppm: 10_000,
+            margin: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Timing and bounds of a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsensusConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time in `[t, 2t)` starts an election.
+    pub election_timeout: Duration,
+    /// Unanswered prepares, accepts, forwards and catch-up requests are resent after this.
+    pub retry_interval: Duration,
+    /// A proposal not applied after this is reported [`Event::Indeterminate`].
+    pub proposal_timeout: Duration,
+    /// A read not served after this fails with [`ReadFailure::Timeout`].
+    pub read_timeout: Duration,
+    /// Slots the leader has in flight at once (the pipeline's depth).
+    pub concurrency: usize,
+    /// Entries per batch (one batch per slot).
+    pub max_batch_entries: usize,
+    /// Bytes per batch.
+    pub max_batch_bytes: usize,
+    /// Bytes of one entry's command.
+    pub max_entry_bytes: usize,
+    /// Entries waiting to be proposed at this member, its own and forwarded ones; a full
+    /// queue answers [`ProposeError::Busy`].
+    pub max_pending: usize,
+    /// Reads waiting at this member.
+    pub max_pending_reads: usize,
+    /// Slots per catch-up answer.
+    pub catch_up_slots: usize,
+    /// Master leases, if any.
+    pub lease: Option<LeaseConfig>,
+}
+
+impl Default for ConsensusConfig {
+    fn default() -> Self {
+        ConsensusConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(600),
+            retry_interval: Duration::from_millis(200),
+            proposal_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
+            concurrency: 16,
+            max_batch_entries: 1024,
+            max_batch_bytes: 1 << 20,
+            max_entry_bytes: 1 << 20,
+            max_pending: 16 * 1024,
+            max_pending_reads: 16 * 1024,
+            catch_up_slots: 64,
+            lease: if cfg!(target_arch = "wasm32") {
+                None
+            } else {
+                Some(LeaseConfig::default())
+            },
+        }
+    }
+}
+
+/// A [`ConsensusConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConsensusConfigError {
+    /// A duration or count that must be positive is zero.
+    #[error("consensus setting {0} must be positive")]
+    Zero(&'static str),
+    /// Heartbeats must come well within an election timeout.
+    #[error("the heartbeat interval must be below a third of the election timeout")]
+    HeartbeatTooSlow,
+    /// The election timeout must exceed the acceptors' lease wait `D·(1 + ε)`.
+    #[error("the election timeout must exceed the lease duration times (1 + drift)")]
+    LeaseTooLong,
+    /// A batch or entry limit above what one message carries.
+    #[error("batch and entry sizes must stay below half the message limit")]
+    TooLarge,
+}
+
+impl ConsensusConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConsensusConfigError> {
+        for (name, zero) in [
+            ("heartbeat_interval", self.heartbeat_interval.is_zero()),
+            ("election_timeout", self.election_timeout.is_zero()),
+            ("retry_interval", self.retry_interval.is_zero()),
+            ("proposal_timeout", self.proposal_timeout.is_zero()),
+            ("read_timeout", self.read_timeout.is_zero()),
+            ("concurrency", self.concurrency == 0),
+            ("max_batch_entries", self.max_batch_entries == 0),
+            ("max_batch_bytes", self.max_batch_bytes == 0),
+            ("max_entry_bytes", self.max_entry_bytes == 0),
+            ("max_pending", self.max_pending == 0),
+            ("max_pending_reads", self.max_pending_reads == 0),
+            ("catch_up_slots", self.catch_up_slots == 0),
+        ] {
+            if zero {
+                return Err(ConsensusConfigError::Zero(name));
+            }
+        }
+        if self.heartbeat_interval * 3 > self.election_timeout {
+            return Err(ConsensusConfigError::HeartbeatTooSlow);
+        }
+        if let Some(lease) = self.lease {
+            if lease.duration.is_zero() {
+                return Err(ConsensusConfigError::Zero("lease.duration"));
+            }
+            if lease.acceptor_wait() >= self.election_timeout {
+                return Err(ConsensusConfigError::LeaseTooLong);
+            }
+        }
+        if self.max_batch_bytes > MAX_MESSAGE_BYTES / 2
+            || self.max_entry_bytes > self.max_batch_bytes
+        {
+            return Err(ConsensusConfigError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// How long an acceptor keeps following a leader it heard: the election timeout, or
+    /// the lease wait if longer.
+    fn stickiness(&self) -> Duration {
+        let lease = self.lease.map(|l| l.acceptor_wait()).unwrap_or_default();
+        self.election_timeout.max(lease)
+    }
+}
+
+/// Who a member is: its own id, its cluster, and the cluster's voters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// This member's id.
+    pub local: PeerId,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The voters, this member among them.
+    pub members: Configuration,
+}
+
+/// Why a member cannot start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConsensusConfigError),
+    /// The log belongs to another cluster.
+    #[error("the consensus log belongs to cluster {found}, not {expected}")]
+    WrongCluster {
+        /// The cluster asked for.
+        expected: ClusterId,
+        /// The cluster in the log.
+        found: ClusterId,
+    },
+    /// This peer is not in the configuration.
+    #[error("this peer is not a member of the configuration")]
+    NotMember,
+    /// The state claims more applied than the log holds chosen.
+    #[error(
+        "the state is applied through slot {applied} but the log is chosen only through {chosen}"
+    )]
+    StateAhead {
+        /// The state's applied slot.
+        applied: Slot,
+        /// The log's chosen prefix.
+        chosen: Slot,
+    },
+}
+
+/// Why a proposal was refused at once.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// The command is larger than `max_entry_bytes`.
+    #[error("command of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The command's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The proposal queue is full.
+    #[error("the proposal queue is full")]
+    Busy,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadLevel {
+    /// Sees every write acknowledged before the read began: the leader's commit index
+    /// confirmed by a quorum heartbeat in its current ballot, applied locally first.
+    Linearizable,
+    /// Like linearizable, but the leader answers from its lease without a quorum round;
+    /// relies on the clock drift bound. Falls back to a quorum round without a lease.
+    Lease,
+    /// This member's applied state as it is: possibly stale, never blocked.
+    Local,
+}
+
+/// A read's handle, named in [`Event::ReadReady`] and [`Event::ReadFailed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadId(pub u64);
+
+/// Why a read failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadFailure {
+    /// No leader confirmed a read index in time.
+    #[error("no leader confirmed the read in time")]
+    Timeout,
+    /// Too many reads wait already.
+    #[error("too many reads are waiting")]
+    Busy,
+}
+
+/// What the member tells the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An entry this member proposed is applied here.
+    Committed {
+        /// The entry.
+        id: EntryId,
+        /// Where it landed: its version.
+        position: Position,
+        /// The state's answer.
+        response: Vec<u8>,
+        /// The id was applied before (a retry); `response` is the first answer.
+        duplicate: bool,
+    },
+    /// An entry this member proposed was not applied within the proposal timeout: it may
+    /// still be applied later, or never. [`Member::entry_status`] tells later.
+    Indeterminate {
+        /// The entry.
+        id: EntryId,
+    },
+    /// A slot was applied to the state (every member sees every slot once, in order).
+    Applied {
+        /// The slot.
+        slot: Slot,
+        /// The ids of its entries, in batch order.
+        entries: Vec<EntryId>,
+    },
+    /// The read may run against the state now.
+    ReadReady {
+        /// The read.
+        read: ReadId,
+    },
+    /// The read cannot be served.
+    ReadFailed {
+        /// The read.
+        read: ReadId,
+        /// Why.
+        reason: ReadFailure,
+    },
+    /// The leader this member follows changed.
+    Leader {
+        /// The leader, if one is known.
+        leader: Option<PeerId>,
+        /// Its ballot's round.
+        round: u64,
+    },
+}
+
+/// An effect for the driver to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a message to a member.
+    Send {
+        /// The member.
+        to: PeerId,
+        /// The message, with the cluster id.
+        envelope: Envelope,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+impl Output {
+    /// Whether the driver must make the log durable before carrying this out: promises
+    /// and accepted votes report durable state. Proposals, heartbeats, commits and
+    /// catch-up leave at once; events report states quorums made durable.
+    pub fn waits_for_sync(&self) -> bool {
+        matches!(
+            self,
+            Output::Send {
+                envelope: Envelope {
+                    message: Message::Promise { .. } | Message::Accepted { .. },
+                    ..
+                },
+                ..
+            }
+        )
+    }
+}
+
+/// What became of an entry id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryStatus {
+    /// Applied, with the state's answer (empty if the answer was forgotten).
+    Applied(Vec<u8>),
+    /// Proposed here and not yet applied nor given up.
+    Pending,
+    /// Not known to be applied: it may still be, if it is in flight somewhere.
+    Unknown,
+}
+
+/// The member's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Gathers promises.
+    Candidate,
+    /// Leads.
+    Leader,
+}
+
+/// Counters of a member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsensusStats {
+    /// Elections this member started.
+    pub elections: u64,
+    /// Elections it won.
+    pub terms_led: u64,
+    /// Slots this member saw chosen as leader.
+    pub slots_committed: u64,
+    /// Client entries in those slots.
+    pub entries_committed: u64,
+    /// Entries applied that were duplicates of an earlier application.
+    pub dedup_hits: u64,
+    /// Reads served, per level: linearizable, lease, local.
+    pub reads: [u64; 3],
+    /// Lease reads the leader answered from its lease.
+    pub lease_reads: u64,
+    /// Catch-up answers sent.
+    pub catch_ups: u64,
+    /// Messages ignored: from non-members, of another cluster, or out of bounds.
+    pub refused: u64,
+    /// Forwarded entries the leader refused (queue full).
+    pub forwards_refused: u64,
+    /// Promises this acceptor refused because it follows a live leader.
+    pub sticky_refusals: u64,
+    /// Log syncs the member waited for.
+    pub syncs: u64,
+}
+
+struct Outstanding {
+    entry: Entry,
+    since: Instant,
+    last_sent: Instant,
+}
+
+enum ReadOrigin {
+    Local(ReadId, ReadLevel),
+    Remote {
+        peer: PeerId,
+        request: u64,
+        lease: bool,
+    },
+}
+
+enum ReadStage {
+    /// Waits for a leader to ask (followers) or for the leader's no-op (leaders).
+    Leader { sent: Option<Instant> },
+    /// The leader waits for a quorum to acknowledge heartbeat round `seq`.
+    Quorum { seq: u64, index: Slot },
+    /// Waits until the state is applied through `index`.
+    Applied { index: Slot },
+}
+
+struct PendingRead {
+    origin: ReadOrigin,
+    deadline: Instant,
+    stage: ReadStage,
+}
+
+struct Inflight {
+    value: Value,
+    votes: BTreeSet<PeerId>,
+    last_sent: Instant,
+}
+
+struct Candidate {
+    ballot: Ballot,
+    from: Slot,
+    last_sent: Instant,
+    complete: BTreeSet<PeerId>,
+    partial: BTreeSet<PeerId>,
+    refusals: BTreeSet<PeerId>,
+    best: BTreeMap<Slot, SlotValue>,
+    self_durable: bool,
+}
+
+struct Leader {
+    ballot: Ballot,
+    next_slot: Slot,
+    inflight: BTreeMap<Slot, Inflight>,
+    noop_slot: Slot,
+    queue: VecDeque<Entry>,
+    queued: BTreeSet<EntryId>,
+    hb_seq: u64,
+    hb_sent: BTreeMap<u64, Instant>,
+    acked: BTreeMap<PeerId, u64>,
+    next_heartbeat: Instant,
+    confirmed_at: Instant,
+    lease_until: Instant,
+}
+
+enum Phase {
+    Follower,
+    Candidate(Candidate),
+    Leader(Leader),
+}
+
+enum Deferred {
+    Promise(Ballot),
+    Vote(Ballot, Slot),
+}
+
+/// One member of a Multi-Paxos cluster: acceptor, learner and, when elected, the
+/// distinguished proposer (leader).
+///
+/// # Driving contract
+///
+/// Like [`crate::Node`], a member never reads a clock, never sleeps and never does I/O.
+/// The driver:
+/// - hands in every consensus message with [`Self::handle_message`] (the sender's
+///   `PeerId` as the transport authenticated it) and API calls ([`Self::propose`],
+///   [`Self::read`]);
+/// - calls [`Self::handle_timeout`] at or after [`Self::poll_timeout`];
+/// - drains [`Self::poll_output`] after every call, and before carrying out an output
+///   for which [`Output::waits_for_sync`] holds, makes every log write so far durable and
+///   calls [`Self::synced`]; it also syncs whenever [`Self::needs_sync`] holds with no
+///   output pending (the leader's own vote counts only once it is durable).
+///
+/// # The protocol
+///
+/// Classic Multi-Paxos with a distinguished leader. A member that hears no leader for a
+/// randomized election timeout prepares a ballot above every round it has seen, for every
+/// slot above its chosen prefix; acceptors promise (durably) and report what they
+/// accepted, in chunks. With a quorum of promises the candidate re-proposes the value of
+/// the highest ballot in every open slot, fills gaps with no-ops (autofill), and appends a
+/// no-op of its own ballot; it serves reads once that no-op is applied. Client entries are
+/// batched, one batch per slot, with up to `concurrency` slots in flight. A value is chosen
+/// when a quorum accepted it (the leader's own vote counts once durable); the leader then
+/// sends a commit naming only the slot and ballot (commit by id). Followers learn gaps by
+/// catch-up. Acceptors ignore prepares while they hear a live leader (leader stickiness),
+/// so a member returning from a partition cannot depose a healthy leader.
+///
+/// Reads come at three levels ([`ReadLevel`]): linearizable (read index confirmed by a
+/// quorum heartbeat round of the current ballot), lease (the leader's lease, dated from
+/// before it asked, shortened by the drift bound), local (possibly stale).
+pub struct Member<L, S> {
+    config: ConsensusConfig,
+    local: PeerId,
+    cluster: ClusterId,
+    members: Configuration,
+    log: L,
+    state: S,
+    rng: ChaCha8Rng,
+    phase: Phase,
+    max_round: u64,
+    leader: Option<Ballot>,
+    leader_contact: Option<Instant>,
+    election_deadline: Instant,
+    promise_blocked_until: Instant,
+    committed: Slot,
+    leader_committed: Slot,
+    catch_up_sent: Option<Instant>,
+    incarnation: u32,
+    next_seq: u64,
+    durable_once: bool,
+    outstanding: BTreeMap<EntryId, Outstanding>,
+    waiting: VecDeque<Entry>,
+    reads: BTreeMap<u64, PendingRead>,
+    next_read: u64,
+    outputs: VecDeque<Output>,
+    deferred: Vec<Deferred>,
+    stats: ConsensusStats,
+    #[cfg(test)]
+    pub(crate) mutant: Option<super::tests::Mutant>,
+}
+
+impl<L: LogStore, S: State> Member<L, S> {
+    /// Starts (or restarts) a member as `membership` says, over its log
+    /// and state. The state is brought up to the log's chosen prefix at once (replay);
+    /// proposals made before the first [`synced`](Member::synced) wait for it, since
+    /// entry ids use the incarnation this call records.
+    pub fn new(
+        config: ConsensusConfig,
+        membership: Membership,
+        mut log: L,
+        state: S,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let Membership {
+            local,
+            cluster,
+            members,
+        } = membership;
+        if !members.contains(&local) {
+            return Err(StartError::NotMember);
+        }
+        match log.cluster() {
+            Some(found) if found != cluster => {
+                return Err(StartError::WrongCluster {
+                    expected: cluster,
+                    found,
+                });
+            }
+            Some(_) => {}
+            None => log.set_cluster(cluster),
+        }
+        let incarnation = log.incarnation().wrapping_add(1);
+        log.set_incarnation(incarnation);
+        let max_round = log.promised().map(|b| b.round).unwrap_or(0);
+        let promise_blocked_until = config
+            .lease
+            .map(|l| now + l.acceptor_wait())
+            .unwrap_or(Instant::ZERO);
+        let mut member = Member {
+            local,
+            cluster,
+            members,
+            log,
+            state,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            phase: Phase::Follower,
+            max_round,
+            leader: None,
+            leader_contact: None,
+            election_deadline: now,
+            promise_blocked_until,
+            committed: 0,
+            leader_committed: 0,
+            catch_up_sent: None,
+            incarnation,
+            next_seq: 0,
+            durable_once: false,
+            outstanding: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            reads: BTreeMap::new(),
+            // Read numbers, like entry ids, never repeat across restarts: a late answer
+            // to a read of an earlier incarnation must not complete a new one.
+            next_read: u64::from(incarnation) << 32,
+            outputs: VecDeque::new(),
+            deferred: Vec::new(),
+            stats: ConsensusStats::default(),
+            config,
+            #[cfg(test)]
+            mutant: None,
+        };
+        member.committed = member.state.applied().max(member.log.truncated());
+        member.advance_committed();
+        if member.state.applied() > member.committed {
+            return Err(StartError::StateAhead {
+                applied: member.state.applied(),
+                chosen: member.committed,
+            });
+        }
+        member.reset_election(now);
+        member.apply_committed(now);
+        Ok(member)
+    }
+
+    // ----- accessors -------------------------------------------------------------------
+
+    /// This member's id.
+    pub fn local(&self) -> PeerId {
+        self.local
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
+    /// The voters.
+    pub fn configuration(&self) -> &Configuration {
+        &self.members
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ConsensusConfig {
+        &self.config
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        match self.phase {
+            Phase::Follower => Role::Follower,
+            Phase::Candidate(_) => Role::Candidate,
+            Phase::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The leader this member follows or is, if known.
+    pub fn leader(&self) -> Option<PeerId> {
+        match &self.phase {
+            Phase::Leader(l) => Some(l.ballot.leader),
+            _ => self.leader.map(|b| b.leader),
+        }
+    }
+
+    /// The highest round seen.
+    pub fn round(&self) -> u64 {
+        self.max_round
+    }
+
+    /// Every slot up to this one is known chosen here.
+    pub fn committed(&self) -> Slot {
+        self.committed
+    }
+
+    /// Every slot up to this one is applied to the state.
+    pub fn applied(&self) -> Slot {
+        self.state.applied()
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// The log, for the driver's sync.
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+
+    /// The log and state, for a restart.
+    pub fn into_parts(self) -> (L, S) {
+        (self.log, self.state)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ConsensusStats {
+        &self.stats
+    }
+
+    /// Whether the leader holds a lease at `now`.
+    pub fn has_lease(&self, now: Instant) -> bool {
+        matches!(&self.phase, Phase::Leader(l) if now < l.lease_until)
+    }
+
+    /// Entries proposed here and not yet applied or given up.
+    pub fn pending_proposals(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// What became of `id`, as far as this member knows.
+    pub fn entry_status(&self, id: &EntryId) -> EntryStatus {
+        if let Some(response) = self.state.applied_response(id) {
+            EntryStatus::Applied(response)
+        } else if self.outstanding.contains_key(id) {
+            EntryStatus::Pending
+        } else {
+            EntryStatus::Unknown
+        }
+    }
+
+    /// Whether writes wait for a sync before they count.
+    pub fn needs_sync(&self) -> bool {
+        !self.deferred.is_empty() || !self.durable_once
+    }
+
+    // ----- driving ---------------------------------------------------------------------
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Tells the member every log write so far is durable.
+    pub fn synced(&mut self, now: Instant) {
+        self.stats.syncs += 1;
+        if !self.durable_once {
+            self.durable_once = true;
+            while let Some(entry) = self.waiting.pop_front() {
+                self.route_entry(now, entry);
+            }
+        }
+        for d in core::mem::take(&mut self.deferred) {
+            match d {
+                Deferred::Promise(ballot) => {
+                    if let Phase::Candidate(c) = &mut self.phase
+                        && c.ballot == ballot
+                    {
+                        c.self_durable = true;
+                    }
+                    self.check_promises(now);
+                }
+                Deferred::Vote(ballot, slot) => {
+                    let local = self.local;
+                    if let Phase::Leader(l) = &mut self.phase
+                        && l.ballot == ballot
+                        && let Some(f) = l.inflight.get_mut(&slot)
+                    {
+                        f.votes.insert(local);
+                    }
+                    self.check_chosen(now, slot);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// When [`handle_timeout`](Member::handle_timeout) wants to run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = Instant::MAX;
+        match &self.phase {
+            Phase::Leader(l) => {
+                next = next.min(l.next_heartbeat);
+                for f in l.inflight.values() {
+                    next = next.min(f.last_sent + self.config.retry_interval);
+                }
+            }
+            Phase::Candidate(c) => {
+                next = next.min(c.last_sent + self.config.retry_interval);
+                next = next.min(self.election_deadline);
+            }
+            Phase::Follower => next = next.min(self.election_deadline),
+        }
+        for o in self.outstanding.values() {
+            next = next.min(o.last_sent + self.config.retry_interval);
+            next = next.min(o.since + self.config.proposal_timeout);
+        }
+        for r in self.reads.values() {
+            next = next.min(r.deadline);
+            if let ReadStage::Leader { sent: Some(at) } = r.stage {
+                next = next.min(at + self.config.retry_interval);
+            }
+            if matches!(r.stage, ReadStage::Leader { sent: None }) {
+                next = next.min(self.election_deadline);
+            }
+        }
+        if let Some(at) = self.catch_up_sent {
+            next = next.min(at + self.config.retry_interval);
+        }
+        next
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let retry = self.config.retry_interval;
+        match &mut self.phase {
+            Phase::Follower => {
+                if now >= self.election_deadline {
+                    self.start_election(now);
+                }
+            }
+            Phase::Candidate(c) => {
+                if now >= self.election_deadline {
+                    self.start_election(now);
+                } else if now >= c.last_sent + retry {
+                    c.last_sent = now;
+                    let (ballot, from) = (c.ballot, c.from);
+                    let waiting: Vec<PeerId> = self
+                        .members
+                        .members
+                        .iter()
+                        .filter(|p| {
+                            **p != self.local && !c.complete.contains(p) && !c.partial.contains(p)
+                        })
+                        .copied()
+                        .collect();
+                    for p in waiting {
+                        self.send(p, Message::Prepare { ballot, from });
+                    }
+                }
+            }
+            Phase::Leader(l) => {
+                if now.saturating_duration_since(l.confirmed_at) > self.config.election_timeout {
+                    // No quorum heard this leader for a whole election timeout: it steps
+                    // down so that clients fail over instead of waiting on it.
+                    self.step_down(now);
+                } else {
+                    if now >= l.next_heartbeat {
+                        self.heartbeat(now);
+                    }
+                    self.resend_accepts(now);
+                }
+            }
+        }
+        if let Some(at) = self.catch_up_sent
+            && now >= at + retry
+        {
+            self.catch_up_sent = None;
+            self.maybe_catch_up(now);
+        }
+        self.retry_outstanding(now);
+        self.retry_reads(now);
+    }
+
+    /// Handles a message from `from` (as the transport authenticated it).
+    pub fn handle_message(&mut self, now: Instant, from: PeerId, envelope: Envelope) {
+        if envelope.cluster != self.cluster || !self.members.contains(&from) || from == self.local {
+            self.stats.refused += 1;
+            return;
+        }
+        match envelope.message {
+            Message::Prepare { ballot, from: slot } => self.on_prepare(now, from, ballot, slot),
+            Message::Promise {
+                ballot,
+                accepted,
+                next,
+                truncated: _,
+            } => self.on_promise(now, from, ballot, accepted, next),
+            Message::Nack {
+                ballot,
+                promised,
+                leader_alive,
+            } => self.on_nack(now, from, ballot, promised, leader_alive),
+            Message::Accept {
+                ballot,
+                slot,
+                value,
+                committed,
+            } => self.on_accept(now, from, ballot, slot, value, committed),
+            Message::Accepted { ballot, slot } => self.on_accepted(now, from, ballot, slot),
+            Message::Commit { ballot, slot } => self.on_commit(now, from, ballot, slot),
+            Message::Heartbeat {
+                ballot,
+                committed,
+                seq,
+            } => self.on_heartbeat(now, from, ballot, committed, seq),
+            Message::HeartbeatAck { ballot, seq } => self.on_heartbeat_ack(now, from, ballot, seq),
+            Message::CatchUp { from: slot } => self.on_catch_up(from, slot),
+            Message::Entries { entries } => self.on_entries(now, entries),
+            Message::Forward { entries } => self.on_forward(now, from, entries),
+            Message::ReadIndex { request, lease } => self.on_read_index(now, from, request, lease),
+            Message::ReadIndexReply { request, index } => {
+                self.on_read_index_reply(now, request, index)
+            }
+        }
+    }
+
+    /// Decodes and handles a message's bytes; malformed bytes are counted and dropped.
+    pub fn handle_bytes(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        bytes: &[u8],
+    ) -> Result<(), super::WireError> {
+        match Envelope::decode(bytes) {
+            Ok(envelope) => {
+                self.handle_message(now, from, envelope);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    // ----- client API ------------------------------------------------------------------
+
+    /// Proposes `command`; its outcome arrives as [`Event::Committed`] (or
+    /// [`Event::Indeterminate`]) naming the returned id.
+    pub fn propose(&mut self, now: Instant, command: Vec<u8>) -> Result<EntryId, ProposeError> {
+        if command.len() > self.config.max_entry_bytes {
+            return Err(ProposeError::TooLarge {
+                size: command.len(),
+                max: self.config.max_entry_bytes,
+            });
+        }
+        if self.outstanding.len() >= self.config.max_pending {
+            return Err(ProposeError::Busy);
+        }
+        self.next_seq += 1;
+        let id = EntryId {
+            proposer: self.local,
+            seq: (u64::from(self.incarnation) << 32) | self.next_seq,
+        };
+        let entry = Entry { id, command };
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                entry: entry.clone(),
+                since: now,
+                last_sent: now,
+            },
+        );
+        if self.durable_once {
+            self.route_entry(now, entry);
+            self.pump(now);
+        } else {
+            self.waiting.push_back(entry);
+        }
+        Ok(id)
+    }
+
+    /// Starts a read at `level`; [`Event::ReadReady`] says when the state may be read.
+    pub fn read(&mut self, now: Instant, level: ReadLevel) -> Result<ReadId, ReadFailure> {
+        if self.reads.len() >= self.config.max_pending_reads {
+            return Err(ReadFailure::Busy);
+        }
+        self.next_read += 1;
+        let id = ReadId(self.next_read);
+        if level == ReadLevel::Local {
+            self.stats.reads[2] += 1;
+            self.emit(Event::ReadReady { read: id });
+            return Ok(id);
+        }
+        let key = self.next_read;
+        self.reads.insert(
+            key,
+            PendingRead {
+                origin: ReadOrigin::Local(id, level),
+                deadline: now + self.config.read_timeout,
+                stage: ReadStage::Leader { sent: None },
+            },
+        );
+        self.advance_read(now, key);
+        Ok(id)
+    }
+
+    // ----- internals: output -----------------------------------------------------------
+
+    fn send(&mut self, to: PeerId, message: Message) {
+        self.outputs.push_back(Output::Send {
+            to,
+            envelope: Envelope {
+                cluster: self.cluster,
+                message,
+            },
+        });
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        let peers: Vec<PeerId> = self
+            .members
+            .members
+            .iter()
+            .filter(|p| **p != self.local)
+            .copied()
+            .collect();
+        for p in peers {
+            self.send(p, message.clone());
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn reset_election(&mut self, now: Instant) {
+        let base = self.config.election_timeout.as_micros() as u64;
+        let jitter = self.rng.next_u64() % base.max(1);
+        self.election_deadline = now + Duration::from_micros(base + jitter);
+    }
+
+    fn observe_round(&mut self, ballot: Ballot) {
+        self.max_round = self.max_round.max(ballot.round);
+    }
+
+    fn set_leader(&mut self, now: Instant, ballot: Ballot) {
+        self.leader_contact = Some(now);
+        self.reset_election(now);
+        if self.leader != Some(ballot) {
+            self.leader = Some(ballot);
+            self.emit(Event::Leader {
+                leader: Some(ballot.leader),
+                round: ballot.round,
+            });
+            // Entries and reads waiting for a leader go to the new one.
+            let ids: Vec<EntryId> = self.outstanding.keys().copied().collect();
+            for id in ids {
+                if let Some(o) = self.outstanding.get_mut(&id) {
+                    o.last_sent = now;
+                    let entry = o.entry.clone();
+                    self.route_entry(now, entry);
+                }
+            }
+            let keys: Vec<u64> = self.reads.keys().copied().collect();
+            for k in keys {
+                self.advance_read(now, k);
+            }
+        }
+    }
+
+    /// Whether an acceptor keeps following its leader at `now` instead of promising a
+    /// new candidate (stickiness, and the lease wait after a restart).
+    fn sticky(&self, now: Instant, ballot: Ballot) -> bool {
+        if now < self.promise_blocked_until {
+            return true;
+        }
+        match (self.leader, self.leader_contact) {
+            (Some(leader), Some(at)) => {
+                leader.leader != ballot.leader && now < at + self.config.stickiness()
+            }
+            _ => false,
+        }
+    }
+
+    // ----- internals: elections --------------------------------------------------------
+
+    fn start_election(&mut self, now: Instant) {
+        self.stats.elections += 1;
+        let ballot = Ballot {
+            round: self.max_round + 1,
+            leader: self.local,
+        };
+        self.max_round = ballot.round;
+        self.leader = None;
+        self.leader_contact = None;
+        self.reset_election(now);
+        let from = self.committed + 1;
+        self.log.set_promised(ballot);
+        self.deferred.push(Deferred::Promise(ballot));
+        let mut candidate = Candidate {
+            ballot,
+            from,
+            last_sent: now,
+            complete: BTreeSet::new(),
+            partial: BTreeSet::new(),
+            refusals: BTreeSet::new(),
+            best: BTreeMap::new(),
+            self_durable: false,
+        };
+        // The candidate's own accepted values count as its own promise's report.
+        let mut cursor = from;
+        loop {
+            let slots = self.log.slots_from(cursor, 1024);
+            let Some(&last) = slots.last() else { break };
+            for slot in slots {
+                if let Some(a) = self.log.get(slot) {
+                    merge_best(
+                        &mut candidate.best,
+                        SlotValue {
+                            slot,
+                            ballot: a.ballot,
+                            value: a.value,
+                            chosen: a.chosen,
+                        },
+                    );
+                }
+            }
+            cursor = last + 1;
+        }
+        self.phase = Phase::Candidate(candidate);
+        self.broadcast(Message::Prepare { ballot, from });
+        self.check_promises(now);
+    }
+
+    fn on_prepare(&mut self, now: Instant, from: PeerId, ballot: Ballot, slot: Slot) {
+        self.observe_round(ballot);
+        let promised = self.log.promised();
+        if promised.is_some_and(|p| p > ballot) {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised,
+                    leader_alive: false,
+                },
+            );
+            return;
+        }
+        if promised != Some(ballot) && self.sticky(now, ballot) {
+            self.stats.sticky_refusals += 1;
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised,
+                    leader_alive: true,
+                },
+            );
+            return;
+        }
+        if promised != Some(ballot) {
+            #[cfg(test)]
+            let skip = self.mutant == Some(super::tests::Mutant::PromiseNotPersisted);
+            #[cfg(not(test))]
+            let skip = false;
+            if !skip {
+                self.log.set_promised(ballot);
+            }
+            if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
+                self.step_down(now);
+            }
+            self.leader = None;
+            self.leader_contact = None;
+            self.reset_election(now);
+        }
+        // Report accepted values from `slot`, in chunks that fit a message.
+        let mut accepted = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        let start = slot.max(self.log.truncated() + 1);
+        let mut cursor = start;
+        'outer: loop {
+            let slots = self.log.slots_from(cursor, 256);
+            let Some(&last) = slots.last() else { break };
+            for s in slots {
+                if let Some(a) = self.log.get(s) {
+                    let size = a.value.size() + 64;
+                    if !accepted.is_empty() && bytes + size > MAX_MESSAGE_BYTES / 2 {
+                        next = Some(s);
+                        break 'outer;
+                    }
+                    bytes += size;
+                    accepted.push(SlotValue {
+                        slot: s,
+                        ballot: a.ballot,
+                        value: a.value,
+                        chosen: a.chosen,
+                    });
+                }
+            }
+            cursor = last + 1;
+        }
+        let truncated = self.log.truncated();
+        self.send(
+            from,
+            Message::Promise {
+                ballot,
+                accepted,
+                next,
+                truncated,
+            },
+        );
+    }
+
+    fn on_promise(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        accepted: Vec<SlotValue>,
+        next: Option<Slot>,
+    ) {
+        let Phase::Candidate(c) = &mut self.phase else {
+            return;
+        };
+        if c.ballot != ballot || c.complete.contains(&from) {
+            return;
+        }
+        for v in accepted {
+            if v.slot >= c.from {
+                merge_best(&mut c.best, v);
+            }
+        }
+        match next {
+            Some(slot) => {
+                c.partial.insert(from);
+                let from_slot = slot;
+                self.send(
+                    from,
+                    Message::Prepare {
+                        ballot,
+                        from: from_slot,
+                    },
+                );
+            }
+            None => {
+                c.partial.remove(&from);
+                c.complete.insert(from);
+            }
+        }
+        self.check_promises(now);
+    }
+
+    fn check_promises(&mut self, now: Instant) {
+        let quorum = self.members.quorum();
+        let Phase::Candidate(c) = &self.phase else {
+            return;
+        };
+        let votes = c.complete.len() + usize::from(c.self_durable);
+        if votes >= quorum {
+            self.become_leader(now);
+        }
+    }
+
+    fn on_nack(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        promised: Option<Ballot>,
+        leader_alive: bool,
+    ) {
+        if let Some(p) = promised {
+            self.observe_round(p);
+        }
+        let ours = match &self.phase {
+            Phase::Candidate(c) => c.ballot,
+            Phase::Leader(l) => l.ballot,
+            Phase::Follower => return,
+        };
+        if ballot != ours {
+            return;
+        }
+        if promised.is_some_and(|p| p > ours) {
+            self.step_down(now);
+            return;
+        }
+        if leader_alive {
+            let quorum = self.members.quorum();
+            if let Phase::Candidate(c) = &mut self.phase {
+                c.refusals.insert(from);
+                if c.refusals.len() >= quorum {
+                    // A quorum follows a live leader: wait for it instead of pushing on.
+                    self.step_down(now);
+                }
+            }
+        }
+    }
+
+    fn step_down(&mut self, now: Instant) {
+        let was_leader = matches!(self.phase, Phase::Leader(_));
+        self.phase = Phase::Follower;
+        self.reset_election(now);
+        if was_leader {
+            self.leader = None;
+            self.emit(Event::Leader {
+                leader: None,
+                round: self.max_round,
+            });
+            // Forwarded entries the leader held are dropped; their proposers retry.
+        }
+        let keys: Vec<u64> = self.reads.keys().copied().collect();
+        for k in keys {
+            if let Some(r) = self.reads.get_mut(&k)
+                && !matches!(r.stage, ReadStage::Applied { .. })
+            {
+                r.stage = ReadStage::Leader { sent: None };
+            }
+        }
+    }
+
+    fn become_leader(&mut self, now: Instant) {
+        let Phase::Candidate(c) = core::mem::replace(&mut self.phase, Phase::Follower) else {
+            return;
+        };
+        self.stats.terms_led += 1;
+        let ballot = c.ballot;
+        let last = c
+            .best
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(c.from - 1);
+        let mut leader = Leader {
+            ballot,
+            next_slot: last + 2,
+            inflight: BTreeMap::new(),
+            noop_slot: last + 1,
+            queue: VecDeque::new(),
+            queued: BTreeSet::new(),
+            hb_seq: 0,
+            hb_sent: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            next_heartbeat: now,
+            confirmed_at: now,
+            lease_until: Instant::ZERO,
+        };
+        let mut proposals = Vec::new();
+        for slot in c.from..=last {
+            match c.best.get(&slot) {
+                Some(v) if v.chosen => {
+                    // Known chosen: learn it, nothing to propose.
+                    if !self.log.get(slot).is_some_and(|a| a.chosen) {
+                        self.log.put(
+                            slot,
+                            AcceptedValue {
+                                ballot: v.ballot,
+                                value: v.value.clone(),
+                                chosen: true,
+                            },
+                        );
+                    }
+                }
+                Some(v) => proposals.push((slot, v.value.clone())),
+                None => proposals.push((slot, Value::Noop)),
+            }
+        }
+        proposals.push((last + 1, Value::Noop));
+        for (slot, value) in &proposals {
+            leader.inflight.insert(
+                *slot,
+                Inflight {
+                    value: value.clone(),
+                    votes: BTreeSet::new(),
+                    last_sent: now,
+                },
+            );
+        }
+        self.leader = Some(ballot);
+        self.leader_contact = Some(now);
+        self.phase = Phase::Leader(leader);
+        self.emit(Event::Leader {
+            leader: Some(self.local),
+            round: ballot.round,
+        });
+        self.advance_committed();
+        self.apply_committed(now);
+        for (slot, value) in proposals {
+            self.propose_slot(now, ballot, slot, value);
+        }
+        self.heartbeat(now);
+        // Entries waiting here go into the queue.
+        let ids: Vec<EntryId> = self.outstanding.keys().copied().collect();
+        for id in ids {
+            if let Some(o) = self.outstanding.get(&id) {
+                let entry = o.entry.clone();
+                self.route_entry(now, entry);
+            }
+        }
+        let keys: Vec<u64> = self.reads.keys().copied().collect();
+        for k in keys {
+            self.advance_read(now, k);
+        }
+        self.pump(now);
+    }
+
+    // ----- internals: phase 2 ----------------------------------------------------------
+
+    /// Writes the leader's own accept of `value` at `slot` and sends it to the others.
+    fn propose_slot(&mut self, now: Instant, ballot: Ballot, slot: Slot, value: Value) {
+        self.log.put(
+            slot,
+            AcceptedValue {
+                ballot,
+                value: value.clone(),
+                chosen: false,
+            },
+        );
+        self.deferred.push(Deferred::Vote(ballot, slot));
+        let committed = self.committed;
+        if let Phase::Leader(l) = &mut self.phase
+            && let Some(f) = l.inflight.get_mut(&slot)
+        {
+            f.last_sent = now;
+        }
+        self.broadcast(Message::Accept {
+            ballot,
+            slot,
+            value,
+            committed,
+        });
+    }
+
+    /// Sends entries waiting at the leader, one batch per free pipeline slot.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let (max_entries, max_bytes, concurrency) = (
+                self.config.max_batch_entries,
+                self.config.max_batch_bytes,
+                self.config.concurrency,
+            );
+            let Phase::Leader(l) = &mut self.phase else {
+                return;
+            };
+            if l.queue.is_empty() || l.inflight.len() >= concurrency {
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(e) = l.queue.front() {
+                if !batch.is_empty() && (batch.len() >= max_entries || bytes + e.size() > max_bytes)
+                {
+                    break;
+                }
+                bytes += e.size();
+                let e = l.queue.pop_front().expect("front exists");
+                batch.push(e);
+            }
+            let slot = l.next_slot;
+            l.next_slot += 1;
+            let ballot = l.ballot;
+            let value = Value::Batch(batch);
+            l.inflight.insert(
+                slot,
+                Inflight {
+                    value: value.clone(),
+                    votes: BTreeSet::new(),
+                    last_sent: now,
+                },
+            );
+            self.propose_slot(now, ballot, slot, value);
+        }
+    }
+
+    fn resend_accepts(&mut self, now: Instant) {
+        let retry = self.config.retry_interval;
+        let committed = self.committed;
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        let ballot = l.ballot;
+        let mut sends = Vec::new();
+        for (slot, f) in l.inflight.iter_mut() {
+            if now >= f.last_sent + retry {
+                f.last_sent = now;
+                for p in &self.members.members {
+                    if *p != self.local && !f.votes.contains(p) {
+                        sends.push((*p, *slot, f.value.clone()));
+                    }
+                }
+            }
+        }
+        for (p, slot, value) in sends {
+            self.send(
+                p,
+                Message::Accept {
+                    ballot,
+                    slot,
+                    value,
+                    committed,
+                },
+            );
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+        committed: Slot,
+    ) {
+        self.observe_round(ballot);
+        let promised = self.log.promised();
+        if promised.is_some_and(|p| p > ballot) || from != ballot.leader {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised,
+                    leader_alive: false,
+                },
+            );
+            return;
+        }
+        if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
+            self.step_down(now);
+        }
+        if promised != Some(ballot) {
+            self.log.set_promised(ballot);
+        }
+        self.set_leader(now, ballot);
+        let known = self.log.get(slot);
+        if slot > self.log.truncated() && !known.as_ref().is_some_and(|a| a.chosen) {
+            self.log.put(
+                slot,
+                AcceptedValue {
+                    ballot,
+                    value,
+                    chosen: false,
+                },
+            );
+        }
+        self.send(from, Message::Accepted { ballot, slot });
+        self.learn_commit_index(now, committed);
+    }
+
+    fn on_accepted(&mut self, now: Instant, from: PeerId, ballot: Ballot, slot: Slot) {
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        if let Some(f) = l.inflight.get_mut(&slot) {
+            f.votes.insert(from);
+        }
+        self.check_chosen(now, slot);
+    }
+
+    fn check_chosen(&mut self, now: Instant, slot: Slot) {
+        let quorum = self.members.quorum();
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        let Some(f) = l.inflight.get(&slot) else {
+            return;
+        };
+        if f.votes.len() < quorum {
+            return;
+        }
+        let f = l.inflight.remove(&slot).expect("present");
+        let ballot = l.ballot;
+        self.stats.slots_committed += 1;
+        if let Value::Batch(b) = &f.value {
+            self.stats.entries_committed += b.len() as u64;
+        }
+        self.log.put(
+            slot,
+            AcceptedValue {
+                ballot,
+                value: f.value,
+                chosen: true,
+            },
+        );
+        self.broadcast(Message::Commit { ballot, slot });
+        self.advance_committed();
+        self.apply_committed(now);
+        self.pump(now);
+    }
+
+    fn on_commit(&mut self, now: Instant, _from: PeerId, ballot: Ballot, slot: Slot) {
+        if let Some(a) = self.log.get(slot) {
+            if !a.chosen && a.ballot == ballot {
+                self.log.put(slot, AcceptedValue { chosen: true, ..a });
+                self.advance_committed();
+                self.apply_committed(now);
+                return;
+            }
+            if a.chosen {
+                return;
+            }
+        }
+        // The value is missing or from another ballot: fetch it.
+        self.leader_committed = self.leader_committed.max(slot);
+        self.maybe_catch_up(now);
+    }
+
+    // ----- internals: heartbeats, catch-up ---------------------------------------------
+
+    fn heartbeat(&mut self, now: Instant) {
+        let interval = self.config.heartbeat_interval;
+        let committed = self.committed;
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        l.hb_seq += 1;
+        let seq = l.hb_seq;
+        l.hb_sent.insert(seq, now);
+        while l.hb_sent.len() > 256 {
+            l.hb_sent.pop_first();
+        }
+        l.next_heartbeat = now + interval;
+        let ballot = l.ballot;
+        self.broadcast(Message::Heartbeat {
+            ballot,
+            committed,
+            seq,
+        });
+        self.confirm(now);
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        committed: Slot,
+        seq: u64,
+    ) {
+        self.observe_round(ballot);
+        let promised = self.log.promised();
+        if promised.is_some_and(|p| p > ballot) || from != ballot.leader {
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised,
+                    leader_alive: false,
+                },
+            );
+            return;
+        }
+        if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
+            self.step_down(now);
+        }
+        if promised != Some(ballot) {
+            self.log.set_promised(ballot);
+        }
+        self.set_leader(now, ballot);
+        self.send(from, Message::HeartbeatAck { ballot, seq });
+        self.learn_commit_index(now, committed);
+    }
+
+    fn on_heartbeat_ack(&mut self, now: Instant, from: PeerId, ballot: Ballot, seq: u64) {
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        if l.ballot != ballot {
+            return;
+        }
+        let e = l.acked.entry(from).or_insert(0);
+        *e = (*e).max(seq);
+        self.confirm(now);
+    }
+
+    /// The heartbeat round a quorum (the leader included) has acknowledged, and with it
+    /// leadership confirmation, the lease, and reads waiting for either.
+    fn confirm(&mut self, now: Instant) {
+        let quorum = self.members.quorum();
+        let lease = self.config.lease;
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        let mut seqs: Vec<u64> = l.acked.values().copied().collect();
+        seqs.push(l.hb_seq);
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&round) = seqs.get(quorum - 1) else {
+            return;
+        };
+        if round == 0 {
+            return;
+        }
+        let Some(&sent) = l.hb_sent.get(&round) else {
+            return;
+        };
+        l.confirmed_at = l.confirmed_at.max(sent);
+        // A confirmed leader is sticky for itself too: it refuses other candidates as
+        // its followers do, so a member that cannot hear it cannot win with its vote.
+        self.leader_contact = Some(l.confirmed_at);
+        if let Some(lease) = lease {
+            #[cfg(test)]
+            let span = if self.mutant == Some(super::tests::Mutant::LeaseIgnoresDrift) {
+                // The acceptors' bound, D·(1 + ε), used on the leader's own clock.
+                lease.acceptor_wait()
+            } else {
+                lease.leader_span()
+            };
+            #[cfg(not(test))]
+            let span = lease.leader_span();
+            l.lease_until = l.lease_until.max(sent + span);
+        }
+        let keys: Vec<u64> = self.reads.keys().copied().collect();
+        for k in keys {
+            if let Some(r) = self.reads.get_mut(&k)
+                && let ReadStage::Quorum { seq, index } = r.stage
+                && seq <= round
+            {
+                r.stage = ReadStage::Applied { index };
+                self.advance_read(now, k);
+            }
+        }
+    }
+
+    fn learn_commit_index(&mut self, now: Instant, committed: Slot) {
+        self.leader_committed = self.leader_committed.max(committed);
+        self.maybe_catch_up(now);
+    }
+
+    fn maybe_catch_up(&mut self, now: Instant) {
+        if self.committed >= self.leader_committed || self.catch_up_sent.is_some() {
+            return;
+        }
+        let Some(leader) = self.leader() else { return };
+        if leader == self.local {
+            return;
+        }
+        self.catch_up_sent = Some(now);
+        let from = self.committed + 1;
+        self.send(leader, Message::CatchUp { from });
+    }
+
+    fn on_catch_up(&mut self, from: PeerId, slot: Slot) {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut s = slot.max(1);
+        while entries.len() < self.config.catch_up_slots && s <= self.committed {
+            let Some(a) = self.log.get(s) else { break };
+            if !a.chosen {
+                break;
+            }
+            bytes += a.value.size() + 64;
+            if !entries.is_empty() && bytes > MAX_MESSAGE_BYTES / 2 {
+                break;
+            }
+            entries.push(SlotValue {
+                slot: s,
+                ballot: a.ballot,
+                value: a.value,
+                chosen: true,
+            });
+            s += 1;
+        }
+        if !entries.is_empty() {
+            self.stats.catch_ups += 1;
+            self.send(from, Message::Entries { entries });
+        }
+    }
+
+    fn on_entries(&mut self, now: Instant, entries: Vec<SlotValue>) {
+        self.catch_up_sent = None;
+        for v in entries {
+            if !v.chosen || v.slot <= self.log.truncated() {
+                continue;
+            }
+            if self.log.get(v.slot).is_some_and(|a| a.chosen) {
+                continue;
+            }
+            self.leader_committed = self.leader_committed.max(v.slot);
+            self.log.put(
+                v.slot,
+                AcceptedValue {
+                    ballot: v.ballot,
+                    value: v.value,
+                    chosen: true,
+                },
+            );
+        }
+        self.advance_committed();
+        self.apply_committed(now);
+        self.maybe_catch_up(now);
+    }
+
+    // ----- internals: applying ---------------------------------------------------------
+
+    fn advance_committed(&mut self) {
+        while self.log.get(self.committed + 1).is_some_and(|a| a.chosen) {
+            self.committed += 1;
+        }
+    }
+
+    fn apply_committed(&mut self, now: Instant) {
+        while self.state.applied() < self.committed {
+            let slot = self.state.applied() + 1;
+            let Some(a) = self.log.get(slot) else { break };
+            let mut ids = Vec::new();
+            if let Value::Batch(entries) = &a.value {
+                for (index, entry) in entries.iter().enumerate() {
+                    let position = Position {
+                        slot,
+                        index: index as u32,
+                    };
+                    let applied = self.state.apply(position, entry);
+                    if applied.duplicate {
+                        self.stats.dedup_hits += 1;
+                    }
+                    ids.push(entry.id);
+                    if self.outstanding.remove(&entry.id).is_some() {
+                        self.emit(Event::Committed {
+                            id: entry.id,
+                            position,
+                            response: applied.response,
+                            duplicate: applied.duplicate,
+                        });
+                    }
+                    if let Phase::Leader(l) = &mut self.phase {
+                        l.queued.remove(&entry.id);
+                    }
+                }
+            }
+            self.state.set_applied(slot);
+            self.emit(Event::Applied { slot, entries: ids });
+        }
+        let keys: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| {
+                matches!(r.stage, ReadStage::Applied { .. })
+                    || matches!(r.stage, ReadStage::Leader { .. })
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.advance_read(now, k);
+        }
+    }
+
+    // ----- internals: proposals --------------------------------------------------------
+
+    /// Sends an entry toward the leader: into the queue if this member leads, forwarded
+    /// to the leader if one is known, else kept until one is.
+    fn route_entry(&mut self, _now: Instant, entry: Entry) {
+        match &mut self.phase {
+            Phase::Leader(l) => {
+                if l.queued.insert(entry.id) {
+                    l.queue.push_back(entry);
+                }
+            }
+            _ => {
+                if let Some(leader) = self.leader()
+                    && leader != self.local
+                {
+                    self.send(
+                        leader,
+                        Message::Forward {
+                            entries: alloc::vec![entry],
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_forward(&mut self, now: Instant, from: PeerId, entries: Vec<Entry>) {
+        let (max_pending, max_entry) = (self.config.max_pending, self.config.max_entry_bytes);
+        let Phase::Leader(l) = &mut self.phase else {
+            // Not the leader: the proposer retries toward the leader it learns.
+            return;
+        };
+        for e in entries {
+            if e.id.proposer != from || e.command.len() > max_entry {
+                self.stats.refused += 1;
+                continue;
+            }
+            if l.queue.len() >= max_pending {
+                self.stats.forwards_refused += 1;
+                continue;
+            }
+            if l.queued.insert(e.id) {
+                l.queue.push_back(e);
+            }
+        }
+        self.pump(now);
+    }
+
+    fn retry_outstanding(&mut self, now: Instant) {
+        let retry = self.config.retry_interval;
+        let timeout = self.config.proposal_timeout;
+        let mut given_up = Vec::new();
+        let mut resend = Vec::new();
+        for (id, o) in self.outstanding.iter_mut() {
+            if now >= o.since + timeout {
+                given_up.push(*id);
+            } else if now >= o.last_sent + retry {
+                o.last_sent = now;
+                resend.push(o.entry.clone());
+            }
+        }
+        for id in given_up {
+            self.outstanding.remove(&id);
+            self.emit(Event::Indeterminate { id });
+        }
+        if !self.durable_once {
+            return;
+        }
+        for entry in resend {
+            self.route_entry(now, entry);
+        }
+        self.pump(now);
+    }
+
+    // ----- internals: reads ------------------------------------------------------------
+
+    fn advance_read(&mut self, now: Instant, key: u64) {
+        let applied = self.state.applied();
+        let committed = self.committed;
+        let leader = self.leader();
+        let Some(r) = self.reads.get_mut(&key) else {
+            return;
+        };
+        match r.stage {
+            ReadStage::Applied { index } => {
+                if applied >= index {
+                    let r = self.reads.remove(&key).expect("present");
+                    self.finish_read(r, index);
+                }
+                return;
+            }
+            ReadStage::Quorum { .. } => return,
+            ReadStage::Leader { sent } => {
+                match &mut self.phase {
+                    Phase::Leader(l) => {
+                        // Serve only once this ballot's no-op is applied.
+                        #[cfg(test)]
+                        let noop_done = self.mutant == Some(super::tests::Mutant::ReadBeforeNoop)
+                            || applied >= l.noop_slot;
+                        #[cfg(not(test))]
+                        let noop_done = applied >= l.noop_slot;
+                        if !noop_done {
+                            return;
+                        }
+                        let wants_lease = match r.origin {
+                            ReadOrigin::Local(_, level) => level == ReadLevel::Lease,
+                            ReadOrigin::Remote { lease, .. } => lease,
+                        };
+                        if wants_lease && now < l.lease_until {
+                            self.stats.lease_reads += 1;
+                            r.stage = ReadStage::Applied { index: committed };
+                        } else {
+                            r.stage = ReadStage::Quorum {
+                                seq: l.hb_seq + 1,
+                                index: committed,
+                            };
+                            self.heartbeat(now);
+                            return;
+                        }
+                    }
+                    _ => {
+                        if let ReadOrigin::Local(_, _level) = r.origin {
+                            #[cfg(test)]
+                            if self.mutant == Some(super::tests::Mutant::FollowerReadsLocally) {
+                                r.stage = ReadStage::Applied { index: applied };
+                                self.advance_read(now, key);
+                                return;
+                            }
+                            if sent.is_none()
+                                && let Some(leader) = leader
+                            {
+                                let lease =
+                                    matches!(r.origin, ReadOrigin::Local(_, ReadLevel::Lease));
+                                r.stage = ReadStage::Leader { sent: Some(now) };
+                                self.send(
+                                    leader,
+                                    Message::ReadIndex {
+                                        request: key,
+                                        lease,
+                                    },
+                                );
+                            }
+                        } else {
+                            // A remote read reached a member that no longer leads.
+                            let r = self.reads.remove(&key).expect("present");
+                            if let ReadOrigin::Remote { peer, request, .. } = r.origin {
+                                self.send(
+                                    peer,
+                                    Message::ReadIndexReply {
+                                        request,
+                                        index: None,
+                                    },
+                                );
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        self.advance_read(now, key);
+    }
+
+    fn finish_read(&mut self, r: PendingRead, index: Slot) {
+        match r.origin {
+            ReadOrigin::Local(id, level) => {
+                self.stats.reads[if level == ReadLevel::Linearizable {
+                    0
+                } else {
+                    1
+                }] += 1;
+                self.emit(Event::ReadReady { read: id });
+            }
+            ReadOrigin::Remote { peer, request, .. } => {
+                self.send(
+                    peer,
+                    Message::ReadIndexReply {
+                        request,
+                        index: Some(index),
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_read_index(&mut self, now: Instant, from: PeerId, request: u64, lease: bool) {
+        if !matches!(self.phase, Phase::Leader(_))
+            || self.reads.len() >= self.config.max_pending_reads
+        {
+            self.send(
+                from,
+                Message::ReadIndexReply {
+                    request,
+                    index: None,
+                },
+            );
+            return;
+        }
+        self.next_read += 1;
+        let key = self.next_read;
+        self.reads.insert(
+            key,
+            PendingRead {
+                origin: ReadOrigin::Remote {
+                    peer: from,
+                    request,
+                    lease,
+                },
+                deadline: now + self.config.read_timeout,
+                stage: ReadStage::Leader { sent: None },
+            },
+        );
+        self.advance_read(now, key);
+        // A remote read waits at the leader only for its own applied index (which the
+        // leader reaches first), then answers; the asker waits for its own apply.
+        if let Some(r) = self.reads.get_mut(&key)
+            && let ReadStage::Applied { index } = r.stage
+        {
+            let r = self.reads.remove(&key).expect("present");
+            self.finish_read(r, index);
+        }
+    }
+
+    fn on_read_index_reply(&mut self, now: Instant, request: u64, index: Option<Slot>) {
+        let Some(r) = self.reads.get_mut(&request) else {
+            return;
+        };
+        if !matches!(r.stage, ReadStage::Leader { sent: Some(_) }) {
+            return;
+        }
+        match index {
+            Some(index) => {
+                r.stage = ReadStage::Applied { index };
+                self.leader_committed = self.leader_committed.max(index);
+                self.maybe_catch_up(now);
+                self.advance_read(now, request);
+            }
+            None => r.stage = ReadStage::Leader { sent: None },
+        }
+    }
+
+    fn retry_reads(&mut self, now: Instant) {
+        let retry = self.config.retry_interval;
+        let mut failed = Vec::new();
+        let mut again = Vec::new();
+        for (k, r) in &mut self.reads {
+            if now >= r.deadline {
+                failed.push(*k);
+            } else if let ReadStage::Leader { sent: Some(at) } = r.stage {
+                if now >= at + retry {
+                    r.stage = ReadStage::Leader { sent: None };
+                    again.push(*k);
+                }
+            } else if matches!(r.stage, ReadStage::Leader { sent: None }) {
+                again.push(*k);
+            }
+        }
+        for k in failed {
+            let r = self.reads.remove(&k).expect("present");
+            match r.origin {
+                ReadOrigin::Local(read, _) => self.emit(Event::ReadFailed {
+                    read,
+                    reason: ReadFailure::Timeout,
+                }),
+                ReadOrigin::Remote { peer, request, .. } => {
+                    self.send(
+                        peer,
+                        Message::ReadIndexReply {
+                            request,
+                            index: None,
+                        },
+                    );
+                }
+            }
+        }
+        for k in again {
+            self.advance_read(now, k);
+        }
+    }
+
+    /// Checks internal invariants; panics with a description if one is broken (tests and
+    /// fuzzing call it after every step).
+    pub fn check_invariants(&self) {
+        assert!(
+            self.state.applied() <= self.committed,
+            "applied past the chosen prefix"
+        );
+        assert!(
+            self.committed <= self.log.last_slot().max(self.log.truncated()),
+            "chosen prefix past the log"
+        );
+        if let Phase::Leader(l) = &self.phase {
+            assert!(
+                l.queue.len() <= self.config.max_pending + self.config.max_pending,
+                "queue unbounded"
+            );
+            assert!(
+                l.inflight.keys().all(|s| *s < l.next_slot),
+                "in flight past next slot"
+            );
+            assert_eq!(
+                Some(l.ballot),
+                self.log.promised(),
+                "leader without its own promise"
+            );
+        }
+        assert!(self.reads.len() <= self.config.max_pending_reads + 1);
+        assert!(self.outstanding.len() <= self.config.max_pending);
+    }
+}
+
+fn merge_best(best: &mut BTreeMap<Slot, SlotValue>, v: SlotValue) {
+    match best.get(&v.slot) {
+        Some(old) if old.chosen => {}
+        Some(old) if !v.chosen && old.ballot >= v.ballot => {}
+        _ => {
+            best.insert(v.slot, v);
+        }
+    }
+}

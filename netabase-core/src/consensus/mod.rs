@@ -1,0 +1,36 @@
+//! Multi-Paxos consensus: a replicated log of client entries, applied in order to a
+//! replicated state, for strongly consistent writes beside the DHT's eventual
+//! consistency (feature `paxos`, on by default).
+//!
+//! The pieces follow the vocabulary of the product description (and of paxakos, the
+//! engine planned behind the same API): log [`Entry`]s with ids ([`EntryId`]), a
+//! [`State`] that applies them, members named by their libp2p [`PeerId`](crate::PeerId),
+//! prepare / promise / accept (proposal) / commit and commit by id, heartbeats, autofill
+//! of gaps, catch-up, and master leases. [`Member`] is the sans-IO machine; its
+//! documentation states the driving contract and the protocol. [`LogStore`] is the
+//! acceptor's durable log, [`MemoryLogStore`] its in-memory form with an explicit sync
+//! and crash; [`KvState`] is a replicated key-value state with compare-and-set.
+//!
+//! What this engine does not do yet: membership changes through the log (a cluster's
+//! voters are fixed when it is created), log compaction and snapshot transfer (the log
+//! grows with every slot), and detection of a member whose data was wiped (such a member
+//! must not rejoin under the same peer id).
+
+mod member;
+mod message;
+mod store;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use member::{
+    ConsensusConfig, ConsensusConfigError, ConsensusStats, EntryStatus, Event, LeaseConfig, Member,
+    Membership, Output, ProposeError, ReadFailure, ReadId, ReadLevel, Role, StartError,
+};
+pub use message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue, WIRE_FORMAT, WireError};
+pub use store::{
+    AcceptedValue, Applied, DedupTable, KvCommand, KvResponse, KvState, LogStore, MemoryLogStore,
+    State, entry_ids,
+};
+pub use types::{Ballot, ClusterId, Configuration, Entry, EntryId, Position, Slot, Value};

@@ -1,0 +1,567 @@
+//! What a member keeps: the acceptor's durable log ([`LogStore`]) and the replicated
+//! state the chosen entries are applied to ([`State`]).
+//!
+//! Durability follows the driver's group-commit rule: a member writes to its log store at
+//! once, and every output that depends on those writes (a promise, an accepted vote, the
+//! leader counting its own vote) waits until the driver has made them durable and called
+//! [`Member::synced`](super::Member::synced). The applied state is written without its
+//! own sync: after a crash it is rebuilt from the log (its applied slot says from where).
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::types::{Ballot, ClusterId, Entry, EntryId, Position, Slot, Value};
+use crate::PeerId;
+
+/// A value an acceptor accepted at a slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedValue {
+    /// The ballot it was accepted in.
+    pub ballot: Ballot,
+    /// The value.
+    pub value: Value,
+    /// Whether the member knows it is chosen.
+    pub chosen: bool,
+}
+
+/// The acceptor's log: its promise, what it accepted per slot, which of those are chosen,
+/// its cluster and its incarnation.
+///
+/// Writes take effect in the store's view at once and become durable at the driver's next
+/// sync (every write before a sync is durable after it, in order). Implementations keep
+/// the unsynced writes in memory and write them in one durable transaction at the sync.
+pub trait LogStore {
+    /// The cluster this log belongs to, if it was ever joined.
+    fn cluster(&self) -> Option<ClusterId>;
+    /// Records the cluster (once, when the member first starts).
+    fn set_cluster(&mut self, cluster: ClusterId);
+    /// How many times this member has started with this log; part of every entry id.
+    fn incarnation(&self) -> u32;
+    /// Records a new incarnation.
+    fn set_incarnation(&mut self, incarnation: u32);
+    /// The highest ballot promised.
+    fn promised(&self) -> Option<Ballot>;
+    /// Records a promise.
+    fn set_promised(&mut self, ballot: Ballot);
+    /// The value accepted at `slot`.
+    fn get(&self, slot: Slot) -> Option<AcceptedValue>;
+    /// Records a value accepted (or learned chosen) at `slot`.
+    fn put(&mut self, slot: Slot, value: AcceptedValue);
+    /// The highest slot with a value.
+    fn last_slot(&self) -> Slot;
+    /// Slots from `from` with a value, in order, at most `limit` of them.
+    fn slots_from(&self, from: Slot, limit: usize) -> Vec<Slot>;
+    /// Every slot at or below this one was removed by compaction (0: none).
+    fn truncated(&self) -> Slot;
+}
+
+/// A [`LogStore`] in memory with an explicit durability boundary: [`sync`] makes the writes
+/// so far durable, [`crash`] forgets everything written since the last sync. Used by tests
+/// and the simulator, and by nodes whose consensus log need not outlive the process.
+///
+/// [`sync`]: MemoryLogStore::sync
+/// [`crash`]: MemoryLogStore::crash
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLogStore {
+    durable: LogImage,
+    current: LogImage,
+    syncs: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LogImage {
+    cluster: Option<ClusterId>,
+    incarnation: u32,
+    promised: Option<Ballot>,
+    slots: BTreeMap<Slot, AcceptedValue>,
+}
+
+impl MemoryLogStore {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&mut self) {
+        if self.durable != self.current {
+            self.durable = self.current.clone();
+            self.syncs += 1;
+        }
+    }
+
+    /// Whether there are writes a sync would make durable.
+    pub fn dirty(&self) -> bool {
+        self.durable != self.current
+    }
+
+    /// Loses every write since the last sync, as a power cut would.
+    pub fn crash(&mut self) {
+        self.current = self.durable.clone();
+    }
+
+    /// The durable promise (what a crash now would keep).
+    pub fn durable_promised(&self) -> Option<Ballot> {
+        self.durable.promised
+    }
+
+    /// The durable value at `slot` (what a crash now would keep).
+    pub fn durable_get(&self, slot: Slot) -> Option<&AcceptedValue> {
+        self.durable.slots.get(&slot)
+    }
+
+    /// How many syncs wrote something.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+}
+
+impl LogStore for MemoryLogStore {
+    fn cluster(&self) -> Option<ClusterId> {
+        self.current.cluster
+    }
+    fn set_cluster(&mut self, cluster: ClusterId) {
+        self.current.cluster = Some(cluster);
+    }
+    fn incarnation(&self) -> u32 {
+        self.current.incarnation
+    }
+    fn set_incarnation(&mut self, incarnation: u32) {
+        self.current.incarnation = incarnation;
+    }
+    fn promised(&self) -> Option<Ballot> {
+        self.current.promised
+    }
+    fn set_promised(&mut self, ballot: Ballot) {
+        self.current.promised = Some(ballot);
+    }
+    fn get(&self, slot: Slot) -> Option<AcceptedValue> {
+        self.current.slots.get(&slot).cloned()
+    }
+    fn put(&mut self, slot: Slot, value: AcceptedValue) {
+        self.current.slots.insert(slot, value);
+    }
+    fn last_slot(&self) -> Slot {
+        self.current.slots.keys().next_back().copied().unwrap_or(0)
+    }
+    fn slots_from(&self, from: Slot, limit: usize) -> Vec<Slot> {
+        self.current
+            .slots
+            .range(from..)
+            .take(limit)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+    fn truncated(&self) -> Slot {
+        0
+    }
+}
+
+/// What applying one entry gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The state's answer, returned to the proposer.
+    pub response: Vec<u8>,
+    /// The entry's id was applied before; the state did not change and `response` is the
+    /// first application's answer.
+    pub duplicate: bool,
+}
+
+/// The replicated state machine the chosen entries are applied to, in log order.
+pub trait State {
+    /// The slot every entry up to which is applied (0: none).
+    fn applied(&self) -> Slot;
+    /// Applies one entry at `position`. A state must apply an entry id at most once
+    /// (see [`DedupTable`]) and must be deterministic: every member applies the same
+    /// entries in the same order and must end in the same state.
+    fn apply(&mut self, position: Position, entry: &Entry) -> Applied;
+    /// Records that every entry of `slot` is applied (called after the slot's last
+    /// [`apply`](State::apply), and for slots with no entries).
+    fn set_applied(&mut self, slot: Slot);
+    /// The answer of entry `id` if the state applied it (empty if the answer was
+    /// forgotten), from its dedup table.
+    fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>>;
+}
+
+/// The most recent entry ids a state applied, per proposer, with their answers, so that a
+/// retried entry is applied at most once.
+///
+/// Proposers number their entries in increasing order, so per proposer the table keeps
+/// the last [`DedupTable::WINDOW`] ids applied and a floor below which every id counts as
+/// applied (its answer forgotten). A retry older than the window is therefore refused as a
+/// duplicate even if it never applied, which a proposer avoids by giving up on an entry
+/// (reporting it indeterminate) long before it proposes `WINDOW` newer ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupTable {
+    proposers: BTreeMap<PeerId, ProposerWindow>,
+    hits: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ProposerWindow {
+    floor: u64,
+    recent: BTreeMap<u64, Vec<u8>>,
+}
+
+impl DedupTable {
+    /// Ids kept per proposer.
+    pub const WINDOW: usize = 4096;
+
+    /// The earlier answer if `id` was applied (an empty answer if it is below the window).
+    pub fn seen(&self, id: &EntryId) -> Option<Vec<u8>> {
+        let window = self.proposers.get(&id.proposer)?;
+        if let Some(response) = window.recent.get(&id.seq) {
+            return Some(response.clone());
+        }
+        (id.seq <= window.floor && window.floor > 0).then(Vec::new)
+    }
+
+    /// Records that `id` was applied with `response`.
+    pub fn record(&mut self, id: EntryId, response: Vec<u8>) {
+        let window = self.proposers.entry(id.proposer).or_default();
+        window.recent.insert(id.seq, response);
+        while window.recent.len() > Self::WINDOW {
+            if let Some((seq, _)) = window.recent.pop_first() {
+                window.floor = window.floor.max(seq);
+            }
+        }
+    }
+
+    /// Counts a duplicate that was refused.
+    pub fn hit(&mut self) {
+        self.hits += 1;
+    }
+
+    /// Duplicates refused so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Whether `id` was applied.
+    pub fn contains(&self, id: &EntryId) -> bool {
+        self.seen(id).is_some()
+    }
+}
+
+/// A command of the replicated key-value state ([`KvState`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes `key`.
+    Remove {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `new` (`None` removes it) if its value is `expected` (`None`: absent).
+    CompareAndSet {
+        /// The key.
+        key: Vec<u8>,
+        /// The value expected.
+        expected: Option<Vec<u8>>,
+        /// The value to set.
+        new: Option<Vec<u8>>,
+    },
+    /// Appends `value` to the list stored at `key` (the value is a bincode `Vec<Vec<u8>>`).
+    Append {
+        /// The key.
+        key: Vec<u8>,
+        /// The element.
+        value: Vec<u8>,
+    },
+}
+
+impl KvCommand {
+    /// The command's bytes in a log entry.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes a command; `None` for bytes that are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (command, read) = crate::model::decode_limited::<KvCommand>(bytes).ok()?;
+        (read == bytes.len()).then_some(command)
+    }
+}
+
+/// The answer to a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    /// Done.
+    Done,
+    /// A compare-and-set swapped (`true`) or found another value (`false`).
+    Swapped(bool),
+    /// The command's bytes did not decode; nothing changed.
+    Invalid,
+}
+
+impl KvResponse {
+    /// The answer's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes an answer.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (response, read) = crate::model::decode_limited::<KvResponse>(bytes).ok()?;
+        (read == bytes.len()).then_some(response)
+    }
+}
+
+/// A replicated key-value map with [`KvCommand`]s: each value keeps the position that
+/// wrote it (its version), and a chained SHA-256 digest of everything applied lets
+/// replicas prove they are equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvState {
+    map: BTreeMap<Vec<u8>, (Vec<u8>, Position)>,
+    applied: Slot,
+    dedup: DedupTable,
+    digest: [u8; 32],
+    /// A planted bug for the harness: apply retried entries again.
+    #[cfg(test)]
+    pub(crate) no_dedup: bool,
+}
+
+impl KvState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value at `key` and the position that wrote it.
+    pub fn get(&self, key: &[u8]) -> Option<(&[u8], Position)> {
+        self.map.get(key).map(|(v, p)| (v.as_slice(), *p))
+    }
+
+    /// Keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.map.keys().map(Vec::as_slice)
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The chained digest of every entry applied.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// The dedup table.
+    pub fn dedup(&self) -> &DedupTable {
+        &self.dedup
+    }
+
+    /// Decodes a list written by [`KvCommand::Append`].
+    pub fn decode_list(bytes: &[u8]) -> Vec<Vec<u8>> {
+        crate::model::decode_limited::<Vec<Vec<u8>>>(bytes)
+            .map(|(l, _)| l)
+            .unwrap_or_default()
+    }
+
+    fn execute(&mut self, position: Position, command: Option<KvCommand>) -> KvResponse {
+        let Some(command) = command else {
+            return KvResponse::Invalid;
+        };
+        match command {
+            KvCommand::Put { key, value } => {
+                self.map.insert(key, (value, position));
+                KvResponse::Done
+            }
+            KvCommand::Remove { key } => {
+                self.map.remove(&key);
+                KvResponse::Done
+            }
+            KvCommand::CompareAndSet { key, expected, new } => {
+                let current = self.map.get(&key).map(|(v, _)| v);
+                if current != expected.as_ref() {
+                    return KvResponse::Swapped(false);
+                }
+                match new {
+                    Some(v) => {
+                        self.map.insert(key, (v, position));
+                    }
+                    None => {
+                        self.map.remove(&key);
+                    }
+                }
+                KvResponse::Swapped(true)
+            }
+            KvCommand::Append { key, value } => {
+                let mut list = self
+                    .map
+                    .get(&key)
+                    .map(|(v, _)| Self::decode_list(v))
+                    .unwrap_or_default();
+                list.push(value);
+                let bytes = bincode::serde::encode_to_vec(&list, crate::model::bincode_config())
+                    .unwrap_or_default();
+                self.map.insert(key, (bytes, position));
+                KvResponse::Done
+            }
+        }
+    }
+}
+
+impl State for KvState {
+    fn applied(&self) -> Slot {
+        self.applied
+    }
+
+    fn apply(&mut self, position: Position, entry: &Entry) -> Applied {
+        #[cfg(test)]
+        let check = !self.no_dedup;
+        #[cfg(not(test))]
+        let check = true;
+        if let Some(response) = self.dedup.seen(&entry.id).filter(|_| check) {
+            self.dedup.hit();
+            return Applied {
+                response,
+                duplicate: true,
+            };
+        }
+        let response = self
+            .execute(position, KvCommand::decode(&entry.command))
+            .encode();
+        self.dedup.record(entry.id, response.clone());
+        let mut h = Sha256::new();
+        h.update(self.digest);
+        h.update(position.slot.to_be_bytes());
+        h.update(position.index.to_be_bytes());
+        h.update(entry.id.proposer.as_bytes());
+        h.update(entry.id.seq.to_be_bytes());
+        h.update(&entry.command);
+        h.update(&response);
+        self.digest = h.finalize().into();
+        Applied {
+            response,
+            duplicate: false,
+        }
+    }
+
+    fn set_applied(&mut self, slot: Slot) {
+        self.applied = slot;
+    }
+
+    fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
+        self.dedup.seen(id)
+    }
+}
+
+/// Ids of entries in a value, for tests and checkers.
+pub fn entry_ids(value: &Value) -> BTreeSet<EntryId> {
+    match value {
+        Value::Noop => BTreeSet::new(),
+        Value::Batch(entries) => entries.iter().map(|e| e.id).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(seq: u64) -> EntryId {
+        EntryId {
+            proposer: PeerId::from_seed(1),
+            seq,
+        }
+    }
+
+    #[test]
+    fn dedup_window_keeps_answers_and_a_floor() {
+        let mut t = DedupTable::default();
+        assert!(t.seen(&id(1)).is_none());
+        for seq in 1..=(DedupTable::WINDOW as u64 + 10) {
+            t.record(id(seq), alloc::vec![seq as u8]);
+        }
+        assert_eq!(t.seen(&id(20)), Some(alloc::vec![20]));
+        assert_eq!(
+            t.seen(&id(3)),
+            Some(Vec::new()),
+            "below the window: applied"
+        );
+        assert!(t.seen(&id(DedupTable::WINDOW as u64 + 11)).is_none());
+    }
+
+    #[test]
+    fn kv_applies_once_and_digests_agree() {
+        let put = |seq, v: &[u8]| Entry {
+            id: id(seq),
+            command: KvCommand::Put {
+                key: b"k".to_vec(),
+                value: v.to_vec(),
+            }
+            .encode(),
+        };
+        let cas = Entry {
+            id: id(3),
+            command: KvCommand::CompareAndSet {
+                key: b"k".to_vec(),
+                expected: Some(b"a".to_vec()),
+                new: Some(b"c".to_vec()),
+            }
+            .encode(),
+        };
+        let mut a = KvState::new();
+        let p = |slot| Position { slot, index: 0 };
+        assert!(!a.apply(p(1), &put(1, b"a")).duplicate);
+        let again = a.apply(p(2), &put(1, b"b"));
+        assert!(again.duplicate);
+        assert_eq!(a.get(b"k").unwrap().0, b"a");
+        let r = a.apply(p(3), &cas);
+        assert_eq!(
+            KvResponse::decode(&r.response),
+            Some(KvResponse::Swapped(true))
+        );
+        assert_eq!(a.get(b"k").unwrap(), (&b"c"[..], p(3)));
+        let mut b = KvState::new();
+        b.apply(p(1), &put(1, b"a"));
+        b.apply(p(2), &put(1, b"b"));
+        b.apply(p(3), &cas);
+        assert_eq!(a.digest(), b.digest());
+        let garbage = Entry {
+            id: id(9),
+            command: alloc::vec![0xff; 3],
+        };
+        let r = a.apply(p(4), &garbage);
+        assert_eq!(KvResponse::decode(&r.response), Some(KvResponse::Invalid));
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn memory_log_loses_unsynced_writes_at_a_crash() {
+        let b = Ballot {
+            round: 1,
+            leader: PeerId::from_seed(2),
+        };
+        let mut log = MemoryLogStore::new();
+        log.set_promised(b);
+        log.sync();
+        log.put(
+            1,
+            AcceptedValue {
+                ballot: b,
+                value: Value::Noop,
+                chosen: false,
+            },
+        );
+        assert!(log.dirty());
+        log.crash();
+        assert_eq!(log.promised(), Some(b));
+        assert!(log.get(1).is_none());
+    }
+}

@@ -1,0 +1,1197 @@
+//! A seeded cluster harness for the consensus machine: members on drifting clocks, a
+//! network that loses, duplicates, delays and partitions, disks that lose unsynced
+//! writes at a crash, and clients whose history the checkers judge.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::*;
+use crate::{Instant, PeerId};
+
+/// Bugs planted in the member, each of which the harness must catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mutant {
+    /// An acceptor promises without writing the promise.
+    PromiseNotPersisted,
+    /// A follower serves a linearizable read from its own state.
+    FollowerReadsLocally,
+    /// A new leader serves reads before its no-op is applied.
+    ReadBeforeNoop,
+    /// The leader's lease runs `D·(1 + ε)` (the acceptors' bound) on its own clock
+    /// instead of `D·(1 − ε) − margin`.
+    LeaseIgnoresDrift,
+}
+
+/// Bugs planted in the harness's driver or state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HarnessBug {
+    /// Promises and votes leave before the sync.
+    ReplyBeforeSync,
+    /// The state applies retried entries again.
+    NoDedup,
+}
+
+#[derive(Clone, Debug)]
+struct Faults {
+    loss: u32,
+    dup: u32,
+    max_delay_us: u64,
+    /// Messages (per mille) delivered late, 0.3 to 2 s after they were sent.
+    late_permille: u32,
+    partitions: bool,
+    crashes: bool,
+    drift_ppm: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Params {
+    members: usize,
+    duration: Duration,
+    faults: Faults,
+    ops_per_sec: u64,
+    config: ConsensusConfig,
+    mutant: Option<Mutant>,
+    bug: Option<HarnessBug>,
+}
+
+impl Params {
+    fn chaos(members: usize) -> Self {
+        Params {
+            members,
+            duration: Duration::from_secs(20),
+            faults: Faults {
+                loss: 5,
+                dup: 3,
+                max_delay_us: 8_000,
+                late_permille: 10,
+                partitions: true,
+                crashes: true,
+                drift_ppm: 40_000,
+            },
+            ops_per_sec: 40,
+            config: test_config(),
+            mutant: None,
+            bug: None,
+        }
+    }
+}
+
+fn test_config() -> ConsensusConfig {
+    ConsensusConfig {
+        heartbeat_interval: Duration::from_millis(40),
+        election_timeout: Duration::from_millis(450),
+        retry_interval: Duration::from_millis(60),
+        proposal_timeout: Duration::from_secs(4),
+        read_timeout: Duration::from_secs(2),
+        concurrency: 4,
+        max_batch_entries: 8,
+        max_batch_bytes: 4096,
+        max_entry_bytes: 1024,
+        max_pending: 256,
+        max_pending_reads: 256,
+        catch_up_slots: 3,
+        lease: Some(LeaseConfig {
+            duration: Duration::from_millis(400),
+            drift_ppm: 50_000,
+            margin: Duration::ZERO,
+        }),
+    }
+}
+
+/// What a client did: the checkers' input.
+#[derive(Clone, Debug)]
+enum OpKind {
+    Write { id: EntryId },
+    Read { level: ReadLevel },
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    node: usize,
+    kind: OpKind,
+    call: u64,
+    ret: Option<u64>,
+    /// Writes: the slot they landed in. Reads: the applied slot they saw.
+    slot: Option<Slot>,
+}
+
+enum Ev {
+    Deliver {
+        to: usize,
+        from: usize,
+        env: Box<Envelope>,
+    },
+    Timer {
+        node: usize,
+        epoch: u64,
+    },
+    Sync {
+        node: usize,
+        epoch: u64,
+    },
+    Client {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Restart {
+        node: usize,
+    },
+    Partition,
+    Heal,
+}
+
+struct Node {
+    member: Option<Member<MemoryLogStore, KvState>>,
+    log: MemoryLogStore,
+    drift_ppm: i64,
+    epoch: u64,
+    held: VecDeque<Output>,
+    sync_scheduled: bool,
+    timer_at: Option<u64>,
+    writes: BTreeMap<EntryId, usize>,
+    reads: BTreeMap<ReadId, usize>,
+}
+
+struct Harness {
+    p: Params,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    peers: Vec<PeerId>,
+    blocked: BTreeSet<(usize, usize)>,
+    faults_on: bool,
+    ops: Vec<Op>,
+    violations: Vec<String>,
+    /// The first digest seen after each applied slot.
+    digests: BTreeMap<Slot, [u8; 32]>,
+    /// Chosen value per slot, across every member.
+    chosen: BTreeMap<Slot, Value>,
+    elections_won: u64,
+    lease_reads: u64,
+    next_append: u64,
+}
+
+const CLUSTER: ClusterId = ClusterId([7; 16]);
+
+impl Harness {
+    fn new(p: Params, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let peers: Vec<PeerId> = (0..p.members as u64)
+            .map(|i| PeerId::from_seed(seed * 100 + i))
+            .collect();
+        let mut nodes = Vec::new();
+        for _ in 0..p.members {
+            let span = p.faults.drift_ppm.max(0) as u64;
+            // Clocks at the drift bound, in either direction.
+            let drift = if rng.next_u64() % 2 == 0 {
+                span as i64 / 2
+            } else {
+                -(span as i64) / 2
+            };
+            nodes.push(Node {
+                member: None,
+                log: MemoryLogStore::new(),
+                drift_ppm: drift,
+                epoch: 0,
+                held: VecDeque::new(),
+                sync_scheduled: false,
+                timer_at: None,
+                writes: BTreeMap::new(),
+                reads: BTreeMap::new(),
+            });
+        }
+        let mut h = Harness {
+            p,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            peers,
+            blocked: BTreeSet::new(),
+            faults_on: true,
+            ops: Vec::new(),
+            violations: Vec::new(),
+            digests: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            elections_won: 0,
+            lease_reads: 0,
+            next_append: 0,
+        };
+        for i in 0..h.p.members {
+            h.start(i);
+            h.schedule(10_000 + i as u64 * 1_000, Ev::Client { node: i });
+        }
+        if h.p.faults.partitions {
+            h.schedule(2_000_000, Ev::Partition);
+        }
+        if h.p.faults.crashes {
+            let at = 1_000_000 + h.rng.next_u64() % 3_000_000;
+            let node = (h.rng.next_u64() % h.p.members as u64) as usize;
+            h.schedule(at, Ev::Crash { node });
+        }
+        h
+    }
+
+    fn local_time(&self, i: usize) -> Instant {
+        let d = self.nodes[i].drift_ppm;
+        Instant::from_micros((self.now as i128 * (1_000_000 + d as i128) / 1_000_000) as u64)
+    }
+
+    fn global_time(&self, i: usize, local: Instant) -> u64 {
+        if local == Instant::MAX {
+            return u64::MAX;
+        }
+        let d = self.nodes[i].drift_ppm;
+        let g =
+            (local.as_micros() as i128 * 1_000_000 + 999_999 + d as i128) / (1_000_000 + d as i128);
+        g as u64
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn start(&mut self, i: usize) {
+        let now = self.local_time(i);
+        let log = core::mem::take(&mut self.nodes[i].log);
+        let mut state = KvState::new();
+        state.no_dedup = self.p.bug == Some(HarnessBug::NoDedup);
+        let config = Configuration::new(self.peers.iter().copied());
+        let seed = self.rng.next_u64();
+        let mut member = Member::new(
+            self.p.config.clone(),
+            Membership {
+                local: self.peers[i],
+                cluster: CLUSTER,
+                members: config,
+            },
+            log,
+            state,
+            seed,
+            now,
+        )
+        .expect("valid member");
+        member.mutant = self.p.mutant;
+        self.nodes[i].member = Some(member);
+        self.nodes[i].epoch += 1;
+        self.after(i);
+    }
+
+    /// Drains a member's outputs under the group-commit rule, and re-arms its timer.
+    fn after(&mut self, i: usize) {
+        let Some(member) = self.nodes[i].member.as_mut() else {
+            return;
+        };
+        member.check_invariants();
+        // Every member's state after the same applied slot is the same.
+        let (slot, digest) = (member.applied(), member.state().digest());
+        match self.digests.get(&slot) {
+            Some(d) if *d != digest => {
+                self.violations
+                    .push(format!("node {i}: state digest differs at slot {slot}"));
+            }
+            Some(_) => {}
+            None => {
+                self.digests.insert(slot, digest);
+            }
+        }
+        let member = self.nodes[i].member.as_mut().expect("live");
+        let mut outs = Vec::new();
+        while let Some(o) = member.poll_output() {
+            outs.push(o);
+        }
+        let needs = member.needs_sync() || member.log().dirty();
+        let epoch = self.nodes[i].epoch;
+        let sync_wait = self.p.bug != Some(HarnessBug::ReplyBeforeSync);
+        for o in outs {
+            if sync_wait && o.waits_for_sync() {
+                self.nodes[i].held.push_back(o);
+            } else {
+                self.carry_out(i, o);
+            }
+        }
+        if (needs || !self.nodes[i].held.is_empty()) && !self.nodes[i].sync_scheduled {
+            self.nodes[i].sync_scheduled = true;
+            let lat = 200 + self.rng.next_u64() % 3_000;
+            self.schedule(self.now + lat, Ev::Sync { node: i, epoch });
+        }
+        let Some(member) = self.nodes[i].member.as_ref() else {
+            return;
+        };
+        let at = self.global_time(i, member.poll_timeout()).max(self.now + 1);
+        if self.nodes[i].timer_at != Some(at) {
+            self.nodes[i].timer_at = Some(at);
+            self.schedule(at, Ev::Timer { node: i, epoch });
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, o: Output) {
+        match o {
+            Output::Send { to, envelope } => {
+                self.check_durable(i, &envelope.message);
+                let to = self.peers.iter().position(|p| *p == to).expect("member");
+                self.send(i, to, envelope);
+            }
+            Output::Event(e) => self.on_event(i, e),
+        }
+    }
+
+    /// A promise or vote leaves only once what it reports is durable.
+    fn check_durable(&mut self, i: usize, message: &Message) {
+        let Some(m) = self.nodes[i].member.as_ref() else {
+            return;
+        };
+        let log = m.log();
+        match message {
+            Message::Promise { ballot, .. } if log.durable_promised() < Some(*ballot) => {
+                self.violations.push(format!(
+                    "node {i} promised {ballot:?} before the promise was durable"
+                ));
+            }
+            Message::Accepted { ballot, slot }
+                if !log
+                    .durable_get(*slot)
+                    .is_some_and(|a| a.ballot >= *ballot || a.chosen) =>
+            {
+                self.violations.push(format!(
+                    "node {i} voted for slot {slot} before its accept was durable"
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, env: Envelope) {
+        let f = self.p.faults.clone();
+        if self.faults_on {
+            if self.blocked.contains(&(from, to)) {
+                return;
+            }
+            if (self.rng.next_u64() % 100) < u64::from(f.loss) {
+                return;
+            }
+        }
+        let copies = if self.faults_on && (self.rng.next_u64() % 100) < u64::from(f.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let late = self.faults_on && (self.rng.next_u64() % 1000) < u64::from(f.late_permille);
+            let delay = if late {
+                300_000 + self.rng.next_u64() % 1_700_000
+            } else {
+                100 + self.rng.next_u64() % f.max_delay_us.max(1)
+            };
+            self.schedule(
+                self.now + delay,
+                Ev::Deliver {
+                    to,
+                    from,
+                    env: Box::new(env.clone()),
+                },
+            );
+        }
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) {
+        let now = self.now;
+        match e {
+            Event::Committed { id, position, .. } => {
+                if let Some(op) = self.nodes[i].writes.remove(&id) {
+                    self.ops[op].ret = Some(now);
+                    self.ops[op].slot = Some(position.slot);
+                }
+            }
+            Event::Indeterminate { id } => {
+                self.nodes[i].writes.remove(&id);
+            }
+            Event::ReadReady { read } => {
+                if let Some(op) = self.nodes[i].reads.remove(&read) {
+                    let applied = self.nodes[i]
+                        .member
+                        .as_ref()
+                        .map(|m| m.applied())
+                        .unwrap_or(0);
+                    self.ops[op].ret = Some(now);
+                    self.ops[op].slot = Some(applied);
+                }
+            }
+            Event::ReadFailed { read, .. } => {
+                self.nodes[i].reads.remove(&read);
+            }
+            Event::Applied { .. } => {}
+            Event::Leader { leader, .. } => {
+                if leader == Some(self.peers[i]) {
+                    self.elections_won += 1;
+                }
+            }
+        }
+    }
+
+    fn client(&mut self, i: usize) {
+        let interval = 1_000_000 / self.p.ops_per_sec.max(1) * self.p.members as u64;
+        let next = self.now + interval / 2 + self.rng.next_u64() % interval;
+        self.schedule(next, Ev::Client { node: i });
+        let now = self.local_time(i);
+        let call = self.now;
+        let r = self.rng.next_u64();
+        let Some(member) = self.nodes[i].member.as_mut() else {
+            return;
+        };
+        let key = (r % 3) as u8;
+        match (r >> 8) % 6 {
+            0..=2 => {
+                let command = if (r >> 16).is_multiple_of(2) {
+                    self.next_append += 1;
+                    KvCommand::Append {
+                        key: vec![key],
+                        value: self.next_append.to_be_bytes().to_vec(),
+                    }
+                } else {
+                    KvCommand::CompareAndSet {
+                        key: vec![key],
+                        expected: None,
+                        new: Some(vec![1]),
+                    }
+                };
+                if let Ok(id) = member.propose(now, command.encode()) {
+                    self.nodes[i].writes.insert(id, self.ops.len());
+                    self.ops.push(Op {
+                        node: i,
+                        kind: OpKind::Write { id },
+                        call,
+                        ret: None,
+                        slot: None,
+                    });
+                }
+            }
+            k => {
+                let level =
+                    [ReadLevel::Linearizable, ReadLevel::Lease, ReadLevel::Local][(k - 3) as usize];
+                if let Ok(read) = member.read(now, level) {
+                    self.nodes[i].reads.insert(read, self.ops.len());
+                    self.ops.push(Op {
+                        node: i,
+                        kind: OpKind::Read { level },
+                        call,
+                        ret: None,
+                        slot: None,
+                    });
+                }
+            }
+        }
+        self.after(i);
+    }
+
+    /// A member for a fault to hit: the current leader half of the time.
+    fn victim(&mut self) -> usize {
+        let n = self.nodes.len();
+        let leader = (0..n).find(|&i| {
+            self.nodes[i]
+                .member
+                .as_ref()
+                .is_some_and(|m| m.role() == Role::Leader)
+        });
+        match leader {
+            Some(l) if self.rng.next_u64().is_multiple_of(2) => l,
+            _ => (self.rng.next_u64() % n as u64) as usize,
+        }
+    }
+
+    fn check_leases(&mut self) {
+        let holders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                let t = self.local_time(i);
+                self.nodes[i]
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.has_lease(t))
+            })
+            .collect();
+        if holders.len() > 1 {
+            self.violations.push(format!(
+                "at {}us nodes {holders:?} hold a lease at once",
+                self.now
+            ));
+        }
+    }
+
+    fn step(&mut self) -> bool {
+        let Some(((at, _), ev)) = self.queue.pop_first() else {
+            return false;
+        };
+        self.now = at;
+        match ev {
+            Ev::Deliver { to, from, env } => {
+                let now = self.local_time(to);
+                if let Some(m) = self.nodes[to].member.as_mut() {
+                    if self.faults_on && self.blocked.contains(&(from, to)) {
+                        return true;
+                    }
+                    let peer = self.peers[from];
+                    m.handle_message(now, peer, *env);
+                    self.after(to);
+                }
+            }
+            Ev::Timer { node, epoch } => {
+                if self.nodes[node].epoch == epoch && self.nodes[node].timer_at == Some(at) {
+                    self.nodes[node].timer_at = None;
+                    let now = self.local_time(node);
+                    if let Some(m) = self.nodes[node].member.as_mut() {
+                        if now >= m.poll_timeout() {
+                            m.handle_timeout(now);
+                        }
+                        self.after(node);
+                    }
+                }
+            }
+            Ev::Sync { node, epoch } => {
+                if self.nodes[node].epoch == epoch {
+                    self.nodes[node].sync_scheduled = false;
+                    let now = self.local_time(node);
+                    if let Some(m) = self.nodes[node].member.as_mut() {
+                        m.log_mut().sync();
+                        m.synced(now);
+                        let held: Vec<Output> = self.nodes[node].held.drain(..).collect();
+                        for o in held {
+                            self.carry_out(node, o);
+                        }
+                        self.after(node);
+                    }
+                }
+            }
+            Ev::Client { node } => {
+                if at < self.p.duration.as_micros() as u64 {
+                    self.client(node);
+                }
+            }
+            Ev::Crash { node } => {
+                if self.faults_on {
+                    if let Some(m) = self.nodes[node].member.take() {
+                        let (mut log, _) = m.into_parts();
+                        log.crash();
+                        self.nodes[node].log = log;
+                        self.nodes[node].held.clear();
+                        self.nodes[node].sync_scheduled = false;
+                        self.nodes[node].timer_at = None;
+                        self.nodes[node].epoch += 1;
+                        self.nodes[node].writes.clear();
+                        self.nodes[node].reads.clear();
+                        let back = self.now + 200_000 + self.rng.next_u64() % 1_500_000;
+                        self.schedule(back, Ev::Restart { node });
+                    }
+                    let next = self.now + 1_500_000 + self.rng.next_u64() % 4_000_000;
+                    let n = (self.rng.next_u64() % self.p.members as u64) as usize;
+                    self.schedule(next, Ev::Crash { node: n });
+                }
+            }
+            Ev::Restart { node } => {
+                if self.nodes[node].member.is_none() {
+                    self.start(node);
+                }
+            }
+            Ev::Partition => {
+                if self.faults_on {
+                    self.blocked.clear();
+                    let n = self.p.members;
+                    match self.rng.next_u64() % 5 {
+                        0 => {}
+                        1 => {
+                            // Isolate one member, often the leader.
+                            let x = self.victim();
+                            for j in 0..n {
+                                if j != x {
+                                    self.blocked.insert((x, j));
+                                    self.blocked.insert((j, x));
+                                }
+                            }
+                        }
+                        3 => {
+                            // Non-transitive: two members cannot talk, both reach the rest.
+                            let a = (self.rng.next_u64() % n as u64) as usize;
+                            let b = (a + 1 + (self.rng.next_u64() % (n as u64 - 1)) as usize) % n;
+                            self.blocked.insert((a, b));
+                            self.blocked.insert((b, a));
+                        }
+                        2 => {
+                            // One-way: one member's messages are lost, often the leader's.
+                            let x = self.victim();
+                            for j in 0..n {
+                                if j != x {
+                                    self.blocked.insert((x, j));
+                                }
+                            }
+                        }
+                        _ => {
+                            // A random split.
+                            let side: Vec<bool> = (0..n)
+                                .map(|_| self.rng.next_u64().is_multiple_of(2))
+                                .collect();
+                            for a in 0..n {
+                                for b in 0..n {
+                                    if side[a] != side[b] {
+                                        self.blocked.insert((a, b));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let next = self.now + 500_000 + self.rng.next_u64() % 2_500_000;
+                    self.schedule(next, Ev::Partition);
+                }
+            }
+            Ev::Heal => {
+                self.faults_on = false;
+                self.blocked.clear();
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].member.is_none() {
+                        self.start(i);
+                    }
+                }
+            }
+        }
+        if self.p.config.lease.is_some() {
+            self.check_leases();
+        }
+        true
+    }
+
+    fn record_chosen(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = match &n.member {
+                Some(m) => m.log(),
+                None => &n.log,
+            };
+            let mut cursor = 1;
+            loop {
+                let slots = log.slots_from(cursor, 512);
+                let Some(&last) = slots.last() else { break };
+                for s in slots {
+                    let a = log.get(s).expect("listed");
+                    if !a.chosen {
+                        continue;
+                    }
+                    match self.chosen.get(&s) {
+                        Some(v) if *v != a.value => self.violations.push(format!(
+                            "agreement: node {i} has another value chosen at slot {s}"
+                        )),
+                        Some(_) => {}
+                        None => {
+                            self.chosen.insert(s, a.value.clone());
+                        }
+                    }
+                }
+                cursor = last + 1;
+            }
+        }
+    }
+
+    /// Runs the safety phase, heals, runs the liveness phase, and checks everything.
+    fn run(mut self) -> Outcome {
+        let end = self.p.duration.as_micros() as u64;
+        let mut steps = 0u64;
+        while self
+            .queue
+            .first_key_value()
+            .is_some_and(|((at, _), _)| *at < end)
+        {
+            self.step();
+            steps += 1;
+            if steps.is_multiple_of(2_000) {
+                self.record_chosen();
+            }
+        }
+        self.record_chosen();
+        // Liveness: heal everything; within the bound every member applies a fresh write.
+        self.schedule(end, Ev::Heal);
+        let bound = end + 5_000_000;
+        let mut probes = BTreeMap::new();
+        let mut probed = false;
+        while let Some(((at, _), _)) = self.queue.first_key_value() {
+            if *at >= bound {
+                break;
+            }
+            if !probed && *at > end + 1_000 {
+                probed = true;
+                for i in 0..self.nodes.len() {
+                    let now = self.local_time(i);
+                    let m = self.nodes[i].member.as_mut().expect("healed");
+                    let id = m
+                        .propose(
+                            now,
+                            KvCommand::Put {
+                                key: vec![9],
+                                value: vec![i as u8],
+                            }
+                            .encode(),
+                        )
+                        .expect("room for a probe");
+                    self.nodes[i].writes.insert(id, self.ops.len());
+                    probes.insert(i, self.ops.len());
+                    self.ops.push(Op {
+                        node: i,
+                        kind: OpKind::Write { id },
+                        call: self.now,
+                        ret: None,
+                        slot: None,
+                    });
+                    self.after(i);
+                }
+            }
+            self.step();
+            let all_done = probed && probes.values().all(|&op| self.ops[op].ret.is_some());
+            let max_slot = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.member.as_ref())
+                .map(|m| m.applied())
+                .max()
+                .unwrap_or(0);
+            let converged = self
+                .nodes
+                .iter()
+                .all(|n| n.member.as_ref().is_some_and(|m| m.applied() == max_slot));
+            if all_done && converged {
+                break;
+            }
+        }
+        self.record_chosen();
+        for (i, op) in &probes {
+            if self.ops[*op].ret.is_none() {
+                self.violations.push(format!(
+                    "liveness: node {i}'s write after heal not applied within 5 s"
+                ));
+            }
+        }
+        self.check_history();
+        let digests: BTreeSet<[u8; 32]> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member.as_ref())
+            .map(|m| m.state().digest())
+            .collect();
+        let applied: BTreeSet<Slot> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member.as_ref())
+            .map(|m| m.applied())
+            .collect();
+        if applied.len() == 1 && digests.len() != 1 {
+            self.violations
+                .push("converged members differ in state".into());
+        }
+        let stats: Vec<ConsensusStats> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member.as_ref())
+            .map(|m| m.stats().clone())
+            .collect();
+        Outcome {
+            violations: self.violations,
+            elections_won: self.elections_won,
+            lease_reads: self.lease_reads + stats.iter().map(|s| s.lease_reads).sum::<u64>(),
+            dedup_hits: stats.iter().map(|s| s.dedup_hits).sum(),
+            acked: self.ops.iter().filter(|o| o.ret.is_some()).count(),
+            ops: self.ops.len(),
+        }
+    }
+
+    fn check_history(&mut self) {
+        // Linearizable and lease reads see every write acknowledged before they began:
+        // positions order the writes, so a read's applied slot must cover them.
+        let mut acked: Vec<(u64, Slot)> = self
+            .ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Write { .. }))
+            .filter_map(|o| Some((o.ret?, o.slot?)))
+            .collect();
+        acked.sort_unstable();
+        let mut prefix_max = Vec::with_capacity(acked.len());
+        let mut m = 0;
+        for (_, s) in &acked {
+            m = m.max(*s);
+            prefix_max.push(m);
+        }
+        for o in &self.ops {
+            let OpKind::Read { level } = o.kind else {
+                continue;
+            };
+            if level == ReadLevel::Local {
+                continue;
+            }
+            let (Some(_), Some(seen)) = (o.ret, o.slot) else {
+                continue;
+            };
+            let n = acked.partition_point(|(ret, _)| *ret < o.call);
+            if n > 0 && prefix_max[n - 1] > seen {
+                self.violations.push(format!(
+                    "stale {level:?} read on node {}: saw slot {seen}, a write acknowledged before it began is at slot {}",
+                    o.node,
+                    prefix_max[n - 1]
+                ));
+            }
+        }
+        // No acknowledged write lost: its entry is in the chosen value of its slot.
+        for o in &self.ops {
+            if let (OpKind::Write { id, .. }, Some(_), Some(slot)) = (&o.kind, o.ret, o.slot) {
+                let ok = self
+                    .chosen
+                    .get(&slot)
+                    .is_some_and(|v| entry_ids(v).contains(id));
+                if !ok {
+                    self.violations.push(format!(
+                        "acknowledged entry {id:?} is not in chosen slot {slot}"
+                    ));
+                }
+            }
+        }
+        // At most once: each appended element appears at most once in its list.
+        for n in self.nodes.iter().filter_map(|n| n.member.as_ref()) {
+            for key in 0..3u8 {
+                if let Some((bytes, _)) = n.state().get(&[key]) {
+                    let list = KvState::decode_list(bytes);
+                    let unique: BTreeSet<&Vec<u8>> = list.iter().collect();
+                    if unique.len() != list.len() {
+                        self.violations
+                            .push(format!("an entry was applied twice (key {key})"));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Outcome {
+    violations: Vec<String>,
+    elections_won: u64,
+    lease_reads: u64,
+    dedup_hits: u64,
+    acked: usize,
+    ops: usize,
+}
+
+fn run(p: &Params, seed: u64) -> Outcome {
+    Harness::new(p.clone(), seed).run()
+}
+
+fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, Outcome) {
+    let mut failures = Vec::new();
+    let mut total = Outcome {
+        violations: Vec::new(),
+        elections_won: 0,
+        lease_reads: 0,
+        dedup_hits: 0,
+        acked: 0,
+        ops: 0,
+    };
+    for seed in seeds {
+        let o = run(p, seed);
+        if !o.violations.is_empty() {
+            failures.push((seed, o.violations.clone()));
+        }
+        total.elections_won += o.elections_won;
+        total.lease_reads += o.lease_reads;
+        total.dedup_hits += o.dedup_hits;
+        total.acked += o.acked;
+        total.ops += o.ops;
+    }
+    (failures, total)
+}
+
+fn seeds() -> u64 {
+    std::env::var("NETABASE_PAXOS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+fn assert_clean(p: &Params, name: &str) {
+    let n = seeds();
+    let (failures, total) = sweep(p, 1..n + 1);
+    if let Some((seed, v)) = failures.first() {
+        panic!(
+            "{} of {n} seeds of {name} fail; seed {seed}: {v:?}\nreplay: NETABASE_PAXOS_SEED={seed} cargo test -p netabase-core --lib consensus::tests::replay_one",
+            failures.len()
+        );
+    }
+    assert!(
+        total.elections_won >= n,
+        "{name}: elections ({}) never exercised",
+        total.elections_won
+    );
+    assert!(
+        total.acked * 2 > total.ops,
+        "{name}: only {} of {} operations completed",
+        total.acked,
+        total.ops
+    );
+    std::eprintln!(
+        "{name}: {n} seeds clean; {} ops, {} acknowledged, {} elections won, {} lease reads, {} dedup hits",
+        total.ops,
+        total.acked,
+        total.elections_won,
+        total.lease_reads,
+        total.dedup_hits
+    );
+    assert!(total.lease_reads > 0, "{name}: no lease read served");
+    assert!(
+        total.dedup_hits > 0,
+        "{name}: no retried entry deduplicated"
+    );
+}
+
+#[test]
+fn chaos_three_members() {
+    assert_clean(&Params::chaos(3), "3 members");
+}
+
+#[test]
+fn chaos_five_members() {
+    assert_clean(&Params::chaos(5), "5 members");
+}
+
+#[test]
+fn runs_replay_exactly() {
+    let p = Params::chaos(3);
+    let a = run(&p, 5);
+    let b = run(&p, 5);
+    assert_eq!(
+        (a.ops, a.acked, a.elections_won),
+        (b.ops, b.acked, b.elections_won)
+    );
+}
+
+/// Replays one seed of the 3-member chaos scenario, named by `NETABASE_PAXOS_SEED`.
+#[test]
+fn replay_one() {
+    let Some(seed) = std::env::var("NETABASE_PAXOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    else {
+        return;
+    };
+    let o = run(&Params::chaos(3), seed);
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+}
+
+fn caught(p: Params, name: &str) {
+    let (failures, _) = sweep(&p, 1..seeds() * 2 + 1);
+    assert!(
+        !failures.is_empty(),
+        "the planted bug {name} was not caught"
+    );
+    std::eprintln!(
+        "{name}: caught by {} seeds, first {:?}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+fn planted_promise_not_persisted_is_caught() {
+    let mut p = Params::chaos(3);
+    p.mutant = Some(Mutant::PromiseNotPersisted);
+    caught(p, "promise not persisted");
+}
+
+#[test]
+fn planted_follower_local_read_is_caught() {
+    let mut p = Params::chaos(3);
+    p.mutant = Some(Mutant::FollowerReadsLocally);
+    caught(p, "follower reads locally");
+}
+
+#[test]
+fn planted_read_before_noop_is_caught() {
+    let mut p = Params::chaos(3);
+    p.mutant = Some(Mutant::ReadBeforeNoop);
+    p.config.lease = None;
+    caught(p, "read before the no-op");
+}
+
+/// Clocks far apart (ε = 20 %, each member within ±10 %), the election timeout just
+/// above the acceptors' lease wait.
+fn lease_params() -> Params {
+    let mut p = Params::chaos(3);
+    p.faults.drift_ppm = 200_000;
+    p.config.election_timeout = Duration::from_millis(500);
+    p.config.retry_interval = Duration::from_millis(30);
+    p.config.lease = Some(LeaseConfig {
+        duration: Duration::from_millis(400),
+        drift_ppm: 200_000,
+        margin: Duration::ZERO,
+    });
+    p
+}
+
+#[test]
+fn chaos_leases_at_the_drift_bound() {
+    assert_clean(&lease_params(), "leases at the drift bound");
+}
+
+#[test]
+fn planted_lease_ignoring_drift_is_caught() {
+    let mut p = lease_params();
+    p.mutant = Some(Mutant::LeaseIgnoresDrift);
+    caught(p, "lease ignoring drift");
+}
+
+#[test]
+fn planted_reply_before_sync_is_caught() {
+    let mut p = Params::chaos(3);
+    p.bug = Some(HarnessBug::ReplyBeforeSync);
+    caught(p, "reply before sync");
+}
+
+#[test]
+fn planted_retry_without_dedup_is_caught() {
+    let mut p = Params::chaos(3);
+    p.bug = Some(HarnessBug::NoDedup);
+    caught(p, "retry without dedup");
+}
+
+#[test]
+fn single_member_commits_after_its_own_sync() {
+    let me = PeerId::from_seed(1);
+    let mut m = Member::new(
+        test_config(),
+        Membership {
+            local: me,
+            cluster: CLUSTER,
+            members: Configuration::new([me]),
+        },
+        MemoryLogStore::new(),
+        KvState::new(),
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    let put = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }
+    .encode();
+    let id = m.propose(Instant::ZERO, put).unwrap();
+    let mut t = Instant::ZERO;
+    let mut committed = None;
+    for _ in 0..100 {
+        while let Some(o) = m.poll_output() {
+            if let Output::Event(Event::Committed {
+                id: got, position, ..
+            }) = o
+            {
+                assert_eq!(got, id);
+                committed = Some(position);
+            }
+        }
+        if committed.is_some() {
+            break;
+        }
+        if m.needs_sync() {
+            m.log_mut().sync();
+            m.synced(t);
+            continue;
+        }
+        t = m.poll_timeout().max(t);
+        m.handle_timeout(t);
+    }
+    let position = committed.expect("committed");
+    assert_eq!(m.state().get(b"k"), Some((&b"v"[..], position)));
+    assert_eq!(m.role(), Role::Leader);
+    // Restart: the log replays into a fresh state.
+    let (log, _) = m.into_parts();
+    let m = Member::new(
+        test_config(),
+        Membership {
+            local: me,
+            cluster: CLUSTER,
+            members: Configuration::new([me]),
+        },
+        log,
+        KvState::new(),
+        2,
+        t,
+    )
+    .unwrap();
+    assert_eq!(m.state().get(b"k"), Some((&b"v"[..], position)));
+    // Another cluster's log is refused.
+    let (log, _) = m.into_parts();
+    let err = Member::new(
+        test_config(),
+        Membership {
+            local: me,
+            cluster: ClusterId([1; 16]),
+            members: Configuration::new([me]),
+        },
+        log,
+        KvState::new(),
+        3,
+        t,
+    )
+    .err();
+    assert!(matches!(err, Some(StartError::WrongCluster { .. })));
+}
+
+#[test]
+fn bounds_are_typed_errors() {
+    let me = PeerId::from_seed(1);
+    let mut config = test_config();
+    config.max_pending = 2;
+    let mut m = Member::new(
+        config,
+        Membership {
+            local: me,
+            cluster: CLUSTER,
+            members: Configuration::new([me, PeerId::from_seed(2)]),
+        },
+        MemoryLogStore::new(),
+        KvState::new(),
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    assert!(matches!(
+        m.propose(Instant::ZERO, vec![0; 2000]),
+        Err(ProposeError::TooLarge { .. })
+    ));
+    m.propose(Instant::ZERO, vec![1]).unwrap();
+    m.propose(Instant::ZERO, vec![2]).unwrap();
+    assert_eq!(m.propose(Instant::ZERO, vec![3]), Err(ProposeError::Busy));
+    // Messages from strangers and other clusters are counted and ignored.
+    let env = Envelope {
+        cluster: CLUSTER,
+        message: Message::CatchUp { from: 1 },
+    };
+    m.handle_message(Instant::ZERO, PeerId::from_seed(99), env.clone());
+    m.handle_message(
+        Instant::ZERO,
+        PeerId::from_seed(2),
+        Envelope {
+            cluster: ClusterId([0; 16]),
+            ..env
+        },
+    );
+    assert_eq!(m.stats().refused, 2);
+    assert!(
+        m.handle_bytes(Instant::ZERO, PeerId::from_seed(2), &[1, 2, 3])
+            .is_err()
+    );
+    let mut bad = test_config();
+    bad.election_timeout = Duration::from_millis(100);
+    assert!(bad.validate().is_err());
+}
