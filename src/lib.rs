@@ -47,6 +47,10 @@ pub use netabase_swarm::{
     NetabaseError, NetabaseEvent, NetabaseStats, PeerId, ProviderInfo, ProvidingResult,
     PutRecordResult, QueryError, QueryKind, Quorum, RecordKey, StorageBackend,
 };
+pub use netabase_swarm::{
+    ClusterId, ClusterStatus, CompareAndSet, ConsensusConfig, ConsensusError, ConsensusWrite,
+    EntryId, EntryStatus, LeaseConfig, PAXOS_PROTOCOL, Position, ReadLevel, Role,
+};
 /// The Netabase node on the tokio runtime (the default runtime).
 #[cfg(feature = "tokio")]
 pub use netabase_tokio::{Netabase, TokioRuntime};

@@ -43,6 +43,8 @@ pub mod hlc;
 pub mod identity;
 pub mod kad;
 pub mod key;
+#[cfg(feature = "paxos")]
+pub mod machine;
 pub mod mdns;
 pub mod model;
 pub mod peer;
@@ -63,6 +65,8 @@ pub use kad::{
     RequestFailure, RequestId, seal_version,
 };
 pub use key::{Distance, Key, RecordKey};
+#[cfg(feature = "paxos")]
+pub use machine::{Machine, MachineOutput};
 pub use message::{ConnectionType, MessageKind, PeerInfo, Request, Response, WireRecord};
 pub use peer::{Address, PeerId};
 pub use record::{ProviderRecord, Record};

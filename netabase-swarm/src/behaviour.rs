@@ -5,9 +5,10 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{connection_limits, identify, mdns, ping};
 
 use crate::carrier::KadCarrier;
+use crate::paxos::PaxosCodec;
 
 /// Everything the node runs on one swarm: connection limits first (so refused connections
-/// never reach the others), the Kademlia carrier, identify, ping and (optionally) mDNS.
+/// never reach the others), the Kademlia carrier, identify, ping, consensus (`/paxos/1.0.0`) and (optionally) mDNS.
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 pub(crate) struct NodeBehaviour<M>
@@ -18,5 +19,6 @@ where
     pub(crate) kad: KadCarrier,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
+    pub(crate) paxos: libp2p::request_response::Behaviour<PaxosCodec>,
     pub(crate) mdns: Toggle<M>,
 }

@@ -112,6 +112,9 @@ pub struct NetabaseConfig {
     /// Metrics the node updates (`None`, the default: none are kept). See
     /// [`NodeMetrics`] for their names.
     pub metrics: Option<NodeMetrics>,
+    /// Timing and bounds of the consensus member, once the node creates or joins a
+    /// cluster ([`Netabase::create_cluster`](crate::Netabase::create_cluster)).
+    pub consensus: netabase_core::consensus::ConsensusConfig,
 }
 
 impl Default for NetabaseConfig {
@@ -136,6 +139,7 @@ impl Default for NetabaseConfig {
             identity: None,
             event_capacity: 1024,
             metrics: None,
+            consensus: netabase_core::consensus::ConsensusConfig::default(),
         }
     }
 }
@@ -281,6 +285,15 @@ impl NetabaseConfig {
     /// Replaces the Kademlia core's settings.
     pub fn with_kad_config(mut self, kad: netabase_core::Config) -> Self {
         self.kad = kad;
+        self
+    }
+
+    /// Sets the consensus member's settings.
+    pub fn with_consensus_config(
+        mut self,
+        consensus: netabase_core::consensus::ConsensusConfig,
+    ) -> Self {
+        self.consensus = consensus;
         self
     }
 }

@@ -11,8 +11,8 @@ use libp2p::core::transport::{ListenerId, TransportError};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, mdns, ping};
 use netabase_core::{
-    Address, Event, Instant, Mode, Node, NodeStats, Output, QueryId, QueryResult, QueryStats,
-    Quorum, Record, RecordKey, RequestFailure, RequestId,
+    Address, Event, Instant, Machine, MachineOutput, Mode, Node, NodeStats, Output, QueryId,
+    QueryResult, QueryStats, Quorum, Record, RecordKey, RequestFailure, RequestId,
 };
 use netabase_store::PersistentRecordStore;
 
@@ -190,6 +190,7 @@ pub(crate) enum Command {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    Consensus(crate::consensus::ConsensusCommand),
 }
 
 /// The node's clock: microseconds since the Unix epoch at start, advanced by the runtime's
@@ -233,11 +234,25 @@ pub(crate) struct DriverSettings {
     pub(crate) metrics: Option<NodeMetrics>,
     /// The key the node signs its records with.
     pub(crate) keypair: Option<netabase_core::Keypair>,
+    /// The consensus member's settings.
+    pub(crate) consensus: netabase_core::consensus::ConsensusConfig,
 }
+
+/// The node's protocols: Kademlia over the DHT record store, and a consensus member over
+/// its log and replicated state.
+pub(crate) type NodeMachine = Machine<
+    PersistentRecordStore,
+    crate::consensus::ConsensusLog,
+    crate::consensus::ConsensusState,
+>;
+
+mod consensus;
 
 pub(crate) struct Driver<R: Runtime> {
     swarm: Swarm<NodeBehaviour<R::Mdns>>,
-    node: Node<PersistentRecordStore>,
+    machine: NodeMachine,
+    /// API calls waiting on the consensus member.
+    pub(crate) consensus: crate::consensus::ConsensusClient,
     commands: mpsc::Receiver<Command>,
     events: async_broadcast::Sender<NetabaseEvent>,
     clock: Clock<R>,
@@ -289,6 +304,7 @@ impl<R: Runtime> Driver<R> {
         settings: DriverSettings,
     ) -> Result<Self, NetabaseError> {
         let clock = Clock::<R>::new();
+        let config_consensus = settings.consensus.clone();
         let local = to_core_peer(swarm.local_peer_id())
             .ok_or_else(|| NetabaseError::Config("unsupported local peer id".into()))?;
         // Progress events are forwarded to subscribers as `NetabaseEvent::QueryProgress`.
@@ -315,7 +331,8 @@ impl<R: Runtime> Driver<R> {
         };
         Ok(Driver {
             swarm,
-            node,
+            machine: Machine::new(node),
+            consensus: crate::consensus::ConsensusClient::new(config_consensus),
             commands,
             events,
             clock,
@@ -343,7 +360,7 @@ impl<R: Runtime> Driver<R> {
     /// the node's `now` never does).
     fn read_wall_clock(&mut self) {
         let now = self.now();
-        self.node.set_wall_clock(now, wall_clock_micros());
+        self.machine.kad.set_wall_clock(now, wall_clock_micros());
     }
 
     fn emit(&self, event: NetabaseEvent) {
@@ -441,7 +458,7 @@ impl<R: Runtime> Driver<R> {
                 Step::Timer => {
                     self.timer_at = None;
                     let now = self.now();
-                    self.node.handle_timeout(now);
+                    self.machine.handle_timeout(now);
                 }
                 Step::Metrics => {
                     self.refresh_gauges();
@@ -457,6 +474,12 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             self.drain();
+            // The consensus leader's own vote counts once durable: sync for it even when
+            // no output waits (each round proposes at most the queued entries).
+            while self.machine.needs_sync() && !self.store_failed {
+                let _ = self.durable();
+                self.drain();
+            }
             if self.requests_before_sync {
                 // Requests went out ahead of a pending sync: hand them to their connections
                 // first, so that the disk's flush overlaps their round trips.
@@ -468,7 +491,7 @@ impl<R: Runtime> Driver<R> {
             }
             if let Some(m) = &self.metrics {
                 m.node
-                    .set_routing_table_peers(self.node.routing_table().len());
+                    .set_routing_table_peers(self.machine.kad.routing_table().len());
                 m.node.set_queries_running(self.queries.len());
             }
         };
@@ -501,14 +524,14 @@ impl<R: Runtime> Driver<R> {
         // Writes that no output has depended on yet (expiry, republication).
         let _ = self.durable();
         self.emit(NetabaseEvent::Stopped);
-        let Driver { swarm, node, .. } = self;
+        let Driver { swarm, machine, .. } = self;
         drop(swarm);
-        drop(node.into_store());
+        drop(machine.kad.into_store());
     }
 
     /// Re-arms the timer to the core's next deadline.
     fn arm_timer(&mut self) {
-        let next = self.node.poll_timeout();
+        let next = self.machine.poll_timeout();
         if next == self.timer_at && !self.timer.is_terminated() {
             return;
         }
@@ -524,7 +547,7 @@ impl<R: Runtime> Driver<R> {
         let Some(m) = &self.metrics else {
             return;
         };
-        let store = self.node.store();
+        let store = self.machine.kad.store();
         match (
             store.record_count(),
             store.provider_count(),
@@ -540,10 +563,15 @@ impl<R: Runtime> Driver<R> {
         m.node
             .set_connected_peers(self.swarm.connected_peers().count());
         m.node
-            .set_routing_table_peers(self.node.routing_table().len());
+            .set_routing_table_peers(self.machine.kad.routing_table().len());
         m.node.set_queries_running(self.queries.len());
-        let lag = self.node.background_lag(self.now()).unwrap_or_default();
-        m.node.set_background(lag, self.node.queued_job_count());
+        let lag = self
+            .machine
+            .kad
+            .background_lag(self.now())
+            .unwrap_or_default();
+        m.node
+            .set_background(lag, self.machine.kad.queued_job_count());
     }
 
     /// Makes every write of the store durable (one `fdatasync` for all the writes since the
@@ -557,9 +585,15 @@ impl<R: Runtime> Driver<R> {
             return Err(NetabaseError::Stopped);
         }
         self.requests_before_sync = false;
-        match self.node.store().sync() {
+        match self.machine.kad.store().sync() {
             Ok(()) => {
-                self.node.synced();
+                // The consensus log lives in memory (see `crate::consensus`): its writes
+                // are as durable as they will be.
+                if let Some(m) = &mut self.machine.consensus {
+                    m.log_mut().sync();
+                }
+                let now = self.now();
+                self.machine.synced(now);
                 Ok(())
             }
             Err(e) => {
@@ -588,8 +622,8 @@ impl<R: Runtime> Driver<R> {
     /// Carries out everything the core asked for; every output but a request waits until
     /// the writes made so far are durable.
     fn drain(&mut self) {
-        while let Some(output) = self.node.poll_output() {
-            if !self.node.output_waits_for_sync(&output) {
+        while let Some(output) = self.machine.poll_output() {
+            if !self.machine.output_waits_for_sync(&output) {
                 // A request acknowledges nothing; it may leave before the writes are
                 // durable (the run loop syncs once it is on its way).
                 self.requests_before_sync = true;
@@ -597,6 +631,13 @@ impl<R: Runtime> Driver<R> {
                 // Outputs made after the failed sync are dropped: the node stops.
                 return;
             }
+            let output = match output {
+                MachineOutput::Kad(output) => output,
+                MachineOutput::Consensus(output) => {
+                    self.on_consensus_output(output);
+                    continue;
+                }
+            };
             match output {
                 Output::SendRequest {
                     id,
@@ -616,7 +657,8 @@ impl<R: Runtime> Driver<R> {
                     }
                     None => {
                         let now = self.now();
-                        self.node
+                        self.machine
+                            .kad
                             .handle_request_failed(now, id, RequestFailure::Dial);
                     }
                 },
@@ -760,7 +802,7 @@ impl<R: Runtime> Driver<R> {
             .ok_or_else(|| NetabaseError::Config(format!("address too long: {addr}")))?;
         self.swarm.add_peer_address(peer, addr);
         let now = self.now();
-        self.node.add_address(now, core_peer, address);
+        self.machine.kad.add_address(now, core_peer, address);
         Ok(())
     }
 
@@ -776,7 +818,7 @@ impl<R: Runtime> Driver<R> {
                     tombstone,
                     local,
                 } = *op;
-                let record = match self.node.seal_record(
+                let record = match self.machine.kad.seal_record(
                     now,
                     key,
                     model,
@@ -812,21 +854,26 @@ impl<R: Runtime> Driver<R> {
                 }
                 (
                     QueryKind::PutRecord,
-                    self.node.put_record(now, record, self.settings.put_quorum),
+                    self.machine
+                        .kad
+                        .put_record(now, record, self.settings.put_quorum),
                 )
             }
             QueryOp::Get(key) => (
                 QueryKind::GetRecord,
-                self.node.get_record(now, key, self.settings.get_quorum),
+                self.machine
+                    .kad
+                    .get_record(now, key, self.settings.get_quorum),
             ),
             QueryOp::StartProviding(key) => (
                 QueryKind::StartProviding,
-                self.node.start_providing(now, key),
+                self.machine.kad.start_providing(now, key),
             ),
-            QueryOp::GetProviders(key) => {
-                (QueryKind::GetProviders, self.node.get_providers(now, key))
-            }
-            QueryOp::Bootstrap => (QueryKind::Bootstrap, self.node.bootstrap(now)),
+            QueryOp::GetProviders(key) => (
+                QueryKind::GetProviders,
+                self.machine.kad.get_providers(now, key),
+            ),
+            QueryOp::Bootstrap => (QueryKind::Bootstrap, self.machine.kad.bootstrap(now)),
         };
         match started {
             Ok(id) => {
@@ -861,9 +908,11 @@ impl<R: Runtime> Driver<R> {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Query { op, reply } => self.start_query(op, reply),
+            Command::Consensus(command) => self.on_consensus_command(command),
             Command::StopProviding { key, reply } => {
                 let result = self
-                    .node
+                    .machine
+                    .kad
                     .stop_providing(&key)
                     .map_err(Into::into)
                     .and_then(|()| self.durable());
@@ -878,19 +927,20 @@ impl<R: Runtime> Driver<R> {
             Command::RemoveAddress { peer, addr, reply } => {
                 if let (Some(peer), Some(addr)) = (to_core_peer(&peer), to_address(&addr)) {
                     let now = self.now();
-                    self.node.remove_address(now, &peer, &addr);
+                    self.machine.kad.remove_address(now, &peer, &addr);
                 }
                 self.count("remove_address", &Ok::<(), ()>(()));
                 let _ = reply.send(());
             }
             Command::RemovePeer { peer, reply } => {
                 let now = self.now();
-                let removed = to_core_peer(&peer).is_some_and(|p| self.node.remove_peer(now, &p));
+                let removed =
+                    to_core_peer(&peer).is_some_and(|p| self.machine.kad.remove_peer(now, &p));
                 self.count("remove_peer", &Ok::<(), ()>(()));
                 let _ = reply.send(removed);
             }
             Command::SetMode { mode, reply } => {
-                self.node.set_mode(mode);
+                self.machine.kad.set_mode(mode);
                 self.swarm
                     .behaviour_mut()
                     .kad
@@ -914,13 +964,14 @@ impl<R: Runtime> Driver<R> {
             listen_addresses: self.swarm.listeners().cloned().collect(),
             connected_peers: self.swarm.connected_peers().copied().collect(),
             routing_table: self
-                .node
+                .machine
+                .kad
                 .routing_table()
                 .entries()
                 .filter_map(|e| to_libp2p_peer(&e.peer))
                 .collect(),
-            mode: self.node.mode(),
-            stats: self.node.stats().clone(),
+            mode: self.machine.kad.mode(),
+            stats: self.machine.kad.stats().clone(),
             inbound_stream_failures: self.inbound_stream_failures,
             inbound_refused: self.inbound_refused,
         }
@@ -928,7 +979,7 @@ impl<R: Runtime> Driver<R> {
 
     fn update_local_addresses(&mut self) {
         let addrs = self.swarm.listeners().filter_map(to_address).collect();
-        self.node.set_local_addresses(addrs);
+        self.machine.kad.set_local_addresses(addrs);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent<R::Mdns>>) {
@@ -960,6 +1011,7 @@ impl<R: Runtime> Driver<R> {
         }
         match event {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(event)) => self.on_carrier_event(event),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Paxos(event)) => self.on_paxos_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -969,7 +1021,8 @@ impl<R: Runtime> Driver<R> {
                 if let Some(peer) = to_core_peer(&peer_id) {
                     let addrs: Vec<Address> =
                         info.listen_addrs.iter().filter_map(to_address).collect();
-                    self.node
+                    self.machine
+                        .kad
                         .handle_peer_identified(now, peer, &addrs, serves_dht);
                 }
                 self.emit(NetabaseEvent::PeerIdentified {
@@ -1000,7 +1053,7 @@ impl<R: Runtime> Driver<R> {
                 ..
             } if num_established.get() == 1 => {
                 if let Some(peer) = to_core_peer(&peer_id) {
-                    self.node.handle_connection_established(now, peer);
+                    self.machine.kad.handle_connection_established(now, peer);
                 }
                 self.emit(NetabaseEvent::PeerConnected {
                     peer: peer_id,
@@ -1013,7 +1066,7 @@ impl<R: Runtime> Driver<R> {
                 ..
             } => {
                 if let Some(peer) = to_core_peer(&peer_id) {
-                    self.node.handle_connection_closed(now, peer);
+                    self.machine.kad.handle_connection_closed(now, peer);
                 }
                 self.emit(NetabaseEvent::PeerDisconnected { peer: peer_id });
             }
@@ -1041,8 +1094,12 @@ impl<R: Runtime> Driver<R> {
                     if let Some(m) = &self.metrics {
                         m.kad(true, false, request.kind());
                     }
-                    self.node
-                        .handle_request(now, core_peer, netabase_core::InboundId(id), request);
+                    self.machine.kad.handle_request(
+                        now,
+                        core_peer,
+                        netabase_core::InboundId(id),
+                        request,
+                    );
                 }
                 None => self.swarm.behaviour_mut().kad.respond(id, None),
             },
@@ -1053,14 +1110,14 @@ impl<R: Runtime> Driver<R> {
                         if let Some(m) = &self.metrics {
                             m.kad(true, true, response.kind());
                         }
-                        self.node.handle_response(now, id, response)
+                        self.machine.kad.handle_response(now, id, response)
                     }
-                    Ok(None) => self.node.handle_request_sent(now, id),
+                    Ok(None) => self.machine.kad.handle_request_sent(now, id),
                     Err(failure) => {
                         if let Some(m) = &self.metrics {
                             m.node.request_failed(&failure);
                         }
-                        self.node.handle_request_failed(now, id, failure)
+                        self.machine.kad.handle_request_failed(now, id, failure)
                     }
                 }
             }

@@ -34,6 +34,9 @@ pub enum NetabaseError {
     /// A record fetched from the network is not a valid typed record.
     #[error("invalid record: {0}")]
     InvalidRecord(#[from] EnvelopeError),
+    /// A consensus operation failed.
+    #[error(transparent)]
+    Consensus(#[from] crate::consensus::ConsensusError),
     /// The record under the key holds another model than the one asked for.
     #[error("the record holds model {found}, not the requested model")]
     WrongModel {

@@ -36,6 +36,14 @@ pub enum NetabaseEvent {
     },
     /// The swarm stopped.
     Stopped,
+    /// The consensus leader this node follows changed (`None`: no leader is known, an
+    /// election is under way).
+    ConsensusLeader {
+        /// The leader.
+        leader: Option<PeerId>,
+        /// Its ballot's round.
+        round: u64,
+    },
     /// The node listens on a new address.
     ListenAddressAdded {
         /// The address.

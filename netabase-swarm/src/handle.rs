@@ -399,6 +399,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 get_quorum: config.get_quorum,
                 metrics: config.metrics.clone(),
                 keypair: core_keypair(&self.inner.keypair),
+                consensus: config.consensus.clone(),
             },
         )?;
         driver
@@ -445,6 +446,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             kad: KadCarrier::new(shared, config.inbound_limits.clone()),
             identify: identify::Behaviour::new(identify),
             ping: ping::Behaviour::default(),
+            paxos: crate::paxos::behaviour(),
             mdns: Toggle::from(mdns),
         })
     }
@@ -472,7 +474,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         Ok(())
     }
 
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, NetabaseError> {

@@ -5,7 +5,8 @@
 //!
 //! - a network behaviour that carries the core's Kademlia messages over libp2p streams
 //!   (one stream per request, the standard `dht.proto` framing, under a configurable
-//!   protocol name), beside identify, ping, mDNS and connection limits;
+//!   protocol name), beside identify, ping, mDNS, connection limits and the consensus
+//!   messages of `/paxos/1.0.0` ([`ClusterStatus`], [`Netabase::put_record_consensus`]);
 //! - a driver task that owns the swarm, the core node and the DHT record store, feeds
 //!   swarm events, API calls and timeouts into the core and carries its commands out;
 //! - the typed, async [`Netabase`] handle and its [`NetabaseEvent`]s.
@@ -21,6 +22,7 @@ mod bandwidth;
 mod behaviour;
 mod carrier;
 mod config;
+mod consensus;
 mod convert;
 mod driver;
 mod error;
@@ -30,11 +32,13 @@ mod handle;
 mod handler;
 mod identity;
 pub mod metrics;
+mod paxos;
 mod protocol;
 mod runtime;
 
 pub use bandwidth::NodeTransport;
 pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
+pub use consensus::{ClusterStatus, CompareAndSet, ConsensusError, ConsensusWrite};
 pub use error::NetabaseError;
 pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
 pub use guard::{InboundLimits, Rate, Refusal};
@@ -44,12 +48,16 @@ pub use handle::{
 };
 pub use identity::{core_keypair, load_or_create as load_or_create_identity};
 pub use metrics::NodeMetrics;
+pub use paxos::PAXOS_PROTOCOL;
 pub use protocol::StreamError;
 pub use runtime::{BuildError, Runtime, Sleep, TransportKind, TransportSettings, UPGRADE_TIMEOUT};
 
 pub use libp2p;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
+pub use netabase_core::consensus::{
+    ClusterId, ConsensusConfig, EntryId, EntryStatus, LeaseConfig, Position, ReadLevel, Role,
+};
 pub use netabase_core::wire::{DEFAULT_PROTOCOL_NAME, IPFS_PROTOCOL_NAME};
 pub use netabase_core::{Mode, QueryError, QueryStats, Quorum, RecordKey};
 pub use prometheus_client;

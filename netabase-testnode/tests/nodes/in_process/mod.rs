@@ -38,6 +38,7 @@ macro_rules! per_runtime {
 }
 
 mod bad_input;
+mod consensus;
 mod defaults;
 mod dht;
 mod interop;

@@ -1,0 +1,325 @@
+//! Strongly consistent writes: consensus models through a Multi-Paxos cluster.
+//!
+//! A cluster is a fixed set of nodes (voters) that replicate one log over
+//! `/paxos/1.0.0`. [`Netabase::create_cluster`] mints its id; every other member calls
+//! [`Netabase::join_cluster`] with that id and the same member list. Writes
+//! ([`put_record_consensus`](Netabase::put_record_consensus),
+//! [`remove_record_consensus`](Netabase::remove_record_consensus),
+//! [`compare_and_set_consensus`](Netabase::compare_and_set_consensus)) resolve once the
+//! entry is chosen and applied on this node, with its log position, which is the record's
+//! version; reads choose their level ([`ReadLevel`]).
+//!
+//! What a consensus record is: the model's encoded value under its record key, in the
+//! cluster's replicated state, apart from the DHT and the typed store (`put_record` and
+//! `get_record` never see it).
+//!
+//! Limits of this release, stated plainly: the log and the replicated state live in
+//! memory, so a node that restarts has forgotten its votes and must not rejoin the same
+//! cluster under the same peer id (a persistent log is planned); the member list is fixed
+//! for the cluster's lifetime (adding, removing and replacing members, leader transfer
+//! and snapshots are planned).
+
+use std::collections::HashMap;
+
+use futures::channel::oneshot;
+use libp2p::PeerId;
+use netabase_core::consensus::{
+    ClusterId, ConsensusConfig, ConsensusStats, EntryId, EntryStatus, KvCommand, KvResponse,
+    KvState, MemoryLogStore, Position, ProposeError, ReadFailure, ReadId, ReadLevel, Role, Slot,
+    StartError,
+};
+use netabase_core::model::{NetabaseDefinition, NetabaseModel, PrimaryKey, record_key};
+
+use crate::driver::Command;
+use crate::error::NetabaseError;
+use crate::handle::Netabase;
+use crate::runtime::Runtime;
+
+/// The consensus log of a running node.
+pub(crate) type ConsensusLog = MemoryLogStore;
+/// The replicated state of a running node.
+pub(crate) type ConsensusState = KvState;
+
+/// Why a consensus operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsensusError {
+    /// The node is in no cluster.
+    #[error("this node is not a member of a consensus cluster")]
+    NoCluster,
+    /// The node is already a member of a cluster.
+    #[error("this node is already a member of cluster {0}")]
+    AlreadyMember(ClusterId),
+    /// The member could not start.
+    #[error("the consensus member cannot start: {0}")]
+    Start(#[from] StartError),
+    /// The proposal was refused at once (too large, queue full).
+    #[error("the proposal was refused: {0}")]
+    Propose(#[from] ProposeError),
+    /// The read could not be served.
+    #[error("the read failed: {0}")]
+    Read(#[from] ReadFailure),
+    /// The entry was not applied in time: it may still be applied, or never. Ask with
+    /// [`Netabase::consensus_entry_status`].
+    #[error("the outcome of entry {0:?} is unknown")]
+    Indeterminate(EntryId),
+    /// A member's peer id is not one the core can address.
+    #[error("unsupported member peer id {0}")]
+    UnsupportedPeer(PeerId),
+}
+
+/// A node's view of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The voters.
+    pub members: Vec<PeerId>,
+    /// This node's role.
+    pub role: Role,
+    /// The leader it follows or is.
+    pub leader: Option<PeerId>,
+    /// The highest ballot round seen.
+    pub round: u64,
+    /// Every slot up to here is known chosen.
+    pub committed: Slot,
+    /// Every slot up to here is applied.
+    pub applied: Slot,
+    /// Counters.
+    pub stats: ConsensusStats,
+}
+
+/// A write through the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsensusWrite {
+    /// The entry's id.
+    pub id: EntryId,
+    /// Where it landed: the record's version.
+    pub position: Position,
+}
+
+/// The outcome of a compare-and-set through the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompareAndSet {
+    /// Whether the record held the expected value and was set.
+    pub swapped: bool,
+    /// Where the entry landed.
+    pub position: Position,
+}
+
+/// An applied entry of this node's own.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) id: EntryId,
+    pub(crate) position: Position,
+    pub(crate) response: Vec<u8>,
+}
+
+pub(crate) type WriteReply = oneshot::Sender<Result<Committed, NetabaseError>>;
+pub(crate) type ReadReply = oneshot::Sender<Result<Option<(Vec<u8>, Position)>, NetabaseError>>;
+
+/// A consensus API call for the driver.
+pub(crate) enum ConsensusCommand {
+    Start {
+        cluster: ClusterId,
+        members: Vec<PeerId>,
+        reply: oneshot::Sender<Result<(), NetabaseError>>,
+    },
+    Propose {
+        command: KvCommand,
+        reply: WriteReply,
+    },
+    Read {
+        key: Vec<u8>,
+        level: ReadLevel,
+        reply: ReadReply,
+    },
+    Status {
+        reply: oneshot::Sender<Option<ClusterStatus>>,
+    },
+    EntryStatus {
+        id: EntryId,
+        reply: oneshot::Sender<Result<EntryStatus, NetabaseError>>,
+    },
+}
+
+/// API calls waiting on the member, and its settings.
+pub(crate) struct ConsensusClient {
+    pub(crate) config: ConsensusConfig,
+    pub(crate) writes: HashMap<EntryId, WriteReply>,
+    pub(crate) reads: HashMap<ReadId, (Vec<u8>, ReadReply)>,
+}
+
+impl ConsensusClient {
+    pub(crate) fn new(config: ConsensusConfig) -> Self {
+        ConsensusClient {
+            config,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+        }
+    }
+}
+
+/// A consensus record's stored bytes: the model id (big-endian) and the model's encoding.
+fn encode_definition<D: NetabaseDefinition>(value: &D) -> Result<Vec<u8>, NetabaseError> {
+    let mut bytes = value.model_id().to_be_bytes().to_vec();
+    bytes.extend_from_slice(&value.encode_model()?);
+    Ok(bytes)
+}
+
+fn decode_model<M: NetabaseModel>(bytes: &[u8]) -> Result<M, NetabaseError>
+where
+    M::Definition: NetabaseDefinition,
+{
+    let (id, payload) = bytes
+        .split_first_chunk::<2>()
+        .ok_or(NetabaseError::WrongModel { found: u16::MAX })?;
+    let id = u16::from_be_bytes(*id);
+    let value = <M::Definition as NetabaseDefinition>::decode_model(id, payload)?;
+    M::try_from(value).map_err(|_| NetabaseError::WrongModel { found: id })
+}
+
+impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
+    async fn consensus<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> ConsensusCommand,
+    ) -> Result<T, NetabaseError> {
+        self.call(|reply| Command::Consensus(make(reply))).await
+    }
+
+    /// Creates a consensus cluster of this node and `members` (this node is added if
+    /// missing) and starts this node's member; returns the new cluster's id, which every
+    /// other member passes to [`join_cluster`](Netabase::join_cluster) with the same list.
+    pub async fn create_cluster(&self, members: &[PeerId]) -> Result<ClusterId, NetabaseError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| NetabaseError::Config(format!("no randomness for a cluster id: {e}")))?;
+        let cluster = ClusterId(id);
+        self.join_cluster(cluster, members).await?;
+        Ok(cluster)
+    }
+
+    /// Starts this node's member of `cluster`, whose voters are `members` (this node is
+    /// added if missing). Every member must be started with the same list.
+    pub async fn join_cluster(
+        &self,
+        cluster: ClusterId,
+        members: &[PeerId],
+    ) -> Result<(), NetabaseError> {
+        let mut members = members.to_vec();
+        if !members.contains(&self.local_peer_id()) {
+            members.push(self.local_peer_id());
+        }
+        self.consensus(|reply| ConsensusCommand::Start {
+            cluster,
+            members,
+            reply,
+        })
+        .await?
+    }
+
+    /// This node's view of its cluster; `None` when it is in none.
+    pub async fn cluster_status(&self) -> Result<Option<ClusterStatus>, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::Status { reply })
+            .await
+    }
+
+    /// What became of an entry this node proposed (say after
+    /// [`ConsensusError::Indeterminate`]).
+    pub async fn consensus_entry_status(&self, id: EntryId) -> Result<EntryStatus, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::EntryStatus { id, reply })
+            .await?
+    }
+
+    async fn propose(&self, command: KvCommand) -> Result<Committed, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::Propose { command, reply })
+            .await?
+    }
+
+    /// Writes `model` through the cluster's log; resolves once the entry is applied on
+    /// this node, with its position (the record's version).
+    pub async fn put_record_consensus<M>(&self, model: M) -> Result<ConsensusWrite, NetabaseError>
+    where
+        M: NetabaseModel<Definition = D>,
+    {
+        let value: D = model.into();
+        let key = value.record_key()?.as_bytes().to_vec();
+        let value = encode_definition(&value)?;
+        let done = self.propose(KvCommand::Put { key, value }).await?;
+        Ok(ConsensusWrite {
+            id: done.id,
+            position: done.position,
+        })
+    }
+
+    /// Removes the record with primary key `key` through the cluster's log.
+    pub async fn remove_record_consensus<K>(&self, key: &K) -> Result<ConsensusWrite, NetabaseError>
+    where
+        K: PrimaryKey,
+        K::Model: NetabaseModel<Definition = D>,
+    {
+        let key = record_key(key)?.as_bytes().to_vec();
+        let done = self.propose(KvCommand::Remove { key }).await?;
+        Ok(ConsensusWrite {
+            id: done.id,
+            position: done.position,
+        })
+    }
+
+    /// Sets the record with primary key `key` to `new` (`None` removes it) if it holds
+    /// `expected` (`None`: absent), atomically through the cluster's log.
+    pub async fn compare_and_set_consensus<K>(
+        &self,
+        key: &K,
+        expected: Option<K::Model>,
+        new: Option<K::Model>,
+    ) -> Result<CompareAndSet, NetabaseError>
+    where
+        K: PrimaryKey,
+        K::Model: NetabaseModel<Definition = D>,
+    {
+        let record = record_key(key)?.as_bytes().to_vec();
+        let encode = |m: Option<K::Model>| -> Result<Option<Vec<u8>>, NetabaseError> {
+            m.map(|m| {
+                let value: D = m.into();
+                encode_definition(&value)
+            })
+            .transpose()
+        };
+        let command = KvCommand::CompareAndSet {
+            key: record,
+            expected: encode(expected)?,
+            new: encode(new)?,
+        };
+        let done = self.propose(command).await?;
+        let swapped = matches!(
+            KvResponse::decode(&done.response),
+            Some(KvResponse::Swapped(true))
+        );
+        Ok(CompareAndSet {
+            swapped,
+            position: done.position,
+        })
+    }
+
+    /// Reads the consensus record with primary key `key` at `level`, with the position
+    /// that wrote it. [`ReadLevel::Local`] is this node's applied state, possibly stale.
+    pub async fn get_record_consensus<K>(
+        &self,
+        key: &K,
+        level: ReadLevel,
+    ) -> Result<Option<(K::Model, Position)>, NetabaseError>
+    where
+        K: PrimaryKey,
+        K::Model: NetabaseModel<Definition = D>,
+    {
+        let key = record_key(key)?.as_bytes().to_vec();
+        let found = self
+            .consensus(|reply| ConsensusCommand::Read { key, level, reply })
+            .await??;
+        match found {
+            None => Ok(None),
+            Some((bytes, position)) => Ok(Some((decode_model::<K::Model>(&bytes)?, position))),
+        }
+    }
+}

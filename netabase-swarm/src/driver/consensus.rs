@@ -1,0 +1,216 @@
+//! The driver's side of consensus: API calls into the member, its messages onto
+//! `/paxos/1.0.0`, its events back to the callers.
+
+use libp2p::request_response;
+use netabase_core::consensus::{
+    Configuration, Event as MemberEvent, KvState, Member, Membership, Output as MemberOutput,
+};
+
+use super::Driver;
+use crate::consensus::{
+    ClusterStatus, Committed, ConsensusCommand, ConsensusError, ConsensusLog, ConsensusState,
+};
+use crate::convert::{to_core_peer, to_libp2p_peer, to_multiaddr};
+use crate::error::NetabaseError;
+use crate::event::NetabaseEvent;
+use crate::runtime::Runtime;
+
+impl<R: Runtime> Driver<R> {
+    pub(super) fn on_consensus_command(&mut self, command: ConsensusCommand) {
+        let now = self.now();
+        match command {
+            ConsensusCommand::Start {
+                cluster,
+                members,
+                reply,
+            } => {
+                let _ = reply.send(self.start_consensus(cluster, &members));
+            }
+            ConsensusCommand::Propose { command, reply } => {
+                let Some(member) = &mut self.machine.consensus else {
+                    let _ = reply.send(Err(ConsensusError::NoCluster.into()));
+                    return;
+                };
+                match member.propose(now, command.encode()) {
+                    Ok(id) => {
+                        self.consensus.writes.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ConsensusError::from(e).into()));
+                    }
+                }
+            }
+            ConsensusCommand::Read { key, level, reply } => {
+                let Some(member) = &mut self.machine.consensus else {
+                    let _ = reply.send(Err(ConsensusError::NoCluster.into()));
+                    return;
+                };
+                match member.read(now, level) {
+                    Ok(read) => {
+                        self.consensus.reads.insert(read, (key, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ConsensusError::from(e).into()));
+                    }
+                }
+            }
+            ConsensusCommand::Status { reply } => {
+                let status = self.machine.consensus.as_ref().map(|m| ClusterStatus {
+                    cluster: m.cluster(),
+                    members: m
+                        .configuration()
+                        .members
+                        .iter()
+                        .filter_map(to_libp2p_peer)
+                        .collect(),
+                    role: m.role(),
+                    leader: m.leader().as_ref().and_then(to_libp2p_peer),
+                    round: m.round(),
+                    committed: m.committed(),
+                    applied: m.applied(),
+                    stats: m.stats().clone(),
+                });
+                let _ = reply.send(status);
+            }
+            ConsensusCommand::EntryStatus { id, reply } => {
+                let status = match &self.machine.consensus {
+                    Some(m) => Ok(m.entry_status(&id)),
+                    None => Err(ConsensusError::NoCluster.into()),
+                };
+                let _ = reply.send(status);
+            }
+        }
+    }
+
+    fn start_consensus(
+        &mut self,
+        cluster: netabase_core::consensus::ClusterId,
+        members: &[libp2p::PeerId],
+    ) -> Result<(), NetabaseError> {
+        if let Some(m) = &self.machine.consensus {
+            return Err(ConsensusError::AlreadyMember(m.cluster()).into());
+        }
+        let members = members
+            .iter()
+            .map(|p| to_core_peer(p).ok_or(ConsensusError::UnsupportedPeer(*p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let local = to_core_peer(self.swarm.local_peer_id())
+            .ok_or_else(|| NetabaseError::Config("unsupported local peer id".into()))?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed)
+            .map_err(|e| NetabaseError::Config(format!("no randomness for the member: {e}")))?;
+        let member: Member<ConsensusLog, ConsensusState> = Member::new(
+            self.consensus.config.clone(),
+            Membership {
+                local,
+                cluster,
+                members: Configuration::new(members),
+            },
+            ConsensusLog::new(),
+            KvState::new(),
+            u64::from_le_bytes(seed),
+            self.now(),
+        )
+        .map_err(ConsensusError::from)?;
+        self.machine.consensus = Some(member);
+        Ok(())
+    }
+
+    pub(super) fn on_consensus_output(&mut self, output: MemberOutput) {
+        match output {
+            MemberOutput::Send { to, envelope } => {
+                let bytes = match envelope.encode() {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a consensus message cannot be encoded");
+                        return;
+                    }
+                };
+                let Some(peer) = to_libp2p_peer(&to) else {
+                    return;
+                };
+                let addrs = self
+                    .machine
+                    .kad
+                    .routing_table()
+                    .entry(&to)
+                    .map(|e| e.addrs.iter().filter_map(to_multiaddr).collect())
+                    .unwrap_or_default();
+                self.swarm
+                    .behaviour_mut()
+                    .paxos
+                    .send_request_with_addresses(&peer, bytes, addrs);
+            }
+            MemberOutput::Event(event) => self.on_member_event(event),
+        }
+    }
+
+    fn on_member_event(&mut self, event: MemberEvent) {
+        match event {
+            MemberEvent::Committed {
+                id,
+                position,
+                response,
+                ..
+            } => {
+                if let Some(reply) = self.consensus.writes.remove(&id) {
+                    let _ = reply.send(Ok(Committed {
+                        id,
+                        position,
+                        response,
+                    }));
+                }
+            }
+            MemberEvent::Indeterminate { id } => {
+                if let Some(reply) = self.consensus.writes.remove(&id) {
+                    let _ = reply.send(Err(ConsensusError::Indeterminate(id).into()));
+                }
+            }
+            MemberEvent::ReadReady { read } => {
+                if let Some((key, reply)) = self.consensus.reads.remove(&read) {
+                    let found = self.machine.consensus.as_ref().and_then(|m| {
+                        m.state()
+                            .get(&key)
+                            .map(|(value, position)| (value.to_vec(), position))
+                    });
+                    let _ = reply.send(Ok(found));
+                }
+            }
+            MemberEvent::ReadFailed { read, reason } => {
+                if let Some((_, reply)) = self.consensus.reads.remove(&read) {
+                    let _ = reply.send(Err(ConsensusError::from(reason).into()));
+                }
+            }
+            MemberEvent::Applied { .. } => {}
+            MemberEvent::Leader { leader, round } => {
+                self.emit(NetabaseEvent::ConsensusLeader {
+                    leader: leader.as_ref().and_then(to_libp2p_peer),
+                    round,
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_paxos_event(&mut self, event: request_response::Event<Vec<u8>, ()>) {
+        if let request_response::Event::Message {
+            peer,
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            ..
+        } = event
+        {
+            // The answer only acknowledges receipt; the member answers with messages of
+            // its own.
+            let _ = self.swarm.behaviour_mut().paxos.send_response(channel, ());
+            let Some(from) = to_core_peer(&peer) else {
+                return;
+            };
+            let now = self.now();
+            if let Err(e) = self.machine.handle_consensus_bytes(now, from, &request) {
+                tracing::debug!(%peer, error = %e, "malformed consensus message");
+            }
+        }
+    }
+}

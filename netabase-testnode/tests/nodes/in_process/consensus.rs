@@ -1,0 +1,141 @@
+//! Consensus on real nodes: a three-member cluster over `/paxos/1.0.0` elects a leader,
+//! commits writes from every member in one order, serves reads at every level and refuses
+//! a stale compare-and-set.
+
+use netabase::{ConsensusError, NetabaseError, NetabaseEvent, ReadLevel, Role};
+use netabase_testnode::MessagePrimaryKey;
+use netabase_testnode::in_process::*;
+
+per_runtime!(a_three_member_cluster_commits_and_reads_linearizably);
+async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>() {
+    let nodes = network::<R>(3).await;
+    let members: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    let mut events = nodes[0].events();
+
+    // Before any cluster: a typed error.
+    let err = nodes[0]
+        .node
+        .put_record_consensus(message(1, "early"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        NetabaseError::Consensus(ConsensusError::NoCluster)
+    ));
+
+    let cluster = nodes[0].node.create_cluster(&members).await.unwrap();
+    for n in &nodes[1..] {
+        n.node.join_cluster(cluster, &members).await.unwrap();
+    }
+    let again = nodes[1]
+        .node
+        .join_cluster(cluster, &members)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        again,
+        NetabaseError::Consensus(ConsensusError::AlreadyMember(_))
+    ));
+    events
+        .wait_for("a leader is elected", |e| match e {
+            NetabaseEvent::ConsensusLeader {
+                leader: Some(_), ..
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+
+    // Writes from every member land in one log, in increasing positions per writer.
+    let mut positions = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let w = within::<R, _>(
+            "a consensus put",
+            n.node.put_record_consensus(message(i as u64, "v1")),
+        )
+        .await
+        .unwrap();
+        positions.push(w.position);
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+    // Every member reads every write linearizably, with the position that wrote it.
+    for n in &nodes {
+        for (i, position) in positions.iter().enumerate() {
+            let (got, at) = within::<R, _>(
+                "a linearizable read",
+                n.node
+                    .get_record_consensus(&MessagePrimaryKey(i as u64), ReadLevel::Linearizable),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(got, message(i as u64, "v1"));
+            assert_eq!(at, *position);
+        }
+    }
+
+    // Compare-and-set: the current value swaps, a stale expectation does not.
+    let cas = nodes[2]
+        .node
+        .compare_and_set_consensus(
+            &MessagePrimaryKey(0),
+            Some(message(0, "v1")),
+            Some(message(0, "v2")),
+        )
+        .await
+        .unwrap();
+    assert!(cas.swapped);
+    let stale = nodes[1]
+        .node
+        .compare_and_set_consensus(
+            &MessagePrimaryKey(0),
+            Some(message(0, "v1")),
+            Some(message(0, "lost")),
+        )
+        .await
+        .unwrap();
+    assert!(!stale.swapped);
+    assert!(stale.position > cas.position);
+    for level in [ReadLevel::Linearizable, ReadLevel::Lease] {
+        let (got, at) = nodes[1]
+            .node
+            .get_record_consensus(&MessagePrimaryKey(0), level)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((got, at), (message(0, "v2"), cas.position), "{level:?}");
+    }
+
+    // A removal through the log; consensus records stay apart from the DHT.
+    nodes[0]
+        .node
+        .remove_record_consensus(&MessagePrimaryKey(1))
+        .await
+        .unwrap();
+    let gone = nodes[2]
+        .node
+        .get_record_consensus(&MessagePrimaryKey(1), ReadLevel::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(gone, None);
+    assert!(
+        nodes[0]
+            .node
+            .get_record(&MessagePrimaryKey(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Status: one leader, every member applied the same prefix or is catching up.
+    let mut leaders = 0;
+    for n in &nodes {
+        let status = n.node.cluster_status().await.unwrap().unwrap();
+        assert_eq!(status.cluster, cluster);
+        assert_eq!(status.members.len(), 3);
+        assert!(status.leader.is_some());
+        leaders += usize::from(status.role == Role::Leader);
+        assert!(status.applied >= positions[0].slot);
+    }
+    assert_eq!(leaders, 1);
+}
