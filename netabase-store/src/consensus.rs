@@ -33,7 +33,7 @@
 //!
 //! # Layout
 //!
-//! Tables (every row behind the crate's value header, see [`codec`](crate::codec), with
+//! Tables (every row behind the crate's value header, see [`codec`], with
 //! layout version 1, and bincode 2 inside):
 //!
 //! | table | key | value |
