@@ -19,6 +19,9 @@
 //! [`PersistentRecordStore`] implements the core's DHT [`RecordStore`] on the same
 //! backends, so a node's records and provider records survive restarts.
 //!
+//! [`PersistentLog`] and [`PersistentKvState`] keep a consensus member's acceptor log and
+//! replicated key-value state on the same backends (tables `paxos.*`, see [`consensus`]).
+//!
 //! ```
 //! use netabase_store::{NetabaseModel, Store, netabase_definition_module};
 //!
@@ -71,6 +74,7 @@ pub use serde;
 
 pub mod backend;
 pub mod codec;
+pub mod consensus;
 mod error;
 mod migration;
 mod ops;
@@ -82,6 +86,7 @@ pub use backend::{AnyBackend, Backend, BackendConfig, BackendKind, Durability, M
 pub use backend::{RedbBackend, RedbOptions};
 #[cfg(feature = "sled")]
 pub use backend::{SledBackend, SledOptions};
+pub use consensus::{PersistentKvState, PersistentLog};
 pub use error::{Result, StoreError};
 pub use migration::StoreBuilder;
 pub use ops::{META_TABLE, Scan, VERSIONS_TABLE, index_table, records_table};
