@@ -13,11 +13,18 @@
 //! cluster's replicated state, apart from the DHT and the typed store (`put_record` and
 //! `get_record` never see it).
 //!
-//! Limits of this release, stated plainly: the log and the replicated state live in
-//! memory, so a node that restarts has forgotten its votes and must not rejoin the same
-//! cluster under the same peer id (a persistent log is planned); the member list is fixed
-//! for the cluster's lifetime (adding, removing and replacing members, leader transfer
-//! and snapshots are planned).
+//! The log and the replicated state live in the node's database (tables `paxos.*`): the
+//! log's writes are made durable before any promise or vote that reports them leaves,
+//! and the state is written in the same transaction. A node that restarts calls
+//! [`Netabase::join_cluster`] again with the same id and members; it keeps its promises
+//! and replays its log. After a restart a member waits out the lease duration before it
+//! promises anything.
+//!
+//! Limits of this release, stated plainly: the member list is fixed for the cluster's
+//! lifetime (adding, removing and replacing members, leader transfer, snapshots and log
+//! compaction are planned; the log grows with every slot and is held in memory while the
+//! node runs); a node whose data directory was wiped must not rejoin under the same peer
+//! id (nothing detects it yet).
 
 use std::collections::HashMap;
 
@@ -25,20 +32,21 @@ use futures::channel::oneshot;
 use libp2p::PeerId;
 use netabase_core::consensus::{
     ClusterId, ConsensusConfig, ConsensusStats, EntryId, EntryStatus, KvCommand, KvResponse,
-    KvState, MemoryLogStore, Position, ProposeError, ReadFailure, ReadId, ReadLevel, Role, Slot,
-    StartError,
+    Position, ProposeError, ReadFailure, ReadId, ReadLevel, Role, Slot, StartError,
 };
 use netabase_core::model::{NetabaseDefinition, NetabaseModel, PrimaryKey, record_key};
+use netabase_store::AnyBackend;
+use netabase_store::consensus::{PersistentKvState, PersistentLog};
 
 use crate::driver::Command;
 use crate::error::NetabaseError;
 use crate::handle::Netabase;
 use crate::runtime::Runtime;
 
-/// The consensus log of a running node.
-pub(crate) type ConsensusLog = MemoryLogStore;
-/// The replicated state of a running node.
-pub(crate) type ConsensusState = KvState;
+/// The consensus log of a running node, in its database.
+pub(crate) type ConsensusLog = PersistentLog<AnyBackend>;
+/// The replicated state of a running node, in its database beside the log.
+pub(crate) type ConsensusState = PersistentKvState<AnyBackend>;
 
 /// Why a consensus operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -587,10 +587,13 @@ impl<R: Runtime> Driver<R> {
         self.requests_before_sync = false;
         match self.machine.kad.store().sync() {
             Ok(()) => {
-                // The consensus log lives in memory (see `crate::consensus`): its writes
-                // are as durable as they will be.
-                if let Some(m) = &mut self.machine.consensus {
-                    m.log_mut().sync();
+                // The consensus log and state: one more durable transaction.
+                if let Some(m) = &mut self.machine.consensus
+                    && let Err(e) = m.log_mut().sync()
+                {
+                    tracing::error!(error = %e, "the consensus log cannot be made durable; stopping the node");
+                    self.store_failed = true;
+                    return Err(NetabaseError::Store(e));
                 }
                 let now = self.now();
                 self.machine.synced(now);

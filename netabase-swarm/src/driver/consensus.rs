@@ -3,7 +3,7 @@
 
 use libp2p::request_response;
 use netabase_core::consensus::{
-    Configuration, Event as MemberEvent, KvState, Member, Membership, Output as MemberOutput,
+    Configuration, Event as MemberEvent, Member, Membership, Output as MemberOutput,
 };
 
 use super::Driver;
@@ -99,6 +99,9 @@ impl<R: Runtime> Driver<R> {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed)
             .map_err(|e| NetabaseError::Config(format!("no randomness for the member: {e}")))?;
+        let backend = self.machine.kad.store().backend().clone();
+        let mut log = ConsensusLog::open(backend)?;
+        let state = ConsensusState::open(&mut log)?;
         let member: Member<ConsensusLog, ConsensusState> = Member::new(
             self.consensus.config.clone(),
             Membership {
@@ -106,8 +109,8 @@ impl<R: Runtime> Driver<R> {
                 cluster,
                 members: Configuration::new(members),
             },
-            ConsensusLog::new(),
-            KvState::new(),
+            log,
+            state,
             u64::from_le_bytes(seed),
             self.now(),
         )
@@ -168,11 +171,11 @@ impl<R: Runtime> Driver<R> {
             }
             MemberEvent::ReadReady { read } => {
                 if let Some((key, reply)) = self.consensus.reads.remove(&read) {
-                    let found = self.machine.consensus.as_ref().and_then(|m| {
-                        m.state()
-                            .get(&key)
-                            .map(|(value, position)| (value.to_vec(), position))
-                    });
+                    let found = self
+                        .machine
+                        .consensus
+                        .as_ref()
+                        .and_then(|m| m.state().get(&key));
                     let _ = reply.send(Ok(found));
                 }
             }

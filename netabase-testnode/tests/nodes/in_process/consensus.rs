@@ -138,4 +138,53 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
         assert!(status.applied >= positions[0].slot);
     }
     assert_eq!(leaders, 1);
+
+    // A follower restarts: its log and state come back from its database, it rejoins
+    // with the same id and members, and it reads the writes made while it was down.
+    let leader = nodes[0]
+        .node
+        .cluster_status()
+        .await
+        .unwrap()
+        .unwrap()
+        .leader;
+    let follower = nodes
+        .iter()
+        .position(|n| Some(n.id()) != leader)
+        .expect("a follower");
+    let f = &nodes[follower];
+    f.node.stop_swarm().await.unwrap();
+    let writer = &nodes[(follower + 1) % 3];
+    writer
+        .node
+        .put_record_consensus(message(7, "while down"))
+        .await
+        .unwrap();
+    f.node.start_swarm().await.unwrap();
+    for n in &nodes {
+        if n.id() != f.id() {
+            let addrs = n.node.listen_addresses().await.unwrap();
+            f.node.add_address(n.id(), addrs[0].clone()).await.unwrap();
+        }
+    }
+    let status = f.node.cluster_status().await.unwrap();
+    assert_eq!(
+        status, None,
+        "a stopped node has left its cluster until it joins again"
+    );
+    f.node.join_cluster(cluster, &members).await.unwrap();
+    let status = f.node.cluster_status().await.unwrap().unwrap();
+    assert!(
+        status.applied >= cas.position.slot,
+        "the state replays from the log"
+    );
+    let (got, _) = within::<R, _>(
+        "a read after the restart",
+        f.node
+            .get_record_consensus(&MessagePrimaryKey(7), ReadLevel::Linearizable),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, message(7, "while down"));
 }
