@@ -1,0 +1,359 @@
+//! Arbitrary sequences of consensus messages (well-formed ones built from the input, and
+//! raw bytes), proposals, reads, syncs, crashes and timeouts fed to one member of a
+//! three-member cluster: it never panics and its invariants hold after every step.
+#![no_main]
+
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use netabase_core::consensus::{
+    Ballot, ClusterId, Configuration, ConsensusConfig, Entry, EntryId, Envelope, KvCommand,
+    KvState, Member, Membership, MemoryLogStore, Message, ReadLevel, SlotValue, Value,
+};
+use netabase_core::{Instant, PeerId};
+
+const CLUSTER: ClusterId = ClusterId([3; 16]);
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Prepare {
+        from: u8,
+        round: u8,
+        leader: u8,
+        slot: u8,
+    },
+    Promise {
+        from: u8,
+        round: u8,
+        slot: u8,
+        next: bool,
+        entries: u8,
+    },
+    Nack {
+        from: u8,
+        round: u8,
+        promised: Option<u8>,
+        alive: bool,
+    },
+    Accept {
+        from: u8,
+        round: u8,
+        slot: u8,
+        committed: u8,
+        entries: u8,
+    },
+    Accepted {
+        from: u8,
+        round: u8,
+        slot: u8,
+    },
+    Commit {
+        from: u8,
+        round: u8,
+        slot: u8,
+    },
+    Heartbeat {
+        from: u8,
+        round: u8,
+        committed: u8,
+        seq: u8,
+    },
+    HeartbeatAck {
+        from: u8,
+        round: u8,
+        seq: u8,
+    },
+    CatchUp {
+        from: u8,
+        slot: u8,
+    },
+    Entries {
+        from: u8,
+        slot: u8,
+        count: u8,
+    },
+    Forward {
+        from: u8,
+        entries: u8,
+    },
+    ReadIndex {
+        from: u8,
+        request: u8,
+        lease: bool,
+    },
+    ReadIndexReply {
+        from: u8,
+        request: u8,
+        index: Option<u8>,
+    },
+    Raw {
+        from: u8,
+        bytes: Vec<u8>,
+    },
+    Propose {
+        len: u8,
+    },
+    Read {
+        level: u8,
+    },
+    Sync,
+    Crash,
+    Advance {
+        millis: u16,
+    },
+}
+
+fn peer(n: u8) -> PeerId {
+    PeerId::from_seed(u64::from(n % 4))
+}
+
+fn ballot(round: u8, leader: u8) -> Ballot {
+    Ballot {
+        round: u64::from(round % 8),
+        leader: peer(leader),
+    }
+}
+
+fn batch(from: u8, n: u8) -> Value {
+    if n % 4 == 0 {
+        return Value::Noop;
+    }
+    Value::Batch(
+        (0..n % 4)
+            .map(|i| Entry {
+                id: EntryId {
+                    proposer: peer(from),
+                    seq: u64::from(i),
+                },
+                command: KvCommand::Append {
+                    key: vec![i],
+                    value: vec![n],
+                }
+                .encode(),
+            })
+            .collect(),
+    )
+}
+
+fn values(from: u8, slot: u8, count: u8) -> Vec<SlotValue> {
+    (0..count % 4)
+        .map(|i| SlotValue {
+            slot: u64::from(slot % 16) + u64::from(i),
+            ballot: ballot(i, from),
+            value: batch(from, count.wrapping_add(i)),
+            chosen: i % 2 == 0,
+        })
+        .collect()
+}
+
+fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
+    let config = ConsensusConfig {
+        max_pending: 64,
+        max_pending_reads: 64,
+        ..ConsensusConfig::default()
+    };
+    Member::new(
+        config,
+        Membership {
+            local: peer(0),
+            cluster: CLUSTER,
+            members: Configuration::new([peer(0), peer(1), peer(2)]),
+        },
+        log,
+        KvState::new(),
+        7,
+        now,
+    )
+    .expect("valid member")
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut now = Instant::from_millis(1);
+    let mut member = Some(start(MemoryLogStore::new(), now));
+    for op in ops.into_iter().take(256) {
+        let m = member.as_mut().expect("running");
+        let message = match op {
+            Op::Prepare {
+                from,
+                round,
+                leader,
+                slot,
+            } => Some((
+                from,
+                Message::Prepare {
+                    ballot: ballot(round, leader),
+                    from: u64::from(slot % 16),
+                },
+            )),
+            Op::Promise {
+                from,
+                round,
+                slot,
+                next,
+                entries,
+            } => Some((
+                from,
+                Message::Promise {
+                    ballot: ballot(round, 0),
+                    accepted: values(from, slot, entries),
+                    next: next.then_some(u64::from(slot % 16) + 4),
+                    truncated: 0,
+                },
+            )),
+            Op::Nack {
+                from,
+                round,
+                promised,
+                alive,
+            } => Some((
+                from,
+                Message::Nack {
+                    ballot: ballot(round, 0),
+                    promised: promised.map(|r| ballot(r, from)),
+                    leader_alive: alive,
+                },
+            )),
+            Op::Accept {
+                from,
+                round,
+                slot,
+                committed,
+                entries,
+            } => Some((
+                from,
+                Message::Accept {
+                    ballot: ballot(round, from),
+                    slot: u64::from(slot % 16) + 1,
+                    value: batch(from, entries),
+                    committed: u64::from(committed % 16),
+                },
+            )),
+            Op::Accepted { from, round, slot } => Some((
+                from,
+                Message::Accepted {
+                    ballot: ballot(round, 0),
+                    slot: u64::from(slot % 16),
+                },
+            )),
+            Op::Commit { from, round, slot } => Some((
+                from,
+                Message::Commit {
+                    ballot: ballot(round, from),
+                    slot: u64::from(slot % 16),
+                },
+            )),
+            Op::Heartbeat {
+                from,
+                round,
+                committed,
+                seq,
+            } => Some((
+                from,
+                Message::Heartbeat {
+                    ballot: ballot(round, from),
+                    committed: u64::from(committed % 16),
+                    seq: u64::from(seq),
+                },
+            )),
+            Op::HeartbeatAck { from, round, seq } => Some((
+                from,
+                Message::HeartbeatAck {
+                    ballot: ballot(round, 0),
+                    seq: u64::from(seq),
+                },
+            )),
+            Op::CatchUp { from, slot } => Some((
+                from,
+                Message::CatchUp {
+                    from: u64::from(slot),
+                },
+            )),
+            Op::Entries { from, slot, count } => Some((
+                from,
+                Message::Entries {
+                    entries: values(from, slot, count)
+                        .into_iter()
+                        .map(|v| SlotValue { chosen: true, ..v })
+                        .collect(),
+                },
+            )),
+            Op::Forward { from, entries } => Some((
+                from,
+                Message::Forward {
+                    entries: match batch(from, entries) {
+                        Value::Batch(e) => e,
+                        Value::Noop => Vec::new(),
+                    },
+                },
+            )),
+            Op::ReadIndex {
+                from,
+                request,
+                lease,
+            } => Some((
+                from,
+                Message::ReadIndex {
+                    request: u64::from(request),
+                    lease,
+                },
+            )),
+            Op::ReadIndexReply {
+                from,
+                request,
+                index,
+            } => Some((
+                from,
+                Message::ReadIndexReply {
+                    request: u64::from(request),
+                    index: index.map(u64::from),
+                },
+            )),
+            Op::Raw { from, bytes } => {
+                let _ = m.handle_bytes(now, peer(from), &bytes);
+                None
+            }
+            Op::Propose { len } => {
+                let _ = m.propose(now, vec![len; usize::from(len)]);
+                None
+            }
+            Op::Read { level } => {
+                let level = [ReadLevel::Linearizable, ReadLevel::Lease, ReadLevel::Local]
+                    [usize::from(level % 3)];
+                let _ = m.read(now, level);
+                None
+            }
+            Op::Sync => {
+                m.log_mut().sync();
+                m.synced(now);
+                None
+            }
+            Op::Crash => {
+                let (mut log, _) = member.take().expect("running").into_parts();
+                log.crash();
+                member = Some(start(log, now));
+                None
+            }
+            Op::Advance { millis } => {
+                now = now + Duration::from_millis(u64::from(millis));
+                if m.poll_timeout() <= now {
+                    m.handle_timeout(now);
+                }
+                None
+            }
+        };
+        let m = member.as_mut().expect("running");
+        if let Some((from, message)) = message {
+            m.handle_message(
+                now,
+                peer(from),
+                Envelope {
+                    cluster: CLUSTER,
+                    message,
+                },
+            );
+        }
+        while m.poll_output().is_some() {}
+        m.check_invariants();
+    }
+});
