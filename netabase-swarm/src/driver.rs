@@ -572,6 +572,17 @@ impl<R: Runtime> Driver<R> {
             .unwrap_or_default();
         m.node
             .set_background(lag, self.machine.kad.queued_job_count());
+        m.node
+            .set_consensus(self.machine.consensus.as_ref().map(|c| {
+                crate::metrics::ConsensusView {
+                    role: c.role(),
+                    round: c.round(),
+                    committed: c.committed(),
+                    applied: c.applied(),
+                    pending: c.pending_proposals(),
+                    stats: c.stats(),
+                }
+            }));
     }
 
     /// Makes every write of the store durable (one `fdatasync` for all the writes since the

@@ -18,6 +18,12 @@
 //! | `netabase_store_records` | gauge | | records in the node's DHT store |
 //! | `netabase_store_provider_records` | gauge | | provider records held, over all keys |
 //! | `netabase_store_provided_keys` | gauge | | keys this node provides |
+//! | `netabase_consensus_role` | gauge | | this node's consensus role: 0 in no cluster, 1 follower, 2 candidate, 3 leader |
+//! | `netabase_consensus_round` | gauge | | the highest ballot round seen |
+//! | `netabase_consensus_committed_slot` | gauge | | every log slot up to here is known chosen |
+//! | `netabase_consensus_applied_slot` | gauge | | every log slot up to here is applied |
+//! | `netabase_consensus_pending_proposals` | gauge | | entries this node proposed that are not applied yet |
+//! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard) |
 //! | `libp2p_bandwidth_bytes_total` | counter | `protocols`, `direction` | bytes the node's connections carried, by transport protocol stack (e.g. `/ip4/tcp`) and direction (libp2p's own bandwidth transport) |
 //! | `libp2p_*` | | | libp2p's own metrics ([`libp2p::metrics`]): connections, dial and listen errors, identify, ping round trips |
 //!
@@ -31,7 +37,9 @@
 //!   start it: too many queries, a record too large, a failing store, a bad address),
 //!   `stopped` (the node stopped first).
 //! - `direction`: `in`, `out`; `protocol`: the protocol name (the configured Kademlia
-//!   protocol, `/ipfs/id/1.0.0`, `/ipfs/id/push/1.0.0`, `/ipfs/ping/1.0.0`); `kind`:
+//!   protocol, `/ipfs/id/1.0.0`, `/ipfs/id/push/1.0.0`, `/ipfs/ping/1.0.0`, and
+//!   `/paxos/1.0.0` for consensus messages sent, whose `kind` is the message's:
+//!   `prepare`, `promise`, `accept`, `accepted`, `commit`, `heartbeat`, ...); `kind`:
 //!   `find_node`, `get_value`, `put_value`, `get_providers`, `add_provider`, `ping`
 //!   (Kademlia), `identify`, `ping` (the others); `role`: `request`, `response`.
 //! - `input` and `reason`: `request` refused (`client_mode`, `record_too_large`,
@@ -100,6 +108,21 @@ fn query_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// What the consensus metrics read from a member.
+pub(crate) struct ConsensusView<'a> {
+    pub(crate) role: netabase_core::consensus::Role,
+    pub(crate) round: u64,
+    pub(crate) committed: u64,
+    pub(crate) applied: u64,
+    pub(crate) pending: usize,
+    pub(crate) stats: &'a netabase_core::consensus::ConsensusStats,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsensusLabels {
+    event: &'static str,
+}
+
 struct Inner {
     operations: Family<OperationLabels, Counter>,
     query_duration: HistogramFamily<OperationLabels>,
@@ -114,6 +137,14 @@ struct Inner {
     store_provided_keys: Gauge,
     background_lag: Gauge,
     background_jobs: Gauge,
+    consensus_role: Gauge,
+    consensus_round: Gauge,
+    consensus_committed: Gauge,
+    consensus_applied: Gauge,
+    consensus_pending: Gauge,
+    consensus_events: Family<ConsensusLabels, Counter>,
+    /// The member's counters at the last update (they restart with the member).
+    consensus_seen: std::sync::Mutex<netabase_core::consensus::ConsensusStats>,
     libp2p: Libp2pMetrics,
     bandwidth: Bandwidth,
 }
@@ -199,8 +230,42 @@ impl NodeMetrics {
             "background_jobs_queued",
             "Background jobs (publications, announcements) waiting to start",
         );
+        let consensus_role = gauge(
+            r,
+            "consensus_role",
+            "Consensus role: 0 in no cluster, 1 follower, 2 candidate, 3 leader",
+        );
+        let consensus_round = gauge(r, "consensus_round", "The highest ballot round seen");
+        let consensus_committed = gauge(
+            r,
+            "consensus_committed_slot",
+            "Every log slot up to here is known chosen",
+        );
+        let consensus_applied = gauge(
+            r,
+            "consensus_applied_slot",
+            "Every log slot up to here is applied",
+        );
+        let consensus_pending = gauge(
+            r,
+            "consensus_pending_proposals",
+            "Entries this node proposed that are not applied yet",
+        );
+        let consensus_events = Family::default();
+        r.register(
+            "consensus_events",
+            "Consensus events: elections, terms led, commits, dedup hits, reads by level, catch-ups, syncs, refusals",
+            consensus_events.clone(),
+        );
         NodeMetrics {
             inner: Arc::new(Inner {
+                consensus_role,
+                consensus_round,
+                consensus_committed,
+                consensus_applied,
+                consensus_pending,
+                consensus_events,
+                consensus_seen: Default::default(),
                 operations,
                 query_duration,
                 messages,
@@ -309,6 +374,67 @@ impl NodeMetrics {
             .background_lag
             .set(i64::try_from(lag.as_secs()).unwrap_or(i64::MAX));
         self.inner.background_jobs.set(saturate(queued as u64));
+    }
+
+    /// Sets the consensus gauges and advances its counters from a member's view (`None`:
+    /// the node is in no cluster).
+    pub(crate) fn set_consensus(&self, view: Option<ConsensusView<'_>>) {
+        let i = &self.inner;
+        let Some(view) = view else {
+            i.consensus_role.set(0);
+            return;
+        };
+        i.consensus_role.set(match view.role {
+            netabase_core::consensus::Role::Follower => 1,
+            netabase_core::consensus::Role::Candidate => 2,
+            netabase_core::consensus::Role::Leader => 3,
+        });
+        i.consensus_round.set(saturate(view.round));
+        i.consensus_committed.set(saturate(view.committed));
+        i.consensus_applied.set(saturate(view.applied));
+        i.consensus_pending.set(saturate(view.pending as u64));
+        let mut seen = i
+            .consensus_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (now, before) = (view.stats, &*seen);
+        let pairs = [
+            ("election", now.elections, before.elections),
+            ("term_led", now.terms_led, before.terms_led),
+            (
+                "slot_committed",
+                now.slots_committed,
+                before.slots_committed,
+            ),
+            (
+                "entry_committed",
+                now.entries_committed,
+                before.entries_committed,
+            ),
+            ("dedup_hit", now.dedup_hits, before.dedup_hits),
+            ("read_linearizable", now.reads[0], before.reads[0]),
+            ("read_lease", now.reads[1], before.reads[1]),
+            ("read_local", now.reads[2], before.reads[2]),
+            ("lease_read", now.lease_reads, before.lease_reads),
+            ("catch_up", now.catch_ups, before.catch_ups),
+            ("sync", now.syncs, before.syncs),
+            ("refused", now.refused, before.refused),
+            (
+                "sticky_refusal",
+                now.sticky_refusals,
+                before.sticky_refusals,
+            ),
+        ];
+        for (event, now, before) in pairs {
+            // A restarted member counts from zero again: its new counts all add.
+            let delta = if now >= before { now - before } else { now };
+            if delta > 0 {
+                i.consensus_events
+                    .get_or_create(&ConsensusLabels { event })
+                    .inc_by(delta);
+            }
+        }
+        *seen = now.clone();
     }
 
     /// Records an event in libp2p's own metrics.
@@ -441,6 +567,50 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.contains("# TYPE libp2p_swarm_"), "{text}");
+    }
+
+    #[test]
+    fn consensus_counters_advance_by_the_member_s_deltas() {
+        use netabase_core::consensus::{ConsensusStats, Role};
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::register(&mut registry);
+        let view = |stats: &ConsensusStats| {
+            metrics.set_consensus(Some(ConsensusView {
+                role: Role::Leader,
+                round: 4,
+                committed: 10,
+                applied: 9,
+                pending: 2,
+                stats,
+            }))
+        };
+        let mut stats = ConsensusStats {
+            elections: 2,
+            slots_committed: 10,
+            ..ConsensusStats::default()
+        };
+        view(&stats);
+        stats.slots_committed = 15;
+        view(&stats);
+        // A restarted member counts from zero: its counts add on top.
+        view(&ConsensusStats {
+            slots_committed: 3,
+            ..ConsensusStats::default()
+        });
+        let text = encoded(&registry);
+        for line in [
+            "netabase_consensus_role 3",
+            "netabase_consensus_round 4",
+            "netabase_consensus_committed_slot 10",
+            "netabase_consensus_applied_slot 9",
+            "netabase_consensus_pending_proposals 2",
+            r#"netabase_consensus_events_total{event="election"} 2"#,
+            r#"netabase_consensus_events_total{event="slot_committed"} 18"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        metrics.set_consensus(None);
+        assert!(encoded(&registry).contains("netabase_consensus_role 0"));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use libp2p::request_response::{self, Codec, ProtocolSupport};
 use netabase_core::consensus::MAX_MESSAGE_BYTES;
 
 /// The protocol name, as the product description gives it.
-pub const PAXOS_PROTOCOL: StreamProtocol = StreamProtocol::new("/paxos/1.0.0");
+pub const PAXOS_PROTOCOL: StreamProtocol = StreamProtocol::new(PAXOS_NAME);
+
+/// The protocol name as text.
+pub(crate) const PAXOS_NAME: &str = "/paxos/1.0.0";
 
 /// Streams of `/paxos/1.0.0` open at once per connection.
 const MAX_CONCURRENT_STREAMS: usize = 256;

@@ -122,6 +122,16 @@ impl<R: Runtime> Driver<R> {
     pub(super) fn on_consensus_output(&mut self, output: MemberOutput) {
         match output {
             MemberOutput::Send { to, envelope } => {
+                if let Some(m) = &self.metrics {
+                    m.node
+                        .message_counter(
+                            "out",
+                            std::borrow::Cow::Borrowed(crate::paxos::PAXOS_NAME),
+                            envelope.message.kind(),
+                            "request",
+                        )
+                        .inc();
+                }
                 let bytes = match envelope.encode() {
                     Ok(bytes) => bytes,
                     Err(e) => {
