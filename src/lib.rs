@@ -42,14 +42,14 @@ pub use netabase_store::{
 };
 pub use netabase_swarm as swarm;
 pub use netabase_swarm::{
+    AppliedEntry, ClusterId, ClusterStatus, CompareAndSet, ConsensusConfig, ConsensusError,
+    ConsensusWrite, EntryId, EntryStatus, LeaseConfig, PAXOS_PROTOCOL, Position, ReadLevel, Role,
+};
+pub use netabase_swarm::{
     BootstrapResult, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME, EventError,
     EventSubscriber, GetRecordResult, IPFS_PROTOCOL_NAME, Keypair, Mode, Multiaddr, NetabaseConfig,
     NetabaseError, NetabaseEvent, NetabaseStats, PeerId, ProviderInfo, ProvidingResult,
     PutRecordResult, QueryError, QueryKind, Quorum, RecordKey, StorageBackend,
-};
-pub use netabase_swarm::{
-    ClusterId, ClusterStatus, CompareAndSet, ConsensusConfig, ConsensusError, ConsensusWrite,
-    EntryId, EntryStatus, LeaseConfig, PAXOS_PROTOCOL, Position, ReadLevel, Role,
 };
 /// The Netabase node on the tokio runtime (the default runtime).
 #[cfg(feature = "tokio")]

@@ -149,6 +149,22 @@ pub(crate) enum ConsensusCommand {
         id: EntryId,
         reply: oneshot::Sender<Result<EntryStatus, NetabaseError>>,
     },
+    Applied {
+        from: Slot,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<AppliedEntry>, NetabaseError>>,
+    },
+}
+
+/// One entry of the applied log, as [`Netabase::applied_entries`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// Where it was applied.
+    pub position: Position,
+    /// Its id.
+    pub id: EntryId,
+    /// The command, or `None` for bytes that are not one (the state ignored them).
+    pub command: Option<KvCommand>,
 }
 
 /// API calls waiting on the member, and its settings.
@@ -236,6 +252,19 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// [`ConsensusError::Indeterminate`]).
     pub async fn consensus_entry_status(&self, id: EntryId) -> Result<EntryStatus, NetabaseError> {
         self.consensus(|reply| ConsensusCommand::EntryStatus { id, reply })
+            .await?
+    }
+
+    /// The entries applied on this node from slot `from` on, in log order, at most
+    /// `limit` slots' worth: a lossless feed of every change, which a reader resumes from
+    /// the slot after the last one it saw. Slots without entries (leaders' no-ops) are
+    /// skipped; an empty answer means nothing from `from` on is applied yet.
+    pub async fn applied_entries(
+        &self,
+        from: Slot,
+        limit: usize,
+    ) -> Result<Vec<AppliedEntry>, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::Applied { from, limit, reply })
             .await?
     }
 

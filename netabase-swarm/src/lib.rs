@@ -38,7 +38,7 @@ mod runtime;
 
 pub use bandwidth::NodeTransport;
 pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
-pub use consensus::{ClusterStatus, CompareAndSet, ConsensusError, ConsensusWrite};
+pub use consensus::{AppliedEntry, ClusterStatus, CompareAndSet, ConsensusError, ConsensusWrite};
 pub use error::NetabaseError;
 pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
 pub use guard::{InboundLimits, Rate, Refusal};

@@ -3,12 +3,14 @@
 
 use libp2p::request_response;
 use netabase_core::consensus::{
-    Configuration, Event as MemberEvent, Member, Membership, Output as MemberOutput,
+    Configuration, Event as MemberEvent, KvCommand, LogStore, Member, Membership,
+    Output as MemberOutput, Position, Slot, State, Value,
 };
 
 use super::Driver;
 use crate::consensus::{
-    ClusterStatus, Committed, ConsensusCommand, ConsensusError, ConsensusLog, ConsensusState,
+    AppliedEntry, ClusterStatus, Committed, ConsensusCommand, ConsensusError, ConsensusLog,
+    ConsensusState,
 };
 use crate::convert::{to_core_peer, to_libp2p_peer, to_multiaddr};
 use crate::error::NetabaseError;
@@ -71,6 +73,13 @@ impl<R: Runtime> Driver<R> {
                     stats: m.stats().clone(),
                 });
                 let _ = reply.send(status);
+            }
+            ConsensusCommand::Applied { from, limit, reply } => {
+                let entries = match &self.machine.consensus {
+                    Some(m) => Ok(applied_entries(m, from, limit)),
+                    None => Err(ConsensusError::NoCluster.into()),
+                };
+                let _ = reply.send(entries);
             }
             ConsensusCommand::EntryStatus { id, reply } => {
                 let status = match &self.machine.consensus {
@@ -226,4 +235,33 @@ impl<R: Runtime> Driver<R> {
             }
         }
     }
+}
+
+/// The entries of the applied slots `from..from + limit` of `member`'s log.
+fn applied_entries(
+    member: &Member<ConsensusLog, ConsensusState>,
+    from: Slot,
+    limit: usize,
+) -> Vec<AppliedEntry> {
+    let applied = member.state().applied();
+    let mut out = Vec::new();
+    let end = from.max(1).saturating_add(limit as u64);
+    for slot in from.max(1)..end.min(applied.saturating_add(1)) {
+        let Some(accepted) = member.log().get(slot) else {
+            continue;
+        };
+        if let Value::Batch(entries) = accepted.value {
+            for (index, entry) in entries.into_iter().enumerate() {
+                out.push(AppliedEntry {
+                    position: Position {
+                        slot,
+                        index: index as u32,
+                    },
+                    id: entry.id,
+                    command: KvCommand::decode(&entry.command),
+                });
+            }
+        }
+    }
+    out
 }

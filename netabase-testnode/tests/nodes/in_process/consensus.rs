@@ -2,6 +2,7 @@
 //! commits writes from every member in one order, serves reads at every level and refuses
 //! a stale compare-and-set.
 
+use netabase::core::consensus::KvCommand;
 use netabase::{ConsensusError, NetabaseError, NetabaseEvent, ReadLevel, Role};
 use netabase_testnode::MessagePrimaryKey;
 use netabase_testnode::in_process::*;
@@ -73,6 +74,22 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
             assert_eq!(at, *position);
         }
     }
+
+    // The applied feed lists the writes in log order, and resumes after a slot.
+    let feed = nodes[1].node.applied_entries(1, 1000).await.unwrap();
+    let fed: Vec<_> = feed.iter().map(|e| e.position).collect();
+    assert_eq!(fed, positions, "every write, in order, nothing else");
+    assert!(
+        feed.iter()
+            .all(|e| matches!(e.command, Some(KvCommand::Put { .. })))
+    );
+    let rest = nodes[1]
+        .node
+        .applied_entries(positions[1].slot + 1, 1000)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].position, positions[2]);
 
     // Compare-and-set: the current value swaps, a stale expectation does not.
     let cas = nodes[2]
