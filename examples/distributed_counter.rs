@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use netabase::{
-    Netabase, NetabaseConfig, NetabaseEvent, ReadLevel, Role, netabase_definition_module,
+    ConsensusError, Netabase, NetabaseConfig, NetabaseError, NetabaseEvent, ReadLevel, Role,
+    netabase_definition_module,
 };
 
 /// The records of the demo.
@@ -30,6 +31,7 @@ pub mod model {
 
     /// A named counter.
     #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[netabase(consensus)]
     pub struct Counter {
         /// The primary key.
         #[primary_key]
@@ -166,6 +168,14 @@ async fn run(root: &std::path::Path) -> Result<(), String> {
         "cluster:    {cluster}, leader …{}",
         tail(&leader.to_string())
     );
+
+    // The counter is a consensus model: the DHT's write path refuses it.
+    match nodes[0].put_record(counter(7)).await {
+        Err(NetabaseError::Consensus(ConsensusError::ConsensusModel(model))) => {
+            println!("put_record:  refused, {model} is a consensus model");
+        }
+        other => return Err(format!("put_record of a consensus model gave {other:?}")),
+    }
 
     // Every node increments concurrently, TASKS tasks each.
     let began = Instant::now();

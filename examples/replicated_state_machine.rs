@@ -32,6 +32,7 @@ pub mod model {
 
     /// One key of the machine.
     #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[netabase(consensus)]
     pub struct Pair {
         /// The primary key.
         #[primary_key]

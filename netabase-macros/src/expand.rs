@@ -196,6 +196,7 @@ impl Generator<'_> {
         let definition = &self.args.definition;
         let model_name = model_ident.to_string();
         let model_name_lit = LitStr::new(&model_name, model_ident.span());
+        let consensus = model.consensus;
         let enum_derives = self.key_derives(false, Span::call_site());
 
         // Bound check of every key field, spanned on the field's type so that a key type
@@ -393,6 +394,7 @@ impl Generator<'_> {
 
                 const ID: #core::model::ModelId = #id;
                 const NAME: &'static ::core::primitive::str = #model_name_lit;
+                const CONSENSUS: ::core::primitive::bool = #consensus;
 
                 fn primary_key(&self) -> #primary {
                     #primary(::core::clone::Clone::clone(&self.#primary_member))

@@ -132,7 +132,7 @@ pub fn netabase_definition_module(attr: TokenStream, item: TokenStream) -> Token
 /// reports a compile error.
 #[proc_macro_derive(
     NetabaseModel,
-    attributes(primary_key, secondary_key, __netabase_definition_member)
+    attributes(primary_key, secondary_key, netabase, __netabase_definition_member)
 )]
 pub fn derive_netabase_model(item: TokenStream) -> TokenStream {
     let input = parse_macro_input!(item as DeriveInput);

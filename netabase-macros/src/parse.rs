@@ -27,6 +27,8 @@ pub(crate) struct Model {
     pub(crate) vis: Visibility,
     pub(crate) primary: KeyField,
     pub(crate) secondary: Vec<KeyField>,
+    /// `#[netabase(consensus)]`: written only through a consensus cluster's log.
+    pub(crate) consensus: bool,
 }
 
 /// Finds the models among the module's items, in declaration order, and marks each of
@@ -145,6 +147,22 @@ fn analyze_model(s: &ItemStruct) -> syn::Result<Model> {
         }
     };
 
+    let mut consensus = false;
+    for attr in s.attrs.iter().filter(|a| a.path().is_ident("netabase")) {
+        let parsed = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("consensus") {
+                consensus = true;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown model option: `#[netabase(..)]` accepts `consensus` (a model written only through a consensus cluster's log)",
+                ))
+            }
+        });
+        if let Err(e) = parsed {
+            errors.push(e);
+        }
+    }
     let mut primaries: Vec<(KeyField, &Attribute)> = Vec::new();
     let mut secondary = Vec::new();
     for field in &named.named {
@@ -266,6 +284,7 @@ fn analyze_model(s: &ItemStruct) -> syn::Result<Model> {
         vis: s.vis.clone(),
         primary,
         secondary,
+        consensus,
     })
 }
 

@@ -11,7 +11,9 @@
 //!
 //! What a consensus record is: the model's encoded value under its record key, in the
 //! cluster's replicated state, apart from the DHT and the typed store (`put_record` and
-//! `get_record` never see it).
+//! `get_record` never see it). Mark a model `#[netabase(consensus)]` to keep it in that
+//! namespace only: `put_record` and `remove_record` then refuse it with
+//! [`ConsensusError::ConsensusModel`].
 //!
 //! The log and the replicated state live in the node's database (tables `paxos.*`): the
 //! log's writes are made durable before any promise or vote that reports them leaves,
@@ -71,6 +73,10 @@ pub enum ConsensusError {
     /// [`Netabase::consensus_entry_status`].
     #[error("the outcome of entry {0:?} is unknown")]
     Indeterminate(EntryId),
+    /// The model is a consensus model (`#[netabase(consensus)]`): only the cluster's log
+    /// writes it, `put_record` and `remove_record` refuse it.
+    #[error("model {0} is a consensus model: write it with put_record_consensus")]
+    ConsensusModel(&'static str),
     /// A member's peer id is not one the core can address.
     #[error("unsupported member peer id {0}")]
     UnsupportedPeer(PeerId),

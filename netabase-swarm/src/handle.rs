@@ -501,6 +501,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     where
         M: NetabaseModel<Definition = D>,
     {
+        refuse_consensus_model::<M>()?;
         let (store, _) = self.running()?;
         let value: D = model.into();
         let key = value.record_key()?;
@@ -613,6 +614,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         K: PrimaryKey,
         K::Model: NetabaseModel<Definition = D>,
     {
+        refuse_consensus_model::<K::Model>()?;
         let record_key = record_key(key)?;
         let model = <K::Model as NetabaseModel>::ID;
         let pk = key
@@ -860,4 +862,12 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
 
 fn peers_of(peers: &[netabase_core::PeerId]) -> Vec<PeerId> {
     peers.iter().filter_map(to_libp2p_peer).collect()
+}
+
+/// Refuses a consensus model on the DHT's write paths: only its cluster's log writes it.
+fn refuse_consensus_model<M: NetabaseModel>() -> Result<(), NetabaseError> {
+    if M::CONSENSUS {
+        return Err(crate::consensus::ConsensusError::ConsensusModel(M::NAME).into());
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ fn distributed_counter_totals_every_acknowledged_increment() {
     );
     run.expect_containing("3 nodes in one process on 127.0.0.1 (mDNS off)");
     run.expect_containing("cluster:");
+    run.expect_containing("put_record:  refused, Counter is a consensus model");
     let increments = run.expect_containing("increments:");
     assert!(increments.contains("120 acknowledged"), "{increments}");
     for i in 0..3 {

@@ -116,6 +116,9 @@ pub trait NetabaseModel:
     const ID: ModelId;
     /// The model's type name.
     const NAME: &'static str;
+    /// Whether the model is a consensus model (`#[netabase(consensus)]`): its records are
+    /// written only through a consensus cluster's log, and the DHT write paths refuse it.
+    const CONSENSUS: bool = false;
 
     /// The value's primary key.
     fn primary_key(&self) -> Self::PrimaryKey;

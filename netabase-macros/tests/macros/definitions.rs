@@ -132,3 +132,28 @@ pub fn private_note_model_id(id: i64) -> u16 {
     );
     note.model_id()
 }
+
+/// A definition with a consensus model (`#[netabase(consensus)]`) beside a plain one.
+#[netabase_definition_module(LedgerDefinition, LedgerKeys)]
+pub mod ledger {
+    use super::*;
+
+    /// An account, written only through a consensus cluster's log.
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[netabase(consensus)]
+    pub struct Account {
+        /// Account number.
+        #[primary_key]
+        pub number: u64,
+        /// Balance in cents.
+        pub balance: i64,
+    }
+
+    /// A note, an ordinary model.
+    #[derive(NetabaseModel, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Note {
+        /// Note id.
+        #[primary_key]
+        pub id: u64,
+    }
+}

@@ -398,3 +398,11 @@ fn keys_are_tied_to_their_model() {
         "Shipment"
     );
 }
+
+#[test]
+fn consensus_models_are_marked_and_others_are_not() {
+    use crate::definitions::chat::Message;
+    use crate::definitions::ledger::{Account, Note};
+    let marked = [Account::CONSENSUS, Note::CONSENSUS, Message::CONSENSUS];
+    assert_eq!(marked, [true, false, false]);
+}
