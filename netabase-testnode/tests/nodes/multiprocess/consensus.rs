@@ -1,15 +1,18 @@
 //! Consensus across node processes on 127.0.0.1 (mDNS off). A cluster of every node runs a
 //! closed-loop workload: one client thread per node issues puts, compare-and-sets and
-//! linearizable reads on a few keys, with unique values, and records each operation's call
-//! and return times (one monotonic clock in the test process) and outcome: unknown when
-//! the write was reported indeterminate, failed otherwise, or its node died under it.
+//! linearizable and lease reads on a few keys, with unique values, and records each
+//! operation's call and return times (one monotonic clock in the test process) and outcome:
+//! unknown when the write was reported indeterminate, failed otherwise, or its node died
+//! under it.
 //!
 //! During the load the leader is killed with SIGKILL, restarted on its data directory and
 //! rejoined; later the leader of the moment is stopped with SIGSTOP until another member
 //! leads and writes commit without it, then continued. The history must be linearizable
 //! (`netabase_sim::linearizability`), and every member must read the same latest values.
 //! Another test kills every member at once under load and restarts them all: every
-//! acknowledged write must still be there, or overwritten by a later one.
+//! acknowledged write must still be there, or overwritten by a later one. A third stops a
+//! leader while another takes over and writes: reads queued on the stopped leader must not
+//! see the older value once it continues.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -422,7 +425,11 @@ fn client(
                 &mut node,
                 Command::ConsensusGet {
                     id: key,
-                    level: ReadLevelName::Linearizable,
+                    level: if roll < 85 {
+                        ReadLevelName::Linearizable
+                    } else {
+                        ReadLevelName::Lease
+                    },
                 },
             );
             let outcome = reply.map(|reply| match reply {
@@ -736,6 +743,86 @@ fn three_members_stay_linearizable_through_a_killed_and_a_stopped_leader() {
 #[test]
 fn five_members_stay_linearizable_through_a_killed_and_a_stopped_leader() {
     a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(5);
+}
+
+/// A leader stopped with SIGSTOP while another member takes over and commits a newer value
+/// serves no stale read once continued: reads queued on its input while it was stopped,
+/// at the lease and the linearizable level, see the newer value or are refused.
+#[test]
+fn a_continued_leader_serves_no_stale_read() {
+    let began = Instant::now();
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (plan, mut nodes) = form_cluster("stale-", 3, &dirs);
+    let statuses: Vec<ClusterStatusReply> = nodes.iter_mut().map(status).collect();
+    let leader = statuses
+        .iter()
+        .position(|s| s.role == netabase_testnode::RoleName::Leader)
+        .expect("a leader");
+    for s in &statuses {
+        assert_eq!(
+            s.leader.as_deref(),
+            Some(plan.members[leader].peer_id.as_str())
+        );
+    }
+    let put = |node: &mut NodeProc, text: &str| -> ConsensusWriteReply {
+        let reply: ConsensusReply<ConsensusWriteReply> = node.call(Command::ConsensusPut {
+            message: message(1, text),
+        });
+        reply
+            .done()
+            .unwrap_or_else(|| panic!("{}: the put of {text:?} failed", node.name))
+    };
+    let before = put(&mut nodes[leader], "before");
+    // A lease read on the leader, answered from its lease.
+    let read = |node: &mut NodeProc, req: u64| -> ConsensusReply<Option<ConsensusFound>> {
+        node.reply_as(req)
+    };
+    let req = nodes[leader].send(Command::ConsensusGet {
+        id: 1,
+        level: ReadLevelName::Lease,
+    });
+    let found = read(&mut nodes[leader], req)
+        .done()
+        .flatten()
+        .expect("found");
+    assert_eq!(
+        (found.record.text.as_str(), found.position),
+        ("before", before.position)
+    );
+
+    let stop = Stopped::stop(nodes[leader].pid());
+    let other = (leader + 1) % 3;
+    let after = put(&mut nodes[other], "after");
+    assert!(after.position > before.position);
+    // Read from the stopped leader's input once it continues.
+    let queued = [ReadLevelName::Lease, ReadLevelName::Linearizable].map(|level| {
+        (
+            level,
+            nodes[leader].send(Command::ConsensusGet { id: 1, level }),
+        )
+    });
+    drop(stop);
+    for (level, req) in queued {
+        match read(&mut nodes[leader], req) {
+            ConsensusReply::Done(found) => {
+                let found = found.expect("found");
+                assert_eq!(
+                    (found.record.text.as_str(), found.position),
+                    ("after", after.position),
+                    "{level:?}: a stale read on the continued leader"
+                );
+            }
+            ConsensusReply::Refused(why) => eprintln!("{level:?} read refused: {why}"),
+            other => panic!("{level:?}: {other:?}"),
+        }
+    }
+    // It learned of the newer ballot.
+    let status = status(&mut nodes[leader]);
+    assert!(status.round > statuses[leader].round, "{status:?}");
+    for node in nodes {
+        assert!(node.shutdown().success());
+    }
+    eprintln!("stale reads: {:?}", began.elapsed());
 }
 
 /// Every member is killed with SIGKILL under load and restarted on its data directory:
