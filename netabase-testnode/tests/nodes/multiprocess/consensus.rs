@@ -11,8 +11,8 @@
 //! (`netabase_sim::linearizability`), and every member must read the same latest values.
 //! Another test kills every member at once under load and restarts them all: every
 //! acknowledged write must still be there, or overwritten by a later one. A third stops a
-//! leader while another takes over and writes: reads queued on the stopped leader must not
-//! see the older value once it continues.
+//! leader while another takes over and writes: reads and a compare-and-set queued on the
+//! stopped leader must not act on the older value once it continues.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -746,10 +746,11 @@ fn five_members_stay_linearizable_through_a_killed_and_a_stopped_leader() {
 }
 
 /// A leader stopped with SIGSTOP while another member takes over and commits a newer value
-/// serves no stale read once continued: reads queued on its input while it was stopped,
-/// at the lease and the linearizable level, see the newer value or are refused.
+/// acts on no stale state once continued: of the commands queued on its input while it was
+/// stopped, reads at the lease and the linearizable level see the newer value or are
+/// refused, and a compare-and-set expecting the older value does not swap.
 #[test]
-fn a_continued_leader_serves_no_stale_read() {
+fn a_continued_leader_acts_on_no_stale_state() {
     let began = Instant::now();
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let (plan, mut nodes) = form_cluster("stale-", 3, &dirs);
@@ -794,7 +795,13 @@ fn a_continued_leader_serves_no_stale_read() {
     let other = (leader + 1) % 3;
     let after = put(&mut nodes[other], "after");
     assert!(after.position > before.position);
-    // Read from the stopped leader's input once it continues.
+    // Read from the stopped leader's input once it continues: a compare-and-set that
+    // expects the older value, and reads.
+    let cas = nodes[leader].send(Command::ConsensusCas {
+        id: 1,
+        expected: Some(message(1, "before")),
+        new: Some(message(1, "split")),
+    });
     let queued = [ReadLevelName::Lease, ReadLevelName::Linearizable].map(|level| {
         (
             level,
@@ -802,6 +809,18 @@ fn a_continued_leader_serves_no_stale_read() {
         )
     });
     drop(stop);
+    match nodes[leader].reply_as::<ConsensusReply<CasReply>>(cas) {
+        ConsensusReply::Done(c) => {
+            assert!(
+                !c.swapped,
+                "the continued leader swapped against the older value"
+            );
+            assert!(c.position > after.position, "{c:?}");
+        }
+        // It can never swap: nothing writes the older value again.
+        ConsensusReply::Indeterminate(_) | ConsensusReply::Refused(_) => {}
+        other => panic!("compare-and-set: {other:?}"),
+    }
     for (level, req) in queued {
         match read(&mut nodes[leader], req) {
             ConsensusReply::Done(found) => {
@@ -816,9 +835,17 @@ fn a_continued_leader_serves_no_stale_read() {
             other => panic!("{level:?}: {other:?}"),
         }
     }
-    // It learned of the newer ballot.
+    // It learned of the newer ballot, and every member reads the newer value.
     let status = status(&mut nodes[leader]);
     assert!(status.round > statuses[leader].round, "{status:?}");
+    for node in &mut nodes {
+        let reply: ConsensusReply<Option<ConsensusFound>> = node.call(Command::ConsensusGet {
+            id: 1,
+            level: ReadLevelName::Linearizable,
+        });
+        let found = reply.done().flatten().expect("found");
+        assert_eq!(found.record.text, "after", "{}", node.name);
+    }
     for node in nodes {
         assert!(node.shutdown().success());
     }
