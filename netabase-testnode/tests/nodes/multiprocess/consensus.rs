@@ -1,6 +1,6 @@
 //! Consensus across node processes on 127.0.0.1 (mDNS off). A cluster of every node runs a
-//! closed-loop workload: one client thread per node issues puts, compare-and-sets and
-//! linearizable and lease reads on a few keys, with unique values, and records each
+//! closed-loop workload: one client thread per node issues puts, removals, compare-and-sets
+//! and linearizable and lease reads on a few keys, with unique values, and records each
 //! operation's call and return times (one monotonic clock in the test process) and outcome:
 //! unknown when the write was reported indeterminate, failed otherwise, or its node died
 //! under it.
@@ -158,6 +158,9 @@ impl Rng {
     }
 }
 
+/// An acknowledged write: its key, its value (`None`: a removal) and its position.
+type Written = (u64, Option<String>, LogPosition);
+
 /// What became of one operation of a client, for the history.
 enum Outcome {
     /// Its output, and the position of a write that took effect.
@@ -178,8 +181,9 @@ struct Done {
 /// What the clients recorded, and what the test and the clients tell each other.
 struct Record {
     history: Vec<Op>,
-    /// Acknowledged writes (puts and swapping compare-and-sets): key, value, position.
-    writes: Vec<(u64, String, LogPosition)>,
+    /// Acknowledged writes (puts, removals and swapping compare-and-sets): key, value
+    /// (`None`: removed), position.
+    writes: Vec<Written>,
     /// Per node: its client's operations with a known outcome.
     done: Vec<Vec<Done>>,
     /// Per node: the leader and round its last leader event named.
@@ -380,7 +384,18 @@ fn client(
         let roll = rng.below(100);
         let call = shared.now();
         // The operation, and its outcome (`None`: the node died under it).
-        let (input, outcome) = if roll < 35 {
+        let (input, outcome) = if (30..38).contains(&roll) {
+            let reply = consensus_call::<ConsensusReply<ConsensusWriteReply>>(
+                &mut node,
+                Command::ConsensusRemove { id: key },
+            );
+            let outcome = reply.map(|reply| match reply {
+                ConsensusReply::Done(w) => Outcome::Known(KvOutput::Ok, Some(w.position)),
+                ConsensusReply::Refused(_) => Outcome::NotDone,
+                ConsensusReply::Indeterminate(_) | ConsensusReply::Failed(_) => Outcome::Unknown,
+            });
+            (KvInput::remove(key), outcome)
+        } else if roll < 38 {
             let reply = consensus_call::<ConsensusReply<ConsensusWriteReply>>(
                 &mut node,
                 Command::ConsensusPut {
@@ -456,7 +471,11 @@ fn client(
             match outcome {
                 Some(Outcome::Known(output, position)) => {
                     if let Some(position) = position {
-                        r.writes.push((key, value.clone(), position));
+                        let written = match &input {
+                            KvInput::Remove { .. } => None,
+                            _ => Some(value.clone()),
+                        };
+                        r.writes.push((key, written, position));
                     }
                     r.done[i].push(Done { call, write });
                     r.history
@@ -591,6 +610,33 @@ fn read_everything(
     latest
 }
 
+/// Every acknowledged write is what the members read (`latest`), or a later write to its
+/// key: a record found was written at the same position or later, and a key found absent
+/// was removed by some operation of the history (acknowledged or not).
+fn assert_writes_kept(
+    writes: &[Written],
+    latest: &HashMap<u64, Option<ConsensusFound>>,
+    history: &[Op],
+) {
+    for (key, value, position) in writes {
+        match &latest[key] {
+            Some(found) => {
+                assert!(
+                    found.position >= *position,
+                    "{key}: {value:?} was written at {position:?}, the members read {found:?}"
+                );
+                if found.position == *position {
+                    assert_eq!(Some(&found.record.text), value.as_ref(), "{key}");
+                }
+            }
+            None => assert!(
+                history.iter().any(|op| op.input == KvInput::remove(*key)),
+                "{key} lost: {value:?} was written at {position:?}"
+            ),
+        }
+    }
+}
+
 /// Checks `history` against the key-value model; fails the test unless it is linearizable.
 fn assert_linearizable(history: &[Op]) {
     let started = Instant::now();
@@ -709,13 +755,7 @@ fn a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(n: usize) 
         "the restarted member applied through {}, the last write is at {last_write:?}",
         restarted.applied
     );
-    for (key, value, position) in &writes {
-        let found = latest[key].as_ref().expect("written keys are present");
-        assert!(
-            found.position >= *position,
-            "{key}: {value} at {position:?}"
-        );
-    }
+    assert_writes_kept(&writes, &latest, &history);
     let swaps = history
         .iter()
         .filter(|op| op.output == Some(KvOutput::Swapped(true)))
@@ -774,6 +814,17 @@ fn a_continued_leader_acts_on_no_stale_state() {
             .unwrap_or_else(|| panic!("{}: the put of {text:?} failed", node.name))
     };
     let before = put(&mut nodes[leader], "before");
+    let entry: ConsensusReply<netabase_testnode::EntryStatusReply> =
+        nodes[leader].call(Command::ConsensusEntryStatus {
+            entry: before.entry.clone(),
+        });
+    assert!(
+        matches!(
+            entry,
+            ConsensusReply::Done(netabase_testnode::EntryStatusReply::Applied(_))
+        ),
+        "{entry:?}"
+    );
     // A lease read on the leader, answered from its lease.
     let read = |node: &mut NodeProc, req: u64| -> ConsensusReply<Option<ConsensusFound>> {
         node.reply_as(req)
@@ -898,18 +949,7 @@ fn acknowledged_consensus_writes_survive_killing_every_member() {
         plan.join(node);
     }
     let latest = read_everything(&shared, &mut nodes, &mut history);
-    for (key, value, position) in &writes {
-        let found = latest[key]
-            .as_ref()
-            .unwrap_or_else(|| panic!("{key} lost: {value} was written at {position:?}"));
-        assert!(
-            found.position >= *position,
-            "{key}: {value} was written at {position:?}, the members read {found:?}"
-        );
-        if found.position == *position {
-            assert_eq!(found.record.text, *value, "{key} at {position:?}");
-        }
-    }
+    assert_writes_kept(&writes, &latest, &history);
     eprintln!(
         "{} acknowledged writes survived; {} operations",
         writes.len(),
