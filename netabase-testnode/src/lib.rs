@@ -7,6 +7,11 @@
 //! [`Output::Reply`] for every request (in completion order, matched by `req`) and an
 //! [`Output::Event`] for every event of the node. Logs go to standard error only.
 //!
+//! The consensus commands ([`Command::CreateCluster`], [`Command::ConsensusPut`], ...)
+//! answer a [`ConsensusReply`]: the result with its log position, or the kind of failure
+//! (indeterminate, refused, failed), which tells a caller whether a write may have taken
+//! effect.
+//!
 //! ```text
 //! -> {"req":1,"cmd":"put","message":{"id":7,"author":"ada","text":"hello"}}
 //! <- {"type":"event","event":{"kind":"query_started","id":0,"query":"put_record"}}
@@ -162,6 +167,55 @@ pub enum Command {
     Peers,
     /// The node's counters; replies [`StatsReply`].
     Stats,
+    /// `create_cluster(members)` (peer ids; this node is added if missing); replies the new
+    /// cluster's id, 32 hex digits.
+    CreateCluster {
+        /// The voters.
+        members: Vec<String>,
+    },
+    /// `join_cluster(cluster, members)`; replies `null`.
+    JoinCluster {
+        /// The cluster's id, 32 hex digits.
+        cluster: String,
+        /// The voters, as every member was given them.
+        members: Vec<String>,
+    },
+    /// `cluster_status()`; replies `Option<`[`ClusterStatusReply`]`>`.
+    ClusterStatus,
+    /// `put_record_consensus(message)`; replies [`ConsensusReply`]`<`[`ConsensusWriteReply`]`>`.
+    ConsensusPut {
+        /// The message.
+        message: Message,
+    },
+    /// `remove_record_consensus(MessagePrimaryKey(id))`; replies
+    /// [`ConsensusReply`]`<`[`ConsensusWriteReply`]`>`.
+    ConsensusRemove {
+        /// The message id.
+        id: u64,
+    },
+    /// `compare_and_set_consensus(MessagePrimaryKey(id), expected, new)`; replies
+    /// [`ConsensusReply`]`<`[`CasReply`]`>`.
+    ConsensusCas {
+        /// The message id.
+        id: u64,
+        /// The message the record must hold (`None`: absent).
+        expected: Option<Message>,
+        /// The message to set (`None`: remove).
+        new: Option<Message>,
+    },
+    /// `get_record_consensus(MessagePrimaryKey(id), level)`; replies
+    /// [`ConsensusReply`]`<Option<`[`ConsensusFound`]`>>`.
+    ConsensusGet {
+        /// The message id.
+        id: u64,
+        /// How fresh the read must be.
+        level: ReadLevelName,
+    },
+    /// `consensus_entry_status(entry)`; replies [`ConsensusReply`]`<`[`EntryStatusReply`]`>`.
+    ConsensusEntryStatus {
+        /// The entry, as a write's reply or an indeterminate outcome named it.
+        entry: EntryRef,
+    },
     /// `stop_swarm()`; replies `null` once stopped (after the `stopped` event), then the
     /// process exits. The end of standard input does the same without a reply.
     Shutdown,
@@ -292,6 +346,142 @@ pub struct PeersReply {
     pub connected: Vec<String>,
     /// Peers in the routing table.
     pub routing_table: Vec<String>,
+}
+
+/// How fresh a consensus read must be (`ReadLevel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevelName {
+    /// Sees every write acknowledged before the read began.
+    Linearizable,
+    /// Linearizable through the leader's lease.
+    Lease,
+    /// This member's applied state, possibly stale.
+    Local,
+}
+
+/// A consensus member's role (`Role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// Follows a leader or waits for one.
+    Follower,
+    /// Gathers promises.
+    Candidate,
+    /// Leads.
+    Leader,
+}
+
+/// A log position: the slot and the index in its batch (a consensus record's version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// The slot.
+    pub slot: u64,
+    /// The index in the slot's batch.
+    pub index: u32,
+}
+
+/// A log entry's id: its proposer and the proposer's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntryRef {
+    /// The proposing member's peer id.
+    pub proposer: String,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// The outcome of a consensus command, by kind: what a caller does next differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsensusReply<T> {
+    /// Done, with the result.
+    Done(T),
+    /// A write's entry was not applied in time: it may still be applied, or never
+    /// (`ConsensusError::Indeterminate`).
+    Indeterminate(EntryRef),
+    /// Refused before anything was written or read: no cluster, a full queue, an entry too
+    /// large, a read no leader confirmed in time (`ConsensusError` other than
+    /// `Indeterminate`). The text says why.
+    Refused(String),
+    /// Any other error (the node stopping, a decoding failure): the outcome of a write is
+    /// unknown. The text says what.
+    Failed(String),
+}
+
+impl<T> ConsensusReply<T> {
+    /// The result, if done.
+    pub fn done(self) -> Option<T> {
+        match self {
+            ConsensusReply::Done(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// The result of [`Command::ConsensusPut`] and [`Command::ConsensusRemove`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusWriteReply {
+    /// The entry's id.
+    pub entry: EntryRef,
+    /// Where it landed: the record's version.
+    pub position: LogPosition,
+}
+
+/// The result of [`Command::ConsensusCas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CasReply {
+    /// Whether the record held the expected value and was set.
+    pub swapped: bool,
+    /// Where the entry landed.
+    pub position: LogPosition,
+}
+
+/// A record found by [`Command::ConsensusGet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusFound {
+    /// The message.
+    pub record: Message,
+    /// The position that wrote it.
+    pub position: LogPosition,
+}
+
+/// The result of [`Command::ConsensusEntryStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryStatusReply {
+    /// Applied, with the state's answer, hex (empty if forgotten).
+    Applied(String),
+    /// Proposed here and neither applied nor given up yet.
+    Pending,
+    /// Not known to be applied.
+    Unknown,
+}
+
+/// The reply to [`Command::ClusterStatus`]: the node's view of its cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusReply {
+    /// The cluster's id, 32 hex digits.
+    pub cluster: String,
+    /// The voters.
+    pub members: Vec<String>,
+    /// This node's role.
+    pub role: RoleName,
+    /// The leader it follows or is.
+    pub leader: Option<String>,
+    /// The highest ballot round seen.
+    pub round: u64,
+    /// Every slot up to here is known chosen.
+    pub committed: u64,
+    /// Every slot up to here is applied.
+    pub applied: u64,
+    /// Elections this member started.
+    pub elections: u64,
+    /// Elections it won.
+    pub terms_led: u64,
+    /// Entries applied that were duplicates of an earlier application.
+    pub dedup_hits: u64,
+    /// Catch-up answers it sent.
+    pub catch_ups: u64,
 }
 
 /// The reply to [`Command::Stats`]: the Kademlia core's counters and the carrier's (the
@@ -438,6 +628,13 @@ pub enum Event {
         /// What went wrong.
         error: String,
     },
+    /// The consensus leader this node follows changed (`None`: an election is under way).
+    ConsensusLeader {
+        /// The leader.
+        leader: Option<String>,
+        /// Its ballot's round.
+        round: u64,
+    },
     /// The test node's event subscription fell behind and missed events.
     Lagged {
         /// How many.
@@ -534,6 +731,10 @@ impl From<&NetabaseEvent> for Event {
                 query: query_name(*kind),
                 success: *success,
             },
+            NetabaseEvent::ConsensusLeader { leader, round } => Event::ConsensusLeader {
+                leader: leader.map(|p| p.to_string()),
+                round: *round,
+            },
             NetabaseEvent::ModeChanged { mode } => Event::ModeChanged {
                 mode: netabase_cli::protocol::mode_name(*mode),
             },
@@ -598,5 +799,59 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Output>(&text).unwrap(), event);
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+
+    #[test]
+    fn consensus_requests_and_replies_have_a_stable_shape() {
+        let line = r#"{"req":4,"cmd":"consensus_get","id":3,"level":"linearizable"}"#;
+        let request: Request = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            request.command,
+            Command::ConsensusGet {
+                id: 3,
+                level: ReadLevelName::Linearizable
+            }
+        );
+        assert_eq!(serde_json::to_string(&request).unwrap(), line);
+        let cas: Request = serde_json::from_str(
+            r#"{"req":5,"cmd":"consensus_cas","id":1,"expected":null,"new":{"id":1,"author":"a","text":"t"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            cas.command,
+            Command::ConsensusCas {
+                expected: None,
+                new: Some(_),
+                ..
+            }
+        ));
+
+        let done = ConsensusReply::Done(CasReply {
+            swapped: true,
+            position: LogPosition { slot: 4, index: 1 },
+        });
+        let text = serde_json::to_string(&done).unwrap();
+        assert_eq!(
+            text,
+            r#"{"done":{"swapped":true,"position":{"slot":4,"index":1}}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ConsensusReply<CasReply>>(&text).unwrap(),
+            done
+        );
+        let unknown: ConsensusReply<CasReply> = ConsensusReply::Indeterminate(EntryRef {
+            proposer: "12D3".into(),
+            seq: 9,
+        });
+        assert_eq!(
+            serde_json::to_string(&unknown).unwrap(),
+            r#"{"indeterminate":{"proposer":"12D3","seq":9}}"#
+        );
+        assert_eq!(unknown.done(), None);
+        let refused: ConsensusReply<()> = ConsensusReply::Refused("busy".into());
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"refused":"busy"}"#
+        );
     }
 }

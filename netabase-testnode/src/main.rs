@@ -13,14 +13,15 @@ use netabase::core::model::{Envelope, Opened, record_key};
 use netabase::swarm::libp2p::multiaddr::Protocol;
 use netabase::swarm::{Netabase, Runtime};
 use netabase::{
-    DEFAULT_PROTOCOL_NAME, EventError, Multiaddr, NetabaseConfig, NetabaseError, PeerId,
-    StorageBackend,
+    ClusterId, ConsensusError, DEFAULT_PROTOCOL_NAME, EntryId, EntryStatus, EventError, Multiaddr,
+    NetabaseConfig, NetabaseError, PeerId, Position, ReadLevel, Role, StorageBackend,
 };
 use netabase_cli::protocol::{mode_name, mode_of, node_counters};
 use netabase_testnode::{
-    BootstrapReply, ChatDefinition, Command, Event, Found, LocalRecord, MessagePrimaryKey,
-    ModeName, Output, PeersReply, ProviderReply, ProvidingReply, PutReply, Request, UserPrimaryKey,
-    Version, hex,
+    BootstrapReply, CasReply, ChatDefinition, ClusterStatusReply, Command, ConsensusFound,
+    ConsensusReply, ConsensusWriteReply, EntryRef, EntryStatusReply, Event, Found, LocalRecord,
+    LogPosition, MessagePrimaryKey, ModeName, Output, PeersReply, ProviderReply, ProvidingReply,
+    PutReply, ReadLevelName, Request, RoleName, UserPrimaryKey, Version, hex,
 };
 use serde_json::Value;
 
@@ -113,6 +114,13 @@ struct Args {
     /// limit.
     #[arg(long)]
     requests_per_peer: Option<u32>,
+    /// How long a consensus proposal may wait to be applied before it is reported
+    /// indeterminate, in milliseconds.
+    #[arg(long)]
+    proposal_timeout_ms: Option<u64>,
+    /// How long a consensus read may wait for a leader's confirmation, in milliseconds.
+    #[arg(long)]
+    read_timeout_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -208,6 +216,12 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
     }
     if let Some(n) = args.requests_per_peer {
         config.inbound_limits.requests_per_peer = rate(n);
+    }
+    if let Some(ms) = args.proposal_timeout_ms {
+        config.consensus.proposal_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.read_timeout_ms {
+        config.consensus.read_timeout = Duration::from_millis(ms);
     }
     if let Some(ms) = args.expiry_sweep_interval_ms {
         if ms == 0 {
@@ -404,6 +418,68 @@ fn put_reply(put: netabase::PutRecordResult) -> PutReply {
     }
 }
 
+fn peers(items: &[String]) -> Result<Vec<PeerId>, String> {
+    items.iter().map(|p| peer(p)).collect()
+}
+
+fn position(p: Position) -> LogPosition {
+    LogPosition {
+        slot: p.slot,
+        index: p.index,
+    }
+}
+
+fn entry_ref(id: EntryId) -> EntryRef {
+    EntryRef {
+        proposer: id.proposer.to_string(),
+        seq: id.seq,
+    }
+}
+
+fn entry_id(entry: &EntryRef) -> Result<EntryId, String> {
+    let proposer = netabase::core::PeerId::from_bytes(&peer(&entry.proposer)?.to_bytes())
+        .map_err(|e| format!("peer id {:?}: {e}", entry.proposer))?;
+    Ok(EntryId {
+        proposer,
+        seq: entry.seq,
+    })
+}
+
+/// A consensus call's outcome, with its error sorted by kind.
+fn consensus<T, U>(
+    result: Result<T, NetabaseError>,
+    done: impl FnOnce(T) -> U,
+) -> ConsensusReply<U> {
+    match result {
+        Ok(t) => ConsensusReply::Done(done(t)),
+        Err(NetabaseError::Consensus(ConsensusError::Indeterminate(id))) => {
+            ConsensusReply::Indeterminate(entry_ref(id))
+        }
+        Err(NetabaseError::Consensus(e)) => ConsensusReply::Refused(e.to_string()),
+        Err(e) => ConsensusReply::Failed(e.to_string()),
+    }
+}
+
+fn cluster_status(status: netabase::ClusterStatus) -> ClusterStatusReply {
+    ClusterStatusReply {
+        cluster: status.cluster.to_string(),
+        members: strings(&status.members),
+        role: match status.role {
+            Role::Follower => RoleName::Follower,
+            Role::Candidate => RoleName::Candidate,
+            Role::Leader => RoleName::Leader,
+        },
+        leader: status.leader.map(|p| p.to_string()),
+        round: status.round,
+        committed: status.committed,
+        applied: status.applied,
+        elections: status.stats.elections,
+        terms_led: status.stats.terms_led,
+        dedup_hits: status.stats.dedup_hits,
+        catch_ups: status.stats.catch_ups,
+    }
+}
+
 /// The DHT record `node` holds for `Message` `id`, decoded.
 fn local_record<R: Runtime>(
     node: &Netabase<ChatDefinition, R>,
@@ -510,6 +586,71 @@ async fn execute<R: Runtime>(
             routing_table: strings(&node.routing_table_peers().await.map_err(e)?),
         }),
         Command::Stats => json(node_counters(&node.stats().await.map_err(e)?)),
+        Command::CreateCluster { members } => json(
+            node.create_cluster(&peers(&members)?)
+                .await
+                .map_err(e)?
+                .to_string(),
+        ),
+        Command::JoinCluster { cluster, members } => {
+            let cluster: ClusterId = cluster
+                .parse()
+                .map_err(|e| format!("cluster id {cluster:?}: {e}"))?;
+            json(
+                node.join_cluster(cluster, &peers(&members)?)
+                    .await
+                    .map_err(e)?,
+            )
+        }
+        Command::ClusterStatus => json(node.cluster_status().await.map_err(e)?.map(cluster_status)),
+        Command::ConsensusPut { message } => {
+            json(consensus(node.put_record_consensus(message).await, |w| {
+                ConsensusWriteReply {
+                    entry: entry_ref(w.id),
+                    position: position(w.position),
+                }
+            }))
+        }
+        Command::ConsensusRemove { id } => json(consensus(
+            node.remove_record_consensus(&MessagePrimaryKey(id)).await,
+            |w| ConsensusWriteReply {
+                entry: entry_ref(w.id),
+                position: position(w.position),
+            },
+        )),
+        Command::ConsensusCas { id, expected, new } => json(consensus(
+            node.compare_and_set_consensus(&MessagePrimaryKey(id), expected, new)
+                .await,
+            |c| CasReply {
+                swapped: c.swapped,
+                position: position(c.position),
+            },
+        )),
+        Command::ConsensusGet { id, level } => {
+            let level = match level {
+                ReadLevelName::Linearizable => ReadLevel::Linearizable,
+                ReadLevelName::Lease => ReadLevel::Lease,
+                ReadLevelName::Local => ReadLevel::Local,
+            };
+            json(consensus(
+                node.get_record_consensus(&MessagePrimaryKey(id), level)
+                    .await,
+                |found| {
+                    found.map(|(record, at)| ConsensusFound {
+                        record,
+                        position: position(at),
+                    })
+                },
+            ))
+        }
+        Command::ConsensusEntryStatus { entry } => json(consensus(
+            node.consensus_entry_status(entry_id(&entry)?).await,
+            |status| match status {
+                EntryStatus::Applied(answer) => EntryStatusReply::Applied(hex(&answer)),
+                EntryStatus::Pending => EntryStatusReply::Pending,
+                EntryStatus::Unknown => EntryStatusReply::Unknown,
+            },
+        )),
         // Handled by the input loop; answered here only if it ever arrives another way.
         Command::Shutdown => Ok(Value::Null),
     }

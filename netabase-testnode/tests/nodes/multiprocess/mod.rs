@@ -29,6 +29,7 @@ macro_rules! per_runtime {
 
 mod bad_input;
 mod chat;
+mod consensus;
 mod dht;
 mod flood;
 mod mdns;

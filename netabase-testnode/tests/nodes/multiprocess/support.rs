@@ -367,6 +367,42 @@ impl NodeProc {
         }
     }
 
+    /// Sends `command` unless the node's standard input is closed (the process died);
+    /// returns its request number.
+    pub(crate) fn try_send(&mut self, command: Command) -> Option<u64> {
+        let req = self.next_req;
+        self.next_req += 1;
+        let line = serde_json::to_string(&netabase_testnode::Request { req, command })
+            .expect("request encodes");
+        let stdin = self.stdin.as_mut()?;
+        writeln!(stdin, "{line}").ok()?;
+        stdin.flush().ok()?;
+        Some(req)
+    }
+
+    /// Waits up to `deadline` for the reply to request `req`; `None` if the node's output
+    /// ended first (the process died or exited).
+    pub(crate) fn reply_unless_gone(
+        &mut self,
+        req: u64,
+        deadline: Instant,
+    ) -> Option<Result<Value, String>> {
+        loop {
+            if let Some(outcome) = self.replies.remove(&req) {
+                return Some(outcome);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(output)) => self.absorb(output),
+                Ok(Err(line)) => panic!("{}: not a JSON line on stdout: {line:?}", self.name),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: timed out waiting for the reply to {req}", self.name)
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
     /// Waits for the reply to `req` and decodes it; fails the test on an error reply.
     pub(crate) fn reply_as<T: DeserializeOwned>(&mut self, req: u64) -> T {
         let value = self
