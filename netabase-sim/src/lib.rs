@@ -56,6 +56,7 @@
 
 pub mod checkers;
 pub mod cli;
+pub mod consensus;
 pub mod disk;
 pub mod history;
 pub mod linearizability;
