@@ -63,7 +63,8 @@ pub struct Scenario {
     #[serde(default)]
     pub faults: FaultSpec,
     /// A consensus scenario: a Multi-Paxos cluster instead of a DHT, run by
-    /// [`crate::consensus`]. The DHT sections do not apply to it.
+    /// [`crate::consensus::run_consensus`] (not by [`crate::run`]). The DHT sections do
+    /// not apply to it.
     #[serde(default)]
     pub consensus: Option<crate::consensus::ConsensusSpec>,
 }

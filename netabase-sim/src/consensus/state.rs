@@ -9,7 +9,8 @@ use netabase_core::consensus::{
 };
 
 /// A [`KvState`] that records every entry id it applied with effect (not answered as a
-/// duplicate) and notes each id applied with effect twice.
+/// duplicate), notes each id applied with effect twice, and keeps its digest after every
+/// slot.
 ///
 /// With `no_dedup` (the injected bug), an entry the inner state refuses as a duplicate is
 /// executed again under a fresh id (a path the dedup table has never seen), and reported
@@ -21,6 +22,7 @@ pub struct SimState {
     fresh: u64,
     effective: BTreeSet<EntryId>,
     twice: Vec<(EntryId, Position)>,
+    digests: Vec<(Slot, [u8; 32])>,
 }
 
 impl SimState {
@@ -35,6 +37,12 @@ impl SimState {
     /// The key-value state.
     pub fn kv(&self) -> &KvState {
         &self.inner
+    }
+
+    /// The state's digest after each slot it applied, in order (this incarnation's; a
+    /// restarted member replays its log into a fresh state).
+    pub fn digests(&self) -> &[(Slot, [u8; 32])] {
+        &self.digests
     }
 
     /// Entry ids applied with effect more than once, with the position of the repeat, in
@@ -70,6 +78,7 @@ impl State for SimState {
 
     fn set_applied(&mut self, slot: Slot) {
         self.inner.set_applied(slot);
+        self.digests.push((slot, self.inner.digest()));
     }
 
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
