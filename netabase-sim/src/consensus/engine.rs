@@ -208,9 +208,12 @@ struct OpRec {
     /// A read that failed (timed out, or its member crashed), or a write that never
     /// left its member: it had no effect.
     failed: bool,
-    /// A write proposed before its member's first sync: the member holds it back until
-    /// then, and its id is unique only once the incarnation it carries is durable.
+    /// A write proposed before its member's first sync: its id is unique only once the
+    /// incarnation it carries is durable.
     early: bool,
+    /// An early write whose member crashed before its first sync: its id may name
+    /// another command, so its outcome stays unknown.
+    ambiguous: bool,
 }
 
 /// One run of a consensus scenario (see [`crate::consensus`]).
@@ -475,9 +478,12 @@ impl ConsensusSimulation {
         let early = !self.nodes[i].synced_once;
         for op in writes.into_values() {
             if early && self.ops[op].early {
-                // Held back until the first sync, which never came: never sent. Its id
-                // may come again in the next incarnation, so the client does not ask.
-                self.ops[op].failed = true;
+                // Proposed before the first sync, which never came: the incarnation in its
+                // id was not durable, so the next incarnation hands out the same id for
+                // other commands, and asking about the id says nothing about this write.
+                // (The member forwards such entries when it learns a leader, so it may
+                // have been applied.) Its outcome stays unknown.
+                self.ops[op].ambiguous = true;
             } else {
                 self.limbo.insert(op);
             }
@@ -829,6 +835,7 @@ impl ConsensusSimulation {
                     slot: None,
                     failed: false,
                     early: false,
+                    ambiguous: false,
                 });
             }
         } else {
@@ -908,6 +915,7 @@ impl ConsensusSimulation {
             slot: None,
             failed: false,
             early: !self.nodes[i].synced_once,
+            ambiguous: false,
         });
         Some(op)
     }
@@ -1384,10 +1392,15 @@ impl ConsensusSimulation {
     /// the end (`furthest`): if that state applied the entry, the write took effect before
     /// now, with the answer the state recorded; if not, no read saw it (every member's
     /// applied state is a prefix of that one's), so it is left out, as if it took effect
-    /// after the whole history.
+    /// after the whole history. A write whose id is ambiguous (see [`OpRec::ambiguous`])
+    /// stays unknown.
     fn check_linearizable(&mut self, furthest: Option<&SimState>) {
         let now = self.now;
-        for o in self.ops.iter_mut().filter(|o| o.ret.is_none()) {
+        for o in self
+            .ops
+            .iter_mut()
+            .filter(|o| o.ret.is_none() && !o.ambiguous)
+        {
             let Some(id) = o.id else { continue };
             if let Some(output) = furthest
                 .and_then(|f| f.applied_response(&id))
@@ -1409,6 +1422,9 @@ impl ConsensusSimulation {
                     ret,
                     out.clone(),
                 )),
+                (_, _) if o.ambiguous => {
+                    Some(Operation::unknown(o.client as u64, o.input.clone(), o.call))
+                }
                 // Unanswered reads had no effect; unresolved writes no effect anyone saw.
                 _ => None,
             })
