@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::consensus::{ConsensusReport, ConsensusSimulation, Coverage, run_consensus};
 use crate::{Report, Scenario, Simulation, replay_command};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -142,6 +143,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             let seed = seed.unwrap_or(sc.seed);
+            if sc.consensus.is_some() {
+                return run_consensus_one(
+                    &sc,
+                    &path,
+                    seed,
+                    json,
+                    trace.as_ref(),
+                    check_determinism,
+                );
+            }
             let threads = threads.unwrap_or_else(|| default_threads(sc.nodes));
             let virtual_ms = (sc.duration_s * 1000.0) as u64;
             let bar = progress_bar(
@@ -206,6 +217,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 eprintln!("error: --seeds takes A..B with A < B, e.g. 0..50");
                 return ExitCode::from(2);
             };
+            if sc.consensus.is_some() {
+                return sweep_consensus(&sc, &path, a..b, jobs, json);
+            }
             let bar = progress_bar(
                 b - a,
                 json,
@@ -276,5 +290,145 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// `run` of a consensus scenario.
+fn run_consensus_one(
+    sc: &Scenario,
+    path: &str,
+    seed: u64,
+    json: bool,
+    trace: Option<&PathBuf>,
+    check_determinism: bool,
+) -> ExitCode {
+    let spec = sc.consensus.as_ref().expect("a consensus scenario");
+    let mut sim = ConsensusSimulation::new(&sc.name, spec, seed);
+    if let Some(path) = trace {
+        match std::fs::File::create(path) {
+            Ok(file) => sim.set_trace_writer(Box::new(std::io::BufWriter::new(file))),
+            Err(e) => {
+                eprintln!("error: cannot create {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let report = sim.run();
+    let mut failed = !report.violations.is_empty();
+    if check_determinism {
+        let again = run_consensus(sc, seed);
+        if again.trace_hash != report.trace_hash {
+            eprintln!(
+                "NONDETERMINISM: seed {seed} gave trace {} then {}",
+                report.trace_hash, again.trace_hash
+            );
+            failed = true;
+        } else {
+            eprintln!(
+                "determinism check: both runs gave trace {}",
+                report.trace_hash
+            );
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("reports serialise")
+        );
+    } else {
+        print!("{}", report.human());
+    }
+    if failed {
+        eprintln!("replay with: {}", replay_command(path, seed));
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sweep` of a consensus scenario.
+fn sweep_consensus(
+    sc: &Scenario,
+    path: &str,
+    seeds: std::ops::Range<u64>,
+    jobs: usize,
+    json: bool,
+) -> ExitCode {
+    let (a, b) = (seeds.start, seeds.end);
+    let bar = progress_bar(
+        b - a,
+        json,
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} seeds",
+    );
+    let next = AtomicU64::new(a);
+    let reports: Mutex<Vec<ConsensusReport>> = Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= b {
+                        break;
+                    }
+                    let report = run_consensus(sc, seed);
+                    reports
+                        .lock()
+                        .expect("no panics hold this lock")
+                        .push(report);
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut reports = reports.into_inner().expect("no panics hold this lock");
+    reports.sort_by_key(|r| r.seed);
+    let failing: Vec<&ConsensusReport> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    let events: u64 = reports.iter().map(|r| r.events).sum();
+    let mut coverage = Coverage::default();
+    for r in &reports {
+        coverage.add(&r.coverage);
+    }
+    if json {
+        let summary = serde_json::json!({
+            "scenario": sc.name,
+            "seeds": b - a,
+            "failing_seeds": failing.iter().map(|r| r.seed).collect::<Vec<_>>(),
+            "replay": failing.iter().map(|r| replay_command(path, r.seed)).collect::<Vec<_>>(),
+            "events": events,
+            "wall_ms": started.elapsed().as_millis() as u64,
+            "coverage": coverage,
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "sweep of {} over seeds {a}..{b}: {} passed, {} failed ({} events in {:.1} s)",
+            sc.name,
+            reports.len() - failing.len(),
+            failing.len(),
+            events,
+            started.elapsed().as_secs_f64(),
+        );
+        let counters: Vec<String> = coverage
+            .counters()
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        println!("coverage: {}", counters.join(", "));
+    }
+    for r in &failing {
+        eprintln!(
+            "seed {} failed: [{}] {}",
+            r.seed, r.violations[0].checker, r.violations[0].message
+        );
+        eprintln!("  replay with: {}", replay_command(path, r.seed));
+    }
+    if failing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

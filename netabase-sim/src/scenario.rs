@@ -14,12 +14,16 @@ pub struct Scenario {
     /// What the scenario exercises.
     #[serde(default)]
     pub description: String,
-    /// Number of nodes.
+    /// Number of nodes (DHT scenarios; a consensus scenario names its members in
+    /// `[consensus]` and leaves this out).
+    #[serde(default)]
     pub nodes: usize,
     /// Default seed (the CLI's `--seed` overrides it).
     #[serde(default = "one")]
     pub seed: u64,
-    /// Total virtual time of the run, in seconds.
+    /// Total virtual time of the run, in seconds (DHT scenarios; a consensus scenario
+    /// sets its length in `[consensus]`).
+    #[serde(default)]
     pub duration_s: f64,
     /// When every fault heals (partitions, clogs, loss, duplication, reordering, crashed
     /// nodes restart): the start of the liveness phase. `None`: faults run to the end.
@@ -58,6 +62,11 @@ pub struct Scenario {
     /// Deliberate bugs, to show that the checkers catch them.
     #[serde(default)]
     pub faults: FaultSpec,
+    /// A consensus scenario: a Multi-Paxos cluster instead of a DHT, run by
+    /// [`crate::consensus::run_consensus`] (not by [`crate::run`]). The DHT sections do
+    /// not apply to it.
+    #[serde(default)]
+    pub consensus: Option<crate::consensus::ConsensusSpec>,
 }
 
 fn one() -> u64 {
@@ -509,6 +518,14 @@ impl Scenario {
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let bad = |m: &str| Err(ScenarioError::Invalid(m.to_string()));
+        if let Some(c) = &self.consensus {
+            if self.nodes != 0 || self.duration_s != 0.0 {
+                return bad(
+                    "a consensus scenario sets members and duration_s in [consensus], not nodes and duration_s",
+                );
+            }
+            return c.validate().map_err(ScenarioError::Invalid);
+        }
         if self.nodes < 2 {
             return bad("nodes must be at least 2");
         }
