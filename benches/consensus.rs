@@ -177,11 +177,7 @@ impl request_response::Codec for Echo {
         Ok(v)
     }
 
-    async fn read_response<T>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
@@ -227,7 +223,10 @@ fn echo_swarm() -> Swarm<request_response::Behaviour<Echo>> {
         .with_behaviour(|_| {
             request_response::Behaviour::with_codec(
                 Echo,
-                [(StreamProtocol::new("/bench/echo/1.0.0"), ProtocolSupport::Full)],
+                [(
+                    StreamProtocol::new("/bench/echo/1.0.0"),
+                    ProtocolSupport::Full,
+                )],
                 request_response::Config::default(),
             )
         })
@@ -254,7 +253,10 @@ async fn libp2p_p50(size: usize, count: usize) -> Duration {
     let serving = tokio::spawn(async move {
         while !stop_server.load(Ordering::Relaxed) {
             if let SwarmEvent::Behaviour(request_response::Event::Message {
-                message: request_response::Message::Request { request, channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
                 ..
             }) = server.select_next_some().await
             {
@@ -268,14 +270,18 @@ async fn libp2p_p50(size: usize, count: usize) -> Duration {
     let payload = vec![1u8; size];
     for i in 0..count + 20 {
         let started = Instant::now();
-        client.behaviour_mut().send_request(&server_id, payload.clone());
+        client
+            .behaviour_mut()
+            .send_request(&server_id, payload.clone());
         loop {
             match client.select_next_some().await {
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     message: request_response::Message::Response { .. },
                     ..
                 }) => break,
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => {
                     panic!("echo request failed: {error}")
                 }
                 _ => {}
@@ -406,7 +412,9 @@ async fn measure(nodes: &[Node], leader: usize, clients: usize, args: &Args) -> 
             let mut latencies = Vec::new();
             let mut i = c as u64;
             while Instant::now() < deadline {
-                i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                i = i
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let cell = Cell {
                     key: (i >> 33) % keys,
                     value: vec![(i >> 56) as u8; size],

@@ -787,7 +787,11 @@ impl<L: LogStore, S: State> Member<L, S> {
             if let ReadStage::Leader { sent: Some(at) } = r.stage {
                 next = next.min(at + self.config.retry_interval);
             }
-            if matches!(r.stage, ReadStage::Leader { sent: None }) {
+            // A follower's read waits for a leader (elected by then); a leader's waits
+            // for its no-op, which applying wakes, not a timer.
+            if matches!(r.stage, ReadStage::Leader { sent: None })
+                && !matches!(self.phase, Phase::Leader(_))
+            {
                 next = next.min(self.election_deadline);
             }
         }
@@ -1822,6 +1826,12 @@ impl<L: LogStore, S: State> Member<L, S> {
     /// Sends an entry toward the leader: into the queue if this member leads, forwarded
     /// to the leader if one is known, else kept until one is.
     fn route_entry(&mut self, _now: Instant, entry: Entry) {
+        // Until the incarnation in the entry's id is durable, the entry goes nowhere: a
+        // crash before that sync would hand the same id to another command, which the
+        // state would then take for a retry of this one. `synced` routes it.
+        if !self.durable_once {
+            return;
+        }
         match &mut self.phase {
             Phase::Leader(l) => {
                 if l.queued.insert(entry.id) {
