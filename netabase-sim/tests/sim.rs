@@ -661,6 +661,17 @@ fn paxos_crash_disk_sweep_holds_every_invariant() {
     assert_covered("paxos-crash-disk", &coverage, &["pauses", "partitions"]);
 }
 
+/// Seeds of `paxos-3` that once found a member forwarding an entry before the
+/// incarnation in its id was durable (a crash then reused the id for another command).
+#[test]
+fn entry_ids_are_never_reused_after_an_early_crash() {
+    let sc = load("paxos-3");
+    for seed in [8915, 9259] {
+        let r = run_consensus(&sc, seed);
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+    }
+}
+
 #[test]
 fn a_consensus_run_replays_exactly_by_its_seed() {
     let sc = load("paxos-3");
