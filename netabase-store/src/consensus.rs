@@ -28,8 +28,8 @@
 //! (the whole log: nothing is compacted yet, so this grows with every slot until log
 //! compaction lands), and the state holds its whole map, like [`KvState`]. Reads never
 //! touch the backend, so they cannot fail. A `sync` writes only what changed since the
-//! previous one, plus the state's whole dedup table when the state changed (at most
-//! [`DedupTable::WINDOW`] answers per proposer).
+//! previous one: the dedup table's rows are written and deleted one by one as entries
+//! enter and leave its window ([`DedupTable::WINDOW`] answers per proposer).
 //!
 //! # Layout
 //!
@@ -41,7 +41,9 @@
 //! | [`LOG_TABLE`] | slot, big-endian `u64` | [`AcceptedValue`] |
 //! | [`META_TABLE`] | `cluster`, `incarnation`, `promised` | [`ClusterId`], `u32`, [`Ballot`] |
 //! | [`KV_TABLE`] | the key's bytes | the value's bytes and the [`Position`] that wrote it |
-//! | [`KV_META_TABLE`] | `applied`, `dedup`, `digest` | [`Slot`], [`DedupTable`], `[u8; 32]` |
+//! | [`KV_META_TABLE`] | `applied`, `digest` | [`Slot`], `[u8; 32]` |
+//! | [`DEDUP_TABLE`] | proposer id length (one byte), its bytes, seq (big-endian `u64`) | the entry's answer |
+//! | [`DEDUP_FLOOR_TABLE`] | proposer id bytes | its floor, `u64` |
 //!
 //! A row that does not decode (damaged bytes, a key that is not a slot, an unknown key)
 //! fails `open` with [`StoreError::Corrupt`] naming its table and key.
@@ -75,6 +77,7 @@ use std::marker::PhantomData;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use netabase_core::PeerId;
 use netabase_core::consensus::{
     AcceptedValue, Applied, Ballot, ClusterId, DedupTable, Entry, EntryId, KvCommand, KvResponse,
     KvState, LogStore, Position, Slot, State,
@@ -95,8 +98,13 @@ pub const LOG_TABLE: &str = "paxos.log";
 pub const META_TABLE: &str = "paxos.meta";
 /// The key-value state's map.
 pub const KV_TABLE: &str = "paxos.kv";
-/// The key-value state's applied slot, dedup table and digest.
+/// The key-value state's applied slot and digest.
 pub const KV_META_TABLE: &str = "paxos.kv.meta";
+/// The key-value state's dedup table: the answers of the entry ids it remembers.
+pub const DEDUP_TABLE: &str = "paxos.dedup";
+/// The dedup table's floors: per proposer, the seq at or below which every id counts as
+/// applied.
+pub const DEDUP_FLOOR_TABLE: &str = "paxos.dedup.floor";
 
 /// The layout version in the header of every row.
 const LAYOUT: u32 = 1;
@@ -105,7 +113,6 @@ const CLUSTER_KEY: &[u8] = b"cluster";
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const PROMISED_KEY: &[u8] = b"promised";
 const APPLIED_KEY: &[u8] = b"applied";
-const DEDUP_KEY: &[u8] = b"dedup";
 const DIGEST_KEY: &[u8] = b"digest";
 
 /// One row to put (`Some`) or delete (`None`).
@@ -431,6 +438,10 @@ struct KvInner {
     digest: [u8; 32],
     /// Keys written since the last sync.
     dirty_keys: BTreeSet<Vec<u8>>,
+    /// Dedup entries recorded (`Some`) or evicted (`None`) since the last sync.
+    dirty_dedup: BTreeMap<EntryId, Option<Vec<u8>>>,
+    /// Proposers whose dedup floor rose since the last sync.
+    dirty_floors: BTreeSet<PeerId>,
     /// The applied slot, dedup table or digest changed since the last sync.
     dirty_meta: bool,
 }
@@ -441,7 +452,6 @@ impl KvInner {
         for (key, value) in rows(tx, KV_META_TABLE)? {
             match key.as_slice() {
                 APPLIED_KEY => inner.applied = unseal(KV_META_TABLE, &key, &value)?,
-                DEDUP_KEY => inner.dedup = unseal(KV_META_TABLE, &key, &value)?,
                 DIGEST_KEY => inner.digest = unseal(KV_META_TABLE, &key, &value)?,
                 _ => return Err(StoreError::corrupt(KV_META_TABLE, &key, "unknown key")),
             }
@@ -449,6 +459,18 @@ impl KvInner {
         for (key, value) in rows(tx, KV_TABLE)? {
             let value = unseal(KV_TABLE, &key, &value)?;
             inner.map.insert(key, value);
+        }
+        for (key, value) in rows(tx, DEDUP_TABLE)? {
+            let id = dedup_id(&key)
+                .ok_or_else(|| StoreError::corrupt(DEDUP_TABLE, &key, "not an entry id"))?;
+            inner.dedup.restore(id, unseal(DEDUP_TABLE, &key, &value)?);
+        }
+        for (key, value) in rows(tx, DEDUP_FLOOR_TABLE)? {
+            let proposer = PeerId::from_bytes(&key)
+                .map_err(|e| StoreError::corrupt(DEDUP_FLOOR_TABLE, &key, e.to_string()))?;
+            inner
+                .dedup
+                .restore_floor(proposer, unseal(DEDUP_FLOOR_TABLE, &key, &value)?);
         }
         Ok(inner)
     }
@@ -506,7 +528,7 @@ impl KvInner {
 
 impl Staged for KvInner {
     fn dirty(&self) -> bool {
-        self.dirty_meta || !self.dirty_keys.is_empty()
+        self.dirty_meta || !self.dirty_keys.is_empty() || !self.dirty_dedup.is_empty()
     }
 
     fn changes(&self) -> Result<Vec<Change>> {
@@ -525,19 +547,30 @@ impl Staged for KvInner {
                 seal(KV_META_TABLE, APPLIED_KEY, &self.applied)?,
             ));
             out.push(meta(
-                DEDUP_KEY,
-                seal(KV_META_TABLE, DEDUP_KEY, &self.dedup)?,
-            ));
-            out.push(meta(
                 DIGEST_KEY,
                 seal(KV_META_TABLE, DIGEST_KEY, &self.digest)?,
             ));
+        }
+        for (id, response) in &self.dirty_dedup {
+            let key = dedup_key(id);
+            let row = match response {
+                Some(r) => Some(seal(DEDUP_TABLE, &key, r)?),
+                None => None,
+            };
+            out.push((DEDUP_TABLE, key, row));
+        }
+        for proposer in &self.dirty_floors {
+            let key = proposer.to_bytes();
+            let row = seal(DEDUP_FLOOR_TABLE, &key, &self.dedup.floor(proposer))?;
+            out.push((DEDUP_FLOOR_TABLE, key, Some(row)));
         }
         Ok(out)
     }
 
     fn written(&mut self) {
         self.dirty_keys.clear();
+        self.dirty_dedup.clear();
+        self.dirty_floors.clear();
         self.dirty_meta = false;
     }
 }
@@ -612,7 +645,7 @@ impl<B: Backend> PersistentKvState<B> {
         lock(&self.inner).digest
     }
 
-    /// Duplicates refused so far (as [`DedupTable::hits`]).
+    /// Duplicates refused since the state was opened (as [`DedupTable::hits`]).
     pub fn dedup_hits(&self) -> u64 {
         lock(&self.inner).dedup.hits()
     }
@@ -641,7 +674,11 @@ impl<B: Backend> State for PersistentKvState<B> {
         let response = inner
             .execute(position, KvCommand::decode(&entry.command))
             .encode();
-        inner.dedup.record(entry.id, response.clone());
+        if let Some(evicted) = inner.dedup.record(entry.id, response.clone()) {
+            inner.dirty_dedup.insert(evicted, None);
+            inner.dirty_floors.insert(evicted.proposer);
+        }
+        inner.dirty_dedup.insert(entry.id, Some(response.clone()));
         let mut h = Sha256::new();
         h.update(inner.digest);
         h.update(position.slot.to_be_bytes());
@@ -666,4 +703,26 @@ impl<B: Backend> State for PersistentKvState<B> {
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
         lock(&self.inner).dedup.seen(id)
     }
+}
+
+/// A dedup row's key: the proposer's id bytes (length first) and the seq, big-endian.
+fn dedup_key(id: &EntryId) -> Vec<u8> {
+    let proposer = id.proposer.as_bytes();
+    let mut key = Vec::with_capacity(1 + proposer.len() + 8);
+    key.push(proposer.len() as u8);
+    key.extend_from_slice(proposer);
+    key.extend_from_slice(&id.seq.to_be_bytes());
+    key
+}
+
+/// The entry id of a dedup row's key.
+fn dedup_id(key: &[u8]) -> Option<EntryId> {
+    let (&len, rest) = key.split_first()?;
+    let len = usize::from(len);
+    if rest.len() != len + 8 {
+        return None;
+    }
+    let proposer = PeerId::from_bytes(&rest[..len]).ok()?;
+    let seq = u64::from_be_bytes(rest[len..].try_into().ok()?);
+    Some(EntryId { proposer, seq })
 }

@@ -275,6 +275,8 @@ pub(crate) struct Driver<R: Runtime> {
     /// Set when a request went out since the last sync (which may have deferred writes
     /// to make durable).
     requests_before_sync: bool,
+    /// Set when consensus messages were queued on the swarm since it was last polled.
+    consensus_sends: bool,
 }
 
 /// The error for listen address `addr`, which runtime `R` has no transport for.
@@ -348,6 +350,7 @@ impl<R: Runtime> Driver<R> {
             gauge_tick,
             store_failed: false,
             requests_before_sync: false,
+            consensus_sends: false,
         })
     }
 
@@ -473,21 +476,54 @@ impl<R: Runtime> Driver<R> {
                     None => break,
                 }
             }
-            self.drain();
-            // The consensus leader's own vote counts once durable: sync for it even when
-            // no output waits (each round proposes at most the queued entries).
-            while self.machine.needs_sync() && !self.store_failed {
-                let _ = self.durable();
-                self.drain();
+            // API calls already waiting join the same step: their consensus proposals share
+            // one slot and one sync.
+            let mut stop = None;
+            for _ in 0..READY_BATCH {
+                match self.commands.next().now_or_never() {
+                    Some(Some(Command::Stop { reply })) => {
+                        stop = Some(Some(reply));
+                        break;
+                    }
+                    Some(None) => {
+                        stop = Some(None);
+                        break;
+                    }
+                    Some(Some(command)) => self.on_command(command),
+                    None => break,
+                }
             }
-            if self.requests_before_sync {
-                // Requests went out ahead of a pending sync: hand them to their connections
-                // first, so that the disk's flush overlaps their round trips.
-                self.deliver();
-                let _ = self.durable();
+            self.drain();
+            // A bounded number of rounds, so that timers and new calls are not starved
+            // under load (what is left goes out at the next step).
+            for _ in 0..8 {
+                if self.store_failed {
+                    break;
+                }
+                if self.consensus_sends {
+                    // Proposals, heartbeats and commit notices leave before any sync.
+                    self.consensus_sends = false;
+                    self.deliver();
+                } else if self.requests_before_sync {
+                    // Requests went out ahead of a pending sync: hand them to their
+                    // connections first, so that the disk's flush overlaps their round trips.
+                    self.deliver();
+                    let _ = self.durable();
+                    self.drain();
+                } else if self.machine.needs_sync() {
+                    // The consensus leader's own vote counts once durable: sync for it even
+                    // when no output waits.
+                    let _ = self.durable();
+                    self.drain();
+                } else {
+                    break;
+                }
             }
             if self.store_failed {
                 break None;
+            }
+            if let Some(stop) = stop {
+                break stop;
             }
             if let Some(m) = &self.metrics {
                 m.node
@@ -531,7 +567,13 @@ impl<R: Runtime> Driver<R> {
 
     /// Re-arms the timer to the core's next deadline.
     fn arm_timer(&mut self) {
-        let next = self.machine.poll_timeout();
+        // Work a bounded step left over (a sync for the leader's own vote, consensus
+        // messages to hand to their connections) runs at once.
+        let next = if self.machine.needs_sync() || self.consensus_sends {
+            Some(self.now())
+        } else {
+            self.machine.poll_timeout()
+        };
         if next == self.timer_at && !self.timer.is_terminated() {
             return;
         }
@@ -648,6 +690,9 @@ impl<R: Runtime> Driver<R> {
             let output = match output {
                 MachineOutput::Kad(output) => output,
                 MachineOutput::Consensus(output) => {
+                    if matches!(output, netabase_core::consensus::Output::Send { .. }) {
+                        self.consensus_sends = true;
+                    }
                     self.on_consensus_output(output);
                     continue;
                 }

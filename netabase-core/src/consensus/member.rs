@@ -526,6 +526,8 @@ pub struct Member<L, S> {
     reads: BTreeMap<u64, PendingRead>,
     next_read: u64,
     outputs: VecDeque<Output>,
+    /// The queued entries are proposed at the next `poll_output`, dated this.
+    pump_at: Option<Instant>,
     deferred: Vec<Deferred>,
     stats: ConsensusStats,
     #[cfg(test)]
@@ -597,6 +599,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             // to a read of an earlier incarnation must not complete a new one.
             next_read: u64::from(incarnation) << 32,
             outputs: VecDeque::new(),
+            pump_at: None,
             deferred: Vec::new(),
             stats: ConsensusStats::default(),
             config,
@@ -725,7 +728,17 @@ impl<L: LogStore, S: State> Member<L, S> {
 
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
+        // Entries queued by the inputs handled since the last drain go out now, together:
+        // every proposal that arrived in one burst shares a slot.
+        if let Some(now) = self.pump_at.take() {
+            self.pump(now);
+        }
         self.outputs.pop_front()
+    }
+
+    /// Asks for the queued entries to be proposed at the next [`poll_output`](Self::poll_output).
+    fn pump_due(&mut self, now: Instant) {
+        self.pump_at = Some(self.pump_at.map_or(now, |at| at.max(now)));
     }
 
     /// Tells the member every log write so far is durable.
@@ -759,7 +772,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 }
             }
         }
-        self.pump(now);
+        self.pump_due(now);
     }
 
     /// When [`handle_timeout`](Member::handle_timeout) wants to run next.
@@ -945,7 +958,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         );
         if self.durable_once {
             self.route_entry(now, entry);
-            self.pump(now);
+            self.pump_due(now);
         } else {
             self.waiting.push_back(entry);
         }
@@ -1375,7 +1388,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         for k in keys {
             self.advance_read(now, k);
         }
-        self.pump(now);
+        self.pump_due(now);
     }
 
     // ----- internals: phase 2 ----------------------------------------------------------
@@ -1562,7 +1575,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         self.broadcast(Message::Commit { ballot, slot });
         self.advance_committed();
         self.apply_committed(now);
-        self.pump(now);
+        self.pump_due(now);
     }
 
     fn on_commit(&mut self, now: Instant, _from: PeerId, ballot: Ballot, slot: Slot) {
@@ -1872,7 +1885,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 l.queue.push_back(e);
             }
         }
-        self.pump(now);
+        self.pump_due(now);
     }
 
     fn retry_outstanding(&mut self, now: Instant) {
@@ -1898,7 +1911,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         for entry in resend {
             self.route_entry(now, entry);
         }
-        self.pump(now);
+        self.pump_due(now);
     }
 
     // ----- internals: reads ------------------------------------------------------------

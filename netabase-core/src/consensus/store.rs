@@ -219,15 +219,43 @@ impl DedupTable {
         (id.seq <= window.floor && window.floor > 0).then(Vec::new)
     }
 
-    /// Records that `id` was applied with `response`.
-    pub fn record(&mut self, id: EntryId, response: Vec<u8>) {
+    /// Records that `id` was applied with `response`; returns the id that left the
+    /// window to make room, if one did (its proposer's floor rose to it).
+    pub fn record(&mut self, id: EntryId, response: Vec<u8>) -> Option<EntryId> {
         let window = self.proposers.entry(id.proposer).or_default();
         window.recent.insert(id.seq, response);
+        let mut evicted = None;
         while window.recent.len() > Self::WINDOW {
             if let Some((seq, _)) = window.recent.pop_first() {
                 window.floor = window.floor.max(seq);
+                evicted = Some(EntryId {
+                    proposer: id.proposer,
+                    seq,
+                });
             }
         }
+        evicted
+    }
+
+    /// The seq at or below which every id of `proposer` counts as applied (0: none).
+    pub fn floor(&self, proposer: &PeerId) -> u64 {
+        self.proposers.get(proposer).map_or(0, |w| w.floor)
+    }
+
+    /// Restores one remembered id with its answer, as a persistent state loads its table
+    /// (no eviction: the window was kept when it was written).
+    pub fn restore(&mut self, id: EntryId, response: Vec<u8>) {
+        self.proposers
+            .entry(id.proposer)
+            .or_default()
+            .recent
+            .insert(id.seq, response);
+    }
+
+    /// Restores a proposer's floor.
+    pub fn restore_floor(&mut self, proposer: PeerId, floor: u64) {
+        let window = self.proposers.entry(proposer).or_default();
+        window.floor = window.floor.max(floor);
     }
 
     /// Counts a duplicate that was refused.
