@@ -1531,7 +1531,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             );
         }
         self.send(from, Message::Accepted { ballot, slot });
-        self.learn_commit_index(now, committed);
+        self.learn_commit_index(now, ballot, committed);
     }
 
     fn on_accepted(&mut self, now: Instant, from: PeerId, ballot: Ballot, slot: Slot) {
@@ -1572,7 +1572,8 @@ impl<L: LogStore, S: State> Member<L, S> {
                 chosen: true,
             },
         );
-        self.broadcast(Message::Commit { ballot, slot });
+        // No commit notice per slot: the next accept or heartbeat carries the commit
+        // index, from which followers learn (`learn_commit_index`).
         self.advance_committed();
         self.apply_committed(now);
         self.pump_due(now);
@@ -1648,7 +1649,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
         self.set_leader(now, ballot);
         self.send(from, Message::HeartbeatAck { ballot, seq });
-        self.learn_commit_index(now, committed);
+        self.learn_commit_index(now, ballot, committed);
     }
 
     fn on_heartbeat_ack(&mut self, now: Instant, from: PeerId, ballot: Ballot, seq: u64) {
@@ -1711,8 +1712,28 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
     }
 
-    fn learn_commit_index(&mut self, now: Instant, committed: Slot) {
+    /// Learns from the leader of `ballot` that every slot up to `committed` is chosen.
+    /// A value this member accepted in that same ballot at such a slot is the chosen one:
+    /// the leader proposes one value per slot in its ballot, and knows a slot chosen only
+    /// by its own quorum in that ballot or, for slots it never proposed in, from the
+    /// chosen flags its phase 1 gathered. Other slots are fetched by catch-up.
+    fn learn_commit_index(&mut self, now: Instant, ballot: Ballot, committed: Slot) {
         self.leader_committed = self.leader_committed.max(committed);
+        if committed > self.committed {
+            let slots = self
+                .log
+                .slots_from(self.committed + 1, self.config.catch_up_slots.max(1024));
+            for slot in slots.into_iter().take_while(|s| *s <= committed) {
+                if let Some(a) = self.log.get(slot)
+                    && !a.chosen
+                    && a.ballot == ballot
+                {
+                    self.log.put(slot, AcceptedValue { chosen: true, ..a });
+                }
+            }
+            self.advance_committed();
+            self.apply_committed(now);
+        }
         self.maybe_catch_up(now);
     }
 
