@@ -681,8 +681,12 @@ impl<R: Runtime> Driver<R> {
         while let Some(output) = self.machine.poll_output() {
             if !self.machine.output_waits_for_sync(&output) {
                 // A request acknowledges nothing; it may leave before the writes are
-                // durable (the run loop syncs once it is on its way).
-                self.requests_before_sync = true;
+                // durable (the run loop syncs once it is on its way). Consensus outputs
+                // that do not wait need no sync after them either: what they report is
+                // durable on a quorum already, or is a proposal.
+                if matches!(output, MachineOutput::Kad(_)) {
+                    self.requests_before_sync = true;
+                }
             } else if self.durable().is_err() {
                 // Outputs made after the failed sync are dropped: the node stops.
                 return;
