@@ -178,6 +178,10 @@ pub(crate) struct ConsensusClient {
     pub(crate) config: ConsensusConfig,
     pub(crate) writes: HashMap<EntryId, WriteReply>,
     pub(crate) reads: HashMap<ReadId, (Vec<u8>, ReadReply)>,
+    /// Requests of `/paxos/1.0.0` not answered yet, per peer, oldest first: the next
+    /// message to that peer rides on the answer.
+    pub(crate) open_requests:
+        HashMap<PeerId, Vec<libp2p::request_response::ResponseChannel<Vec<u8>>>>,
 }
 
 impl ConsensusClient {
@@ -186,6 +190,7 @@ impl ConsensusClient {
             config,
             writes: HashMap::new(),
             reads: HashMap::new(),
+            open_requests: HashMap::new(),
         }
     }
 }

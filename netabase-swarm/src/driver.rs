@@ -519,6 +519,7 @@ impl<R: Runtime> Driver<R> {
                     break;
                 }
             }
+            self.close_open_requests();
             if self.store_failed {
                 break None;
             }

@@ -1,8 +1,11 @@
 //! `/paxos/1.0.0`: consensus messages between cluster members.
 //!
-//! Each message is one request of libp2p's request-response protocol, answered at once by
-//! an empty response; the core's member owns timeouts and retries, so a lost or refused
-//! request is simply dropped. A request is read up to the core's
+//! Each message is one request of libp2p's request-response protocol. The answer carries
+//! the receiver's next message to the sender when it has one by the end of the step that
+//! handled the request (an accept's vote, a heartbeat's acknowledgement), and is empty
+//! otherwise, so that a vote costs no stream of its own. The core's member owns timeouts
+//! and retries, so a lost or refused message is simply dropped. Requests and answers are
+//! read up to the core's
 //! [`MAX_MESSAGE_BYTES`](netabase_core::consensus::MAX_MESSAGE_BYTES) and no further: a
 //! longer one fails the stream without being buffered.
 
@@ -23,39 +26,27 @@ pub(crate) const PAXOS_NAME: &str = "/paxos/1.0.0";
 /// Streams of `/paxos/1.0.0` open at once per connection.
 const MAX_CONCURRENT_STREAMS: usize = 256;
 
-/// The bytes of one consensus message each way; the answer is empty.
+/// The bytes of one consensus message each way (an empty answer carries none).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PaxosCodec;
 
 impl Codec for PaxosCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
-    type Response = ();
+    type Response = Vec<u8>;
 
     async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut bytes = Vec::new();
-        io.take(MAX_MESSAGE_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .await?;
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "consensus message exceeds the size limit",
-            ));
-        }
-        Ok(bytes)
+        read_bounded(io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut rest = Vec::new();
-        io.take(1).read_to_end(&mut rest).await?;
-        Ok(())
+        read_bounded(io).await
     }
 
     async fn write_request<T>(
@@ -71,12 +62,33 @@ impl Codec for PaxosCodec {
         io.close().await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Vec<u8>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        io.write_all(&response).await?;
         io.close().await
     }
+}
+
+/// Reads a whole message, refusing one longer than the limit.
+async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io.take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "consensus message exceeds the size limit",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The request-response behaviour that carries `/paxos/1.0.0`.

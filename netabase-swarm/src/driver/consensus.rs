@@ -151,6 +151,26 @@ impl<R: Runtime> Driver<R> {
                 let Some(peer) = to_libp2p_peer(&to) else {
                     return;
                 };
+                // The answer to an open request from that peer carries it, if there is
+                // one (a vote rides on the accept's stream).
+                let mut bytes = bytes;
+                while let Some(channel) = self
+                    .consensus
+                    .open_requests
+                    .get_mut(&peer)
+                    .and_then(|open| (!open.is_empty()).then(|| open.remove(0)))
+                {
+                    match self
+                        .swarm
+                        .behaviour_mut()
+                        .paxos
+                        .send_response(channel, bytes)
+                    {
+                        Ok(()) => return,
+                        // The stream is gone (closed or timed out): try the next one.
+                        Err(returned) => bytes = returned,
+                    }
+                }
                 let addrs = self
                     .machine
                     .kad
@@ -213,25 +233,45 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    pub(super) fn on_paxos_event(&mut self, event: request_response::Event<Vec<u8>, ()>) {
-        if let request_response::Event::Message {
-            peer,
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        } = event
-        {
-            // The answer only acknowledges receipt; the member answers with messages of
-            // its own.
-            let _ = self.swarm.behaviour_mut().paxos.send_response(channel, ());
-            let Some(from) = to_core_peer(&peer) else {
-                return;
-            };
-            let now = self.now();
-            if let Err(e) = self.machine.handle_consensus_bytes(now, from, &request) {
-                tracing::debug!(%peer, error = %e, "malformed consensus message");
+    pub(super) fn on_paxos_event(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        let request_response::Event::Message { peer, message, .. } = event else {
+            return;
+        };
+        let bytes = match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                // Answered by the step's next message to `peer`, or empty at its end.
+                self.consensus
+                    .open_requests
+                    .entry(peer)
+                    .or_default()
+                    .push(channel);
+                request
+            }
+            request_response::Message::Response { response, .. } => response,
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        let Some(from) = to_core_peer(&peer) else {
+            return;
+        };
+        let now = self.now();
+        if let Err(e) = self.machine.handle_consensus_bytes(now, from, &bytes) {
+            tracing::debug!(%peer, error = %e, "malformed consensus message");
+        }
+    }
+
+    /// Answers every request still open with an empty answer (at the end of a step).
+    pub(super) fn close_open_requests(&mut self) {
+        for (_, open) in self.consensus.open_requests.drain() {
+            for channel in open {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .paxos
+                    .send_response(channel, Vec::new());
             }
         }
     }
