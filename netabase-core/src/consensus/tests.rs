@@ -24,6 +24,8 @@ pub(crate) enum Mutant {
     FollowerReadsLocally,
     /// A new leader serves reads before its no-op is applied.
     ReadBeforeNoop,
+    /// A restarted member promises at once, without waiting out its leases.
+    NoLeaseWaitAfterRestart,
     /// The leader's lease runs `D·(1 + ε)` (the acceptors' bound) on its own clock
     /// instead of `D·(1 − ε) − margin`.
     LeaseIgnoresDrift,
@@ -45,6 +47,9 @@ struct Faults {
     max_delay_us: u64,
     /// Messages (per mille) delivered late, 0.3 to 2 s after they were sent.
     late_permille: u32,
+    /// A crashed member restarts this long after the crash: the least, and the span of
+    /// the random part, in microseconds.
+    restart_after_us: (u64, u64),
     partitions: bool,
     crashes: bool,
     drift_ppm: i64,
@@ -71,6 +76,7 @@ impl Params {
                 dup: 3,
                 max_delay_us: 8_000,
                 late_permille: 10,
+                restart_after_us: (200_000, 1_500_000),
                 partitions: true,
                 crashes: true,
                 drift_ppm: 40_000,
@@ -285,6 +291,9 @@ impl Harness {
         )
         .expect("valid member");
         member.mutant = self.p.mutant;
+        if self.p.mutant == Some(Mutant::NoLeaseWaitAfterRestart) {
+            member.skip_lease_wait();
+        }
         self.nodes[i].member = Some(member);
         self.nodes[i].epoch += 1;
         self.after(i);
@@ -591,7 +600,8 @@ impl Harness {
                         self.nodes[node].epoch += 1;
                         self.nodes[node].writes.clear();
                         self.nodes[node].reads.clear();
-                        let back = self.now + 200_000 + self.rng.next_u64() % 1_500_000;
+                        let (min, span) = self.p.faults.restart_after_us;
+                        let back = self.now + min + self.rng.next_u64() % span.max(1);
                         self.schedule(back, Ev::Restart { node });
                     }
                     let next = self.now + 1_500_000 + self.rng.next_u64() % 4_000_000;
@@ -1029,6 +1039,8 @@ fn planted_read_before_noop_is_caught() {
 fn lease_params() -> Params {
     let mut p = Params::chaos(3);
     p.faults.drift_ppm = 200_000;
+    // Acceptors restart within a lease's length (the lease wait must hold them back).
+    p.faults.restart_after_us = (10_000, 150_000);
     p.config.election_timeout = Duration::from_millis(500);
     p.config.retry_interval = Duration::from_millis(30);
     p.config.lease = Some(LeaseConfig {
@@ -1049,6 +1061,13 @@ fn planted_lease_ignoring_drift_is_caught() {
     let mut p = lease_params();
     p.mutant = Some(Mutant::LeaseIgnoresDrift);
     caught(p, "lease ignoring drift");
+}
+
+#[test]
+fn planted_restart_without_the_lease_wait_is_caught() {
+    let mut p = lease_params();
+    p.mutant = Some(Mutant::NoLeaseWaitAfterRestart);
+    caught(p, "restart without the lease wait");
 }
 
 #[test]
