@@ -87,6 +87,15 @@ enum Op {
         request: u8,
         index: Option<u8>,
     },
+    Relinquish {
+        from: u8,
+        round: u8,
+    },
+    TimeoutNow {
+        from: u8,
+        round: u8,
+    },
+    Transfer,
     Raw {
         from: u8,
         bytes: Vec<u8>,
@@ -309,6 +318,22 @@ fuzz_target!(|ops: Vec<Op>| {
                     index: index.map(u64::from),
                 },
             )),
+            Op::Relinquish { from, round } => Some((
+                from,
+                Message::Relinquish {
+                    ballot: ballot(round, from),
+                },
+            )),
+            Op::TimeoutNow { from, round } => Some((
+                from,
+                Message::TimeoutNow {
+                    ballot: ballot(round, from),
+                },
+            )),
+            Op::Transfer => {
+                let _ = m.transfer_leadership(now);
+                None
+            }
             Op::Raw { from, bytes } => {
                 let _ = m.handle_bytes(now, peer(from), &bytes);
                 None

@@ -22,8 +22,11 @@
 //! and replays its log. After a restart a member waits out the lease duration before it
 //! promises anything.
 //!
+//! A leader that stops (`stop_swarm`) hands leadership over first
+//! ([`Netabase::transfer_leadership`]).
+//!
 //! Limits of this release, stated plainly: the member list is fixed for the cluster's
-//! lifetime (adding, removing and replacing members, leader transfer, snapshots and log
+//! lifetime (adding, removing and replacing members, snapshots and log
 //! compaction are planned; the log grows with every slot and is held in memory while the
 //! node runs); a node whose data directory was wiped must not rejoin under the same peer
 //! id (nothing detects it yet).
@@ -155,6 +158,9 @@ pub(crate) enum ConsensusCommand {
         id: EntryId,
         reply: oneshot::Sender<Result<EntryStatus, NetabaseError>>,
     },
+    Transfer {
+        reply: oneshot::Sender<Result<Option<PeerId>, NetabaseError>>,
+    },
     Applied {
         from: Slot,
         limit: usize,
@@ -263,6 +269,15 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// [`ConsensusError::Indeterminate`]).
     pub async fn consensus_entry_status(&self, id: EntryId) -> Result<EntryStatus, NetabaseError> {
         self.consensus(|reply| ConsensusCommand::EntryStatus { id, reply })
+            .await?
+    }
+
+    /// Hands leadership to another member, if this node leads: it drops its lease, steps
+    /// down and asks the member that answered it most recently to start an election at
+    /// once. Returns that member (`None`: this node does not lead). `stop_swarm` does this
+    /// on a leader by itself.
+    pub async fn transfer_leadership(&self) -> Result<Option<PeerId>, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::Transfer { reply })
             .await?
     }
 

@@ -532,6 +532,7 @@ impl<R: Runtime> Driver<R> {
                 m.node.set_queries_running(self.queries.len());
             }
         };
+        self.hand_over().await;
         self.shutdown();
         if let Some(reply) = stop_reply {
             let _ = reply.send(());

@@ -391,6 +391,8 @@ pub struct ConsensusStats {
     pub forwards_refused: u64,
     /// Promises this acceptor refused because it follows a live leader.
     pub sticky_refusals: u64,
+    /// Leaderships handed to this member (it started an election on request).
+    pub transfers_received: u64,
     /// Log syncs the member waited for.
     pub syncs: u64,
 }
@@ -493,9 +495,11 @@ enum Deferred {
 /// the highest ballot in every open slot, fills gaps with no-ops (autofill), and appends a
 /// no-op of its own ballot; it serves reads once that no-op is applied. Client entries are
 /// batched, one batch per slot, with up to `concurrency` slots in flight. A value is chosen
-/// when a quorum accepted it (the leader's own vote counts once durable); the leader then
-/// sends a commit naming only the slot and ballot (commit by id). Followers learn gaps by
-/// catch-up. Acceptors ignore prepares while they hear a live leader (leader stickiness),
+/// when a quorum accepted it (the leader's own vote counts once durable); commits travel by
+/// id, never repeating the value: every accept and heartbeat carries the leader's commit
+/// index, and a follower marks chosen each slot within it that it accepted in that
+/// ballot (a [`Message::Commit`] names one slot and ballot the same way). Followers learn
+/// gaps by catch-up. A leader can hand over ([`Member::transfer_leadership`]). Acceptors ignore prepares while they hear a live leader (leader stickiness),
 /// so a member returning from a partition cannot depose a healthy leader.
 ///
 /// Reads come at three levels ([`ReadLevel`]): linearizable (read index confirmed by a
@@ -913,7 +917,61 @@ impl<L: LogStore, S: State> Member<L, S> {
             Message::ReadIndexReply { request, index } => {
                 self.on_read_index_reply(now, request, index)
             }
+            Message::Relinquish { ballot } => {
+                if from == ballot.leader && self.leader == Some(ballot) {
+                    self.leader = None;
+                    self.leader_contact = None;
+                    self.emit(Event::Leader {
+                        leader: None,
+                        round: ballot.round,
+                    });
+                }
+            }
+            Message::TimeoutNow { ballot } => {
+                if from == ballot.leader
+                    && self.leader == Some(ballot)
+                    && matches!(self.phase, Phase::Follower)
+                {
+                    self.stats.transfers_received += 1;
+                    self.leader = None;
+                    self.leader_contact = None;
+                    self.start_election(now);
+                }
+            }
         }
+    }
+
+    /// Hands leadership over (a leader about to stop, or asked to): drops its lease,
+    /// steps down, tells every follower it gave up its ballot, and asks the member that
+    /// acknowledged its heartbeats most recently to start an election at once. Returns
+    /// the member asked, or `None` when this member does not lead or has no other member
+    /// to ask. Entries it had not proposed yet are retried by their proposers.
+    pub fn transfer_leadership(&mut self, now: Instant) -> Option<PeerId> {
+        let Phase::Leader(l) = &self.phase else {
+            return None;
+        };
+        let ballot = l.ballot;
+        let target = l
+            .acked
+            .iter()
+            .max_by_key(|(peer, seq)| (**seq, **peer))
+            .map(|(peer, _)| *peer)?;
+        self.step_down(now);
+        self.leader_contact = None;
+        // The target hears of it through the request to take over (a relinquish reaching
+        // it first would make it forget the ballot that request names).
+        let others: Vec<PeerId> = self
+            .members
+            .members
+            .iter()
+            .filter(|p| **p != self.local && **p != target)
+            .copied()
+            .collect();
+        for p in others {
+            self.send(p, Message::Relinquish { ballot });
+        }
+        self.send(target, Message::TimeoutNow { ballot });
+        Some(target)
     }
 
     /// Decodes and handles a message's bytes; malformed bytes are counted and dropped.

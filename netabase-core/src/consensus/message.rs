@@ -135,6 +135,18 @@ pub enum Message {
         /// The read index.
         index: Option<Slot>,
     },
+    /// The leader of `ballot` gave up leading (leader transfer): its followers stop
+    /// refusing other candidates on its account. It dropped its lease before sending.
+    Relinquish {
+        /// The ballot given up.
+        ballot: Ballot,
+    },
+    /// The leader of `ballot` hands leadership to the receiver, which starts an election
+    /// at once.
+    TimeoutNow {
+        /// The ballot handing over.
+        ballot: Ballot,
+    },
 }
 
 impl Message {
@@ -154,6 +166,8 @@ impl Message {
             Message::Forward { .. } => "forward",
             Message::ReadIndex { .. } => "read_index",
             Message::ReadIndexReply { .. } => "read_index_reply",
+            Message::Relinquish { .. } => "relinquish",
+            Message::TimeoutNow { .. } => "timeout_now",
         }
     }
 }

@@ -152,6 +152,8 @@ enum Ev {
         node: usize,
     },
     Partition,
+    /// The leader hands leadership over, as a node that stops does.
+    Transfer,
     Heal,
 }
 
@@ -242,6 +244,7 @@ impl Harness {
         if h.p.faults.partitions {
             h.schedule(2_000_000, Ev::Partition);
         }
+        h.schedule(3_000_000, Ev::Transfer);
         if h.p.faults.crashes {
             let at = 1_000_000 + h.rng.next_u64() % 3_000_000;
             let node = (h.rng.next_u64() % h.p.members as u64) as usize;
@@ -664,6 +667,25 @@ impl Harness {
                     self.schedule(next, Ev::Partition);
                 }
             }
+            Ev::Transfer => {
+                if self.faults_on {
+                    let leader = (0..self.nodes.len()).find(|&i| {
+                        self.nodes[i]
+                            .member
+                            .as_ref()
+                            .is_some_and(|m| m.role() == Role::Leader)
+                    });
+                    if let Some(i) = leader {
+                        let now = self.local_time(i);
+                        if let Some(m) = self.nodes[i].member.as_mut() {
+                            m.transfer_leadership(now);
+                        }
+                        self.after(i);
+                    }
+                    let next = self.now + 1_000_000 + self.rng.next_u64() % 3_000_000;
+                    self.schedule(next, Ev::Transfer);
+                }
+            }
             Ev::Heal => {
                 self.faults_on = false;
                 self.blocked.clear();
@@ -815,6 +837,7 @@ impl Harness {
             elections_won: self.elections_won,
             lease_reads: self.lease_reads + stats.iter().map(|s| s.lease_reads).sum::<u64>(),
             dedup_hits: stats.iter().map(|s| s.dedup_hits).sum(),
+            transfers: stats.iter().map(|s| s.transfers_received).sum(),
             acked: self.ops.iter().filter(|o| o.ret.is_some()).count(),
             ops: self.ops.len(),
         }
@@ -888,6 +911,7 @@ impl Harness {
 
 struct Outcome {
     violations: Vec<String>,
+    transfers: u64,
     elections_won: u64,
     lease_reads: u64,
     dedup_hits: u64,
@@ -906,6 +930,7 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         elections_won: 0,
         lease_reads: 0,
         dedup_hits: 0,
+        transfers: 0,
         acked: 0,
         ops: 0,
     };
@@ -917,6 +942,7 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         total.elections_won += o.elections_won;
         total.lease_reads += o.lease_reads;
         total.dedup_hits += o.dedup_hits;
+        total.transfers += o.transfers;
         total.acked += o.acked;
         total.ops += o.ops;
     }
@@ -963,6 +989,7 @@ fn assert_clean(p: &Params, name: &str) {
         total.dedup_hits > 0,
         "{name}: no retried entry deduplicated"
     );
+    assert!(total.transfers > 0, "{name}: no leadership handed over");
 }
 
 #[test]

@@ -1,13 +1,16 @@
 //! The driver's side of consensus: API calls into the member, its messages onto
 //! `/paxos/1.0.0`, its events back to the callers.
 
+use futures::{FutureExt, StreamExt};
 use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
 use netabase_core::consensus::{
     Configuration, Event as MemberEvent, KvCommand, LogStore, Member, Membership,
     Output as MemberOutput, Position, Slot, State, Value,
 };
 
 use super::Driver;
+use crate::behaviour::NodeBehaviourEvent;
 use crate::consensus::{
     AppliedEntry, ClusterStatus, Committed, ConsensusCommand, ConsensusError, ConsensusLog,
     ConsensusState,
@@ -16,6 +19,9 @@ use crate::convert::{to_core_peer, to_libp2p_peer, to_multiaddr};
 use crate::error::NetabaseError;
 use crate::event::NetabaseEvent;
 use crate::runtime::Runtime;
+
+/// How long a stopping leader waits for the member it hands leadership to.
+const HAND_OVER_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl<R: Runtime> Driver<R> {
     pub(super) fn on_consensus_command(&mut self, command: ConsensusCommand) {
@@ -73,6 +79,13 @@ impl<R: Runtime> Driver<R> {
                     stats: m.stats().clone(),
                 });
                 let _ = reply.send(status);
+            }
+            ConsensusCommand::Transfer { reply } => {
+                let answer = match &mut self.machine.consensus {
+                    Some(m) => Ok(m.transfer_leadership(now).as_ref().and_then(to_libp2p_peer)),
+                    None => Err(ConsensusError::NoCluster.into()),
+                };
+                let _ = reply.send(answer);
             }
             ConsensusCommand::Applied { from, limit, reply } => {
                 let entries = match &self.machine.consensus {
@@ -260,6 +273,49 @@ impl<R: Runtime> Driver<R> {
         let now = self.now();
         if let Err(e) = self.machine.handle_consensus_bytes(now, from, &bytes) {
             tracing::debug!(%peer, error = %e, "malformed consensus message");
+        }
+    }
+
+    /// A leader about to stop hands leadership over (so the cluster need not wait out an
+    /// election timeout), and waits until the member it asked has received the request,
+    /// at most [`HAND_OVER_WAIT`].
+    pub(super) async fn hand_over(&mut self) {
+        let now = self.now();
+        let Some(target) = self
+            .machine
+            .consensus
+            .as_mut()
+            .and_then(|m| m.transfer_leadership(now))
+        else {
+            return;
+        };
+        self.drain();
+        let Some(target) = to_libp2p_peer(&target) else {
+            return;
+        };
+        let mut deadline = R::sleep(HAND_OVER_WAIT).fuse();
+        loop {
+            futures::select_biased! {
+                event = self.swarm.select_next_some() => {
+                    let answered = matches!(
+                        &event,
+                        SwarmEvent::Behaviour(NodeBehaviourEvent::Paxos(
+                            request_response::Event::Message {
+                                peer,
+                                message: request_response::Message::Response { .. },
+                                ..
+                            }
+                        )) if *peer == target
+                    );
+                    self.on_swarm_event(event);
+                    self.drain();
+                    self.close_open_requests();
+                    if answered {
+                        return;
+                    }
+                }
+                () = deadline => return,
+            }
         }
     }
 

@@ -156,6 +156,34 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
     }
     assert_eq!(leaders, 1);
 
+    // The leader hands leadership over; another member leads and takes writes.
+    let old = nodes[0]
+        .node
+        .cluster_status()
+        .await
+        .unwrap()
+        .unwrap()
+        .leader
+        .unwrap();
+    let leader_node = nodes.iter().find(|n| n.id() == old).unwrap();
+    let mut watch = nodes.iter().find(|n| n.id() != old).unwrap().events();
+    let target = leader_node.node.transfer_leadership().await.unwrap();
+    assert!(target.is_some_and(|t| t != old));
+    let new = watch
+        .wait_for("another leader", |e| match e {
+            NetabaseEvent::ConsensusLeader {
+                leader: Some(l), ..
+            } if *l != old => Some(*l),
+            _ => None,
+        })
+        .await;
+    assert_ne!(new, old);
+    nodes[0]
+        .node
+        .put_record_consensus(message(8, "after the hand-over"))
+        .await
+        .unwrap();
+
     // A follower restarts: its log and state come back from its database, it rejoins
     // with the same id and members, and it reads the writes made while it was down.
     let leader = nodes[0]
