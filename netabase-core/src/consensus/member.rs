@@ -451,6 +451,8 @@ struct Leader {
     noop_slot: Slot,
     queue: VecDeque<Entry>,
     queued: BTreeSet<EntryId>,
+    /// Entries in `queue`, per proposer (each proposer's share of the queue is bounded).
+    waiting_by: BTreeMap<PeerId, usize>,
     hb_seq: u64,
     hb_sent: BTreeMap<u64, Instant>,
     acked: BTreeMap<PeerId, u64>,
@@ -1390,6 +1392,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             noop_slot: last + 1,
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
+            waiting_by: BTreeMap::new(),
             hb_seq: 0,
             hb_sent: BTreeMap::new(),
             acked: BTreeMap::new(),
@@ -1506,6 +1509,9 @@ impl<L: LogStore, S: State> Member<L, S> {
                 }
                 bytes += e.size();
                 let e = l.queue.pop_front().expect("front exists");
+                if let Some(n) = l.waiting_by.get_mut(&e.id.proposer) {
+                    *n = n.saturating_sub(1);
+                }
                 batch.push(e);
             }
             let slot = l.next_slot;
@@ -1934,6 +1940,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         match &mut self.phase {
             Phase::Leader(l) => {
                 if l.queued.insert(entry.id) {
+                    *l.waiting_by.entry(entry.id.proposer).or_default() += 1;
                     l.queue.push_back(entry);
                 }
             }
@@ -1954,6 +1961,8 @@ impl<L: LogStore, S: State> Member<L, S> {
 
     fn on_forward(&mut self, now: Instant, from: PeerId, entries: Vec<Entry>) {
         let (max_pending, max_entry) = (self.config.max_pending, self.config.max_entry_bytes);
+        // No member may fill the leader's queue: each has an equal share of it.
+        let share = (max_pending / self.members.members.len().max(1)).max(1);
         let Phase::Leader(l) = &mut self.phase else {
             // Not the leader: the proposer retries toward the leader it learns.
             return;
@@ -1963,11 +1972,13 @@ impl<L: LogStore, S: State> Member<L, S> {
                 self.stats.refused += 1;
                 continue;
             }
-            if l.queue.len() >= max_pending {
+            let mine = l.waiting_by.get(&from).copied().unwrap_or(0);
+            if l.queue.len() >= max_pending || mine >= share {
                 self.stats.forwards_refused += 1;
                 continue;
             }
             if l.queued.insert(e.id) {
+                *l.waiting_by.entry(from).or_default() += 1;
                 l.queue.push_back(e);
             }
         }

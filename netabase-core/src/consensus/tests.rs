@@ -1241,3 +1241,93 @@ fn bounds_are_typed_errors() {
     bad.election_timeout = Duration::from_millis(100);
     assert!(bad.validate().is_err());
 }
+
+/// A two-member cluster whose first member leads (its peer's promise handed in).
+fn two_member_leader(config: ConsensusConfig) -> (Member<MemoryLogStore, KvState>, PeerId) {
+    let (me, other) = (PeerId::from_seed(1), PeerId::from_seed(2));
+    let mut m = Member::new(
+        config,
+        Membership {
+            local: me,
+            cluster: CLUSTER,
+            members: Configuration::new([me, other]),
+        },
+        MemoryLogStore::new(),
+        KvState::new(),
+        1,
+        Instant::ZERO,
+    )
+    .unwrap();
+    let mut t = Instant::ZERO;
+    while m.role() != Role::Candidate {
+        t = m.poll_timeout().max(t);
+        m.handle_timeout(t);
+    }
+    m.log_mut().sync();
+    m.synced(t);
+    let ballot = m.log().promised().expect("own promise");
+    m.handle_message(
+        t,
+        other,
+        Envelope {
+            cluster: CLUSTER,
+            message: Message::Promise {
+                ballot,
+                accepted: Vec::new(),
+                next: None,
+                truncated: 0,
+            },
+        },
+    );
+    assert_eq!(m.role(), Role::Leader);
+    while m.poll_output().is_some() {}
+    (m, other)
+}
+
+#[test]
+fn a_member_cannot_fill_the_leader_s_queue_with_forwards() {
+    let mut config = test_config();
+    config.max_pending = 8;
+    config.concurrency = 1;
+    let (mut m, other) = two_member_leader(config);
+    let now = Instant::from_millis(1);
+    // The pipeline holds the leader's no-op; forwarded entries wait in the queue, at most
+    // half of it (two members) from one member.
+    let entries: Vec<Entry> = (0..10)
+        .map(|seq| Entry {
+            id: EntryId {
+                proposer: other,
+                seq,
+            },
+            command: vec![1],
+        })
+        .collect();
+    m.handle_message(
+        now,
+        other,
+        Envelope {
+            cluster: CLUSTER,
+            message: Message::Forward { entries },
+        },
+    );
+    assert_eq!(m.stats().forwards_refused, 6);
+    // Entries claiming another proposer are refused outright.
+    let before = m.stats().refused;
+    m.handle_message(
+        now,
+        other,
+        Envelope {
+            cluster: CLUSTER,
+            message: Message::Forward {
+                entries: vec![Entry {
+                    id: EntryId {
+                        proposer: PeerId::from_seed(1),
+                        seq: 99,
+                    },
+                    command: vec![1],
+                }],
+            },
+        },
+    );
+    assert_eq!(m.stats().refused, before + 1);
+}
