@@ -1570,26 +1570,9 @@ impl<L: LogStore, S: State> Member<L, S> {
         value: Value,
         committed: Slot,
     ) {
-        self.observe_round(ballot);
-        let promised = self.log.promised();
-        if promised.is_some_and(|p| p > ballot) || from != ballot.leader {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised,
-                    leader_alive: false,
-                },
-            );
+        if !self.follow(now, from, ballot) {
             return;
         }
-        if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
-            self.step_down(now);
-        }
-        if promised != Some(ballot) {
-            self.log.set_promised(ballot);
-        }
-        self.set_leader(now, ballot);
         let known = self.log.get(slot);
         if slot > self.log.truncated() && !known.as_ref().is_some_and(|a| a.chosen) {
             self.log.put(
@@ -1691,14 +1674,11 @@ impl<L: LogStore, S: State> Member<L, S> {
         self.confirm(now);
     }
 
-    fn on_heartbeat(
-        &mut self,
-        now: Instant,
-        from: PeerId,
-        ballot: Ballot,
-        committed: Slot,
-        seq: u64,
-    ) {
+    /// Takes a message of the leader of `ballot` (an accept or a heartbeat): refuses it
+    /// with a nack if this member promised a higher ballot or `from` does not lead
+    /// `ballot`; otherwise promises `ballot` (an accept implies the promise), steps down
+    /// if it was leading or running, and follows `from`. Returns whether it follows.
+    fn follow(&mut self, now: Instant, from: PeerId, ballot: Ballot) -> bool {
         self.observe_round(ballot);
         let promised = self.log.promised();
         if promised.is_some_and(|p| p > ballot) || from != ballot.leader {
@@ -1710,7 +1690,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                     leader_alive: false,
                 },
             );
-            return;
+            return false;
         }
         if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
             self.step_down(now);
@@ -1719,6 +1699,20 @@ impl<L: LogStore, S: State> Member<L, S> {
             self.log.set_promised(ballot);
         }
         self.set_leader(now, ballot);
+        true
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        committed: Slot,
+        seq: u64,
+    ) {
+        if !self.follow(now, from, ballot) {
+            return;
+        }
         self.send(from, Message::HeartbeatAck { ballot, seq });
         self.learn_commit_index(now, ballot, committed);
     }
