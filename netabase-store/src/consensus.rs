@@ -1,7 +1,7 @@
 //! The consensus member's acceptor log and replicated key-value state on a store backend.
 //!
 //! [`PersistentLog`] implements the core's [`LogStore`] and [`PersistentKvState`] its
-//! [`State`] (with the semantics of [`KvState`]) over any [`Backend`], so that a
+//! [`State`] (with the semantics of [`KvState`](netabase_core::consensus::KvState)) over any [`Backend`], so that a
 //! [`Member`](netabase_core::consensus::Member) survives restarts.
 //!
 //! # Durability
@@ -26,7 +26,7 @@
 //!
 //! Both keep everything in memory, loaded at `open`: the log caches every slot it holds
 //! (the whole log: nothing is compacted yet, so this grows with every slot until log
-//! compaction lands), and the state holds its whole map, like [`KvState`]. Reads never
+//! compaction lands), and the state holds its whole map, like [`KvState`](netabase_core::consensus::KvState). Reads never
 //! touch the backend, so they cannot fail. A `sync` writes only what changed since the
 //! previous one: the dedup table's rows are written and deleted one by one as entries
 //! enter and leave its window ([`DedupTable::WINDOW`] answers per proposer).
@@ -79,13 +79,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use netabase_core::PeerId;
 use netabase_core::consensus::{
-    AcceptedValue, Applied, Ballot, ClusterId, DedupTable, Entry, EntryId, KvCommand, KvResponse,
-    KvState, LogStore, Position, Slot, State,
+    AcceptedValue, Applied, Ballot, ClusterId, DedupTable, Entry, EntryId, KvMap, LogStore,
+    Position, Slot, State, chain_digest, execute,
 };
-use netabase_core::model::{bincode_config, decode_value};
+use netabase_core::model::decode_value;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use crate::backend::guard::TxGuard;
 use crate::backend::{Backend, Durability, FULL_RANGE, ReadTransaction, WriteTransaction};
@@ -474,6 +473,13 @@ impl KvInner {
         }
         Ok(inner)
     }
+}
+
+/// The state's map, noting the keys it writes.
+impl KvMap for KvInner {
+    fn value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.map.value(key)
+    }
 
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, position: Position) {
         self.dirty_keys.insert(key.clone());
@@ -483,46 +489,6 @@ impl KvInner {
     fn remove(&mut self, key: Vec<u8>) {
         self.map.remove(&key);
         self.dirty_keys.insert(key);
-    }
-
-    /// [`KvState`]'s execution of a command, with the same answers and writes.
-    fn execute(&mut self, position: Position, command: Option<KvCommand>) -> KvResponse {
-        let Some(command) = command else {
-            return KvResponse::Invalid;
-        };
-        match command {
-            KvCommand::Put { key, value } => {
-                self.insert(key, value, position);
-                KvResponse::Done
-            }
-            KvCommand::Remove { key } => {
-                self.remove(key);
-                KvResponse::Done
-            }
-            KvCommand::CompareAndSet { key, expected, new } => {
-                let current = self.map.get(&key).map(|(v, _)| v);
-                if current != expected.as_ref() {
-                    return KvResponse::Swapped(false);
-                }
-                match new {
-                    Some(v) => self.insert(key, v, position),
-                    None => self.remove(key),
-                }
-                KvResponse::Swapped(true)
-            }
-            KvCommand::Append { key, value } => {
-                let mut list = self
-                    .map
-                    .get(&key)
-                    .map(|(v, _)| KvState::decode_list(v))
-                    .unwrap_or_default();
-                list.push(value);
-                let bytes =
-                    bincode::serde::encode_to_vec(&list, bincode_config()).unwrap_or_default();
-                self.insert(key, bytes, position);
-                KvResponse::Done
-            }
-        }
     }
 }
 
@@ -575,7 +541,7 @@ impl Staged for KvInner {
     }
 }
 
-/// The core's key-value [`State`] with the semantics of [`KvState`] (the same commands,
+/// The core's key-value [`State`] with the semantics of [`KvState`](netabase_core::consensus::KvState) (the same commands,
 /// answers, dedup and chained digest: a replica of either kind that applied the same
 /// entries reports the same digest), kept in the backend of a [`PersistentLog`].
 ///
@@ -640,7 +606,7 @@ impl<B: Backend> PersistentKvState<B> {
         lock(&self.inner).map.is_empty()
     }
 
-    /// The chained digest of every entry applied (as [`KvState::digest`]).
+    /// The chained digest of every entry applied (as [`KvState::digest`](netabase_core::consensus::KvState::digest)).
     pub fn digest(&self) -> [u8; 32] {
         lock(&self.inner).digest
     }
@@ -671,23 +637,13 @@ impl<B: Backend> State for PersistentKvState<B> {
                 duplicate: true,
             };
         }
-        let response = inner
-            .execute(position, KvCommand::decode(&entry.command))
-            .encode();
+        let response = execute(&mut *inner, position, &entry.command).encode();
         if let Some(evicted) = inner.dedup.record(entry.id, response.clone()) {
             inner.dirty_dedup.insert(evicted, None);
             inner.dirty_floors.insert(evicted.proposer);
         }
         inner.dirty_dedup.insert(entry.id, Some(response.clone()));
-        let mut h = Sha256::new();
-        h.update(inner.digest);
-        h.update(position.slot.to_be_bytes());
-        h.update(position.index.to_be_bytes());
-        h.update(entry.id.proposer.as_bytes());
-        h.update(entry.id.seq.to_be_bytes());
-        h.update(&entry.command);
-        h.update(&response);
-        inner.digest = h.finalize().into();
+        inner.digest = chain_digest(&inner.digest, position, entry, &response);
         Applied {
             response,
             duplicate: false,

@@ -30,7 +30,7 @@ pub use member::{
 };
 pub use message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue, WIRE_FORMAT, WireError};
 pub use store::{
-    AcceptedValue, Applied, DedupTable, KvCommand, KvResponse, KvState, LogStore, MemoryLogStore,
-    State, entry_ids,
+    AcceptedValue, Applied, DedupTable, KvCommand, KvMap, KvResponse, KvState, LogStore,
+    MemoryLogStore, State, chain_digest, entry_ids, execute,
 };
 pub use types::{Ballot, ClusterId, Configuration, Entry, EntryId, Position, Slot, Value};

@@ -400,49 +400,6 @@ impl KvState {
             .map(|(l, _)| l)
             .unwrap_or_default()
     }
-
-    fn execute(&mut self, position: Position, command: Option<KvCommand>) -> KvResponse {
-        let Some(command) = command else {
-            return KvResponse::Invalid;
-        };
-        match command {
-            KvCommand::Put { key, value } => {
-                self.map.insert(key, (value, position));
-                KvResponse::Done
-            }
-            KvCommand::Remove { key } => {
-                self.map.remove(&key);
-                KvResponse::Done
-            }
-            KvCommand::CompareAndSet { key, expected, new } => {
-                let current = self.map.get(&key).map(|(v, _)| v);
-                if current != expected.as_ref() {
-                    return KvResponse::Swapped(false);
-                }
-                match new {
-                    Some(v) => {
-                        self.map.insert(key, (v, position));
-                    }
-                    None => {
-                        self.map.remove(&key);
-                    }
-                }
-                KvResponse::Swapped(true)
-            }
-            KvCommand::Append { key, value } => {
-                let mut list = self
-                    .map
-                    .get(&key)
-                    .map(|(v, _)| Self::decode_list(v))
-                    .unwrap_or_default();
-                list.push(value);
-                let bytes = bincode::serde::encode_to_vec(&list, crate::model::bincode_config())
-                    .unwrap_or_default();
-                self.map.insert(key, (bytes, position));
-                KvResponse::Done
-            }
-        }
-    }
 }
 
 impl State for KvState {
@@ -462,19 +419,9 @@ impl State for KvState {
                 duplicate: true,
             };
         }
-        let response = self
-            .execute(position, KvCommand::decode(&entry.command))
-            .encode();
+        let response = execute(&mut self.map, position, &entry.command).encode();
         self.dedup.record(entry.id, response.clone());
-        let mut h = Sha256::new();
-        h.update(self.digest);
-        h.update(position.slot.to_be_bytes());
-        h.update(position.index.to_be_bytes());
-        h.update(entry.id.proposer.as_bytes());
-        h.update(entry.id.seq.to_be_bytes());
-        h.update(&entry.command);
-        h.update(&response);
-        self.digest = h.finalize().into();
+        self.digest = chain_digest(&self.digest, position, entry, &response);
         Applied {
             response,
             duplicate: false,
@@ -488,6 +435,89 @@ impl State for KvState {
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
         self.dedup.seen(id)
     }
+}
+
+/// The map a key-value state runs [`KvCommand`]s against: each value with the position
+/// that wrote it. A persistent state implements it to note what changed.
+pub trait KvMap {
+    /// The value at `key`.
+    fn value(&self, key: &[u8]) -> Option<&[u8]>;
+    /// Sets `key` to `value`, written at `position`.
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, position: Position);
+    /// Removes `key`.
+    fn remove(&mut self, key: Vec<u8>);
+}
+
+impl KvMap for BTreeMap<Vec<u8>, (Vec<u8>, Position)> {
+    fn value(&self, key: &[u8]) -> Option<&[u8]> {
+        self.get(key).map(|(v, _)| v.as_slice())
+    }
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, position: Position) {
+        BTreeMap::insert(self, key, (value, position));
+    }
+    fn remove(&mut self, key: Vec<u8>) {
+        BTreeMap::remove(self, &key);
+    }
+}
+
+/// Runs the command encoded in `command` at `position` against `map`: the one definition
+/// of what [`KvCommand`]s do, for every key-value state (bytes that are not a command
+/// change nothing and answer [`KvResponse::Invalid`]).
+pub fn execute(map: &mut impl KvMap, position: Position, command: &[u8]) -> KvResponse {
+    let Some(command) = KvCommand::decode(command) else {
+        return KvResponse::Invalid;
+    };
+    match command {
+        KvCommand::Put { key, value } => {
+            map.insert(key, value, position);
+            KvResponse::Done
+        }
+        KvCommand::Remove { key } => {
+            map.remove(key);
+            KvResponse::Done
+        }
+        KvCommand::CompareAndSet { key, expected, new } => {
+            if map.value(&key) != expected.as_deref() {
+                return KvResponse::Swapped(false);
+            }
+            match new {
+                Some(v) => map.insert(key, v, position),
+                None => map.remove(key),
+            }
+            KvResponse::Swapped(true)
+        }
+        KvCommand::Append { key, value } => {
+            let mut list = map
+                .value(&key)
+                .map(KvState::decode_list)
+                .unwrap_or_default();
+            list.push(value);
+            let bytes = bincode::serde::encode_to_vec(&list, crate::model::bincode_config())
+                .unwrap_or_default();
+            map.insert(key, bytes, position);
+            KvResponse::Done
+        }
+    }
+}
+
+/// The state digest after `entry`, applied at `position` with `response`, follows
+/// `digest`: SHA-256 over the previous digest, the position, the entry's id and command,
+/// and the answer. Replicas that applied the same entries have the same digest.
+pub fn chain_digest(
+    digest: &[u8; 32],
+    position: Position,
+    entry: &Entry,
+    response: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(digest);
+    h.update(position.slot.to_be_bytes());
+    h.update(position.index.to_be_bytes());
+    h.update(entry.id.proposer.as_bytes());
+    h.update(entry.id.seq.to_be_bytes());
+    h.update(&entry.command);
+    h.update(response);
+    h.finalize().into()
 }
 
 /// Ids of entries in a value, for tests and checkers.
