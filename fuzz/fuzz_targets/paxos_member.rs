@@ -168,6 +168,7 @@ fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
             local: peer(0),
             cluster: CLUSTER,
             members: Configuration::new([peer(0), peer(1), peer(2)]),
+            contacts: Default::default(),
         },
         log,
         KvState::new(),

@@ -79,8 +79,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use netabase_core::PeerId;
 use netabase_core::consensus::{
-    AcceptedValue, Applied, Ballot, ClusterId, DedupTable, Entry, EntryId, KvMap, LogStore,
-    Position, Slot, State, chain_digest, execute,
+    AcceptedValue, Applied, Ballot, ClusterId, Configuration, DedupTable, Entry, EntryId, Instance,
+    KvMap, LogStore, Position, Slot, State, chain_digest, execute,
 };
 use netabase_core::model::decode_value;
 use serde::Serialize;
@@ -93,7 +93,7 @@ use crate::error::{Result, StoreError};
 
 /// The accepted values, one row per slot.
 pub const LOG_TABLE: &str = "paxos.log";
-/// The log's cluster id, incarnation and promise.
+/// The log's cluster id, incarnation, instance, promise and configurations.
 pub const META_TABLE: &str = "paxos.meta";
 /// The key-value state's map.
 pub const KV_TABLE: &str = "paxos.kv";
@@ -111,6 +111,8 @@ const LAYOUT: u32 = 1;
 const CLUSTER_KEY: &[u8] = b"cluster";
 const INCARNATION_KEY: &[u8] = b"incarnation";
 const PROMISED_KEY: &[u8] = b"promised";
+const INSTANCE_KEY: &[u8] = b"instance";
+const CONFIGURATIONS_KEY: &[u8] = b"configurations";
 const APPLIED_KEY: &[u8] = b"applied";
 const DIGEST_KEY: &[u8] = b"digest";
 
@@ -168,7 +170,10 @@ trait Staged: Send {
 struct LogImage {
     cluster: Option<ClusterId>,
     incarnation: Option<u32>,
+    instance: Option<Instance>,
     promised: Option<Ballot>,
+    /// Every configuration (a handful: one per membership change), in one row.
+    configurations: Option<BTreeMap<Slot, Configuration>>,
     slots: BTreeMap<Slot, AcceptedValue>,
 }
 
@@ -176,7 +181,9 @@ impl LogImage {
     fn is_empty(&self) -> bool {
         self.cluster.is_none()
             && self.incarnation.is_none()
+            && self.instance.is_none()
             && self.promised.is_none()
+            && self.configurations.is_none()
             && self.slots.is_empty()
     }
 }
@@ -252,6 +259,12 @@ impl<B: Backend> PersistentLog<B> {
         if let Some(promised) = &overlay.promised {
             changes.push(meta_row(PROMISED_KEY, promised)?);
         }
+        if let Some(instance) = &overlay.instance {
+            changes.push(meta_row(INSTANCE_KEY, instance)?);
+        }
+        if let Some(configurations) = &overlay.configurations {
+            changes.push(meta_row(CONFIGURATIONS_KEY, configurations)?);
+        }
         for (slot, value) in &overlay.slots {
             let key = slot.to_be_bytes();
             let row = seal(LOG_TABLE, &key, value)?;
@@ -283,6 +296,12 @@ impl<B: Backend> PersistentLog<B> {
         }
         if overlay.promised.is_some() {
             self.durable.promised = overlay.promised;
+        }
+        if overlay.instance.is_some() {
+            self.durable.instance = overlay.instance;
+        }
+        if overlay.configurations.is_some() {
+            self.durable.configurations = overlay.configurations;
         }
         self.durable.slots.extend(overlay.slots);
         self.syncs += 1;
@@ -347,6 +366,10 @@ fn load_log<T: ReadTransaction + ?Sized>(tx: &T) -> Result<LogImage> {
             CLUSTER_KEY => image.cluster = Some(unseal(META_TABLE, &key, &value)?),
             INCARNATION_KEY => image.incarnation = Some(unseal(META_TABLE, &key, &value)?),
             PROMISED_KEY => image.promised = Some(unseal(META_TABLE, &key, &value)?),
+            INSTANCE_KEY => image.instance = Some(unseal(META_TABLE, &key, &value)?),
+            CONFIGURATIONS_KEY => {
+                image.configurations = Some(unseal(META_TABLE, &key, &value)?);
+            }
             _ => return Err(StoreError::corrupt(META_TABLE, &key, "unknown key")),
         }
     }
@@ -425,6 +448,34 @@ impl<B: Backend> LogStore for PersistentLog<B> {
 
     fn truncated(&self) -> Slot {
         0
+    }
+
+    fn instance(&self) -> Instance {
+        self.overlay.instance.or(self.durable.instance).unwrap_or(0)
+    }
+
+    fn set_instance(&mut self, instance: Instance) {
+        self.overlay.instance = Some(instance);
+    }
+
+    fn configurations(&self) -> Vec<(Slot, Configuration)> {
+        self.overlay
+            .configurations
+            .as_ref()
+            .or(self.durable.configurations.as_ref())
+            .map(|c| c.iter().map(|(s, c)| (*s, c.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn put_configuration(&mut self, from: Slot, configuration: Configuration) {
+        let mut all = self
+            .overlay
+            .configurations
+            .take()
+            .or_else(|| self.durable.configurations.clone())
+            .unwrap_or_default();
+        all.insert(from, configuration);
+        self.overlay.configurations = Some(all);
     }
 }
 

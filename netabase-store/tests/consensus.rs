@@ -585,6 +585,7 @@ impl Cluster {
                 local: self.peers[i],
                 cluster: CLUSTER,
                 members: Configuration::new(self.peers.iter().copied()),
+                contacts: Default::default(),
             },
             log,
             state,

@@ -9,7 +9,10 @@ use rand_core::{RngCore, SeedableRng};
 
 use super::message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue};
 use super::store::{AcceptedValue, LogStore, State};
-use super::types::{Ballot, ClusterId, Configuration, Entry, EntryId, Position, Slot, Value};
+use super::types::{
+    Ballot, ChangeError, ClusterId, Configuration, Entry, EntryId, Instance, MembershipChange,
+    Position, Reconfiguration, Slot, Value,
+};
 use crate::{Instant, PeerId};
 
 /// Master leases: the leader serves [`ReadLevel::Lease`] reads without a quorum round
@@ -89,6 +92,10 @@ pub struct ConsensusConfig {
     pub catch_up_slots: usize,
     /// Master leases, if any.
     pub lease: Option<LeaseConfig>,
+    /// A membership change decided at slot `k` is in force from slot `k + alpha`, and
+    /// the leader proposes slot `s` only once `s − alpha` is applied. It also caps the
+    /// pipeline's depth beside `concurrency`.
+    pub alpha: u64,
 }
 
 impl Default for ConsensusConfig {
@@ -111,6 +118,7 @@ impl Default for ConsensusConfig {
             } else {
                 Some(LeaseConfig::default())
             },
+            alpha: 32,
         }
     }
 }
@@ -148,6 +156,7 @@ impl ConsensusConfig {
             ("max_pending", self.max_pending == 0),
             ("max_pending_reads", self.max_pending_reads == 0),
             ("catch_up_slots", self.catch_up_slots == 0),
+            ("alpha", self.alpha == 0),
         ] {
             if zero {
                 return Err(ConsensusConfigError::Zero(name));
@@ -180,15 +189,25 @@ impl ConsensusConfig {
     }
 }
 
-/// Who a member is: its own id, its cluster, and the cluster's voters.
+/// Who a member is: its own id, its cluster, and the members it starts from.
+///
+/// A log that knows its configurations (every restart) keeps them and takes `members`
+/// only as contacts. An empty log takes `members` as the cluster's first configuration
+/// if it lists this member (the members a cluster is created with), and otherwise joins:
+/// it trusts `members` as contacts, learns the log as a non-voter, and votes once a
+/// configuration it learns from the log makes it a voter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
     /// This member's id.
     pub local: PeerId,
     /// The cluster.
     pub cluster: ClusterId,
-    /// The voters, this member among them.
+    /// The first configuration, or the contacts of a member joining.
     pub members: Configuration,
+    /// More peers trusted while the newest configuration this member knows does not
+    /// include it (it joins, or was removed and may be added again): the cluster's
+    /// current members as the operator knows them.
+    pub contacts: BTreeSet<PeerId>,
 }
 
 /// Why a member cannot start.
@@ -205,9 +224,6 @@ pub enum StartError {
         /// The cluster in the log.
         found: ClusterId,
     },
-    /// This peer is not in the configuration.
-    #[error("this peer is not a member of the configuration")]
-    NotMember,
     /// The state claims more applied than the log holds chosen.
     #[error(
         "the state is applied through slot {applied} but the log is chosen only through {chosen}"
@@ -234,6 +250,12 @@ pub enum ProposeError {
     /// The proposal queue is full.
     #[error("the proposal queue is full")]
     Busy,
+    /// The membership change cannot be made.
+    #[error("the membership change is refused: {0}")]
+    Membership(#[from] ChangeError),
+    /// This member knows no configuration yet (it joins and was not added).
+    #[error("this member knows no configuration of its cluster yet")]
+    NoConfiguration,
 }
 
 /// How fresh a read must be.
@@ -302,6 +324,20 @@ pub enum Event {
         read: ReadId,
         /// Why.
         reason: ReadFailure,
+    },
+    /// A membership change was applied: `configuration` is in force from slot `from`.
+    Configuration {
+        /// The first slot of the configuration.
+        from: Slot,
+        /// The configuration.
+        configuration: Configuration,
+    },
+    /// A membership change this member asked for was decided.
+    ChangeDone {
+        /// The change's id.
+        id: EntryId,
+        /// The first slot of the new configuration, or why the change was refused.
+        result: Result<Slot, ChangeError>,
     },
     /// The leader this member follows changed.
     Leader {
@@ -395,10 +431,17 @@ pub struct ConsensusStats {
     pub transfers_received: u64,
     /// Log syncs the member waited for.
     pub syncs: u64,
+    /// Membership changes applied (refused ones not counted).
+    pub config_changes: u64,
+    /// Votes and promises not counted because their sender's instance is not the one
+    /// its configuration binds (a member whose data was wiped).
+    pub stale_instances: u64,
 }
 
 struct Outstanding {
     entry: Entry,
+    /// A membership change travels under the entry's id instead of a command.
+    change: Option<MembershipChange>,
     since: Instant,
     last_sent: Instant,
 }
@@ -446,9 +489,25 @@ struct Candidate {
 
 struct Leader {
     ballot: Ballot,
+    /// The next slot to propose in; slots are proposed in order.
     next_slot: Slot,
     inflight: BTreeMap<Slot, Inflight>,
     noop_slot: Slot,
+    /// Slots up to here are proposed with the value phase 1 found, or a no-op, never
+    /// with new entries.
+    fill_to: Slot,
+    /// What phase 1 (and promises gathered later) found accepted in slots not proposed yet.
+    best: BTreeMap<Slot, SlotValue>,
+    /// Members whose promise for this ballot is complete.
+    promised: BTreeSet<PeerId>,
+    /// When prepares went to members of a configuration short of a quorum of promises.
+    prepare_sent: Option<(Slot, Instant)>,
+    /// Membership changes waiting, with their ids.
+    changes: VecDeque<(EntryId, MembershipChange)>,
+    /// The slot of the change proposed last, until it is applied.
+    change_slot: Option<Slot>,
+    /// Every slot up to here is chosen at each member, as its heartbeat acks say.
+    progress: BTreeMap<PeerId, Slot>,
     queue: VecDeque<Entry>,
     queued: BTreeSet<EntryId>,
     /// Entries in `queue`, per proposer (each proposer's share of the queue is bounded).
@@ -464,7 +523,7 @@ struct Leader {
 enum Phase {
     Follower,
     Candidate(Candidate),
-    Leader(Leader),
+    Leader(alloc::boxed::Box<Leader>),
 }
 
 enum Deferred {
@@ -511,7 +570,13 @@ pub struct Member<L, S> {
     config: ConsensusConfig,
     local: PeerId,
     cluster: ClusterId,
-    members: Configuration,
+    /// Configurations by the first slot they are in force for.
+    configs: BTreeMap<Slot, Configuration>,
+    /// Peers trusted before this member knows a configuration that includes it.
+    contacts: BTreeSet<PeerId>,
+    instance: Instance,
+    /// The instance each peer's last message named.
+    instances: BTreeMap<PeerId, Instance>,
     log: L,
     state: S,
     rng: ChaCha8Rng,
@@ -528,7 +593,7 @@ pub struct Member<L, S> {
     next_seq: u64,
     durable_once: bool,
     outstanding: BTreeMap<EntryId, Outstanding>,
-    waiting: VecDeque<Entry>,
+    waiting: VecDeque<EntryId>,
     reads: BTreeMap<u64, PendingRead>,
     next_read: u64,
     outputs: VecDeque<Output>,
@@ -558,10 +623,8 @@ impl<L: LogStore, S: State> Member<L, S> {
             local,
             cluster,
             members,
+            mut contacts,
         } = membership;
-        if !members.contains(&local) {
-            return Err(StartError::NotMember);
-        }
         match log.cluster() {
             Some(found) if found != cluster => {
                 return Err(StartError::WrongCluster {
@@ -574,6 +637,19 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
         let incarnation = log.incarnation().wrapping_add(1);
         log.set_incarnation(incarnation);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut instance = log.instance();
+        if instance == 0 {
+            instance = rng.next_u64().max(1);
+            log.set_instance(instance);
+        }
+        let mut configs: BTreeMap<Slot, Configuration> = log.configurations().into_iter().collect();
+        contacts.extend(members.peers().copied());
+        contacts.remove(&local);
+        if configs.is_empty() && members.contains(&local) {
+            log.put_configuration(0, members.clone());
+            configs.insert(0, members);
+        }
         let max_round = log.promised().map(|b| b.round).unwrap_or(0);
         let promise_blocked_until = config
             .lease
@@ -582,10 +658,13 @@ impl<L: LogStore, S: State> Member<L, S> {
         let mut member = Member {
             local,
             cluster,
-            members,
+            configs,
+            contacts,
+            instance,
+            instances: BTreeMap::new(),
             log,
             state,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng,
             phase: Phase::Follower,
             max_round,
             leader: None,
@@ -644,9 +723,40 @@ impl<L: LogStore, S: State> Member<L, S> {
         self.cluster
     }
 
-    /// The voters.
-    pub fn configuration(&self) -> &Configuration {
-        &self.members
+    /// The configuration of the next slot to apply (empty while a joining member knows
+    /// none).
+    pub fn configuration(&self) -> Configuration {
+        self.cluster_at(self.state.applied() + 1)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The configuration in force at `slot`, if known (the seed's `cluster_at`).
+    pub fn cluster_at(&self, slot: Slot) -> Option<&Configuration> {
+        self.configs.range(..=slot).next_back().map(|(_, c)| c)
+    }
+
+    /// Every configuration this member knows, by the first slot it is in force for.
+    pub fn configurations(&self) -> &BTreeMap<Slot, Configuration> {
+        &self.configs
+    }
+
+    /// The newest configuration this member knows, in force now or scheduled.
+    pub fn latest_configuration(&self) -> Option<&Configuration> {
+        self.configs.values().next_back()
+    }
+
+    /// This member's instance.
+    pub fn instance(&self) -> Instance {
+        self.instance
+    }
+
+    /// Whether the newest configuration binds this member as a voter to another instance:
+    /// its data was wiped, and it votes again only once removed and added anew.
+    pub fn is_stale_instance(&self) -> bool {
+        self.latest_configuration()
+            .and_then(|c| c.voters.get(&self.local))
+            .is_some_and(|bound| *bound != 0 && *bound != self.instance)
     }
 
     /// The settings.
@@ -759,8 +869,8 @@ impl<L: LogStore, S: State> Member<L, S> {
         self.stats.syncs += 1;
         if !self.durable_once {
             self.durable_once = true;
-            while let Some(entry) = self.waiting.pop_front() {
-                self.route_entry(now, entry);
+            while let Some(id) = self.waiting.pop_front() {
+                self.route(id);
             }
         }
         for d in core::mem::take(&mut self.deferred) {
@@ -796,6 +906,9 @@ impl<L: LogStore, S: State> Member<L, S> {
                 next = next.min(l.next_heartbeat);
                 for f in l.inflight.values() {
                     next = next.min(f.last_sent + self.config.retry_interval);
+                }
+                if let Some((_, at)) = l.prepare_sent {
+                    next = next.min(at + self.config.retry_interval);
                 }
             }
             Phase::Candidate(c) => {
@@ -842,14 +955,11 @@ impl<L: LogStore, S: State> Member<L, S> {
                 } else if now >= c.last_sent + retry {
                     c.last_sent = now;
                     let (ballot, from) = (c.ballot, c.from);
+                    let asked: BTreeSet<PeerId> = c.complete.union(&c.partial).copied().collect();
                     let waiting: Vec<PeerId> = self
-                        .members
-                        .members
-                        .iter()
-                        .filter(|p| {
-                            **p != self.local && !c.complete.contains(p) && !c.partial.contains(p)
-                        })
-                        .copied()
+                        .electorate(from)
+                        .into_iter()
+                        .filter(|p| !asked.contains(p))
                         .collect();
                     for p in waiting {
                         self.send(p, Message::Prepare { ballot, from });
@@ -866,6 +976,14 @@ impl<L: LogStore, S: State> Member<L, S> {
                         self.heartbeat(now);
                     }
                     self.resend_accepts(now);
+                    // Late prepares to a configuration short of promises are resent by
+                    // the pump, if they are still needed.
+                    if let Phase::Leader(l) = &mut self.phase
+                        && l.prepare_sent.is_some_and(|(_, at)| now >= at + retry)
+                    {
+                        l.prepare_sent = None;
+                        self.pump(now);
+                    }
                 }
             }
         }
@@ -881,9 +999,12 @@ impl<L: LogStore, S: State> Member<L, S> {
 
     /// Handles a message from `from` (as the transport authenticated it).
     pub fn handle_message(&mut self, now: Instant, from: PeerId, envelope: Envelope) {
-        if envelope.cluster != self.cluster || !self.members.contains(&from) || from == self.local {
+        if envelope.cluster != self.cluster || from == self.local || !self.knows(&from) {
             self.stats.refused += 1;
             return;
+        }
+        if envelope.instance != 0 {
+            self.instances.insert(from, envelope.instance);
         }
         match envelope.message {
             Message::Prepare { ballot, from: slot } => self.on_prepare(now, from, ballot, slot),
@@ -911,7 +1032,11 @@ impl<L: LogStore, S: State> Member<L, S> {
                 committed,
                 seq,
             } => self.on_heartbeat(now, from, ballot, committed, seq),
-            Message::HeartbeatAck { ballot, seq } => self.on_heartbeat_ack(now, from, ballot, seq),
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                committed,
+            } => self.on_heartbeat_ack(now, from, ballot, seq, committed),
             Message::CatchUp { from: slot } => self.on_catch_up(from, slot),
             Message::Entries { entries } => self.on_entries(now, entries),
             Message::Forward { entries } => self.on_forward(now, from, entries),
@@ -940,6 +1065,9 @@ impl<L: LogStore, S: State> Member<L, S> {
                     self.start_election(now);
                 }
             }
+            Message::ChangeMembership { id, change } => {
+                self.on_change_membership(now, from, id, *change)
+            }
         }
     }
 
@@ -953,9 +1081,11 @@ impl<L: LogStore, S: State> Member<L, S> {
             return None;
         };
         let ballot = l.ballot;
+        let latest = self.latest_configuration()?;
         let target = l
             .acked
             .iter()
+            .filter(|(peer, _)| latest.votes(peer, self.instance_of(peer)))
             .max_by_key(|(peer, seq)| (**seq, **peer))
             .map(|(peer, _)| *peer)?;
         self.step_down(now);
@@ -963,11 +1093,9 @@ impl<L: LogStore, S: State> Member<L, S> {
         // The target hears of it through the request to take over (a relinquish reaching
         // it first would make it forget the ballot that request names).
         let others: Vec<PeerId> = self
-            .members
-            .members
-            .iter()
-            .filter(|p| **p != self.local && **p != target)
-            .copied()
+            .audience()
+            .into_iter()
+            .filter(|p| *p != target)
             .collect();
         for p in others {
             self.send(p, Message::Relinquish { ballot });
@@ -1006,28 +1134,57 @@ impl<L: LogStore, S: State> Member<L, S> {
                 max: self.config.max_entry_bytes,
             });
         }
+        self.submit(now, command, None)
+    }
+
+    /// Asks for a membership change; [`Event::ChangeDone`] names the returned id once it
+    /// is decided (or [`Event::Indeterminate`] after the proposal timeout). The change is
+    /// checked against the newest configuration this member knows, and again by the
+    /// leader when it proposes it.
+    pub fn change_membership(
+        &mut self,
+        now: Instant,
+        change: MembershipChange,
+    ) -> Result<EntryId, ProposeError> {
+        let latest = self
+            .latest_configuration()
+            .ok_or(ProposeError::NoConfiguration)?;
+        latest.changed(&change)?;
+        self.submit(now, Vec::new(), Some(change))
+    }
+
+    fn next_id(&mut self) -> EntryId {
+        self.next_seq += 1;
+        EntryId {
+            proposer: self.local,
+            seq: (u64::from(self.incarnation) << 32) | self.next_seq,
+        }
+    }
+
+    fn submit(
+        &mut self,
+        now: Instant,
+        command: Vec<u8>,
+        change: Option<MembershipChange>,
+    ) -> Result<EntryId, ProposeError> {
         if self.outstanding.len() >= self.config.max_pending {
             return Err(ProposeError::Busy);
         }
-        self.next_seq += 1;
-        let id = EntryId {
-            proposer: self.local,
-            seq: (u64::from(self.incarnation) << 32) | self.next_seq,
-        };
-        let entry = Entry { id, command };
+        let id = self.next_id();
         self.outstanding.insert(
             id,
             Outstanding {
-                entry: entry.clone(),
+                entry: Entry { id, command },
+                change,
                 since: now,
                 last_sent: now,
             },
         );
         if self.durable_once {
-            self.route_entry(now, entry);
+            self.route(id);
             self.pump_due(now);
         } else {
-            self.waiting.push_back(entry);
+            self.waiting.push_back(id);
         }
         Ok(id)
     }
@@ -1060,24 +1217,24 @@ impl<L: LogStore, S: State> Member<L, S> {
     // ----- internals: output -----------------------------------------------------------
 
     fn send(&mut self, to: PeerId, message: Message) {
+        // The instance is named only once it is durable: a crash before the first sync
+        // mints another, and peers must not bind the one that was lost. Promises and
+        // votes leave after a sync anyway.
+        let durable = self.durable_once
+            || matches!(message, Message::Promise { .. } | Message::Accepted { .. });
         self.outputs.push_back(Output::Send {
             to,
             envelope: Envelope {
                 cluster: self.cluster,
+                instance: if durable { self.instance } else { 0 },
                 message,
             },
         });
     }
 
+    /// Sends `message` to every peer of the configurations still deciding slots.
     fn broadcast(&mut self, message: Message) {
-        let peers: Vec<PeerId> = self
-            .members
-            .members
-            .iter()
-            .filter(|p| **p != self.local)
-            .copied()
-            .collect();
-        for p in peers {
+        for p in self.audience() {
             self.send(p, message.clone());
         }
     }
@@ -1110,9 +1267,8 @@ impl<L: LogStore, S: State> Member<L, S> {
             for id in ids {
                 if let Some(o) = self.outstanding.get_mut(&id) {
                     o.last_sent = now;
-                    let entry = o.entry.clone();
-                    self.route_entry(now, entry);
                 }
+                self.route(id);
             }
             let keys: Vec<u64> = self.reads.keys().copied().collect();
             for k in keys {
@@ -1138,6 +1294,12 @@ impl<L: LogStore, S: State> Member<L, S> {
     // ----- internals: elections --------------------------------------------------------
 
     fn start_election(&mut self, now: Instant) {
+        if !self.may_lead() {
+            // Learners, joining members, removed members and members whose data was
+            // wiped never campaign.
+            self.reset_election(now);
+            return;
+        }
         self.stats.elections += 1;
         let ballot = Ballot {
             round: self.max_round + 1,
@@ -1181,12 +1343,18 @@ impl<L: LogStore, S: State> Member<L, S> {
             cursor = last + 1;
         }
         self.phase = Phase::Candidate(candidate);
-        self.broadcast(Message::Prepare { ballot, from });
+        for p in self.electorate(from) {
+            self.send(p, Message::Prepare { ballot, from });
+        }
         self.check_promises(now);
     }
 
     fn on_prepare(&mut self, now: Instant, from: PeerId, ballot: Ballot, slot: Slot) {
         self.observe_round(ballot);
+        if self.is_stale_instance() {
+            // Its promises were lost with its data: it promises nothing.
+            return;
+        }
         let promised = self.log.promised();
         if promised.is_some_and(|p| p > ballot) {
             self.send(
@@ -1273,6 +1441,37 @@ impl<L: LogStore, S: State> Member<L, S> {
         accepted: Vec<SlotValue>,
         next: Option<Slot>,
     ) {
+        if let Phase::Leader(l) = &mut self.phase {
+            // A late promise, asked for when a configuration came into force whose quorum
+            // had not promised: what it reports fills the slots not proposed yet.
+            if l.ballot != ballot || l.promised.contains(&from) {
+                return;
+            }
+            for v in accepted {
+                if v.slot >= l.next_slot {
+                    l.fill_to = l.fill_to.max(v.slot);
+                    merge_best(&mut l.best, v);
+                }
+            }
+            match next {
+                Some(from_slot) => self.send(
+                    from,
+                    Message::Prepare {
+                        ballot,
+                        from: from_slot,
+                    },
+                ),
+                None => {
+                    l.promised.insert(from);
+                    self.pump_due(now);
+                    let keys: Vec<u64> = self.reads.keys().copied().collect();
+                    for k in keys {
+                        self.advance_read(now, k);
+                    }
+                }
+            }
+            return;
+        }
         let Phase::Candidate(c) = &mut self.phase else {
             return;
         };
@@ -1304,13 +1503,24 @@ impl<L: LogStore, S: State> Member<L, S> {
         self.check_promises(now);
     }
 
+    /// A candidate wins with a quorum of promises in every configuration of the slots it
+    /// may propose in before it applies more (its first open slot and `alpha − 1` after).
     fn check_promises(&mut self, now: Instant) {
-        let quorum = self.members.quorum();
         let Phase::Candidate(c) = &self.phase else {
             return;
         };
-        let votes = c.complete.len() + usize::from(c.self_durable);
-        if votes >= quorum {
+        let configs = self.configs_between(c.from, c.from - 1 + self.config.alpha);
+        let won = !configs.is_empty()
+            && configs.iter().all(|cfg| {
+                let promised = c
+                    .complete
+                    .iter()
+                    .filter(|p| cfg.votes(p, self.instance_of(p)))
+                    .count();
+                let own = c.self_durable && cfg.votes(&self.local, self.instance);
+                promised + usize::from(own) >= cfg.quorum()
+            });
+        if won {
             self.become_leader(now);
         }
     }
@@ -1339,7 +1549,10 @@ impl<L: LogStore, S: State> Member<L, S> {
             return;
         }
         if leader_alive {
-            let quorum = self.members.quorum();
+            let quorum = match &self.phase {
+                Phase::Candidate(c) => self.cluster_at(c.from).map_or(1, Configuration::quorum),
+                _ => 1,
+            };
             if let Phase::Candidate(c) = &mut self.phase {
                 c.refusals.insert(from);
                 if c.refusals.len() >= quorum {
@@ -1385,11 +1598,37 @@ impl<L: LogStore, S: State> Member<L, S> {
             .copied()
             .unwrap_or(0)
             .max(c.from - 1);
-        let mut leader = Leader {
+        // Values known chosen are learned at once; the others are proposed again in
+        // order (`pump`), gaps filled with no-ops, then this ballot's own no-op.
+        let mut best = BTreeMap::new();
+        for (slot, v) in c.best {
+            if v.chosen {
+                if !self.log.get(slot).is_some_and(|a| a.chosen) {
+                    self.log.put(
+                        slot,
+                        AcceptedValue {
+                            ballot: v.ballot,
+                            value: v.value,
+                            chosen: true,
+                        },
+                    );
+                }
+            } else {
+                best.insert(slot, v);
+            }
+        }
+        let leader = Leader {
             ballot,
-            next_slot: last + 2,
+            next_slot: c.from,
             inflight: BTreeMap::new(),
             noop_slot: last + 1,
+            fill_to: last + 1,
+            best,
+            promised: c.complete,
+            prepare_sent: None,
+            changes: VecDeque::new(),
+            change_slot: None,
+            progress: BTreeMap::new(),
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
             waiting_by: BTreeMap::new(),
@@ -1400,61 +1639,252 @@ impl<L: LogStore, S: State> Member<L, S> {
             confirmed_at: now,
             lease_until: Instant::ZERO,
         };
-        let mut proposals = Vec::new();
-        for slot in c.from..=last {
-            match c.best.get(&slot) {
-                Some(v) if v.chosen => {
-                    // Known chosen: learn it, nothing to propose.
-                    if !self.log.get(slot).is_some_and(|a| a.chosen) {
-                        self.log.put(
-                            slot,
-                            AcceptedValue {
-                                ballot: v.ballot,
-                                value: v.value.clone(),
-                                chosen: true,
-                            },
-                        );
-                    }
-                }
-                Some(v) => proposals.push((slot, v.value.clone())),
-                None => proposals.push((slot, Value::Noop)),
-            }
-        }
-        proposals.push((last + 1, Value::Noop));
-        for (slot, value) in &proposals {
-            leader.inflight.insert(
-                *slot,
-                Inflight {
-                    value: value.clone(),
-                    votes: BTreeSet::new(),
-                    last_sent: now,
-                },
-            );
-        }
         self.leader = Some(ballot);
         self.leader_contact = Some(now);
-        self.phase = Phase::Leader(leader);
+        self.phase = Phase::Leader(alloc::boxed::Box::new(leader));
         self.emit(Event::Leader {
             leader: Some(self.local),
             round: ballot.round,
         });
         self.advance_committed();
         self.apply_committed(now);
-        for (slot, value) in proposals {
-            self.propose_slot(now, ballot, slot, value);
-        }
         self.heartbeat(now);
         // Entries waiting here go into the queue.
         let ids: Vec<EntryId> = self.outstanding.keys().copied().collect();
         for id in ids {
-            if let Some(o) = self.outstanding.get(&id) {
-                let entry = o.entry.clone();
-                self.route_entry(now, entry);
-            }
+            self.route(id);
         }
+        self.pump(now);
         let keys: Vec<u64> = self.reads.keys().copied().collect();
         for k in keys {
             self.advance_read(now, k);
+        }
+        self.pump_due(now);
+    }
+
+    // ----- internals: configurations --------------------------------------------------
+
+    fn instance_of(&self, peer: &PeerId) -> Instance {
+        if *peer == self.local {
+            self.instance
+        } else {
+            self.instances.get(peer).copied().unwrap_or(0)
+        }
+    }
+
+    /// Whether `peer`'s vote counts at `slot`.
+    fn votes_at(&self, slot: Slot, peer: &PeerId) -> bool {
+        self.cluster_at(slot)
+            .is_some_and(|c| c.votes(peer, self.instance_of(peer)))
+    }
+
+    /// The configurations still deciding slots: the one of the next slot to apply, and
+    /// every one scheduled after it.
+    fn live_configs(&self) -> impl Iterator<Item = &Configuration> {
+        let from = self
+            .configs
+            .range(..=self.state.applied() + 1)
+            .next_back()
+            .map_or(0, |(s, _)| *s);
+        self.configs.range(from..).map(|(_, c)| c)
+    }
+
+    /// The configurations of slots `from..=to`.
+    fn configs_between(&self, from: Slot, to: Slot) -> Vec<&Configuration> {
+        let start = self
+            .configs
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(s, _)| *s);
+        self.configs
+            .range(start..=to.max(start))
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    /// Whether messages from `peer` are taken: it is a peer of a configuration still
+    /// deciding slots, or, while the newest configuration this member knows does not
+    /// include it (it joins, or was removed and may be added again) or binds it to an
+    /// instance it lost, one of its contacts.
+    fn knows(&self, peer: &PeerId) -> bool {
+        if self.live_configs().any(|c| c.includes(peer)) {
+            return true;
+        }
+        self.contacts.contains(peer)
+            && (self.is_stale_instance()
+                || !self
+                    .latest_configuration()
+                    .is_some_and(|c| c.includes(&self.local)))
+    }
+
+    /// The peers the leader's accepts and heartbeats go to.
+    fn audience(&self) -> Vec<PeerId> {
+        let mut peers = BTreeSet::new();
+        for c in self.live_configs() {
+            peers.extend(c.peers().copied());
+        }
+        peers.remove(&self.local);
+        peers.into_iter().collect()
+    }
+
+    /// The voters a candidate asks for promises from slot `from`.
+    fn electorate(&self, from: Slot) -> BTreeSet<PeerId> {
+        let mut peers = BTreeSet::new();
+        for c in self.configs_between(from, from - 1 + self.config.alpha) {
+            peers.extend(c.voters.keys().copied());
+        }
+        peers.remove(&self.local);
+        peers
+    }
+
+    /// Whether this member may campaign: it votes in the configuration of its first open
+    /// slot, and its data was not wiped.
+    fn may_lead(&self) -> bool {
+        !self.is_stale_instance() && self.votes_at(self.committed + 1, &self.local)
+    }
+
+    /// Whether a quorum of the configuration of `slot` promised the leader's ballot.
+    fn ready(&self, slot: Slot) -> bool {
+        let (Phase::Leader(l), Some(c)) = (&self.phase, self.cluster_at(slot)) else {
+            return false;
+        };
+        let promised = l
+            .promised
+            .iter()
+            .filter(|p| c.votes(p, self.instance_of(p)))
+            .count();
+        promised + usize::from(c.votes(&self.local, self.instance)) >= c.quorum()
+    }
+
+    /// Asks the voters of the configuration of `slot` that have not promised the leader's
+    /// ballot for their promise, from `slot` on (resent after the retry interval).
+    fn prepare_config(&mut self, now: Instant, slot: Slot) {
+        let retry = self.config.retry_interval;
+        let voters: Vec<PeerId> = self
+            .cluster_at(slot)
+            .map(|c| c.voters.keys().copied().collect())
+            .unwrap_or_default();
+        let local = self.local;
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
+        if l.prepare_sent
+            .is_some_and(|(s, at)| s == slot && now < at + retry)
+        {
+            return;
+        }
+        l.prepare_sent = Some((slot, now));
+        let ballot = l.ballot;
+        let ask: Vec<PeerId> = voters
+            .into_iter()
+            .filter(|p| *p != local && !l.promised.contains(p))
+            .collect();
+        for p in ask {
+            self.send(p, Message::Prepare { ballot, from: slot });
+        }
+    }
+
+    /// A leader that is no voter of its next slot (it was removed, or replaced) hands
+    /// leadership to a voter of the newest configuration, or gives it up.
+    fn hand_over(&mut self, now: Instant) {
+        if self.transfer_leadership(now).is_none()
+            && let Phase::Leader(l) = &self.phase
+        {
+            let ballot = l.ballot;
+            self.step_down(now);
+            self.leader_contact = None;
+            self.broadcast(Message::Relinquish { ballot });
+        }
+    }
+
+    /// Whether the leader has a change of its own to make: a caught-up learner to
+    /// promote, or a voter whose instance is not bound yet.
+    fn wants_change(&self) -> bool {
+        self.auto_change().is_some()
+    }
+
+    fn auto_change(&self) -> Option<MembershipChange> {
+        let Phase::Leader(l) = &self.phase else {
+            return None;
+        };
+        let latest = self.latest_configuration()?;
+        for peer in latest.learners.keys() {
+            let instance = self.instance_of(peer);
+            let caught_up = l
+                .progress
+                .get(peer)
+                .is_some_and(|c| c + self.config.alpha >= self.committed);
+            if instance != 0 && caught_up {
+                return Some(MembershipChange::Promote {
+                    peer: *peer,
+                    instance,
+                });
+            }
+        }
+        latest.voters.iter().find_map(|(peer, bound)| {
+            let instance = self.instance_of(peer);
+            (*bound == 0 && instance != 0).then_some(MembershipChange::Promote {
+                peer: *peer,
+                instance,
+            })
+        })
+    }
+
+    /// The next membership change to propose, with the configuration it makes, if the
+    /// last one proposed is applied (one change in flight).
+    fn next_change(&mut self) -> Option<Reconfiguration> {
+        let applied = self.state.applied();
+        let Phase::Leader(l) = &self.phase else {
+            return None;
+        };
+        if l.change_slot.is_some_and(|s| s > applied) {
+            return None;
+        }
+        let (id, change) = match l.changes.front() {
+            Some(c) => *c,
+            None => {
+                let change = self.auto_change()?;
+                (self.next_id(), change)
+            }
+        };
+        if let Phase::Leader(l) = &mut self.phase {
+            l.changes.retain(|(i, _)| *i != id);
+        }
+        let latest = self.latest_configuration().cloned().unwrap_or_default();
+        Some(Reconfiguration {
+            id,
+            change,
+            outcome: latest.changed(&change),
+        })
+    }
+
+    /// Records the configuration in force from `from`.
+    fn record_config(&mut self, from: Slot, configuration: Configuration) {
+        self.log.put_configuration(from, configuration.clone());
+        self.configs.insert(from, configuration);
+        if let Phase::Leader(l) = &mut self.phase {
+            // A lease counts only for the configurations that granted it.
+            l.lease_until = Instant::ZERO;
+        }
+    }
+
+    fn on_change_membership(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        id: EntryId,
+        change: MembershipChange,
+    ) {
+        let Phase::Leader(l) = &mut self.phase else {
+            // Not the leader: the requester retries toward the leader it learns.
+            return;
+        };
+        if id.proposer != from || l.changes.len() >= 64 {
+            self.stats.refused += 1;
+            return;
+        }
+        if !l.changes.iter().any(|(i, _)| *i == id) {
+            l.changes.push_back((id, change));
         }
         self.pump_due(now);
     }
@@ -1486,47 +1916,84 @@ impl<L: LogStore, S: State> Member<L, S> {
         });
     }
 
-    /// Sends entries waiting at the leader, one batch per free pipeline slot.
+    /// Proposes in the leader's next slots, in order, while the pipeline has room: the
+    /// values phase 1 found (or no-ops) up to `fill_to`, then membership changes (one at
+    /// a time) and batches of waiting entries. Slot `s` is proposed only once `s − alpha`
+    /// is applied (so its configuration is known) and a quorum of that configuration has
+    /// promised this ballot; a leader that is no voter of the slot hands over.
     fn pump(&mut self, now: Instant) {
         loop {
-            let (max_entries, max_bytes, concurrency) = (
+            let (max_entries, max_bytes, concurrency, alpha) = (
                 self.config.max_batch_entries,
                 self.config.max_batch_bytes,
                 self.config.concurrency,
+                self.config.alpha,
             );
+            let (applied, committed) = (self.state.applied(), self.committed);
             let Phase::Leader(l) = &mut self.phase else {
                 return;
             };
-            if l.queue.is_empty() || l.inflight.len() >= concurrency {
+            let t = l.next_slot;
+            if t <= committed || self.log.get(t).is_some_and(|a| a.chosen) {
+                l.best.remove(&t);
+                l.next_slot += 1;
+                continue;
+            }
+            let filling = t <= l.fill_to;
+            if l.inflight.len() >= concurrency || t > applied + alpha {
                 return;
             }
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some(e) = l.queue.front() {
-                if !batch.is_empty() && (batch.len() >= max_entries || bytes + e.size() > max_bytes)
-                {
-                    break;
-                }
-                bytes += e.size();
-                let e = l.queue.pop_front().expect("front exists");
-                if let Some(n) = l.waiting_by.get_mut(&e.id.proposer) {
-                    *n = n.saturating_sub(1);
-                }
-                batch.push(e);
+            if !filling && l.queue.is_empty() && l.changes.is_empty() && !self.wants_change() {
+                return;
             }
-            let slot = l.next_slot;
+            if !self.votes_at(t, &self.local) {
+                self.hand_over(now);
+                return;
+            }
+            if !self.ready(t) {
+                self.prepare_config(now, t);
+                return;
+            }
+            let change = if filling { None } else { self.next_change() };
+            let Phase::Leader(l) = &mut self.phase else {
+                return;
+            };
+            let value = if filling {
+                l.best.remove(&t).map_or(Value::Noop, |v| v.value)
+            } else if let Some(r) = change {
+                l.change_slot = Some(t);
+                Value::Reconfigure(alloc::boxed::Box::new(r))
+            } else if !l.queue.is_empty() {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                while let Some(e) = l.queue.front() {
+                    if !batch.is_empty()
+                        && (batch.len() >= max_entries || bytes + e.size() > max_bytes)
+                    {
+                        break;
+                    }
+                    bytes += e.size();
+                    let e = l.queue.pop_front().expect("front exists");
+                    if let Some(n) = l.waiting_by.get_mut(&e.id.proposer) {
+                        *n = n.saturating_sub(1);
+                    }
+                    batch.push(e);
+                }
+                Value::Batch(batch)
+            } else {
+                return;
+            };
             l.next_slot += 1;
             let ballot = l.ballot;
-            let value = Value::Batch(batch);
             l.inflight.insert(
-                slot,
+                t,
                 Inflight {
                     value: value.clone(),
                     votes: BTreeSet::new(),
                     last_sent: now,
                 },
             );
-            self.propose_slot(now, ballot, slot, value);
+            self.propose_slot(now, ballot, t, value);
         }
     }
 
@@ -1537,14 +2004,21 @@ impl<L: LogStore, S: State> Member<L, S> {
             return;
         };
         let ballot = l.ballot;
-        let mut sends = Vec::new();
+        let mut due = Vec::new();
         for (slot, f) in l.inflight.iter_mut() {
             if now >= f.last_sent + retry {
                 f.last_sent = now;
-                for p in &self.members.members {
-                    if *p != self.local && !f.votes.contains(p) {
-                        sends.push((*p, *slot, f.value.clone()));
-                    }
+                due.push((*slot, f.value.clone(), f.votes.clone()));
+            }
+        }
+        let mut sends = Vec::new();
+        for (slot, value, votes) in due {
+            let Some(config) = self.cluster_at(slot) else {
+                continue;
+            };
+            for p in config.peers() {
+                if *p != self.local && !votes.contains(p) {
+                    sends.push((*p, slot, value.clone()));
                 }
             }
         }
@@ -1584,7 +2058,9 @@ impl<L: LogStore, S: State> Member<L, S> {
                 },
             );
         }
-        self.send(from, Message::Accepted { ballot, slot });
+        if !self.is_stale_instance() {
+            self.send(from, Message::Accepted { ballot, slot });
+        }
         self.learn_commit_index(now, ballot, committed);
     }
 
@@ -1602,16 +2078,26 @@ impl<L: LogStore, S: State> Member<L, S> {
     }
 
     fn check_chosen(&mut self, now: Instant, slot: Slot) {
-        let quorum = self.members.quorum();
-        let Phase::Leader(l) = &mut self.phase else {
+        let Some(config) = self.cluster_at(slot) else {
+            return;
+        };
+        let Phase::Leader(l) = &self.phase else {
             return;
         };
         let Some(f) = l.inflight.get(&slot) else {
             return;
         };
-        if f.votes.len() < quorum {
+        let votes = f
+            .votes
+            .iter()
+            .filter(|p| config.votes(p, self.instance_of(p)))
+            .count();
+        if votes < config.quorum() {
             return;
         }
+        let Phase::Leader(l) = &mut self.phase else {
+            return;
+        };
         let f = l.inflight.remove(&slot).expect("present");
         let ballot = l.ballot;
         self.stats.slots_committed += 1;
@@ -1713,39 +2199,76 @@ impl<L: LogStore, S: State> Member<L, S> {
         if !self.follow(now, from, ballot) {
             return;
         }
-        self.send(from, Message::HeartbeatAck { ballot, seq });
+        let acked = self.committed;
+        self.send(
+            from,
+            Message::HeartbeatAck {
+                ballot,
+                seq,
+                committed: acked,
+            },
+        );
         self.learn_commit_index(now, ballot, committed);
     }
 
-    fn on_heartbeat_ack(&mut self, now: Instant, from: PeerId, ballot: Ballot, seq: u64) {
+    fn on_heartbeat_ack(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        ballot: Ballot,
+        seq: u64,
+        committed: Slot,
+    ) {
         let Phase::Leader(l) = &mut self.phase else {
             return;
         };
         if l.ballot != ballot {
             return;
         }
+        let progress = l.progress.entry(from).or_insert(0);
+        *progress = (*progress).max(committed);
         let e = l.acked.entry(from).or_insert(0);
         *e = (*e).max(seq);
+        // A learner that caught up is promoted by the next pump.
+        self.pump_due(now);
         self.confirm(now);
     }
 
     /// The heartbeat round a quorum (the leader included) has acknowledged, and with it
     /// leadership confirmation, the lease, and reads waiting for either.
     fn confirm(&mut self, now: Instant) {
-        let quorum = self.members.quorum();
         let lease = self.config.lease;
+        let Phase::Leader(l) = &self.phase else {
+            return;
+        };
+        // The round a quorum of every configuration still deciding slots acknowledged.
+        // Only members that promised this ballot count: one that merely followed its
+        // heartbeats may still owe a lease to another leader (a leader elected by an
+        // older configuration reaches a newer one's members this way).
+        let mut round = u64::MAX;
+        for c in self.live_configs() {
+            let mut seqs: Vec<u64> = c
+                .voters
+                .keys()
+                .filter(|p| c.votes(p, self.instance_of(p)))
+                .filter(|p| **p == self.local || l.promised.contains(p))
+                .map(|p| {
+                    if *p == self.local {
+                        l.hb_seq
+                    } else {
+                        l.acked.get(p).copied().unwrap_or(0)
+                    }
+                })
+                .collect();
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            round = round.min(seqs.get(c.quorum() - 1).copied().unwrap_or(0));
+        }
+        if round == 0 || round == u64::MAX {
+            return;
+        }
         let Phase::Leader(l) = &mut self.phase else {
             return;
         };
-        let mut seqs: Vec<u64> = l.acked.values().copied().collect();
-        seqs.push(l.hb_seq);
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&round) = seqs.get(quorum - 1) else {
-            return;
-        };
-        if round == 0 {
-            return;
-        }
         let Some(&sent) = l.hb_sent.get(&round) else {
             return;
         };
@@ -1879,6 +2402,9 @@ impl<L: LogStore, S: State> Member<L, S> {
             let slot = self.state.applied() + 1;
             let Some(a) = self.log.get(slot) else { break };
             let mut ids = Vec::new();
+            if let Value::Reconfigure(r) = &a.value {
+                self.apply_reconfiguration(slot, r);
+            }
             if let Value::Batch(entries) = &a.value {
                 for (index, entry) in entries.iter().enumerate() {
                     let position = Position {
@@ -1920,35 +2446,76 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
     }
 
+    /// Applies a membership change decided at `slot`: its configuration is in force from
+    /// `slot + alpha`.
+    fn apply_reconfiguration(&mut self, slot: Slot, r: &Reconfiguration) {
+        #[cfg(test)]
+        let from = if self.mutant == Some(super::tests::Mutant::ConfigActiveEarly) {
+            slot + 1
+        } else {
+            slot + self.config.alpha
+        };
+        #[cfg(not(test))]
+        let from = slot + self.config.alpha;
+        let result = match &r.outcome {
+            Ok(configuration) => {
+                self.stats.config_changes += 1;
+                self.record_config(from, configuration.clone());
+                self.emit(Event::Configuration {
+                    from,
+                    configuration: configuration.clone(),
+                });
+                Ok(from)
+            }
+            Err(e) => Err(*e),
+        };
+        if self.outstanding.remove(&r.id).is_some() {
+            self.emit(Event::ChangeDone { id: r.id, result });
+        }
+    }
+
     // ----- internals: proposals --------------------------------------------------------
 
-    /// Sends an entry toward the leader: into the queue if this member leads, forwarded
-    /// to the leader if one is known, else kept until one is.
-    fn route_entry(&mut self, _now: Instant, entry: Entry) {
+    /// Sends an entry or a membership change toward the leader: into its queue if this
+    /// member leads, forwarded to the leader if one is known, else kept until one is.
+    fn route(&mut self, id: EntryId) {
         // Until the incarnation in the entry's id is durable, the entry goes nowhere: a
         // crash before that sync would hand the same id to another command, which the
         // state would then take for a retry of this one. `synced` routes it.
         if !self.durable_once {
             return;
         }
-        match &mut self.phase {
-            Phase::Leader(l) => {
+        let Some(o) = self.outstanding.get(&id) else {
+            return;
+        };
+        let (entry, change) = (o.entry.clone(), o.change);
+        let leader = self.leader();
+        match (&mut self.phase, change) {
+            (Phase::Leader(l), Some(change)) => {
+                if !l.changes.iter().any(|(i, _)| *i == id) {
+                    l.changes.push_back((id, change));
+                }
+            }
+            (Phase::Leader(l), None) => {
                 if l.queued.insert(entry.id) {
                     *l.waiting_by.entry(entry.id.proposer).or_default() += 1;
                     l.queue.push_back(entry);
                 }
             }
-            _ => {
-                if let Some(leader) = self.leader()
-                    && leader != self.local
-                {
-                    self.send(
-                        leader,
-                        Message::Forward {
-                            entries: alloc::vec![entry],
-                        },
-                    );
-                }
+            (_, change) => {
+                let Some(leader) = leader.filter(|l| *l != self.local) else {
+                    return;
+                };
+                let message = match change {
+                    Some(change) => Message::ChangeMembership {
+                        id,
+                        change: alloc::boxed::Box::new(change),
+                    },
+                    None => Message::Forward {
+                        entries: alloc::vec![entry],
+                    },
+                };
+                self.send(leader, message);
             }
         }
     }
@@ -1956,7 +2523,7 @@ impl<L: LogStore, S: State> Member<L, S> {
     fn on_forward(&mut self, now: Instant, from: PeerId, entries: Vec<Entry>) {
         let (max_pending, max_entry) = (self.config.max_pending, self.config.max_entry_bytes);
         // No member may fill the leader's queue: each has an equal share of it.
-        let share = (max_pending / self.members.members.len().max(1)).max(1);
+        let share = (max_pending / (self.audience().len() + 1)).max(1);
         let Phase::Leader(l) = &mut self.phase else {
             // Not the leader: the proposer retries toward the leader it learns.
             return;
@@ -1989,7 +2556,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 given_up.push(*id);
             } else if now >= o.last_sent + retry {
                 o.last_sent = now;
-                resend.push(o.entry.clone());
+                resend.push(*id);
             }
         }
         for id in given_up {
@@ -1999,15 +2566,43 @@ impl<L: LogStore, S: State> Member<L, S> {
         if !self.durable_once {
             return;
         }
-        for entry in resend {
-            self.route_entry(now, entry);
+        for id in resend {
+            self.route(id);
         }
         self.pump_due(now);
     }
 
     // ----- internals: reads ------------------------------------------------------------
 
+    /// Whether the leader knows every slot that may be chosen beyond its applied prefix,
+    /// so that its commit index bounds every acknowledged write: its no-op and every value
+    /// phase 1 found are applied, and a quorum of the configuration of each of the next
+    /// `alpha` slots promised its ballot (a slot further on is proposed only once the one
+    /// `alpha` below it is chosen). Asks for the promises it lacks.
+    fn settled(&mut self, now: Instant) -> bool {
+        let applied = self.state.applied();
+        let Phase::Leader(l) = &self.phase else {
+            return false;
+        };
+        #[cfg(test)]
+        if self.mutant == Some(super::tests::Mutant::ReadBeforeNoop) {
+            return true;
+        }
+        if applied < l.noop_slot || applied < l.fill_to {
+            return false;
+        }
+        let short = (applied + 1..=applied + self.config.alpha).find(|t| !self.ready(*t));
+        match short {
+            Some(t) => {
+                self.prepare_config(now, t);
+                false
+            }
+            None => true,
+        }
+    }
+
     fn advance_read(&mut self, now: Instant, key: u64) {
+        let settled = self.reads.contains_key(&key) && self.settled(now);
         let applied = self.state.applied();
         let committed = self.committed;
         let leader = self.leader();
@@ -2026,13 +2621,9 @@ impl<L: LogStore, S: State> Member<L, S> {
             ReadStage::Leader { sent } => {
                 match &mut self.phase {
                     Phase::Leader(l) => {
-                        // Serve only once this ballot's no-op is applied.
-                        #[cfg(test)]
-                        let noop_done = self.mutant == Some(super::tests::Mutant::ReadBeforeNoop)
-                            || applied >= l.noop_slot;
-                        #[cfg(not(test))]
-                        let noop_done = applied >= l.noop_slot;
-                        if !noop_done {
+                        // Serve only once this ballot's no-op is applied and nothing chosen
+                        // can be unknown to it.
+                        if !settled {
                             return;
                         }
                         let wants_lease = match r.origin {
@@ -2230,6 +2821,12 @@ impl<L: LogStore, S: State> Member<L, S> {
             assert!(
                 l.inflight.keys().all(|s| *s < l.next_slot),
                 "in flight past next slot"
+            );
+            assert!(
+                l.inflight
+                    .keys()
+                    .all(|s| *s <= self.state.applied() + self.config.alpha),
+                "a slot proposed before the slot alpha below it was applied"
             );
             assert_eq!(
                 Some(l.ballot),

@@ -10,13 +10,13 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Ballot, ClusterId, Entry, Slot, Value};
+use super::types::{Ballot, ClusterId, Entry, EntryId, Instance, MembershipChange, Slot, Value};
 
 /// The largest encoded message a member sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The format byte of the current encoding.
-pub const WIRE_FORMAT: u8 = 1;
+pub const WIRE_FORMAT: u8 = 2;
 
 /// One accepted value reported in a promise or sent in catch-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +104,9 @@ pub enum Message {
         ballot: Ballot,
         /// The round acknowledged.
         seq: u64,
+        /// Every slot up to here is chosen at the acceptor (the leader promotes a learner
+        /// once it has caught up).
+        committed: Slot,
     },
     /// A member asks for the chosen values from `from`.
     CatchUp {
@@ -147,6 +150,13 @@ pub enum Message {
         /// The ballot handing over.
         ballot: Ballot,
     },
+    /// A member hands a membership change to the leader.
+    ChangeMembership {
+        /// The change's id (its requester and sequence number).
+        id: EntryId,
+        /// The change.
+        change: alloc::boxed::Box<MembershipChange>,
+    },
 }
 
 impl Message {
@@ -168,6 +178,7 @@ impl Message {
             Message::ReadIndexReply { .. } => "read_index_reply",
             Message::Relinquish { .. } => "relinquish",
             Message::TimeoutNow { .. } => "timeout_now",
+            Message::ChangeMembership { .. } => "change_membership",
         }
     }
 }
@@ -177,6 +188,9 @@ impl Message {
 pub struct Envelope {
     /// The cluster.
     pub cluster: ClusterId,
+    /// The sender's instance (see [`Instance`]): votes count only from the instance a
+    /// configuration binds.
+    pub instance: Instance,
     /// The message.
     pub message: Message,
 }
@@ -239,7 +253,6 @@ impl Envelope {
 mod tests {
     use super::*;
     use crate::PeerId;
-    use crate::consensus::types::EntryId;
 
     fn sample() -> Envelope {
         let ballot = Ballot {
@@ -248,6 +261,7 @@ mod tests {
         };
         Envelope {
             cluster: ClusterId([9; 16]),
+            instance: 42,
             message: Message::Accept {
                 ballot,
                 slot: 12,
@@ -273,7 +287,7 @@ mod tests {
     #[test]
     fn hostile_bytes_are_typed_errors() {
         assert_eq!(Envelope::decode(&[]), Err(WireError::Empty));
-        assert_eq!(Envelope::decode(&[2, 0]), Err(WireError::UnknownFormat(2)));
+        assert_eq!(Envelope::decode(&[1, 0]), Err(WireError::UnknownFormat(1)));
         let mut bytes = sample().encode().unwrap();
         bytes.push(0);
         assert!(matches!(

@@ -11,10 +11,13 @@
 //! acceptor's durable log, [`MemoryLogStore`] its in-memory form with an explicit sync
 //! and crash; [`KvState`] is a replicated key-value state with compare-and-set.
 //!
-//! What this engine does not do yet: membership changes through the log (a cluster's
-//! voters are fixed when it is created), log compaction and snapshot transfer (the log
-//! grows with every slot), and detection of a member whose data was wiped (such a member
-//! must not rejoin under the same peer id).
+//! Membership changes go through the log ([`MembershipChange`]): a change decided at
+//! slot `k` is in force from `k + alpha` ([`Member::cluster_at`]); new members catch up
+//! as learners and the leader promotes them. Each voter is bound to its [`Instance`], so
+//! a member whose data was wiped stops voting until it is removed and added again.
+//!
+//! What this engine does not do yet: log compaction and snapshot transfer (the log grows
+//! with every slot, and a new member catches up from slot 1).
 
 mod member;
 mod message;
@@ -33,4 +36,7 @@ pub use store::{
     AcceptedValue, Applied, DedupTable, KvCommand, KvMap, KvResponse, KvState, LogStore,
     MemoryLogStore, State, chain_digest, entry_ids, execute,
 };
-pub use types::{Ballot, ClusterId, Configuration, Entry, EntryId, Position, Slot, Value};
+pub use types::{
+    Ballot, ChangeError, ClusterId, Configuration, Entry, EntryId, Instance, MembershipChange,
+    Position, Reconfiguration, Slot, Value,
+};

@@ -13,7 +13,9 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::types::{Ballot, ClusterId, Entry, EntryId, Position, Slot, Value};
+use super::types::{
+    Ballot, ClusterId, Configuration, Entry, EntryId, Instance, Position, Slot, Value,
+};
 use crate::PeerId;
 
 /// A value an acceptor accepted at a slot.
@@ -56,6 +58,15 @@ pub trait LogStore {
     fn slots_from(&self, from: Slot, limit: usize) -> Vec<Slot>;
     /// Every slot at or below this one was removed by compaction (0: none).
     fn truncated(&self) -> Slot;
+    /// This member's instance (0: none minted yet).
+    fn instance(&self) -> Instance;
+    /// Records the instance minted for this log.
+    fn set_instance(&mut self, instance: Instance);
+    /// The configurations this member knows, each with the first slot it is in force
+    /// for.
+    fn configurations(&self) -> Vec<(Slot, Configuration)>;
+    /// Records the configuration in force from slot `from` on.
+    fn put_configuration(&mut self, from: Slot, configuration: Configuration);
 }
 
 /// A [`LogStore`] in memory with an explicit durability boundary: [`sync`] makes the writes
@@ -75,6 +86,8 @@ pub struct MemoryLogStore {
 struct LogImage {
     cluster: Option<ClusterId>,
     incarnation: u32,
+    instance: Instance,
+    configurations: BTreeMap<Slot, Configuration>,
     promised: Option<Ballot>,
     slots: BTreeMap<Slot, AcceptedValue>,
 }
@@ -157,6 +170,22 @@ impl LogStore for MemoryLogStore {
     }
     fn truncated(&self) -> Slot {
         0
+    }
+    fn instance(&self) -> Instance {
+        self.current.instance
+    }
+    fn set_instance(&mut self, instance: Instance) {
+        self.current.instance = instance;
+    }
+    fn configurations(&self) -> Vec<(Slot, Configuration)> {
+        self.current
+            .configurations
+            .iter()
+            .map(|(s, c)| (*s, c.clone()))
+            .collect()
+    }
+    fn put_configuration(&mut self, from: Slot, configuration: Configuration) {
+        self.current.configurations.insert(from, configuration);
     }
 }
 
@@ -523,7 +552,7 @@ pub fn chain_digest(
 /// Ids of entries in a value, for tests and checkers.
 pub fn entry_ids(value: &Value) -> BTreeSet<EntryId> {
     match value {
-        Value::Noop => BTreeSet::new(),
+        Value::Noop | Value::Reconfigure(_) => BTreeSet::new(),
         Value::Batch(entries) => entries.iter().map(|e| e.id).collect(),
     }
 }

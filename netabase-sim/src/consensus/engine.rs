@@ -430,6 +430,7 @@ impl ConsensusSimulation {
                 local: self.peers[i],
                 cluster: CLUSTER,
                 members: Configuration::new(self.peers.iter().copied()),
+                contacts: Default::default(),
             },
             log,
             state,
@@ -732,6 +733,8 @@ impl ConsensusSimulation {
                     self.finish(op);
                 }
             }
+            // Membership stays as created in these scenarios.
+            Event::Configuration { .. } | Event::ChangeDone { .. } => {}
             Event::Applied { slot, .. } => {
                 let value = self.nodes[i]
                     .member

@@ -263,6 +263,7 @@ impl ConsensusSpec {
                 drift_ppm: t.lease_drift_ppm,
                 margin: Duration::from_millis(t.lease_margin_ms),
             }),
+            alpha: ConsensusConfig::default().alpha,
         }
     }
 

@@ -67,8 +67,8 @@ impl<R: Runtime> Driver<R> {
                     cluster: m.cluster(),
                     members: m
                         .configuration()
-                        .members
-                        .iter()
+                        .voters
+                        .keys()
                         .filter_map(to_libp2p_peer)
                         .collect(),
                     role: m.role(),
@@ -130,6 +130,7 @@ impl<R: Runtime> Driver<R> {
                 local,
                 cluster,
                 members: Configuration::new(members),
+                contacts: Default::default(),
             },
             log,
             state,
@@ -236,7 +237,11 @@ impl<R: Runtime> Driver<R> {
                     let _ = reply.send(Err(ConsensusError::from(reason).into()));
                 }
             }
-            MemberEvent::Applied { .. } => {}
+            // The API offers no membership changes yet; the member's own (promotions and
+            // instance bindings) need no answer.
+            MemberEvent::Applied { .. }
+            | MemberEvent::Configuration { .. }
+            | MemberEvent::ChangeDone { .. } => {}
             MemberEvent::Leader { leader, round } => {
                 self.emit(NetabaseEvent::ConsensusLeader {
                     leader: leader.as_ref().and_then(to_libp2p_peer),
