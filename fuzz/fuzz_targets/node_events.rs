@@ -8,32 +8,71 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use netabase_core::wire::Codec;
 use netabase_core::{
-    Address, Config, InboundId, Instant, MemoryStore, MemoryStoreConfig, Mode, Node, Output, PeerId,
-    Quorum, Record, RecordKey, RequestFailure, RequestId,
+    Address, Config, InboundId, Instant, MemoryStore, MemoryStoreConfig, Mode, Node, Output,
+    PeerId, Quorum, Record, RecordKey, RequestFailure, RequestId,
 };
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    AddAddress { peer: u8 },
-    RemovePeer { peer: u8 },
-    Connected { peer: u8 },
-    Disconnected { peer: u8 },
-    Identified { peer: u8, serves: bool },
+    AddAddress {
+        peer: u8,
+    },
+    RemovePeer {
+        peer: u8,
+    },
+    Connected {
+        peer: u8,
+    },
+    Disconnected {
+        peer: u8,
+    },
+    Identified {
+        peer: u8,
+        serves: bool,
+    },
     /// Raw bytes from a peer, decoded as a request.
-    Inbound { peer: u8, bytes: Vec<u8> },
+    Inbound {
+        peer: u8,
+        bytes: Vec<u8>,
+    },
     /// Raw bytes as the answer to one of the outstanding requests.
-    Answer { pick: u8, bytes: Vec<u8> },
-    Fail { pick: u8, dial: bool },
-    Sent { pick: u8 },
-    Advance { millis: u32 },
-    GetClosest { key: u8 },
-    Put { key: u8, len: u16 },
-    Get { key: u8 },
-    Provide { key: u8 },
-    GetProviders { key: u8 },
+    Answer {
+        pick: u8,
+        bytes: Vec<u8>,
+    },
+    Fail {
+        pick: u8,
+        dial: bool,
+    },
+    Sent {
+        pick: u8,
+    },
+    Advance {
+        millis: u32,
+    },
+    GetClosest {
+        key: u8,
+    },
+    Put {
+        key: u8,
+        len: u16,
+    },
+    Get {
+        key: u8,
+    },
+    Provide {
+        key: u8,
+    },
+    GetProviders {
+        key: u8,
+    },
     Bootstrap,
-    FindPeer { peer: u8 },
-    SetMode { client: bool },
+    FindPeer {
+        peer: u8,
+    },
+    SetMode {
+        client: bool,
+    },
 }
 
 fn peer(n: u8) -> PeerId {
@@ -46,11 +85,27 @@ fn key(n: u8) -> RecordKey {
 
 fuzz_target!(|ops: Vec<Op>| {
     let local = PeerId::from_seed(0);
-    let config = Config { k: 4, alpha: 2, max_queries: 16, ..Config::default() };
-    let store_config = MemoryStoreConfig { max_records: 8, max_provided_keys: 4, max_providers_per_key: 3, ..MemoryStoreConfig::default() };
+    let config = Config {
+        k: 4,
+        alpha: 2,
+        max_queries: 16,
+        ..Config::default()
+    };
+    let store_config = MemoryStoreConfig {
+        max_records: 8,
+        max_provided_keys: 4,
+        max_providers_per_key: 3,
+        ..MemoryStoreConfig::default()
+    };
     let mut now = Instant::from_millis(1);
-    let mut node = Node::new(config, local, MemoryStore::with_config(local, store_config), 7, now)
-        .expect("a valid configuration");
+    let mut node = Node::new(
+        config,
+        local,
+        MemoryStore::with_config(local, store_config),
+        7,
+        now,
+    )
+    .expect("a valid configuration");
     let codec = Codec::default();
     let mut outstanding: Vec<RequestId> = Vec::new();
     let mut inbound = 0u64;
@@ -64,9 +119,12 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Connected { peer: p } => node.handle_connection_established(now, peer(p)),
             Op::Disconnected { peer: p } => node.handle_connection_closed(now, peer(p)),
-            Op::Identified { peer: p, serves } => {
-                node.handle_peer_identified(now, peer(p), &[Address::from_bytes(&[p, 2]).unwrap()], serves)
-            }
+            Op::Identified { peer: p, serves } => node.handle_peer_identified(
+                now,
+                peer(p),
+                &[Address::from_bytes(&[p, 2]).unwrap()],
+                serves,
+            ),
             Op::Inbound { peer: p, bytes } => {
                 if let Ok(request) = codec.decode_request(&bytes) {
                     inbound += 1;
@@ -85,7 +143,11 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Fail { pick, dial } => {
                 if !outstanding.is_empty() {
                     let id = outstanding[usize::from(pick) % outstanding.len()];
-                    let failure = if dial { RequestFailure::Dial } else { RequestFailure::UnsupportedProtocol };
+                    let failure = if dial {
+                        RequestFailure::Dial
+                    } else {
+                        RequestFailure::UnsupportedProtocol
+                    };
                     node.handle_request_failed(now, id, failure);
                 }
             }
@@ -121,7 +183,9 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::FindPeer { peer: p } => {
                 let _ = node.find_peer(now, peer(p));
             }
-            Op::SetMode { client } => node.set_mode(if client { Mode::Client } else { Mode::Server }),
+            Op::SetMode { client } => {
+                node.set_mode(if client { Mode::Client } else { Mode::Server })
+            }
         }
         while let Some(out) = node.poll_output() {
             if let Output::SendRequest { id, .. } = out {

@@ -9,7 +9,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use netabase_core::consensus::{
     Ballot, ClusterId, Configuration, ConsensusConfig, Entry, EntryId, Envelope, KvCommand,
-    KvState, Member, Membership, MemoryLogStore, Message, ReadLevel, SlotValue, Value,
+    KvState, Member, Membership, MembershipChange, MemoryLogStore, Message, ReadLevel,
+    Reconfiguration, SlotValue, Value,
 };
 use netabase_core::{Instant, PeerId};
 
@@ -63,6 +64,21 @@ enum Op {
         from: u8,
         round: u8,
         seq: u8,
+        committed: u8,
+    },
+    ChangeMembership {
+        from: u8,
+        seq: u8,
+        kind: u8,
+        target: u8,
+    },
+    ChangeApi {
+        kind: u8,
+        target: u8,
+    },
+    /// The instance the following messages name.
+    Instance {
+        instance: u8,
     },
     CatchUp {
         from: u8,
@@ -124,7 +140,36 @@ fn ballot(round: u8, leader: u8) -> Ballot {
     }
 }
 
+fn change(kind: u8, target: u8) -> MembershipChange {
+    let p = peer(target);
+    match kind % 4 {
+        0 => MembershipChange::Add(p),
+        1 => MembershipChange::Remove(p),
+        2 => MembershipChange::Replace {
+            old: p,
+            new: peer(target.wrapping_add(1)),
+        },
+        _ => MembershipChange::Promote {
+            peer: p,
+            instance: u64::from(target % 3),
+        },
+    }
+}
+
 fn batch(from: u8, n: u8) -> Value {
+    if n % 8 == 5 {
+        // A membership change, with the configuration a leader would have computed.
+        let change = change(n / 8, from.wrapping_add(n));
+        let base = Configuration::new([peer(0), peer(1), peer(2)]);
+        return Value::Reconfigure(Box::new(Reconfiguration {
+            id: EntryId {
+                proposer: peer(from),
+                seq: u64::from(n),
+            },
+            change,
+            outcome: base.changed(&change),
+        }));
+    }
     if n % 4 == 0 {
         return Value::Noop;
     }
@@ -181,6 +226,7 @@ fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
 fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::from_millis(1);
     let mut member = Some(start(MemoryLogStore::new(), now));
+    let mut instance = 1u64;
     for op in ops.into_iter().take(256) {
         let m = member.as_mut().expect("running");
         let message = match op {
@@ -266,13 +312,42 @@ fuzz_target!(|ops: Vec<Op>| {
                     seq: u64::from(seq),
                 },
             )),
-            Op::HeartbeatAck { from, round, seq } => Some((
+            Op::HeartbeatAck {
+                from,
+                round,
+                seq,
+                committed,
+            } => Some((
                 from,
                 Message::HeartbeatAck {
                     ballot: ballot(round, 0),
                     seq: u64::from(seq),
+                    committed: u64::from(committed % 16),
                 },
             )),
+            Op::ChangeMembership {
+                from,
+                seq,
+                kind,
+                target,
+            } => Some((
+                from,
+                Message::ChangeMembership {
+                    id: EntryId {
+                        proposer: peer(from),
+                        seq: u64::from(seq),
+                    },
+                    change: Box::new(change(kind, target)),
+                },
+            )),
+            Op::ChangeApi { kind, target } => {
+                let _ = m.change_membership(now, change(kind, target));
+                None
+            }
+            Op::Instance { instance: i } => {
+                instance = u64::from(i % 4);
+                None
+            }
             Op::CatchUp { from, slot } => Some((
                 from,
                 Message::CatchUp {
@@ -293,7 +368,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 Message::Forward {
                     entries: match batch(from, entries) {
                         Value::Batch(e) => e,
-                        Value::Noop => Vec::new(),
+                        Value::Noop | Value::Reconfigure(_) => Vec::new(),
                     },
                 },
             )),
@@ -375,6 +450,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 peer(from),
                 Envelope {
                     cluster: CLUSTER,
+                    instance,
                     message,
                 },
             );

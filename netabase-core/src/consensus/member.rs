@@ -204,9 +204,10 @@ pub struct Membership {
     pub cluster: ClusterId,
     /// The first configuration, or the contacts of a member joining.
     pub members: Configuration,
-    /// More peers trusted while the newest configuration this member knows does not
-    /// include it (it joins, or was removed and may be added again): the cluster's
-    /// current members as the operator knows them.
+    /// More peers whose messages this member takes besides the members of its
+    /// configurations: the cluster's members as the operator knows them, so that a member
+    /// that joins, lags behind a change or is added again hears a leader it has not
+    /// learned of yet. Their votes count only where a configuration makes them voters.
     pub contacts: BTreeSet<PeerId>,
 }
 
@@ -589,6 +590,8 @@ pub struct Member<L, S> {
     committed: Slot,
     leader_committed: Slot,
     catch_up_sent: Option<Instant>,
+    /// A contact outside this member's configurations that leads, as far as it knows.
+    catch_up_from: Option<PeerId>,
     incarnation: u32,
     next_seq: u64,
     durable_once: bool,
@@ -674,6 +677,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             committed: 0,
             leader_committed: 0,
             catch_up_sent: None,
+            catch_up_from: None,
             incarnation,
             next_seq: 0,
             durable_once: false,
@@ -999,8 +1003,16 @@ impl<L: LogStore, S: State> Member<L, S> {
 
     /// Handles a message from `from` (as the transport authenticated it).
     pub fn handle_message(&mut self, now: Instant, from: PeerId, envelope: Envelope) {
-        if envelope.cluster != self.cluster || from == self.local || !self.knows(&from) {
+        if envelope.cluster != self.cluster || from == self.local {
             self.stats.refused += 1;
+            return;
+        }
+        if !self.knows(&from) {
+            if self.contacts.contains(&from) {
+                self.on_contact_message(now, from, envelope.message);
+            } else {
+                self.stats.refused += 1;
+            }
             return;
         }
         if envelope.instance != 0 {
@@ -1672,12 +1684,6 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
     }
 
-    /// Whether `peer`'s vote counts at `slot`.
-    fn votes_at(&self, slot: Slot, peer: &PeerId) -> bool {
-        self.cluster_at(slot)
-            .is_some_and(|c| c.votes(peer, self.instance_of(peer)))
-    }
-
     /// The configurations still deciding slots: the one of the next slot to apply, and
     /// every one scheduled after it.
     fn live_configs(&self) -> impl Iterator<Item = &Configuration> {
@@ -1703,18 +1709,37 @@ impl<L: LogStore, S: State> Member<L, S> {
     }
 
     /// Whether messages from `peer` are taken: it is a peer of a configuration still
-    /// deciding slots, or, while the newest configuration this member knows does not
-    /// include it (it joins, or was removed and may be added again) or binds it to an
-    /// instance it lost, one of its contacts.
+    /// deciding slots.
     fn knows(&self, peer: &PeerId) -> bool {
-        if self.live_configs().any(|c| c.includes(peer)) {
-            return true;
+        self.live_configs().any(|c| c.includes(peer))
+    }
+
+    /// A message from a contact outside this member's configurations: a member that
+    /// joins, lags behind a change or is added again learns from it how far the log is
+    /// chosen and catches up from it, and nothing more (it neither promises nor votes
+    /// for it, so a removed member cannot take its followers from the leader).
+    fn on_contact_message(&mut self, now: Instant, from: PeerId, message: Message) {
+        match message {
+            Message::Heartbeat {
+                ballot, committed, ..
+            }
+            | Message::Accept {
+                ballot, committed, ..
+            } => {
+                if from == ballot.leader && self.leader.is_none_or(|b| b < ballot) {
+                    // A leader of a later ballot than the one this member follows: it
+                    // catches up from it instead.
+                    self.leader = None;
+                    self.leader_contact = None;
+                    self.catch_up_sent = None;
+                }
+                self.catch_up_from = Some(from);
+                self.leader_committed = self.leader_committed.max(committed);
+                self.maybe_catch_up(now);
+            }
+            Message::Entries { entries } => self.on_entries(now, entries),
+            _ => self.stats.refused += 1,
         }
-        self.contacts.contains(peer)
-            && (self.is_stale_instance()
-                || !self
-                    .latest_configuration()
-                    .is_some_and(|c| c.includes(&self.local)))
     }
 
     /// The peers the leader's accepts and heartbeats go to.
@@ -1737,10 +1762,13 @@ impl<L: LogStore, S: State> Member<L, S> {
         peers
     }
 
-    /// Whether this member may campaign: it votes in the configuration of its first open
-    /// slot, and its data was not wiped.
+    /// Whether this member may campaign and lead: it votes in the newest configuration it
+    /// knows (a member being removed leaves the log to those that stay, and one that
+    /// joins may lead slots of configurations before its own, whose quorums it asks like
+    /// any candidate), and its data was not wiped.
     fn may_lead(&self) -> bool {
-        !self.is_stale_instance() && self.votes_at(self.committed + 1, &self.local)
+        self.latest_configuration()
+            .is_some_and(|c| c.votes(&self.local, self.instance))
     }
 
     /// Whether a quorum of the configuration of `slot` promised the leader's ballot.
@@ -1920,7 +1948,8 @@ impl<L: LogStore, S: State> Member<L, S> {
     /// values phase 1 found (or no-ops) up to `fill_to`, then membership changes (one at
     /// a time) and batches of waiting entries. Slot `s` is proposed only once `s − alpha`
     /// is applied (so its configuration is known) and a quorum of that configuration has
-    /// promised this ballot; a leader that is no voter of the slot hands over.
+    /// promised this ballot; a leader that is no voter of the newest configuration hands
+    /// over.
     fn pump(&mut self, now: Instant) {
         loop {
             let (max_entries, max_bytes, concurrency, alpha) = (
@@ -1946,7 +1975,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             if !filling && l.queue.is_empty() && l.changes.is_empty() && !self.wants_change() {
                 return;
             }
-            if !self.votes_at(t, &self.local) {
+            if !self.may_lead() {
                 self.hand_over(now);
                 return;
             }
@@ -2178,6 +2207,22 @@ impl<L: LogStore, S: State> Member<L, S> {
             );
             return false;
         }
+        if promised != Some(ballot) && self.sticky(now, ballot) {
+            // An accept or heartbeat of a new ballot is a promise too, and leader
+            // stickiness holds for it as for a prepare: a leader elected by an older
+            // configuration's members must not take the followers that granted the
+            // current leader its lease.
+            self.stats.sticky_refusals += 1;
+            self.send(
+                from,
+                Message::Nack {
+                    ballot,
+                    promised,
+                    leader_alive: true,
+                },
+            );
+            return false;
+        }
         if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
             self.step_down(now);
         }
@@ -2276,7 +2321,11 @@ impl<L: LogStore, S: State> Member<L, S> {
         // A confirmed leader is sticky for itself too: it refuses other candidates as
         // its followers do, so a member that cannot hear it cannot win with its vote.
         self.leader_contact = Some(l.confirmed_at);
-        if let Some(lease) = lease {
+        // A lease only once the leader knows every configuration it may serve under: its
+        // no-op and what phase 1 found are applied (a leader elected by an older
+        // configuration learns here that a newer one has taken over).
+        let knows_all = self.state.applied() >= l.noop_slot.max(l.fill_to);
+        if let Some(lease) = lease.filter(|_| knows_all) {
             #[cfg(test)]
             let span = if self.mutant == Some(super::tests::Mutant::LeaseIgnoresDrift) {
                 // The acceptors' bound, D·(1 + ε), used on the leader's own clock.
@@ -2329,10 +2378,13 @@ impl<L: LogStore, S: State> Member<L, S> {
         if self.committed >= self.leader_committed || self.catch_up_sent.is_some() {
             return;
         }
-        let Some(leader) = self.leader() else { return };
-        if leader == self.local {
+        let Some(leader) = self
+            .leader()
+            .filter(|l| *l != self.local)
+            .or(self.catch_up_from)
+        else {
             return;
-        }
+        };
         self.catch_up_sent = Some(now);
         let from = self.committed + 1;
         self.send(leader, Message::CatchUp { from });
