@@ -36,8 +36,9 @@ use std::collections::HashMap;
 use futures::channel::oneshot;
 use libp2p::PeerId;
 use netabase_core::consensus::{
-    ClusterId, ConsensusConfig, ConsensusStats, EntryId, EntryStatus, KvCommand, KvResponse,
-    Position, ProposeError, ReadFailure, ReadId, ReadLevel, Role, Slot, StartError,
+    ChangeError, ClusterId, ConsensusConfig, ConsensusStats, EntryId, EntryStatus, KvCommand,
+    KvResponse, MembershipChange, Position, ProposeError, ReadFailure, ReadId, ReadLevel, Role,
+    Slot, StartError,
 };
 use netabase_core::model::{NetabaseDefinition, NetabaseModel, PrimaryKey, record_key};
 use netabase_store::AnyBackend;
@@ -83,6 +84,10 @@ pub enum ConsensusError {
     /// A member's peer id is not one the core can address.
     #[error("unsupported member peer id {0}")]
     UnsupportedPeer(PeerId),
+    /// The membership change was refused (removing the last voter, replacing a peer that
+    /// is no voter, ...).
+    #[error("the membership change was refused: {0}")]
+    Membership(#[from] ChangeError),
 }
 
 /// A node's view of its cluster.
@@ -90,8 +95,13 @@ pub enum ConsensusError {
 pub struct ClusterStatus {
     /// The cluster.
     pub cluster: ClusterId,
-    /// The voters.
+    /// The voters (of the next slot to apply).
     pub members: Vec<PeerId>,
+    /// The learners: members added and catching up, promoted to voters by the leader.
+    pub learners: Vec<PeerId>,
+    /// Whether the cluster binds this node to an instance of its data it no longer has
+    /// (its data directory was wiped): it does not vote until removed and added again.
+    pub stale_instance: bool,
     /// This node's role.
     pub role: Role,
     /// The leader it follows or is.
@@ -133,6 +143,7 @@ pub(crate) struct Committed {
 }
 
 pub(crate) type WriteReply = oneshot::Sender<Result<Committed, NetabaseError>>;
+pub(crate) type ChangeReply = oneshot::Sender<Result<Slot, NetabaseError>>;
 pub(crate) type ReadReply = oneshot::Sender<Result<Option<(Vec<u8>, Position)>, NetabaseError>>;
 
 /// A consensus API call for the driver.
@@ -141,6 +152,10 @@ pub(crate) enum ConsensusCommand {
         cluster: ClusterId,
         members: Vec<PeerId>,
         reply: oneshot::Sender<Result<(), NetabaseError>>,
+    },
+    Change {
+        change: MembershipChange,
+        reply: ChangeReply,
     },
     Propose {
         command: KvCommand,
@@ -183,6 +198,12 @@ pub struct AppliedEntry {
 pub(crate) struct ConsensusClient {
     pub(crate) config: ConsensusConfig,
     pub(crate) writes: HashMap<EntryId, WriteReply>,
+    pub(crate) changes: HashMap<EntryId, ChangeReply>,
+    /// Decided changes waiting until their configuration is in force (the slot before its
+    /// first is applied here).
+    pub(crate) activating: Vec<(Slot, ChangeReply)>,
+    /// `join_cluster` calls waiting until a configuration includes this node.
+    pub(crate) joining: Vec<oneshot::Sender<Result<(), NetabaseError>>>,
     pub(crate) reads: HashMap<ReadId, (Vec<u8>, ReadReply)>,
     /// Requests of `/paxos/1.0.0` not answered yet, per peer, oldest first: the next
     /// message to that peer rides on the answer.
@@ -195,10 +216,17 @@ impl ConsensusClient {
         ConsensusClient {
             config,
             writes: HashMap::new(),
+            changes: HashMap::new(),
+            activating: Vec::new(),
+            joining: Vec::new(),
             reads: HashMap::new(),
             open_requests: HashMap::new(),
         }
     }
+}
+
+fn to_core(peer: PeerId) -> Result<netabase_core::PeerId, NetabaseError> {
+    crate::convert::to_core_peer(&peer).ok_or_else(|| ConsensusError::UnsupportedPeer(peer).into())
 }
 
 /// A consensus record's stored bytes: the model id (big-endian) and the model's encoding.
@@ -240,23 +268,65 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         Ok(cluster)
     }
 
-    /// Starts this node's member of `cluster`, whose voters are `members` (this node is
-    /// added if missing). Every member must be started with the same list.
+    /// Starts this node's member of `cluster`.
+    ///
+    /// If `members` lists this node, they are the cluster's first voters, as
+    /// [`create_cluster`](Netabase::create_cluster) was given them (every first member
+    /// starts with the same list; a restart passes it again and keeps what its log knows).
+    /// Otherwise this node joins a running cluster: `members` are the members it trusts to
+    /// hear from, and the call resolves once a member has added it
+    /// ([`add_member`](Netabase::add_member) or [`replace_member`](Netabase::replace_member)
+    /// on any member); it then catches up as a learner and votes once the leader promotes
+    /// it. A node whose log already knows a configuration that includes it resolves at
+    /// once.
     pub async fn join_cluster(
         &self,
         cluster: ClusterId,
         members: &[PeerId],
     ) -> Result<(), NetabaseError> {
-        let mut members = members.to_vec();
-        if !members.contains(&self.local_peer_id()) {
-            members.push(self.local_peer_id());
-        }
+        let members = members.to_vec();
         self.consensus(|reply| ConsensusCommand::Start {
             cluster,
             members,
             reply,
         })
         .await?
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> Result<Slot, NetabaseError> {
+        self.consensus(|reply| ConsensusCommand::Change { change, reply })
+            .await?
+    }
+
+    /// Adds `peer` to this node's cluster through the log. It joins as a learner (it must
+    /// call [`join_cluster`](Netabase::join_cluster) with the cluster's id) and the leader
+    /// promotes it to voter once it has caught up. A change decided at slot `k` is in force
+    /// from slot `k + alpha` ([`ConsensusConfig::alpha`]; an idle leader fills the slots
+    /// between with no-ops); the call resolves with that slot once it is in force here.
+    /// Adding a member twice changes nothing.
+    pub async fn add_member(&self, peer: PeerId) -> Result<Slot, NetabaseError> {
+        let peer = to_core(peer)?;
+        self.change_membership(MembershipChange::Add(peer)).await
+    }
+
+    /// Removes `peer` (a voter or a learner) from this node's cluster through the log. A
+    /// leader that is removed hands leadership to a remaining voter. The last voter cannot
+    /// be removed. Resolves with the first slot without it, once that is in force here.
+    pub async fn remove_member(&self, peer: PeerId) -> Result<Slot, NetabaseError> {
+        let peer = to_core(peer)?;
+        self.change_membership(MembershipChange::Remove(peer)).await
+    }
+
+    /// Replaces the voter `old` by `new` through the log: `new` joins as a learner and,
+    /// once caught up, takes `old`'s vote in one step, so the number of voters never
+    /// changes. Resolves once `new` is a learner here (the swap follows when it has caught
+    /// up: watch [`NetabaseEvent::ConsensusConfiguration`](crate::NetabaseEvent)).
+    pub async fn replace_member(&self, old: PeerId, new: PeerId) -> Result<Slot, NetabaseError> {
+        let change = MembershipChange::Replace {
+            old: to_core(old)?,
+            new: to_core(new)?,
+        };
+        self.change_membership(change).await
     }
 
     /// This node's view of its cluster; `None` when it is in none.

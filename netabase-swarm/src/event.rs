@@ -36,6 +36,16 @@ pub enum NetabaseEvent {
     },
     /// The swarm stopped.
     Stopped,
+    /// A membership change of this node's cluster was applied here: from slot `from` on,
+    /// `voters` decide and `learners` catch up.
+    ConsensusConfiguration {
+        /// The first slot of the configuration.
+        from: u64,
+        /// Its voters.
+        voters: Vec<PeerId>,
+        /// Its learners (new members not promoted yet).
+        learners: Vec<PeerId>,
+    },
     /// The consensus leader this node follows changed (`None`: no leader is known, an
     /// election is under way).
     ConsensusLeader {

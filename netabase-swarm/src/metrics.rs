@@ -23,7 +23,7 @@
 //! | `netabase_consensus_committed_slot` | gauge | | every log slot up to here is known chosen |
 //! | `netabase_consensus_applied_slot` | gauge | | every log slot up to here is applied |
 //! | `netabase_consensus_pending_proposals` | gauge | | entries this node proposed that are not applied yet |
-//! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard) |
+//! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard), `config_change` (membership changes applied), `stale_instance` (votes not counted: the sender's data was wiped) |
 //! | `libp2p_bandwidth_bytes_total` | counter | `protocols`, `direction` | bytes the node's connections carried, by transport protocol stack (e.g. `/ip4/tcp`) and direction (libp2p's own bandwidth transport) |
 //! | `libp2p_*` | | | libp2p's own metrics ([`libp2p::metrics`]): connections, dial and listen errors, identify, ping round trips |
 //!
@@ -423,6 +423,12 @@ impl NodeMetrics {
                 "sticky_refusal",
                 now.sticky_refusals,
                 before.sticky_refusals,
+            ),
+            ("config_change", now.config_changes, before.config_changes),
+            (
+                "stale_instance",
+                now.stale_instances,
+                before.stale_instances,
             ),
         ];
         for (event, now, before) in pairs {

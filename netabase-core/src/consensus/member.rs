@@ -507,6 +507,9 @@ struct Leader {
     changes: VecDeque<(EntryId, MembershipChange)>,
     /// The slot of the change proposed last, until it is applied.
     change_slot: Option<Slot>,
+    /// With nothing else to propose, the leader fills slots below this one with no-ops, so
+    /// that a configuration decided in an idle cluster comes into force.
+    activate_by: Slot,
     /// Every slot up to here is chosen at each member, as its heartbeat acks say.
     progress: BTreeMap<PeerId, Slot>,
     queue: VecDeque<Entry>,
@@ -1017,6 +1020,18 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
         if envelope.instance != 0 {
             self.instances.insert(from, envelope.instance);
+            let bound = self
+                .latest_configuration()
+                .and_then(|c| c.voters.get(&from).copied());
+            if bound.is_some_and(|b| b != 0 && b != envelope.instance)
+                && matches!(
+                    envelope.message,
+                    Message::Promise { .. } | Message::Accepted { .. }
+                )
+            {
+                // Its vote will not count: the member lost the data it voted with.
+                self.stats.stale_instances += 1;
+            }
         }
         match envelope.message {
             Message::Prepare { ballot, from: slot } => self.on_prepare(now, from, ballot, slot),
@@ -1640,6 +1655,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             prepare_sent: None,
             changes: VecDeque::new(),
             change_slot: None,
+            activate_by: self.configs.keys().next_back().copied().unwrap_or(0),
             progress: BTreeMap::new(),
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
@@ -1893,6 +1909,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         if let Phase::Leader(l) = &mut self.phase {
             // A lease counts only for the configurations that granted it.
             l.lease_until = Instant::ZERO;
+            l.activate_by = l.activate_by.max(from);
         }
     }
 
@@ -1972,7 +1989,13 @@ impl<L: LogStore, S: State> Member<L, S> {
             if l.inflight.len() >= concurrency || t > applied + alpha {
                 return;
             }
-            if !filling && l.queue.is_empty() && l.changes.is_empty() && !self.wants_change() {
+            let activating = t < l.activate_by;
+            if !filling
+                && !activating
+                && l.queue.is_empty()
+                && l.changes.is_empty()
+                && !self.wants_change()
+            {
                 return;
             }
             if !self.may_lead() {
@@ -2009,6 +2032,8 @@ impl<L: LogStore, S: State> Member<L, S> {
                     batch.push(e);
                 }
                 Value::Batch(batch)
+            } else if activating {
+                Value::Noop
             } else {
                 return;
             };

@@ -6,7 +6,7 @@ use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use netabase_core::consensus::{
     Configuration, Event as MemberEvent, KvCommand, LogStore, Member, Membership,
-    Output as MemberOutput, Position, Slot, State, Value,
+    Output as MemberOutput, Position, ProposeError, Slot, State, Value,
 };
 
 use super::Driver;
@@ -31,8 +31,32 @@ impl<R: Runtime> Driver<R> {
                 cluster,
                 members,
                 reply,
-            } => {
-                let _ = reply.send(self.start_consensus(cluster, &members));
+            } => match self.start_consensus(cluster, &members) {
+                Ok(()) if self.consensus_includes_local() => {
+                    let _ = reply.send(Ok(()));
+                }
+                // A joining node waits until a configuration includes it.
+                Ok(()) => self.consensus.joining.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            ConsensusCommand::Change { change, reply } => {
+                let Some(member) = &mut self.machine.consensus else {
+                    let _ = reply.send(Err(ConsensusError::NoCluster.into()));
+                    return;
+                };
+                match member.change_membership(now, change) {
+                    Ok(id) => {
+                        self.consensus.changes.insert(id, reply);
+                    }
+                    Err(ProposeError::Membership(e)) => {
+                        let _ = reply.send(Err(ConsensusError::Membership(e).into()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ConsensusError::from(e).into()));
+                    }
+                }
             }
             ConsensusCommand::Propose { command, reply } => {
                 let Some(member) = &mut self.machine.consensus else {
@@ -71,6 +95,11 @@ impl<R: Runtime> Driver<R> {
                         .keys()
                         .filter_map(to_libp2p_peer)
                         .collect(),
+                    learners: m
+                        .latest_configuration()
+                        .map(|c| c.learners.keys().filter_map(to_libp2p_peer).collect())
+                        .unwrap_or_default(),
+                    stale_instance: m.is_stale_instance(),
                     role: m.role(),
                     leader: m.leader().as_ref().and_then(to_libp2p_peer),
                     round: m.round(),
@@ -104,6 +133,29 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Answers the membership changes whose configuration is in force here.
+    fn resolve_activated(&mut self) {
+        if self.consensus.activating.is_empty() {
+            return;
+        }
+        let applied = self.machine.consensus.as_ref().map_or(0, |m| m.applied());
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.consensus.activating)
+            .into_iter()
+            .partition(|(from, _)| applied + 1 >= *from);
+        self.consensus.activating = waiting;
+        for (from, reply) in done {
+            let _ = reply.send(Ok(from));
+        }
+    }
+
+    /// Whether the newest configuration the member knows includes this node.
+    fn consensus_includes_local(&self) -> bool {
+        self.machine.consensus.as_ref().is_some_and(|m| {
+            m.latest_configuration()
+                .is_some_and(|c| c.includes(&m.local()))
+        })
+    }
+
     fn start_consensus(
         &mut self,
         cluster: netabase_core::consensus::ClusterId,
@@ -116,6 +168,7 @@ impl<R: Runtime> Driver<R> {
             .iter()
             .map(|p| to_core_peer(p).ok_or(ConsensusError::UnsupportedPeer(*p)))
             .collect::<Result<Vec<_>, _>>()?;
+        let contacts = members.iter().copied().collect();
         let local = to_core_peer(self.swarm.local_peer_id())
             .ok_or_else(|| NetabaseError::Config("unsupported local peer id".into()))?;
         let mut seed = [0u8; 8];
@@ -130,7 +183,7 @@ impl<R: Runtime> Driver<R> {
                 local,
                 cluster,
                 members: Configuration::new(members),
-                contacts: Default::default(),
+                contacts,
             },
             log,
             state,
@@ -221,6 +274,43 @@ impl<R: Runtime> Driver<R> {
                 if let Some(reply) = self.consensus.writes.remove(&id) {
                     let _ = reply.send(Err(ConsensusError::Indeterminate(id).into()));
                 }
+                if let Some(reply) = self.consensus.changes.remove(&id) {
+                    let _ = reply.send(Err(ConsensusError::Indeterminate(id).into()));
+                }
+            }
+            MemberEvent::ChangeDone { id, result } => {
+                if let Some(reply) = self.consensus.changes.remove(&id) {
+                    match result {
+                        Ok(from) => self.consensus.activating.push((from, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(ConsensusError::Membership(e).into()));
+                        }
+                    }
+                    self.resolve_activated();
+                }
+            }
+            MemberEvent::Configuration {
+                from,
+                configuration,
+            } => {
+                self.emit(NetabaseEvent::ConsensusConfiguration {
+                    from,
+                    voters: configuration
+                        .voters
+                        .keys()
+                        .filter_map(to_libp2p_peer)
+                        .collect(),
+                    learners: configuration
+                        .learners
+                        .keys()
+                        .filter_map(to_libp2p_peer)
+                        .collect(),
+                });
+                if self.consensus_includes_local() {
+                    for reply in self.consensus.joining.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
             }
             MemberEvent::ReadReady { read } => {
                 if let Some((key, reply)) = self.consensus.reads.remove(&read) {
@@ -237,11 +327,7 @@ impl<R: Runtime> Driver<R> {
                     let _ = reply.send(Err(ConsensusError::from(reason).into()));
                 }
             }
-            // The API offers no membership changes yet; the member's own (promotions and
-            // instance bindings) need no answer.
-            MemberEvent::Applied { .. }
-            | MemberEvent::Configuration { .. }
-            | MemberEvent::ChangeDone { .. } => {}
+            MemberEvent::Applied { .. } => self.resolve_activated(),
             MemberEvent::Leader { leader, round } => {
                 self.emit(NetabaseEvent::ConsensusLeader {
                     leader: leader.as_ref().and_then(to_libp2p_peer),

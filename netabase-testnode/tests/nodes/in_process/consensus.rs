@@ -233,3 +233,116 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
     .unwrap();
     assert_eq!(got, message(7, "while down"));
 }
+
+per_runtime!(members_are_added_replaced_and_removed_through_the_log);
+async fn members_are_added_replaced_and_removed_through_the_log<R: TestRuntime>() {
+    let nodes = network::<R>(5).await;
+    let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    let first = ids[..3].to_vec();
+    let cluster = nodes[0].node.create_cluster(&first).await.unwrap();
+    for n in &nodes[1..3] {
+        n.node.join_cluster(cluster, &first).await.unwrap();
+    }
+    nodes[0]
+        .node
+        .put_record_consensus(message(1, "before"))
+        .await
+        .unwrap();
+
+    // Node 3 joins: its call resolves once a member adds it; the leader promotes it once
+    // it has caught up.
+    let mut joined = nodes[3].events();
+    let (join, added) = futures::join!(
+        within::<R, _>(
+            "node 3 to be added",
+            nodes[3].node.join_cluster(cluster, &first)
+        ),
+        nodes[1].node.add_member(ids[3]),
+    );
+    join.unwrap();
+    added.unwrap();
+    joined
+        .wait_for("node 3 to become a voter", |e| match e {
+            NetabaseEvent::ConsensusConfiguration { voters, .. } if voters.contains(&ids[3]) => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    let (got, _) = within::<R, _>(
+        "a read on the new member",
+        nodes[3]
+            .node
+            .get_record_consensus(&MessagePrimaryKey(1), ReadLevel::Linearizable),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, message(1, "before"));
+
+    // The leader is removed: it hands over, and the others keep writing.
+    let leader = nodes[0]
+        .node
+        .cluster_status()
+        .await
+        .unwrap()
+        .unwrap()
+        .leader
+        .expect("a leader");
+    let other = nodes[..4]
+        .iter()
+        .find(|n| n.id() != leader)
+        .expect("a non-leader");
+    within::<R, _>("the leader's removal", other.node.remove_member(leader))
+        .await
+        .unwrap();
+    let writer = nodes[..4]
+        .iter()
+        .find(|n| n.id() != leader)
+        .expect("a remaining member");
+    within::<R, _>(
+        "a write after the leader left",
+        writer.node.put_record_consensus(message(2, "after")),
+    )
+    .await
+    .unwrap();
+    let status = writer.node.cluster_status().await.unwrap().unwrap();
+    assert!(!status.members.contains(&leader), "{status:?}");
+    assert_ne!(status.leader, Some(leader));
+
+    // Node 4 replaces a remaining voter: the number of voters stays three.
+    let old = status
+        .members
+        .iter()
+        .copied()
+        .find(|p| *p != writer.id())
+        .expect("another voter");
+    let contacts: Vec<_> = status.members.clone();
+    let mut replaced = nodes[4].events();
+    let (join, done) = futures::join!(
+        within::<R, _>(
+            "node 4 to be added",
+            nodes[4].node.join_cluster(cluster, &contacts)
+        ),
+        writer.node.replace_member(old, ids[4]),
+    );
+    join.unwrap();
+    done.unwrap();
+    let voters = replaced
+        .wait_for("node 4 to replace a voter", |e| match e {
+            NetabaseEvent::ConsensusConfiguration { voters, .. } if voters.contains(&ids[4]) => {
+                Some(voters.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    assert!(!voters.contains(&old));
+
+    // A refused change is a typed error: neither peer is a voter any more.
+    let err = nodes[4].node.replace_member(old, leader).await.unwrap_err();
+    assert!(
+        matches!(err, NetabaseError::Consensus(ConsensusError::Membership(_))),
+        "{err:?}"
+    );
+}
