@@ -1,8 +1,11 @@
 //! Strongly consistent writes: consensus models through a Multi-Paxos cluster.
 //!
-//! A cluster is a fixed set of nodes (voters) that replicate one log over
-//! `/paxos/1.0.0`. [`Netabase::create_cluster`] mints its id; every other member calls
-//! [`Netabase::join_cluster`] with that id and the same member list. Writes
+//! A cluster is a set of nodes (voters) that replicate one log over `/paxos/1.0.0`.
+//! [`Netabase::create_cluster`] mints its id; every other first member calls
+//! [`Netabase::join_cluster`] with that id and the same member list. Members change
+//! through the log ([`Netabase::add_member`], [`Netabase::remove_member`],
+//! [`Netabase::replace_member`]); a node joining later calls `join_cluster` with the
+//! current members, which resolves once it is added. Writes
 //! ([`put_record_consensus`](Netabase::put_record_consensus),
 //! [`remove_record_consensus`](Netabase::remove_record_consensus),
 //! [`compare_and_set_consensus`](Netabase::compare_and_set_consensus)) resolve once the
@@ -25,11 +28,13 @@
 //! A leader that stops (`stop_swarm`) hands leadership over first
 //! ([`Netabase::transfer_leadership`]).
 //!
-//! Limits of this release, stated plainly: the member list is fixed for the cluster's
-//! lifetime (adding, removing and replacing members, snapshots and log
-//! compaction are planned; the log grows with every slot and is held in memory while the
-//! node runs); a node whose data directory was wiped must not rejoin under the same peer
-//! id (nothing detects it yet).
+//! A node whose data directory was wiped comes back with a new instance: the cluster
+//! does not count its votes, and it does not vote, until it is removed and added again
+//! ([`ClusterStatus::stale_instance`]).
+//!
+//! Limits of this release, stated plainly: snapshots and log compaction are planned; the
+//! log grows with every slot, is held in memory while the node runs, and a new member
+//! catches up from slot 1.
 
 use std::collections::HashMap;
 
