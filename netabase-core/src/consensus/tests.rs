@@ -171,6 +171,8 @@ enum Ev {
     Partition,
     /// The leader hands leadership over, as a node that stops does.
     Transfer,
+    /// The network is cut anew once (a membership change was decided, or came into force).
+    PartitionOnce,
     /// The operator asks a member for a membership change.
     Reconfigure,
     Heal,
@@ -214,6 +216,9 @@ struct Harness {
     wipes: u64,
     /// Nodes whose disk was lost.
     wiped: BTreeSet<usize>,
+    /// The first slot of a configuration decided lately: the network is cut again when a
+    /// member applies the slot before it.
+    activation: Option<Slot>,
 }
 
 const CLUSTER: ClusterId = ClusterId([7; 16]);
@@ -267,6 +272,7 @@ impl Harness {
             changes_done: Vec::new(),
             wipes: 0,
             wiped: BTreeSet::new(),
+            activation: None,
         };
         if h.p.reconfigure {
             h.schedule(1_500_000, Ev::Reconfigure);
@@ -375,6 +381,12 @@ impl Harness {
         for from in disagree {
             self.violations
                 .push(format!("node {i}: another configuration from slot {from}"));
+        }
+        if let Some(from) = self.activation
+            && member.applied() + 1 >= from
+        {
+            self.activation = None;
+            self.schedule(self.now + 1, Ev::PartitionOnce);
         }
         let member = self.nodes[i].member.as_mut().expect("live");
         let mut outs = Vec::new();
@@ -501,7 +513,15 @@ impl Harness {
             Event::ReadFailed { read, .. } => {
                 self.nodes[i].reads.remove(&read);
             }
-            Event::Applied { .. } | Event::Configuration { .. } => {}
+            Event::Applied { .. } => {}
+            Event::Configuration { from, .. } => {
+                // The network is cut when a change is decided (slot k) and again when it
+                // comes into force (k + alpha).
+                if self.p.reconfigure && self.activation.is_none() {
+                    self.activation = Some(from);
+                    self.schedule(self.now + 1, Ev::PartitionOnce);
+                }
+            }
             Event::ChangeDone { id, result } => {
                 if let Some(change) = self.nodes[i].changes.remove(&id) {
                     self.changes_done.push((change, result));
@@ -625,6 +645,55 @@ impl Harness {
             self.nodes[i].changes.insert(id, change);
         }
         self.after(i);
+    }
+
+    /// Cuts the network anew (or heals it): one member isolated, often the leader; one
+    /// member's messages lost; two members unable to talk; or a random split.
+    fn partition(&mut self) {
+        self.blocked.clear();
+        let n = self.nodes.len();
+        match self.rng.next_u64() % 5 {
+            0 => {}
+            1 => {
+                // Isolate one member, often the leader.
+                let x = self.victim();
+                for j in 0..n {
+                    if j != x {
+                        self.blocked.insert((x, j));
+                        self.blocked.insert((j, x));
+                    }
+                }
+            }
+            3 => {
+                // Non-transitive: two members cannot talk, both reach the rest.
+                let a = (self.rng.next_u64() % n as u64) as usize;
+                let b = (a + 1 + (self.rng.next_u64() % (n as u64 - 1)) as usize) % n;
+                self.blocked.insert((a, b));
+                self.blocked.insert((b, a));
+            }
+            2 => {
+                // One-way: one member's messages are lost, often the leader's.
+                let x = self.victim();
+                for j in 0..n {
+                    if j != x {
+                        self.blocked.insert((x, j));
+                    }
+                }
+            }
+            _ => {
+                // A random split.
+                let side: Vec<bool> = (0..n)
+                    .map(|_| self.rng.next_u64().is_multiple_of(2))
+                    .collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            self.blocked.insert((a, b));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The nodes of the newest configuration any member recorded.
@@ -755,52 +824,14 @@ impl Harness {
             }
             Ev::Partition => {
                 if self.faults_on {
-                    self.blocked.clear();
-                    let n = self.nodes.len();
-                    match self.rng.next_u64() % 5 {
-                        0 => {}
-                        1 => {
-                            // Isolate one member, often the leader.
-                            let x = self.victim();
-                            for j in 0..n {
-                                if j != x {
-                                    self.blocked.insert((x, j));
-                                    self.blocked.insert((j, x));
-                                }
-                            }
-                        }
-                        3 => {
-                            // Non-transitive: two members cannot talk, both reach the rest.
-                            let a = (self.rng.next_u64() % n as u64) as usize;
-                            let b = (a + 1 + (self.rng.next_u64() % (n as u64 - 1)) as usize) % n;
-                            self.blocked.insert((a, b));
-                            self.blocked.insert((b, a));
-                        }
-                        2 => {
-                            // One-way: one member's messages are lost, often the leader's.
-                            let x = self.victim();
-                            for j in 0..n {
-                                if j != x {
-                                    self.blocked.insert((x, j));
-                                }
-                            }
-                        }
-                        _ => {
-                            // A random split.
-                            let side: Vec<bool> = (0..n)
-                                .map(|_| self.rng.next_u64().is_multiple_of(2))
-                                .collect();
-                            for a in 0..n {
-                                for b in 0..n {
-                                    if side[a] != side[b] {
-                                        self.blocked.insert((a, b));
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    self.partition();
                     let next = self.now + 500_000 + self.rng.next_u64() % 2_500_000;
                     self.schedule(next, Ev::Partition);
+                }
+            }
+            Ev::PartitionOnce => {
+                if self.faults_on {
+                    self.partition();
                 }
             }
             Ev::Transfer => {
