@@ -625,6 +625,15 @@ impl<R: Runtime> Driver<R> {
                     applied: c.applied(),
                     pending: c.pending_proposals(),
                     stats: c.stats(),
+                    lag: c
+                        .follower_lag()
+                        .into_iter()
+                        .map(|(p, lag)| {
+                            let peer = crate::convert::to_libp2p_peer(&p)
+                                .map_or_else(|| format!("{p:?}"), |p| p.to_string());
+                            (peer, lag)
+                        })
+                        .collect(),
                 }
             }));
     }

@@ -23,6 +23,8 @@
 //! | `netabase_consensus_committed_slot` | gauge | | every log slot up to here is known chosen |
 //! | `netabase_consensus_applied_slot` | gauge | | every log slot up to here is applied |
 //! | `netabase_consensus_pending_proposals` | gauge | | entries this node proposed that are not applied yet |
+//! | `netabase_consensus_follower_lag_slots` | gauge | `peer` | on the leader: how many slots each other member's chosen prefix is behind the leader's (from its heartbeat acknowledgements) |
+//! | `netabase_consensus_batch_entries` | histogram | | entries per applied slot (0: no-ops and membership changes) |
 //! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard), `config_change` (membership changes applied), `stale_instance` (votes not counted: the sender's data was wiped) |
 //! | `libp2p_bandwidth_bytes_total` | counter | `protocols`, `direction` | bytes the node's connections carried, by transport protocol stack (e.g. `/ip4/tcp`) and direction (libp2p's own bandwidth transport) |
 //! | `libp2p_*` | | | libp2p's own metrics ([`libp2p::metrics`]): connections, dial and listen errors, identify, ping round trips |
@@ -116,6 +118,13 @@ pub(crate) struct ConsensusView<'a> {
     pub(crate) applied: u64,
     pub(crate) pending: usize,
     pub(crate) stats: &'a netabase_core::consensus::ConsensusStats,
+    /// On a leader: each other member and how many slots it is behind.
+    pub(crate) lag: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,6 +152,8 @@ struct Inner {
     consensus_applied: Gauge,
     consensus_pending: Gauge,
     consensus_events: Family<ConsensusLabels, Counter>,
+    consensus_lag: Family<PeerLabels, Gauge>,
+    consensus_batch: Histogram,
     /// The member's counters at the last update (they restart with the member).
     consensus_seen: std::sync::Mutex<netabase_core::consensus::ConsensusStats>,
     libp2p: Libp2pMetrics,
@@ -257,8 +268,24 @@ impl NodeMetrics {
             "Consensus events: elections, terms led, commits, dedup hits, reads by level, catch-ups, syncs, refusals",
             consensus_events.clone(),
         );
+        let consensus_lag = Family::default();
+        r.register(
+            "consensus_follower_lag_slots",
+            "On the leader: how many slots each other member's chosen prefix is behind its own",
+            consensus_lag.clone(),
+        );
+        // 0 (no-ops and membership changes), 1, 2, 4, ... 1024 entries.
+        let consensus_batch =
+            Histogram::new(std::iter::once(0.0).chain(exponential_buckets(1.0, 2.0, 11)));
+        r.register(
+            "consensus_batch_entries",
+            "Entries per applied slot",
+            consensus_batch.clone(),
+        );
         NodeMetrics {
             inner: Arc::new(Inner {
+                consensus_lag,
+                consensus_batch,
                 consensus_role,
                 consensus_round,
                 consensus_committed,
@@ -382,8 +409,16 @@ impl NodeMetrics {
         let i = &self.inner;
         let Some(view) = view else {
             i.consensus_role.set(0);
+            i.consensus_lag.clear();
             return;
         };
+        // The lag is the leader's view: another leader's followers replace it.
+        i.consensus_lag.clear();
+        for (peer, lag) in &view.lag {
+            i.consensus_lag
+                .get_or_create(&PeerLabels { peer: peer.clone() })
+                .set(saturate(*lag));
+        }
         i.consensus_role.set(match view.role {
             netabase_core::consensus::Role::Follower => 1,
             netabase_core::consensus::Role::Candidate => 2,
@@ -441,6 +476,11 @@ impl NodeMetrics {
             }
         }
         *seen = now.clone();
+    }
+
+    /// Counts the entries of one applied slot.
+    pub(crate) fn consensus_batch(&self, entries: usize) {
+        self.inner.consensus_batch.observe(entries as f64);
     }
 
     /// Records an event in libp2p's own metrics.
@@ -588,6 +628,7 @@ mod tests {
                 applied: 9,
                 pending: 2,
                 stats,
+                lag: vec![("follower".into(), 3)],
             }))
         };
         let mut stats = ConsensusStats {
@@ -612,11 +653,24 @@ mod tests {
             "netabase_consensus_pending_proposals 2",
             r#"netabase_consensus_events_total{event="election"} 2"#,
             r#"netabase_consensus_events_total{event="slot_committed"} 18"#,
+            r#"netabase_consensus_follower_lag_slots{peer="follower"} 3"#,
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        metrics.consensus_batch(2);
+        metrics.consensus_batch(0);
+        let text = encoded(&registry);
+        assert!(
+            text.contains(r#"netabase_consensus_batch_entries_bucket{le="2.0"} 2"#),
+            "{text}"
+        );
         metrics.set_consensus(None);
-        assert!(encoded(&registry).contains("netabase_consensus_role 0"));
+        let text = encoded(&registry);
+        assert!(text.contains("netabase_consensus_role 0"));
+        assert!(
+            !text.contains("netabase_consensus_follower_lag_slots{"),
+            "{text}"
+        );
     }
 
     #[test]

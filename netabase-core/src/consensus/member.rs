@@ -833,6 +833,23 @@ impl<L: LogStore, S: State> Member<L, S> {
         matches!(&self.phase, Phase::Leader(l) if now < l.lease_until)
     }
 
+    /// On a leader, how far behind it each other member of the configurations still
+    /// deciding slots is: the leader's chosen prefix minus the member's, as its last
+    /// heartbeat acknowledgement said (a member never heard from counts from 0). Empty on
+    /// other members.
+    pub fn follower_lag(&self) -> Vec<(PeerId, Slot)> {
+        let Phase::Leader(l) = &self.phase else {
+            return Vec::new();
+        };
+        self.audience()
+            .into_iter()
+            .map(|p| {
+                let seen = l.progress.get(&p).copied().unwrap_or(0);
+                (p, self.committed.saturating_sub(seen))
+            })
+            .collect()
+    }
+
     /// Entries proposed here and not yet applied or given up.
     pub fn pending_proposals(&self) -> usize {
         self.outstanding.len()

@@ -327,7 +327,12 @@ impl<R: Runtime> Driver<R> {
                     let _ = reply.send(Err(ConsensusError::from(reason).into()));
                 }
             }
-            MemberEvent::Applied { .. } => self.resolve_activated(),
+            MemberEvent::Applied { entries, .. } => {
+                if let Some(m) = &self.metrics {
+                    m.node.consensus_batch(entries.len());
+                }
+                self.resolve_activated();
+            }
             MemberEvent::Leader { leader, round } => {
                 self.emit(NetabaseEvent::ConsensusLeader {
                     leader: leader.as_ref().and_then(to_libp2p_peer),
