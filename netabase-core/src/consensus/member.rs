@@ -96,6 +96,10 @@ pub struct ConsensusConfig {
     /// the leader proposes slot `s` only once `s − alpha` is applied. It also caps the
     /// pipeline's depth beside `concurrency`.
     pub alpha: u64,
+    /// Entries per second the leader takes from each other member's forwards (a token
+    /// bucket holding up to a second's worth); the rest is refused and retried by its
+    /// proposer.
+    pub forward_rate: u32,
 }
 
 impl Default for ConsensusConfig {
@@ -119,6 +123,7 @@ impl Default for ConsensusConfig {
                 Some(LeaseConfig::default())
             },
             alpha: 32,
+            forward_rate: 100_000,
         }
     }
 }
@@ -157,6 +162,7 @@ impl ConsensusConfig {
             ("max_pending_reads", self.max_pending_reads == 0),
             ("catch_up_slots", self.catch_up_slots == 0),
             ("alpha", self.alpha == 0),
+            ("forward_rate", self.forward_rate == 0),
         ] {
             if zero {
                 return Err(ConsensusConfigError::Zero(name));
@@ -512,6 +518,9 @@ struct Leader {
     activate_by: Slot,
     /// Every slot up to here is chosen at each member, as its heartbeat acks say.
     progress: BTreeMap<PeerId, Slot>,
+    /// Each member's forward budget: entries it may still forward, and when it was
+    /// last refilled.
+    forward_budget: BTreeMap<PeerId, (u64, Instant)>,
     queue: VecDeque<Entry>,
     queued: BTreeSet<EntryId>,
     /// Entries in `queue`, per proposer (each proposer's share of the queue is bounded).
@@ -1674,6 +1683,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             change_slot: None,
             activate_by: self.configs.keys().next_back().copied().unwrap_or(0),
             progress: BTreeMap::new(),
+            forward_budget: BTreeMap::new(),
             queue: VecDeque::new(),
             queued: BTreeSet::new(),
             waiting_by: BTreeMap::new(),
@@ -2616,22 +2626,35 @@ impl<L: LogStore, S: State> Member<L, S> {
 
     fn on_forward(&mut self, now: Instant, from: PeerId, entries: Vec<Entry>) {
         let (max_pending, max_entry) = (self.config.max_pending, self.config.max_entry_bytes);
-        // No member may fill the leader's queue: each has an equal share of it.
+        let rate = u64::from(self.config.forward_rate);
+        // No member may fill the leader's queue: each has an equal share of it, and a
+        // budget of entries per second.
         let share = (max_pending / (self.audience().len() + 1)).max(1);
         let Phase::Leader(l) = &mut self.phase else {
             // Not the leader: the proposer retries toward the leader it learns.
             return;
         };
+        let (tokens, at) = l.forward_budget.entry(from).or_insert((rate, now));
+        let refill = now.saturating_duration_since(*at).as_micros() as u64 * rate / 1_000_000;
+        if refill > 0 {
+            *tokens = (*tokens + refill).min(rate);
+            *at = now;
+        }
         for e in entries {
             if e.id.proposer != from || e.command.len() > max_entry {
                 self.stats.refused += 1;
                 continue;
             }
+            if l.queued.contains(&e.id) {
+                continue;
+            }
             let mine = l.waiting_by.get(&from).copied().unwrap_or(0);
-            if l.queue.len() >= max_pending || mine >= share {
+            let (tokens, _) = l.forward_budget.get_mut(&from).expect("inserted above");
+            if l.queue.len() >= max_pending || mine >= share || *tokens == 0 {
                 self.stats.forwards_refused += 1;
                 continue;
             }
+            *tokens -= 1;
             if l.queued.insert(e.id) {
                 *l.waiting_by.entry(from).or_default() += 1;
                 l.queue.push_back(e);

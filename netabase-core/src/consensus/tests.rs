@@ -125,6 +125,7 @@ fn test_config() -> ConsensusConfig {
             margin: Duration::ZERO,
         }),
         alpha: 4,
+        forward_rate: 100_000,
     }
 }
 
@@ -1662,4 +1663,42 @@ fn a_member_cannot_fill_the_leader_s_queue_with_forwards() {
         },
     );
     assert_eq!(m.stats().refused, before + 1);
+}
+
+#[test]
+fn a_member_s_forwards_are_rate_limited() {
+    let mut config = test_config();
+    config.forward_rate = 4;
+    let (mut m, other) = two_member_leader(config);
+    let forward =
+        |m: &mut Member<MemoryLogStore, KvState>, now: Instant, seqs: core::ops::Range<u64>| {
+            let entries = seqs
+                .map(|seq| Entry {
+                    id: EntryId {
+                        proposer: other,
+                        seq,
+                    },
+                    command: vec![1],
+                })
+                .collect();
+            m.handle_message(
+                now,
+                other,
+                Envelope {
+                    cluster: CLUSTER,
+                    instance: 5,
+                    message: Message::Forward { entries },
+                },
+            );
+        };
+    // A second's budget (four entries) goes at once; the rest waits for the refill.
+    let now = Instant::from_millis(1);
+    forward(&mut m, now, 0..10);
+    assert_eq!(m.stats().forwards_refused, 6);
+    // The same entries again cost nothing: they are queued already.
+    forward(&mut m, now, 0..4);
+    assert_eq!(m.stats().forwards_refused, 6);
+    // Half a second later, two more are taken.
+    forward(&mut m, Instant::from_millis(501), 10..14);
+    assert_eq!(m.stats().forwards_refused, 8);
 }

@@ -264,6 +264,7 @@ impl ConsensusSpec {
                 margin: Duration::from_millis(t.lease_margin_ms),
             }),
             alpha: ConsensusConfig::default().alpha,
+            forward_rate: ConsensusConfig::default().forward_rate,
         }
     }
 
