@@ -217,6 +217,10 @@ struct Harness {
     wipes: u64,
     /// Nodes whose disk was lost.
     wiped: BTreeSet<usize>,
+    /// Changes asked for that remove or replace the leader, and changes asked for while a
+    /// member was down.
+    leader_changes: u64,
+    changes_while_down: u64,
     /// The first slot of a configuration decided lately: the network is cut again when a
     /// member applies the slot before it.
     activation: Option<Slot>,
@@ -273,6 +277,8 @@ impl Harness {
             changes_done: Vec::new(),
             wipes: 0,
             wiped: BTreeSet::new(),
+            leader_changes: 0,
+            changes_while_down: 0,
             activation: None,
         };
         if h.p.reconfigure {
@@ -641,9 +647,21 @@ impl Harness {
             },
         };
         let now = self.local_time(i);
+        let leader = self.nodes[i].member.as_ref().and_then(|m| m.leader());
+        let down = self.nodes.iter().any(|n| n.member.is_none());
         let m = self.nodes[i].member.as_mut().expect("checked");
         if let Ok(id) = m.change_membership(now, change) {
             self.nodes[i].changes.insert(id, change);
+            let target = match change {
+                MembershipChange::Remove(p) | MembershipChange::Replace { old: p, .. } => Some(p),
+                _ => None,
+            };
+            if target.is_some() && target == leader {
+                self.leader_changes += 1;
+            }
+            if down {
+                self.changes_while_down += 1;
+            }
         }
         self.after(i);
     }
@@ -1065,6 +1083,8 @@ impl Harness {
             transfers: stats.iter().map(|s| s.transfers_received).sum(),
             config_changes: self.changes_done.iter().filter(|(_, r)| r.is_ok()).count() as u64,
             unrecoverable: u64::from(!recoverable),
+            leader_changes: self.leader_changes,
+            changes_while_down: self.changes_while_down,
             acked: self.ops.iter().filter(|o| o.ret.is_some()).count(),
             ops: self.ops.len(),
         }
@@ -1144,6 +1164,8 @@ impl Harness {
 struct Outcome {
     violations: Vec<String>,
     config_changes: u64,
+    leader_changes: u64,
+    changes_while_down: u64,
     /// Runs whose final configuration lost the data of a majority of its voters.
     unrecoverable: u64,
     transfers: u64,
@@ -1167,6 +1189,8 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         dedup_hits: 0,
         transfers: 0,
         config_changes: 0,
+        leader_changes: 0,
+        changes_while_down: 0,
         unrecoverable: 0,
         acked: 0,
         ops: 0,
@@ -1181,6 +1205,8 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         total.dedup_hits += o.dedup_hits;
         total.transfers += o.transfers;
         total.config_changes += o.config_changes;
+        total.leader_changes += o.leader_changes;
+        total.changes_while_down += o.changes_while_down;
         total.unrecoverable += o.unrecoverable;
         total.acked += o.acked;
         total.ops += o.ops;
@@ -1237,9 +1263,17 @@ fn assert_clean(p: &Params, name: &str) {
             "{name}: only {} membership changes made",
             total.config_changes
         );
+        assert!(
+            total.leader_changes > 0 && total.changes_while_down > 0,
+            "{name}: no change removed the leader ({}) or came while a member was down ({})",
+            total.leader_changes,
+            total.changes_while_down
+        );
         std::eprintln!(
-            "{name}: {} membership changes; {} runs ended with a majority of voters' disks lost",
+            "{name}: {} membership changes ({} asked to remove or replace the leader, {} while a member was down); {} runs ended with a majority of voters' disks lost",
             total.config_changes,
+            total.leader_changes,
+            total.changes_while_down,
             total.unrecoverable
         );
     }
