@@ -30,7 +30,9 @@
 //!
 //! A node whose data directory was wiped comes back with a new instance: the cluster
 //! does not count its votes, and it does not vote, until it is removed and added again
-//! ([`ClusterStatus::stale_instance`]).
+//! ([`ClusterStatus::stale_instance`]). Members added later are bound to their instance
+//! before they vote; the members a cluster is created with are bound once the leader
+//! first hears them, and a wipe before that binding is in force is not detected.
 //!
 //! Limits of this release, stated plainly: snapshots and log compaction are planned; the
 //! log grows with every slot, is held in memory while the node runs, and a new member

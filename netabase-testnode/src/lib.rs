@@ -173,12 +173,32 @@ pub enum Command {
         /// The voters.
         members: Vec<String>,
     },
-    /// `join_cluster(cluster, members)`; replies `null`.
+    /// `join_cluster(cluster, members)`; replies `null` (a node the list does not name
+    /// replies once a member has added it).
     JoinCluster {
         /// The cluster's id, 32 hex digits.
         cluster: String,
-        /// The voters, as every member was given them.
+        /// The first voters, as every first member was given them, or the current members
+        /// for a node that joins later.
         members: Vec<String>,
+    },
+    /// `add_member(peer)`; replies [`ConsensusReply`]`<u64>` (the first slot of the
+    /// configuration with it).
+    AddMember {
+        /// The new member's peer id.
+        peer: String,
+    },
+    /// `remove_member(peer)`; replies [`ConsensusReply`]`<u64>`.
+    RemoveMember {
+        /// The member's peer id.
+        peer: String,
+    },
+    /// `replace_member(old, new)`; replies [`ConsensusReply`]`<u64>`.
+    ReplaceMember {
+        /// The voter to replace.
+        old: String,
+        /// Its replacement.
+        new: String,
     },
     /// `cluster_status()`; replies `Option<`[`ClusterStatusReply`]`>`.
     ClusterStatus,
@@ -464,6 +484,9 @@ pub struct ClusterStatusReply {
     pub cluster: String,
     /// The voters.
     pub members: Vec<String>,
+    /// The learners (added, not promoted yet).
+    #[serde(default)]
+    pub learners: Vec<String>,
     /// This node's role.
     pub role: RoleName,
     /// The leader it follows or is.
@@ -635,6 +658,15 @@ pub enum Event {
         /// Its ballot's round.
         round: u64,
     },
+    /// A membership change was applied: from slot `from` on, `voters` decide.
+    ConsensusConfiguration {
+        /// The first slot of the configuration.
+        from: u64,
+        /// Its voters.
+        voters: Vec<String>,
+        /// Its learners.
+        learners: Vec<String>,
+    },
     /// The test node's event subscription fell behind and missed events.
     Lagged {
         /// How many.
@@ -734,6 +766,15 @@ impl From<&NetabaseEvent> for Event {
             NetabaseEvent::ConsensusLeader { leader, round } => Event::ConsensusLeader {
                 leader: leader.map(|p| p.to_string()),
                 round: *round,
+            },
+            NetabaseEvent::ConsensusConfiguration {
+                from,
+                voters,
+                learners,
+            } => Event::ConsensusConfiguration {
+                from: *from,
+                voters: voters.iter().map(ToString::to_string).collect(),
+                learners: learners.iter().map(ToString::to_string).collect(),
             },
             NetabaseEvent::ModeChanged { mode } => Event::ModeChanged {
                 mode: netabase_cli::protocol::mode_name(*mode),

@@ -464,6 +464,7 @@ fn cluster_status(status: netabase::ClusterStatus) -> ClusterStatusReply {
     ClusterStatusReply {
         cluster: status.cluster.to_string(),
         members: strings(&status.members),
+        learners: strings(&status.learners),
         role: match status.role {
             Role::Follower => RoleName::Follower,
             Role::Candidate => RoleName::Candidate,
@@ -603,6 +604,18 @@ async fn execute<R: Runtime>(
             )
         }
         Command::ClusterStatus => json(node.cluster_status().await.map_err(e)?.map(cluster_status)),
+        Command::AddMember { peer: id } => {
+            let peer = peer(&id)?;
+            json(consensus(node.add_member(peer).await, |slot| slot))
+        }
+        Command::RemoveMember { peer: id } => {
+            let peer = peer(&id)?;
+            json(consensus(node.remove_member(peer).await, |slot| slot))
+        }
+        Command::ReplaceMember { old, new } => {
+            let (old, new) = (peer(&old)?, peer(&new)?);
+            json(consensus(node.replace_member(old, new).await, |slot| slot))
+        }
         Command::ConsensusPut { message } => {
             json(consensus(node.put_record_consensus(message).await, |w| {
                 ConsensusWriteReply {

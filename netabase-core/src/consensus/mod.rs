@@ -14,7 +14,9 @@
 //! Membership changes go through the log ([`MembershipChange`]): a change decided at
 //! slot `k` is in force from `k + alpha` ([`Member::cluster_at`]); new members catch up
 //! as learners and the leader promotes them. Each voter is bound to its [`Instance`], so
-//! a member whose data was wiped stops voting until it is removed and added again.
+//! a member whose data was wiped stops voting until it is removed and added again (the
+//! first members of a cluster only once the leader has bound them: a wipe before that
+//! is not detected).
 //!
 //! What this engine does not do yet: log compaction and snapshot transfer (the log grows
 //! with every slot, and a new member catches up from slot 1).
