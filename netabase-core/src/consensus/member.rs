@@ -602,8 +602,8 @@ pub struct Member<L, S> {
     committed: Slot,
     leader_committed: Slot,
     catch_up_sent: Option<Instant>,
-    /// A contact outside this member's configurations that leads, as far as it knows.
-    catch_up_from: Option<PeerId>,
+    /// A contact outside this member's configurations that leads, and its ballot.
+    catch_up_from: Option<(PeerId, Ballot)>,
     incarnation: u32,
     next_seq: u64,
     durable_once: bool,
@@ -1769,14 +1769,19 @@ impl<L: LogStore, S: State> Member<L, S> {
             | Message::Accept {
                 ballot, committed, ..
             } => {
-                if from == ballot.leader && self.leader.is_none_or(|b| b < ballot) {
-                    // A leader of a later ballot than the one this member follows: it
-                    // catches up from it instead.
-                    self.leader = None;
-                    self.leader_contact = None;
-                    self.catch_up_sent = None;
+                if from != ballot.leader {
+                    self.stats.refused += 1;
+                    return;
                 }
-                self.catch_up_from = Some(from);
+                // Catch-up goes to it when its ballot is later than the leader this member
+                // follows; the member's own leader and stickiness stay as they are (a
+                // removed member with a higher round must not free it from a lease).
+                if self.catch_up_from.is_none_or(|(_, b)| b <= ballot) {
+                    if self.catch_up_from.is_some_and(|(p, _)| p != from) {
+                        self.catch_up_sent = None;
+                    }
+                    self.catch_up_from = Some((from, ballot));
+                }
                 self.leader_committed = self.leader_committed.max(committed);
                 self.maybe_catch_up(now);
             }
@@ -2430,11 +2435,13 @@ impl<L: LogStore, S: State> Member<L, S> {
         if self.committed >= self.leader_committed || self.catch_up_sent.is_some() {
             return;
         }
-        let Some(leader) = self
-            .leader()
-            .filter(|l| *l != self.local)
-            .or(self.catch_up_from)
-        else {
+        let followed = self.leader.filter(|b| b.leader != self.local);
+        let target = match (followed, self.catch_up_from) {
+            (Some(b), Some((contact, cb))) if cb > b => Some(contact),
+            (Some(b), _) => Some(b.leader),
+            (None, contact) => contact.map(|(p, _)| p),
+        };
+        let Some(leader) = target else {
             return;
         };
         self.catch_up_sent = Some(now);

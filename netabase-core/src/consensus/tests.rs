@@ -715,28 +715,17 @@ impl Harness {
         }
     }
 
-    /// Whether every configuration that lists `node` as a voter and is still deciding
-    /// slots at some running member binds its instance. A first member is unbound until
-    /// the leader binds it, and a lost disk before that is not detected (the planned fix
-    /// starts a cluster with its creator alone and adds the others through the log); the
-    /// harness loses a disk only where detection is promised.
+    /// Whether every configuration that lists `node` as a voter binds its instance: the
+    /// node was added through the log. A first member is unbound until the leader binds it,
+    /// and a lost disk before that binding is in force at every member (one that is down
+    /// included) is not detected (the planned fix starts a cluster with its creator alone
+    /// and adds the others through the log); the harness loses a disk only where detection
+    /// is promised.
     fn bound_everywhere(&self, node: usize) -> bool {
         let peer = self.peers[node];
-        let oldest = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.member.as_ref())
-            .map(|m| m.applied())
-            .min()
-            .unwrap_or(0);
-        let start = self
-            .configs
-            .range(..=oldest + 1)
-            .next_back()
-            .map_or(0, |(s, _)| *s);
         self.configs
-            .range(start..)
-            .all(|(_, c)| c.voters.get(&peer).is_none_or(|bound| *bound != 0))
+            .values()
+            .all(|c| c.voters.get(&peer).is_none_or(|bound| *bound != 0))
     }
 
     /// The nodes of the newest configuration any member recorded.
@@ -1028,6 +1017,7 @@ impl Harness {
         // A replay with NETABASE_PAXOS_DUMP set prints every member's final view.
         if std::env::var("NETABASE_PAXOS_DUMP").is_ok() {
             std::eprintln!("configs {:?}", self.configs);
+            std::eprintln!("wiped {:?}", self.wiped);
             for (i, n) in self.nodes.iter().enumerate() {
                 if let Some(m) = &n.member {
                     std::eprintln!(
@@ -1110,6 +1100,7 @@ impl Harness {
             unrecoverable: u64::from(!recoverable),
             leader_changes: self.leader_changes,
             changes_while_down: self.changes_while_down,
+            wipes: self.wipes,
             acked: self.ops.iter().filter(|o| o.ret.is_some()).count(),
             ops: self.ops.len(),
         }
@@ -1191,6 +1182,7 @@ struct Outcome {
     config_changes: u64,
     leader_changes: u64,
     changes_while_down: u64,
+    wipes: u64,
     /// Runs whose final configuration lost the data of a majority of its voters.
     unrecoverable: u64,
     transfers: u64,
@@ -1216,6 +1208,7 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         config_changes: 0,
         leader_changes: 0,
         changes_while_down: 0,
+        wipes: 0,
         unrecoverable: 0,
         acked: 0,
         ops: 0,
@@ -1232,6 +1225,7 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         total.config_changes += o.config_changes;
         total.leader_changes += o.leader_changes;
         total.changes_while_down += o.changes_while_down;
+        total.wipes += o.wipes;
         total.unrecoverable += o.unrecoverable;
         total.acked += o.acked;
         total.ops += o.ops;
@@ -1289,16 +1283,21 @@ fn assert_clean(p: &Params, name: &str) {
             total.config_changes
         );
         assert!(
+            p.faults.wipe_permille == 0 || total.wipes > 0,
+            "{name}: no disk was lost"
+        );
+        assert!(
             total.leader_changes > 0 && total.changes_while_down > 0,
             "{name}: no change removed the leader ({}) or came while a member was down ({})",
             total.leader_changes,
             total.changes_while_down
         );
         std::eprintln!(
-            "{name}: {} membership changes ({} asked to remove or replace the leader, {} while a member was down); {} runs ended with a majority of voters' disks lost",
+            "{name}: {} membership changes ({} asked to remove or replace the leader, {} while a member was down), {} disks lost; {} runs ended with a majority of voters' disks lost",
             total.config_changes,
             total.leader_changes,
             total.changes_while_down,
+            total.wipes,
             total.unrecoverable
         );
     }
