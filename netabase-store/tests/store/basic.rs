@@ -407,7 +407,18 @@ fn a_sled_store_in_another_key_layout_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
-    match Store::<ChatDefinition>::open_with(&path, config(BackendKind::Sled, false)) {
+    // sled's flusher thread may hold the directory's lock for a moment after the handle
+    // is dropped: wait for it to go, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let opened = loop {
+        match Store::<ChatDefinition>::open_with(&path, config(BackendKind::Sled, false)) {
+            Err(StoreError::AlreadyOpen { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now();
+            }
+            other => break other,
+        }
+    };
+    match opened {
         Err(StoreError::Backend(reason)) => assert!(reason.contains("layout"), "{reason}"),
         other => panic!("expected a layout error, got {other:?}"),
     }
