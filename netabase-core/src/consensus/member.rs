@@ -1344,6 +1344,25 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
     }
 
+    /// Refuses a new `ballot` from `from` (a nack saying a live leader is heard) while
+    /// this member keeps following its leader; returns whether it refused.
+    fn refuses_for_stickiness(&mut self, now: Instant, from: PeerId, ballot: Ballot) -> bool {
+        let promised = self.log.promised();
+        if promised == Some(ballot) || !self.sticky(now, ballot) {
+            return false;
+        }
+        self.stats.sticky_refusals += 1;
+        self.send(
+            from,
+            Message::Nack {
+                ballot,
+                promised,
+                leader_alive: true,
+            },
+        );
+        true
+    }
+
     // ----- internals: elections --------------------------------------------------------
 
     fn start_election(&mut self, now: Instant) {
@@ -1420,16 +1439,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             );
             return;
         }
-        if promised != Some(ballot) && self.sticky(now, ballot) {
-            self.stats.sticky_refusals += 1;
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised,
-                    leader_alive: true,
-                },
-            );
+        if self.refuses_for_stickiness(now, from, ballot) {
             return;
         }
         if promised != Some(ballot) {
@@ -2264,20 +2274,10 @@ impl<L: LogStore, S: State> Member<L, S> {
             );
             return false;
         }
-        if promised != Some(ballot) && self.sticky(now, ballot) {
-            // An accept or heartbeat of a new ballot is a promise too, and leader
-            // stickiness holds for it as for a prepare: a leader elected by an older
-            // configuration's members must not take the followers that granted the
-            // current leader its lease.
-            self.stats.sticky_refusals += 1;
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised,
-                    leader_alive: true,
-                },
-            );
+        // An accept or heartbeat of a new ballot is a promise too, and leader stickiness
+        // holds for it as for a prepare: a leader elected by an older configuration's
+        // members must not take the followers that granted the current leader its lease.
+        if self.refuses_for_stickiness(now, from, ballot) {
             return false;
         }
         if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
