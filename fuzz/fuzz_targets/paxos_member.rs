@@ -8,9 +8,9 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use netabase_core::consensus::{
-    Ballot, ClusterId, Configuration, ConsensusConfig, Entry, EntryId, Envelope, KvCommand,
-    KvState, Member, Membership, MembershipChange, MemoryLogStore, Message, ReadLevel,
-    Reconfiguration, SlotValue, Value,
+    Ballot, ClusterId, Compaction, Configuration, ConsensusConfig, Entry, EntryId, Envelope,
+    KvCommand, KvState, Member, Membership, MembershipChange, MemoryLogStore, Message, Position,
+    ReadLevel, Reconfiguration, SlotValue, SnapshotImage, State, Value,
 };
 use netabase_core::{Instant, PeerId};
 
@@ -30,6 +30,23 @@ enum Op {
         slot: u8,
         next: bool,
         entries: u8,
+        truncated: u8,
+    },
+    /// A snapshot chunk: of a genuine image (a state with `keys` keys applied through
+    /// `slot`) or of arbitrary bytes.
+    Snapshot {
+        from: u8,
+        slot: u8,
+        offset: u16,
+        len: u16,
+        genuine: bool,
+        keys: u8,
+        bytes: Vec<u8>,
+    },
+    SnapshotNext {
+        from: u8,
+        slot: u8,
+        offset: u16,
     },
     Nack {
         from: u8,
@@ -201,10 +218,46 @@ fn values(from: u8, slot: u8, count: u8) -> Vec<SlotValue> {
         .collect()
 }
 
-fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
+/// The encoded snapshot of a state with `keys` keys applied through `slot`, with the
+/// cluster's first configuration.
+fn image(slot: u64, keys: u8) -> Vec<u8> {
+    let mut state = KvState::new();
+    for k in 0..keys % 8 {
+        state.apply(
+            Position { slot, index: 0 },
+            &Entry {
+                id: EntryId {
+                    proposer: peer(1),
+                    seq: u64::from(k) + 100,
+                },
+                command: KvCommand::Put {
+                    key: vec![k],
+                    value: vec![keys],
+                }
+                .encode(),
+            },
+        );
+    }
+    state.set_applied(slot);
+    SnapshotImage {
+        slot,
+        configurations: vec![(0, Configuration::new([peer(0), peer(1), peer(2)]))],
+        state: state.freeze(),
+    }
+    .encode()
+}
+
+fn start(log: MemoryLogStore, state: KvState, now: Instant) -> Member<MemoryLogStore, KvState> {
     let config = ConsensusConfig {
         max_pending: 64,
         max_pending_reads: 64,
+        compaction: Some(Compaction {
+            entries: 4,
+            bytes: 4096,
+            keep: 1,
+        }),
+        snapshot_chunk_bytes: 64,
+        max_snapshot_bytes: 4096,
         ..ConsensusConfig::default()
     };
     Member::new(
@@ -216,7 +269,7 @@ fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
             contacts: Default::default(),
         },
         log,
-        KvState::new(),
+        state,
         7,
         now,
     )
@@ -225,7 +278,10 @@ fn start(log: MemoryLogStore, now: Instant) -> Member<MemoryLogStore, KvState> {
 
 fuzz_target!(|ops: Vec<Op>| {
     let mut now = Instant::from_millis(1);
-    let mut member = Some(start(MemoryLogStore::new(), now));
+    let mut member = Some(start(MemoryLogStore::new(), KvState::new(), now));
+    // The state as the last sync that moved the truncation point left it (the state is
+    // written with the log): what a restart finds.
+    let mut checkpoint: Option<(u64, KvState)> = None;
     let mut instance = 1u64;
     for op in ops.into_iter().take(256) {
         let m = member.as_mut().expect("running");
@@ -248,13 +304,47 @@ fuzz_target!(|ops: Vec<Op>| {
                 slot,
                 next,
                 entries,
+                truncated,
             } => Some((
                 from,
                 Message::Promise {
                     ballot: ballot(round, 0),
                     accepted: values(from, slot, entries),
                     next: next.then_some(u64::from(slot % 16) + 4),
-                    truncated: 0,
+                    truncated: u64::from(truncated % 24),
+                },
+            )),
+            Op::Snapshot {
+                from,
+                slot,
+                offset,
+                len,
+                genuine,
+                keys,
+                bytes,
+            } => {
+                let slot = u64::from(slot % 32);
+                let image = if genuine { image(slot, keys) } else { bytes };
+                let total = image.len() as u64;
+                let start = usize::from(offset).min(image.len());
+                let end = (start + usize::from(len)).min(image.len());
+                Some((
+                    from,
+                    Message::Snapshot {
+                        slot,
+                        total,
+                        digest: SnapshotImage::digest(&image),
+                        offset: start as u64,
+                        chunk: image[start..end].to_vec(),
+                    },
+                ))
+            }
+            Op::SnapshotNext { from, slot, offset } => Some((
+                from,
+                Message::SnapshotNext {
+                    slot: u64::from(slot % 32),
+                    digest: [0; 32],
+                    offset: u64::from(offset),
                 },
             )),
             Op::Nack {
@@ -427,12 +517,20 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Sync => {
                 m.log_mut().sync();
                 m.synced(now);
+                let truncated = m.log().durable_truncated();
+                if checkpoint.as_ref().map_or(0, |(t, _)| *t) != truncated {
+                    checkpoint = Some((truncated, m.state().clone()));
+                }
                 None
             }
             Op::Crash => {
                 let (mut log, _) = member.take().expect("running").into_parts();
                 log.crash();
-                member = Some(start(log, now));
+                let state = checkpoint
+                    .as_ref()
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                member = Some(start(log, state, now));
                 None
             }
             Op::Advance { millis } => {

@@ -15,7 +15,10 @@
 //!
 //! The state never writes on its own: its changes (values, applied slot, dedup table and
 //! digest) are buffered in memory and written by the log's `sync`, in the same transaction
-//! as the log's promise, cluster, incarnation and slots. A state only applies slots the
+//! as the log's promise, cluster, incarnation, slots and truncation point. A compaction
+//! (the log drops slots its state applied) and a snapshot install (the state replaced
+//! by another member's, the log truncated through its slot) are therefore atomic: a crash
+//! keeps the state with the log it was written with. A state only applies slots the
 //! log holds as chosen, so whatever a crash keeps of the state is applied through a slot
 //! at or below the chosen prefix of the log it was kept with: the state is never ahead of
 //! the durable log, and [`Member::new`](netabase_core::consensus::Member::new) replays the
@@ -25,8 +28,8 @@
 //! # Memory
 //!
 //! Both keep everything in memory, loaded at `open`: the log caches every slot it holds
-//! (the whole log: nothing is compacted yet, so this grows with every slot until log
-//! compaction lands), and the state holds its whole map, like [`KvState`](netabase_core::consensus::KvState). Reads never
+//! (those after its truncation point: the member compacts it, see
+//! [`Compaction`](netabase_core::consensus::Compaction)), and the state holds its whole map, like [`KvState`](netabase_core::consensus::KvState). Reads never
 //! touch the backend, so they cannot fail. A `sync` writes only what changed since the
 //! previous one: the dedup table's rows are written and deleted one by one as entries
 //! enter and leave its window ([`DedupTable::WINDOW`] answers per proposer).
@@ -39,7 +42,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | [`LOG_TABLE`] | slot, big-endian `u64` | [`AcceptedValue`] |
-//! | [`META_TABLE`] | `cluster`, `incarnation`, `promised` | [`ClusterId`], `u32`, [`Ballot`] |
+//! | [`META_TABLE`] | `cluster`, `incarnation`, `promised`, `instance`, `configurations`, `truncated` | [`ClusterId`], `u32`, [`Ballot`], [`Instance`], the configurations by first slot, [`Slot`] |
 //! | [`KV_TABLE`] | the key's bytes | the value's bytes and the [`Position`] that wrote it |
 //! | [`KV_META_TABLE`] | `applied`, `digest` | [`Slot`], `[u8; 32]` |
 //! | [`DEDUP_TABLE`] | proposer id length (one byte), its bytes, seq (big-endian `u64`) | the entry's answer |
@@ -80,7 +83,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use netabase_core::PeerId;
 use netabase_core::consensus::{
     AcceptedValue, Applied, Ballot, ClusterId, Configuration, DedupTable, Entry, EntryId, Instance,
-    KvMap, LogStore, Position, Slot, State, chain_digest, execute,
+    KvImage, KvMap, LogStore, Position, PositionedMap, Slot, SnapshotError, State, chain_digest,
+    execute,
 };
 use netabase_core::model::decode_value;
 use serde::Serialize;
@@ -113,6 +117,7 @@ const INCARNATION_KEY: &[u8] = b"incarnation";
 const PROMISED_KEY: &[u8] = b"promised";
 const INSTANCE_KEY: &[u8] = b"instance";
 const CONFIGURATIONS_KEY: &[u8] = b"configurations";
+const TRUNCATED_KEY: &[u8] = b"truncated";
 const APPLIED_KEY: &[u8] = b"applied";
 const DIGEST_KEY: &[u8] = b"digest";
 
@@ -174,6 +179,8 @@ struct LogImage {
     promised: Option<Ballot>,
     /// Every configuration (a handful: one per membership change), in one row.
     configurations: Option<BTreeMap<Slot, Configuration>>,
+    /// Every slot at or below this one is compacted away.
+    truncated: Option<Slot>,
     slots: BTreeMap<Slot, AcceptedValue>,
 }
 
@@ -184,6 +191,7 @@ impl LogImage {
             && self.instance.is_none()
             && self.promised.is_none()
             && self.configurations.is_none()
+            && self.truncated.is_none()
             && self.slots.is_empty()
     }
 }
@@ -265,6 +273,14 @@ impl<B: Backend> PersistentLog<B> {
         if let Some(configurations) = &overlay.configurations {
             changes.push(meta_row(CONFIGURATIONS_KEY, configurations)?);
         }
+        if let Some(truncated) = overlay.truncated {
+            // The compacted slots go in the same transaction as the state that holds
+            // them applied.
+            changes.push(meta_row(TRUNCATED_KEY, &truncated)?);
+            for slot in self.durable.slots.range(..=truncated).map(|(s, _)| *s) {
+                changes.push((LOG_TABLE, slot.to_be_bytes().to_vec(), None));
+            }
+        }
         for (slot, value) in &overlay.slots {
             let key = slot.to_be_bytes();
             let row = seal(LOG_TABLE, &key, value)?;
@@ -303,6 +319,10 @@ impl<B: Backend> PersistentLog<B> {
         if overlay.configurations.is_some() {
             self.durable.configurations = overlay.configurations;
         }
+        if let Some(truncated) = overlay.truncated {
+            self.durable.truncated = Some(truncated);
+            self.durable.slots = self.durable.slots.split_off(&(truncated + 1));
+        }
         self.durable.slots.extend(overlay.slots);
         self.syncs += 1;
         Ok(())
@@ -325,7 +345,8 @@ impl<B: Backend> PersistentLog<B> {
 
     /// The number of slots with a value.
     pub fn len(&self) -> usize {
-        self.durable.slots.len()
+        let truncated = self.truncated();
+        self.durable.slots.range(truncated + 1..).count()
             + self
                 .overlay
                 .slots
@@ -336,7 +357,7 @@ impl<B: Backend> PersistentLog<B> {
 
     /// Whether no slot has a value.
     pub fn is_empty(&self) -> bool {
-        self.durable.slots.is_empty() && self.overlay.slots.is_empty()
+        self.len() == 0
     }
 
     /// The backend.
@@ -370,6 +391,7 @@ fn load_log<T: ReadTransaction + ?Sized>(tx: &T) -> Result<LogImage> {
             CONFIGURATIONS_KEY => {
                 image.configurations = Some(unseal(META_TABLE, &key, &value)?);
             }
+            TRUNCATED_KEY => image.truncated = Some(unseal(META_TABLE, &key, &value)?),
             _ => return Err(StoreError::corrupt(META_TABLE, &key, "unknown key")),
         }
     }
@@ -413,6 +435,9 @@ impl<B: Backend> LogStore for PersistentLog<B> {
     }
 
     fn get(&self, slot: Slot) -> Option<AcceptedValue> {
+        if slot <= self.truncated() {
+            return None;
+        }
         self.overlay
             .slots
             .get(&slot)
@@ -426,10 +451,12 @@ impl<B: Backend> LogStore for PersistentLog<B> {
 
     fn last_slot(&self) -> Slot {
         let last = |m: &BTreeMap<Slot, AcceptedValue>| m.keys().next_back().copied().unwrap_or(0);
-        last(&self.overlay.slots).max(last(&self.durable.slots))
+        let last = last(&self.overlay.slots).max(last(&self.durable.slots));
+        if last <= self.truncated() { 0 } else { last }
     }
 
     fn slots_from(&self, from: Slot, limit: usize) -> Vec<Slot> {
+        let from = from.max(self.truncated() + 1);
         let overlay = self
             .overlay
             .slots
@@ -447,7 +474,17 @@ impl<B: Backend> LogStore for PersistentLog<B> {
     }
 
     fn truncated(&self) -> Slot {
-        0
+        self.overlay
+            .truncated
+            .or(self.durable.truncated)
+            .unwrap_or(0)
+    }
+
+    fn truncate(&mut self, upto: Slot) {
+        if upto > self.truncated() {
+            self.overlay.truncated = Some(upto);
+            self.overlay.slots = self.overlay.slots.split_off(&(upto + 1));
+        }
     }
 
     fn instance(&self) -> Instance {
@@ -482,7 +519,7 @@ impl<B: Backend> LogStore for PersistentLog<B> {
 /// The state's data and what changed since the last sync.
 #[derive(Debug, Default)]
 struct KvInner {
-    map: BTreeMap<Vec<u8>, (Vec<u8>, Position)>,
+    map: PositionedMap,
     applied: Slot,
     dedup: DedupTable,
     digest: [u8; 32],
@@ -578,8 +615,12 @@ impl Staged for KvInner {
         }
         for proposer in &self.dirty_floors {
             let key = proposer.to_bytes();
-            let row = seal(DEDUP_FLOOR_TABLE, &key, &self.dedup.floor(proposer))?;
-            out.push((DEDUP_FLOOR_TABLE, key, Some(row)));
+            let floor = self.dedup.floor(proposer);
+            let row = match floor {
+                0 => None,
+                _ => Some(seal(DEDUP_FLOOR_TABLE, &key, &floor)?),
+            };
+            out.push((DEDUP_FLOOR_TABLE, key, row));
         }
         Ok(out)
     }
@@ -709,6 +750,43 @@ impl<B: Backend> State for PersistentKvState<B> {
 
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
         lock(&self.inner).dedup.seen(id)
+    }
+
+    fn freeze(&self) -> Vec<u8> {
+        let inner = lock(&self.inner);
+        KvImage::of(&inner.map, &inner.dedup, inner.digest).encode()
+    }
+
+    fn install(&mut self, slot: Slot, image: &[u8]) -> std::result::Result<(), SnapshotError> {
+        let image = KvImage::decode(image)?;
+        let mut inner = lock(&self.inner);
+        let inner = &mut *inner;
+        // Every row of the old state is rewritten or deleted at the next sync.
+        let old_keys: Vec<Vec<u8>> = inner.map.keys().cloned().collect();
+        inner.dirty_keys.extend(old_keys);
+        let old_ids: Vec<EntryId> = inner.dedup.entries().map(|(id, _)| id).collect();
+        for id in old_ids {
+            inner.dirty_dedup.insert(id, None);
+        }
+        let old_proposers: Vec<PeerId> = inner.dedup.proposers().copied().collect();
+        inner.dirty_floors.extend(old_proposers);
+        let hits = inner.dedup.hits();
+        (inner.map, inner.dedup, inner.digest) = image.into_parts(hits);
+        inner.applied = slot;
+        inner.dirty_meta = true;
+        let new_keys: Vec<Vec<u8>> = inner.map.keys().cloned().collect();
+        inner.dirty_keys.extend(new_keys);
+        let new_ids: Vec<(EntryId, Vec<u8>)> = inner
+            .dedup
+            .entries()
+            .map(|(id, r)| (id, r.to_vec()))
+            .collect();
+        for (id, response) in new_ids {
+            inner.dirty_dedup.insert(id, Some(response));
+        }
+        let new_proposers: Vec<PeerId> = inner.dedup.proposers().copied().collect();
+        inner.dirty_floors.extend(new_proposers);
+        Ok(())
     }
 }
 

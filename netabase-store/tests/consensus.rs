@@ -12,9 +12,9 @@ use netabase_store::consensus::{
     DEDUP_FLOOR_TABLE, DEDUP_TABLE, KV_META_TABLE, KV_TABLE, LOG_TABLE, META_TABLE,
 };
 use netabase_store::core::consensus::{
-    AcceptedValue, Ballot, ClusterId, Configuration, ConsensusConfig, Entry, EntryId, Event,
-    KvCommand, KvState, LeaseConfig, LogStore, Member, Membership, Output, Position, Role, Slot,
-    State, Value,
+    AcceptedValue, Ballot, ClusterId, Compaction, Configuration, ConsensusConfig, Entry, EntryId,
+    Event, KvCommand, KvState, LeaseConfig, LogStore, Member, Membership, Output, Position, Role,
+    Slot, State, Value,
 };
 use netabase_store::core::{Instant, PeerId};
 use netabase_store::{
@@ -64,7 +64,7 @@ fn slots(log: &impl LogStore) -> BTreeMap<Slot, AcceptedValue> {
 
 /// The highest slot through which every slot is chosen.
 fn chosen_prefix(log: &impl LogStore) -> Slot {
-    let mut slot = 0;
+    let mut slot = log.truncated();
     while log.get(slot + 1).is_some_and(|a| a.chosen) {
         slot += 1;
     }
@@ -403,6 +403,98 @@ fn reopen_after_sync_keeps_everything() {
     assert_eq!(state.applied(), 1);
 }
 
+/// A key-value entry of proposer 7 with sequence number `seq`.
+fn put_entry(seq: u64, key: &[u8], value: &[u8]) -> Entry {
+    Entry {
+        id: EntryId {
+            proposer: PeerId::from_seed(7),
+            seq,
+        },
+        command: KvCommand::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+        .encode(),
+    }
+}
+
+#[test]
+fn compaction_and_snapshot_install_are_atomic_with_the_state() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("paxos.redb");
+    let (mut log, mut state) = open_pair(open_redb(&path));
+    for slot in 1..=10 {
+        log.put(slot, accepted(slot, true, &slot.to_be_bytes()));
+        state.apply(
+            Position { slot, index: 0 },
+            &put_entry(slot, &[slot as u8], b"old"),
+        );
+        state.set_applied(slot);
+    }
+    log.sync().unwrap();
+    // Compaction: the log drops the slots the state applied, in the state's sync.
+    log.truncate(6);
+    assert_eq!(log.truncated(), 6);
+    assert!(log.get(6).is_none() && log.get(7).is_some());
+    assert_eq!(log.slots_from(1, 100), (7..=10).collect::<Vec<_>>());
+    log.sync().unwrap();
+    drop((log, state));
+    let (mut log, mut state) = open_pair(open_redb(&path));
+    assert_eq!(log.truncated(), 6);
+    assert_eq!(log.slots_from(0, 100), (7..=10).collect::<Vec<_>>());
+    assert_eq!(log.len(), 4);
+    assert_eq!(state.applied(), 10);
+    let old_digest = state.digest();
+    // Another member's state at slot 20, frozen.
+    let mut other = KvState::new();
+    for seq in 1..=3 {
+        other.apply(
+            Position {
+                slot: 20,
+                index: seq as u32,
+            },
+            &put_entry(100 + seq, b"new", &seq.to_be_bytes()),
+        );
+    }
+    other.set_applied(20);
+    let image = other.freeze();
+    // Bytes that are not an image change nothing.
+    assert!(state.install(20, b"not an image").is_err());
+    assert_eq!((state.applied(), state.digest()), (10, old_digest));
+    // An install and its truncation that were never synced are lost together.
+    state.install(20, &image).unwrap();
+    log.truncate(20);
+    assert_eq!(state.applied(), 20);
+    drop((log, state));
+    let (mut log, mut state) = open_pair(open_redb(&path));
+    assert_eq!((log.truncated(), state.applied()), (6, 10));
+    assert_eq!(state.digest(), old_digest);
+    // Synced, both stay: the old keys and dedup rows are gone, the image's are there.
+    state.install(20, &image).unwrap();
+    log.truncate(20);
+    log.sync().unwrap();
+    drop((log, state));
+    let (log, state) = open_pair(open_redb(&path));
+    assert_eq!((log.truncated(), log.len(), log.last_slot()), (20, 0, 0));
+    assert_eq!(state.applied(), 20);
+    assert_eq!(state.digest(), other.digest());
+    assert_eq!(state.keys(), vec![b"new".to_vec()]);
+    assert_eq!(
+        state.freeze(),
+        image,
+        "the image round-trips through the store"
+    );
+    let id = |seq| EntryId {
+        proposer: PeerId::from_seed(7),
+        seq,
+    };
+    assert!(state.applied_response(&id(101)).is_some());
+    assert!(
+        state.applied_response(&id(3)).is_none(),
+        "old dedup rows deleted"
+    );
+}
+
 #[test]
 fn a_state_opened_again_detaches_the_first() {
     let backend = Arc::new(MemoryBackend::new());
@@ -545,11 +637,16 @@ struct Cluster {
     now: Instant,
     committed: BTreeMap<EntryId, Position>,
     starts: u64,
+    config: ConsensusConfig,
     _dir: TempDir,
 }
 
 impl Cluster {
     fn new(n: u64) -> Self {
+        Self::with_config(n, config())
+    }
+
+    fn with_config(n: u64, config: ConsensusConfig) -> Self {
         let dir = TempDir::new().unwrap();
         let peers: Vec<PeerId> = (1..=n).map(PeerId::from_seed).collect();
         let paths = (0..n)
@@ -563,6 +660,7 @@ impl Cluster {
             now: Instant::ZERO,
             committed: BTreeMap::new(),
             starts: 0,
+            config,
             _dir: dir,
         };
         for i in 0..n as usize {
@@ -580,7 +678,7 @@ impl Cluster {
         );
         self.starts += 1;
         let member = Member::new(
-            config(),
+            self.config.clone(),
             Membership {
                 local: self.peers[i],
                 cluster: CLUSTER,
@@ -757,6 +855,58 @@ fn replayed_digest(log: &impl LogStore, through: Slot) -> [u8; 32] {
         state.set_applied(slot);
     }
     state.digest()
+}
+
+#[test]
+fn a_member_behind_the_compaction_installs_a_snapshot_on_redb() {
+    let mut c = Cluster::with_config(
+        3,
+        ConsensusConfig {
+            compaction: Some(Compaction {
+                entries: 16,
+                bytes: u64::MAX,
+                keep: 2,
+            }),
+            snapshot_chunk_bytes: 256,
+            ..config()
+        },
+    );
+    c.run_until("a leader", |c| c.leader().is_some());
+    c.commit(0, 20);
+    c.settle();
+    // A follower is down while the others commit and compact their logs past it.
+    let follower = (0..3).find(|i| Some(*i) != c.leader()).unwrap();
+    let mut down = c.stop(follower);
+    down.log_mut().sync().unwrap();
+    let behind = down.applied();
+    drop(down);
+    for round in 0..8 {
+        c.commit(20 + round * 10, 10);
+    }
+    let leader = c.leader().expect("a leader");
+    let truncated = c.member(leader).log().truncated();
+    assert!(truncated > behind, "{truncated} > {behind}");
+    c.start(follower);
+    c.settle();
+    let m = c.member(follower);
+    assert_eq!(m.stats().snapshot_installs, 1);
+    assert!(m.stats().snapshots_refused == 0);
+    assert!(m.log().truncated() > behind);
+    let digest = c.member(leader).state().digest();
+    assert_eq!(m.state().digest(), digest);
+    // It restarts from its own files: the state it installed was written with the
+    // truncated log.
+    let mut stopped = c.stop(follower);
+    stopped.log_mut().sync().unwrap();
+    drop(stopped);
+    c.start(follower);
+    assert_eq!(c.member(follower).state().digest(), digest);
+    c.commit(200, 10);
+    c.settle();
+    let digest = c.member(0).state().digest();
+    for i in 0..3 {
+        assert_eq!(c.member(i).state().digest(), digest, "member {i}");
+    }
 }
 
 #[test]

@@ -34,9 +34,17 @@
 //! before they vote; the members a cluster is created with are bound once the leader
 //! first hears them, and a wipe before that binding is in force is not detected.
 //!
-//! Limits of this release, stated plainly: snapshots and log compaction are planned; the
-//! log grows with every slot, is held in memory while the node runs, and a new member
-//! catches up from slot 1.
+//! The log is compacted ([`Compaction`](netabase_core::consensus::Compaction): by default
+//! once 10,000 applied slots beyond the last 1,000 are in it, or 64 MiB of values): the
+//! state, written in the same durable transaction, is the snapshot of the slots dropped.
+//! A member behind the compacted slots (a new member, or one down for long) receives the
+//! state instead, in chunks that resume where a transfer stopped, and reports
+//! [`NetabaseEvent::ConsensusSnapshotInstalled`](crate::NetabaseEvent::ConsensusSnapshotInstalled);
+//! [`Netabase::applied_entries`] of compacted slots fails with
+//! [`ConsensusError::Compacted`]. The log after the truncation point and the whole state
+//! are held in memory while the node runs; a snapshot is frozen whole into memory to be
+//! sent, and received whole (up to `max_snapshot_bytes`, 1 GiB by default) before it is
+//! installed.
 
 use std::collections::HashMap;
 
@@ -95,6 +103,13 @@ pub enum ConsensusError {
     /// is no voter, ...).
     #[error("the membership change was refused: {0}")]
     Membership(#[from] ChangeError),
+    /// The applied entries asked for were compacted out of this node's log (they are
+    /// folded into its state); the feed goes on from `first`.
+    #[error("the applied entries before slot {first} were compacted away")]
+    Compacted {
+        /// The first slot whose entries the log still holds.
+        first: Slot,
+    },
 }
 
 /// A node's view of its cluster.
@@ -361,7 +376,9 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
     /// The entries applied on this node from slot `from` on, in log order, at most
     /// `limit` slots' worth: a lossless feed of every change, which a reader resumes from
     /// the slot after the last one it saw. Slots without entries (leaders' no-ops) are
-    /// skipped; an empty answer means nothing from `from` on is applied yet.
+    /// skipped; an empty answer means nothing from `from` on is applied yet. Slots the
+    /// log compacted away fail with [`ConsensusError::Compacted`] (a reader that falls
+    /// that far behind reads the state itself, then resumes from the slot it names).
     pub async fn applied_entries(
         &self,
         from: Slot,

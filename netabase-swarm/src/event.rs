@@ -46,6 +46,13 @@ pub enum NetabaseEvent {
         /// Its learners (new members not promoted yet).
         learners: Vec<PeerId>,
     },
+    /// This node was behind slots the other members had compacted away and installed a
+    /// snapshot of the replicated state: it is applied through `slot` now, and the entries
+    /// before it are not in its applied-entry feed.
+    ConsensusSnapshotInstalled {
+        /// The slot the state is applied through.
+        slot: u64,
+    },
     /// The consensus leader this node follows changed (`None`: no leader is known, an
     /// election is under way).
     ConsensusLeader {

@@ -25,7 +25,7 @@
 //! | `netabase_consensus_pending_proposals` | gauge | | entries this node proposed that are not applied yet |
 //! | `netabase_consensus_follower_lag_slots` | gauge | `peer` | on the leader: how many slots each other member's chosen prefix is behind the leader's (from its heartbeat acknowledgements) |
 //! | `netabase_consensus_batch_entries` | histogram | | entries per applied slot (0: no-ops and membership changes) |
-//! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard), `config_change` (membership changes applied), `stale_instance` (votes not counted: the sender's data was wiped) |
+//! | `netabase_consensus_events_total` | counter | `event` | consensus events: `election` (started), `term_led`, `slot_committed` and `entry_committed` (as leader), `dedup_hit`, `read_linearizable`, `read_lease`, `read_local`, `lease_read` (answered from the lease), `catch_up` (answers sent), `sync`, `refused` (messages from non-members, other clusters, malformed), `sticky_refusal` (promises refused while a live leader is heard), `config_change` (membership changes applied), `stale_instance` (votes not counted: the sender's data was wiped), `compaction` (log truncations), `snapshot_frozen` (snapshots frozen to send), `snapshot_chunk_sent`, `snapshot_install`, `snapshot_refused` (chunks or images refused: too large, out of bounds, digest mismatch), `behind_compaction` (elections given up to catch up from a member that compacted slots this node lacks) |
 //! | `libp2p_bandwidth_bytes_total` | counter | `protocols`, `direction` | bytes the node's connections carried, by transport protocol stack (e.g. `/ip4/tcp`) and direction (libp2p's own bandwidth transport) |
 //! | `libp2p_*` | | | libp2p's own metrics ([`libp2p::metrics`]): connections, dial and listen errors, identify, ping round trips |
 //!
@@ -464,6 +464,32 @@ impl NodeMetrics {
                 "stale_instance",
                 now.stale_instances,
                 before.stale_instances,
+            ),
+            ("compaction", now.compactions, before.compactions),
+            (
+                "snapshot_frozen",
+                now.snapshots_frozen,
+                before.snapshots_frozen,
+            ),
+            (
+                "snapshot_chunk_sent",
+                now.snapshot_chunks_sent,
+                before.snapshot_chunks_sent,
+            ),
+            (
+                "snapshot_install",
+                now.snapshot_installs,
+                before.snapshot_installs,
+            ),
+            (
+                "snapshot_refused",
+                now.snapshots_refused,
+                before.snapshots_refused,
+            ),
+            (
+                "behind_compaction",
+                now.behind_compaction,
+                before.behind_compaction,
             ),
         ];
         for (event, now, before) in pairs {

@@ -158,9 +158,21 @@ pub async fn start_with<R: Runtime>(tweak: impl FnOnce(&mut NetabaseConfig)) -> 
 /// Starts a node on `R` that knows only `boot` (on any runtime), bootstraps through it,
 /// and returns once `boot` has it in its routing table.
 pub async fn join<R: Runtime, B: Runtime>(boot: &TestNode<B>) -> TestNode<R> {
+    join_with::<R, B>(boot, |_| {}).await
+}
+
+/// Like [`join`], with the node's configuration changed by `tweak`.
+pub async fn join_with<R: Runtime, B: Runtime>(
+    boot: &TestNode<B>,
+    tweak: impl FnOnce(&mut NetabaseConfig),
+) -> TestNode<R> {
     let mut boot_events = boot.events();
     let (boot_id, boot_addr) = (boot.id(), boot.addr.clone());
-    let node = start_with::<R>(|c| c.bootstrap_peers = vec![(boot_id, boot_addr)]).await;
+    let node = start_with::<R>(|c| {
+        tweak(c);
+        c.bootstrap_peers = vec![(boot_id, boot_addr)];
+    })
+    .await;
     node.node.bootstrap().await.expect("bootstrap succeeds");
     let id = node.id();
     boot_events
@@ -175,9 +187,17 @@ pub async fn join<R: Runtime, B: Runtime>(boot: &TestNode<B>) -> TestNode<R> {
 /// and [joins](join) through it, one after the other (so later ones learn the earlier
 /// ones).
 pub async fn network<R: Runtime>(n: usize) -> Vec<TestNode<R>> {
-    let mut nodes = vec![start_with::<R>(|_| {}).await];
+    network_with::<R>(n, |_| {}).await
+}
+
+/// Like [`network`], with every node's configuration changed by `tweak`.
+pub async fn network_with<R: Runtime>(
+    n: usize,
+    tweak: impl Fn(&mut NetabaseConfig),
+) -> Vec<TestNode<R>> {
+    let mut nodes = vec![start_with::<R>(&tweak).await];
     for _ in 1..n {
-        let node = join::<R, R>(&nodes[0]).await;
+        let node = join_with::<R, R>(&nodes[0], &tweak).await;
         nodes.push(node);
     }
     nodes

@@ -62,6 +62,35 @@ impl Default for LeaseConfig {
     }
 }
 
+/// When a member folds the slots its state applied into a snapshot and drops them from
+/// its log (log compaction).
+///
+/// The state written with the log's next sync is the snapshot: the log store writes the
+/// truncation in that same durable transaction, so a crash keeps both or neither. A member
+/// that asks for slots compacted away receives the state instead, in chunks
+/// ([`Message::Snapshot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// Compact once this many applied slots beyond `keep` are in the log.
+    pub entries: u64,
+    /// Or once the values applied since the last compaction take this many bytes (as
+    /// [`Value::size`] counts them; counted from zero at each start).
+    pub bytes: u64,
+    /// Applied slots kept behind the truncation point, so that a member a little behind
+    /// catches up by entries rather than by a snapshot.
+    pub keep: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            entries: 10_000,
+            bytes: 64 << 20,
+            keep: 1_000,
+        }
+    }
+}
+
 /// Timing and bounds of a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsensusConfig {
@@ -100,6 +129,13 @@ pub struct ConsensusConfig {
     /// bucket holding up to a second's worth); the rest is refused and retried by its
     /// proposer.
     pub forward_rate: u32,
+    /// Log compaction; `None` keeps every slot.
+    pub compaction: Option<Compaction>,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// The largest snapshot this member receives (it holds one transfer in memory);
+    /// a larger one is refused and counted.
+    pub max_snapshot_bytes: u64,
 }
 
 impl Default for ConsensusConfig {
@@ -124,6 +160,9 @@ impl Default for ConsensusConfig {
             },
             alpha: 32,
             forward_rate: 100_000,
+            compaction: Some(Compaction::default()),
+            snapshot_chunk_bytes: 1 << 20,
+            max_snapshot_bytes: 1 << 30,
         }
     }
 }
@@ -140,8 +179,8 @@ pub enum ConsensusConfigError {
     /// The election timeout must exceed the acceptors' lease wait `D·(1 + ε)`.
     #[error("the election timeout must exceed the lease duration times (1 + drift)")]
     LeaseTooLong,
-    /// A batch or entry limit above what one message carries.
-    #[error("batch and entry sizes must stay below half the message limit")]
+    /// A batch, entry or snapshot chunk limit above what one message carries.
+    #[error("batch, entry and snapshot chunk sizes must stay below half the message limit")]
     TooLarge,
 }
 
@@ -163,6 +202,16 @@ impl ConsensusConfig {
             ("catch_up_slots", self.catch_up_slots == 0),
             ("alpha", self.alpha == 0),
             ("forward_rate", self.forward_rate == 0),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes == 0),
+            ("max_snapshot_bytes", self.max_snapshot_bytes == 0),
+            (
+                "compaction.entries",
+                self.compaction.is_some_and(|c| c.entries == 0),
+            ),
+            (
+                "compaction.bytes",
+                self.compaction.is_some_and(|c| c.bytes == 0),
+            ),
         ] {
             if zero {
                 return Err(ConsensusConfigError::Zero(name));
@@ -181,6 +230,7 @@ impl ConsensusConfig {
         }
         if self.max_batch_bytes > MAX_MESSAGE_BYTES / 2
             || self.max_entry_bytes > self.max_batch_bytes
+            || self.snapshot_chunk_bytes > MAX_MESSAGE_BYTES / 2
         {
             return Err(ConsensusConfigError::TooLarge);
         }
@@ -230,6 +280,17 @@ pub enum StartError {
         expected: ClusterId,
         /// The cluster in the log.
         found: ClusterId,
+    },
+    /// The log was compacted past what the state applied: the state is not the one
+    /// written with the log.
+    #[error(
+        "the log is compacted through slot {truncated} but the state is applied only through {applied}"
+    )]
+    StateBehind {
+        /// The state's applied slot.
+        applied: Slot,
+        /// The log's truncation point.
+        truncated: Slot,
     },
     /// The state claims more applied than the log holds chosen.
     #[error(
@@ -346,6 +407,12 @@ pub enum Event {
         /// The first slot of the new configuration, or why the change was refused.
         result: Result<Slot, ChangeError>,
     },
+    /// The state jumped to `slot` by installing a snapshot from another member: the
+    /// slots up to it that [`Event::Applied`] did not report were compacted away there.
+    SnapshotInstalled {
+        /// The slot the state is now applied through.
+        slot: Slot,
+    },
     /// The leader this member follows changed.
     Leader {
         /// The leader, if one is known.
@@ -443,6 +510,20 @@ pub struct ConsensusStats {
     /// Votes and promises not counted because their sender's instance is not the one
     /// its configuration binds (a member whose data was wiped).
     pub stale_instances: u64,
+    /// Compactions of this member's log.
+    pub compactions: u64,
+    /// Snapshots this member froze to send.
+    pub snapshots_frozen: u64,
+    /// Snapshot chunks it sent.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshots it installed.
+    pub snapshot_installs: u64,
+    /// Snapshot chunks or images it refused: too large, out of bounds, a digest or image
+    /// that does not check.
+    pub snapshots_refused: u64,
+    /// Elections it gave up because an acceptor had compacted slots it lacks (it catches
+    /// up first).
+    pub behind_compaction: u64,
 }
 
 struct Outstanding {
@@ -616,6 +697,12 @@ pub struct Member<L, S> {
     pump_at: Option<Instant>,
     deferred: Vec<Deferred>,
     stats: ConsensusStats,
+    /// Bytes of the values applied since the last compaction.
+    log_bytes: u64,
+    /// The snapshot this member sends, frozen once and sent in chunks.
+    serving: Option<snapshot::Serving>,
+    /// The snapshot this member receives.
+    receiving: Option<snapshot::Receiving>,
     #[cfg(test)]
     pub(crate) mutant: Option<super::tests::Mutant>,
 }
@@ -703,11 +790,20 @@ impl<L: LogStore, S: State> Member<L, S> {
             pump_at: None,
             deferred: Vec::new(),
             stats: ConsensusStats::default(),
+            log_bytes: 0,
+            serving: None,
+            receiving: None,
             config,
             #[cfg(test)]
             mutant: None,
         };
-        member.committed = member.state.applied().max(member.log.truncated());
+        if member.state.applied() < member.log.truncated() {
+            return Err(StartError::StateBehind {
+                applied: member.state.applied(),
+                truncated: member.log.truncated(),
+            });
+        }
+        member.committed = member.state.applied();
         member.advance_committed();
         if member.state.applied() > member.committed {
             return Err(StartError::StateAhead {
@@ -1065,8 +1161,8 @@ impl<L: LogStore, S: State> Member<L, S> {
                 ballot,
                 accepted,
                 next,
-                truncated: _,
-            } => self.on_promise(now, from, ballot, accepted, next),
+                truncated,
+            } => self.on_promise(now, from, ballot, accepted, next, truncated),
             Message::Nack {
                 ballot,
                 promised,
@@ -1090,8 +1186,20 @@ impl<L: LogStore, S: State> Member<L, S> {
                 seq,
                 committed,
             } => self.on_heartbeat_ack(now, from, ballot, seq, committed),
-            Message::CatchUp { from: slot } => self.on_catch_up(from, slot),
+            Message::CatchUp { from: slot } => self.on_catch_up(now, from, slot),
             Message::Entries { entries } => self.on_entries(now, entries),
+            Message::Snapshot {
+                slot,
+                total,
+                digest,
+                offset,
+                chunk,
+            } => self.on_snapshot(now, from, slot, total, digest, offset, chunk),
+            Message::SnapshotNext {
+                slot,
+                digest,
+                offset,
+            } => self.serve_snapshot(now, from, Some((slot, digest)), offset),
             Message::Forward { entries } => self.on_forward(now, from, entries),
             Message::ReadIndex { request, lease } => self.on_read_index(now, from, request, lease),
             Message::ReadIndexReply { request, index } => {
@@ -1484,6 +1592,13 @@ impl<L: LogStore, S: State> Member<L, S> {
             }
             cursor = last + 1;
         }
+        #[cfg(test)]
+        let truncated = if self.mutant == Some(super::tests::Mutant::TruncatedReportedEmpty) {
+            0
+        } else {
+            self.log.truncated()
+        };
+        #[cfg(not(test))]
         let truncated = self.log.truncated();
         self.send(
             from,
@@ -1503,7 +1618,24 @@ impl<L: LogStore, S: State> Member<L, S> {
         ballot: Ballot,
         accepted: Vec<SlotValue>,
         next: Option<Slot>,
+        truncated: Slot,
     ) {
+        let first_open = match &self.phase {
+            Phase::Leader(l) if l.ballot == ballot => l.next_slot,
+            Phase::Candidate(c) if c.ballot == ballot => c.from,
+            _ => return,
+        };
+        if truncated >= first_open {
+            // The acceptor folded slots into its state that this member never learned:
+            // they are chosen, and it must not propose in them. It catches up first.
+            self.stats.behind_compaction += 1;
+            self.step_down(now);
+            self.leader_committed = self.leader_committed.max(truncated);
+            self.catch_up_sent = Some(now);
+            let from_slot = self.committed + 1;
+            self.send(from, Message::CatchUp { from: from_slot });
+            return;
+        }
         if let Phase::Leader(l) = &mut self.phase {
             // A late promise, asked for when a configuration came into force whose quorum
             // had not promised: what it reports fills the slots not proposed yet.
@@ -1796,6 +1928,13 @@ impl<L: LogStore, S: State> Member<L, S> {
                 self.maybe_catch_up(now);
             }
             Message::Entries { entries } => self.on_entries(now, entries),
+            Message::Snapshot {
+                slot,
+                total,
+                digest,
+                offset,
+                chunk,
+            } => self.on_snapshot(now, from, slot, total, digest, offset, chunk),
             _ => self.stats.refused += 1,
         }
     }
@@ -2440,16 +2579,42 @@ impl<L: LogStore, S: State> Member<L, S> {
             (Some(b), Some((contact, cb))) if cb > b => Some(contact),
             (Some(b), _) => Some(b.leader),
             (None, contact) => contact.map(|(p, _)| p),
-        };
+        }
+        // With no leader known, a snapshot transfer goes on with its sender.
+        .or(self.receiving.as_ref().map(|r| r.from));
         let Some(leader) = target else {
             return;
         };
         self.catch_up_sent = Some(now);
+        if let Some(r) = &self.receiving {
+            // A snapshot transfer resumes where it stopped.
+            let (slot, digest, offset) = (r.slot, r.digest, r.bytes.len() as u64);
+            // Its sender first; after two silent retries whoever this member catches up
+            // from (which sends its own snapshot from the start if it is another member).
+            let to = if r.retries < 2 { r.from } else { leader };
+            if let Some(r) = self.receiving.as_mut() {
+                r.retries += 1;
+            }
+            self.send(
+                to,
+                Message::SnapshotNext {
+                    slot,
+                    digest,
+                    offset,
+                },
+            );
+            return;
+        }
         let from = self.committed + 1;
         self.send(leader, Message::CatchUp { from });
     }
 
-    fn on_catch_up(&mut self, from: PeerId, slot: Slot) {
+    fn on_catch_up(&mut self, now: Instant, from: PeerId, slot: Slot) {
+        if slot <= self.log.truncated() {
+            // Compacted away: the state goes instead.
+            self.serve_snapshot(now, from, None, 0);
+            return;
+        }
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut s = slot.max(1);
@@ -2513,6 +2678,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             let slot = self.state.applied() + 1;
             let Some(a) = self.log.get(slot) else { break };
             let mut ids = Vec::new();
+            self.log_bytes += a.value.size() as u64;
             if let Value::Reconfigure(r) = &a.value {
                 self.apply_reconfiguration(slot, r);
             }
@@ -2543,6 +2709,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             self.state.set_applied(slot);
             self.emit(Event::Applied { slot, entries: ids });
         }
+        self.maybe_compact(now);
         let keys: Vec<u64> = self
             .reads
             .iter()
@@ -2937,7 +3104,16 @@ impl<L: LogStore, S: State> Member<L, S> {
             self.committed <= self.log.last_slot().max(self.log.truncated()),
             "chosen prefix past the log"
         );
+        assert!(
+            self.log.truncated() <= self.state.applied(),
+            "log compacted past the state"
+        );
         if let Phase::Leader(l) = &self.phase {
+            assert!(
+                l.next_slot > self.log.truncated()
+                    && l.inflight.keys().all(|s| *s > self.log.truncated()),
+                "a proposal at or below the truncation point"
+            );
             assert!(
                 l.queue.len() <= self.config.max_pending + self.config.max_pending,
                 "queue unbounded"
@@ -2962,6 +3138,8 @@ impl<L: LogStore, S: State> Member<L, S> {
         assert!(self.outstanding.len() <= self.config.max_pending);
     }
 }
+
+mod snapshot;
 
 fn merge_best(best: &mut BTreeMap<Slot, SlotValue>, v: SlotValue) {
     match best.get(&v.slot) {

@@ -2,9 +2,12 @@
 //!
 //! Every message travels in an [`Envelope`] that names the cluster; the transport
 //! authenticates the sender (libp2p's Noise handshake binds the connection to a
-//! `PeerId`), so the envelope does not repeat it. The encoding is a format byte (1)
-//! followed by bincode 2 (serde, standard configuration) with a decoding limit, so hostile
-//! bytes fail with a typed [`WireError`] and never allocate more than the limit.
+//! `PeerId`), so the envelope does not repeat it. The encoding is a format byte
+//! ([`WIRE_FORMAT`]) followed by bincode 2 (serde, standard configuration) with a decoding
+//! limit, so hostile bytes fail with a typed [`WireError`] and never allocate more than
+//! the limit. New message kinds are appended to [`Message`], so a member decodes every
+//! message an older member of the same format sends; a kind it does not know is
+//! [`WireError::Malformed`].
 
 use alloc::vec::Vec;
 
@@ -157,6 +160,33 @@ pub enum Message {
         /// The change.
         change: alloc::boxed::Box<MembershipChange>,
     },
+    /// A piece of a snapshot, the answer to a catch-up from a slot the sender compacted
+    /// away: the encoded [`SnapshotImage`](super::SnapshotImage) of the state applied
+    /// through `slot`, `total` bytes with SHA-256 `digest`, of which `chunk` starts at
+    /// `offset`.
+    Snapshot {
+        /// The slot the snapshot is applied through.
+        slot: Slot,
+        /// The image's length.
+        total: u64,
+        /// The SHA-256 of the whole image.
+        digest: [u8; 32],
+        /// Where `chunk` starts in the image.
+        offset: u64,
+        /// The bytes.
+        chunk: Vec<u8>,
+    },
+    /// The receiver of a snapshot asks for its bytes from `offset` on (a transfer resumes
+    /// where it stopped). A sender that holds no snapshot with this slot and digest sends
+    /// its own from the start.
+    SnapshotNext {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// The snapshot's digest.
+        digest: [u8; 32],
+        /// The first byte wanted.
+        offset: u64,
+    },
 }
 
 impl Message {
@@ -179,6 +209,8 @@ impl Message {
             Message::Relinquish { .. } => "relinquish",
             Message::TimeoutNow { .. } => "timeout_now",
             Message::ChangeMembership { .. } => "change_membership",
+            Message::Snapshot { .. } => "snapshot",
+            Message::SnapshotNext { .. } => "snapshot_next",
         }
     }
 }

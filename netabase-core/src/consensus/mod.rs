@@ -18,8 +18,11 @@
 //! first members of a cluster only once the leader has bound them: a wipe before that
 //! is not detected).
 //!
-//! What this engine does not do yet: log compaction and snapshot transfer (the log grows
-//! with every slot, and a new member catches up from slot 1).
+//! Each member compacts its log ([`Compaction`]): the state written with a sync is the
+//! snapshot of the slots it applied, and the log drops them in the same durable write. A
+//! member that asks for slots compacted away receives the state instead, frozen
+//! ([`State::freeze`]) and sent in chunks that resume where a transfer stopped
+//! ([`SnapshotImage`]); installing it never moves a member backwards.
 
 mod member;
 mod message;
@@ -30,15 +33,16 @@ mod types;
 mod tests;
 
 pub use member::{
-    ConsensusConfig, ConsensusConfigError, ConsensusStats, EntryStatus, Event, LeaseConfig, Member,
-    Membership, Output, ProposeError, ReadFailure, ReadId, ReadLevel, Role, StartError,
+    Compaction, ConsensusConfig, ConsensusConfigError, ConsensusStats, EntryStatus, Event,
+    LeaseConfig, Member, Membership, Output, ProposeError, ReadFailure, ReadId, ReadLevel, Role,
+    StartError,
 };
 pub use message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue, WIRE_FORMAT, WireError};
 pub use store::{
-    AcceptedValue, Applied, DedupTable, KvCommand, KvMap, KvResponse, KvState, LogStore,
-    MemoryLogStore, State, chain_digest, entry_ids, execute,
+    AcceptedValue, Applied, DedupTable, KvCommand, KvImage, KvMap, KvResponse, KvState, LogStore,
+    MemoryLogStore, PositionedMap, SnapshotError, State, chain_digest, entry_ids, execute,
 };
 pub use types::{
     Ballot, ChangeError, ClusterId, Configuration, Entry, EntryId, Instance, MembershipChange,
-    Position, Reconfiguration, Slot, Value,
+    Position, Reconfiguration, Slot, SnapshotImage, Value,
 };

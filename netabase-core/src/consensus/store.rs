@@ -58,6 +58,12 @@ pub trait LogStore {
     fn slots_from(&self, from: Slot, limit: usize) -> Vec<Slot>;
     /// Every slot at or below this one was removed by compaction (0: none).
     fn truncated(&self) -> Slot;
+    /// Removes every slot at or below `upto` and records `upto` as the truncation point
+    /// (a lower `upto` than the current point changes nothing). The member calls it only
+    /// for slots its state has applied, so that the state written with the same sync is
+    /// the snapshot the removed slots are folded into: a store must write the truncation
+    /// in the same durable transaction as the state's changes, never before them.
+    fn truncate(&mut self, upto: Slot);
     /// This member's instance (0: none minted yet).
     fn instance(&self) -> Instance;
     /// Records the instance minted for this log.
@@ -89,6 +95,7 @@ struct LogImage {
     instance: Instance,
     configurations: BTreeMap<Slot, Configuration>,
     promised: Option<Ballot>,
+    truncated: Slot,
     slots: BTreeMap<Slot, AcceptedValue>,
 }
 
@@ -124,6 +131,11 @@ impl MemoryLogStore {
     /// The durable value at `slot` (what a crash now would keep).
     pub fn durable_get(&self, slot: Slot) -> Option<&AcceptedValue> {
         self.durable.slots.get(&slot)
+    }
+
+    /// The durable truncation point (what a crash now would keep).
+    pub fn durable_truncated(&self) -> Slot {
+        self.durable.truncated
     }
 
     /// How many syncs wrote something.
@@ -169,7 +181,13 @@ impl LogStore for MemoryLogStore {
             .collect()
     }
     fn truncated(&self) -> Slot {
-        0
+        self.current.truncated
+    }
+    fn truncate(&mut self, upto: Slot) {
+        if upto > self.current.truncated {
+            self.current.truncated = upto;
+            self.current.slots = self.current.slots.split_off(&(upto + 1));
+        }
     }
     fn instance(&self) -> Instance {
         self.current.instance
@@ -213,6 +231,79 @@ pub trait State {
     /// The answer of entry `id` if the state applied it (empty if the answer was
     /// forgotten), from its dedup table.
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>>;
+    /// The state's image as applied through [`applied`](State::applied): everything
+    /// later applications depend on, the dedup table included, so that a member that
+    /// [`install`](State::install)s it continues exactly as this one does (the seed's
+    /// `freeze`). Members send it to members whose missing slots were compacted away.
+    fn freeze(&self) -> Vec<u8>;
+    /// Replaces the whole state by `image`, which [`freeze`](State::freeze) made on a
+    /// member applied through `slot`; afterwards [`applied`](State::applied) is `slot`.
+    /// Bytes that are not an image fail with [`SnapshotError`] and change nothing. Like
+    /// every state write, it becomes durable with the log's next sync.
+    fn install(&mut self, slot: Slot, image: &[u8]) -> Result<(), SnapshotError>;
+}
+
+/// Why snapshot bytes cannot be installed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The image does not decode.
+    #[error("malformed state image: {0}")]
+    Malformed(alloc::string::String),
+}
+
+/// The image a key-value state freezes to: its map, dedup table and digest.
+#[derive(Serialize, Deserialize)]
+pub struct KvImage {
+    /// The map, in key order, each value with the position that wrote it.
+    pub map: Vec<(Vec<u8>, Vec<u8>, Position)>,
+    /// The dedup table.
+    pub dedup: DedupTable,
+    /// The chained digest.
+    pub digest: [u8; 32],
+}
+
+/// A key-value map with the position that wrote each value.
+pub type PositionedMap = BTreeMap<Vec<u8>, (Vec<u8>, Position)>;
+
+impl KvImage {
+    /// The image of `map` with its dedup table and digest.
+    pub fn of(map: &PositionedMap, dedup: &DedupTable, digest: [u8; 32]) -> Self {
+        KvImage {
+            map: map
+                .iter()
+                .map(|(k, (v, p))| (k.clone(), v.clone(), *p))
+                .collect(),
+            dedup: dedup.clone(),
+            digest,
+        }
+    }
+
+    /// The map, the dedup table (counting `hits` duplicates, the installing state's own
+    /// count) and the digest.
+    pub fn into_parts(self, hits: u64) -> (PositionedMap, DedupTable, [u8; 32]) {
+        let mut dedup = self.dedup;
+        dedup.set_hits(hits);
+        let map = self.map.into_iter().map(|(k, v, p)| (k, (v, p))).collect();
+        (map, dedup, self.digest)
+    }
+
+    /// Encodes the image.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes an image; trailing bytes are an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let (image, read) = crate::model::decode_limited::<KvImage>(bytes)
+            .map_err(|e| SnapshotError::Malformed(alloc::format!("{e}")))?;
+        if read != bytes.len() {
+            return Err(SnapshotError::Malformed(alloc::format!(
+                "{} trailing bytes",
+                bytes.len() - read
+            )));
+        }
+        Ok(image)
+    }
 }
 
 /// The most recent entry ids a state applied, per proposer, with their answers, so that a
@@ -226,6 +317,8 @@ pub trait State {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupTable {
     proposers: BTreeMap<PeerId, ProposerWindow>,
+    /// A local count, not part of the replicated table (replicas' images are equal).
+    #[serde(skip)]
     hits: u64,
 }
 
@@ -297,9 +390,35 @@ impl DedupTable {
         self.hits
     }
 
+    /// Sets the count of duplicates refused (a state that installs another member's
+    /// table keeps its own count).
+    pub fn set_hits(&mut self, hits: u64) {
+        self.hits = hits;
+    }
+
     /// Whether `id` was applied.
     pub fn contains(&self, id: &EntryId) -> bool {
         self.seen(id).is_some()
+    }
+
+    /// Every remembered id with its answer, by proposer and seq.
+    pub fn entries(&self) -> impl Iterator<Item = (EntryId, &[u8])> {
+        self.proposers.iter().flat_map(|(proposer, w)| {
+            w.recent.iter().map(|(seq, response)| {
+                (
+                    EntryId {
+                        proposer: *proposer,
+                        seq: *seq,
+                    },
+                    response.as_slice(),
+                )
+            })
+        })
+    }
+
+    /// The proposers the table knows.
+    pub fn proposers(&self) -> impl Iterator<Item = &PeerId> {
+        self.proposers.keys()
     }
 }
 
@@ -378,7 +497,7 @@ impl KvResponse {
 /// replicas prove they are equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvState {
-    map: BTreeMap<Vec<u8>, (Vec<u8>, Position)>,
+    map: PositionedMap,
     applied: Slot,
     dedup: DedupTable,
     digest: [u8; 32],
@@ -464,6 +583,17 @@ impl State for KvState {
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
         self.dedup.seen(id)
     }
+
+    fn freeze(&self) -> Vec<u8> {
+        KvImage::of(&self.map, &self.dedup, self.digest).encode()
+    }
+
+    fn install(&mut self, slot: Slot, image: &[u8]) -> Result<(), SnapshotError> {
+        let hits = self.dedup.hits();
+        (self.map, self.dedup, self.digest) = KvImage::decode(image)?.into_parts(hits);
+        self.applied = slot;
+        Ok(())
+    }
 }
 
 /// The map a key-value state runs [`KvCommand`]s against: each value with the position
@@ -477,7 +607,7 @@ pub trait KvMap {
     fn remove(&mut self, key: Vec<u8>);
 }
 
-impl KvMap for BTreeMap<Vec<u8>, (Vec<u8>, Position)> {
+impl KvMap for PositionedMap {
     fn value(&self, key: &[u8]) -> Option<&[u8]> {
         self.get(key).map(|(v, _)| v.as_slice())
     }

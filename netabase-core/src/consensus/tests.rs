@@ -32,6 +32,9 @@ pub(crate) enum Mutant {
     /// A membership change decided at slot `k` is in force from `k + 1` instead of
     /// `k + alpha`.
     ConfigActiveEarly,
+    /// An acceptor's promise reports no truncation point, so the slots it compacted
+    /// away look empty to the candidate.
+    TruncatedReportedEmpty,
 }
 
 /// Bugs planted in the harness's driver or state.
@@ -61,6 +64,9 @@ struct Faults {
     /// The time between crashes: the least, and the span of the random part, in
     /// microseconds.
     crash_every_us: (u64, u64),
+    /// Members crash at the steps of a snapshot install: on a chunk, right after the
+    /// install before its sync, and right after that sync.
+    crash_on_install: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +102,7 @@ impl Params {
                 drift_ppm: 40_000,
                 wipe_permille: 0,
                 crash_every_us: (1_500_000, 4_000_000),
+                crash_on_install: false,
             },
             ops_per_sec: 40,
             config: test_config(),
@@ -126,6 +133,15 @@ fn test_config() -> ConsensusConfig {
         }),
         alpha: 4,
         forward_rate: 100_000,
+        // Compaction every few dozen slots, so members that were down or cut off catch
+        // up by snapshot, in several chunks.
+        compaction: Some(Compaction {
+            entries: 24,
+            bytes: 1 << 30,
+            keep: 6,
+        }),
+        snapshot_chunk_bytes: 512,
+        max_snapshot_bytes: 1 << 20,
     }
 }
 
@@ -166,6 +182,10 @@ enum Ev {
     Crash {
         node: usize,
     },
+    /// One crash, outside the periodic ones.
+    CrashOnce {
+        node: usize,
+    },
     Restart {
         node: usize,
     },
@@ -190,6 +210,16 @@ struct Node {
     writes: BTreeMap<EntryId, usize>,
     reads: BTreeMap<ReadId, usize>,
     changes: BTreeMap<EntryId, MembershipChange>,
+    /// The state as the last sync that moved the log's truncation point left it: with
+    /// the durable log after it, what a restart finds (the state is written with the
+    /// log, without a sync of its own).
+    checkpoint: Option<KvState>,
+    checkpoint_truncated: Slot,
+    /// Crash right after the next sync.
+    crash_after_sync: bool,
+    /// The chosen values of this member's log are recorded through this slot (before
+    /// compaction removes them).
+    recorded: Slot,
 }
 
 struct Harness {
@@ -208,6 +238,9 @@ struct Harness {
     digests: BTreeMap<Slot, [u8; 32]>,
     /// Chosen value per slot, across every member.
     chosen: BTreeMap<Slot, Value>,
+    /// The entry ids each slot applied, as members report them (also for slots their
+    /// logs compacted away before the checker saw them).
+    applied_ids: BTreeMap<Slot, Vec<EntryId>>,
     elections_won: u64,
     lease_reads: u64,
     next_append: u64,
@@ -224,6 +257,9 @@ struct Harness {
     /// The first slot of a configuration decided lately: the network is cut again when a
     /// member applies the slot before it.
     activation: Option<Slot>,
+    snapshot_installs: u64,
+    /// Crashes at a step of a snapshot install.
+    install_crashes: u64,
 }
 
 const CLUSTER: ClusterId = ClusterId([7; 16]);
@@ -254,6 +290,10 @@ impl Harness {
                 writes: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 changes: BTreeMap::new(),
+                checkpoint: None,
+                checkpoint_truncated: 0,
+                crash_after_sync: false,
+                recorded: 0,
             });
         }
         let mut h = Harness {
@@ -270,6 +310,7 @@ impl Harness {
             violations: Vec::new(),
             digests: BTreeMap::new(),
             chosen: BTreeMap::new(),
+            applied_ids: BTreeMap::new(),
             elections_won: 0,
             lease_reads: 0,
             next_append: 0,
@@ -280,6 +321,8 @@ impl Harness {
             leader_changes: 0,
             changes_while_down: 0,
             activation: None,
+            snapshot_installs: 0,
+            install_crashes: 0,
         };
         if h.p.reconfigure {
             h.schedule(1_500_000, Ev::Reconfigure);
@@ -323,7 +366,7 @@ impl Harness {
     fn start(&mut self, i: usize) {
         let now = self.local_time(i);
         let log = core::mem::take(&mut self.nodes[i].log);
-        let mut state = KvState::new();
+        let mut state = self.nodes[i].checkpoint.clone().unwrap_or_default();
         state.no_dedup = self.p.bug == Some(HarnessBug::NoDedup);
         // The first members start from the first configuration; the others join. Every
         // node has every other as a contact (the operator names the cluster's members).
@@ -362,6 +405,25 @@ impl Harness {
             return;
         };
         member.check_invariants();
+        // The chosen values it learned, before compaction drops them.
+        let n = &mut self.nodes[i];
+        let member = n.member.as_ref().expect("live");
+        let from = n.recorded.max(member.log().truncated()) + 1;
+        for s in from..=member.committed() {
+            if let Some(a) = member.log().get(s).filter(|a| a.chosen) {
+                match self.chosen.get(&s) {
+                    Some(v) if *v != a.value => self.violations.push(format!(
+                        "agreement: node {i} has another value chosen at slot {s}"
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.chosen.insert(s, a.value.clone());
+                    }
+                }
+            }
+        }
+        n.recorded = n.recorded.max(member.committed());
+        let member = n.member.as_mut().expect("live");
         // Every member's state after the same applied slot is the same.
         let (slot, digest) = (member.applied(), member.state().digest());
         match self.digests.get(&slot) {
@@ -449,9 +511,10 @@ impl Harness {
                 ));
             }
             Message::Accepted { ballot, slot }
-                if !log
-                    .durable_get(*slot)
-                    .is_some_and(|a| a.ballot >= *ballot || a.chosen) =>
+                if *slot > log.durable_truncated()
+                    && !log
+                        .durable_get(*slot)
+                        .is_some_and(|a| a.ballot >= *ballot || a.chosen) =>
             {
                 self.violations.push(format!(
                     "node {i} voted for slot {slot} before its accept was durable"
@@ -520,7 +583,28 @@ impl Harness {
             Event::ReadFailed { read, .. } => {
                 self.nodes[i].reads.remove(&read);
             }
-            Event::Applied { .. } => {}
+            Event::Applied { slot, entries } => match self.applied_ids.get(&slot) {
+                Some(known) if *known != entries => self.violations.push(format!(
+                    "agreement: node {i} applied other entries at slot {slot}"
+                )),
+                Some(_) => {}
+                None => {
+                    self.applied_ids.insert(slot, entries);
+                }
+            },
+            Event::SnapshotInstalled { slot } => {
+                if std::env::var("NETABASE_PAXOS_DUMP").is_ok() {
+                    std::eprintln!("{} node {i} installed snapshot {slot}", self.now);
+                }
+                self.snapshot_installs += 1;
+                if self.p.faults.crash_on_install && self.faults_on {
+                    match self.rng.next_u64() % 4 {
+                        0 => self.schedule(self.now + 1, Ev::CrashOnce { node: i }),
+                        1 => self.nodes[i].crash_after_sync = true,
+                        _ => {}
+                    }
+                }
+            }
             Event::Configuration { from, .. } => {
                 // The network is cut when a change is decided (slot k) and again when it
                 // comes into force (k + alpha).
@@ -782,8 +866,16 @@ impl Harness {
                         return true;
                     }
                     let peer = self.peers[from];
+                    let chunk = matches!(env.message, Message::Snapshot { .. });
                     m.handle_message(now, peer, *env);
                     self.after(to);
+                    if chunk
+                        && self.p.faults.crash_on_install
+                        && self.faults_on
+                        && self.rng.next_u64().is_multiple_of(8)
+                    {
+                        self.schedule(self.now + 1, Ev::CrashOnce { node: to });
+                    }
                 }
             }
             Ev::Timer { node, epoch } => {
@@ -802,9 +894,18 @@ impl Harness {
                 if self.nodes[node].epoch == epoch {
                     self.nodes[node].sync_scheduled = false;
                     let now = self.local_time(node);
-                    if let Some(m) = self.nodes[node].member.as_mut() {
+                    let n = &mut self.nodes[node];
+                    if let Some(m) = n.member.as_mut() {
                         m.log_mut().sync();
                         m.synced(now);
+                        let truncated = m.log().durable_truncated();
+                        if truncated != n.checkpoint_truncated {
+                            n.checkpoint = Some(m.state().clone());
+                            n.checkpoint_truncated = truncated;
+                        }
+                        if core::mem::take(&mut n.crash_after_sync) {
+                            self.schedule(self.now + 1, Ev::CrashOnce { node });
+                        }
                         let held: Vec<Output> = self.nodes[node].held.drain(..).collect();
                         for o in held {
                             self.carry_out(node, o);
@@ -818,32 +919,14 @@ impl Harness {
                     self.client(node);
                 }
             }
+            Ev::CrashOnce { node } => {
+                if self.faults_on && self.crash(node) {
+                    self.install_crashes += 1;
+                }
+            }
             Ev::Crash { node } => {
                 if self.faults_on {
-                    if let Some(m) = self.nodes[node].member.take() {
-                        let (mut log, _) = m.into_parts();
-                        log.crash();
-                        if self.wipes == 0
-                            && self.bound_everywhere(node)
-                            && self.rng.next_u64() % 1000 < u64::from(self.p.faults.wipe_permille)
-                        {
-                            // The disk is lost: the member restarts from nothing.
-                            self.wipes += 1;
-                            self.wiped.insert(node);
-                            log = MemoryLogStore::new();
-                        }
-                        self.nodes[node].log = log;
-                        self.nodes[node].held.clear();
-                        self.nodes[node].sync_scheduled = false;
-                        self.nodes[node].timer_at = None;
-                        self.nodes[node].epoch += 1;
-                        self.nodes[node].writes.clear();
-                        self.nodes[node].reads.clear();
-                        self.nodes[node].changes.clear();
-                        let (min, span) = self.p.faults.restart_after_us;
-                        let back = self.now + min + self.rng.next_u64() % span.max(1);
-                        self.schedule(back, Ev::Restart { node });
-                    }
+                    self.crash(node);
                     let (min, span) = self.p.faults.crash_every_us;
                     let next = self.now + min + self.rng.next_u64() % span.max(1);
                     let n = (self.rng.next_u64() % self.nodes.len() as u64) as usize;
@@ -906,6 +989,40 @@ impl Harness {
         if self.p.config.lease.is_some() {
             self.check_leases();
         }
+        true
+    }
+
+    /// Crashes a live member: its log loses what was not synced, its state goes back to
+    /// the checkpoint; it restarts a little later. Whether it was live.
+    fn crash(&mut self, node: usize) -> bool {
+        let Some(m) = self.nodes[node].member.take() else {
+            return false;
+        };
+        let (mut log, _) = m.into_parts();
+        log.crash();
+        if self.wipes == 0
+            && self.bound_everywhere(node)
+            && self.rng.next_u64() % 1000 < u64::from(self.p.faults.wipe_permille)
+        {
+            // The disk is lost: the member restarts from nothing.
+            self.wipes += 1;
+            self.wiped.insert(node);
+            log = MemoryLogStore::new();
+            self.nodes[node].checkpoint = None;
+            self.nodes[node].checkpoint_truncated = 0;
+        }
+        self.nodes[node].log = log;
+        self.nodes[node].held.clear();
+        self.nodes[node].sync_scheduled = false;
+        self.nodes[node].crash_after_sync = false;
+        self.nodes[node].timer_at = None;
+        self.nodes[node].epoch += 1;
+        self.nodes[node].writes.clear();
+        self.nodes[node].reads.clear();
+        self.nodes[node].changes.clear();
+        let (min, span) = self.p.faults.restart_after_us;
+        let back = self.now + min + self.rng.next_u64() % span.max(1);
+        self.schedule(back, Ev::Restart { node });
         true
     }
 
@@ -1101,6 +1218,8 @@ impl Harness {
             leader_changes: self.leader_changes,
             changes_while_down: self.changes_while_down,
             wipes: self.wipes,
+            snapshot_installs: self.snapshot_installs,
+            install_crashes: self.install_crashes,
             acked: self.ops.iter().filter(|o| o.ret.is_some()).count(),
             ops: self.ops.len(),
         }
@@ -1152,7 +1271,11 @@ impl Harness {
                 let ok = self
                     .chosen
                     .get(&slot)
-                    .is_some_and(|v| entry_ids(v).contains(id));
+                    .is_some_and(|v| entry_ids(v).contains(id))
+                    || self
+                        .applied_ids
+                        .get(&slot)
+                        .is_some_and(|ids| ids.contains(id));
                 if !ok {
                     self.violations.push(format!(
                         "acknowledged entry {id:?} is not in chosen slot {slot}"
@@ -1189,6 +1312,8 @@ struct Outcome {
     elections_won: u64,
     lease_reads: u64,
     dedup_hits: u64,
+    snapshot_installs: u64,
+    install_crashes: u64,
     acked: usize,
     ops: usize,
 }
@@ -1210,6 +1335,8 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         changes_while_down: 0,
         wipes: 0,
         unrecoverable: 0,
+        snapshot_installs: 0,
+        install_crashes: 0,
         acked: 0,
         ops: 0,
     };
@@ -1227,6 +1354,8 @@ fn sweep(p: &Params, seeds: core::ops::Range<u64>) -> (Vec<(u64, Vec<String>)>, 
         total.changes_while_down += o.changes_while_down;
         total.wipes += o.wipes;
         total.unrecoverable += o.unrecoverable;
+        total.snapshot_installs += o.snapshot_installs;
+        total.install_crashes += o.install_crashes;
         total.acked += o.acked;
         total.ops += o.ops;
     }
@@ -1261,13 +1390,22 @@ fn assert_clean(p: &Params, name: &str) {
         total.ops
     );
     std::eprintln!(
-        "{name}: {n} seeds clean; {} ops, {} acknowledged, {} elections won, {} lease reads, {} dedup hits",
+        "{name}: {n} seeds clean; {} ops, {} acknowledged, {} elections won, {} lease reads, {} dedup hits, {} snapshot installs, {} crashes during installs",
         total.ops,
         total.acked,
         total.elections_won,
         total.lease_reads,
-        total.dedup_hits
+        total.dedup_hits,
+        total.snapshot_installs,
+        total.install_crashes
     );
+    assert!(total.snapshot_installs > 0, "{name}: no snapshot installed");
+    if p.faults.crash_on_install {
+        assert!(
+            total.install_crashes > 0,
+            "{name}: no crash during a snapshot install"
+        );
+    }
     if p.config.lease.is_some() {
         assert!(total.lease_reads > 0, "{name}: no lease read served");
     }
@@ -1332,6 +1470,7 @@ fn scenario(name: &str) -> Option<Params> {
         "leases at the drift bound" => lease_params(),
         "leases with frequent restarts" => lease_restart_params(),
         "membership changes" => membership_params(),
+        "snapshots" => snapshot_params(),
         _ => return None,
     })
 }
@@ -1477,6 +1616,33 @@ fn planted_restart_without_the_lease_wait_is_caught() {
     let mut p = lease_restart_params();
     p.mutant = Some(Mutant::NoLeaseWaitAfterRestart);
     caught(p, "restart without the lease wait");
+}
+
+/// Compaction every few slots with nothing kept behind, snapshots in many small
+/// chunks, and members crashing at every step of an install: on a chunk, after the
+/// install before its sync, right after that sync.
+fn snapshot_params() -> Params {
+    let mut p = Params::chaos(3);
+    p.faults.crash_on_install = true;
+    p.config.compaction = Some(Compaction {
+        entries: 8,
+        bytes: 1 << 30,
+        keep: 0,
+    });
+    p.config.snapshot_chunk_bytes = 1024;
+    p
+}
+
+#[test]
+fn chaos_snapshots() {
+    assert_clean(&snapshot_params(), "snapshots");
+}
+
+#[test]
+fn planted_truncated_slot_reported_empty_is_caught() {
+    let mut p = snapshot_params();
+    p.mutant = Some(Mutant::TruncatedReportedEmpty);
+    caught(p, "truncated slot reported empty");
 }
 
 #[test]

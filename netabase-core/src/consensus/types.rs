@@ -285,6 +285,39 @@ pub struct Reconfiguration {
     pub outcome: Result<Configuration, ChangeError>,
 }
 
+/// What a member sends to one whose missing slots it compacted away (the seed's frozen
+/// state): the state's image as applied through `slot`, with the configurations in force
+/// from `slot + 1` through `slot + alpha` (every change decided at or before `slot`).
+/// The state's dedup table is part of its image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotImage {
+    /// The slot the state is applied through.
+    pub slot: Slot,
+    /// The configurations, each with the first slot it is in force for.
+    pub configurations: Vec<(Slot, Configuration)>,
+    /// The state's image ([`State::freeze`](super::State::freeze)).
+    pub state: Vec<u8>,
+}
+
+impl SnapshotImage {
+    /// Encodes the image.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes an image; `None` for bytes that are not one (trailing bytes included).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (image, read) = crate::model::decode_limited::<SnapshotImage>(bytes).ok()?;
+        (read == bytes.len()).then_some(image)
+    }
+
+    /// The digest a snapshot transfer names for encoded image `bytes`: their SHA-256.
+    pub fn digest(bytes: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(bytes).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

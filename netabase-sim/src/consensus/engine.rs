@@ -188,6 +188,11 @@ struct Node {
     past: [u64; 3],
     /// Whether this incarnation's first sync is done (its incarnation number durable).
     synced_once: bool,
+    /// The state as the last sync that moved the log's truncation point left it: with
+    /// the durable log after it, what a restart finds (the state is written with the
+    /// log, without a sync of its own).
+    checkpoint: Option<SimState>,
+    checkpoint_truncated: Slot,
 }
 
 /// A client operation of the history.
@@ -237,6 +242,9 @@ pub struct ConsensusSimulation {
     digests: BTreeMap<Slot, [u8; 32]>,
     /// The chosen value of each slot, across every member.
     chosen: BTreeMap<Slot, Value>,
+    /// The entry ids of slots a member applied after its log had compacted them away
+    /// (it reports them, the checker no longer sees their value).
+    applied_ids: BTreeMap<Slot, Vec<EntryId>>,
     coverage: Coverage,
     hash: u64,
     events: u64,
@@ -294,6 +302,8 @@ impl ConsensusSimulation {
                     digests_checked: 0,
                     past: [0; 3],
                     synced_once: false,
+                    checkpoint: None,
+                    checkpoint_truncated: 0,
                 }
             })
             .collect();
@@ -315,6 +325,7 @@ impl ConsensusSimulation {
             per_checker: BTreeMap::new(),
             digests: BTreeMap::new(),
             chosen: BTreeMap::new(),
+            applied_ids: BTreeMap::new(),
             coverage: Coverage::default(),
             hash: seed,
             events: 0,
@@ -423,7 +434,10 @@ impl ConsensusSimulation {
     fn start(&mut self, i: usize) {
         let now = self.local(i);
         let log = std::mem::take(&mut self.nodes[i].log);
-        let state = SimState::new(self.spec.injects("no-dedup"));
+        let state = self.nodes[i]
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| SimState::new(self.spec.injects("no-dedup")));
         let member = Member::new(
             self.config.clone(),
             Membership {
@@ -639,9 +653,10 @@ impl ConsensusSimulation {
                 format!("member {i} promised {ballot:?} before the promise was durable"),
             ),
             Message::Accepted { ballot, slot }
-                if !log
-                    .durable_get(*slot)
-                    .is_some_and(|a| a.ballot >= *ballot || a.chosen) =>
+                if *slot > log.durable_truncated()
+                    && !log
+                        .durable_get(*slot)
+                        .is_some_and(|a| a.ballot >= *ballot || a.chosen) =>
             {
                 Some(format!(
                     "member {i} voted for slot {slot} in {ballot:?} before the accept was durable"
@@ -735,13 +750,36 @@ impl ConsensusSimulation {
             }
             // Membership stays as created in these scenarios.
             Event::Configuration { .. } | Event::ChangeDone { .. } => {}
-            Event::Applied { slot, .. } => {
-                let value = self.nodes[i]
+            Event::SnapshotInstalled { .. } => self.coverage.snapshot_installs += 1,
+            Event::Applied { slot, entries } => {
+                let (value, truncated) = self.nodes[i]
                     .member
                     .as_ref()
-                    .and_then(|m| m.log().get(slot));
+                    .map(|m| (m.log().get(slot), m.log().truncated()))
+                    .unwrap_or_default();
                 match value {
                     Some(a) => self.record_chosen(i, slot, &a.value),
+                    // Compacted since it was applied: its entry ids are compared instead.
+                    None if slot <= truncated => match self.applied_ids.get(&slot) {
+                        _ if self
+                            .chosen
+                            .get(&slot)
+                            .is_some_and(|v| entry_ids(v) != entries.iter().copied().collect()) =>
+                        {
+                            self.violation(
+                                "agreement",
+                                format!("member {i} applied other entries at slot {slot}"),
+                            )
+                        }
+                        Some(known) if *known != entries => self.violation(
+                            "agreement",
+                            format!("member {i} applied other entries at slot {slot}"),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            self.applied_ids.insert(slot, entries);
+                        }
+                    },
                     None => self.violation(
                         "agreement",
                         format!("member {i} applied slot {slot}, which its log does not hold"),
@@ -1102,10 +1140,16 @@ impl ConsensusSimulation {
                 if self.nodes[node].epoch == epoch {
                     self.nodes[node].sync_scheduled = false;
                     let now = self.local(node);
-                    if let Some(m) = self.nodes[node].member.as_mut() {
+                    let n = &mut self.nodes[node];
+                    if let Some(m) = n.member.as_mut() {
                         m.log_mut().sync();
                         m.synced(now);
-                        self.nodes[node].synced_once = true;
+                        n.synced_once = true;
+                        let truncated = m.log().durable_truncated();
+                        if truncated != n.checkpoint_truncated {
+                            n.checkpoint = Some(m.state().clone());
+                            n.checkpoint_truncated = truncated;
+                        }
                         let held: Vec<Output> = self.nodes[node].held.drain(..).collect();
                         for o in held {
                             self.carry_out(node, o);
@@ -1376,6 +1420,10 @@ impl ConsensusSimulation {
                     .chosen
                     .get(&slot)
                     .is_some_and(|v| entry_ids(v).contains(&id))
+                && !self
+                    .applied_ids
+                    .get(&slot)
+                    .is_some_and(|ids| ids.contains(&id))
             {
                 lost.push((id, slot));
             }

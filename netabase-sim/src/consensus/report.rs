@@ -29,6 +29,8 @@ pub struct Coverage {
     /// Messages delivered to a member that had already seen a higher round than the
     /// message's ballot.
     pub old_ballot_deliveries: u64,
+    /// Snapshots members installed (they were behind slots others compacted away).
+    pub snapshot_installs: u64,
 }
 
 impl Coverage {
@@ -40,7 +42,7 @@ impl Coverage {
     }
 
     /// Every counter, by name.
-    pub fn counters(&self) -> [(&'static str, u64); 10] {
+    pub fn counters(&self) -> [(&'static str, u64); 11] {
         [
             ("elections_won", self.elections_won),
             ("lease_reads", self.lease_reads),
@@ -52,10 +54,11 @@ impl Coverage {
             ("partitions", self.partitions),
             ("late_deliveries", self.late_deliveries),
             ("old_ballot_deliveries", self.old_ballot_deliveries),
+            ("snapshot_installs", self.snapshot_installs),
         ]
     }
 
-    fn counters_mut(&mut self) -> [&mut u64; 10] {
+    fn counters_mut(&mut self) -> [&mut u64; 11] {
         [
             &mut self.elections_won,
             &mut self.lease_reads,
@@ -67,6 +70,7 @@ impl Coverage {
             &mut self.partitions,
             &mut self.late_deliveries,
             &mut self.old_ballot_deliveries,
+            &mut self.snapshot_installs,
         ]
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netabase_core::consensus::{ConsensusConfig, LeaseConfig};
+use netabase_core::consensus::{Compaction, ConsensusConfig, LeaseConfig};
 use serde::{Deserialize, Serialize};
 
 /// The deliberate bugs a consensus scenario can switch on (`[consensus] inject`), each
@@ -221,6 +221,13 @@ pub struct ConsensusTiming {
     pub lease_drift_ppm: u32,
     /// The lease's margin, ms.
     pub lease_margin_ms: u64,
+    /// Members compact their log once this many applied slots beyond `compact_keep`
+    /// are in it (0: never).
+    pub compact_entries: u64,
+    /// Applied slots kept behind the truncation point.
+    pub compact_keep: u64,
+    /// Bytes per snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for ConsensusTiming {
@@ -237,6 +244,9 @@ impl Default for ConsensusTiming {
             lease_ms: 400,
             lease_drift_ppm: 50_000,
             lease_margin_ms: 0,
+            compact_entries: 24,
+            compact_keep: 6,
+            snapshot_chunk_bytes: 512,
         }
     }
 }
@@ -265,6 +275,13 @@ impl ConsensusSpec {
             }),
             alpha: ConsensusConfig::default().alpha,
             forward_rate: ConsensusConfig::default().forward_rate,
+            compaction: (t.compact_entries > 0).then_some(Compaction {
+                entries: t.compact_entries,
+                bytes: u64::MAX,
+                keep: t.compact_keep,
+            }),
+            snapshot_chunk_bytes: t.snapshot_chunk_bytes,
+            max_snapshot_bytes: 64 << 20,
         }
     }
 

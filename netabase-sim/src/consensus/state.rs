@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use netabase_core::PeerId;
 use netabase_core::consensus::{
-    Applied, Entry, EntryId, KvCommand, KvState, Position, Slot, State,
+    Applied, Entry, EntryId, KvCommand, KvState, Position, Slot, SnapshotError, State,
 };
 
 /// A [`KvState`] that records every entry id it applied with effect (not answered as a
@@ -83,6 +83,16 @@ impl State for SimState {
 
     fn applied_response(&self, id: &EntryId) -> Option<Vec<u8>> {
         self.inner.applied_response(id)
+    }
+
+    fn freeze(&self) -> Vec<u8> {
+        self.inner.freeze()
+    }
+
+    fn install(&mut self, slot: Slot, image: &[u8]) -> Result<(), SnapshotError> {
+        self.inner.install(slot, image)?;
+        self.digests.push((slot, self.inner.digest()));
+        Ok(())
     }
 }
 

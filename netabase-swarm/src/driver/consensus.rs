@@ -118,6 +118,12 @@ impl<R: Runtime> Driver<R> {
             }
             ConsensusCommand::Applied { from, limit, reply } => {
                 let entries = match &self.machine.consensus {
+                    Some(m) if from.max(1) <= m.log().truncated() => {
+                        Err(ConsensusError::Compacted {
+                            first: m.log().truncated() + 1,
+                        }
+                        .into())
+                    }
                     Some(m) => Ok(applied_entries(m, from, limit)),
                     None => Err(ConsensusError::NoCluster.into()),
                 };
@@ -331,6 +337,10 @@ impl<R: Runtime> Driver<R> {
                 if let Some(m) = &self.metrics {
                     m.node.consensus_batch(entries.len());
                 }
+                self.resolve_activated();
+            }
+            MemberEvent::SnapshotInstalled { slot } => {
+                self.emit(NetabaseEvent::ConsensusSnapshotInstalled { slot });
                 self.resolve_activated();
             }
             MemberEvent::Leader { leader, round } => {

@@ -2,7 +2,7 @@
 //! commits writes from every member in one order, serves reads at every level and refuses
 //! a stale compare-and-set.
 
-use netabase::core::consensus::KvCommand;
+use netabase::core::consensus::{Compaction, KvCommand};
 use netabase::{ConsensusError, NetabaseError, NetabaseEvent, ReadLevel, Role};
 use netabase_testnode::MessagePrimaryKey;
 use netabase_testnode::in_process::*;
@@ -232,6 +232,78 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
     .unwrap()
     .unwrap();
     assert_eq!(got, message(7, "while down"));
+}
+
+per_runtime!(a_member_added_after_compaction_catches_up_by_snapshot);
+async fn a_member_added_after_compaction_catches_up_by_snapshot<R: TestRuntime>() {
+    let nodes = network_with::<R>(4, |c| {
+        c.consensus.compaction = Some(Compaction {
+            entries: 8,
+            bytes: u64::MAX,
+            keep: 2,
+        });
+        c.consensus.snapshot_chunk_bytes = 512;
+    })
+    .await;
+    let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    let first = ids[..3].to_vec();
+    let cluster = nodes[0].node.create_cluster(&first).await.unwrap();
+    for n in &nodes[1..3] {
+        n.node.join_cluster(cluster, &first).await.unwrap();
+    }
+    for k in 0..30 {
+        within::<R, _>(
+            "a consensus put",
+            nodes[(k % 3) as usize]
+                .node
+                .put_record_consensus(message(k, "compacted")),
+        )
+        .await
+        .unwrap();
+    }
+    // The log no longer holds the first slots: a reader of the feed is told so.
+    let err = nodes[0].node.applied_entries(1, 10).await.unwrap_err();
+    let NetabaseError::Consensus(ConsensusError::Compacted { first: resume }) = err else {
+        panic!("expected Compacted, got {err:?}");
+    };
+    assert!(resume > 1);
+    assert!(
+        !nodes[0]
+            .node
+            .applied_entries(resume, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A new member cannot catch up by entries from slot 1: it installs the state.
+    let mut joined = nodes[3].events();
+    let (join, added) = futures::join!(
+        within::<R, _>(
+            "node 3 to be added",
+            nodes[3].node.join_cluster(cluster, &first)
+        ),
+        nodes[1].node.add_member(ids[3]),
+    );
+    join.unwrap();
+    added.unwrap();
+    let slot = joined
+        .wait_for("node 3 to install a snapshot", |e| match e {
+            NetabaseEvent::ConsensusSnapshotInstalled { slot } => Some(*slot),
+            _ => None,
+        })
+        .await;
+    assert!(slot >= resume, "{slot} >= {resume}");
+    let (got, _) = within::<R, _>(
+        "a read on the new member",
+        nodes[3]
+            .node
+            .get_record_consensus(&MessagePrimaryKey(0), ReadLevel::Linearizable),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, message(0, "compacted"));
 }
 
 per_runtime!(members_are_added_replaced_and_removed_through_the_log);
