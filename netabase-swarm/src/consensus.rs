@@ -1,8 +1,9 @@
 //! Strongly consistent writes: consensus models through a Multi-Paxos cluster.
 //!
 //! A cluster is a set of nodes (voters) that replicate one log over `/paxos/1.0.0`.
-//! [`Netabase::create_cluster`] mints its id; every other first member calls
-//! [`Netabase::join_cluster`] with that id and the same member list. Members change
+//! [`Netabase::create_cluster`] mints its id and starts the cluster with its node as the
+//! only voter, then adds the other members it names through the log; each of them calls
+//! [`Netabase::join_cluster`] with that id and the member list. Members change
 //! through the log ([`Netabase::add_member`], [`Netabase::remove_member`],
 //! [`Netabase::replace_member`]); a node joining later calls `join_cluster` with the
 //! current members, which resolves once it is added. Writes
@@ -30,9 +31,8 @@
 //!
 //! A node whose data directory was wiped comes back with a new instance: the cluster
 //! does not count its votes, and it does not vote, until it is removed and added again
-//! ([`ClusterStatus::stale_instance`]). Members added later are bound to their instance
-//! before they vote; the members a cluster is created with are bound once the leader
-//! first hears them, and a wipe before that binding is in force is not detected.
+//! ([`ClusterStatus::stale_instance`]). Every member is bound to its instance before it
+//! votes: the creator while it is the only voter, the others when they are promoted.
 //!
 //! The log is compacted ([`Compaction`](netabase_core::consensus::Compaction): by default
 //! once 10,000 applied slots beyond the last 1,000 are in it, or 64 MiB of values): the
@@ -173,6 +173,9 @@ pub(crate) enum ConsensusCommand {
     Start {
         cluster: ClusterId,
         members: Vec<PeerId>,
+        /// Whether this node creates the cluster (it starts as its only voter and adds
+        /// the others through the log).
+        create: bool,
         reply: oneshot::Sender<Result<(), NetabaseError>>,
     },
     Change {
@@ -226,6 +229,9 @@ pub(crate) struct ConsensusClient {
     pub(crate) activating: Vec<(Slot, ChangeReply)>,
     /// `join_cluster` calls waiting until a configuration includes this node.
     pub(crate) joining: Vec<oneshot::Sender<Result<(), NetabaseError>>>,
+    /// The members a cluster this node created adds through the log, by the id of the
+    /// change in flight (proposed again if its outcome is unknown).
+    pub(crate) adding: HashMap<EntryId, netabase_core::PeerId>,
     pub(crate) reads: HashMap<ReadId, (Vec<u8>, ReadReply)>,
     /// Requests of `/paxos/1.0.0` not answered yet, per peer, oldest first: the next
     /// message to that peer rides on the answer.
@@ -241,6 +247,7 @@ impl ConsensusClient {
             changes: HashMap::new(),
             activating: Vec::new(),
             joining: Vec::new(),
+            adding: HashMap::new(),
             reads: HashMap::new(),
             open_requests: HashMap::new(),
         }
@@ -278,38 +285,49 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
         self.call(|reply| Command::Consensus(make(reply))).await
     }
 
-    /// Creates a consensus cluster of this node and `members` (this node is added if
-    /// missing) and starts this node's member; returns the new cluster's id, which every
-    /// other member passes to [`join_cluster`](Netabase::join_cluster) with the same list.
+    /// Creates a consensus cluster and starts this node's member as its only voter;
+    /// returns the new cluster's id, which every other node of `members` passes to
+    /// [`join_cluster`](Netabase::join_cluster). This node adds each of them through the
+    /// log (as [`add_member`](Netabase::add_member) does): each becomes a voter once it
+    /// has joined and caught up, bound to the instance of its data, so that a member
+    /// whose data is lost later is told apart. Until the others have joined, this node
+    /// decides alone.
     pub async fn create_cluster(&self, members: &[PeerId]) -> Result<ClusterId, NetabaseError> {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id)
             .map_err(|e| NetabaseError::Config(format!("no randomness for a cluster id: {e}")))?;
         let cluster = ClusterId(id);
-        self.join_cluster(cluster, members).await?;
+        self.start_member(cluster, members, true).await?;
         Ok(cluster)
     }
 
-    /// Starts this node's member of `cluster`.
-    ///
-    /// If `members` lists this node, they are the cluster's first voters, as
-    /// [`create_cluster`](Netabase::create_cluster) was given them (every first member
-    /// starts with the same list; a restart passes it again and keeps what its log knows).
-    /// Otherwise this node joins a running cluster: `members` are the members it trusts to
-    /// hear from, and the call resolves once a member has added it
-    /// ([`add_member`](Netabase::add_member) or [`replace_member`](Netabase::replace_member)
-    /// on any member); it then catches up as a learner and votes once the leader promotes
-    /// it. A node whose log already knows a configuration that includes it resolves at
-    /// once.
+    /// Starts this node's member of `cluster`: `members` are the members it trusts to
+    /// hear from (the list the cluster was created with, or its current members). It
+    /// resolves once this node votes: at once for a voter whose log knows it (a restart);
+    /// for a new member once another member has added it (the creator adds the members
+    /// it was created with; [`add_member`](Netabase::add_member) or
+    /// [`replace_member`](Netabase::replace_member) on any member adds others), it has
+    /// caught up as a learner, and the configuration the leader promoted it in is in
+    /// force here.
     pub async fn join_cluster(
         &self,
         cluster: ClusterId,
         members: &[PeerId],
     ) -> Result<(), NetabaseError> {
+        self.start_member(cluster, members, false).await
+    }
+
+    async fn start_member(
+        &self,
+        cluster: ClusterId,
+        members: &[PeerId],
+        create: bool,
+    ) -> Result<(), NetabaseError> {
         let members = members.to_vec();
         self.consensus(|reply| ConsensusCommand::Start {
             cluster,
             members,
+            create,
             reply,
         })
         .await?

@@ -14,9 +14,10 @@
 //! Membership changes go through the log ([`MembershipChange`]): a change decided at
 //! slot `k` is in force from `k + alpha` ([`Member::cluster_at`]); new members catch up
 //! as learners and the leader promotes them. Each voter is bound to its [`Instance`], so
-//! a member whose data was wiped stops voting until it is removed and added again (the
-//! first members of a cluster only once the leader has bound them: a wipe before that
-//! is not detected).
+//! a member whose data was wiped stops voting until it is removed and added again. A
+//! member started with several first members binds them only once the leader hears
+//! them (a wipe before that is not detected), so netabase's `create_cluster` starts a
+//! cluster with its creator alone and adds the others through the log.
 //!
 //! Each member compacts its log ([`Compaction`]): the state written with a sync is the
 //! snapshot of the slots it applied, and the log drops them in the same durable write. A

@@ -5,8 +5,8 @@ use futures::{FutureExt, StreamExt};
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use netabase_core::consensus::{
-    Configuration, Event as MemberEvent, KvCommand, LogStore, Member, Membership,
-    Output as MemberOutput, Position, ProposeError, Slot, State, Value,
+    Configuration, EntryId, Event as MemberEvent, KvCommand, LogStore, Member, Membership,
+    MembershipChange, Output as MemberOutput, Position, ProposeError, Slot, State, Value,
 };
 
 use super::Driver;
@@ -30,13 +30,14 @@ impl<R: Runtime> Driver<R> {
             ConsensusCommand::Start {
                 cluster,
                 members,
+                create,
                 reply,
-            } => match self.start_consensus(cluster, &members) {
-                Ok(()) if self.consensus_includes_local() => {
-                    let _ = reply.send(Ok(()));
+            } => match self.start_consensus(cluster, &members, create) {
+                // A joining node waits until it votes.
+                Ok(()) => {
+                    self.consensus.joining.push(reply);
+                    self.resolve_activated();
                 }
-                // A joining node waits until a configuration includes it.
-                Ok(()) => self.consensus.joining.push(reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -139,8 +140,14 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Answers the membership changes whose configuration is in force here.
+    /// Answers the membership changes whose configuration is in force here, and the
+    /// `join_cluster` calls once this node votes.
     fn resolve_activated(&mut self) {
+        if self.consensus_votes_here() {
+            for reply in self.consensus.joining.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
         if self.consensus.activating.is_empty() {
             return;
         }
@@ -154,18 +161,19 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Whether the newest configuration the member knows includes this node.
-    fn consensus_includes_local(&self) -> bool {
-        self.machine.consensus.as_ref().is_some_and(|m| {
-            m.latest_configuration()
-                .is_some_and(|c| c.includes(&m.local()))
-        })
+    /// Whether this node is a voter of the configuration in force at its next slot.
+    fn consensus_votes_here(&self) -> bool {
+        self.machine
+            .consensus
+            .as_ref()
+            .is_some_and(|m| m.configuration().votes(&m.local(), m.instance()))
     }
 
     fn start_consensus(
         &mut self,
         cluster: netabase_core::consensus::ClusterId,
         members: &[libp2p::PeerId],
+        create: bool,
     ) -> Result<(), NetabaseError> {
         if let Some(m) = &self.machine.consensus {
             return Err(ConsensusError::AlreadyMember(m.cluster()).into());
@@ -183,22 +191,54 @@ impl<R: Runtime> Driver<R> {
         let backend = self.machine.kad.store().backend().clone();
         let mut log = ConsensusLog::open(backend)?;
         let state = ConsensusState::open(&mut log)?;
-        let member: Member<ConsensusLog, ConsensusState> = Member::new(
+        // A new cluster starts with its creator alone; every other member joins through
+        // the log, so that each voter is bound to its instance before it votes (a first
+        // voter that lost its data could not be told from one starting for the first
+        // time). An empty configuration joins.
+        let first = if create {
+            Configuration::new([local])
+        } else {
+            Configuration::default()
+        };
+        let now = self.now();
+        let mut member: Member<ConsensusLog, ConsensusState> = Member::new(
             self.consensus.config.clone(),
             Membership {
                 local,
                 cluster,
-                members: Configuration::new(members),
+                members: first,
                 contacts,
             },
             log,
             state,
             u64::from_le_bytes(seed),
-            self.now(),
+            now,
         )
         .map_err(ConsensusError::from)?;
+        if create {
+            for peer in members.into_iter().filter(|p| *p != local) {
+                let id = member
+                    .change_membership(now, MembershipChange::Add(peer))
+                    .map_err(ConsensusError::from)?;
+                self.consensus.adding.insert(id, peer);
+            }
+        }
         self.machine.consensus = Some(member);
         Ok(())
+    }
+
+    /// A change adding a member of a created cluster had an unknown outcome: proposed
+    /// again (adding a member twice changes nothing).
+    fn add_again(&mut self, id: EntryId) {
+        let Some(peer) = self.consensus.adding.remove(&id) else {
+            return;
+        };
+        let now = self.now();
+        if let Some(member) = &mut self.machine.consensus
+            && let Ok(id) = member.change_membership(now, MembershipChange::Add(peer))
+        {
+            self.consensus.adding.insert(id, peer);
+        }
     }
 
     pub(super) fn on_consensus_output(&mut self, output: MemberOutput) {
@@ -277,6 +317,7 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             MemberEvent::Indeterminate { id } => {
+                self.add_again(id);
                 if let Some(reply) = self.consensus.writes.remove(&id) {
                     let _ = reply.send(Err(ConsensusError::Indeterminate(id).into()));
                 }
@@ -285,6 +326,7 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             MemberEvent::ChangeDone { id, result } => {
+                self.consensus.adding.remove(&id);
                 if let Some(reply) = self.consensus.changes.remove(&id) {
                     match result {
                         Ok(from) => self.consensus.activating.push((from, reply)),
@@ -312,11 +354,7 @@ impl<R: Runtime> Driver<R> {
                         .filter_map(to_libp2p_peer)
                         .collect(),
                 });
-                if self.consensus_includes_local() {
-                    for reply in self.consensus.joining.drain(..) {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
+                self.resolve_activated();
             }
             MemberEvent::ReadReady { read } => {
                 if let Some((key, reply)) = self.consensus.reads.remove(&read) {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use netabase_sim::linearizability::{Budget, KvInput, KvModel, KvOutput, Operation, check};
 use netabase_testnode::{
-    CasReply, ClusterStatusReply, Command, ConsensusFound, ConsensusReply, ConsensusWriteReply,
-    Event, LogPosition, ReadLevelName,
+    BootstrapReply, CasReply, ClusterStatusReply, Command, ConsensusFound, ConsensusReply,
+    ConsensusWriteReply, Event, LogPosition, ReadLevelName,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -142,6 +142,27 @@ fn form_cluster(prefix: &str, n: usize, dirs: &[TempDir]) -> (Plan, Vec<NodeProc
             )
             .then_some(())
         });
+    }
+    // The creator adds the others through the log: wait until every member votes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &mut nodes {
+        node.expect_event("every member a voter", |e| match e {
+            Event::ConsensusConfiguration { voters, .. } if voters.len() == n => Some(()),
+            _ => None,
+        });
+        // In force once the slots before it are applied: each round waits for a
+        // linearizable read, which takes a heartbeat round of the leader.
+        while status(node).members.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the configuration with every member is not in force",
+                node.name
+            );
+            let _: ConsensusReply<Option<ConsensusFound>> = node.call(Command::ConsensusGet {
+                id: u64::MAX,
+                level: ReadLevelName::Linearizable,
+            });
+        }
     }
     (plan, nodes)
 }
@@ -773,6 +794,51 @@ fn a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(n: usize) 
         assert!(node.shutdown().success());
     }
     eprintln!("{n} members: {:?}", began.elapsed());
+}
+
+/// A fourth process joins a running three-member cluster: `join_cluster` resolves once
+/// another process added it, it catches up, is promoted and serves a linearizable read of
+/// a write made before it joined.
+#[test]
+fn a_fourth_process_joins_a_running_cluster() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (plan, mut nodes) = form_cluster("join-", 3, &dirs);
+    let before: ConsensusReply<ConsensusWriteReply> = nodes[0].call(Command::ConsensusPut {
+        message: message(1, "before"),
+    });
+    assert!(before.done().is_some(), "the first write failed");
+    let mut newcomer = settings(Spawn::new("join-3", Rt::Tokio))
+        .bootstrap(&nodes[0])
+        .start();
+    let bootstrapped: BootstrapReply = newcomer.call(Command::Bootstrap);
+    assert!(bootstrapped.routing_table_size >= 1);
+    let join = newcomer.send(Command::JoinCluster {
+        cluster: plan.cluster.clone(),
+        members: plan.peer_ids(),
+    });
+    let added: ConsensusReply<u64> = nodes[1].call(Command::AddMember {
+        peer: newcomer.peer_id.clone(),
+    });
+    assert!(added.done().is_some(), "the add failed");
+    let () = newcomer.reply_as(join);
+    let id = newcomer.peer_id.clone();
+    newcomer.expect_event("the newcomer becomes a voter", |e| match e {
+        Event::ConsensusConfiguration { voters, .. } if voters.contains(&id) => Some(()),
+        _ => None,
+    });
+    let found: ConsensusReply<Option<ConsensusFound>> = newcomer.call(Command::ConsensusGet {
+        id: 1,
+        level: ReadLevelName::Linearizable,
+    });
+    let found = found
+        .done()
+        .flatten()
+        .expect("the write made before the join");
+    assert_eq!(found.record, message(1, "before"));
+    assert!(newcomer.shutdown().success());
+    for node in nodes {
+        assert!(node.shutdown().success());
+    }
 }
 
 #[test]
