@@ -703,8 +703,19 @@ pub struct Member<L, S> {
     serving: Option<snapshot::Serving>,
     /// The snapshot this member receives.
     receiving: Option<snapshot::Receiving>,
-    #[cfg(test)]
-    pub(crate) mutant: Option<super::tests::Mutant>,
+    #[cfg(any(test, feature = "fault-injection"))]
+    mutant: Option<super::Mutant>,
+}
+
+/// Whether the planted bug `$m` is on (never, without the `fault-injection` feature).
+macro_rules! planted {
+    ($self:ident, $m:ident) => {{
+        #[cfg(any(test, feature = "fault-injection"))]
+        let on = $self.mutant == Some(super::Mutant::$m);
+        #[cfg(not(any(test, feature = "fault-injection")))]
+        let on = false;
+        on
+    }};
 }
 
 impl<L: LogStore, S: State> Member<L, S> {
@@ -794,7 +805,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             serving: None,
             receiving: None,
             config,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             mutant: None,
         };
         if member.state.applied() < member.log.truncated() {
@@ -816,11 +827,16 @@ impl<L: LogStore, S: State> Member<L, S> {
         Ok(member)
     }
 
-    /// A planted bug for the harness: a restarted member promises at once instead of
-    /// waiting out the leases it may have granted before the crash.
-    #[cfg(test)]
-    pub(crate) fn skip_lease_wait(&mut self) {
-        self.promise_blocked_until = Instant::ZERO;
+    /// Plants `mutant` in this member, for checkers to catch (feature `fault-injection`;
+    /// never in a production build).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject(&mut self, mutant: super::Mutant) {
+        self.mutant = Some(mutant);
+        if mutant == super::Mutant::NoLeaseWaitAfterRestart {
+            // A restarted member promises at once instead of waiting out the leases it
+            // may have granted before the crash.
+            self.promise_blocked_until = Instant::ZERO;
+        }
     }
 
     // ----- accessors -------------------------------------------------------------------
@@ -1551,11 +1567,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             return;
         }
         if promised != Some(ballot) {
-            #[cfg(test)]
-            let skip = self.mutant == Some(super::tests::Mutant::PromiseNotPersisted);
-            #[cfg(not(test))]
-            let skip = false;
-            if !skip {
+            if !planted!(self, PromiseNotPersisted) {
                 self.log.set_promised(ballot);
             }
             if matches!(self.phase, Phase::Leader(_) | Phase::Candidate(_)) {
@@ -1592,14 +1604,11 @@ impl<L: LogStore, S: State> Member<L, S> {
             }
             cursor = last + 1;
         }
-        #[cfg(test)]
-        let truncated = if self.mutant == Some(super::tests::Mutant::TruncatedReportedEmpty) {
+        let truncated = if planted!(self, TruncatedReportedEmpty) {
             0
         } else {
             self.log.truncated()
         };
-        #[cfg(not(test))]
-        let truncated = self.log.truncated();
         self.send(
             from,
             Message::Promise {
@@ -2522,15 +2531,12 @@ impl<L: LogStore, S: State> Member<L, S> {
         // configuration learns here that a newer one has taken over).
         let knows_all = self.state.applied() >= l.noop_slot.max(l.fill_to);
         if let Some(lease) = lease.filter(|_| knows_all) {
-            #[cfg(test)]
-            let span = if self.mutant == Some(super::tests::Mutant::LeaseIgnoresDrift) {
+            let span = if planted!(self, LeaseIgnoresDrift) {
                 // The acceptors' bound, D·(1 + ε), used on the leader's own clock.
                 lease.acceptor_wait()
             } else {
                 lease.leader_span()
             };
-            #[cfg(not(test))]
-            let span = lease.leader_span();
             l.lease_until = l.lease_until.max(sent + span);
         }
         let keys: Vec<u64> = self.reads.keys().copied().collect();
@@ -2727,14 +2733,11 @@ impl<L: LogStore, S: State> Member<L, S> {
     /// Applies a membership change decided at `slot`: its configuration is in force from
     /// `slot + alpha`.
     fn apply_reconfiguration(&mut self, slot: Slot, r: &Reconfiguration) {
-        #[cfg(test)]
-        let from = if self.mutant == Some(super::tests::Mutant::ConfigActiveEarly) {
+        let from = if planted!(self, ConfigActiveEarly) {
             slot + 1
         } else {
             slot + self.config.alpha
         };
-        #[cfg(not(test))]
-        let from = slot + self.config.alpha;
         let result = match &r.outcome {
             Ok(configuration) => {
                 self.stats.config_changes += 1;
@@ -2875,8 +2878,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         let Phase::Leader(l) = &self.phase else {
             return false;
         };
-        #[cfg(test)]
-        if self.mutant == Some(super::tests::Mutant::ReadBeforeNoop) {
+        if planted!(self, ReadBeforeNoop) {
             return true;
         }
         if applied < l.noop_slot || applied < l.fill_to {
@@ -2935,8 +2937,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                     }
                     _ => {
                         if let ReadOrigin::Local(_, _level) = r.origin {
-                            #[cfg(test)]
-                            if self.mutant == Some(super::tests::Mutant::FollowerReadsLocally) {
+                            if planted!(self, FollowerReadsLocally) {
                                 r.stage = ReadStage::Applied { index: applied };
                                 self.advance_read(now, key);
                                 return;

@@ -25,6 +25,8 @@
 //! ([`State::freeze`]) and sent in chunks that resume where a transfer stopped
 //! ([`SnapshotImage`]); installing it never moves a member backwards.
 
+#[cfg(any(test, feature = "fault-injection"))]
+mod fault;
 mod member;
 mod message;
 mod store;
@@ -33,6 +35,8 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+#[cfg(any(test, feature = "fault-injection"))]
+pub use fault::Mutant;
 pub use member::{
     Compaction, ConsensusConfig, ConsensusConfigError, ConsensusStats, EntryStatus, Event,
     LeaseConfig, Member, Membership, Output, ProposeError, ReadFailure, ReadId, ReadLevel, Role,

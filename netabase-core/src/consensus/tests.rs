@@ -15,28 +15,6 @@ use rand_core::{RngCore, SeedableRng};
 use super::*;
 use crate::{Instant, PeerId};
 
-/// Bugs planted in the member, each of which the harness must catch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mutant {
-    /// An acceptor promises without writing the promise.
-    PromiseNotPersisted,
-    /// A follower serves a linearizable read from its own state.
-    FollowerReadsLocally,
-    /// A new leader serves reads before its no-op is applied.
-    ReadBeforeNoop,
-    /// A restarted member promises at once, without waiting out its leases.
-    NoLeaseWaitAfterRestart,
-    /// The leader's lease runs `D·(1 + ε)` (the acceptors' bound) on its own clock
-    /// instead of `D·(1 − ε) − margin`.
-    LeaseIgnoresDrift,
-    /// A membership change decided at slot `k` is in force from `k + 1` instead of
-    /// `k + alpha`.
-    ConfigActiveEarly,
-    /// An acceptor's promise reports no truncation point, so the slots it compacted
-    /// away look empty to the candidate.
-    TruncatedReportedEmpty,
-}
-
 /// Bugs planted in the harness's driver or state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum HarnessBug {
@@ -390,9 +368,8 @@ impl Harness {
             now,
         )
         .expect("valid member");
-        member.mutant = self.p.mutant;
-        if self.p.mutant == Some(Mutant::NoLeaseWaitAfterRestart) {
-            member.skip_lease_wait();
+        if let Some(mutant) = self.p.mutant {
+            member.inject(mutant);
         }
         self.nodes[i].member = Some(member);
         self.nodes[i].epoch += 1;

@@ -452,6 +452,14 @@ impl ConsensusSimulation {
             now,
         )
         .expect("a validated configuration starts");
+        #[cfg(feature = "fault-injection")]
+        let member = {
+            let mut member = member;
+            if let Some(bug) = self.spec.member_bug() {
+                member.inject(bug);
+            }
+            member
+        };
         let node = &mut self.nodes[i];
         node.member = Some(member);
         node.epoch += 1;

@@ -5,8 +5,10 @@ use std::time::Duration;
 use netabase_core::consensus::{Compaction, ConsensusConfig, LeaseConfig};
 use serde::{Deserialize, Serialize};
 
-/// The deliberate bugs a consensus scenario can switch on (`[consensus] inject`), each
-/// living in the simulator's driver, state or client, never in the member:
+/// The deliberate bugs a consensus scenario can switch on (`[consensus] inject`) that live
+/// in the simulator's driver, state or client (with the `fault-injection` feature, the
+/// bugs planted in the member itself, by the kebab-case names of the core's
+/// `consensus::Mutant`, are injectable too):
 /// - `"reply-before-sync"`: the driver sends promises and accepted votes before the log
 ///   writes they report are durable;
 /// - `"no-dedup"`: the replicated state applies a retried entry again (its duplicate is
@@ -290,6 +292,20 @@ impl ConsensusSpec {
         self.inject.as_deref() == Some(name)
     }
 
+    /// The bug planted in every member, if `inject` names one.
+    #[cfg(feature = "fault-injection")]
+    pub fn member_bug(&self) -> Option<netabase_core::consensus::Mutant> {
+        self.inject
+            .as_deref()
+            .and_then(netabase_core::consensus::Mutant::from_name)
+    }
+
+    /// Without the `fault-injection` feature no member bug is injectable.
+    #[cfg(not(feature = "fault-injection"))]
+    pub fn member_bug(&self) -> Option<std::convert::Infallible> {
+        None
+    }
+
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), String> {
         let range = |r: [f64; 2]| r[0] >= 0.0 && r[1] >= r[0] && r[1].is_finite();
@@ -318,9 +334,11 @@ impl ConsensusSpec {
         }
         if let Some(bug) = &self.inject
             && !CONSENSUS_INJECTABLE.contains(&bug.as_str())
+            && self.member_bug().is_none()
         {
             return Err(format!(
-                "consensus.inject must be one of {CONSENSUS_INJECTABLE:?}"
+                "consensus.inject must be one of {CONSENSUS_INJECTABLE:?} (the member's own \
+                 planted bugs need the fault-injection feature)"
             ));
         }
         let n = &self.network;

@@ -197,13 +197,10 @@ impl<L: LogStore, S: State> Member<L, S> {
             .as_ref()
             .is_some_and(|r| r.slot == slot && r.digest == digest && r.total == total);
         if !same {
-            // A transfer starts at its first byte; a newer snapshot, or one from another
-            // member (the first sender went quiet), replaces the one in progress.
-            let replaces = self
-                .receiving
-                .as_ref()
-                .is_none_or(|r| r.slot < slot || r.from != from);
-            if offset != 0 || !replaces {
+            // A transfer starts at its first byte, and the start of another snapshot
+            // replaces the one in progress: its sender answers (the first one went
+            // quiet, or restarted and holds another snapshot now).
+            if offset != 0 {
                 return;
             }
             self.receiving = Some(Receiving {
