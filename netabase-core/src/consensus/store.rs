@@ -759,6 +759,99 @@ mod tests {
         assert_ne!(a.digest(), b.digest());
     }
 
+    /// A command of the property below: a key-value command by proposer `p` (a retry of
+    /// an earlier id when `retry`).
+    fn arb_command() -> impl proptest::strategy::Strategy<Value = (u8, bool, u8, u8, u8)> {
+        use proptest::prelude::*;
+        (0u8..3, any::<bool>(), 0u8..4, 0u8..4, any::<u8>())
+    }
+
+    fn kv_entry(p: u8, seq: u64, kind: u8, key: u8, v: u8) -> Entry {
+        let key = alloc::vec![key];
+        let command = match kind {
+            0 => KvCommand::Put {
+                key,
+                value: alloc::vec![v],
+            },
+            1 => KvCommand::Remove { key },
+            2 => KvCommand::CompareAndSet {
+                key,
+                expected: None,
+                new: Some(alloc::vec![v]),
+            },
+            _ => KvCommand::Append {
+                key,
+                value: alloc::vec![v],
+            },
+        };
+        Entry {
+            id: EntryId {
+                proposer: PeerId::from_seed(u64::from(p)),
+                seq,
+            },
+            command: command.encode(),
+        }
+    }
+
+    proptest::proptest! {
+        /// A state installed from another's frozen image is that state: same digest and
+        /// map, and every later entry (retries included) gets the same answer on both.
+        #[test]
+        fn an_installed_image_continues_like_its_original(
+            before in proptest::collection::vec(arb_command(), 0..40),
+            after in proptest::collection::vec(arb_command(), 0..40),
+        ) {
+            let mut original = KvState::new();
+            let mut seqs = [0u64; 3];
+            let run = |state: &mut KvState,
+                       ops: &[(u8, bool, u8, u8, u8)],
+                       seqs: &mut [u64; 3],
+                       slot0: u64| {
+                let mut answers = Vec::new();
+                for (i, &(p, retry, kind, key, v)) in ops.iter().enumerate() {
+                    let seq = if retry && seqs[p as usize] > 0 {
+                        seqs[p as usize]
+                    } else {
+                        seqs[p as usize] += 1;
+                        seqs[p as usize]
+                    };
+                    let slot = slot0 + i as u64;
+                    let entry = kv_entry(p, seq, kind, key, v);
+                    answers.push(state.apply(Position { slot, index: 0 }, &entry));
+                    state.set_applied(slot);
+                }
+                answers
+            };
+            run(&mut original, &before, &mut seqs, 1);
+            let image = original.freeze();
+            let mut copy = KvState::new();
+            let slot = original.applied();
+            copy.install(slot, &image).unwrap();
+            proptest::prop_assert_eq!(copy.applied(), slot);
+            proptest::prop_assert_eq!(copy.digest(), original.digest());
+            proptest::prop_assert_eq!(copy.freeze(), image);
+            let mut seqs_copy = seqs;
+            let a = run(&mut original, &after, &mut seqs, slot + 1);
+            let b = run(&mut copy, &after, &mut seqs_copy, slot + 1);
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(copy.digest(), original.digest());
+        }
+
+        /// Bytes that are not an image change nothing.
+        #[test]
+        fn garbage_is_not_installed(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut state = KvState::new();
+            state.apply(Position { slot: 1, index: 0 }, &kv_entry(0, 1, 0, 1, 1));
+            state.set_applied(1);
+            let before = state.clone();
+            if state.install(9, &bytes).is_err() {
+                proptest::prop_assert_eq!(state, before);
+            }
+        }
+    }
+
     #[test]
     fn memory_log_loses_unsynced_writes_at_a_crash() {
         let b = Ballot {
