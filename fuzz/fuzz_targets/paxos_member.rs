@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use netabase_core::consensus::{
     Ballot, ClusterId, Compaction, Configuration, ConsensusConfig, Entry, EntryId, Envelope,
     KvCommand, KvState, Member, Membership, MembershipChange, MemoryLogStore, Message, Position,
-    ReadLevel, Reconfiguration, SlotValue, SnapshotImage, State, Value,
+    ReadLevel, Reconfiguration, SlotValue, SnapshotChunk, SnapshotImage, State, Value,
 };
 use netabase_core::{Instant, PeerId};
 
@@ -330,13 +330,13 @@ fuzz_target!(|ops: Vec<Op>| {
                 let end = (start + usize::from(len)).min(image.len());
                 Some((
                     from,
-                    Message::Snapshot {
+                    Message::Snapshot(SnapshotChunk {
                         slot,
                         total,
                         digest: SnapshotImage::digest(&image),
                         offset: start as u64,
                         chunk: image[start..end].to_vec(),
-                    },
+                    }),
                 ))
             }
             Op::SnapshotNext { from, slot, offset } => Some((

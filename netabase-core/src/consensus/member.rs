@@ -1204,13 +1204,7 @@ impl<L: LogStore, S: State> Member<L, S> {
             } => self.on_heartbeat_ack(now, from, ballot, seq, committed),
             Message::CatchUp { from: slot } => self.on_catch_up(now, from, slot),
             Message::Entries { entries } => self.on_entries(now, entries),
-            Message::Snapshot {
-                slot,
-                total,
-                digest,
-                offset,
-                chunk,
-            } => self.on_snapshot(now, from, slot, total, digest, offset, chunk),
+            Message::Snapshot(chunk) => self.on_snapshot(now, from, chunk),
             Message::SnapshotNext {
                 slot,
                 digest,
@@ -1937,13 +1931,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 self.maybe_catch_up(now);
             }
             Message::Entries { entries } => self.on_entries(now, entries),
-            Message::Snapshot {
-                slot,
-                total,
-                digest,
-                offset,
-                chunk,
-            } => self.on_snapshot(now, from, slot, total, digest, offset, chunk),
+            Message::Snapshot(chunk) => self.on_snapshot(now, from, chunk),
             _ => self.stats.refused += 1,
         }
     }

@@ -34,6 +34,23 @@ pub struct SlotValue {
     pub chosen: bool,
 }
 
+/// A piece of a snapshot: of the encoded [`SnapshotImage`](super::SnapshotImage) of the
+/// state applied through `slot`, `total` bytes with SHA-256 `digest`, the bytes `chunk`
+/// from `offset` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The slot the snapshot is applied through.
+    pub slot: Slot,
+    /// The image's length.
+    pub total: u64,
+    /// The SHA-256 of the whole image.
+    pub digest: [u8; 32],
+    /// Where `chunk` starts in the image.
+    pub offset: u64,
+    /// The bytes.
+    pub chunk: Vec<u8>,
+}
+
 /// A consensus message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -161,21 +178,8 @@ pub enum Message {
         change: alloc::boxed::Box<MembershipChange>,
     },
     /// A piece of a snapshot, the answer to a catch-up from a slot the sender compacted
-    /// away: the encoded [`SnapshotImage`](super::SnapshotImage) of the state applied
-    /// through `slot`, `total` bytes with SHA-256 `digest`, of which `chunk` starts at
-    /// `offset`.
-    Snapshot {
-        /// The slot the snapshot is applied through.
-        slot: Slot,
-        /// The image's length.
-        total: u64,
-        /// The SHA-256 of the whole image.
-        digest: [u8; 32],
-        /// Where `chunk` starts in the image.
-        offset: u64,
-        /// The bytes.
-        chunk: Vec<u8>,
-    },
+    /// away.
+    Snapshot(SnapshotChunk),
     /// The receiver of a snapshot asks for its bytes from `offset` on (a transfer resumes
     /// where it stopped). A sender that holds no snapshot with this slot and digest sends
     /// its own from the start.
@@ -209,7 +213,7 @@ impl Message {
             Message::Relinquish { .. } => "relinquish",
             Message::TimeoutNow { .. } => "timeout_now",
             Message::ChangeMembership { .. } => "change_membership",
-            Message::Snapshot { .. } => "snapshot",
+            Message::Snapshot(_) => "snapshot",
             Message::SnapshotNext { .. } => "snapshot_next",
         }
     }

@@ -42,7 +42,9 @@ pub use member::{
     LeaseConfig, Member, Membership, Output, ProposeError, ReadFailure, ReadId, ReadLevel, Role,
     StartError,
 };
-pub use message::{Envelope, MAX_MESSAGE_BYTES, Message, SlotValue, WIRE_FORMAT, WireError};
+pub use message::{
+    Envelope, MAX_MESSAGE_BYTES, Message, SlotValue, SnapshotChunk, WIRE_FORMAT, WireError,
+};
 pub use store::{
     AcceptedValue, Applied, DedupTable, KvCommand, KvImage, KvMap, KvResponse, KvState, LogStore,
     MemoryLogStore, PositionedMap, SnapshotError, State, chain_digest, entry_ids, execute,

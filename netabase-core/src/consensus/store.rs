@@ -289,20 +289,13 @@ impl KvImage {
 
     /// Encodes the image.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+        crate::model::encode_value(self).unwrap_or_default()
     }
 
     /// Decodes an image; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let (image, read) = crate::model::decode_limited::<KvImage>(bytes)
-            .map_err(|e| SnapshotError::Malformed(alloc::format!("{e}")))?;
-        if read != bytes.len() {
-            return Err(SnapshotError::Malformed(alloc::format!(
-                "{} trailing bytes",
-                bytes.len() - read
-            )));
-        }
-        Ok(image)
+        crate::model::decode_value("key-value state image", bytes)
+            .map_err(|e| SnapshotError::Malformed(alloc::format!("{e}")))
     }
 }
 

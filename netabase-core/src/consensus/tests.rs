@@ -843,7 +843,7 @@ impl Harness {
                         return true;
                     }
                     let peer = self.peers[from];
-                    let chunk = matches!(env.message, Message::Snapshot { .. });
+                    let chunk = matches!(env.message, Message::Snapshot(_));
                     m.handle_message(now, peer, *env);
                     self.after(to);
                     if chunk
@@ -1825,45 +1825,37 @@ fn a_member_cannot_fill_the_leader_s_queue_with_forwards() {
     let now = Instant::from_millis(1);
     // The pipeline holds the leader's no-op; forwarded entries wait in the queue, at most
     // half of it (two members) from one member.
-    let entries: Vec<Entry> = (0..10)
+    forward(&mut m, other, other, now, 0..10);
+    assert_eq!(m.stats().forwards_refused, 6);
+    // Entries claiming another proposer are refused outright.
+    let before = m.stats().refused;
+    forward(&mut m, other, PeerId::from_seed(1), now, 99..100);
+    assert_eq!(m.stats().refused, before + 1);
+}
+
+/// `from` forwards to `m` the entries of `proposer` with sequence numbers `seqs`.
+fn forward(
+    m: &mut Member<MemoryLogStore, KvState>,
+    from: PeerId,
+    proposer: PeerId,
+    now: Instant,
+    seqs: core::ops::Range<u64>,
+) {
+    let entries = seqs
         .map(|seq| Entry {
-            id: EntryId {
-                proposer: other,
-                seq,
-            },
+            id: EntryId { proposer, seq },
             command: vec![1],
         })
         .collect();
     m.handle_message(
         now,
-        other,
+        from,
         Envelope {
             cluster: CLUSTER,
             instance: 5,
             message: Message::Forward { entries },
         },
     );
-    assert_eq!(m.stats().forwards_refused, 6);
-    // Entries claiming another proposer are refused outright.
-    let before = m.stats().refused;
-    m.handle_message(
-        now,
-        other,
-        Envelope {
-            cluster: CLUSTER,
-            instance: 5,
-            message: Message::Forward {
-                entries: vec![Entry {
-                    id: EntryId {
-                        proposer: PeerId::from_seed(1),
-                        seq: 99,
-                    },
-                    command: vec![1],
-                }],
-            },
-        },
-    );
-    assert_eq!(m.stats().refused, before + 1);
 }
 
 #[test]
@@ -1871,27 +1863,7 @@ fn a_member_s_forwards_are_rate_limited() {
     let mut config = test_config();
     config.forward_rate = 4;
     let (mut m, other) = two_member_leader(config);
-    let forward =
-        |m: &mut Member<MemoryLogStore, KvState>, now: Instant, seqs: core::ops::Range<u64>| {
-            let entries = seqs
-                .map(|seq| Entry {
-                    id: EntryId {
-                        proposer: other,
-                        seq,
-                    },
-                    command: vec![1],
-                })
-                .collect();
-            m.handle_message(
-                now,
-                other,
-                Envelope {
-                    cluster: CLUSTER,
-                    instance: 5,
-                    message: Message::Forward { entries },
-                },
-            );
-        };
+    let forward = |m: &mut _, now, seqs| forward(m, other, other, now, seqs);
     // A second's budget (four entries) goes at once; the rest waits for the refill.
     let now = Instant::from_millis(1);
     forward(&mut m, now, 0..10);

@@ -302,13 +302,12 @@ pub struct SnapshotImage {
 impl SnapshotImage {
     /// Encodes the image.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, crate::model::bincode_config()).unwrap_or_default()
+        crate::model::encode_value(self).unwrap_or_default()
     }
 
     /// Decodes an image; `None` for bytes that are not one (trailing bytes included).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let (image, read) = crate::model::decode_limited::<SnapshotImage>(bytes).ok()?;
-        (read == bytes.len()).then_some(image)
+        crate::model::decode_value("snapshot image", bytes).ok()
     }
 
     /// The digest a snapshot transfer names for encoded image `bytes`: their SHA-256.

@@ -215,14 +215,16 @@ impl<R: Runtime> Driver<R> {
             now,
         )
         .map_err(ConsensusError::from)?;
+        let mut adding = Vec::new();
         if create {
             for peer in members.into_iter().filter(|p| *p != local) {
                 let id = member
                     .change_membership(now, MembershipChange::Add(peer))
                     .map_err(ConsensusError::from)?;
-                self.consensus.adding.insert(id, peer);
+                adding.push((id, peer));
             }
         }
+        self.consensus.adding.extend(adding);
         self.machine.consensus = Some(member);
         Ok(())
     }

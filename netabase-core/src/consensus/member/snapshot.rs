@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use super::{Event, Member, Phase};
 use crate::Instant;
 use crate::PeerId;
-use crate::consensus::message::Message;
+use crate::consensus::message::{Message, SnapshotChunk};
 use crate::consensus::store::{LogStore, State};
 use crate::consensus::types::{Slot, SnapshotImage};
 
@@ -69,11 +69,7 @@ impl<L: LogStore, S: State> Member<L, S> {
         if let Phase::Leader(l) = &self.phase {
             // Never a slot the leader still proposes in (its own slots are above its
             // applied prefix; a peer's catch-up may have run it ahead).
-            let open = l
-                .inflight
-                .keys()
-                .next()
-                .map_or(l.next_slot, |s| (*s).min(l.next_slot));
+            let open = l.inflight.keys().next().copied().unwrap_or(l.next_slot);
             upto = upto.min(open.saturating_sub(1));
         }
         if upto <= self.log.truncated() {
@@ -145,29 +141,26 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
         let start = offset as usize;
         let end = (start + self.config.snapshot_chunk_bytes).min(s.bytes.len());
-        let message = Message::Snapshot {
+        let message = Message::Snapshot(SnapshotChunk {
             slot: s.slot,
             total,
             digest: s.digest,
             offset,
             chunk: s.bytes[start..end].to_vec(),
-        };
+        });
         self.stats.snapshot_chunks_sent += 1;
         self.send(to, message);
     }
 
     /// Takes one chunk of a snapshot.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_snapshot(
-        &mut self,
-        now: Instant,
-        from: PeerId,
-        slot: Slot,
-        total: u64,
-        digest: [u8; 32],
-        offset: u64,
-        chunk: Vec<u8>,
-    ) {
+    pub(super) fn on_snapshot(&mut self, now: Instant, from: PeerId, piece: SnapshotChunk) {
+        let SnapshotChunk {
+            slot,
+            total,
+            digest,
+            offset,
+            chunk,
+        } = piece;
         if slot <= self.state.applied() {
             // Not ahead of this member: a snapshot never moves it backwards. Catch-up
             // goes on by entries, unless a transfer from another member is under way

@@ -234,6 +234,34 @@ async fn a_three_member_cluster_commits_and_reads_linearizably<R: TestRuntime>()
     assert_eq!(got, message(7, "while down"));
 }
 
+/// A cluster created by `nodes[0]` with every node of `nodes`, each joined.
+async fn form_cluster<R: TestRuntime>(nodes: &[TestNode<R>]) -> netabase::ClusterId {
+    let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    let cluster = nodes[0].node.create_cluster(&ids).await.unwrap();
+    for n in &nodes[1..] {
+        n.node.join_cluster(cluster, &ids).await.unwrap();
+    }
+    cluster
+}
+
+/// `joiner` joins `cluster` (knowing `contacts`) while `adder` adds it; both succeed.
+async fn join_added<R: TestRuntime>(
+    joiner: &TestNode<R>,
+    adder: &TestNode<R>,
+    cluster: netabase::ClusterId,
+    contacts: &[netabase::PeerId],
+) {
+    let (join, added) = futures::join!(
+        within::<R, _>(
+            "the new member to be added",
+            joiner.node.join_cluster(cluster, contacts)
+        ),
+        adder.node.add_member(joiner.id()),
+    );
+    join.unwrap();
+    added.unwrap();
+}
+
 per_runtime!(a_member_added_after_compaction_catches_up_by_snapshot);
 async fn a_member_added_after_compaction_catches_up_by_snapshot<R: TestRuntime>() {
     let nodes = network_with::<R>(4, |c| {
@@ -247,10 +275,7 @@ async fn a_member_added_after_compaction_catches_up_by_snapshot<R: TestRuntime>(
     .await;
     let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
     let first = ids[..3].to_vec();
-    let cluster = nodes[0].node.create_cluster(&first).await.unwrap();
-    for n in &nodes[1..3] {
-        n.node.join_cluster(cluster, &first).await.unwrap();
-    }
+    let cluster = form_cluster(&nodes[..3]).await;
     for k in 0..30 {
         within::<R, _>(
             "a consensus put",
@@ -278,15 +303,7 @@ async fn a_member_added_after_compaction_catches_up_by_snapshot<R: TestRuntime>(
 
     // A new member cannot catch up by entries from slot 1: it installs the state.
     let mut joined = nodes[3].events();
-    let (join, added) = futures::join!(
-        within::<R, _>(
-            "node 3 to be added",
-            nodes[3].node.join_cluster(cluster, &first)
-        ),
-        nodes[1].node.add_member(ids[3]),
-    );
-    join.unwrap();
-    added.unwrap();
+    join_added(&nodes[3], &nodes[1], cluster, &first).await;
     let slot = joined
         .wait_for("node 3 to install a snapshot", |e| match e {
             NetabaseEvent::ConsensusSnapshotInstalled { slot } => Some(*slot),
@@ -311,10 +328,7 @@ async fn members_are_added_replaced_and_removed_through_the_log<R: TestRuntime>(
     let nodes = network::<R>(5).await;
     let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
     let first = ids[..3].to_vec();
-    let cluster = nodes[0].node.create_cluster(&first).await.unwrap();
-    for n in &nodes[1..3] {
-        n.node.join_cluster(cluster, &first).await.unwrap();
-    }
+    let cluster = form_cluster(&nodes[..3]).await;
     nodes[0]
         .node
         .put_record_consensus(message(1, "before"))
@@ -324,15 +338,7 @@ async fn members_are_added_replaced_and_removed_through_the_log<R: TestRuntime>(
     // Node 3 joins: its call resolves once a member adds it; the leader promotes it once
     // it has caught up.
     let mut joined = nodes[3].events();
-    let (join, added) = futures::join!(
-        within::<R, _>(
-            "node 3 to be added",
-            nodes[3].node.join_cluster(cluster, &first)
-        ),
-        nodes[1].node.add_member(ids[3]),
-    );
-    join.unwrap();
-    added.unwrap();
+    join_added(&nodes[3], &nodes[1], cluster, &first).await;
     joined
         .wait_for("node 3 to become a voter", |e| match e {
             NetabaseEvent::ConsensusConfiguration { voters, .. } if voters.contains(&ids[3]) => {
