@@ -24,7 +24,9 @@ use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm};
-use netabase::{Netabase, NetabaseConfig, NetabaseEvent, Role, netabase_definition_module};
+use netabase::{
+    Netabase, NetabaseConfig, NetabaseEvent, Role, StorageBackend, netabase_definition_module,
+};
 
 /// The record the clients write.
 // The macro generates public key types without documentation of their own.
@@ -65,6 +67,10 @@ struct Args {
     /// Keys the clients write (uniformly).
     #[arg(long, default_value_t = 1000)]
     keys: u64,
+    /// Nodes keep log and state in memory (no fsync): what a commit costs besides the
+    /// disk, beside the floor's libp2p exchange.
+    #[arg(long)]
+    memory: bool,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -82,10 +88,15 @@ fn main() {
 
 async fn run(args: Args) {
     println!(
-        "consensus benchmark: value {} bytes, {} keys, {} s per run, redb with durable commits, {} cores",
+        "consensus benchmark: value {} bytes, {} keys, {} s per run, {}, {} cores",
         args.value_size,
         args.keys,
         args.seconds,
+        if args.memory {
+            "log and state in memory (no fsync)"
+        } else {
+            "redb with durable commits"
+        },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for &members in &args.members {
@@ -98,7 +109,7 @@ async fn run(args: Args) {
             ms(floor.total())
         );
         let dir = tempfile::tempdir().expect("temporary directory");
-        let nodes = cluster(dir.path(), members).await;
+        let nodes = cluster(dir.path(), members, args.memory).await;
         let leader = leader_of(&nodes).await;
         let one = measure(&nodes, leader, 1, &args).await;
         report(members, 1, &one, &floor);
@@ -331,11 +342,18 @@ async fn tcp_p50(size: usize, count: usize) -> Duration {
     p(&mut samples, 0.5)
 }
 
-/// `members` nodes on 127.0.0.1 (redb, durable commits, mDNS off) in one cluster.
-async fn cluster(root: &std::path::Path, members: usize) -> Vec<Node> {
+/// `members` nodes on 127.0.0.1 (redb with durable commits, or memory; mDNS off) in one
+/// cluster.
+async fn cluster(root: &std::path::Path, members: usize, memory: bool) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..members {
+        let backend = if memory {
+            StorageBackend::Memory
+        } else {
+            StorageBackend::Redb
+        };
         let config = NetabaseConfig::default()
+            .with_backend(backend)
             .with_data_dir(root.join(format!("node-{i}")))
             .with_listen_addresses(["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")])
             .with_mdns(false);

@@ -14,8 +14,15 @@
 //! then calls [`Member::synced`](netabase_core::consensus::Member::synced).
 //!
 //! The state never writes on its own: its changes (values, applied slot, dedup table and
-//! digest) are buffered in memory and written by the log's `sync`, in the same transaction
-//! as the log's promise, cluster, incarnation, slots and truncation point. A compaction
+//! digest) are buffered in memory and written by a sync of the log, in the same
+//! transaction as the log's promise, cluster, incarnation, slots and truncation point. A
+//! `sync` writes them only when they are due: when it truncates the log, or once the state
+//! applied [`STATE_WRITE_INTERVAL`] slots or changed [`STATE_WRITE_ROWS`] rows since its
+//! rows were last written ([`PersistentLog::flush`] writes them whatever their age, for a
+//! clean stop). Slots
+//! applied in between cost no state rows in the commit that makes each of them durable;
+//! after a crash they are replayed from the log, which keeps them (it truncates only in a
+//! transaction that writes the state). A compaction
 //! (the log drops slots its state applied) and a snapshot install (the state replaced
 //! by another member's, the log truncated through its slot) are therefore atomic: a crash
 //! keeps the state with the log it was written with. A state only applies slots the
@@ -97,6 +104,18 @@ use crate::error::{Result, StoreError};
 
 /// The accepted values, one row per slot.
 pub const LOG_TABLE: &str = "paxos.log";
+
+/// Slots a state may apply beyond its rows in the backend before a [`PersistentLog::sync`]
+/// writes them (besides the syncs that truncate the log, which always do, and
+/// [`STATE_WRITE_ROWS`]). A commit that makes a slot durable then writes only the log's
+/// rows, not the state's map, dedup and meta rows (on redb, 7 pages per commit instead
+/// of 12 with one writer); a restart replays at most this many slots from the log more.
+pub const STATE_WRITE_INTERVAL: Slot = 1024;
+
+/// Changed rows of a state (keys, dedup entries and floors) after which a
+/// [`PersistentLog::sync`] writes them even before [`STATE_WRITE_INTERVAL`] slots, so
+/// that busy slots of many entries do not pile up one large transaction.
+pub const STATE_WRITE_ROWS: usize = 1024;
 /// The log's cluster id, incarnation, instance, promise and configurations.
 pub const META_TABLE: &str = "paxos.meta";
 /// The key-value state's map.
@@ -168,6 +187,9 @@ trait Staged: Send {
     fn changes(&self) -> Result<Vec<Change>>;
     /// The rows were written durably.
     fn written(&mut self);
+    /// Whether a sync should write the rows ([`STATE_WRITE_INTERVAL`] slots or
+    /// [`STATE_WRITE_ROWS`] rows changed since they were last written).
+    fn due(&self) -> bool;
 }
 
 /// The log's meta and slots, as a backend holds them or as written since the last sync.
@@ -209,7 +231,7 @@ pub struct PersistentLog<B: Backend> {
     durable: LogImage,
     /// What was written since the last sync.
     overlay: LogImage,
-    /// The attached state's buffer, written at each sync.
+    /// The attached state's buffer, written by the syncs it is due at.
     state: Option<Weak<Mutex<dyn Staged>>>,
     syncs: u64,
 }
@@ -246,13 +268,29 @@ impl<B: Backend> PersistentLog<B> {
         })
     }
 
-    /// Makes every write so far durable, the log's and its state's, in one durable
-    /// transaction; costs nothing when there are none. On an error nothing of it is
-    /// written and every write stays pending for the next sync.
+    /// Makes every write of the log so far durable in one durable transaction, with the
+    /// state's changes when they are due (this sync truncates the log, or the state
+    /// applied [`STATE_WRITE_INTERVAL`] slots or changed [`STATE_WRITE_ROWS`] rows since
+    /// its rows were last written);
+    /// costs nothing when nothing is to be written. On an error nothing of it is written
+    /// and every write stays pending for the next sync.
     pub fn sync(&mut self) -> Result<()> {
+        self.write(false)
+    }
+
+    /// Like [`sync`](Self::sync), and writes the state's changes whatever their age: a
+    /// node stopping cleanly calls it, so that it restarts without replaying the slots its
+    /// state applied since its rows were last written.
+    pub fn flush(&mut self) -> Result<()> {
+        self.write(true)
+    }
+
+    fn write(&mut self, whole_state: bool) -> Result<()> {
         let state = self.state.as_ref().and_then(Weak::upgrade);
         let mut state = state.as_deref().map(lock);
-        let state_dirty = state.as_ref().is_some_and(|s| s.dirty());
+        let state_dirty = state.as_ref().is_some_and(|s| {
+            s.dirty() && (whole_state || self.overlay.truncated.is_some() || s.due())
+        });
         if self.overlay.is_empty() && !state_dirty {
             return Ok(());
         }
@@ -300,7 +338,7 @@ impl<B: Backend> PersistentLog<B> {
             }
             tx.commit()?;
         }
-        if let Some(state) = state.as_mut() {
+        if let Some(state) = state.as_mut().filter(|_| state_dirty) {
             state.written();
         }
         let overlay = std::mem::take(&mut self.overlay);
@@ -531,6 +569,8 @@ struct KvInner {
     dirty_floors: BTreeSet<PeerId>,
     /// The applied slot, dedup table or digest changed since the last sync.
     dirty_meta: bool,
+    /// The applied slot the backend holds.
+    written_applied: Slot,
 }
 
 impl KvInner {
@@ -559,6 +599,7 @@ impl KvInner {
                 .dedup
                 .restore_floor(proposer, unseal(DEDUP_FLOOR_TABLE, &key, &value)?);
         }
+        inner.written_applied = inner.applied;
         Ok(inner)
     }
 }
@@ -625,7 +666,14 @@ impl Staged for KvInner {
         Ok(out)
     }
 
+    fn due(&self) -> bool {
+        self.applied.saturating_sub(self.written_applied) >= STATE_WRITE_INTERVAL
+            || self.dirty_keys.len() + self.dirty_dedup.len() + self.dirty_floors.len()
+                >= STATE_WRITE_ROWS
+    }
+
     fn written(&mut self) {
+        self.written_applied = self.applied;
         self.dirty_keys.clear();
         self.dirty_dedup.clear();
         self.dirty_floors.clear();
@@ -638,9 +686,9 @@ impl Staged for KvInner {
 /// entries reports the same digest), kept in the backend of a [`PersistentLog`].
 ///
 /// The state holds its whole map in memory (loaded at [`open`](PersistentKvState::open))
-/// and never writes on its own: the log's [`sync`](PersistentLog::sync) writes its changes
-/// in the log's durable transaction, so that a crash never leaves it ahead of the durable
-/// log (see the [module documentation](self)).
+/// and never writes on its own: the log's syncs write its changes (when due, see
+/// [`STATE_WRITE_INTERVAL`]) in the log's durable transaction, so that a crash never
+/// leaves it ahead of the durable log (see the [module documentation](self)).
 pub struct PersistentKvState<B: Backend> {
     inner: Arc<Mutex<KvInner>>,
     _backend: PhantomData<fn() -> B>,
@@ -708,7 +756,7 @@ impl<B: Backend> PersistentKvState<B> {
         lock(&self.inner).dedup.hits()
     }
 
-    /// Whether the state changed since the last sync of its log.
+    /// Whether the state changed since its rows were last written.
     pub fn dirty(&self) -> bool {
         lock(&self.inner).dirty()
     }

@@ -11,6 +11,7 @@ use netabase_powercut::{Disk, RedbDisk, Retention, Rng as PowerRng};
 use netabase_store::backend::{ReadTransaction, WriteTransaction};
 use netabase_store::consensus::{
     DEDUP_FLOOR_TABLE, DEDUP_TABLE, KV_META_TABLE, KV_TABLE, LOG_TABLE, META_TABLE,
+    STATE_WRITE_INTERVAL, STATE_WRITE_ROWS,
 };
 use netabase_store::core::consensus::{
     AcceptedValue, Ballot, ClusterId, Compaction, Configuration, ConsensusConfig, Entry, EntryId,
@@ -104,8 +105,12 @@ enum Op {
     Reuse { pick: usize, command: Vec<u8> },
     /// The slot ends.
     EndSlot,
-    /// The log syncs.
+    /// This many slots without entries (no-ops) end.
+    EmptySlots(u64),
+    /// The log syncs (the state's rows are written when due).
     Sync,
+    /// The log flushes (the state's rows are written).
+    Flush,
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -135,7 +140,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Retry),
         1 => (any::<usize>(), command()).prop_map(|(pick, command)| Op::Reuse { pick, command }),
         2 => Just(Op::EndSlot),
+        1 => (1..2 * STATE_WRITE_INTERVAL).prop_map(Op::EmptySlots),
         1 => Just(Op::Sync),
+        1 => Just(Op::Flush),
     ]
 }
 
@@ -207,8 +214,28 @@ fn equivalence<B: Backend>(
                 slot += 1;
                 index = 0;
             }
+            Op::EmptySlots(n) => {
+                slot += n - 1;
+                mem.set_applied(slot);
+                state.set_applied(slot);
+                slot += 1;
+                index = 0;
+            }
             Op::Sync => {
+                let due = mem.applied() - at_sync.applied() >= STATE_WRITE_INTERVAL;
                 log.sync().expect("sync");
+                assert!(
+                    !due || !state.dirty(),
+                    "a sync writes the state's rows once due"
+                );
+                // Rows not due stay unwritten: the reopen at the end finds the state of
+                // the last write.
+                if !state.dirty() {
+                    at_sync = mem.clone();
+                }
+            }
+            Op::Flush => {
+                log.flush().expect("flush");
                 assert!(!state.dirty());
                 at_sync = mem.clone();
             }
@@ -219,7 +246,7 @@ fn equivalence<B: Backend>(
     // Hits count this process's refusals (they start from zero after a reopen).
     assert_eq!(state.dedup_hits(), mem.dedup().hits(), "dedup hits");
     if final_sync {
-        log.sync().expect("sync");
+        log.flush().expect("flush");
         at_sync = mem.clone();
     }
     let backend = Arc::clone(log.backend());
@@ -287,7 +314,7 @@ fn write_sync_crash<B: Backend>(backend: Arc<B>) -> (BTreeMap<Slot, AcceptedValu
     }
     log.put(5, accepted(5, false, b"gap"));
     assert!(log.dirty());
-    log.sync().unwrap();
+    log.flush().unwrap();
     assert!(!log.dirty());
     assert_eq!(log.syncs(), 1);
     log.sync().unwrap();
@@ -388,7 +415,7 @@ fn reopen_after_sync_keeps_everything() {
         },
     );
     state.set_applied(1);
-    log.sync().unwrap();
+    log.flush().unwrap();
     let (expected, digest) = (slots(&log), state.digest());
     let value = state.get(b"l");
     assert!(value.is_some());
@@ -493,6 +520,75 @@ fn compaction_and_snapshot_install_are_atomic_with_the_state() {
     assert!(
         state.applied_response(&id(3)).is_none(),
         "old dedup rows deleted"
+    );
+}
+
+/// A sync writes the state's rows only when due: once the state applied
+/// `STATE_WRITE_INTERVAL` slots or changed `STATE_WRITE_ROWS` rows since they were last
+/// written, or when the sync truncates the log. Until then the log keeps every slot the
+/// backend's state lacks.
+#[test]
+fn a_sync_writes_the_state_only_when_due() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("paxos.redb");
+    let (mut log, mut state) = open_pair(open_redb(&path));
+    // Slot `slot` with `entries` entries writing distinct keys (two rows each: the key
+    // and its dedup entry), applied.
+    let apply = |log: &mut PersistentLog<RedbBackend>,
+                 state: &mut PersistentKvState<RedbBackend>,
+                 slot: Slot,
+                 entries: u64| {
+        log.put(slot, accepted(slot, true, b"x"));
+        for i in 0..entries {
+            let seq = slot * 10_000 + i;
+            state.apply(
+                Position {
+                    slot,
+                    index: i as u32,
+                },
+                &put_entry(seq, &seq.to_be_bytes(), b"v"),
+            );
+        }
+        state.set_applied(slot);
+    };
+    // Slots short of the interval, with few rows: not due.
+    for slot in 1..STATE_WRITE_INTERVAL {
+        apply(&mut log, &mut state, slot, u64::from(slot <= 3));
+    }
+    log.sync().unwrap();
+    assert!(state.dirty(), "not due yet");
+    drop((log, state));
+    let (mut log, mut state) = open_pair(open_redb(&path));
+    assert_eq!(
+        (log.len() as u64, state.applied(), state.len()),
+        (STATE_WRITE_INTERVAL - 1, 0, 0),
+        "the log is durable, the state's rows were not due"
+    );
+    // Applied again (as a member replays its log at start) and one slot more: due.
+    for slot in 1..=STATE_WRITE_INTERVAL {
+        apply(&mut log, &mut state, slot, u64::from(slot <= 3));
+    }
+    log.sync().unwrap();
+    assert!(!state.dirty(), "due after the interval");
+    // One slot of many entries: due by rows.
+    let busy = STATE_WRITE_INTERVAL + 1;
+    apply(&mut log, &mut state, busy, STATE_WRITE_ROWS as u64 / 2);
+    log.sync().unwrap();
+    assert!(!state.dirty(), "due by rows");
+    let digest = state.digest();
+    // One more slot and a truncation: the truncating sync writes the state with it.
+    apply(&mut log, &mut state, busy + 1, 1);
+    log.truncate(busy + 1);
+    log.sync().unwrap();
+    assert!(!state.dirty(), "written with the truncation");
+    let (truncated_digest, keys) = (state.digest(), state.len());
+    assert_ne!(digest, truncated_digest);
+    drop((log, state));
+    let (log, state) = open_pair(open_redb(&path));
+    assert_eq!(log.truncated(), busy + 1);
+    assert_eq!(
+        (state.applied(), state.digest(), state.len()),
+        (busy + 1, truncated_digest, keys)
     );
 }
 
