@@ -1203,7 +1203,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 committed,
             } => self.on_heartbeat_ack(now, from, ballot, seq, committed),
             Message::CatchUp { from: slot } => self.on_catch_up(now, from, slot),
-            Message::Entries { entries } => self.on_entries(now, entries),
+            Message::Entries { entries } => self.on_entries(now, from, entries),
             Message::Snapshot(chunk) => self.on_snapshot(now, from, chunk),
             Message::SnapshotNext {
                 slot,
@@ -1486,8 +1486,12 @@ impl<L: LogStore, S: State> Member<L, S> {
     fn start_election(&mut self, now: Instant) {
         if !self.may_lead() {
             // Learners, joining members, removed members and members whose data was
-            // wiped never campaign.
+            // wiped never campaign. With no leader heard for a whole election timeout, it
+            // asks the voters it knows for the slots chosen after its own: a learner may
+            // have been made a voter by a slot that only a member being removed (which
+            // leaves leading to those that stay) has learned.
             self.reset_election(now);
+            self.ask_for_chosen(now);
             return;
         }
         self.stats.elections += 1;
@@ -1930,7 +1934,7 @@ impl<L: LogStore, S: State> Member<L, S> {
                 self.leader_committed = self.leader_committed.max(committed);
                 self.maybe_catch_up(now);
             }
-            Message::Entries { entries } => self.on_entries(now, entries),
+            Message::Entries { entries } => self.on_entries(now, from, entries),
             Message::Snapshot(chunk) => self.on_snapshot(now, from, chunk),
             _ => self.stats.refused += 1,
         }
@@ -2635,8 +2639,30 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
     }
 
-    fn on_entries(&mut self, now: Instant, entries: Vec<SlotValue>) {
+    /// Asks every voter of the configurations this member knows (none for a member that
+    /// knows none) for the chosen slots after its own; `on_entries` goes on asking the
+    /// first that answers while its answers come full.
+    fn ask_for_chosen(&mut self, now: Instant) {
+        if self.receiving.is_some() {
+            return;
+        }
+        let voters: BTreeSet<PeerId> = self
+            .live_configs()
+            .flat_map(|c| c.voters.keys().copied())
+            .filter(|p| *p != self.local)
+            .collect();
+        let from = self.committed + 1;
+        for p in voters {
+            self.catch_up_sent = Some(now);
+            self.send(p, Message::CatchUp { from });
+        }
+    }
+
+    fn on_entries(&mut self, now: Instant, from: PeerId, entries: Vec<SlotValue>) {
         self.catch_up_sent = None;
+        // A full answer while no leader is followed: the sender may hold more (with a
+        // leader, its commit index says how far to go).
+        let more = entries.len() >= self.config.catch_up_slots.max(1) && self.leader.is_none();
         for v in entries {
             if !v.chosen || v.slot <= self.log.truncated() {
                 continue;
@@ -2656,6 +2682,11 @@ impl<L: LogStore, S: State> Member<L, S> {
         }
         self.advance_committed();
         self.apply_committed(now);
+        if more && self.catch_up_sent.is_none() {
+            self.catch_up_sent = Some(now);
+            let from_slot = self.committed + 1;
+            self.send(from, Message::CatchUp { from: from_slot });
+        }
         self.maybe_catch_up(now);
     }
 

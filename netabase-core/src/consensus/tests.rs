@@ -1132,8 +1132,21 @@ impl Harness {
         // A member that a change still in flight at the heal removed is not held to it,
         // and a configuration whose voters that kept their data are no majority cannot
         // make progress at all (requests racing each other may shrink it to two voters).
+        // Every configuration from the one of the first slot not yet chosen everywhere on:
+        // the slots of each must be decided by its own voters.
         let members = self.final_members();
-        let recoverable = self.configs.values().next_back().is_none_or(|c| {
+        let first_open = members
+            .iter()
+            .filter_map(|&i| self.nodes[i].member.as_ref())
+            .map(|m| m.committed() + 1)
+            .min()
+            .unwrap_or(1);
+        let start = self
+            .configs
+            .range(..=first_open)
+            .next_back()
+            .map_or(0, |(s, _)| *s);
+        let recoverable = self.configs.range(start..).all(|(_, c)| {
             let intact = c
                 .voters
                 .keys()
