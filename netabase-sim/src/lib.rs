@@ -50,12 +50,17 @@
 //! | `paxos-5` | the same with five members |
 //! | `paxos-pause-drift` | leases at the edge: ε = 20 %, the election timeout just above the acceptors' lease wait, frequent leader pauses, isolated and one-way-partitioned leaders |
 //! | `paxos-crash-disk` | crashes every 0.5–1.5 s and a whole-cluster crash on slow, lossy disks |
+//! | `paxos-lease-restarts` | acceptors restarting while a lease they granted runs, under drift at the bound |
+//! | `paxos-membership` | three members and two spare nodes: the operator adds, removes and replaces members (the leader too) every 0.6–1.8 s under load, the network cut anew when a change is decided and when it comes into force, crashes (changes while a node is down), pauses |
 //!
 //! A run has a safety phase (`duration_s`) with the faults and a closed-loop client
 //! workload (puts, compare-and-sets and appends of unique values to a few keys, reads at
 //! every level), then heals everything and demands that every member apply a fresh write
-//! of every member within `liveness_bound_s`. The checkers (agreement, at-most-once, no
-//! acknowledged write lost, equal state digests per applied slot, at most one lease
+//! of every member within `liveness_bound_s` (with membership changes, of every member of
+//! the newest configuration). The checkers (agreement, the same configuration at each
+//! slot on every member and every decided change in force where it was reported,
+//! at-most-once, no acknowledged write lost, equal state digests per applied slot, at most
+//! one lease
 //! holder at any instant, promises and votes only after their writes are durable,
 //! linearizability of the writes and linearizable and lease reads, liveness) report named
 //! violations; the report's coverage counters show which faults and protocol paths a run

@@ -624,6 +624,13 @@ fn paxos_sweep(name: &str) -> Coverage {
     coverage
 }
 
+/// The counters of membership changes, which only `paxos-membership` exercises.
+const NO_MEMBERSHIP: [&str; 3] = [
+    "membership_changes",
+    "leader_removals",
+    "changes_while_down",
+];
+
 /// Every counter of `coverage` is above zero, except those in `absent`.
 fn assert_covered(name: &str, coverage: &Coverage, absent: &[&str]) {
     for (counter, value) in coverage.counters() {
@@ -636,13 +643,13 @@ fn assert_covered(name: &str, coverage: &Coverage, absent: &[&str]) {
 #[test]
 fn paxos_3_sweep_holds_every_invariant_and_covers_every_fault() {
     let coverage = paxos_sweep("paxos-3");
-    assert_covered("paxos-3", &coverage, &[]);
+    assert_covered("paxos-3", &coverage, &NO_MEMBERSHIP);
 }
 
 #[test]
 fn paxos_5_sweep_holds_every_invariant_and_covers_every_fault() {
     let coverage = paxos_sweep("paxos-5");
-    assert_covered("paxos-5", &coverage, &[]);
+    assert_covered("paxos-5", &coverage, &NO_MEMBERSHIP);
 }
 
 #[test]
@@ -651,14 +658,31 @@ fn paxos_pause_drift_sweep_holds_every_invariant() {
     assert_covered(
         "paxos-pause-drift",
         &coverage,
-        &["crashes", "cluster_crashes", "restarts"],
+        &[
+            "crashes",
+            "cluster_crashes",
+            "restarts",
+            "membership_changes",
+            "leader_removals",
+            "changes_while_down",
+        ],
     );
 }
 
 #[test]
 fn paxos_crash_disk_sweep_holds_every_invariant() {
     let coverage = paxos_sweep("paxos-crash-disk");
-    assert_covered("paxos-crash-disk", &coverage, &["pauses", "partitions"]);
+    assert_covered(
+        "paxos-crash-disk",
+        &coverage,
+        &[
+            "pauses",
+            "partitions",
+            "membership_changes",
+            "leader_removals",
+            "changes_while_down",
+        ],
+    );
 }
 
 /// Seeds of `paxos-3` that once found a member forwarding an entry before the
@@ -669,8 +693,33 @@ fn paxos_lease_restarts_sweep_holds_every_invariant() {
     assert_covered(
         "paxos-lease-restarts",
         &coverage,
-        &["pauses", "cluster_crashes"],
+        &[
+            "pauses",
+            "cluster_crashes",
+            "membership_changes",
+            "leader_removals",
+            "changes_while_down",
+        ],
     );
+}
+
+#[test]
+fn paxos_membership_sweep_holds_every_invariant_and_covers_every_fault() {
+    let coverage = paxos_sweep("paxos-membership");
+    assert_covered("paxos-membership", &coverage, &[]);
+}
+
+/// Seeds of `paxos-membership` that once ended with every member waiting: the only
+/// voter of the slots before a replacement came into force was the member it removed
+/// (which leaves leading to those that stay), and the node it added had not learned
+/// the slot that made it a voter (learners heard of chosen slots only from a leader).
+#[test]
+fn a_node_made_voter_while_no_leader_is_heard_learns_it_and_leads() {
+    let sc = load("paxos-membership");
+    for seed in [523, 651, 1974] {
+        let r = run_consensus(&sc, seed);
+        assert!(r.violations.is_empty(), "seed {seed}: {}", r.human());
+    }
 }
 
 #[test]
@@ -718,9 +767,8 @@ fn assert_paxos_bug_caught(bug: &str, checker: &str) {
     eprintln!("{bug}: caught by {checker} at seed {}", first.seed);
 }
 
-/// Every bug planted in the member that a shipped consensus scenario can expose is caught
-/// by some checker within the sweep's seeds (a configuration in force early needs
-/// membership changes, which the core's cluster harness runs).
+/// Every bug planted in the member is caught by some checker within the sweep's seeds of
+/// a shipped consensus scenario.
 #[test]
 fn bugs_planted_in_the_member_are_caught() {
     use netabase_core::consensus::Mutant;
@@ -731,6 +779,7 @@ fn bugs_planted_in_the_member_are_caught() {
         (Mutant::NoLeaseWaitAfterRestart, "paxos-lease-restarts"),
         (Mutant::LeaseIgnoresDrift, "paxos-pause-drift"),
         (Mutant::TruncatedReportedEmpty, "paxos-3"),
+        (Mutant::ConfigActiveEarly, "paxos-membership"),
     ] {
         let mut sc = load(scenario);
         sc.consensus.as_mut().unwrap().inject = Some(mutant.name().to_string());

@@ -6,8 +6,8 @@ use std::io::Write;
 
 use netabase_core::consensus::{
     ClusterId, Configuration, ConsensusConfig, EntryId, EntryStatus, Envelope, Event, KvCommand,
-    KvResponse, LogStore, Member, Membership, MemoryLogStore, Message, Output, ReadId, ReadLevel,
-    Role, Slot, State as _, Value, entry_ids,
+    KvResponse, LogStore, Member, Membership, MembershipChange, MemoryLogStore, Message, Output,
+    ReadId, ReadLevel, Role, Slot, State as _, Value, entry_ids,
 };
 use netabase_core::{Instant, PeerId};
 use rand_chacha::ChaCha8Rng;
@@ -111,6 +111,10 @@ enum Ev {
     Probe,
     /// Clients ask what became of their writes in limbo.
     StatusPoll,
+    /// The operator asks a member for a membership change.
+    Reconfigure,
+    /// The network is cut anew once (a change was decided, or came into force).
+    PartitionOnce,
 }
 
 impl Ev {
@@ -131,6 +135,8 @@ impl Ev {
             Ev::Heal => (12, 0),
             Ev::Probe => (13, 0),
             Ev::StatusPoll => (14, 0),
+            Ev::Reconfigure => (15, 0),
+            Ev::PartitionOnce => (16, 0),
         }
     }
 
@@ -145,7 +151,7 @@ impl Ev {
 }
 
 /// The trace file's names of the event codes of [`Ev::code`].
-const TRACE_KINDS: [&str; 15] = [
+const TRACE_KINDS: [&str; 17] = [
     "?",
     "deliver",
     "timer",
@@ -161,6 +167,8 @@ const TRACE_KINDS: [&str; 15] = [
     "heal",
     "probe",
     "status-poll",
+    "reconfigure",
+    "partition-once",
 ];
 
 struct Node {
@@ -175,6 +183,8 @@ struct Node {
     timer_at: Option<u64>,
     writes: BTreeMap<EntryId, usize>,
     reads: BTreeMap<ReadId, usize>,
+    /// Membership changes asked of this member, by entry id.
+    changes: BTreeMap<EntryId, MembershipChange>,
     paused_until: Option<u64>,
     /// Events that reached the member while it was paused, in order.
     deferred: Vec<Ev>,
@@ -257,6 +267,13 @@ pub struct ConsensusSimulation {
     limbo: BTreeSet<usize>,
     /// Each client's operation in progress.
     busy: Vec<Option<usize>>,
+    /// Every configuration any member recorded, by its first slot.
+    configs: BTreeMap<Slot, Configuration>,
+    /// Changes reported decided, with the first slot of their configuration.
+    changes_done: Vec<(MembershipChange, Slot)>,
+    /// The first slot of a configuration just decided: the network is cut anew once a
+    /// member is about to apply it.
+    activation: Option<Slot>,
     trace: Option<Box<dyn Write + Send>>,
 }
 
@@ -264,7 +281,7 @@ impl ConsensusSimulation {
     /// A run of `spec` (named `name` in the report) with `seed`.
     pub fn new(name: &str, spec: &ConsensusSpec, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9a05_5e1d_c0de_0001);
-        let n = spec.members;
+        let n = spec.members + spec.spares;
         let peers: Vec<PeerId> = (0..n as u64)
             .map(|i| PeerId::from_seed(seed.wrapping_mul(1_000).wrapping_add(i)))
             .collect();
@@ -294,6 +311,7 @@ impl ConsensusSimulation {
                     timer_at: None,
                     writes: BTreeMap::new(),
                     reads: BTreeMap::new(),
+                    changes: BTreeMap::new(),
                     paused_until: None,
                     deferred: Vec::new(),
                     slow_disk: slow == Some(i),
@@ -335,6 +353,9 @@ impl ConsensusSimulation {
             probes: Vec::new(),
             limbo: BTreeSet::new(),
             busy: vec![None; spec.clients_per_member * n],
+            configs: BTreeMap::new(),
+            changes_done: Vec::new(),
+            activation: None,
             trace: None,
         };
         for i in 0..n {
@@ -376,6 +397,10 @@ impl ConsensusSimulation {
         if let Some(every) = f.pause_every_s {
             let at = self.uniform_s(every);
             self.schedule(at, Ev::Pause);
+        }
+        if let Some(every) = f.membership_every_s {
+            let at = self.uniform_s(every);
+            self.schedule(at, Ev::Reconfigure);
         }
         let end = self.end();
         self.schedule(end, Ev::Heal);
@@ -438,13 +463,20 @@ impl ConsensusSimulation {
             .checkpoint
             .clone()
             .unwrap_or_else(|| SimState::new(self.spec.injects("no-dedup")));
+        // The first members start from the first configuration; the spares join. Every
+        // node has every other as a contact (the operator names the cluster's nodes).
+        let members = if i < self.spec.members {
+            Configuration::new(self.peers[..self.spec.members].iter().copied())
+        } else {
+            Configuration::default()
+        };
         let member = Member::new(
             self.config.clone(),
             Membership {
                 local: self.peers[i],
                 cluster: CLUSTER,
-                members: Configuration::new(self.peers.iter().copied()),
-                contacts: Default::default(),
+                members,
+                contacts: self.peers.iter().copied().collect(),
             },
             log,
             state,
@@ -528,12 +560,36 @@ impl ConsensusSimulation {
             return;
         };
         member.check_invariants();
+        let mut disagree = Vec::new();
+        for (from, c) in member.configurations() {
+            match self.configs.get(from) {
+                Some(known) if known != c => disagree.push(*from),
+                Some(_) => {}
+                None => {
+                    self.configs.insert(*from, c.clone());
+                }
+            }
+        }
+        let about_to_activate = self
+            .activation
+            .is_some_and(|from| member.applied() + 1 >= from);
+        let member = self.nodes[i].member.as_mut().expect("live");
         let digests: Vec<_> = member.state().digests()[checked..].to_vec();
         let twice: Vec<_> = member.state().applied_twice()[reported..].to_vec();
         let is_leader = member.role() == Role::Leader;
         let mut outs = Vec::new();
         while let Some(o) = member.poll_output() {
             outs.push(o);
+        }
+        for from in disagree {
+            self.violation(
+                "configuration-agreement",
+                format!("member {i} records another configuration from slot {from}"),
+            );
+        }
+        if about_to_activate {
+            self.activation = None;
+            self.schedule(self.now + 1, Ev::PartitionOnce);
         }
         self.nodes[i].digests_checked += digests.len();
         for (slot, digest) in digests {
@@ -756,8 +812,17 @@ impl ConsensusSimulation {
                     self.finish(op);
                 }
             }
-            // Membership stays as created in these scenarios.
-            Event::Configuration { .. } | Event::ChangeDone { .. } => {}
+            Event::Configuration { .. } => {}
+            Event::ChangeDone { id, result } => {
+                if let (Some(change), Ok(from)) = (self.nodes[i].changes.remove(&id), result) {
+                    self.coverage.membership_changes += 1;
+                    self.changes_done.push((change, from));
+                    // Cut the network at the decision (slot k) and again when the new
+                    // configuration comes into force (k + α).
+                    self.activation = Some(from);
+                    self.schedule(now + 1, Ev::PartitionOnce);
+                }
+            }
             Event::SnapshotInstalled { .. } => self.coverage.snapshot_installs += 1,
             Event::Applied { slot, entries } => {
                 let (value, truncated) = self.nodes[i]
@@ -990,6 +1055,76 @@ impl ConsensusSimulation {
                 op.ret = Some(self.now);
                 op.output = Some(output);
             }
+        }
+    }
+
+    // ----- membership ------------------------------------------------------------------
+
+    /// The operator: asks a random live member for a change that keeps `members` or
+    /// `members + 1` voters (adding a node outside, removing a voter, or replacing one).
+    fn reconfigure(&mut self) {
+        let n = self.nodes.len();
+        let i = (self.rng.next_u64() % n as u64) as usize;
+        let r = self.rng.next_u64();
+        let Some(latest) = self.nodes[i]
+            .member
+            .as_ref()
+            .filter(|_| self.nodes[i].paused_until.is_none())
+            .and_then(|m| m.latest_configuration().cloned())
+        else {
+            return;
+        };
+        let pick = |v: &[PeerId], salt: u64| v[((r >> salt) % v.len() as u64) as usize];
+        let outside: Vec<PeerId> = self
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| !latest.includes(p))
+            .collect();
+        let voters: Vec<PeerId> = latest.voters.keys().copied().collect();
+        let members = self.spec.members;
+        let change = if voters.len() > members || outside.is_empty() {
+            // Never fewer voters than at the start.
+            if voters.len() <= members {
+                return;
+            }
+            MembershipChange::Remove(pick(&voters, 8))
+        } else if voters.len() < members || r.is_multiple_of(2) {
+            MembershipChange::Add(pick(&outside, 8))
+        } else {
+            MembershipChange::Replace {
+                old: pick(&voters, 8),
+                new: pick(&outside, 16),
+            }
+        };
+        let leader = self.leader().map(|l| self.peers[l]);
+        let down = self.nodes.iter().any(|n| n.member.is_none());
+        let now = self.local(i);
+        let member = self.nodes[i].member.as_mut().expect("checked");
+        if let Ok(id) = member.change_membership(now, change) {
+            self.nodes[i].changes.insert(id, change);
+            let target = match change {
+                MembershipChange::Remove(p) | MembershipChange::Replace { old: p, .. } => Some(p),
+                _ => None,
+            };
+            if target.is_some() && target == leader {
+                self.coverage.leader_removals += 1;
+            }
+            if down {
+                self.coverage.changes_while_down += 1;
+            }
+        }
+        self.after(i);
+    }
+
+    /// The nodes of the newest configuration any member recorded (the first members
+    /// before any change).
+    fn final_members(&self) -> Vec<usize> {
+        match self.configs.values().next_back() {
+            Some(c) => (0..self.nodes.len())
+                .filter(|&i| c.includes(&self.peers[i]))
+                .collect(),
+            None => (0..self.spec.members).collect(),
         }
     }
 
@@ -1227,6 +1362,20 @@ impl ConsensusSimulation {
                 self.poll_status();
                 self.schedule(at + STATUS_POLL_US, Ev::StatusPoll);
             }
+            Ev::Reconfigure => {
+                if self.faults_on {
+                    self.reconfigure();
+                    if let Some(every) = self.spec.faults.membership_every_s {
+                        let next = at + self.uniform_s(every);
+                        self.schedule(next, Ev::Reconfigure);
+                    }
+                }
+            }
+            Ev::PartitionOnce => {
+                if self.faults_on && !self.spec.faults.partitions.is_empty() {
+                    self.partition();
+                }
+            }
         }
         if self.config.lease.is_some() {
             self.check_leases();
@@ -1277,7 +1426,7 @@ impl ConsensusSimulation {
 
     fn probe(&mut self) {
         let key = self.spec.keys;
-        for i in 0..self.nodes.len() {
+        for i in self.final_members() {
             self.next_value += 1;
             let value = self.next_value;
             let command = KvCommand::Put {
@@ -1301,18 +1450,23 @@ impl ConsensusSimulation {
         }
     }
 
-    /// Whether every probe is acknowledged and applied at every member.
+    /// Whether every probe of a member of the newest configuration is acknowledged and
+    /// applied at every such member (a change still in flight at the heal may remove a
+    /// member that probed: it is not held to its probe).
     fn probes_done(&self) -> bool {
+        let members = self.final_members();
         self.probes.iter().all(|&op| {
             let op = &self.ops[op];
-            op.ret.is_some()
-                && op.id.is_some_and(|id| {
-                    self.nodes.iter().all(|n| {
-                        n.member
-                            .as_ref()
-                            .is_some_and(|m| m.state().kv().dedup().contains(&id))
+            !members.contains(&op.node)
+                || op.ret.is_some()
+                    && op.id.is_some_and(|id| {
+                        members.iter().all(|&j| {
+                            self.nodes[j]
+                                .member
+                                .as_ref()
+                                .is_some_and(|m| m.state().kv().dedup().contains(&id))
+                        })
                     })
-                })
         })
     }
 
@@ -1361,10 +1515,11 @@ impl ConsensusSimulation {
             }
         }
         if !live {
+            let members = self.final_members();
             let missing: Vec<usize> = self
                 .probes
                 .iter()
-                .filter(|&&op| self.ops[op].ret.is_none())
+                .filter(|&&op| self.ops[op].ret.is_none() && members.contains(&self.ops[op].node))
                 .map(|&op| self.ops[op].node)
                 .collect();
             self.violation(
@@ -1397,6 +1552,7 @@ impl ConsensusSimulation {
             }
         }
         self.check_acknowledged();
+        self.check_changes();
         self.check_linearizable(furthest.as_ref());
         self.report(started)
     }
@@ -1415,6 +1571,25 @@ impl ConsensusSimulation {
             self.violation(
                 "acked-write-lost",
                 format!("member {i} applied past acknowledged entry {id:?} without it"),
+            );
+        }
+    }
+
+    /// Every change reported decided is in force from the slot it was reported at, in the
+    /// configurations the members recorded.
+    fn check_changes(&mut self) {
+        let missing: Vec<(MembershipChange, Slot)> = self
+            .changes_done
+            .iter()
+            .filter(|(_, from)| !self.configs.contains_key(from))
+            .copied()
+            .collect();
+        for (change, from) in missing {
+            self.violation(
+                "configuration-agreement",
+                format!(
+                    "change {change:?} reported in force from slot {from}, which no member recorded"
+                ),
             );
         }
     }
@@ -1532,8 +1707,9 @@ impl ConsensusSimulation {
             c
         };
         let slots = self
-            .nodes
-            .iter()
+            .final_members()
+            .into_iter()
+            .map(|i| &self.nodes[i])
             .map(|n| {
                 let mut last = 0;
                 while n.log.get(last + 1).is_some_and(|a| a.chosen) {

@@ -31,6 +31,12 @@ pub struct Coverage {
     pub old_ballot_deliveries: u64,
     /// Snapshots members installed (they were behind slots others compacted away).
     pub snapshot_installs: u64,
+    /// Membership changes decided (reported done to the member that asked).
+    pub membership_changes: u64,
+    /// Changes asked for that remove or replace the leader of the moment.
+    pub leader_removals: u64,
+    /// Changes asked for while a node was down.
+    pub changes_while_down: u64,
 }
 
 impl Coverage {
@@ -42,7 +48,7 @@ impl Coverage {
     }
 
     /// Every counter, by name.
-    pub fn counters(&self) -> [(&'static str, u64); 11] {
+    pub fn counters(&self) -> [(&'static str, u64); 14] {
         [
             ("elections_won", self.elections_won),
             ("lease_reads", self.lease_reads),
@@ -55,10 +61,13 @@ impl Coverage {
             ("late_deliveries", self.late_deliveries),
             ("old_ballot_deliveries", self.old_ballot_deliveries),
             ("snapshot_installs", self.snapshot_installs),
+            ("membership_changes", self.membership_changes),
+            ("leader_removals", self.leader_removals),
+            ("changes_while_down", self.changes_while_down),
         ]
     }
 
-    fn counters_mut(&mut self) -> [&mut u64; 11] {
+    fn counters_mut(&mut self) -> [&mut u64; 14] {
         [
             &mut self.elections_won,
             &mut self.lease_reads,
@@ -71,6 +80,9 @@ impl Coverage {
             &mut self.late_deliveries,
             &mut self.old_ballot_deliveries,
             &mut self.snapshot_installs,
+            &mut self.membership_changes,
+            &mut self.leader_removals,
+            &mut self.changes_while_down,
         ]
     }
 }

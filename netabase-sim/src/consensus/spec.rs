@@ -27,8 +27,12 @@ pub const CONSENSUS_INJECTABLE: [&str; 3] = [
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsensusSpec {
-    /// Voting members (3 or 5 in the shipped scenarios).
+    /// Voting members of the first configuration (3 or 5 in the shipped scenarios).
     pub members: usize,
+    /// Nodes outside the first configuration, started as joiners: the operator of
+    /// `faults.membership_every_s` adds them (and replaces members with them).
+    #[serde(default)]
+    pub spares: usize,
     /// Length of the safety phase, in seconds of virtual time: faults and the workload
     /// run during it.
     pub duration_s: f64,
@@ -175,6 +179,12 @@ pub struct ConsensusFaults {
     /// One member, drawn from the seed, has a slow disk: its syncs take a time uniform
     /// in `[min, max]` milliseconds (`None`: no slow disk).
     pub slow_disk_ms: Option<[f64; 2]>,
+    /// Time between membership changes, uniform in `[min, max]` s (`None`: the first
+    /// configuration stays). The operator asks a random live member to add a node, remove
+    /// a voter (the leader among them) or replace one, keeping `members` or `members + 1`
+    /// voters; the network is cut anew when a change is decided and again when it comes
+    /// into force α slots later.
+    pub membership_every_s: Option<[f64; 2]>,
 }
 
 impl Default for ConsensusFaults {
@@ -192,6 +202,7 @@ impl Default for ConsensusFaults {
             adverse_drift: false,
             sync_latency_ms: [0.2, 3.0],
             slow_disk_ms: None,
+            membership_every_s: None,
         }
     }
 }
@@ -310,8 +321,8 @@ impl ConsensusSpec {
     pub fn validate(&self) -> Result<(), String> {
         let range = |r: [f64; 2]| r[0] >= 0.0 && r[1] >= r[0] && r[1].is_finite();
         let prob = |p: f64| (0.0..=1.0).contains(&p);
-        if !(1..=9).contains(&self.members) {
-            return Err("consensus.members must be in 1..=9".into());
+        if !(1..=9).contains(&self.members) || self.members + self.spares > 9 {
+            return Err("consensus.members must be in 1..=9, with spares 9 nodes at most".into());
         }
         if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
             return Err("consensus.duration_s must be positive".into());
@@ -361,6 +372,7 @@ impl ConsensusSpec {
             Some(f.pause_s),
             Some(f.sync_latency_ms),
             f.slow_disk_ms,
+            f.membership_every_s,
         ]
         .into_iter()
         .flatten()
@@ -371,9 +383,14 @@ impl ConsensusSpec {
                 );
             }
         }
-        for r in [Some(f.partition_gap_s), f.crash_every_s, f.pause_every_s]
-            .into_iter()
-            .flatten()
+        for r in [
+            Some(f.partition_gap_s),
+            f.crash_every_s,
+            f.pause_every_s,
+            f.membership_every_s,
+        ]
+        .into_iter()
+        .flatten()
         {
             if r[0] <= 0.0 {
                 return Err("consensus.faults intervals must be positive".into());
