@@ -1,0 +1,297 @@
+//! paxakos's `Communicator` over any request-response transport, and the serving side.
+//!
+//! [`NetCommunicator`] encodes each paxakos message as a [`Request`],
+//! hands the bytes to a [`Transport`] (libp2p's request-response in the swarm, memory in
+//! tests and the simulator), and decodes the answer into paxakos's vote types;
+//! [`serve`] answers a request's bytes with the local node's
+//! [`RequestHandler`].
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use paxakos::communicator::{AcceptanceFor, Committed, Communicator, Vote, VoteFor};
+use paxakos::invocation::Invocation;
+use paxakos::{AcceptError, CommitError, Condition, Conflict, PrepareError, RequestHandler};
+
+use crate::wire::{self, Accepted, Request, Response, Unavailable, WireError};
+use crate::{KvInvocation, PaxakosEntry, PeerNode};
+
+/// One request and its answer to a peer, as bytes.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// Why an exchange failed (the peer unreachable, the stream reset, a timeout).
+    type Error: fmt::Debug + Send + Sync + 'static;
+
+    /// Sends `request` to `to` and resolves to its answer.
+    fn request(
+        &self,
+        to: libp2p::PeerId,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Self::Error>>;
+}
+
+/// Why a message to a peer brought no vote.
+#[derive(Debug, thiserror::Error)]
+pub enum CommunicatorError<E: fmt::Debug> {
+    /// The exchange failed.
+    #[error("the exchange failed: {0:?}")]
+    Transport(E),
+    /// The request or its answer is not a message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The peer could not answer.
+    #[error("the peer could not answer: {0}")]
+    Unavailable(Unavailable),
+    /// The peer answered with a message that does not answer this request.
+    #[error("the peer answered {0:?}, which does not answer the request")]
+    Unexpected(Box<Response>),
+}
+
+/// The invocation of the key-value state over transport `T`.
+pub type NetInvocation<T> = KvInvocation<CommunicatorError<<T as Transport>::Error>>;
+
+/// One peer's answer to one message, on its way.
+type Reply<R, E> = BoxFuture<'static, Result<R, CommunicatorError<E>>>;
+
+/// paxakos's `Communicator` over a [`Transport`].
+#[derive(Clone, Debug)]
+pub struct NetCommunicator<T> {
+    transport: T,
+}
+
+impl<T: Transport> NetCommunicator<T> {
+    /// A communicator sending over `transport`.
+    pub fn new(transport: T) -> Self {
+        NetCommunicator { transport }
+    }
+
+    /// One exchange with each receiver, its answer turned into a result by `answer`.
+    fn each<'a, R: Send + 'static>(
+        &self,
+        receivers: &'a [PeerNode],
+        request: &Request,
+        answer: fn(Response) -> Result<R, CommunicatorError<T::Error>>,
+    ) -> Vec<(&'a PeerNode, Reply<R, T::Error>)> {
+        let bytes = request.encode();
+        receivers
+            .iter()
+            .map(|r| {
+                let future = match &bytes {
+                    Ok(bytes) => {
+                        let sent = self.transport.request(r.0, bytes.clone());
+                        async move {
+                            let reply = sent.await.map_err(CommunicatorError::Transport)?;
+                            answer(Response::decode(&reply)?)
+                        }
+                        .boxed()
+                    }
+                    Err(e) => futures::future::ready(Err(e.clone().into())).boxed(),
+                };
+                (r, future)
+            })
+            .collect()
+    }
+}
+
+fn conflict(response: Response) -> Result<Conflict<u32, PaxakosEntry>, Response> {
+    match response {
+        Response::Supplanted { coord } => Ok(Conflict::Supplanted { coord_num: coord }),
+        Response::Converged { coord, entry } => Ok(Conflict::Converged {
+            coord_num: coord,
+            log_entry: entry.map(|(c, e)| (c, wire::shared(e))),
+        }),
+        other => Err(other),
+    }
+}
+
+fn refusal<E: fmt::Debug>(response: Response) -> CommunicatorError<E> {
+    match response {
+        Response::Unavailable(u) => CommunicatorError::Unavailable(u),
+        other => CommunicatorError::Unexpected(Box::new(other)),
+    }
+}
+
+fn to_vote<E: fmt::Debug>(
+    response: Response,
+) -> Result<Vote<u64, u32, PaxakosEntry, Infallible>, CommunicatorError<E>> {
+    match response {
+        Response::Promise(accepted) => Ok(Vote::Given(
+            accepted
+                .into_iter()
+                .map(|a| Condition {
+                    round_num: a.round,
+                    coord_num: a.coord,
+                    log_entry: wire::shared(a.entry),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        )),
+        other => conflict(other).map(Vote::Conflicted).map_err(refusal),
+    }
+}
+
+fn to_acceptance<E: fmt::Debug>(
+    response: Response,
+) -> Result<
+    paxakos::communicator::Acceptance<u32, PaxakosEntry, (), Infallible>,
+    CommunicatorError<E>,
+> {
+    use paxakos::communicator::Acceptance;
+    match response {
+        Response::Accepted => Ok(Acceptance::Given(())),
+        other => conflict(other).map(Acceptance::Conflicted).map_err(refusal),
+    }
+}
+
+fn to_committed<E: fmt::Debug>(response: Response) -> Result<Committed, CommunicatorError<E>> {
+    match response {
+        Response::Committed => Ok(Committed),
+        other => Err(refusal(other)),
+    }
+}
+
+impl<T: Transport> Communicator for NetCommunicator<T> {
+    type Node = PeerNode;
+    type RoundNum = u64;
+    type CoordNum = u32;
+    type LogEntry = PaxakosEntry;
+    type Error = CommunicatorError<T::Error>;
+    type SendPrepare = BoxFuture<'static, Result<VoteFor<Self>, Self::Error>>;
+    type Abstain = Infallible;
+    type SendProposal = BoxFuture<'static, Result<AcceptanceFor<Self>, Self::Error>>;
+    type Yea = ();
+    type Nay = Infallible;
+    type SendCommit = BoxFuture<'static, Result<Committed, Self::Error>>;
+    type SendCommitById = BoxFuture<'static, Result<Committed, Self::Error>>;
+
+    fn send_prepare<'a>(
+        &mut self,
+        receivers: &'a [PeerNode],
+        round: u64,
+        coord: u32,
+    ) -> Vec<(&'a PeerNode, Self::SendPrepare)> {
+        self.each(receivers, &Request::Prepare { round, coord }, to_vote)
+    }
+
+    fn send_proposal<'a>(
+        &mut self,
+        receivers: &'a [PeerNode],
+        round: u64,
+        coord: u32,
+        entry: Arc<PaxakosEntry>,
+    ) -> Vec<(&'a PeerNode, Self::SendProposal)> {
+        let request = Request::Proposal {
+            round,
+            coord,
+            entry: wire::owned(&entry),
+        };
+        self.each(receivers, &request, to_acceptance)
+    }
+
+    fn send_commit<'a>(
+        &mut self,
+        receivers: &'a [PeerNode],
+        round: u64,
+        coord: u32,
+        entry: Arc<PaxakosEntry>,
+    ) -> Vec<(&'a PeerNode, Self::SendCommit)> {
+        let request = Request::Commit {
+            round,
+            coord,
+            entry: wire::owned(&entry),
+        };
+        self.each(receivers, &request, to_committed)
+    }
+
+    fn send_commit_by_id<'a>(
+        &mut self,
+        receivers: &'a [PeerNode],
+        round: u64,
+        coord: u32,
+        id: netabase_core::consensus::EntryId,
+    ) -> Vec<(&'a PeerNode, Self::SendCommitById)> {
+        self.each(
+            receivers,
+            &Request::CommitById { round, coord, id },
+            to_committed,
+        )
+    }
+}
+
+fn converged(coord: u32, entry: Option<(u32, Arc<PaxakosEntry>)>) -> Response {
+    Response::Converged {
+        coord,
+        entry: entry.map(|(c, e)| (c, wire::owned(&e))),
+    }
+}
+
+/// Answers the request in `request` with the local node's `handler`: the answer's bytes,
+/// or why the request is not one.
+pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
+    handler: &RequestHandler<KvInvocation<E>>,
+    request: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let response = match Request::decode(request)? {
+        Request::Prepare { round, coord } => match handler.handle_prepare(round, coord).await {
+            Ok(p) => {
+                let conditions: Vec<Condition<u64, u32, PaxakosEntry>> = p.into();
+                Response::Promise(
+                    conditions
+                        .into_iter()
+                        .map(|c| Accepted {
+                            round: c.round_num,
+                            coord: c.coord_num,
+                            entry: wire::owned(&c.log_entry),
+                        })
+                        .collect(),
+                )
+            }
+            Err(PrepareError::Supplanted(coord)) => Response::Supplanted { coord },
+            Err(PrepareError::Converged(coord, entry)) => converged(coord, entry),
+            Err(PrepareError::Abstained(never)) => match never {},
+            Err(PrepareError::Passive) => Response::Unavailable(Unavailable::Passive),
+            Err(PrepareError::ShutDown) => Response::Unavailable(Unavailable::ShutDown),
+        },
+        Request::Proposal {
+            round,
+            coord,
+            entry,
+        } => match handler
+            .handle_proposal(round, coord, wire::shared(entry))
+            .await
+        {
+            Ok(()) => Response::Accepted,
+            Err(AcceptError::Supplanted(coord)) => Response::Supplanted { coord },
+            Err(AcceptError::Converged(coord, entry)) => converged(coord, entry),
+            Err(AcceptError::Rejected(never)) => match never {},
+            Err(AcceptError::Passive) => Response::Unavailable(Unavailable::Passive),
+            Err(AcceptError::ShutDown) => Response::Unavailable(Unavailable::ShutDown),
+        },
+        Request::Commit {
+            round,
+            coord,
+            entry,
+        } => committed(
+            handler
+                .handle_commit(round, coord, wire::shared(entry))
+                .await,
+        ),
+        Request::CommitById { round, coord, id } => {
+            committed(handler.handle_commit_by_id(round, coord, id).await)
+        }
+    };
+    response.encode()
+}
+
+fn committed<I: Invocation>(result: Result<(), CommitError<I>>) -> Response {
+    match result {
+        Ok(()) => Response::Committed,
+        Err(CommitError::Disoriented) => Response::Unavailable(Unavailable::Disoriented),
+        Err(CommitError::InvalidEntryId(_)) => Response::Unavailable(Unavailable::UnknownEntry),
+        Err(CommitError::ShutDown) => Response::Unavailable(Unavailable::ShutDown),
+        // A failure paxakos adds in a later release: the commit did not happen.
+        Err(_) => Response::Unavailable(Unavailable::Disoriented),
+    }
+}

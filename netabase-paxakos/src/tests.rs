@@ -1,0 +1,273 @@
+//! Three paxakos nodes on the key-value state: over paxakos's in-process communicator,
+//! and over [`NetCommunicator`] with every message through the wire format.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::BoxFuture;
+use netabase_core::PeerId;
+use netabase_core::consensus::{Entry, EntryId, KvCommand, KvResponse, KvState, State as _};
+use paxakos::communicator::Communicator;
+use paxakos::invocation::Invocation;
+use paxakos::prototyping::{DirectCommunicatorError, DirectCommunicators, RetryIndefinitely};
+use paxakos::{Event, Node, NodeInfo, RequestHandler};
+
+use super::*;
+
+/// A running node: its handle, the effects it applied, and how to stop it.
+struct Running<E: Debug + Send + Sync + 'static> {
+    handle: paxakos::NodeHandle<KvInvocation<E>>,
+    applied: mpsc::Receiver<AppliedEntry>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<KvMachine>>,
+}
+
+impl<E: Debug + Send + Sync + 'static> Running<E> {
+    /// Stops the node and returns the state it ended with.
+    fn stop(mut self) -> KvMachine {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("node thread")
+    }
+}
+
+/// Starts a node of `members` talking through `communicator` on its own thread, polling
+/// its events until stopped; `register` makes its request handler reachable.
+fn start<E, C>(
+    me: PeerNode,
+    members: &[PeerNode],
+    communicator: C,
+    register: impl FnOnce(RequestHandler<KvInvocation<E>>),
+) -> Running<E>
+where
+    E: Debug + Send + Sync + 'static,
+    C: Communicator<
+            Node = PeerNode,
+            RoundNum = u64,
+            CoordNum = u32,
+            LogEntry = PaxakosEntry,
+            Error = E,
+            Yea = (),
+            Nay = Infallible,
+            Abstain = Infallible,
+        >,
+{
+    let (handler, node) = futures::executor::block_on(
+        KvInvocation::<E>::node_builder()
+            .for_node(me.id())
+            .communicating_via(communicator)
+            .with_initial_state(KvMachine::new(members.to_vec(), 2))
+            .spawn(),
+    )
+    .expect("node starts");
+    register(handler);
+    let handle = node.handle();
+    let (applied_tx, applied) = mpsc::channel();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let mut node = node;
+        futures::executor::block_on(futures::future::poll_fn(|cx| {
+            while let Poll::Ready(e) = node.poll_events(cx) {
+                if let Event::Apply { effect, .. } = e {
+                    let _ = applied_tx.send(effect);
+                }
+            }
+            if stopped.poll_unpin(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        }));
+        futures::executor::block_on(
+            node.enter_on_poll(|n| async move { n.read_stale(|s| s.clone()).await }),
+        )
+        .expect("state")
+    });
+    Running {
+        handle,
+        applied,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+fn entry(proposer: u64, seq: u64, command: KvCommand) -> PaxakosEntry {
+    PaxakosEntry(Entry {
+        id: EntryId {
+            proposer: PeerId::from_seed(proposer),
+            seq,
+        },
+        command: command.encode(),
+    })
+}
+
+/// Waits until `node` reports `count` applied entries (ten seconds at most).
+fn applied<E: Debug + Send + Sync + 'static>(node: &Running<E>, count: usize) -> Vec<AppliedEntry> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match node.applied.recv_timeout(left) {
+            Ok(e) => out.push(e),
+            Err(e) => panic!("only {} of {count} entries applied: {e}", out.len()),
+        }
+    }
+    out
+}
+
+fn members() -> Vec<PeerNode> {
+    (0..3).map(|_| PeerNode(libp2p::PeerId::random())).collect()
+}
+
+#[test]
+fn three_nodes_apply_the_same_entries_as_the_core_state() {
+    let communicators = DirectCommunicators::<KvInvocation<DirectCommunicatorError>>::new();
+    let members = members();
+    let nodes: Vec<_> = members
+        .iter()
+        .map(|m| {
+            start(
+                *m,
+                &members,
+                communicators.create_communicator_for(m.id()),
+                |h| {
+                    futures::executor::block_on(communicators.register(m.id(), h));
+                },
+            )
+        })
+        .collect();
+    workload(nodes);
+}
+
+/// A node's request handler, shared with the transport.
+type Handler = Arc<RequestHandler<NetInvocation<Memory>>>;
+
+/// Every request in memory, through the wire format both ways.
+#[derive(Clone, Default)]
+struct Memory {
+    handlers: Arc<Mutex<BTreeMap<libp2p::PeerId, Handler>>>,
+}
+
+/// Why an exchange in memory failed.
+#[derive(Debug)]
+enum MemoryError {
+    /// No node of that id was registered.
+    UnknownPeer,
+    /// The request did not decode.
+    Wire,
+}
+
+impl Transport for Memory {
+    type Error = MemoryError;
+
+    fn request(
+        &self,
+        to: libp2p::PeerId,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, MemoryError>> {
+        let handler = self.handlers.lock().expect("handlers").get(&to).cloned();
+        async move {
+            let handler = handler.ok_or(MemoryError::UnknownPeer)?;
+            serve(&handler, &request)
+                .await
+                .map_err(|_| MemoryError::Wire)
+        }
+        .boxed()
+    }
+}
+
+#[test]
+fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
+    let memory = Memory::default();
+    let members = members();
+    let nodes: Vec<_> = members
+        .iter()
+        .map(|m| {
+            start(*m, &members, NetCommunicator::new(memory.clone()), |h| {
+                memory
+                    .handlers
+                    .lock()
+                    .expect("handlers")
+                    .insert(m.0, Arc::new(h));
+            })
+        })
+        .collect();
+    workload(nodes);
+}
+
+/// Puts, compare-and-sets and appends from two of `nodes` and one retried entry: every
+/// node applies the same entries in the same rounds with the answers and digest a core
+/// state gives them.
+fn workload<E: Debug + Send + Sync + 'static>(nodes: Vec<Running<E>>) {
+    // Puts, compare-and-sets and appends from two nodes, and one entry retried.
+    let mut appended = Vec::new();
+    for i in 0..12u64 {
+        let command = match i % 3 {
+            0 => KvCommand::Put {
+                key: vec![(i % 2) as u8],
+                value: i.to_be_bytes().to_vec(),
+            },
+            1 => KvCommand::CompareAndSet {
+                key: vec![0],
+                expected: Some(0u64.to_be_bytes().to_vec()),
+                new: Some(vec![9]),
+            },
+            _ => KvCommand::Append {
+                key: b"list".to_vec(),
+                value: vec![i as u8],
+            },
+        };
+        appended.push(entry(1 + i % 2, i, command));
+    }
+    appended.push(appended[4].clone());
+    for (i, e) in appended.iter().enumerate() {
+        let node = &nodes[i % 2];
+        let commit = futures::executor::block_on(node.handle.append(
+            e.clone(),
+            RetryIndefinitely::pausing_up_to(Duration::from_millis(50)),
+        ))
+        .expect("appended");
+        let outcome = futures::executor::block_on(commit).expect("committed");
+        assert_eq!(outcome.duplicate, i == appended.len() - 1, "entry {i}");
+    }
+    let logs: Vec<Vec<AppliedEntry>> = nodes.iter().map(|n| applied(n, appended.len())).collect();
+    // Every node applied the same entries in the same rounds, with the same answers.
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[0], logs[2]);
+    // The core's state, fed the same entries at the same positions, answers and hashes
+    // the same.
+    let mut core = KvState::new();
+    for a in &logs[0] {
+        let e = appended
+            .iter()
+            .find(|e| e.0.id == a.id)
+            .expect("an appended entry");
+        let answer = core.apply(a.position, &e.0);
+        core.set_applied(a.position.slot);
+        assert_eq!(
+            (answer.response.clone(), answer.duplicate),
+            (a.response.clone(), a.duplicate)
+        );
+    }
+    assert!(
+        logs[0]
+            .iter()
+            .any(|a| KvResponse::decode(&a.response) == Some(KvResponse::Swapped(true)))
+    );
+    let states: Vec<KvMachine> = nodes.into_iter().map(|n| n.stop()).collect();
+    for s in &states {
+        assert_eq!(s.round(), appended.len() as u64);
+        assert_eq!(s.digest(), core.digest());
+        assert_eq!(s.kv(), &core);
+    }
+}
