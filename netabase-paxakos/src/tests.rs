@@ -19,6 +19,7 @@ use paxakos::prototyping::{DirectCommunicatorError, DirectCommunicators, RetryIn
 use paxakos::{Event, Node, NodeInfo, RequestHandler};
 
 use super::*;
+use crate::wire::{Request, Response, Unavailable};
 
 /// A running node: its handle, the effects it applied, and how to stop it.
 struct Running<E: Debug + Send + Sync + 'static> {
@@ -270,4 +271,42 @@ fn workload<E: Debug + Send + Sync + 'static>(nodes: Vec<Running<E>>) {
         assert_eq!(s.digest(), core.digest());
         assert_eq!(s.kv(), &core);
     }
+}
+
+/// paxakos keeps promises in memory only: a node restarted through its recovery path is
+/// passive, and its answers over the wire say so instead of promising or accepting.
+#[test]
+fn a_recovering_node_answers_passive_instead_of_voting() {
+    use paxakos::node::{Participation, Snapshot};
+
+    let members = members();
+    let me = members[0];
+    let snapshot = Snapshot::<KvMachine, u64, u32>::initial_with(KvMachine::new(members, 4));
+    let (handler, node) = futures::executor::block_on(
+        NetInvocation::<Memory>::node_builder()
+            .for_node(me.id())
+            .communicating_via(NetCommunicator::new(Memory::default()))
+            .recovering_with(snapshot)
+            .spawn(),
+    )
+    .expect("node starts");
+    assert!(matches!(node.participation(), Participation::Passive));
+    let ask = |request: Request| {
+        let bytes = request.encode().expect("encodes");
+        let answer = futures::executor::block_on(serve(&handler, &bytes)).expect("a request");
+        Response::decode(&answer).expect("an answer")
+    };
+    let passive = Response::Unavailable(Unavailable::Passive);
+    assert_eq!(ask(Request::Prepare { round: 1, coord: 7 }), passive);
+    let e = entry(1, 1, KvCommand::Remove { key: vec![1] });
+    assert_eq!(
+        ask(Request::Proposal {
+            round: 1,
+            coord: 7,
+            entry: e
+        }),
+        passive
+    );
+    // Garbage is refused with a typed error, not answered.
+    assert!(futures::executor::block_on(serve(&handler, b"\x01\xff\xff")).is_err());
 }
