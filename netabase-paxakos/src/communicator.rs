@@ -132,6 +132,15 @@ fn to_vote<E: fmt::Debug>(
     }
 }
 
+fn to_poll_answer<E: fmt::Debug>(
+    response: Response,
+) -> Result<Vote<u64, u32, PaxakosEntry, Infallible>, CommunicatorError<E>> {
+    match response {
+        promise @ Response::Promise(_) => Err(CommunicatorError::Unexpected(Box::new(promise))),
+        other => to_vote(other),
+    }
+}
+
 fn to_acceptance<E: fmt::Debug>(
     response: Response,
 ) -> Result<
@@ -172,7 +181,10 @@ impl<T: Transport> Communicator for NetCommunicator<T> {
         round: u64,
         coord: u32,
     ) -> Vec<(&'a PeerNode, Self::SendPrepare)> {
-        self.each(receivers, &Request::Prepare { round, coord }, to_vote)
+        // Coordination number 0 is paxakos's catch-up poll, which no one may promise: a
+        // peer that promises anyway is refused here (paxakos 0.13 would panic on it).
+        let answer = if coord == 0 { to_poll_answer } else { to_vote };
+        self.each(receivers, &Request::Prepare { round, coord }, answer)
     }
 
     fn send_proposal<'a>(
@@ -293,5 +305,54 @@ fn committed<I: Invocation>(result: Result<(), CommitError<I>>) -> Response {
         Err(CommitError::ShutDown) => Response::Unavailable(Unavailable::ShutDown),
         // A failure paxakos adds in a later release: the commit did not happen.
         Err(_) => Response::Unavailable(Unavailable::Disoriented),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that answers everything with `answer`.
+    #[derive(Clone)]
+    struct Answers(Response);
+
+    impl Transport for Answers {
+        type Error = Infallible;
+
+        fn request(
+            &self,
+            _to: libp2p::PeerId,
+            _request: Vec<u8>,
+        ) -> BoxFuture<'static, Result<Vec<u8>, Infallible>> {
+            let bytes = self.0.encode().expect("encodes");
+            futures::future::ready(Ok(bytes)).boxed()
+        }
+    }
+
+    fn prepare(answer: Response, coord: u32) -> Result<VoteFor<NetCommunicator<Answers>>, String> {
+        let peers = [PeerNode(libp2p::PeerId::random())];
+        let mut c = NetCommunicator::new(Answers(answer));
+        let (_, reply) = c
+            .send_prepare(&peers, 1, coord)
+            .pop()
+            .expect("one receiver");
+        futures::executor::block_on(reply).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_promise_to_a_catch_up_poll_is_refused_and_other_answers_map_to_votes() {
+        let promise = Response::Promise(Vec::new());
+        assert!(matches!(prepare(promise.clone(), 3), Ok(Vote::Given(_))));
+        let refused = prepare(promise, 0).expect_err("no promise to a poll");
+        assert!(refused.contains("does not answer"), "{refused}");
+        assert!(matches!(
+            prepare(Response::Supplanted { coord: 9 }, 0),
+            Ok(Vote::Conflicted(Conflict::Supplanted { coord_num: 9 }))
+        ));
+        let unavailable = prepare(Response::Unavailable(Unavailable::Passive), 3)
+            .expect_err("a passive peer gives no vote");
+        assert!(unavailable.contains("passive"), "{unavailable}");
+        let wrong = prepare(Response::Committed, 3).expect_err("not an answer to a prepare");
+        assert!(wrong.contains("does not answer"), "{wrong}");
     }
 }

@@ -22,7 +22,12 @@
 //! nodes on virtual time beside the core engine.
 //!
 //! paxakos is GPL-3.0-only, like Netabase. Its last release, 0.13.0, is from November
-//! 2022.
+//! 2022. Two of its behaviours a driver must work around, both covered by this crate's
+//! tests: its catch-up decoration starts each next poll inside `poll_events` without
+//! polling it, so a node that hears nothing else stalls unless its events are also polled
+//! on a tick; and it panics if a peer promises in answer to a catch-up poll
+//! (coordination number 0), which [`NetCommunicator`] therefore refuses as an unexpected
+//! answer.
 //!
 //! ```
 //! use netabase_core::PeerId;

@@ -1,7 +1,7 @@
 //! Three paxakos nodes on the key-value state: over paxakos's in-process communicator,
 //! and over [`NetCommunicator`] with every message through the wire format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, mpsc};
@@ -13,6 +13,7 @@ use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use netabase_core::PeerId;
 use netabase_core::consensus::{Entry, EntryId, KvCommand, KvResponse, KvState, State as _};
+use paxakos::catch_up::CatchUpBuilderExt;
 use paxakos::communicator::Communicator;
 use paxakos::invocation::Invocation;
 use paxakos::prototyping::{DirectCommunicatorError, DirectCommunicators, RetryIndefinitely};
@@ -20,6 +21,9 @@ use paxakos::{Event, Node, NodeInfo, RequestHandler};
 
 use super::*;
 use crate::wire::{Request, Response, Unavailable};
+
+/// How often a node's events are polled without a wake-up.
+const TICK: Duration = Duration::from_millis(20);
 
 /// A running node: its handle, the effects it applied, and how to stop it.
 struct Running<E: Debug + Send + Sync + 'static> {
@@ -69,6 +73,7 @@ where
             .for_node(me.id())
             .communicating_via(communicator)
             .with_initial_state(KvMachine::new(members.to_vec(), 2))
+            .catch_up(paxakos::catch_up::StaticConfig::default())
             .spawn(),
     )
     .expect("node starts");
@@ -78,16 +83,25 @@ where
     let (stop, mut stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let mut node = node;
+        // The node is polled on a tick as well as when woken: paxakos 0.13's catch-up
+        // starts its next poll inside `poll_events` without polling it, so a node that
+        // hears nothing else would never run it (the swarm's driver will do the same).
+        let mut tick = futures_timer::Delay::new(TICK);
         futures::executor::block_on(futures::future::poll_fn(|cx| {
-            while let Poll::Ready(e) = node.poll_events(cx) {
-                if let Event::Apply { effect, .. } = e {
-                    let _ = applied_tx.send(effect);
+            loop {
+                while let Poll::Ready(e) = node.poll_events(cx) {
+                    if let Event::Apply { effect, .. } = e {
+                        let _ = applied_tx.send(effect);
+                    }
                 }
+                if stopped.poll_unpin(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                if tick.poll_unpin(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tick.reset(TICK);
             }
-            if stopped.poll_unpin(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            Poll::Pending
         }));
         futures::executor::block_on(
             node.enter_on_poll(|n| async move { n.read_stale(|s| s.clone()).await }),
@@ -153,10 +167,24 @@ fn three_nodes_apply_the_same_entries_as_the_core_state() {
 /// A node's request handler, shared with the transport.
 type Handler = Arc<RequestHandler<NetInvocation<Memory>>>;
 
-/// Every request in memory, through the wire format both ways.
+/// Every request in memory, through the wire format both ways; a node can be cut off
+/// (its requests and those to it fail).
 #[derive(Clone, Default)]
 struct Memory {
+    /// The sending node (unset: a sender that is never cut off).
+    me: Option<libp2p::PeerId>,
     handlers: Arc<Mutex<BTreeMap<libp2p::PeerId, Handler>>>,
+    cut: Arc<Mutex<BTreeSet<libp2p::PeerId>>>,
+}
+
+impl Memory {
+    /// The transport of node `me`, on the same network.
+    fn of(&self, me: libp2p::PeerId) -> Memory {
+        Memory {
+            me: Some(me),
+            ..self.clone()
+        }
+    }
 }
 
 /// Why an exchange in memory failed.
@@ -164,6 +192,8 @@ struct Memory {
 enum MemoryError {
     /// No node of that id was registered.
     UnknownPeer,
+    /// The sender or the receiver is cut off.
+    Cut,
     /// The request did not decode.
     Wire,
 }
@@ -177,7 +207,14 @@ impl Transport for Memory {
         request: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MemoryError>> {
         let handler = self.handlers.lock().expect("handlers").get(&to).cloned();
+        let cut = {
+            let cut = self.cut.lock().expect("cut");
+            cut.contains(&to) || self.me.is_some_and(|me| cut.contains(&me))
+        };
         async move {
+            if cut {
+                return Err(MemoryError::Cut);
+            }
             let handler = handler.ok_or(MemoryError::UnknownPeer)?;
             serve(&handler, &request)
                 .await
@@ -194,7 +231,7 @@ fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
     let nodes: Vec<_> = members
         .iter()
         .map(|m| {
-            start(*m, &members, NetCommunicator::new(memory.clone()), |h| {
+            start(*m, &members, NetCommunicator::new(memory.of(m.0)), |h| {
                 memory
                     .handlers
                     .lock()
@@ -204,6 +241,57 @@ fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
         })
         .collect();
     workload(nodes);
+}
+
+/// A node cut off while the others commit learns the rounds it missed from them once it
+/// is back (paxakos's catch-up polls them; the answers carry the settled entries over the
+/// wire format) and ends with the same state.
+#[test]
+fn a_node_cut_off_catches_up_over_the_wire_format() {
+    let memory = Memory::default();
+    let members = members();
+    let nodes: Vec<_> = members
+        .iter()
+        .map(|m| {
+            start(*m, &members, NetCommunicator::new(memory.of(m.0)), |h| {
+                memory
+                    .handlers
+                    .lock()
+                    .expect("handlers")
+                    .insert(m.0, Arc::new(h));
+            })
+        })
+        .collect();
+    memory.cut.lock().expect("cut").insert(members[2].0);
+    let append = |node: &Running<_>, seq: u64| {
+        let e = entry(
+            1,
+            seq,
+            KvCommand::Append {
+                key: b"l".to_vec(),
+                value: seq.to_be_bytes().to_vec(),
+            },
+        );
+        let commit = futures::executor::block_on(node.handle.append(
+            e,
+            RetryIndefinitely::pausing_up_to(Duration::from_millis(50)),
+        ))
+        .expect("appended");
+        futures::executor::block_on(commit).expect("committed");
+    };
+    for seq in 1..=8 {
+        append(&nodes[0], seq);
+    }
+    assert!(
+        nodes[2].applied.try_recv().is_err(),
+        "the node cut off applied nothing"
+    );
+    memory.cut.lock().expect("cut").clear();
+    append(&nodes[0], 9);
+    let logs: Vec<Vec<AppliedEntry>> = nodes.iter().map(|n| applied(n, 9)).collect();
+    assert_eq!(logs[2], logs[0]);
+    let states: Vec<KvMachine> = nodes.into_iter().map(|n| n.stop()).collect();
+    assert_eq!(states[2].digest(), states[0].digest());
 }
 
 /// Puts, compare-and-sets and appends from two of `nodes` and one retried entry: every
