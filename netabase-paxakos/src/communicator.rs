@@ -16,7 +16,7 @@ use paxakos::communicator::{AcceptanceFor, Committed, Communicator, Vote, VoteFo
 use paxakos::invocation::Invocation;
 use paxakos::{AcceptError, CommitError, Condition, Conflict, PrepareError, RequestHandler};
 
-use crate::wire::{self, Accepted, Request, Response, Unavailable, WireError};
+use crate::wire::{Accepted, Request, Response, Unavailable, WireError};
 use crate::{KvInvocation, PaxakosEntry, PeerNode};
 
 /// One request and its answer to a peer, as bytes.
@@ -100,7 +100,7 @@ fn conflict(response: Response) -> Result<Conflict<u32, PaxakosEntry>, Response>
         Response::Supplanted { coord } => Ok(Conflict::Supplanted { coord_num: coord }),
         Response::Converged { coord, entry } => Ok(Conflict::Converged {
             coord_num: coord,
-            log_entry: entry.map(|(c, e)| (c, wire::shared(e))),
+            log_entry: entry.map(|(c, e)| (c, Arc::new(e))),
         }),
         other => Err(other),
     }
@@ -123,7 +123,7 @@ fn to_vote<E: fmt::Debug>(
                 .map(|a| Condition {
                     round_num: a.round,
                     coord_num: a.coord,
-                    log_entry: wire::shared(a.entry),
+                    log_entry: Arc::new(a.entry),
                 })
                 .collect::<Vec<_>>()
                 .into(),
@@ -197,7 +197,7 @@ impl<T: Transport> Communicator for NetCommunicator<T> {
         let request = Request::Proposal {
             round,
             coord,
-            entry: wire::owned(&entry),
+            entry: PaxakosEntry::clone(&entry),
         };
         self.each(receivers, &request, to_acceptance)
     }
@@ -212,7 +212,7 @@ impl<T: Transport> Communicator for NetCommunicator<T> {
         let request = Request::Commit {
             round,
             coord,
-            entry: wire::owned(&entry),
+            entry: PaxakosEntry::clone(&entry),
         };
         self.each(receivers, &request, to_committed)
     }
@@ -235,7 +235,7 @@ impl<T: Transport> Communicator for NetCommunicator<T> {
 fn converged(coord: u32, entry: Option<(u32, Arc<PaxakosEntry>)>) -> Response {
     Response::Converged {
         coord,
-        entry: entry.map(|(c, e)| (c, wire::owned(&e))),
+        entry: entry.map(|(c, e)| (c, PaxakosEntry::clone(&e))),
     }
 }
 
@@ -255,7 +255,7 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
                         .map(|c| Accepted {
                             round: c.round_num,
                             coord: c.coord_num,
-                            entry: wire::owned(&c.log_entry),
+                            entry: PaxakosEntry::clone(&c.log_entry),
                         })
                         .collect(),
                 )
@@ -270,10 +270,7 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
             round,
             coord,
             entry,
-        } => match handler
-            .handle_proposal(round, coord, wire::shared(entry))
-            .await
-        {
+        } => match handler.handle_proposal(round, coord, Arc::new(entry)).await {
             Ok(()) => Response::Accepted,
             Err(AcceptError::Supplanted(coord)) => Response::Supplanted { coord },
             Err(AcceptError::Converged(coord, entry)) => converged(coord, entry),
@@ -285,11 +282,7 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
             round,
             coord,
             entry,
-        } => committed(
-            handler
-                .handle_commit(round, coord, wire::shared(entry))
-                .await,
-        ),
+        } => committed(handler.handle_commit(round, coord, Arc::new(entry)).await),
         Request::CommitById { round, coord, id } => {
             committed(handler.handle_commit_by_id(round, coord, id).await)
         }

@@ -224,14 +224,12 @@ impl Transport for Memory {
     }
 }
 
-#[test]
-fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
-    let memory = Memory::default();
-    let members = members();
-    let nodes: Vec<_> = members
+/// Starts `members` over `memory`, each reachable there.
+fn start_on(memory: &Memory, members: &[PeerNode]) -> Vec<Running<CommunicatorError<MemoryError>>> {
+    members
         .iter()
         .map(|m| {
-            start(*m, &members, NetCommunicator::new(memory.of(m.0)), |h| {
+            start(*m, members, NetCommunicator::new(memory.of(m.0)), |h| {
                 memory
                     .handlers
                     .lock()
@@ -239,7 +237,14 @@ fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
                     .insert(m.0, Arc::new(h));
             })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
+    let memory = Memory::default();
+    let members = members();
+    let nodes = start_on(&memory, &members);
     workload(nodes);
 }
 
@@ -250,18 +255,7 @@ fn three_nodes_over_the_wire_format_apply_the_same_entries_as_the_core_state() {
 fn a_node_cut_off_catches_up_over_the_wire_format() {
     let memory = Memory::default();
     let members = members();
-    let nodes: Vec<_> = members
-        .iter()
-        .map(|m| {
-            start(*m, &members, NetCommunicator::new(memory.of(m.0)), |h| {
-                memory
-                    .handlers
-                    .lock()
-                    .expect("handlers")
-                    .insert(m.0, Arc::new(h));
-            })
-        })
-        .collect();
+    let nodes = start_on(&memory, &members);
     memory.cut.lock().expect("cut").insert(members[2].0);
     let append = |node: &Running<_>, seq: u64| {
         let e = entry(

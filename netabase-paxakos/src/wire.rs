@@ -6,8 +6,6 @@
 //! version byte in front, at most [`MAX_MESSAGE_BYTES`] each (the core engine's limit);
 //! anything else decodes to a typed [`WireError`], never a panic.
 
-use std::sync::Arc;
-
 use netabase_core::consensus::EntryId;
 use serde::{Deserialize, Serialize};
 
@@ -187,16 +185,6 @@ impl Response {
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         decode(bytes)
     }
-}
-
-/// An entry as paxakos shares it.
-pub(crate) fn shared(entry: PaxakosEntry) -> Arc<PaxakosEntry> {
-    Arc::new(entry)
-}
-
-/// An entry paxakos shares, as the wire carries it.
-pub(crate) fn owned(entry: &Arc<PaxakosEntry>) -> PaxakosEntry {
-    PaxakosEntry::clone(entry)
 }
 
 #[cfg(test)]

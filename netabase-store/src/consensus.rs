@@ -7,9 +7,10 @@
 //! # Durability
 //!
 //! The [`LogStore`] and [`State`] methods cannot fail: every write takes effect at once in
-//! memory, and [`PersistentLog::sync`], the only fallible operation, makes every write so
-//! far durable in one [`Durability::Immediate`] transaction. The driver calls it before
-//! each output that [`waits_for_sync`](netabase_core::consensus::Output::waits_for_sync)
+//! memory, and [`PersistentLog::sync`] (with [`PersistentLog::flush`], the only fallible
+//! operations) makes every write of the log so far durable in one
+//! [`Durability::Immediate`] transaction, the state's with it when due (below). The
+//! driver calls it before each output that [`waits_for_sync`](netabase_core::consensus::Output::waits_for_sync)
 //! (and whenever the member [`needs_sync`](netabase_core::consensus::Member::needs_sync)),
 //! then calls [`Member::synced`](netabase_core::consensus::Member::synced).
 //!
@@ -19,12 +20,11 @@
 //! `sync` writes them only when they are due: when it truncates the log, or once the state
 //! applied [`STATE_WRITE_INTERVAL`] slots or changed [`STATE_WRITE_ROWS`] rows since its
 //! rows were last written ([`PersistentLog::flush`] writes them whatever their age, for a
-//! clean stop). Slots
-//! applied in between cost no state rows in the commit that makes each of them durable;
-//! after a crash they are replayed from the log, which keeps them (it truncates only in a
-//! transaction that writes the state). A compaction
-//! (the log drops slots its state applied) and a snapshot install (the state replaced
-//! by another member's, the log truncated through its slot) are therefore atomic: a crash
+//! clean stop). Slots applied in between cost no state rows in the commit that makes each
+//! of them durable; after a crash they are replayed from the log, which keeps them (it
+//! truncates only in a transaction that writes the state). A compaction (the log drops
+//! slots its state applied) and a snapshot install (the state replaced by another
+//! member's, the log truncated through its slot) are therefore atomic: a crash
 //! keeps the state with the log it was written with. A state only applies slots the
 //! log holds as chosen, so whatever a crash keeps of the state is applied through a slot
 //! at or below the chosen prefix of the log it was kept with: the state is never ahead of
@@ -104,6 +104,17 @@ use crate::error::{Result, StoreError};
 
 /// The accepted values, one row per slot.
 pub const LOG_TABLE: &str = "paxos.log";
+/// The log's cluster id, incarnation, instance, promise and configurations.
+pub const META_TABLE: &str = "paxos.meta";
+/// The key-value state's map.
+pub const KV_TABLE: &str = "paxos.kv";
+/// The key-value state's applied slot and digest.
+pub const KV_META_TABLE: &str = "paxos.kv.meta";
+/// The key-value state's dedup table: the answers of the entry ids it remembers.
+pub const DEDUP_TABLE: &str = "paxos.dedup";
+/// The dedup table's floors: per proposer, the seq at or below which every id counts as
+/// applied.
+pub const DEDUP_FLOOR_TABLE: &str = "paxos.dedup.floor";
 
 /// Slots a state may apply beyond its rows in the backend before a [`PersistentLog::sync`]
 /// writes them (besides the syncs that truncate the log, which always do, and
@@ -116,17 +127,6 @@ pub const STATE_WRITE_INTERVAL: Slot = 1024;
 /// [`PersistentLog::sync`] writes them even before [`STATE_WRITE_INTERVAL`] slots, so
 /// that busy slots of many entries do not pile up one large transaction.
 pub const STATE_WRITE_ROWS: usize = 1024;
-/// The log's cluster id, incarnation, instance, promise and configurations.
-pub const META_TABLE: &str = "paxos.meta";
-/// The key-value state's map.
-pub const KV_TABLE: &str = "paxos.kv";
-/// The key-value state's applied slot and digest.
-pub const KV_META_TABLE: &str = "paxos.kv.meta";
-/// The key-value state's dedup table: the answers of the entry ids it remembers.
-pub const DEDUP_TABLE: &str = "paxos.dedup";
-/// The dedup table's floors: per proposer, the seq at or below which every id counts as
-/// applied.
-pub const DEDUP_FLOOR_TABLE: &str = "paxos.dedup.floor";
 
 /// The layout version in the header of every row.
 const LAYOUT: u32 = 1;
@@ -288,10 +288,10 @@ impl<B: Backend> PersistentLog<B> {
     fn write(&mut self, whole_state: bool) -> Result<()> {
         let state = self.state.as_ref().and_then(Weak::upgrade);
         let mut state = state.as_deref().map(lock);
-        let state_dirty = state.as_ref().is_some_and(|s| {
+        let write_state = state.as_ref().is_some_and(|s| {
             s.dirty() && (whole_state || self.overlay.truncated.is_some() || s.due())
         });
-        if self.overlay.is_empty() && !state_dirty {
+        if self.overlay.is_empty() && !write_state {
             return Ok(());
         }
         let mut changes = Vec::with_capacity(self.overlay.slots.len() + 3);
@@ -324,7 +324,7 @@ impl<B: Backend> PersistentLog<B> {
             let row = seal(LOG_TABLE, &key, value)?;
             changes.push((LOG_TABLE, key.to_vec(), Some(row)));
         }
-        if let Some(state) = state.as_ref().filter(|_| state_dirty) {
+        if let Some(state) = state.as_ref().filter(|_| write_state) {
             changes.extend(state.changes()?);
         }
         {
@@ -338,7 +338,7 @@ impl<B: Backend> PersistentLog<B> {
             }
             tx.commit()?;
         }
-        if let Some(state) = state.as_mut().filter(|_| state_dirty) {
+        if let Some(state) = state.as_mut().filter(|_| write_state) {
             state.written();
         }
         let overlay = std::mem::take(&mut self.overlay);

@@ -559,14 +559,16 @@ impl<R: Runtime> Driver<R> {
                 let _ = reply.send(());
             }
         }
-        // Writes that no output has depended on yet (expiry, republication), and the
-        // consensus state's rows, so that a restart replays nothing it applied.
-        let _ = self.durable();
-        if let Some(m) = &mut self.machine.consensus
+        // The consensus log with its state's rows (so that a restart replays nothing it
+        // applied), then the writes that no output has depended on yet (expiry,
+        // republication); the log's sync in `durable` then has nothing left to write.
+        if !self.store_failed
+            && let Some(m) = &mut self.machine.consensus
             && let Err(e) = m.log_mut().flush()
         {
             tracing::warn!(error = %e, "the consensus state could not be written at the stop; the next start replays it from the log");
         }
+        let _ = self.durable();
         self.emit(NetabaseEvent::Stopped);
         let Driver { swarm, machine, .. } = self;
         drop(swarm);

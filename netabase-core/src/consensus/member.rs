@@ -2651,9 +2651,12 @@ impl<L: LogStore, S: State> Member<L, S> {
             .flat_map(|c| c.voters.keys().copied())
             .filter(|p| *p != self.local)
             .collect();
+        if voters.is_empty() {
+            return;
+        }
+        self.catch_up_sent = Some(now);
         let from = self.committed + 1;
         for p in voters {
-            self.catch_up_sent = Some(now);
             self.send(p, Message::CatchUp { from });
         }
     }

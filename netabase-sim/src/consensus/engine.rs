@@ -573,7 +573,6 @@ impl ConsensusSimulation {
         let about_to_activate = self
             .activation
             .is_some_and(|from| member.applied() + 1 >= from);
-        let member = self.nodes[i].member.as_mut().expect("live");
         let digests: Vec<_> = member.state().digests()[checked..].to_vec();
         let twice: Vec<_> = member.state().applied_twice()[reported..].to_vec();
         let is_leader = member.role() == Role::Leader;
