@@ -3,7 +3,8 @@
 //!
 //! # Status
 //!
-//! This crate holds the first of the product description's four integration phases:
+//! This crate holds the first of the product description's four integration phases and
+//! the message layer of the second:
 //!
 //! - [`PaxakosEntry`] is paxakos's `LogEntry`: the core engine's [`Entry`], with the same
 //!   [`EntryId`] (proposer and sequence number), so a retried proposal is answered from
@@ -12,7 +13,10 @@
 //! - [`KvMachine`] is its `State`: the core's [`KvState`] (the one definition of what a
 //!   key-value command does, with its dedup table and chained digest), applied one entry
 //!   per paxakos round at position `(round, 0)`, with `cluster_at` and `concurrency`;
-//! - [`KvInvocation`] ties them to a communicator's error type.
+//! - [`KvInvocation`] ties them to a communicator's error type;
+//! - [`wire`] is the engine's message format on its own protocol, and
+//!   [`NetCommunicator`] its `Communicator` over any request-response [`Transport`], with
+//!   [`serve`] answering requests on the receiving side.
 //!
 //! Planned, not built yet: `freeze` handing out a redb snapshot instead of a copy of the
 //! state; the communicator over libp2p on a protocol of its own (phase 2); starting the
