@@ -9,15 +9,20 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use paxakos::communicator::{AcceptanceFor, Committed, Communicator, Vote, VoteFor};
 use paxakos::invocation::Invocation;
-use paxakos::{AcceptError, CommitError, Condition, Conflict, PrepareError, RequestHandler};
+use paxakos::{
+    AcceptError, CommitError, Condition, Conflict, NodeHandle, PrepareError, RequestHandler,
+};
 
-use crate::wire::{Accepted, Request, Response, Unavailable, WireError};
-use crate::{KvInvocation, PaxakosEntry, PeerNode};
+use crate::wire::{
+    Accepted, Request, Response, Unavailable, WireError, decode_snapshot, encode_snapshot,
+};
+use crate::{KvInvocation, KvSnapshot, PaxakosEntry, PeerNode};
 
 /// One request and its answer to a peer, as bytes.
 pub trait Transport: Clone + Send + Sync + 'static {
@@ -52,6 +57,9 @@ pub enum CommunicatorError<E: fmt::Debug> {
 /// The invocation of the key-value state over transport `T`.
 pub type NetInvocation<T> = KvInvocation<CommunicatorError<<T as Transport>::Error>>;
 
+/// A forwarded entry's round, answer and whether it was a duplicate.
+pub type Forwarded = (u64, Vec<u8>, bool);
+
 /// One peer's answer to one message, on its way.
 type Reply<R, E> = BoxFuture<'static, Result<R, CommunicatorError<E>>>;
 
@@ -65,6 +73,49 @@ impl<T: Transport> NetCommunicator<T> {
     /// A communicator sending over `transport`.
     pub fn new(transport: T) -> Self {
         NetCommunicator { transport }
+    }
+
+    /// Asks `to` to append `entry` (a follower forwarding a write to the leader) and
+    /// resolves once it is applied there: with its round, its answer and whether it was a
+    /// duplicate.
+    pub fn forward(&self, to: libp2p::PeerId, entry: PaxakosEntry) -> Reply<Forwarded, T::Error> {
+        let bytes = Request::Append(entry).encode();
+        let transport = self.transport.clone();
+        async move {
+            let reply = transport
+                .request(to, bytes?)
+                .await
+                .map_err(CommunicatorError::Transport)?;
+            match Response::decode(&reply)? {
+                Response::Appended {
+                    round,
+                    response,
+                    duplicate,
+                } => Ok((round, response, duplicate)),
+                other => Err(refusal(other)),
+            }
+        }
+        .boxed()
+    }
+
+    /// Asks `from` for a snapshot of its state.
+    pub fn fetch_snapshot(
+        &self,
+        from: libp2p::PeerId,
+    ) -> BoxFuture<'static, Result<KvSnapshot, CommunicatorError<T::Error>>> {
+        let bytes = Request::Snapshot.encode();
+        let transport = self.transport.clone();
+        async move {
+            let reply = transport
+                .request(from, bytes?)
+                .await
+                .map_err(CommunicatorError::Transport)?;
+            match Response::decode(&reply)? {
+                Response::Snapshot(bytes) => Ok(decode_snapshot(&bytes)?),
+                other => Err(refusal(other)),
+            }
+        }
+        .boxed()
     }
 
     /// One exchange with each receiver, its answer turned into a result by `answer`.
@@ -113,10 +164,12 @@ fn refusal<E: fmt::Debug>(response: Response) -> CommunicatorError<E> {
     }
 }
 
-fn to_vote<E: fmt::Debug>(
-    response: Response,
-) -> Result<Vote<u64, u32, PaxakosEntry, Infallible>, CommunicatorError<E>> {
+/// A vote on a prepare.
+type PrepareVote = Vote<u64, u32, PaxakosEntry, Duration>;
+
+fn to_vote<E: fmt::Debug>(response: Response) -> Result<PrepareVote, CommunicatorError<E>> {
     match response {
+        Response::Abstained { bound_for } => Ok(Vote::Abstained(bound_for)),
         Response::Promise(accepted) => Ok(Vote::Given(
             accepted
                 .into_iter()
@@ -132,9 +185,7 @@ fn to_vote<E: fmt::Debug>(
     }
 }
 
-fn to_poll_answer<E: fmt::Debug>(
-    response: Response,
-) -> Result<Vote<u64, u32, PaxakosEntry, Infallible>, CommunicatorError<E>> {
+fn to_poll_answer<E: fmt::Debug>(response: Response) -> Result<PrepareVote, CommunicatorError<E>> {
     match response {
         promise @ Response::Promise(_) => Err(CommunicatorError::Unexpected(Box::new(promise))),
         other => to_vote(other),
@@ -144,12 +195,12 @@ fn to_poll_answer<E: fmt::Debug>(
 fn to_acceptance<E: fmt::Debug>(
     response: Response,
 ) -> Result<
-    paxakos::communicator::Acceptance<u32, PaxakosEntry, (), Infallible>,
+    paxakos::communicator::Acceptance<u32, PaxakosEntry, Duration, Infallible>,
     CommunicatorError<E>,
 > {
     use paxakos::communicator::Acceptance;
     match response {
-        Response::Accepted => Ok(Acceptance::Given(())),
+        Response::Accepted { lease } => Ok(Acceptance::Given(lease)),
         other => conflict(other).map(Acceptance::Conflicted).map_err(refusal),
     }
 }
@@ -168,9 +219,9 @@ impl<T: Transport> Communicator for NetCommunicator<T> {
     type LogEntry = PaxakosEntry;
     type Error = CommunicatorError<T::Error>;
     type SendPrepare = BoxFuture<'static, Result<VoteFor<Self>, Self::Error>>;
-    type Abstain = Infallible;
+    type Abstain = Duration;
     type SendProposal = BoxFuture<'static, Result<AcceptanceFor<Self>, Self::Error>>;
-    type Yea = ();
+    type Yea = Duration;
     type Nay = Infallible;
     type SendCommit = BoxFuture<'static, Result<Committed, Self::Error>>;
     type SendCommitById = BoxFuture<'static, Result<Committed, Self::Error>>;
@@ -239,10 +290,11 @@ fn converged(coord: u32, entry: Option<(u32, Arc<PaxakosEntry>)>) -> Response {
     }
 }
 
-/// Answers the request in `request` with the local node's `handler`: the answer's bytes,
-/// or why the request is not one.
+/// Answers the request in `request` with the local node's `handler` (and its `node`, for
+/// snapshots): the answer's bytes, or why the request is not one.
 pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
     handler: &RequestHandler<KvInvocation<E>>,
+    node: &NodeHandle<KvInvocation<E>>,
     request: &[u8],
 ) -> Result<Vec<u8>, WireError> {
     let response = match Request::decode(request)? {
@@ -262,7 +314,7 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
             }
             Err(PrepareError::Supplanted(coord)) => Response::Supplanted { coord },
             Err(PrepareError::Converged(coord, entry)) => converged(coord, entry),
-            Err(PrepareError::Abstained(never)) => match never {},
+            Err(PrepareError::Abstained(bound_for)) => Response::Abstained { bound_for },
             Err(PrepareError::Passive) => Response::Unavailable(Unavailable::Passive),
             Err(PrepareError::ShutDown) => Response::Unavailable(Unavailable::ShutDown),
         },
@@ -271,7 +323,7 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
             coord,
             entry,
         } => match handler.handle_proposal(round, coord, Arc::new(entry)).await {
-            Ok(()) => Response::Accepted,
+            Ok(lease) => Response::Accepted { lease },
             Err(AcceptError::Supplanted(coord)) => Response::Supplanted { coord },
             Err(AcceptError::Converged(coord, entry)) => converged(coord, entry),
             Err(AcceptError::Rejected(never)) => match never {},
@@ -286,6 +338,31 @@ pub async fn serve<E: fmt::Debug + Send + Sync + 'static>(
         Request::CommitById { round, coord, id } => {
             committed(handler.handle_commit_by_id(round, coord, id).await)
         }
+        Request::Append(entry) => {
+            let appended = node.append(entry, paxakos::retry::DoNotRetry::new()).await;
+            match appended {
+                Ok(commit) => {
+                    let round = commit.round_num();
+                    match commit.await {
+                        Ok(applied) => Response::Appended {
+                            round,
+                            response: applied.response,
+                            duplicate: applied.duplicate,
+                        },
+                        Err(_) => Response::Unavailable(Unavailable::ShutDown),
+                    }
+                }
+                Err(_) => Response::Unavailable(Unavailable::NotAppended),
+            }
+        }
+        Request::Snapshot => match node.prepare_snapshot().await {
+            Ok(snapshot) => match encode_snapshot(&snapshot) {
+                Ok(bytes) => Response::Snapshot(bytes),
+                // Too large for one message: the asking node tries another peer.
+                Err(_) => Response::Unavailable(Unavailable::TooLarge),
+            },
+            Err(_) => Response::Unavailable(Unavailable::ShutDown),
+        },
     };
     response.encode()
 }

@@ -3,8 +3,8 @@
 //!
 //! # Status
 //!
-//! This crate holds the first of the product description's four integration phases and
-//! the message layer of the second:
+//! This crate holds the engine; the swarm glue runs it behind the same API as the core's
+//! engine (`NetabaseConfig::with_consensus`). What it has:
 //!
 //! - [`PaxakosEntry`] is paxakos's `LogEntry`: the core engine's [`Entry`], with the same
 //!   [`EntryId`] (proposer and sequence number), so a retried proposal is answered from
@@ -12,26 +12,38 @@
 //! - [`PeerNode`] is its `NodeInfo`: a libp2p [`PeerId`](libp2p::PeerId);
 //! - [`KvMachine`] is its `State`: the core's [`KvState`] (the one definition of what a
 //!   key-value command does, with its dedup table and chained digest), applied one entry
-//!   per paxakos round at position `(round, 0)`, with `cluster_at` and `concurrency`;
-//! - [`KvInvocation`] ties them to a communicator's error type;
+//!   per paxakos round at position `(round, 0)`, with `cluster_at`, `concurrency` and the
+//!   master lease its voters grant;
+//! - [`KvInvocation`] ties them to a communicator's error type; a yea carries a lease;
 //! - [`wire`] is the engine's message format on its own protocol, and
 //!   [`NetCommunicator`] its `Communicator` over any request-response [`Transport`], with
-//!   [`serve`] answering requests on the receiving side.
+//!   [`serve`] answering requests on the receiving side;
+//! - [`engine`] runs a node with heartbeats, autofill, catch-up and master leases, takes
+//!   writes (forwarded to the leader) and reads at the core engine's three levels, and
+//!   restarts after a crash through paxakos's recovery path or after a clean stop from
+//!   the snapshot the stop returned.
+//!
+//! Its crash model differs from the core engine's: paxakos keeps promises and state in
+//! memory only. After a crash a node restarts passive and without state, installs a
+//! peer's snapshot, and votes again only once the rounds it may have voted in are
+//! settled; a cluster that loses a majority of its nodes at once loses its state. A clean
+//! stop leaves a snapshot the node resumes from.
 //!
 //! Planned, not built yet: `freeze` handing out a redb snapshot instead of a copy of the
-//! state; the communicator over libp2p on a protocol of its own (phase 2); starting the
-//! paxakos node in `start_swarm` behind `NetabaseConfig::with_consensus` (phase 3);
-//! heartbeats, autofill, catch-up and master leases (phase 4); the recovery path after a
-//! crash (paxakos keeps its promises in memory only); and the simulator driving paxakos
-//! nodes on virtual time beside the core engine.
+//! state (the state is in memory); snapshots larger than one message (16 MiB); membership
+//! changes (the members are fixed when the cluster starts); and the simulator driving
+//! paxakos nodes on virtual time beside the core engine.
 //!
 //! paxakos is GPL-3.0-only, like Netabase. Its last release, 0.13.0, is from November
-//! 2022. Two of its behaviours a driver must work around, both covered by this crate's
-//! tests: its catch-up decoration starts each next poll inside `poll_events` without
-//! polling it, so a node that hears nothing else stalls unless its events are also polled
-//! on a tick; and it panics if a peer promises in answer to a catch-up poll
-//! (coordination number 0), which [`NetCommunicator`] therefore refuses as an unexpected
-//! answer.
+//! 2022. Behaviours of it a driver must work around, each covered by this crate's tests:
+//! its catch-up decoration starts each next poll inside `poll_events` without polling it,
+//! so a node that hears nothing else stalls unless its events are also polled on a tick;
+//! it panics if a peer promises in answer to a catch-up poll (coordination number 0),
+//! which [`NetCommunicator`] therefore refuses as an unexpected answer; its lease-granting
+//! voter calls `futures::executor::block_on` inside the state keeper, which panics under
+//! its default executor (the engine runs the state keeper on an executor of its own); and
+//! the node its builder returns does not expose the master-lease decoration's reads (the
+//! engine keeps the same lease book from the voter's and communicator's reports).
 //!
 //! ```
 //! use netabase_core::PeerId;
@@ -57,8 +69,10 @@ use std::convert::Infallible;
 use std::fmt;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use netabase_core::consensus::{Applied, Entry, EntryId, KvState, Position, Slot, State as _};
+use netabase_core::model::{decode_value, encode_value};
 use serde::{Deserialize, Serialize};
 
 /// A paxakos log entry: one client command of the core engine's form.
@@ -101,12 +115,66 @@ pub struct AppliedEntry {
 }
 
 /// The replicated key-value state as a paxakos `State`: the core's [`KvState`], one
-/// entry per round.
-#[derive(Clone, Debug)]
+/// entry per round, with the cluster's fixed members and the master lease its voters
+/// grant.
+///
+/// It serializes (inside paxakos snapshots) as its members, concurrency, lease duration,
+/// the last round applied and the core state's image.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(into = "MachineImage", try_from = "MachineImage")]
 pub struct KvMachine {
     kv: KvState,
     members: Vec<PeerNode>,
     concurrency: NonZeroUsize,
+    lease: Duration,
+}
+
+/// A [`KvMachine`] as it is serialized.
+#[derive(Serialize, Deserialize)]
+struct MachineImage {
+    members: Vec<Vec<u8>>,
+    concurrency: u64,
+    lease_micros: u64,
+    round: Slot,
+    image: Vec<u8>,
+}
+
+impl From<KvMachine> for MachineImage {
+    fn from(m: KvMachine) -> Self {
+        MachineImage {
+            members: m.members.iter().map(|p| p.0.to_bytes()).collect(),
+            concurrency: m.concurrency.get() as u64,
+            lease_micros: u64::try_from(m.lease.as_micros()).unwrap_or(u64::MAX),
+            round: m.kv.applied(),
+            image: m.kv.freeze(),
+        }
+    }
+}
+
+impl TryFrom<MachineImage> for KvMachine {
+    type Error = String;
+
+    fn try_from(image: MachineImage) -> Result<Self, String> {
+        let members = image
+            .members
+            .iter()
+            .map(|b| libp2p::PeerId::from_bytes(b).map(PeerNode))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("a member is no peer id: {e}"))?;
+        let concurrency = usize::try_from(image.concurrency)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or("a concurrency of 0")?;
+        let mut kv = KvState::new();
+        kv.install(image.round, &image.image)
+            .map_err(|e| e.to_string())?;
+        Ok(KvMachine {
+            kv,
+            members,
+            concurrency,
+            lease: Duration::from_micros(image.lease_micros),
+        })
+    }
 }
 
 impl KvMachine {
@@ -117,7 +185,30 @@ impl KvMachine {
             kv: KvState::new(),
             members,
             concurrency: NonZeroUsize::new(concurrency).unwrap_or(NonZeroUsize::MIN),
+            lease: Duration::ZERO,
         }
+    }
+
+    /// The same state, its voters granting the leader of each accepted proposal a master
+    /// lease of `lease` (zero, the default: no leases).
+    pub fn with_lease_duration(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The cluster's members.
+    pub fn members(&self) -> &[PeerNode] {
+        &self.members
+    }
+
+    /// The state's bytes: what [`decode`](KvMachine::decode) turns back into it.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_value(self).unwrap_or_default()
+    }
+
+    /// The state in `bytes`, or why they are not one.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        decode_value("paxakos key-value state", bytes).map_err(|e| e.to_string())
     }
 
     /// The key-value state.
@@ -181,8 +272,25 @@ impl paxakos::State for KvMachine {
     }
 }
 
+impl paxakos::leases::master::State for KvMachine {
+    fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    // Whatever a node granted before it restarted, it may have granted for as long as
+    // the lease lasts now: a restarted voter grants no lease until that much time passed.
+    fn previous_lease_duration(&self) -> Duration {
+        self.lease
+    }
+}
+
+/// A paxakos snapshot of the key-value state.
+pub type KvSnapshot = paxakos::node::Snapshot<KvMachine, u64, u32>;
+
 /// The paxakos invocation of the key-value state, for a communicator whose errors are
-/// `E`: rounds are `u64` (the core engine's slots), coordination numbers `u32`.
+/// `E`: rounds are `u64` (the core engine's slots), coordination numbers `u32`; a yea
+/// carries the master lease the voter grants and an abstention how long the voter is
+/// bound to another leader's lease (paxakos's lease-granting voter).
 pub struct KvInvocation<E>(PhantomData<fn() -> E>);
 
 impl<E> fmt::Debug for KvInvocation<E> {
@@ -195,14 +303,15 @@ impl<E: fmt::Debug + Send + Sync + 'static> paxakos::invocation::Invocation for 
     type RoundNum = u64;
     type CoordNum = u32;
     type State = KvMachine;
-    type Yea = ();
+    type Yea = Duration;
     type Nay = Infallible;
-    type Abstain = Infallible;
+    type Abstain = Duration;
     type Ejection = Infallible;
     type CommunicationError = E;
 }
 
 pub mod communicator;
+pub mod engine;
 pub mod wire;
 
 pub use communicator::{CommunicatorError, NetCommunicator, NetInvocation, Transport, serve};

@@ -53,7 +53,7 @@ fn start<E, C>(
     me: PeerNode,
     members: &[PeerNode],
     communicator: C,
-    register: impl FnOnce(RequestHandler<KvInvocation<E>>),
+    register: impl FnOnce(RequestHandler<KvInvocation<E>>, paxakos::NodeHandle<KvInvocation<E>>),
 ) -> Running<E>
 where
     E: Debug + Send + Sync + 'static,
@@ -63,9 +63,9 @@ where
             CoordNum = u32,
             LogEntry = PaxakosEntry,
             Error = E,
-            Yea = (),
+            Yea = Duration,
             Nay = Infallible,
-            Abstain = Infallible,
+            Abstain = Duration,
         >,
 {
     let (handler, node) = futures::executor::block_on(
@@ -73,12 +73,13 @@ where
             .for_node(me.id())
             .communicating_via(communicator)
             .with_initial_state(KvMachine::new(members.to_vec(), 2))
+            .voting_with(paxakos::leases::master::LeaseGrantingVoter::new())
             .catch_up(paxakos::catch_up::StaticConfig::default())
             .spawn(),
     )
     .expect("node starts");
-    register(handler);
     let handle = node.handle();
+    register(handler, node.handle());
     let (applied_tx, applied) = mpsc::channel();
     let (stop, mut stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -155,7 +156,7 @@ fn three_nodes_apply_the_same_entries_as_the_core_state() {
                 *m,
                 &members,
                 communicators.create_communicator_for(m.id()),
-                |h| {
+                |h, _| {
                     futures::executor::block_on(communicators.register(m.id(), h));
                 },
             )
@@ -164,8 +165,11 @@ fn three_nodes_apply_the_same_entries_as_the_core_state() {
     workload(nodes);
 }
 
-/// A node's request handler, shared with the transport.
-type Handler = Arc<RequestHandler<NetInvocation<Memory>>>;
+/// A node's request handler and handle, shared with the transport.
+type Handler = Arc<(
+    RequestHandler<NetInvocation<Memory>>,
+    paxakos::NodeHandle<NetInvocation<Memory>>,
+)>;
 
 /// Every request in memory, through the wire format both ways; a node can be cut off
 /// (its requests and those to it fail).
@@ -216,7 +220,7 @@ impl Transport for Memory {
                 return Err(MemoryError::Cut);
             }
             let handler = handler.ok_or(MemoryError::UnknownPeer)?;
-            serve(&handler, &request)
+            serve(&handler.0, &handler.1, &request)
                 .await
                 .map_err(|_| MemoryError::Wire)
         }
@@ -229,12 +233,12 @@ fn start_on(memory: &Memory, members: &[PeerNode]) -> Vec<Running<CommunicatorEr
     members
         .iter()
         .map(|m| {
-            start(*m, members, NetCommunicator::new(memory.of(m.0)), |h| {
+            start(*m, members, NetCommunicator::new(memory.of(m.0)), |h, n| {
                 memory
                     .handlers
                     .lock()
                     .expect("handlers")
-                    .insert(m.0, Arc::new(h));
+                    .insert(m.0, Arc::new((h, n)));
             })
         })
         .collect()
@@ -369,13 +373,16 @@ fn a_recovering_node_answers_passive_instead_of_voting() {
             .for_node(me.id())
             .communicating_via(NetCommunicator::new(Memory::default()))
             .recovering_with(snapshot)
+            .voting_with(paxakos::leases::master::LeaseGrantingVoter::new())
             .spawn(),
     )
     .expect("node starts");
     assert!(matches!(node.participation(), Participation::Passive));
+    let handle = node.handle();
     let ask = |request: Request| {
         let bytes = request.encode().expect("encodes");
-        let answer = futures::executor::block_on(serve(&handler, &bytes)).expect("a request");
+        let answer =
+            futures::executor::block_on(serve(&handler, &handle, &bytes)).expect("a request");
         Response::decode(&answer).expect("an answer")
     };
     let passive = Response::Unavailable(Unavailable::Passive);
@@ -390,5 +397,5 @@ fn a_recovering_node_answers_passive_instead_of_voting() {
         passive
     );
     // Garbage is refused with a typed error, not answered.
-    assert!(futures::executor::block_on(serve(&handler, b"\x01\xff\xff")).is_err());
+    assert!(futures::executor::block_on(serve(&handler, &handle, b"\x01\xff\xff")).is_err());
 }

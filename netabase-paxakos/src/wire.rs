@@ -6,10 +6,12 @@
 //! version byte in front, at most [`MAX_MESSAGE_BYTES`] each (the core engine's limit);
 //! anything else decodes to a typed [`WireError`], never a panic.
 
+use std::time::Duration;
+
 use netabase_core::consensus::EntryId;
 use serde::{Deserialize, Serialize};
 
-use crate::PaxakosEntry;
+use crate::{KvSnapshot, PaxakosEntry};
 
 /// The libp2p protocol the paxakos engine's messages travel on.
 pub const PAXAKOS_PROTOCOL: &str = "/netabase/paxakos/1.0.0";
@@ -57,6 +59,13 @@ pub enum Request {
         /// The chosen entry's id.
         id: EntryId,
     },
+    /// Asks for a snapshot of the receiver's state (a node that restarted without its
+    /// state installs one before it can take part again).
+    Snapshot,
+    /// Asks the receiver (the leader, as the sender believes) to append `entry` and
+    /// answer once it is applied there: a follower's write goes to the leader instead of
+    /// contending for leadership.
+    Append(PaxakosEntry),
 }
 
 /// A round the receiver had already accepted an entry in, reported with its promise.
@@ -88,8 +97,29 @@ pub enum Response {
         /// holds them.
         entry: Option<(u32, PaxakosEntry)>,
     },
-    /// The proposal was accepted.
-    Accepted,
+    /// The proposal was accepted, granting the proposer a master lease of `lease` (zero:
+    /// none).
+    Accepted {
+        /// The lease granted.
+        lease: Duration,
+    },
+    /// The receiver abstains from promising: it granted another leader a master lease
+    /// that lasts `bound_for` longer.
+    Abstained {
+        /// How long the lease it granted lasts.
+        bound_for: Duration,
+    },
+    /// A snapshot of the receiver's state, as [`encode_snapshot`] gives it.
+    Snapshot(Vec<u8>),
+    /// The entry forwarded by [`Request::Append`] was applied.
+    Appended {
+        /// The round it was applied in.
+        round: u64,
+        /// Its encoded [`KvResponse`](netabase_core::consensus::KvResponse).
+        response: Vec<u8>,
+        /// Whether it was applied before (answered from the dedup table).
+        duplicate: bool,
+    },
     /// The commit was applied (or will be, in round order).
     Committed,
     /// The receiver cannot answer now.
@@ -112,6 +142,12 @@ pub enum Unavailable {
     /// A commit by id named an entry it never accepted in that round.
     #[error("the node holds no entry with that id for that round")]
     UnknownEntry,
+    /// The snapshot asked for exceeds the message size limit.
+    #[error("the snapshot exceeds the message size limit")]
+    TooLarge,
+    /// The forwarded entry could not be appended here (no quorum, leadership lost).
+    #[error("the entry could not be appended")]
+    NotAppended,
 }
 
 /// Why bytes are not a message.
@@ -161,6 +197,16 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
         )));
     }
     Ok(message)
+}
+
+/// A snapshot's bytes (too large if the state's are).
+pub fn encode_snapshot(snapshot: &KvSnapshot) -> Result<Vec<u8>, WireError> {
+    encode(snapshot)
+}
+
+/// The snapshot in `bytes`.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<KvSnapshot, WireError> {
+    decode(bytes)
 }
 
 impl Request {
@@ -237,6 +283,8 @@ mod tests {
                     id: e.0.id,
                 }
             }),
+            Just(Request::Snapshot),
+            entry().prop_map(Request::Append),
         ]
     }
 
@@ -246,6 +294,8 @@ mod tests {
             Just(Unavailable::ShutDown),
             Just(Unavailable::Disoriented),
             Just(Unavailable::UnknownEntry),
+            Just(Unavailable::TooLarge),
+            Just(Unavailable::NotAppended),
         ];
         prop_oneof![
             prop::collection::vec(
@@ -260,7 +310,23 @@ mod tests {
             any::<u32>().prop_map(|coord| Response::Supplanted { coord }),
             (any::<u32>(), prop::option::of((any::<u32>(), entry())))
                 .prop_map(|(coord, entry)| Response::Converged { coord, entry }),
-            Just(Response::Accepted),
+            any::<u64>().prop_map(|n| Response::Accepted {
+                lease: Duration::from_nanos(n)
+            }),
+            any::<u64>().prop_map(|n| Response::Abstained {
+                bound_for: Duration::from_nanos(n)
+            }),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Response::Snapshot),
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..16),
+                any::<bool>()
+            )
+                .prop_map(|(round, response, duplicate)| Response::Appended {
+                    round,
+                    response,
+                    duplicate
+                }),
             Just(Response::Committed),
             unavailable.prop_map(Response::Unavailable),
         ]

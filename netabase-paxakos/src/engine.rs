@@ -1,0 +1,937 @@
+//! A paxakos node at work: the node with its four decorations (heartbeats, autofill,
+//! catch-up, master leases), driven by one task that takes the application's writes and
+//! reads, the requests peers sent it, and a stop.
+//!
+//! [`run`] is that task and [`spawn`] starts it on a thread of its own. It is
+//! runtime-agnostic: the caller hands it a [`Transport`] to reach peers and feeds it
+//! [`Input`]s over a bounded channel; its timers are `futures-timer`'s, as paxakos's own
+//! are. The swarm glue runs it on libp2p; tests run it over memory.
+//!
+//! Writes: an entry goes to the node believed to lead (paxakos's leadership tracking), as
+//! a [`Request::Append`](crate::wire::Request::Append), so that followers do not contend
+//! for leadership (with master leases on, the voters would refuse them while the lease
+//! lasts); if that fails, this node appends it itself. Every entry has an id of this
+//! node's (its core peer id and a sequence number), so a write retried after an unknown
+//! outcome is applied at most once.
+//!
+//! Reads: [`ReadLevel::Local`] reads this node's state; [`ReadLevel::Lease`] is paxakos's
+//! strict master read (this node holds a lease from a majority of every configuration in
+//! its concurrency window), falling back to a linearizable read; [`ReadLevel::Linearizable`]
+//! appends a no-op entry and reads once it is applied here.
+//!
+//! After a crash the node restarts passive with no state ([`Start::Recover`]): it asks
+//! its peers for a snapshot, installs it, and takes part again once the rounds it may have
+//! voted in before the crash are settled (paxakos's recovery). After a clean stop it
+//! resumes from the snapshot [`run`] returned ([`Start::Resume`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use netabase_core::consensus::{Entry, EntryId, LeaseConfig, Position, ReadLevel};
+use paxakos::append::{AppendArgs, AppendError, Importance};
+use paxakos::autofill::AutofillBuilderExt;
+use paxakos::catch_up::CatchUpBuilderExt;
+use paxakos::heartbeats::HeartbeatsBuilderExt;
+use paxakos::invocation::Invocation;
+use paxakos::leadership::track::{LeadershipAwareNode, TrackLeadershipBuilderExt};
+use paxakos::leases::master::{self as leases, LeaseGrantingVoter, LeaseRecordingCommunicator};
+use paxakos::node::builder::Starter;
+use paxakos::node::{NodeStatus, Participation, Shutdown as _};
+use paxakos::retry::RetryPolicy;
+use paxakos::{Event, Node, ShutdownEvent};
+
+use crate::communicator::{NetCommunicator, NetInvocation, Transport, serve};
+use crate::wire::WireError;
+use crate::{KvMachine, KvSnapshot, PaxakosEntry, PeerNode};
+
+/// The engine's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Rounds in flight at once (paxakos's concurrency).
+    pub concurrency: usize,
+    /// How often the leader appends a heartbeat (a no-op entry), which also renews its
+    /// master lease; well below the lease's duration.
+    pub leader_heartbeat_interval: Duration,
+    /// How long a node that is not the leader waits without hearing of a new round before
+    /// it appends a heartbeat itself (and so contends for leadership): the engine's
+    /// election timeout.
+    pub heartbeat_interval: Duration,
+    /// Gaps in the log (rounds a failed leader left open) are filled with no-ops after
+    /// this delay, at most `autofill_batch` at a time.
+    pub autofill_delay: Duration,
+    /// Gaps filled at a time.
+    pub autofill_batch: usize,
+    /// Master leases: the voters grant the leader `duration`, the leader relies on it
+    /// for `duration − (duration·ε + margin)` (paxakos's dilation margin from the drift
+    /// bound ε). `None`: no leases, [`ReadLevel::Lease`] reads go through the log.
+    pub lease: Option<LeaseConfig>,
+    /// How often the node's events are polled without a wake-up (paxakos's catch-up
+    /// decoration starts polls it never wakes the node for).
+    pub tick: Duration,
+    /// Attempts per append before the write fails as indeterminate.
+    pub append_attempts: u32,
+    /// The pause between two attempts (grown to an abstaining voter's lease if longer).
+    pub retry_pause: Duration,
+    /// Requests from peers being answered at once; more are refused.
+    pub max_serving: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: 8,
+            leader_heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(1_000),
+            autofill_delay: Duration::from_millis(100),
+            autofill_batch: 8,
+            lease: Some(LeaseConfig::default()),
+            tick: Duration::from_millis(20),
+            append_attempts: 16,
+            retry_pause: Duration::from_millis(20),
+            max_serving: 256,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The lease the voters grant (zero without leases).
+    pub fn lease_duration(&self) -> Duration {
+        self.lease.map_or(Duration::ZERO, |l| l.duration)
+    }
+
+    /// paxakos's dilation margin: how much earlier than the voters the leader gives its
+    /// lease up, `D·ε + margin`.
+    pub fn dilation_margin(&self) -> Duration {
+        self.lease.map_or(Duration::ZERO, |l| {
+            l.duration.saturating_sub(l.leader_span())
+        })
+    }
+}
+
+/// How the node starts.
+#[derive(Debug)]
+pub enum Start {
+    /// A new cluster: round 0, empty state.
+    Initial,
+    /// After a crash: passive and without state until it installs a peer's snapshot and
+    /// the rounds it may have voted in are settled.
+    Recover,
+    /// After a clean stop, from the snapshot that stop returned.
+    Resume(Box<KvSnapshot>),
+}
+
+/// A write applied: its id, where, its answer, and whether it was a duplicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The entry's id.
+    pub id: EntryId,
+    /// Where it was applied (round, index 0).
+    pub position: Position,
+    /// The encoded [`KvResponse`](netabase_core::consensus::KvResponse).
+    pub response: Vec<u8>,
+    /// Whether the entry had been applied before.
+    pub duplicate: bool,
+}
+
+/// Why a write or read failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// Every attempt failed; the entry may still be applied, or never.
+    #[error("the outcome of entry {0:?} is unknown")]
+    Indeterminate(EntryId),
+    /// The node has no state yet (recovering) or takes no part yet (passive).
+    #[error("the node is recovering and cannot serve this yet")]
+    Recovering,
+    /// The node stopped.
+    #[error("the engine stopped")]
+    Stopped,
+    /// Too many requests are being handled.
+    #[error("the engine is busy")]
+    Busy,
+}
+
+/// A read's answer: the value and the position that wrote it, if the key is set.
+pub type ReadAnswer = Option<(Vec<u8>, Position)>;
+
+/// What the engine is asked to do.
+pub enum Input {
+    /// Append an entry with `command` and answer once it is applied here.
+    Write {
+        /// The encoded [`KvCommand`](netabase_core::consensus::KvCommand).
+        command: Vec<u8>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Written, EngineError>>,
+    },
+    /// Read `key` at `level`.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+        /// How fresh.
+        level: ReadLevel,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<ReadAnswer, EngineError>>,
+    },
+    /// Answer a peer's request.
+    Serve {
+        /// The request's bytes.
+        request: Vec<u8>,
+        /// Where the answer's bytes go (dropped: the request is not answered).
+        reply: oneshot::Sender<Result<Vec<u8>, WireError>>,
+    },
+    /// Report the node's status.
+    Status {
+        /// Where it goes.
+        reply: oneshot::Sender<EngineStatus>,
+    },
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Write { .. } => f.write_str("Write"),
+            Input::Read { level, .. } => write!(f, "Read({level:?})"),
+            Input::Serve { .. } => f.write_str("Serve"),
+            Input::Status { .. } => f.write_str("Status"),
+        }
+    }
+}
+
+/// A node's view of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// The cluster's members.
+    pub members: Vec<libp2p::PeerId>,
+    /// The node believed to lead (paxakos's lax leadership).
+    pub leader: Option<libp2p::PeerId>,
+    /// Whether this node takes part (false while recovering).
+    pub active: bool,
+    /// Whether it has a state (false until a recovering node installed a snapshot).
+    pub oriented: bool,
+    /// The last round applied here.
+    pub round: u64,
+    /// Counters.
+    pub stats: EngineStats,
+}
+
+/// What the engine counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Entries applied.
+    pub applied: u64,
+    /// Writes forwarded to the leader.
+    pub forwarded: u64,
+    /// Forwarded writes that failed and were appended here instead.
+    pub forward_failures: u64,
+    /// Append attempts retried.
+    pub retries: u64,
+    /// Writes that failed as indeterminate.
+    pub indeterminate: u64,
+    /// Reads answered from a master lease.
+    pub lease_reads: u64,
+    /// Peer requests refused because too many were being answered.
+    pub refused_requests: u64,
+    /// Snapshots installed.
+    pub snapshots_installed: u64,
+}
+
+/// How to reach the cluster and where this node stands in it.
+pub struct Setup<T: Transport> {
+    /// This node.
+    pub me: libp2p::PeerId,
+    /// The proposer id its entries carry (its core peer id).
+    pub proposer: netabase_core::PeerId,
+    /// The first sequence number of its entries: above any it used before (a clock
+    /// reading in microseconds does, unless it proposed more than one entry per
+    /// microsecond).
+    pub first_seq: u64,
+    /// The cluster's members, this node included.
+    pub members: Vec<libp2p::PeerId>,
+    /// How to reach them.
+    pub transport: T,
+    /// The settings.
+    pub config: EngineConfig,
+    /// How it starts.
+    pub start: Start,
+}
+
+/// The sequence numbers of one node's entries, shared by its writes and its no-ops.
+#[derive(Clone)]
+struct Ids {
+    proposer: netabase_core::PeerId,
+    next: Arc<AtomicU64>,
+}
+
+impl Ids {
+    fn next(&self) -> EntryId {
+        EntryId {
+            proposer: self.proposer,
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// A no-op entry (heartbeats, gap fillers, read barriers): a command the state
+    /// ignores.
+    fn noop(&self) -> PaxakosEntry {
+        PaxakosEntry(Entry {
+            id: self.next(),
+            command: Vec::new(),
+        })
+    }
+}
+
+/// Retries an append a bounded number of times, pausing between attempts (at least as
+/// long as an abstaining voter's lease).
+struct Retries<I> {
+    left: u32,
+    pause: Duration,
+    retried: Arc<AtomicU64>,
+    _invocation: std::marker::PhantomData<fn() -> I>,
+}
+
+impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy for Retries<crate::KvInvocation<E>> {
+    type Invocation = crate::KvInvocation<E>;
+    type Error = AppendError<Self::Invocation>;
+    type StaticError = AppendError<Self::Invocation>;
+    type Future = BoxFuture<'static, Result<(), Self::Error>>;
+
+    fn eval(&mut self, error: AppendError<Self::Invocation>) -> Self::Future {
+        let retry = self.left > 0
+            && matches!(
+                error,
+                AppendError::Converged { .. }
+                    | AppendError::Lost
+                    | AppendError::NoQuorum { .. }
+                    | AppendError::Railroaded
+            );
+        if !retry {
+            return futures::future::ready(Err(error)).boxed();
+        }
+        self.left -= 1;
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        let mut pause = self.pause;
+        if let AppendError::NoQuorum { abstentions, .. } = &error
+            && let Some(longest) = abstentions.iter().max()
+        {
+            pause = pause.max(*longest);
+        }
+        futures_timer::Delay::new(pause).map(Ok).boxed()
+    }
+}
+
+/// Heartbeats with entries of this node's ids.
+struct Heartbeats<N> {
+    ids: Ids,
+    interval: Duration,
+    leader_interval: Duration,
+    _node: std::marker::PhantomData<fn() -> N>,
+}
+
+impl<N, E> paxakos::heartbeats::Config for Heartbeats<N>
+where
+    N: Node<Invocation = crate::KvInvocation<E>>,
+    E: fmt::Debug + Send + Sync + 'static,
+{
+    type Node = N;
+    type Applicable = PaxakosEntry;
+    type RetryPolicy = paxakos::retry::DoNotRetry<crate::KvInvocation<E>>;
+
+    fn leader_interval(&self) -> Option<Duration> {
+        Some(self.leader_interval)
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    fn new_heartbeat(&self) -> PaxakosEntry {
+        self.ids.noop()
+    }
+
+    fn retry_policy(&self) -> Self::RetryPolicy {
+        paxakos::retry::DoNotRetry::new()
+    }
+}
+
+/// Gap filling with entries of this node's ids.
+struct Autofill<N> {
+    ids: Ids,
+    batch: usize,
+    delay: Duration,
+    _node: std::marker::PhantomData<fn() -> N>,
+}
+
+impl<N, E> paxakos::autofill::Config for Autofill<N>
+where
+    N: Node<Invocation = crate::KvInvocation<E>>,
+    E: fmt::Debug + Send + Sync + 'static,
+{
+    type Node = N;
+    type Applicable = PaxakosEntry;
+    type RetryPolicy = paxakos::retry::DoNotRetry<crate::KvInvocation<E>>;
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn delay(&self) -> Option<Duration> {
+        Some(self.delay)
+    }
+
+    fn new_filler(&self) -> PaxakosEntry {
+        self.ids.noop()
+    }
+
+    fn retry_policy(&self) -> Self::RetryPolicy {
+        paxakos::retry::DoNotRetry::new()
+    }
+}
+
+/// The master leases this node holds, as paxakos's lease-granting voter (its own vote)
+/// and lease-recording communicator (the others' votes) report them.
+///
+/// paxakos 0.13's `MasterLeases` decoration keeps the same book, but the node its builder
+/// returns (a `Shell`) does not expose the decoration's `read_master_strict`; this is the
+/// same rule, kept beside it: a strict master read is served while this node holds its
+/// own lease and leases from a majority of the members, each valid until its end less the
+/// dilation margin.
+struct LeaseBook {
+    me: libp2p::PeerId,
+    granted: leases::communicator::Subscription<libp2p::PeerId>,
+    own: leases::voter::Subscription<libp2p::PeerId>,
+    ends: std::collections::BTreeMap<libp2p::PeerId, instant::Instant>,
+    margin: Duration,
+}
+
+impl LeaseBook {
+    /// Takes in the leases reported since the last call.
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) {
+        while let Poll::Ready(Some(lease)) = self.granted.poll_next_unpin(cx) {
+            self.record(lease.lessor, lease.end);
+        }
+        while let Poll::Ready(Some(lease)) = self.own.poll_next_unpin(cx) {
+            if lease.lessee == Some(self.me) {
+                self.record(self.me, lease.end);
+            }
+        }
+    }
+
+    fn record(&mut self, lessor: libp2p::PeerId, end: instant::Instant) {
+        let kept = self.ends.entry(lessor).or_insert(end);
+        *kept = (*kept).max(end);
+    }
+
+    fn valid(&self, lessor: &libp2p::PeerId, now: instant::Instant) -> bool {
+        self.ends
+            .get(lessor)
+            .is_some_and(|end| end.checked_sub(self.margin).is_some_and(|e| e > now))
+    }
+
+    /// Whether this node may serve a strict master read among `members` now.
+    fn is_master(&self, members: &[libp2p::PeerId]) -> bool {
+        let now = instant::Instant::now();
+        let held = members.iter().filter(|m| self.valid(m, now)).count();
+        self.valid(&self.me, now) && held > members.len() / 2
+    }
+}
+
+/// What the task waits for next.
+enum Step<E: fmt::Debug + Send + Sync + 'static> {
+    Event(Event<crate::KvInvocation<E>>),
+    Input(Option<Input>),
+    Done(Done),
+    Tick,
+}
+
+/// Work finished in the background.
+enum Done {
+    /// An answer to a peer's request went out.
+    Served,
+    /// A write applied (at the leader when it was forwarded) or failed.
+    Written {
+        reply: oneshot::Sender<Result<Written, EngineError>>,
+        result: Result<Written, EngineError>,
+        forwarded: bool,
+        forward_failed: bool,
+    },
+    /// A snapshot fetched from a peer (or not).
+    Snapshot(Option<Box<KvSnapshot>>),
+    /// A read's no-op applied at round `at` (at the leader when it was forwarded): the
+    /// read is served once this node applied that round.
+    Barrier {
+        at: Result<u64, EngineError>,
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<ReadAnswer, EngineError>>,
+    },
+}
+
+/// A write applied at the leader, waiting for its round to be applied here.
+type WaitingWrite = (u64, oneshot::Sender<Result<Written, EngineError>>, Written);
+
+/// A read waiting for its round to be applied here.
+type WaitingRead = (
+    u64,
+    Vec<u8>,
+    oneshot::Sender<Result<ReadAnswer, EngineError>>,
+);
+
+/// Runs the node described by `setup` until `inputs` closes (every sender dropped), then
+/// shuts it down cleanly and returns the snapshot to [resume](Start::Resume) from (`None`
+/// if it had no state).
+pub async fn run<T: Transport>(
+    setup: Setup<T>,
+    mut inputs: mpsc::Receiver<Input>,
+) -> Option<KvSnapshot> {
+    let Setup {
+        me,
+        proposer,
+        first_seq,
+        members,
+        transport,
+        config,
+        start,
+    } = setup;
+    let ids = Ids {
+        proposer,
+        next: Arc::new(AtomicU64::new(first_seq.max(1))),
+    };
+    let nodes: Vec<PeerNode> = members.iter().copied().map(PeerNode).collect();
+    let net = NetCommunicator::new(transport);
+    let mut communicator = LeaseRecordingCommunicator::from(net.clone());
+    let mut voter = LeaseGrantingVoter::new();
+    let mut leases = LeaseBook {
+        me,
+        granted: communicator.subscribe(),
+        own: voter.subscribe(),
+        ends: std::collections::BTreeMap::new(),
+        margin: config.dilation_margin(),
+    };
+    let builder = NetInvocation::<T>::node_builder()
+        .for_node(me)
+        .communicating_via(communicator);
+    let initial =
+        KvMachine::new(nodes, config.concurrency).with_lease_duration(config.lease_duration());
+    let starter = match start {
+        Start::Initial => Starter::Resume(KvSnapshot::initial_with(initial)),
+        Start::Recover => Starter::None,
+        Start::Resume(snapshot) => Starter::Resume(*snapshot),
+    };
+    let spawned = builder
+        .with(starter)
+        .voting_with(voter)
+        .track_leadership()
+        .send_heartbeats(Heartbeats {
+            ids: ids.clone(),
+            interval: config.heartbeat_interval,
+            leader_interval: config.leader_heartbeat_interval,
+            _node: std::marker::PhantomData,
+        })
+        .fill_gaps(Autofill {
+            ids: ids.clone(),
+            batch: config.autofill_batch,
+            delay: config.autofill_delay,
+            _node: std::marker::PhantomData,
+        })
+        .catch_up(paxakos::catch_up::StaticConfig::default())
+        .spawn_using(KeeperThread)
+        .await;
+    let (handler, mut node) = match spawned {
+        Ok((handler, node)) => (handler, node.into_unsend()),
+        Err(e) => {
+            tracing::error!(error = %e, "the paxakos node cannot start");
+            return None;
+        }
+    };
+    let handle = node.handle();
+    let handler = Arc::new(handler);
+    let retried = Arc::new(AtomicU64::new(0));
+    let retries = || Retries {
+        left: config.append_attempts,
+        pause: config.retry_pause,
+        retried: retried.clone(),
+        _invocation: std::marker::PhantomData,
+    };
+    let mut stats = EngineStats::default();
+    let mut round = 0u64;
+    let mut background: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+    let mut serving = 0usize;
+    let mut fetching = false;
+    let mut next_source = 0usize;
+    // Writes applied at the leader, answered once this node applied their round too (so
+    // that a local read after a write sees it).
+    let mut applied_elsewhere: Vec<WaitingWrite> = Vec::new();
+    let mut reads_waiting: Vec<WaitingRead> = Vec::new();
+    let mut tick = futures_timer::Delay::new(config.tick).fuse();
+    loop {
+        // Reads whose barrier round is applied here.
+        if reads_waiting.iter().any(|(at, _, _)| *at <= round) {
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut reads_waiting)
+                .into_iter()
+                .partition(|(at, _, _)| *at <= round);
+            reads_waiting = later;
+            for (_, key, reply) in ready {
+                let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
+                let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+            }
+        }
+        let step = {
+            let events = futures::future::poll_fn(|cx| {
+                leases.poll(cx);
+                match node.poll_events(cx) {
+                    Poll::Ready(e) => Poll::Ready(Step::Event(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            futures::select_biased! {
+                step = events.fuse() => step,
+                input = inputs.next() => Step::Input(input),
+                done = background.select_next_some() => Step::Done(done),
+                () = tick => Step::Tick,
+            }
+        };
+        match step {
+            Step::Event(Event::Apply { round: r, .. }) => {
+                round = r;
+                stats.applied += 1;
+                answer_applied(&mut applied_elsewhere, round);
+            }
+            Step::Event(Event::Install { round: r, .. } | Event::Init { round: r, .. }) => {
+                round = r;
+                answer_applied(&mut applied_elsewhere, round);
+            }
+            Step::Event(_) => {}
+            Step::Tick => {
+                tick = futures_timer::Delay::new(config.tick).fuse();
+                // A recovering node without state asks its peers for a snapshot, one at
+                // a time, in turn.
+                if node.status() == NodeStatus::Disoriented && !fetching {
+                    let peers: Vec<_> = members.iter().filter(|p| **p != me).copied().collect();
+                    if !peers.is_empty() {
+                        let peer = peers[next_source % peers.len()];
+                        next_source += 1;
+                        fetching = true;
+                        let fetch = net.fetch_snapshot(peer);
+                        background.push(
+                            async move { Done::Snapshot(fetch.await.ok().map(Box::new)) }.boxed(),
+                        );
+                    }
+                }
+            }
+            Step::Done(Done::Snapshot(snapshot)) => {
+                fetching = false;
+                if let Some(snapshot) = snapshot
+                    && node.status() == NodeStatus::Disoriented
+                    && node.install_snapshot(*snapshot).await.is_ok()
+                {
+                    stats.snapshots_installed += 1;
+                }
+            }
+            Step::Done(Done::Served) => serving = serving.saturating_sub(1),
+            Step::Done(Done::Barrier { at, key, reply }) => match at {
+                Ok(at) => reads_waiting.push((at, key, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Step::Done(Done::Written {
+                reply,
+                result,
+                forwarded,
+                forward_failed,
+            }) => {
+                stats.forwarded += u64::from(forwarded);
+                stats.forward_failures += u64::from(forward_failed);
+                match result {
+                    Ok(written) if written.position.slot > round => {
+                        applied_elsewhere.push((written.position.slot, reply, written));
+                    }
+                    result => {
+                        if matches!(result, Err(EngineError::Indeterminate(_))) {
+                            stats.indeterminate += 1;
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            Step::Input(None) => break,
+            Step::Input(Some(Input::Status { reply })) => {
+                stats.retries = retried.load(Ordering::Relaxed);
+                let _ = reply.send(EngineStatus {
+                    members: members.clone(),
+                    leader: node.lax_leadership().first().map(|l| l.leader),
+                    active: matches!(node.participation(), Participation::Active),
+                    oriented: node.status() != NodeStatus::Disoriented,
+                    round,
+                    stats: stats.clone(),
+                });
+            }
+            Step::Input(Some(Input::Serve { request, reply })) => {
+                if serving >= config.max_serving {
+                    stats.refused_requests += 1;
+                    continue;
+                }
+                serving += 1;
+                let handler = handler.clone();
+                let handle = handle.clone();
+                background.push(
+                    async move {
+                        let _ = reply.send(serve(&handler, &handle, &request).await);
+                        Done::Served
+                    }
+                    .boxed(),
+                );
+            }
+            Step::Input(Some(Input::Write { command, reply })) => {
+                if node.status() == NodeStatus::Disoriented {
+                    let _ = reply.send(Err(EngineError::Recovering));
+                    continue;
+                }
+                let entry = PaxakosEntry(Entry {
+                    id: ids.next(),
+                    command,
+                });
+                let leader = node
+                    .lax_leadership()
+                    .first()
+                    .map(|l| l.leader)
+                    .filter(|l| *l != me);
+                let forward = leader.map(|l| net.forward(l, entry.clone()));
+                let handle = handle.clone();
+                let policy = retries();
+                background.push(
+                    async move {
+                        let id = entry.0.id;
+                        let mut forward_failed = false;
+                        let forwarded = forward.is_some();
+                        if let Some(forward) = forward {
+                            match forward.await {
+                                Ok((round, response, duplicate)) => {
+                                    let written = Written {
+                                        id,
+                                        position: Position {
+                                            slot: round,
+                                            index: 0,
+                                        },
+                                        response,
+                                        duplicate,
+                                    };
+                                    return Done::Written {
+                                        reply,
+                                        result: Ok(written),
+                                        forwarded,
+                                        forward_failed,
+                                    };
+                                }
+                                Err(_) => forward_failed = true,
+                            }
+                        }
+                        let result = append_here(&handle, entry, policy).await;
+                        Done::Written {
+                            reply,
+                            result,
+                            forwarded,
+                            forward_failed,
+                        }
+                    }
+                    .boxed(),
+                );
+            }
+            Step::Input(Some(Input::Read { key, level, reply })) => {
+                if node.status() == NodeStatus::Disoriented {
+                    let _ = reply.send(Err(EngineError::Recovering));
+                    continue;
+                }
+                if level == ReadLevel::Local {
+                    let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
+                    let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+                    continue;
+                }
+                if level == ReadLevel::Lease && config.lease.is_some() && leases.is_master(&members)
+                {
+                    let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
+                    stats.lease_reads += 1;
+                    let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+                    continue;
+                }
+                // Through the log: a no-op appended (by the leader when it is another
+                // node), then the state read once it is applied here.
+                let barrier = ids.noop();
+                let id = barrier.0.id;
+                let leader = node
+                    .lax_leadership()
+                    .first()
+                    .map(|l| l.leader)
+                    .filter(|l| *l != me);
+                let forward = leader.map(|l| net.forward(l, barrier.clone()));
+                let handle = handle.clone();
+                let policy = retries();
+                background.push(
+                    async move {
+                        if let Some(forward) = forward
+                            && let Ok((round, _, _)) = forward.await
+                        {
+                            return Done::Barrier {
+                                at: Ok(round),
+                                key,
+                                reply,
+                            };
+                        }
+                        let at = append_here(&handle, barrier, policy)
+                            .await
+                            .map(|w| w.position.slot)
+                            .map_err(|e| match e {
+                                EngineError::Indeterminate(_) => EngineError::Indeterminate(id),
+                                e => e,
+                            });
+                        Done::Barrier { at, key, reply }
+                    }
+                    .boxed(),
+                );
+            }
+        }
+    }
+    // A clean stop: paxakos hands back the snapshot to resume from.
+    let mut shutdown = node.shut_down();
+    let last = futures::future::poll_fn(|cx| {
+        loop {
+            match shutdown.poll_shutdown(cx) {
+                Poll::Ready(ShutdownEvent::Final { snapshot, .. }) => return Poll::Ready(snapshot),
+                Poll::Ready(_) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
+    last.state().is_some().then_some(last)
+}
+
+fn lookup(state: &KvMachine, key: &[u8]) -> ReadAnswer {
+    state.kv().get(key).map(|(v, p)| (v.to_vec(), p))
+}
+
+/// Sends the answers of writes applied elsewhere whose round this node applied.
+fn answer_applied(waiting: &mut Vec<WaitingWrite>, round: u64) {
+    let mut i = 0;
+    while i < waiting.len() {
+        if waiting[i].0 <= round {
+            let (_, reply, written) = waiting.swap_remove(i);
+            let _ = reply.send(Ok(written));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Appends `entry` through this node and waits until it is applied here.
+async fn append_here<E: fmt::Debug + Send + Sync + 'static>(
+    handle: &paxakos::NodeHandle<crate::KvInvocation<E>>,
+    entry: PaxakosEntry,
+    policy: Retries<crate::KvInvocation<E>>,
+) -> Result<Written, EngineError> {
+    let id = entry.0.id;
+    let args = AppendArgs {
+        round: 0..=u64::MAX,
+        importance: Importance::GainLeadership,
+        retry_policy: policy,
+    };
+    let commit = handle
+        .append(entry, args)
+        .await
+        .map_err(|_| EngineError::Indeterminate(id))?;
+    let round = commit.round_num();
+    let applied = commit.await.map_err(|_| EngineError::Stopped)?;
+    Ok(Written {
+        id,
+        position: Position {
+            slot: round,
+            index: 0,
+        },
+        response: applied.response,
+        duplicate: applied.duplicate,
+    })
+}
+
+/// Starts the engine of `setup` on a thread of its own, with an input channel of
+/// `capacity` (a full channel refuses inputs at once: the caller answers "busy"). The
+/// thread ends when every sender of the channel is dropped, with the snapshot a clean
+/// stop leaves.
+///
+/// A thread rather than a task: reading paxakos's leadership needs the node in its
+/// unsendable form, and paxakos runs its state keeper on a thread of its own anyway.
+pub fn spawn<T: Transport>(
+    setup: Setup<T>,
+    capacity: usize,
+) -> std::io::Result<(
+    mpsc::Sender<Input>,
+    std::thread::JoinHandle<Option<KvSnapshot>>,
+)> {
+    let (inputs, receiver) = mpsc::channel(capacity);
+    let thread = std::thread::Builder::new()
+        .name("netabase-paxakos".into())
+        .spawn(move || run_here(run(setup, receiver)))?;
+    Ok((inputs, thread))
+}
+
+/// Runs `future` to completion on this thread.
+///
+/// Written here rather than taken from `futures::executor`: paxakos 0.13's lease-granting
+/// voter calls `futures::executor::block_on` inside the state keeper, and that executor
+/// refuses (panics) to run inside another of its kind, so neither the state keeper's
+/// thread nor the engine's may be one.
+fn run_here<F: std::future::Future>(future: F) -> F::Output {
+    /// Wakes the thread that polls.
+    struct Unpark(std::thread::Thread);
+
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+/// Runs paxakos's state keeper on a thread of its own, with [`run_here`].
+struct KeeperThread;
+
+impl<I, V, B> paxakos::executor::Executor<I, V, B> for KeeperThread
+where
+    I: Invocation + Send + 'static,
+    paxakos::invocation::StateOf<I>: Send,
+    paxakos::invocation::ContextOf<I>: Send,
+    V: Send + 'static,
+    B: Send + 'static,
+{
+    type Error = std::io::Error;
+
+    fn execute<F: std::future::Future<Output = ()> + 'static>(
+        self,
+        task: paxakos::node::Task<I, V, B, F>,
+    ) -> Result<(), std::io::Error> {
+        std::thread::Builder::new()
+            .name("netabase-paxakos-state".into())
+            .spawn(move || run_here(task))
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests;
