@@ -41,9 +41,13 @@ pub use netabase_store::{
     netabase_definition_module,
 };
 pub use netabase_swarm as swarm;
+/// The paxakos consensus engine (`Engine::Paxakos`) and its settings.
+#[cfg(feature = "paxakos")]
+pub use netabase_swarm::paxakos;
 pub use netabase_swarm::{
     AppliedEntry, ClusterId, ClusterStatus, CompareAndSet, ConsensusConfig, ConsensusError,
-    ConsensusWrite, EntryId, EntryStatus, LeaseConfig, PAXOS_PROTOCOL, Position, ReadLevel, Role,
+    ConsensusWrite, Engine, EntryId, EntryStatus, LeaseConfig, PAXOS_PROTOCOL, Position, ReadLevel,
+    Role,
 };
 pub use netabase_swarm::{
     BootstrapResult, ConnectionLimits, DEFAULT_DATA_DIR, DEFAULT_PROTOCOL_NAME, EventError,

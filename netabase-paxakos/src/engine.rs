@@ -287,9 +287,12 @@ impl Ids {
 }
 
 /// Retries an append a bounded number of times, pausing between attempts (at least as
-/// long as an abstaining voter's lease).
+/// long as an abstaining voter's lease). An attempt that found its round settled and
+/// learned the entry there (a node behind by that round) is retried at once in the next
+/// round without counting, up to [`CATCHING_UP_ATTEMPTS`].
 struct Retries<I> {
     left: u32,
+    catching_up: u32,
     pause: Duration,
     retried: Arc<AtomicU64>,
     _invocation: std::marker::PhantomData<fn() -> I>,
@@ -302,6 +305,11 @@ impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy for Retries<crate::KvInv
     type Future = BoxFuture<'static, Result<(), Self::Error>>;
 
     fn eval(&mut self, error: AppendError<Self::Invocation>) -> Self::Future {
+        if matches!(error, AppendError::Converged { caught_up: true }) && self.catching_up > 0 {
+            self.catching_up -= 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            return futures::future::ready(Ok(())).boxed();
+        }
         let retry = self.left > 0
             && matches!(
                 error,
@@ -324,6 +332,9 @@ impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy for Retries<crate::KvInv
         futures_timer::Delay::new(pause).map(Ok).boxed()
     }
 }
+
+/// Rounds an append may learn (and retry past) without counting an attempt.
+const CATCHING_UP_ATTEMPTS: u32 = 4096;
 
 /// Heartbeats with entries of this node's ids.
 struct Heartbeats<N> {
@@ -553,6 +564,7 @@ pub async fn run<T: Transport>(
     let retried = Arc::new(AtomicU64::new(0));
     let retries = || Retries {
         left: config.append_attempts,
+        catching_up: CATCHING_UP_ATTEMPTS,
         pause: config.retry_pause,
         retried: retried.clone(),
         _invocation: std::marker::PhantomData,
@@ -608,9 +620,12 @@ pub async fn run<T: Transport>(
             Step::Event(_) => {}
             Step::Tick => {
                 tick = futures_timer::Delay::new(config.tick).fuse();
-                // A recovering node without state asks its peers for a snapshot, one at
-                // a time, in turn.
-                if node.status() == NodeStatus::Disoriented && !fetching {
+                // A recovering node without state, or one that fell behind what the
+                // others still hold entries for, asks its peers for a snapshot, one at a
+                // time, in turn.
+                if matches!(node.status(), NodeStatus::Disoriented | NodeStatus::Lagging)
+                    && !fetching
+                {
                     let peers: Vec<_> = members.iter().filter(|p| **p != me).copied().collect();
                     if !peers.is_empty() {
                         let peer = peers[next_source % peers.len()];
@@ -626,7 +641,8 @@ pub async fn run<T: Transport>(
             Step::Done(Done::Snapshot(snapshot)) => {
                 fetching = false;
                 if let Some(snapshot) = snapshot
-                    && node.status() == NodeStatus::Disoriented
+                    && (node.status() == NodeStatus::Disoriented
+                        || (node.status() == NodeStatus::Lagging && snapshot.round() > round))
                     && node.install_snapshot(*snapshot).await.is_ok()
                 {
                     stats.snapshots_installed += 1;

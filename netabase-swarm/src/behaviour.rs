@@ -20,5 +20,8 @@ where
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) paxos: libp2p::request_response::Behaviour<PaxosCodec>,
+    /// The paxakos engine's messages (`/netabase/paxakos/1.0.0`), on only when it is the
+    /// node's engine.
+    pub(crate) paxakos: Toggle<libp2p::request_response::Behaviour<PaxosCodec>>,
     pub(crate) mdns: Toggle<M>,
 }

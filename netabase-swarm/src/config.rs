@@ -32,6 +32,23 @@ pub enum StorageBackend {
     Memory,
 }
 
+/// Which consensus engine serves a node's cluster
+/// ([`Netabase::create_cluster`](crate::Netabase::create_cluster) and the calls after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Engine {
+    /// The core's own Multi-Paxos member on `/paxos/1.0.0`: durable log and state in the
+    /// node's database, membership changes, snapshots. The default.
+    #[default]
+    Core,
+    /// paxakos 0.13 on `/netabase/paxakos/1.0.0` (the `paxakos` feature): heartbeats,
+    /// autofill, catch-up and master leases; fixed members; promises and state in memory,
+    /// a crashed node recovering from a peer's snapshot. See the `netabase_paxakos`
+    /// crate for what it offers and lacks beside the core engine.
+    #[cfg(feature = "paxakos")]
+    Paxakos,
+}
+
 /// Connection limits of the node (libp2p's connection-limits behaviour).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -115,6 +132,11 @@ pub struct NetabaseConfig {
     /// Timing and bounds of the consensus member, once the node creates or joins a
     /// cluster ([`Netabase::create_cluster`](crate::Netabase::create_cluster)).
     pub consensus: netabase_core::consensus::ConsensusConfig,
+    /// The consensus engine ([`Engine::Core`] by default).
+    pub engine: Engine,
+    /// The paxakos engine's settings, when it is the engine.
+    #[cfg(feature = "paxakos")]
+    pub paxakos: netabase_paxakos::engine::EngineConfig,
 }
 
 impl Default for NetabaseConfig {
@@ -140,6 +162,9 @@ impl Default for NetabaseConfig {
             event_capacity: 1024,
             metrics: None,
             consensus: netabase_core::consensus::ConsensusConfig::default(),
+            engine: Engine::Core,
+            #[cfg(feature = "paxakos")]
+            paxakos: netabase_paxakos::engine::EngineConfig::default(),
         }
     }
 }
@@ -294,6 +319,19 @@ impl NetabaseConfig {
         consensus: netabase_core::consensus::ConsensusConfig,
     ) -> Self {
         self.consensus = consensus;
+        self
+    }
+
+    /// Chooses the consensus engine.
+    pub fn with_consensus(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// Sets the paxakos engine's settings (used when it is the engine).
+    #[cfg(feature = "paxakos")]
+    pub fn with_paxakos_config(mut self, config: netabase_paxakos::engine::EngineConfig) -> Self {
+        self.paxakos = config;
         self
     }
 }

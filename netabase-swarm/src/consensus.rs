@@ -26,6 +26,15 @@
 //! and replays its log. After a restart a member waits out the lease duration before it
 //! promises anything.
 //!
+//! With [`Engine::Paxakos`](crate::Engine) (feature `paxakos`) the same calls go to a
+//! paxakos node instead, on `/netabase/paxakos/1.0.0`: its members are fixed when the
+//! cluster is created (every node passes the same member list; membership calls,
+//! leadership transfer, the applied-entries feed and entry status answer
+//! [`ConsensusError::NotOffered`]), its promises and state live in memory (a node that
+//! crashed recovers from a peer's snapshot, answering [`ConsensusError::Recovering`]
+//! until then; one stopped cleanly resumes from the snapshot it kept in its database).
+//! See the `netabase_paxakos` crate.
+//!
 //! A leader that stops (`stop_swarm`) hands leadership over first
 //! ([`Netabase::transfer_leadership`]).
 //!
@@ -103,6 +112,17 @@ pub enum ConsensusError {
     /// is no voter, ...).
     #[error("the membership change was refused: {0}")]
     Membership(#[from] ChangeError),
+    /// The paxakos engine restarted after a crash and has no state yet: it installs a
+    /// peer's snapshot first ([`Engine::Paxakos`](crate::Engine)).
+    #[error("the consensus engine is recovering")]
+    Recovering,
+    /// The consensus engine has more requests waiting than it takes.
+    #[error("the consensus engine is busy")]
+    Busy,
+    /// The node's consensus engine does not offer this operation (the paxakos engine has
+    /// fixed members, no leadership transfer and no applied-entries feed).
+    #[error("the consensus engine does not offer {0}")]
+    NotOffered(&'static str),
     /// The applied entries asked for were compacted out of this node's log (they are
     /// folded into its state); the feed goes on from `first`.
     #[error("the applied entries before slot {first} were compacted away")]

@@ -236,6 +236,12 @@ pub(crate) struct DriverSettings {
     pub(crate) keypair: Option<netabase_core::Keypair>,
     /// The consensus member's settings.
     pub(crate) consensus: netabase_core::consensus::ConsensusConfig,
+    /// The consensus engine.
+    #[cfg(feature = "paxakos")]
+    pub(crate) engine: crate::config::Engine,
+    /// The paxakos engine's settings.
+    #[cfg(feature = "paxakos")]
+    pub(crate) paxakos: netabase_paxakos::engine::EngineConfig,
 }
 
 /// The node's protocols: Kademlia over the DHT record store, and a consensus member over
@@ -247,12 +253,17 @@ pub(crate) type NodeMachine = Machine<
 >;
 
 mod consensus;
+mod paxakos;
+
+pub(crate) use paxakos::paxakos_behaviour;
 
 pub(crate) struct Driver<R: Runtime> {
     swarm: Swarm<NodeBehaviour<R::Mdns>>,
     machine: NodeMachine,
     /// API calls waiting on the consensus member.
     pub(crate) consensus: crate::consensus::ConsensusClient,
+    /// The paxakos engine, when it is the node's engine and the node is in a cluster.
+    paxakos: paxakos::PaxakosSlot,
     commands: mpsc::Receiver<Command>,
     events: async_broadcast::Sender<NetabaseEvent>,
     clock: Clock<R>,
@@ -293,6 +304,7 @@ enum Step<E> {
     Swarm(SwarmEvent<E>),
     Timer,
     Metrics,
+    Paxakos(paxakos::PaxakosStep),
 }
 
 impl<R: Runtime> Driver<R> {
@@ -335,6 +347,7 @@ impl<R: Runtime> Driver<R> {
             swarm,
             machine: Machine::new(node),
             consensus: crate::consensus::ConsensusClient::new(config_consensus),
+            paxakos: paxakos::PaxakosSlot::default(),
             commands,
             events,
             clock,
@@ -451,6 +464,7 @@ impl<R: Runtime> Driver<R> {
                 event = self.swarm.select_next_some() => Step::Swarm(event),
                 () = &mut self.timer => Step::Timer,
                 () = &mut self.gauge_tick => Step::Metrics,
+                step = paxakos::next_step(&mut self.paxakos).fuse() => Step::Paxakos(step),
             };
             self.read_wall_clock();
             match step {
@@ -467,6 +481,7 @@ impl<R: Runtime> Driver<R> {
                     self.refresh_gauges();
                     self.gauge_tick = R::sleep(GAUGE_REFRESH).fuse();
                 }
+                Step::Paxakos(step) => self.on_paxakos_step(step),
             }
             // Group commit: the swarm events that are already waiting are handled before
             // anything goes out, so that the writes they make share one sync in `drain`.
@@ -559,6 +574,8 @@ impl<R: Runtime> Driver<R> {
                 let _ = reply.send(());
             }
         }
+        // The paxakos engine leaves a snapshot to resume from.
+        self.stop_paxakos();
         // The consensus log with its state's rows (so that a restart replays nothing it
         // applied), then the writes that no output has depended on yet (expiry,
         // republication); the log's sync in `durable` then has nothing left to write.
@@ -1094,6 +1111,9 @@ impl<R: Runtime> Driver<R> {
         match event {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(event)) => self.on_carrier_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Paxos(event)) => self.on_paxos_event(event),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Paxakos(event)) => {
+                self.on_paxakos_event(event)
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -400,6 +400,10 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
                 metrics: config.metrics.clone(),
                 keypair: core_keypair(&self.inner.keypair),
                 consensus: config.consensus.clone(),
+                #[cfg(feature = "paxakos")]
+                engine: config.engine,
+                #[cfg(feature = "paxakos")]
+                paxakos: config.paxakos.clone(),
             },
         )?;
         driver
@@ -447,6 +451,7 @@ impl<D: NetabaseDefinition, R: Runtime> Netabase<D, R> {
             identify: identify::Behaviour::new(identify),
             ping: ping::Behaviour::default(),
             paxos: crate::paxos::behaviour(),
+            paxakos: Toggle::from(crate::driver::paxakos_behaviour(config.engine)),
             mdns: Toggle::from(mdns),
         })
     }

@@ -37,7 +37,7 @@ mod protocol;
 mod runtime;
 
 pub use bandwidth::NodeTransport;
-pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, NetabaseConfig, StorageBackend};
+pub use config::{ConnectionLimits, DEFAULT_DATA_DIR, Engine, NetabaseConfig, StorageBackend};
 pub use consensus::{AppliedEntry, ClusterStatus, CompareAndSet, ConsensusError, ConsensusWrite};
 pub use error::NetabaseError;
 pub use event::{EventError, EventSubscriber, NetabaseEvent, QueryKind};
@@ -60,4 +60,7 @@ pub use netabase_core::consensus::{
 };
 pub use netabase_core::wire::{DEFAULT_PROTOCOL_NAME, IPFS_PROTOCOL_NAME};
 pub use netabase_core::{Mode, QueryError, QueryStats, Quorum, RecordKey};
+/// The paxakos consensus engine (`Engine::Paxakos`) and its settings.
+#[cfg(feature = "paxakos")]
+pub use netabase_paxakos as paxakos;
 pub use prometheus_client;

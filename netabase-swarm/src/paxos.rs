@@ -93,9 +93,15 @@ async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec
 
 /// The request-response behaviour that carries `/paxos/1.0.0`.
 pub(crate) fn behaviour() -> request_response::Behaviour<PaxosCodec> {
+    behaviour_for(PAXOS_PROTOCOL)
+}
+
+/// A request-response behaviour carrying whole messages of up to the consensus size limit
+/// on `protocol` (the paxakos engine's uses it too).
+pub(crate) fn behaviour_for(protocol: StreamProtocol) -> request_response::Behaviour<PaxosCodec> {
     request_response::Behaviour::with_codec(
         PaxosCodec,
-        [(PAXOS_PROTOCOL, ProtocolSupport::Full)],
+        [(protocol, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(10))
             .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),

@@ -25,6 +25,11 @@ const HAND_OVER_WAIT: std::time::Duration = std::time::Duration::from_millis(300
 
 impl<R: Runtime> Driver<R> {
     pub(super) fn on_consensus_command(&mut self, command: ConsensusCommand) {
+        #[cfg(feature = "paxakos")]
+        if self.paxakos_is_engine() {
+            self.on_paxakos_command(command);
+            return;
+        }
         let now = self.now();
         match command {
             ConsensusCommand::Start {

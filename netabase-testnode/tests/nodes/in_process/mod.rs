@@ -45,4 +45,5 @@ mod interop;
 mod lifecycle;
 mod mixed;
 mod modes;
+mod paxakos;
 mod typed_versions;
