@@ -8,7 +8,13 @@
 //! ```sh
 //! cargo bench --bench consensus                      # 3 and 5 members, 10 s per run
 //! cargo bench --bench consensus -- --seconds 3 --members 3
+//! cargo bench --bench consensus --features paxakos -- --engine core --engine paxakos
 //! ```
+//!
+//! With the `paxakos` feature the same runs measure the paxakos engine too. Its promises
+//! and state are in memory (no fsync per commit), so its rows compare with the core
+//! engine's `--memory` rows for the protocol's cost, and with the redb rows for what
+//! durability costs.
 //!
 //! All nodes, clients and the floor probes run in this one process on the machine's cores.
 
@@ -25,7 +31,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, StreamProtocol, Swarm};
 use netabase::{
-    Netabase, NetabaseConfig, NetabaseEvent, Role, StorageBackend, netabase_definition_module,
+    Engine, Netabase, NetabaseConfig, NetabaseEvent, Role, StorageBackend,
+    netabase_definition_module,
 };
 
 /// The record the clients write.
@@ -71,9 +78,45 @@ struct Args {
     /// disk, beside the floor's libp2p exchange.
     #[arg(long)]
     memory: bool,
+    /// Consensus engines to run (repeatable): `core`, or `paxakos` with the feature.
+    #[arg(long = "engine", default_values_t = default_engines(), value_parser = parse_engine)]
+    engines: Vec<EngineName>,
     /// Ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// An engine, as named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EngineName(Engine);
+
+impl std::fmt::Display for EngineName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            #[cfg(feature = "paxakos")]
+            Engine::Paxakos => f.pad("paxakos"),
+            _ => f.pad("core"),
+        }
+    }
+}
+
+fn parse_engine(name: &str) -> Result<EngineName, String> {
+    match name {
+        "core" => Ok(EngineName(Engine::Core)),
+        #[cfg(feature = "paxakos")]
+        "paxakos" => Ok(EngineName(Engine::Paxakos)),
+        other => Err(format!(
+            "unknown engine {other} (core, or paxakos with the paxakos feature)"
+        )),
+    }
+}
+
+fn default_engines() -> Vec<EngineName> {
+    vec![
+        EngineName(Engine::Core),
+        #[cfg(feature = "paxakos")]
+        EngineName(Engine::Paxakos),
+    ]
 }
 
 fn main() {
@@ -108,15 +151,17 @@ async fn run(args: Args) {
             ms(floor.tcp),
             ms(floor.total())
         );
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let nodes = cluster(dir.path(), members, args.memory).await;
-        let leader = leader_of(&nodes).await;
-        let one = measure(&nodes, leader, 1, &args).await;
-        report(members, 1, &one, &floor);
-        let many = measure(&nodes, leader, args.clients, &args).await;
-        report(members, args.clients, &many, &floor);
-        for n in &nodes {
-            let _ = n.stop_swarm().await;
+        for &engine in &args.engines {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let nodes = cluster(dir.path(), members, args.memory, engine.0).await;
+            let leader = leader_of(&nodes).await;
+            let one = measure(&nodes, leader, 1, &args).await;
+            report(engine, members, 1, &one, &floor);
+            let many = measure(&nodes, leader, args.clients, &args).await;
+            report(engine, members, args.clients, &many, &floor);
+            for n in &nodes {
+                let _ = n.stop_swarm().await;
+            }
         }
     }
 }
@@ -344,7 +389,12 @@ async fn tcp_p50(size: usize, count: usize) -> Duration {
 
 /// `members` nodes on 127.0.0.1 (redb with durable commits, or memory; mDNS off) in one
 /// cluster.
-async fn cluster(root: &std::path::Path, members: usize, memory: bool) -> Vec<Node> {
+async fn cluster(
+    root: &std::path::Path,
+    members: usize,
+    memory: bool,
+    engine: Engine,
+) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..members {
         let backend = if memory {
@@ -356,7 +406,8 @@ async fn cluster(root: &std::path::Path, members: usize, memory: bool) -> Vec<No
             .with_backend(backend)
             .with_data_dir(root.join(format!("node-{i}")))
             .with_listen_addresses(["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")])
-            .with_mdns(false);
+            .with_mdns(false)
+            .with_consensus(engine);
         let node = Node::new_with_config(config).expect("node");
         node.start_swarm().await.expect("start");
         nodes.push(node);
@@ -377,13 +428,24 @@ async fn cluster(root: &std::path::Path, members: usize, memory: bool) -> Vec<No
     for n in &nodes[1..] {
         n.join_cluster(cluster, &ids).await.expect("join");
     }
-    loop {
-        if let Ok(NetabaseEvent::ConsensusLeader {
-            leader: Some(_), ..
-        }) = events.recv().await
-        {
-            break;
+    if engine == Engine::Core {
+        loop {
+            if let Ok(NetabaseEvent::ConsensusLeader {
+                leader: Some(_), ..
+            }) = events.recv().await
+            {
+                break;
+            }
         }
+    } else {
+        // paxakos elects its leader with the first write.
+        nodes[0]
+            .put_record_consensus(Cell {
+                key: 0,
+                value: Vec::new(),
+            })
+            .await
+            .expect("a first write");
     }
     nodes
 }
@@ -468,17 +530,25 @@ async fn measure(nodes: &[Node], leader: usize, clients: usize, args: &Args) -> 
     }
 }
 
-fn report(members: usize, clients: usize, run: &Run, floor: &Floor) {
+fn report(engine: EngineName, members: usize, clients: usize, run: &Run, floor: &Floor) {
     let mut l = run.latencies.clone();
     let (p50, p99) = (p(&mut l, 0.5), p(&mut l, 0.99));
     let rate = run.commits as f64 / run.elapsed.as_secs_f64();
+    // The paxakos engine counts neither fsyncs (it has none) nor slots.
+    let per = |n: u64| {
+        if n == 0 {
+            "n/a".to_string()
+        } else {
+            format!("{:.1}", run.commits as f64 / n as f64)
+        }
+    };
     println!(
-        "{members} members, {clients:>2} client(s): {rate:>8.0} commits/s; p50 {:.3} ms ({:.2}× floor), p99 {:.3} ms; {:.1} entries per leader fsync, {:.1} entries per slot; {} CPU µs per commit (all nodes)",
+        "{engine:>7}, {members} members, {clients:>2} client(s): {rate:>8.0} commits/s; p50 {:.3} ms ({:.2}× floor), p99 {:.3} ms; {} entries per leader fsync, {} entries per slot; {} CPU µs per commit (all nodes)",
         ms(p50),
         p50.as_secs_f64() / floor.total().as_secs_f64().max(1e-9),
         ms(p99),
-        run.commits as f64 / run.syncs.max(1) as f64,
-        run.commits as f64 / run.slots.max(1) as f64,
+        per(run.syncs),
+        per(run.slots),
         run.cpu
             .map(|c| format!("{:.0}", c * 1e6 / run.commits.max(1) as f64))
             .unwrap_or_else(|| "n/a".into()),

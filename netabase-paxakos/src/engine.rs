@@ -1,6 +1,6 @@
-//! A paxakos node at work: the node with its four decorations (heartbeats, autofill,
-//! catch-up, master leases), driven by one task that takes the application's writes and
-//! reads, the requests peers sent it, and a stop.
+//! A paxakos node at work: the node with heartbeats, autofill and catch-up (paxakos's
+//! decorations) and master leases ([`crate::leases`]), driven by one task that takes the
+//! application's writes and reads, the requests peers sent it, and a stop.
 //!
 //! [`run`] is that task and [`spawn`] starts it on a thread of its own. It is
 //! runtime-agnostic: the caller hands it a [`Transport`] to reach peers and feeds it
@@ -41,13 +41,13 @@ use paxakos::catch_up::CatchUpBuilderExt;
 use paxakos::heartbeats::HeartbeatsBuilderExt;
 use paxakos::invocation::Invocation;
 use paxakos::leadership::track::{LeadershipAwareNode, TrackLeadershipBuilderExt};
-use paxakos::leases::master::{self as leases, LeaseGrantingVoter, LeaseRecordingCommunicator};
 use paxakos::node::builder::Starter;
 use paxakos::node::{NodeStatus, Participation, Shutdown as _};
 use paxakos::retry::RetryPolicy;
 use paxakos::{Event, Node, ShutdownEvent};
 
 use crate::communicator::{NetCommunicator, NetInvocation, Transport, serve};
+use crate::leases::{LeaseBook, LeaseCommunicator, LeaseVoter};
 use crate::wire::WireError;
 use crate::{KvMachine, KvSnapshot, PaxakosEntry, PeerNode};
 
@@ -97,21 +97,6 @@ impl Default for EngineConfig {
             retry_pause: Duration::from_millis(20),
             max_serving: 256,
         }
-    }
-}
-
-impl EngineConfig {
-    /// The lease the voters grant (zero without leases).
-    pub fn lease_duration(&self) -> Duration {
-        self.lease.map_or(Duration::ZERO, |l| l.duration)
-    }
-
-    /// paxakos's dilation margin: how much earlier than the voters the leader gives its
-    /// lease up, `D·ε + margin`.
-    pub fn dilation_margin(&self) -> Duration {
-        self.lease.map_or(Duration::ZERO, |l| {
-            l.duration.saturating_sub(l.leader_span())
-        })
     }
 }
 
@@ -404,54 +389,6 @@ where
     }
 }
 
-/// The master leases this node holds, as paxakos's lease-granting voter (its own vote)
-/// and lease-recording communicator (the others' votes) report them.
-///
-/// paxakos 0.13's `MasterLeases` decoration keeps the same book, but the node its builder
-/// returns (a `Shell`) does not expose the decoration's `read_master_strict`; this is the
-/// same rule, kept beside it: a strict master read is served while this node holds its
-/// own lease and leases from a majority of the members, each valid until its end less the
-/// dilation margin.
-struct LeaseBook {
-    me: libp2p::PeerId,
-    granted: leases::communicator::Subscription<libp2p::PeerId>,
-    own: leases::voter::Subscription<libp2p::PeerId>,
-    ends: std::collections::BTreeMap<libp2p::PeerId, instant::Instant>,
-    margin: Duration,
-}
-
-impl LeaseBook {
-    /// Takes in the leases reported since the last call.
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) {
-        while let Poll::Ready(Some(lease)) = self.granted.poll_next_unpin(cx) {
-            self.record(lease.lessor, lease.end);
-        }
-        while let Poll::Ready(Some(lease)) = self.own.poll_next_unpin(cx) {
-            if lease.lessee == Some(self.me) {
-                self.record(self.me, lease.end);
-            }
-        }
-    }
-
-    fn record(&mut self, lessor: libp2p::PeerId, end: instant::Instant) {
-        let kept = self.ends.entry(lessor).or_insert(end);
-        *kept = (*kept).max(end);
-    }
-
-    fn valid(&self, lessor: &libp2p::PeerId, now: instant::Instant) -> bool {
-        self.ends
-            .get(lessor)
-            .is_some_and(|end| end.checked_sub(self.margin).is_some_and(|e| e > now))
-    }
-
-    /// Whether this node may serve a strict master read among `members` now.
-    fn is_master(&self, members: &[libp2p::PeerId]) -> bool {
-        let now = instant::Instant::now();
-        let held = members.iter().filter(|m| self.valid(m, now)).count();
-        self.valid(&self.me, now) && held > members.len() / 2
-    }
-}
-
 /// What the task waits for next.
 enum Step<E: fmt::Debug + Send + Sync + 'static> {
     Event(Event<crate::KvInvocation<E>>),
@@ -473,6 +410,10 @@ enum Done {
     },
     /// A snapshot fetched from a peer (or not).
     Snapshot(Option<Box<KvSnapshot>>),
+    /// A snapshot installed (or not).
+    Installed(bool),
+    /// A read answered.
+    Read,
     /// A read's no-op applied at round `at` (at the leader when it was forwarded): the
     /// read is served once this node applied that round.
     Barrier {
@@ -514,20 +455,13 @@ pub async fn run<T: Transport>(
     };
     let nodes: Vec<PeerNode> = members.iter().copied().map(PeerNode).collect();
     let net = NetCommunicator::new(transport);
-    let mut communicator = LeaseRecordingCommunicator::from(net.clone());
-    let mut voter = LeaseGrantingVoter::new();
-    let mut leases = LeaseBook {
-        me,
-        granted: communicator.subscribe(),
-        own: voter.subscribe(),
-        ends: std::collections::BTreeMap::new(),
-        margin: config.dilation_margin(),
-    };
+    let leases = LeaseBook::new(me, config.lease);
+    let communicator = LeaseCommunicator::new(net.clone(), leases.clone());
+    let voter = LeaseVoter::new(leases.clone());
     let builder = NetInvocation::<T>::node_builder()
         .for_node(me)
         .communicating_via(communicator);
-    let initial =
-        KvMachine::new(nodes, config.concurrency).with_lease_duration(config.lease_duration());
+    let initial = KvMachine::new(nodes, config.concurrency);
     let starter = match start {
         Start::Initial => Starter::Resume(KvSnapshot::initial_with(initial)),
         Start::Recover => Starter::None,
@@ -550,7 +484,7 @@ pub async fn run<T: Transport>(
             _node: std::marker::PhantomData,
         })
         .catch_up(paxakos::catch_up::StaticConfig::default())
-        .spawn_using(KeeperThread)
+        .spawn()
         .await;
     let (handler, mut node) = match spawned {
         Ok((handler, node)) => (handler, node.into_unsend()),
@@ -588,17 +522,13 @@ pub async fn run<T: Transport>(
                 .partition(|(at, _, _)| *at <= round);
             reads_waiting = later;
             for (_, key, reply) in ready {
-                let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
-                let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+                background.push(read_state(&handle, key, reply));
             }
         }
         let step = {
-            let events = futures::future::poll_fn(|cx| {
-                leases.poll(cx);
-                match node.poll_events(cx) {
-                    Poll::Ready(e) => Poll::Ready(Step::Event(e)),
-                    Poll::Pending => Poll::Pending,
-                }
+            let events = futures::future::poll_fn(|cx| match node.poll_events(cx) {
+                Poll::Ready(e) => Poll::Ready(Step::Event(e)),
+                Poll::Pending => Poll::Pending,
             });
             futures::select_biased! {
                 step = events.fuse() => step,
@@ -643,11 +573,18 @@ pub async fn run<T: Transport>(
                 if let Some(snapshot) = snapshot
                     && (node.status() == NodeStatus::Disoriented
                         || (node.status() == NodeStatus::Lagging && snapshot.round() > round))
-                    && node.install_snapshot(*snapshot).await.is_ok()
                 {
-                    stats.snapshots_installed += 1;
+                    fetching = true;
+                    let installing = handle.install_snapshot(*snapshot);
+                    background
+                        .push(async move { Done::Installed(installing.await.is_ok()) }.boxed());
                 }
             }
+            Step::Done(Done::Installed(installed)) => {
+                fetching = false;
+                stats.snapshots_installed += u64::from(installed);
+            }
+            Step::Done(Done::Read) => {}
             Step::Done(Done::Served) => serving = serving.saturating_sub(1),
             Step::Done(Done::Barrier { at, key, reply }) => match at {
                 Ok(at) => reads_waiting.push((at, key, reply)),
@@ -764,15 +701,16 @@ pub async fn run<T: Transport>(
                     continue;
                 }
                 if level == ReadLevel::Local {
-                    let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
-                    let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+                    background.push(read_state(&handle, key, reply));
                     continue;
                 }
-                if level == ReadLevel::Lease && config.lease.is_some() && leases.is_master(&members)
-                {
-                    let found = node.read_stale(move |s: &KvMachine| lookup(s, &key)).await;
+                let master = leases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_master(&members);
+                if level == ReadLevel::Lease && master {
                     stats.lease_reads += 1;
-                    let _ = reply.send(found.map_err(|_| EngineError::Recovering));
+                    background.push(read_state(&handle, key, reply));
                     continue;
                 }
                 // Through the log: a no-op appended (by the leader when it is another
@@ -825,6 +763,21 @@ pub async fn run<T: Transport>(
     })
     .await;
     last.state().is_some().then_some(last)
+}
+
+/// Reads `key` from the node's state and answers `reply`, in the background (the task
+/// never waits on the state keeper itself, so that it keeps taking inputs and events).
+fn read_state<E: fmt::Debug + Send + Sync + 'static>(
+    handle: &paxakos::NodeHandle<crate::KvInvocation<E>>,
+    key: Vec<u8>,
+    reply: oneshot::Sender<Result<ReadAnswer, EngineError>>,
+) -> BoxFuture<'static, Done> {
+    let read = handle.read_stale(move |s: &KvMachine| lookup(s, &key));
+    async move {
+        let _ = reply.send(read.await.map_err(|_| EngineError::Recovering));
+        Done::Read
+    }
+    .boxed()
 }
 
 fn lookup(state: &KvMachine, key: &[u8]) -> ReadAnswer {
@@ -890,63 +843,8 @@ pub fn spawn<T: Transport>(
     let (inputs, receiver) = mpsc::channel(capacity);
     let thread = std::thread::Builder::new()
         .name("netabase-paxakos".into())
-        .spawn(move || run_here(run(setup, receiver)))?;
+        .spawn(move || futures::executor::block_on(run(setup, receiver)))?;
     Ok((inputs, thread))
-}
-
-/// Runs `future` to completion on this thread.
-///
-/// Written here rather than taken from `futures::executor`: paxakos 0.13's lease-granting
-/// voter calls `futures::executor::block_on` inside the state keeper, and that executor
-/// refuses (panics) to run inside another of its kind, so neither the state keeper's
-/// thread nor the engine's may be one.
-fn run_here<F: std::future::Future>(future: F) -> F::Output {
-    /// Wakes the thread that polls.
-    struct Unpark(std::thread::Thread);
-
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
-}
-
-/// Runs paxakos's state keeper on a thread of its own, with [`run_here`].
-struct KeeperThread;
-
-impl<I, V, B> paxakos::executor::Executor<I, V, B> for KeeperThread
-where
-    I: Invocation + Send + 'static,
-    paxakos::invocation::StateOf<I>: Send,
-    paxakos::invocation::ContextOf<I>: Send,
-    V: Send + 'static,
-    B: Send + 'static,
-{
-    type Error = std::io::Error;
-
-    fn execute<F: std::future::Future<Output = ()> + 'static>(
-        self,
-        task: paxakos::node::Task<I, V, B, F>,
-    ) -> Result<(), std::io::Error> {
-        std::thread::Builder::new()
-            .name("netabase-paxakos-state".into())
-            .spawn(move || run_here(task))
-            .map(|_| ())
-    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@
 //! - [`PeerNode`] is its `NodeInfo`: a libp2p [`PeerId`](libp2p::PeerId);
 //! - [`KvMachine`] is its `State`: the core's [`KvState`] (the one definition of what a
 //!   key-value command does, with its dedup table and chained digest), applied one entry
-//!   per paxakos round at position `(round, 0)`, with `cluster_at`, `concurrency` and the
-//!   master lease its voters grant;
+//!   per paxakos round at position `(round, 0)`, with `cluster_at` and `concurrency`;
 //! - [`KvInvocation`] ties them to a communicator's error type; a yea carries a lease;
 //! - [`wire`] is the engine's message format on its own protocol, and
 //!   [`NetCommunicator`] its `Communicator` over any request-response [`Transport`], with
@@ -40,10 +39,10 @@
 //! so a node that hears nothing else stalls unless its events are also polled on a tick;
 //! it panics if a peer promises in answer to a catch-up poll (coordination number 0),
 //! which [`NetCommunicator`] therefore refuses as an unexpected answer; its lease-granting
-//! voter calls `futures::executor::block_on` inside the state keeper, which panics under
-//! its default executor (the engine runs the state keeper on an executor of its own); and
-//! the node its builder returns does not expose the master-lease decoration's reads (the
-//! engine keeps the same lease book from the voter's and communicator's reports).
+//! voter reports leases with `futures::executor::block_on` inside the state keeper, which
+//! panics under its default executor and can block the state keeper for good, and the
+//! node its builder returns does not expose the master-lease decoration's reads (so
+//! [`leases`] has a voter and a communicator of its own writing to one lease book).
 //!
 //! ```
 //! use netabase_core::PeerId;
@@ -115,18 +114,16 @@ pub struct AppliedEntry {
 }
 
 /// The replicated key-value state as a paxakos `State`: the core's [`KvState`], one
-/// entry per round, with the cluster's fixed members and the master lease its voters
-/// grant.
+/// entry per round, with the cluster's fixed members.
 ///
-/// It serializes (inside paxakos snapshots) as its members, concurrency, lease duration,
-/// the last round applied and the core state's image.
+/// It serializes (inside paxakos snapshots) as its members, concurrency, the last round
+/// applied and the core state's image.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(into = "MachineImage", try_from = "MachineImage")]
 pub struct KvMachine {
     kv: KvState,
     members: Vec<PeerNode>,
     concurrency: NonZeroUsize,
-    lease: Duration,
 }
 
 /// A [`KvMachine`] as it is serialized.
@@ -134,7 +131,6 @@ pub struct KvMachine {
 struct MachineImage {
     members: Vec<Vec<u8>>,
     concurrency: u64,
-    lease_micros: u64,
     round: Slot,
     image: Vec<u8>,
 }
@@ -144,7 +140,6 @@ impl From<KvMachine> for MachineImage {
         MachineImage {
             members: m.members.iter().map(|p| p.0.to_bytes()).collect(),
             concurrency: m.concurrency.get() as u64,
-            lease_micros: u64::try_from(m.lease.as_micros()).unwrap_or(u64::MAX),
             round: m.kv.applied(),
             image: m.kv.freeze(),
         }
@@ -172,7 +167,6 @@ impl TryFrom<MachineImage> for KvMachine {
             kv,
             members,
             concurrency,
-            lease: Duration::from_micros(image.lease_micros),
         })
     }
 }
@@ -185,15 +179,7 @@ impl KvMachine {
             kv: KvState::new(),
             members,
             concurrency: NonZeroUsize::new(concurrency).unwrap_or(NonZeroUsize::MIN),
-            lease: Duration::ZERO,
         }
-    }
-
-    /// The same state, its voters granting the leader of each accepted proposal a master
-    /// lease of `lease` (zero, the default: no leases).
-    pub fn with_lease_duration(mut self, lease: Duration) -> Self {
-        self.lease = lease;
-        self
     }
 
     /// The cluster's members.
@@ -272,18 +258,6 @@ impl paxakos::State for KvMachine {
     }
 }
 
-impl paxakos::leases::master::State for KvMachine {
-    fn lease_duration(&self) -> Duration {
-        self.lease
-    }
-
-    // Whatever a node granted before it restarted, it may have granted for as long as
-    // the lease lasts now: a restarted voter grants no lease until that much time passed.
-    fn previous_lease_duration(&self) -> Duration {
-        self.lease
-    }
-}
-
 /// A paxakos snapshot of the key-value state.
 pub type KvSnapshot = paxakos::node::Snapshot<KvMachine, u64, u32>;
 
@@ -312,6 +286,7 @@ impl<E: fmt::Debug + Send + Sync + 'static> paxakos::invocation::Invocation for 
 
 pub mod communicator;
 pub mod engine;
+pub mod leases;
 pub mod wire;
 
 pub use communicator::{CommunicatorError, NetCommunicator, NetInvocation, Transport, serve};

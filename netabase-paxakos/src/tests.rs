@@ -73,7 +73,9 @@ where
             .for_node(me.id())
             .communicating_via(communicator)
             .with_initial_state(KvMachine::new(members.to_vec(), 2))
-            .voting_with(paxakos::leases::master::LeaseGrantingVoter::new())
+            .voting_with(crate::leases::LeaseVoter::new(
+                crate::leases::LeaseBook::new(me.0, None),
+            ))
             .catch_up(paxakos::catch_up::StaticConfig::default())
             .spawn(),
     )
@@ -373,7 +375,9 @@ fn a_recovering_node_answers_passive_instead_of_voting() {
             .for_node(me.id())
             .communicating_via(NetCommunicator::new(Memory::default()))
             .recovering_with(snapshot)
-            .voting_with(paxakos::leases::master::LeaseGrantingVoter::new())
+            .voting_with(crate::leases::LeaseVoter::new(
+                crate::leases::LeaseBook::new(me.0, None),
+            ))
             .spawn(),
     )
     .expect("node starts");

@@ -484,13 +484,22 @@ impl<R: Runtime> Driver<R> {
     /// Stops the engine cleanly and keeps the snapshot it leaves, durably, for the next
     /// start to resume from.
     pub(crate) fn stop_paxakos(&mut self) {
-        let Some(mut run) = self.paxakos.run.take() else {
+        let Some(run) = self.paxakos.run.take() else {
             return;
         };
-        for (_, answer) in run.pending.drain() {
-            let _ = answer.send(Err(SwarmTransportError::Stopped));
-        }
-        let Run { inputs, thread, .. } = run;
+        // Everything the engine could wait on goes first (its requests in flight fail at
+        // once: a stopping node sends nothing more), then its inputs, which ends it.
+        let Run {
+            inputs,
+            thread,
+            requests,
+            pending,
+            waiting,
+            ..
+        } = run;
+        drop(requests);
+        drop(pending);
+        drop(waiting);
         drop(inputs);
         let snapshot = thread.and_then(|t| t.join().ok()).flatten();
         let Some(snapshot) = snapshot else {
