@@ -32,7 +32,7 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Sends `request` to `to` and resolves to its answer.
     fn request(
         &self,
-        to: libp2p::PeerId,
+        to: libp2p_identity::PeerId,
         request: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, Self::Error>>;
 }
@@ -49,6 +49,11 @@ pub enum CommunicatorError<E: fmt::Debug> {
     /// The peer could not answer.
     #[error("the peer could not answer: {0}")]
     Unavailable(Unavailable),
+    /// The peer abstains from promising: a lease it granted another leader binds it for
+    /// this long. (Reported as a failed exchange rather than as paxakos's abstention:
+    /// paxakos 0.13 panics when abstentions leave a prepare short of a quorum.)
+    #[error("the peer is bound by a lease for {0:?}")]
+    Abstained(Duration),
     /// The peer answered with a message that does not answer this request.
     #[error("the peer answered {0:?}, which does not answer the request")]
     Unexpected(Box<Response>),
@@ -78,7 +83,11 @@ impl<T: Transport> NetCommunicator<T> {
     /// Asks `to` to append `entry` (a follower forwarding a write to the leader) and
     /// resolves once it is applied there: with its round, its answer and whether it was a
     /// duplicate.
-    pub fn forward(&self, to: libp2p::PeerId, entry: PaxakosEntry) -> Reply<Forwarded, T::Error> {
+    pub fn forward(
+        &self,
+        to: libp2p_identity::PeerId,
+        entry: PaxakosEntry,
+    ) -> Reply<Forwarded, T::Error> {
         let bytes = Request::Append(entry).encode();
         let transport = self.transport.clone();
         async move {
@@ -101,7 +110,7 @@ impl<T: Transport> NetCommunicator<T> {
     /// Asks `from` for a snapshot of its state.
     pub fn fetch_snapshot(
         &self,
-        from: libp2p::PeerId,
+        from: libp2p_identity::PeerId,
     ) -> BoxFuture<'static, Result<KvSnapshot, CommunicatorError<T::Error>>> {
         let bytes = Request::Snapshot.encode();
         let transport = self.transport.clone();
@@ -169,7 +178,7 @@ type PrepareVote = Vote<u64, u32, PaxakosEntry, Duration>;
 
 fn to_vote<E: fmt::Debug>(response: Response) -> Result<PrepareVote, CommunicatorError<E>> {
     match response {
-        Response::Abstained { bound_for } => Ok(Vote::Abstained(bound_for)),
+        Response::Abstained { bound_for } => Err(CommunicatorError::Abstained(bound_for)),
         Response::Promise(accepted) => Ok(Vote::Given(
             accepted
                 .into_iter()
@@ -391,7 +400,7 @@ mod tests {
 
         fn request(
             &self,
-            _to: libp2p::PeerId,
+            _to: libp2p_identity::PeerId,
             _request: Vec<u8>,
         ) -> BoxFuture<'static, Result<Vec<u8>, Infallible>> {
             let bytes = self.0.encode().expect("encodes");
@@ -400,7 +409,7 @@ mod tests {
     }
 
     fn prepare(answer: Response, coord: u32) -> Result<VoteFor<NetCommunicator<Answers>>, String> {
-        let peers = [PeerNode(libp2p::PeerId::random())];
+        let peers = [PeerNode(libp2p_identity::PeerId::random())];
         let mut c = NetCommunicator::new(Answers(answer));
         let (_, reply) = c
             .send_prepare(&peers, 1, coord)
@@ -422,6 +431,16 @@ mod tests {
         let unavailable = prepare(Response::Unavailable(Unavailable::Passive), 3)
             .expect_err("a passive peer gives no vote");
         assert!(unavailable.contains("passive"), "{unavailable}");
+        // An abstention (a lease binds the peer) is a failed exchange, with its duration:
+        // paxakos 0.13 panics when abstentions leave a prepare without a quorum.
+        let bound = prepare(
+            Response::Abstained {
+                bound_for: Duration::from_millis(5),
+            },
+            3,
+        )
+        .expect_err("an abstention is no vote");
+        assert!(bound.contains("bound by a lease"), "{bound}");
         let wrong = prepare(Response::Committed, 3).expect_err("not an answer to a prepare");
         assert!(wrong.contains("does not answer"), "{wrong}");
     }

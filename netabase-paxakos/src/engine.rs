@@ -40,7 +40,7 @@ use paxakos::autofill::AutofillBuilderExt;
 use paxakos::catch_up::CatchUpBuilderExt;
 use paxakos::heartbeats::HeartbeatsBuilderExt;
 use paxakos::invocation::Invocation;
-use paxakos::leadership::track::{LeadershipAwareNode, TrackLeadershipBuilderExt};
+use paxakos::leadership::track::TrackLeadershipBuilderExt;
 use paxakos::node::builder::Starter;
 use paxakos::node::{NodeStatus, Participation, Shutdown as _};
 use paxakos::retry::RetryPolicy;
@@ -192,9 +192,12 @@ impl fmt::Debug for Input {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineStatus {
     /// The cluster's members.
-    pub members: Vec<libp2p::PeerId>,
-    /// The node believed to lead (paxakos's lax leadership).
-    pub leader: Option<libp2p::PeerId>,
+    pub members: Vec<libp2p_identity::PeerId>,
+    /// The node believed to lead: the one whose directive carried the highest
+    /// coordination number seen.
+    pub leader: Option<libp2p_identity::PeerId>,
+    /// That coordination number (0 before any).
+    pub coord: u32,
     /// Whether this node takes part (false while recovering).
     pub active: bool,
     /// Whether it has a state (false until a recovering node installed a snapshot).
@@ -229,7 +232,7 @@ pub struct EngineStats {
 /// How to reach the cluster and where this node stands in it.
 pub struct Setup<T: Transport> {
     /// This node.
-    pub me: libp2p::PeerId,
+    pub me: libp2p_identity::PeerId,
     /// The proposer id its entries carry (its core peer id).
     pub proposer: netabase_core::PeerId,
     /// The first sequence number of its entries: above any it used before (a clock
@@ -237,14 +240,41 @@ pub struct Setup<T: Transport> {
     /// microsecond).
     pub first_seq: u64,
     /// The cluster's members, this node included.
-    pub members: Vec<libp2p::PeerId>,
+    pub members: Vec<libp2p_identity::PeerId>,
     /// How to reach them.
     pub transport: T,
     /// The settings.
     pub config: EngineConfig,
     /// How it starts.
     pub start: Start,
+    /// Told of every entry applied here and of every change of leader (the swarm's
+    /// events, the simulator's checkers).
+    pub observer: Option<Observer>,
 }
+
+/// What an [`Observer`] is told.
+#[derive(Debug)]
+pub enum Observed<'a> {
+    /// `entry` was applied in `round`.
+    Applied {
+        /// The round.
+        round: u64,
+        /// The entry.
+        entry: &'a PaxakosEntry,
+    },
+    /// The node believed to lead changed: the one whose directive carried the highest
+    /// coordination number seen.
+    Leader {
+        /// The leader.
+        leader: libp2p_identity::PeerId,
+        /// Its coordination number.
+        coord: u32,
+    },
+}
+
+/// A callback told of what a node applies and of changes of leader, on the engine's
+/// thread (it must not block).
+pub type Observer = Box<dyn FnMut(Observed<'_>) + Send>;
 
 /// The sequence numbers of one node's entries, shared by its writes and its no-ops.
 #[derive(Clone)]
@@ -283,8 +313,10 @@ struct Retries<I> {
     _invocation: std::marker::PhantomData<fn() -> I>,
 }
 
-impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy for Retries<crate::KvInvocation<E>> {
-    type Invocation = crate::KvInvocation<E>;
+impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy
+    for Retries<crate::KvInvocation<crate::CommunicatorError<E>>>
+{
+    type Invocation = crate::KvInvocation<crate::CommunicatorError<E>>;
     type Error = AppendError<Self::Invocation>;
     type StaticError = AppendError<Self::Invocation>;
     type Future = BoxFuture<'static, Result<(), Self::Error>>;
@@ -309,10 +341,19 @@ impl<E: fmt::Debug + Send + Sync + 'static> RetryPolicy for Retries<crate::KvInv
         self.left -= 1;
         self.retried.fetch_add(1, Ordering::Relaxed);
         let mut pause = self.pause;
-        if let AppendError::NoQuorum { abstentions, .. } = &error
-            && let Some(longest) = abstentions.iter().max()
+        if let AppendError::NoQuorum {
+            abstentions,
+            communication_errors,
+            ..
+        } = &error
         {
-            pause = pause.max(*longest);
+            let bound = communication_errors.iter().filter_map(|e| match e {
+                crate::CommunicatorError::Abstained(d) => Some(d),
+                _ => None,
+            });
+            if let Some(longest) = abstentions.iter().chain(bound).max() {
+                pause = pause.max(*longest);
+            }
         }
         futures_timer::Delay::new(pause).map(Ok).boxed()
     }
@@ -414,6 +455,8 @@ enum Done {
     Installed(bool),
     /// A read answered.
     Read,
+    /// A campaign's no-op appended (or not).
+    Campaigned,
     /// A read's no-op applied at round `at` (at the leader when it was forwarded): the
     /// read is served once this node applied that round.
     Barrier {
@@ -438,7 +481,38 @@ type WaitingRead = (
 /// if it had no state).
 pub async fn run<T: Transport>(
     setup: Setup<T>,
+    inputs: mpsc::Receiver<Input>,
+) -> Option<KvSnapshot> {
+    run_with(setup, inputs, paxakos::executor::StdThread).await
+}
+
+/// The executor paxakos's state keeper of a node of the engine can be run by.
+pub trait KeeperExecutor<T: Transport>:
+    paxakos::executor::Executor<
+        NetInvocation<T>,
+        LeaseVoter,
+        paxakos::buffer::InMemoryBuffer<u64, u32, PaxakosEntry>,
+        Error: fmt::Debug,
+    >
+{
+}
+
+impl<T: Transport, X> KeeperExecutor<T> for X where
+    X: paxakos::executor::Executor<
+            NetInvocation<T>,
+            LeaseVoter,
+            paxakos::buffer::InMemoryBuffer<u64, u32, PaxakosEntry>,
+            Error: fmt::Debug,
+        >
+{
+}
+
+/// Like [`run`], with paxakos's state keeper run by `executor` instead of a thread of its
+/// own (the simulator runs it on its single-threaded executor).
+pub async fn run_with<T: Transport, X: KeeperExecutor<T>>(
+    setup: Setup<T>,
     mut inputs: mpsc::Receiver<Input>,
+    executor: X,
 ) -> Option<KvSnapshot> {
     let Setup {
         me,
@@ -448,6 +522,7 @@ pub async fn run<T: Transport>(
         transport,
         config,
         start,
+        mut observer,
     } = setup;
     let ids = Ids {
         proposer,
@@ -484,12 +559,12 @@ pub async fn run<T: Transport>(
             _node: std::marker::PhantomData,
         })
         .catch_up(paxakos::catch_up::StaticConfig::default())
-        .spawn()
+        .spawn_using(executor)
         .await;
     let (handler, mut node) = match spawned {
-        Ok((handler, node)) => (handler, node.into_unsend()),
+        Ok(spawned) => spawned,
         Err(e) => {
-            tracing::error!(error = %e, "the paxakos node cannot start");
+            tracing::error!(error = ?e, "the paxakos node cannot start");
             return None;
         }
     };
@@ -513,6 +588,16 @@ pub async fn run<T: Transport>(
     // that a local read after a write sees it).
     let mut applied_elsewhere: Vec<WaitingWrite> = Vec::new();
     let mut reads_waiting: Vec<WaitingRead> = Vec::new();
+    let mut leader: Option<(u32, libp2p_identity::PeerId)> = None;
+    // When this node last heard of a round (a directive or an applied entry), and whether
+    // its own campaign is under way.
+    let mut last_heard = instant::Instant::now();
+    let mut campaigning = false;
+    let rank = {
+        let mut sorted = members.clone();
+        sorted.sort();
+        sorted.iter().position(|m| *m == me).unwrap_or(0) as u32
+    };
     let mut tick = futures_timer::Delay::new(config.tick).fuse();
     loop {
         // Reads whose barrier round is applied here.
@@ -538,7 +623,18 @@ pub async fn run<T: Transport>(
             }
         };
         match step {
-            Step::Event(Event::Apply { round: r, .. }) => {
+            Step::Event(Event::Apply {
+                round: r,
+                log_entry,
+                ..
+            }) => {
+                last_heard = instant::Instant::now();
+                if let Some(observe) = &mut observer {
+                    observe(Observed::Applied {
+                        round: r,
+                        entry: &log_entry,
+                    });
+                }
                 round = r;
                 stats.applied += 1;
                 answer_applied(&mut applied_elsewhere, round);
@@ -547,9 +643,50 @@ pub async fn run<T: Transport>(
                 round = r;
                 answer_applied(&mut applied_elsewhere, round);
             }
+            // The node believed to lead: the one whose directive (prepare, proposal or
+            // commit) carried the highest coordination number seen.
+            Step::Event(Event::Directive {
+                leader: l,
+                coord_num,
+                ..
+            }) => {
+                last_heard = instant::Instant::now();
+                if leader.is_none_or(|(c, _)| coord_num >= c) && leader != Some((coord_num, l.0)) {
+                    leader = Some((coord_num, l.0));
+                    if let Some(observe) = &mut observer {
+                        observe(Observed::Leader {
+                            leader: l.0,
+                            coord: coord_num,
+                        });
+                    }
+                }
+            }
             Step::Event(_) => {}
             Step::Tick => {
                 tick = futures_timer::Delay::new(config.tick).fuse();
+                // paxakos's heartbeats only maintain a leadership, and only a write
+                // gains one: a node that has heard of no round for its election timeout
+                // (staggered by its place among the members, so that they rarely contend)
+                // appends a no-op to lead.
+                let now = instant::Instant::now();
+                let timeout = config.heartbeat_interval
+                    + config.heartbeat_interval * rank / (members.len() as u32).max(1);
+                if !campaigning
+                    && matches!(node.participation(), Participation::Active)
+                    && node.status() != NodeStatus::Disoriented
+                    && now.duration_since(last_heard) >= timeout
+                {
+                    campaigning = true;
+                    last_heard = now;
+                    let (handle, noop, policy) = (handle.clone(), ids.noop(), retries());
+                    background.push(
+                        async move {
+                            let _ = append_here(&handle, noop, policy).await;
+                            Done::Campaigned
+                        }
+                        .boxed(),
+                    );
+                }
                 // A recovering node without state, or one that fell behind what the
                 // others still hold entries for, asks its peers for a snapshot, one at a
                 // time, in turn.
@@ -585,6 +722,7 @@ pub async fn run<T: Transport>(
                 stats.snapshots_installed += u64::from(installed);
             }
             Step::Done(Done::Read) => {}
+            Step::Done(Done::Campaigned) => campaigning = false,
             Step::Done(Done::Served) => serving = serving.saturating_sub(1),
             Step::Done(Done::Barrier { at, key, reply }) => match at {
                 Ok(at) => reads_waiting.push((at, key, reply)),
@@ -617,7 +755,8 @@ pub async fn run<T: Transport>(
                 stats.retries = retried.load(Ordering::Relaxed);
                 let _ = reply.send(EngineStatus {
                     members: members.clone(),
-                    leader: node.lax_leadership().first().map(|l| l.leader),
+                    leader: leader.map(|(_, l)| l),
+                    coord: leader.map_or(0, |(c, _)| c),
                     active: matches!(node.participation(), Participation::Active),
                     oriented: node.status() != NodeStatus::Disoriented,
                     round,
@@ -649,12 +788,9 @@ pub async fn run<T: Transport>(
                     id: ids.next(),
                     command,
                 });
-                let leader = node
-                    .lax_leadership()
-                    .first()
-                    .map(|l| l.leader)
-                    .filter(|l| *l != me);
-                let forward = leader.map(|l| net.forward(l, entry.clone()));
+                let forward_to = leader.map(|(_, l)| l).filter(|l| *l != me);
+                let forward = forward_to
+                    .map(|l| bounded(net.forward(l, entry.clone()), config.heartbeat_interval));
                 let handle = handle.clone();
                 let policy = retries();
                 background.push(
@@ -717,12 +853,9 @@ pub async fn run<T: Transport>(
                 // node), then the state read once it is applied here.
                 let barrier = ids.noop();
                 let id = barrier.0.id;
-                let leader = node
-                    .lax_leadership()
-                    .first()
-                    .map(|l| l.leader)
-                    .filter(|l| *l != me);
-                let forward = leader.map(|l| net.forward(l, barrier.clone()));
+                let forward_to = leader.map(|(_, l)| l).filter(|l| *l != me);
+                let forward = forward_to
+                    .map(|l| bounded(net.forward(l, barrier.clone()), config.heartbeat_interval));
                 let handle = handle.clone();
                 let policy = retries();
                 background.push(
@@ -765,6 +898,18 @@ pub async fn run<T: Transport>(
     last.state().is_some().then_some(last)
 }
 
+/// `forward`'s answer, or `None` after `limit` (a leader that stopped answering: the
+/// write is appended here instead, as a write with an unknown outcome may be again).
+async fn bounded<T>(
+    forward: BoxFuture<'static, Result<T, impl fmt::Debug>>,
+    limit: Duration,
+) -> Result<T, ()> {
+    futures::select! {
+        answer = forward.fuse() => answer.map_err(|_| ()),
+        () = futures_timer::Delay::new(limit).fuse() => Err(()),
+    }
+}
+
 /// Reads `key` from the node's state and answers `reply`, in the background (the task
 /// never waits on the state keeper itself, so that it keeps taking inputs and events).
 fn read_state<E: fmt::Debug + Send + Sync + 'static>(
@@ -799,9 +944,9 @@ fn answer_applied(waiting: &mut Vec<WaitingWrite>, round: u64) {
 
 /// Appends `entry` through this node and waits until it is applied here.
 async fn append_here<E: fmt::Debug + Send + Sync + 'static>(
-    handle: &paxakos::NodeHandle<crate::KvInvocation<E>>,
+    handle: &paxakos::NodeHandle<crate::KvInvocation<crate::CommunicatorError<E>>>,
     entry: PaxakosEntry,
-    policy: Retries<crate::KvInvocation<E>>,
+    policy: Retries<crate::KvInvocation<crate::CommunicatorError<E>>>,
 ) -> Result<Written, EngineError> {
     let id = entry.0.id;
     let args = AppendArgs {
@@ -831,8 +976,8 @@ async fn append_here<E: fmt::Debug + Send + Sync + 'static>(
 /// thread ends when every sender of the channel is dropped, with the snapshot a clean
 /// stop leaves.
 ///
-/// A thread rather than a task: reading paxakos's leadership needs the node in its
-/// unsendable form, and paxakos runs its state keeper on a thread of its own anyway.
+/// A thread of its own, as paxakos gives its state keeper, so that the engine does not
+/// depend on the caller's runtime.
 pub fn spawn<T: Transport>(
     setup: Setup<T>,
     capacity: usize,

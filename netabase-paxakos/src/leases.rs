@@ -31,15 +31,15 @@ use crate::{KvMachine, PaxakosEntry, PeerNode};
 /// the one it granted last.
 #[derive(Debug)]
 pub struct LeaseBook {
-    me: libp2p::PeerId,
+    me: libp2p_identity::PeerId,
     config: Option<LeaseConfig>,
     /// When each member's lease to this node ends (on this node's clock).
-    granted: std::collections::BTreeMap<libp2p::PeerId, instant::Instant>,
+    granted: std::collections::BTreeMap<libp2p_identity::PeerId, instant::Instant>,
 }
 
 impl LeaseBook {
     /// An empty book of node `me`, with leases per `config` (`None`: no leases).
-    pub fn new(me: libp2p::PeerId, config: Option<LeaseConfig>) -> Arc<Mutex<LeaseBook>> {
+    pub fn new(me: libp2p_identity::PeerId, config: Option<LeaseConfig>) -> Arc<Mutex<LeaseBook>> {
         Arc::new(Mutex::new(LeaseBook {
             me,
             config,
@@ -59,12 +59,12 @@ impl LeaseBook {
         })
     }
 
-    fn record(&mut self, lessor: libp2p::PeerId, end: instant::Instant) {
+    fn record(&mut self, lessor: libp2p_identity::PeerId, end: instant::Instant) {
         let kept = self.granted.entry(lessor).or_insert(end);
         *kept = (*kept).max(end);
     }
 
-    fn valid(&self, lessor: &libp2p::PeerId, now: instant::Instant) -> bool {
+    fn valid(&self, lessor: &libp2p_identity::PeerId, now: instant::Instant) -> bool {
         let margin = self.dilation_margin();
         self.granted
             .get(lessor)
@@ -74,7 +74,7 @@ impl LeaseBook {
     /// Whether this node holds a master lease among `members` now: its own lease and
     /// leases from a majority of them, each before its end less the dilation margin
     /// (paxakos's strict master read, for a cluster whose members are fixed).
-    pub fn is_master(&self, members: &[libp2p::PeerId]) -> bool {
+    pub fn is_master(&self, members: &[libp2p_identity::PeerId]) -> bool {
         if self.config.is_none() {
             return false;
         }
@@ -91,7 +91,7 @@ pub struct LeaseVoter {
     started: instant::Instant,
     /// The coordination number of the leader whose commits this node saw last.
     leader_coord: u32,
-    leader: Option<libp2p::PeerId>,
+    leader: Option<libp2p_identity::PeerId>,
     /// Until when a lease this node granted binds it.
     bound_until: Option<instant::Instant>,
 }
@@ -314,9 +314,9 @@ mod tests {
             margin: Duration::from_millis(5),
         };
         let (me, leader, other) = (
-            PeerNode(libp2p::PeerId::random()),
-            PeerNode(libp2p::PeerId::random()),
-            PeerNode(libp2p::PeerId::random()),
+            PeerNode(libp2p_identity::PeerId::random()),
+            PeerNode(libp2p_identity::PeerId::random()),
+            PeerNode(libp2p_identity::PeerId::random()),
         );
         let book = LeaseBook::new(me.0, Some(config));
         let mut voter = LeaseVoter::new(book.clone());
@@ -359,7 +359,7 @@ mod tests {
             drift_ppm: 100_000,
             margin: Duration::from_millis(10),
         };
-        let members: Vec<_> = (0..3).map(|_| libp2p::PeerId::random()).collect();
+        let members: Vec<_> = (0..3).map(|_| libp2p_identity::PeerId::random()).collect();
         let book = LeaseBook::new(members[0], Some(config));
         let mut b = book.lock().unwrap();
         assert_eq!(b.dilation_margin(), Duration::from_millis(16));

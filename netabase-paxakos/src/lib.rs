@@ -9,7 +9,7 @@
 //! - [`PaxakosEntry`] is paxakos's `LogEntry`: the core engine's [`Entry`], with the same
 //!   [`EntryId`] (proposer and sequence number), so a retried proposal is answered from
 //!   the same dedup table whichever engine ordered it;
-//! - [`PeerNode`] is its `NodeInfo`: a libp2p [`PeerId`](libp2p::PeerId);
+//! - [`PeerNode`] is its `NodeInfo`: a libp2p [`PeerId`](libp2p_identity::PeerId);
 //! - [`KvMachine`] is its `State`: the core's [`KvState`] (the one definition of what a
 //!   key-value command does, with its dedup table and chained digest), applied one entry
 //!   per paxakos round at position `(round, 0)`, with `cluster_at` and `concurrency`;
@@ -28,17 +28,24 @@
 //! settled; a cluster that loses a majority of its nodes at once loses its state. A clean
 //! stop leaves a snapshot the node resumes from.
 //!
+//! The simulator drives this engine on virtual time in a workspace of its own
+//! (`sim-paxakos/` in the repository: it patches `instant` and `futures-timer`, which
+//! paxakos reads the time and sleeps through, onto a virtual clock; [`engine::run_with`]
+//! takes the executor paxakos's state keeper runs on).
+//!
 //! Planned, not built yet: `freeze` handing out a redb snapshot instead of a copy of the
 //! state (the state is in memory); snapshots larger than one message (16 MiB); membership
-//! changes (the members are fixed when the cluster starts); and the simulator driving
-//! paxakos nodes on virtual time beside the core engine.
+//! changes (the members are fixed when the cluster starts).
 //!
 //! paxakos is GPL-3.0-only, like Netabase. Its last release, 0.13.0, is from November
 //! 2022. Behaviours of it a driver must work around, each covered by this crate's tests:
 //! its catch-up decoration starts each next poll inside `poll_events` without polling it,
 //! so a node that hears nothing else stalls unless its events are also polled on a tick;
 //! it panics if a peer promises in answer to a catch-up poll (coordination number 0),
-//! which [`NetCommunicator`] therefore refuses as an unexpected answer; its lease-granting
+//! which [`NetCommunicator`] therefore refuses as an unexpected answer; it panics when
+//! abstentions leave a prepare short of a quorum (found by the simulator), so an
+//! abstaining peer's answer reaches it as a failed exchange
+//! ([`CommunicatorError::Abstained`]); its lease-granting
 //! voter reports leases with `futures::executor::block_on` inside the state keeper, which
 //! panics under its default executor and can block the state keeper for good, and the
 //! node its builder returns does not expose the master-lease decoration's reads (so
@@ -50,7 +57,7 @@
 //! use netabase_paxakos::{KvMachine, PaxakosEntry, PeerNode};
 //! use paxakos::State as _;
 //!
-//! let members = vec![PeerNode(libp2p::PeerId::random())];
+//! let members = vec![PeerNode(libp2p_identity::PeerId::random())];
 //! let mut machine = KvMachine::new(members, 4);
 //! let entry = PaxakosEntry(Entry {
 //!     id: EntryId { proposer: PeerId::from_seed(1), seq: 1 },
@@ -90,12 +97,12 @@ impl paxakos::LogEntry for PaxakosEntry {
 /// A cluster member as paxakos sees it: its libp2p peer id (how to reach it is the
 /// swarm's business).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerNode(pub libp2p::PeerId);
+pub struct PeerNode(pub libp2p_identity::PeerId);
 
 impl paxakos::NodeInfo for PeerNode {
-    type Id = libp2p::PeerId;
+    type Id = libp2p_identity::PeerId;
 
-    fn id(&self) -> libp2p::PeerId {
+    fn id(&self) -> libp2p_identity::PeerId {
         self.0
     }
 }
@@ -153,7 +160,7 @@ impl TryFrom<MachineImage> for KvMachine {
         let members = image
             .members
             .iter()
-            .map(|b| libp2p::PeerId::from_bytes(b).map(PeerNode))
+            .map(|b| libp2p_identity::PeerId::from_bytes(b).map(PeerNode))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("a member is no peer id: {e}"))?;
         let concurrency = usize::try_from(image.concurrency)

@@ -144,7 +144,9 @@ fn applied<E: Debug + Send + Sync + 'static>(node: &Running<E>, count: usize) ->
 }
 
 fn members() -> Vec<PeerNode> {
-    (0..3).map(|_| PeerNode(libp2p::PeerId::random())).collect()
+    (0..3)
+        .map(|_| PeerNode(libp2p_identity::PeerId::random()))
+        .collect()
 }
 
 #[test]
@@ -178,14 +180,14 @@ type Handler = Arc<(
 #[derive(Clone, Default)]
 struct Memory {
     /// The sending node (unset: a sender that is never cut off).
-    me: Option<libp2p::PeerId>,
-    handlers: Arc<Mutex<BTreeMap<libp2p::PeerId, Handler>>>,
-    cut: Arc<Mutex<BTreeSet<libp2p::PeerId>>>,
+    me: Option<libp2p_identity::PeerId>,
+    handlers: Arc<Mutex<BTreeMap<libp2p_identity::PeerId, Handler>>>,
+    cut: Arc<Mutex<BTreeSet<libp2p_identity::PeerId>>>,
 }
 
 impl Memory {
     /// The transport of node `me`, on the same network.
-    fn of(&self, me: libp2p::PeerId) -> Memory {
+    fn of(&self, me: libp2p_identity::PeerId) -> Memory {
         Memory {
             me: Some(me),
             ..self.clone()
@@ -209,7 +211,7 @@ impl Transport for Memory {
 
     fn request(
         &self,
-        to: libp2p::PeerId,
+        to: libp2p_identity::PeerId,
         request: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, MemoryError>> {
         let handler = self.handlers.lock().expect("handlers").get(&to).cloned();

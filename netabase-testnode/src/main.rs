@@ -121,6 +121,9 @@ struct Args {
     /// How long a consensus read may wait for a leader's confirmation, in milliseconds.
     #[arg(long)]
     read_timeout_ms: Option<u64>,
+    /// The consensus engine: `core` (the default) or `paxakos`.
+    #[arg(long, default_value = "core")]
+    engine: String,
 }
 
 fn main() -> ExitCode {
@@ -223,6 +226,15 @@ fn config(args: &Args) -> Result<NetabaseConfig, String> {
     if let Some(ms) = args.read_timeout_ms {
         config.consensus.read_timeout = Duration::from_millis(ms);
     }
+    config.engine = match args.engine.as_str() {
+        "core" => netabase::Engine::Core,
+        "paxakos" => netabase::Engine::Paxakos,
+        other => {
+            return Err(format!(
+                "unknown consensus engine {other} (core or paxakos)"
+            ));
+        }
+    };
     if let Some(ms) = args.expiry_sweep_interval_ms {
         if ms == 0 {
             return Err("--expiry-sweep-interval-ms must be positive".to_string());

@@ -16,9 +16,9 @@ use super::*;
 /// cut off (its requests and those to it fail).
 #[derive(Clone, Default)]
 struct Net {
-    me: Option<libp2p::PeerId>,
-    engines: Arc<Mutex<BTreeMap<libp2p::PeerId, mpsc::Sender<Input>>>>,
-    cut: Arc<Mutex<BTreeSet<libp2p::PeerId>>>,
+    me: Option<libp2p_identity::PeerId>,
+    engines: Arc<Mutex<BTreeMap<libp2p_identity::PeerId, mpsc::Sender<Input>>>>,
+    cut: Arc<Mutex<BTreeSet<libp2p_identity::PeerId>>>,
 }
 
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl Transport for Net {
 
     fn request(
         &self,
-        to: libp2p::PeerId,
+        to: libp2p_identity::PeerId,
         request: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, NetError>> {
         let cut = {
@@ -58,7 +58,7 @@ impl Transport for Net {
 
 /// A running engine.
 struct Running {
-    id: libp2p::PeerId,
+    id: libp2p_identity::PeerId,
     inputs: mpsc::Sender<Input>,
     thread: std::thread::JoinHandle<Option<KvSnapshot>>,
 }
@@ -110,7 +110,12 @@ fn config() -> EngineConfig {
     }
 }
 
-fn start(net: &Net, me: libp2p::PeerId, members: &[libp2p::PeerId], start: Start) -> Running {
+fn start(
+    net: &Net,
+    me: libp2p_identity::PeerId,
+    members: &[libp2p_identity::PeerId],
+    start: Start,
+) -> Running {
     let seed = u64::from(me.to_bytes()[6]);
     let setup = Setup {
         me,
@@ -123,6 +128,7 @@ fn start(net: &Net, me: libp2p::PeerId, members: &[libp2p::PeerId], start: Start
         },
         config: config(),
         start,
+        observer: None,
     };
     let (inputs, thread) = spawn(setup, 64).expect("engine starts");
     net.engines
@@ -136,8 +142,8 @@ fn start(net: &Net, me: libp2p::PeerId, members: &[libp2p::PeerId], start: Start
     }
 }
 
-fn cluster(net: &Net) -> (Vec<libp2p::PeerId>, Vec<Running>) {
-    let members: Vec<_> = (0..3).map(|_| libp2p::PeerId::random()).collect();
+fn cluster(net: &Net) -> (Vec<libp2p_identity::PeerId>, Vec<Running>) {
+    let members: Vec<_> = (0..3).map(|_| libp2p_identity::PeerId::random()).collect();
     let nodes = members
         .iter()
         .map(|m| start(net, *m, &members, Start::Initial))

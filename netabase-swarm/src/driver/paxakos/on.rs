@@ -9,7 +9,7 @@ use futures::{FutureExt, StreamExt};
 use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use netabase_core::consensus::{ClusterId, ConsensusStats, Role};
-use netabase_paxakos::engine::{self, EngineError, EngineStatus, Input, Setup, Start};
+use netabase_paxakos::engine::{self, EngineError, EngineStatus, Input, Observed, Setup, Start};
 use netabase_paxakos::{KvSnapshot, Transport};
 use netabase_store::backend::WriteTransaction;
 use netabase_store::{AnyBackend, Backend, Durability};
@@ -19,6 +19,7 @@ use crate::consensus::{ClusterStatus, Committed, ConsensusCommand, ConsensusErro
 use crate::convert::{to_core_peer, to_multiaddr};
 use crate::driver::Driver;
 use crate::error::NetabaseError;
+use crate::event::NetabaseEvent;
 use crate::runtime::Runtime;
 
 /// The table the engine's cluster and its clean-stop snapshot live in.
@@ -347,6 +348,22 @@ impl<R: Runtime> Driver<R> {
             return Err(ConsensusError::NoCluster.into());
         }
         let (requests_tx, requests) = mpsc::channel(OUTBOUND_QUEUE);
+        // The engine's changes of leader are the node's `ConsensusLeader` events, as the
+        // core engine's are; its one configuration is announced at the start.
+        self.emit(NetabaseEvent::ConsensusConfiguration {
+            from: 1,
+            voters: members.clone(),
+            learners: Vec::new(),
+        });
+        let events = self.events.clone();
+        let observer: engine::Observer = Box::new(move |observed| {
+            if let Observed::Leader { leader, coord } = observed {
+                let _ = events.try_broadcast(NetabaseEvent::ConsensusLeader {
+                    leader: Some(leader),
+                    round: u64::from(coord),
+                });
+            }
+        });
         let setup = Setup {
             me: local,
             proposer,
@@ -357,6 +374,7 @@ impl<R: Runtime> Driver<R> {
             },
             config: self.settings.paxakos.clone(),
             start,
+            observer: Some(observer),
         };
         let (inputs, thread) = engine::spawn(setup, INPUT_QUEUE)
             .map_err(|e| NetabaseError::Config(format!("the paxakos engine cannot start: {e}")))?;
@@ -560,7 +578,7 @@ fn cluster_status(cluster: ClusterId, local: PeerId, status: EngineStatus) -> Cl
             Role::Follower
         },
         leader: status.leader,
-        round: 0,
+        round: u64::from(status.coord),
         committed: status.round,
         applied: status.round,
         stats: ConsensusStats::default(),
