@@ -904,7 +904,7 @@ async fn bounded<T>(
     forward: BoxFuture<'static, Result<T, impl fmt::Debug>>,
     limit: Duration,
 ) -> Result<T, ()> {
-    futures::select! {
+    futures::select_biased! {
         answer = forward.fuse() => answer.map_err(|_| ()),
         () = futures_timer::Delay::new(limit).fuse() => Err(()),
     }

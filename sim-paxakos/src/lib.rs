@@ -5,9 +5,10 @@
 //! polls runs every node's engine task and paxakos's state keepers, a virtual clock (the
 //! workspace's stand-ins for `instant` and `futures-timer`) gives every timer its time, and
 //! every message goes through the simulated network. The faults (crashes and restarts
-//! through paxakos's recovery path, partitions, per-message loss) are scheduled from the
-//! seed by virtual time, and a message's loss is drawn from (seed, link, message number),
-//! whatever the engine does. A run's trace hash folds every delivery and every applied
+//! through paxakos's recovery path, partitions, process pauses, per-message loss) are
+//! scheduled from the seed by virtual time, and a message's loss is drawn from (seed,
+//! link, message number), whatever the engine does. Each node's clock runs off the global
+//! one by up to half the drift bound the leases assume, drawn from the seed. A run's trace hash folds every delivery and every applied
 //! entry: the same seed gives the same hash.
 //!
 //! Checkers: `agreement` (every node applies the same entry in each round),
@@ -51,6 +52,12 @@ pub struct Spec {
     pub crashes_per_min: f64,
     /// Partitions (one node cut off) per minute.
     pub partitions_per_min: f64,
+    /// Process pauses (a node runs nothing, its clock runs on) per minute.
+    pub pauses_per_min: f64,
+    /// The bound on the rate difference between two nodes' clocks, in parts per million
+    /// (each node's clock runs off the global one by up to half of it, drawn from the
+    /// seed); the leases assume the same bound.
+    pub drift_ppm: u32,
     /// Seconds after the heal within which a write through every node must apply.
     pub liveness_bound_s: u64,
     /// Master leases on.
@@ -101,6 +108,8 @@ impl Default for Spec {
             loss: 0.02,
             crashes_per_min: 6.0,
             partitions_per_min: 6.0,
+            pauses_per_min: 4.0,
+            drift_ppm: LeaseConfig::default().drift_ppm,
             liveness_bound_s: 30,
             leases: true,
             inject: None,
@@ -125,6 +134,8 @@ pub struct Report {
     pub crashes: u64,
     /// Partitions.
     pub partitions: u64,
+    /// Pauses.
+    pub pauses: u64,
     /// Messages delivered.
     pub delivered: u64,
     /// Messages lost.
@@ -137,13 +148,14 @@ impl Report {
     /// One paragraph for people.
     pub fn human(&self) -> String {
         let mut s = format!(
-            "seed {}: {} rounds, {} writes acknowledged, {} reads, {} crashes, {} partitions, {} delivered, {} lost; trace {:016x}",
+            "seed {}: {} rounds, {} writes acknowledged, {} reads, {} crashes, {} partitions, {} pauses, {} delivered, {} lost; trace {:016x}",
             self.seed,
             self.rounds,
             self.acked_writes,
             self.reads,
             self.crashes,
             self.partitions,
+            self.pauses,
             self.delivered,
             self.lost,
             self.trace_hash
@@ -236,29 +248,39 @@ impl Executor {
     }
 
     /// Polls woken tasks until none is.
-    fn run_until_stalled(&mut self) -> u64 {
+    /// Polls woken tasks until none is, except those of `paused` nodes (kept woken for
+    /// when they continue).
+    fn run_until_stalled(&mut self, paused: &BTreeSet<usize>) -> u64 {
         let mut polls = 0;
+        let mut held = Vec::new();
         loop {
             let adopted: Vec<_> = std::mem::take(&mut *self.spawned.lock().expect("spawned"));
             for (node, future) in adopted {
                 self.spawn(node, Box::pin(future));
             }
             let Some(id) = self.ready.lock().expect("ready").pop_front() else {
+                self.ready.lock().expect("ready").extend(held);
                 return polls;
             };
-            let Some((_, task)) = self.tasks.get_mut(&id) else {
+            let Some((node, task)) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            if paused.contains(node) {
+                held.push(id);
+                continue;
+            }
+            let node = (*node != usize::MAX).then_some(*node);
             let waker = Waker::from(Arc::new(TaskWaker {
                 id,
                 ready: self.ready.clone(),
             }));
             polls += 1;
-            if task
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_ready()
-            {
+            let done = instant::sim::as_node(node, || {
+                task.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_ready()
+            });
+            if done {
                 self.tasks.remove(&id);
             }
         }
@@ -368,7 +390,7 @@ impl Transport for SimTransport {
             },
         );
         async move {
-            futures::select! {
+            futures::select_biased! {
                 a = answered.fuse() => a.map_err(|_| "dropped"),
                 () = futures_timer::Delay::new(REQUEST_TIMEOUT).fuse() => Err("timed out"),
             }
@@ -443,6 +465,9 @@ pub struct Simulation {
     /// Scheduled faults and client operations, by virtual time (µs).
     events: BTreeMap<(u64, u64), Ev>,
     event_seq: u64,
+    /// Nodes paused, and the messages that arrived for them meanwhile.
+    paused: BTreeSet<usize>,
+    held: Vec<Message>,
     rng: u64,
     report: Report,
 }
@@ -453,6 +478,8 @@ enum Ev {
     Restart(usize),
     Cut(usize),
     Mend(usize),
+    Pause(usize),
+    Resume(usize),
     Client,
     Heal,
     Liveness,
@@ -468,7 +495,16 @@ fn engine_config(leases: bool) -> EngineConfig {
 impl Simulation {
     /// A run of `spec` with `seed`.
     pub fn new(spec: Spec, seed: u64) -> Self {
-        instant::sim::reset();
+        // Each node's clock off the global one by up to half the drift bound, from the
+        // seed: any two differ by at most the bound.
+        let half = i64::from(spec.drift_ppm / 2);
+        let rates = (0..spec.members)
+            .map(|i| {
+                let draw = xxh3_64(&[seed.to_le_bytes(), (i as u64 + 77).to_le_bytes()].concat());
+                (draw % (2 * half as u64 + 1)) as i64 - half
+            })
+            .collect();
+        instant::sim::reset(rates);
         let peers: Vec<_> = (0..spec.members)
             .map(|i| {
                 let mut secret = [0u8; 32];
@@ -510,6 +546,8 @@ impl Simulation {
             })),
             events: BTreeMap::new(),
             event_seq: 0,
+            paused: BTreeSet::new(),
+            held: Vec::new(),
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             report: Report {
                 seed,
@@ -732,6 +770,10 @@ impl Simulation {
     }
 
     fn deliver(&mut self, message: Message) {
+        if self.paused.contains(&message.to) {
+            self.held.push(message);
+            return;
+        }
         self.report.delivered += 1;
         fold(
             &mut self.shared.borrow_mut().hash,
@@ -771,6 +813,20 @@ impl Simulation {
                     }),
                 );
             }
+        }
+    }
+
+    /// Node `i` continues: the messages that arrived while it was paused reach it now.
+    fn resume(&mut self, i: usize) {
+        if !self.paused.remove(&i) {
+            return;
+        }
+        let (now_for, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| m.to == i);
+        self.held = later;
+        for m in now_for {
+            self.deliver(m);
         }
     }
 
@@ -820,10 +876,25 @@ impl Simulation {
             Ev::Mend(i) => {
                 self.net.lock().expect("net").cut.remove(&i);
             }
+            Ev::Pause(i) => {
+                if self.paused.insert(i) {
+                    self.report.pauses += 1;
+                    // Longer than the lease and the election timeout together.
+                    let back = now + 1_500_000 + self.uniform(2_000_000);
+                    self.schedule(back, Ev::Resume(i));
+                }
+            }
+            Ev::Resume(i) => self.resume(i),
             Ev::Heal => {
-                let mut net = self.net.lock().expect("net");
-                net.cut.clear();
-                net.loss = 0.0;
+                {
+                    let mut net = self.net.lock().expect("net");
+                    net.cut.clear();
+                    net.loss = 0.0;
+                }
+                for i in std::mem::take(&mut self.paused) {
+                    self.paused.insert(i);
+                    self.resume(i);
+                }
             }
             Ev::Liveness => {
                 for i in 0..self.spec.members {
@@ -864,6 +935,16 @@ impl Simulation {
             }
             self.schedule(t, Ev::Cut(i));
         }
+        let pause_gap = (60_000_000.0 / self.spec.pauses_per_min.max(1e-9)) as u64;
+        let mut t = 1_000_000;
+        while self.spec.pauses_per_min > 0.0 {
+            t += pause_gap / 2 + self.uniform(pause_gap);
+            let i = self.uniform(self.spec.members as u64) as usize;
+            if t >= end_faults {
+                break;
+            }
+            self.schedule(t, Ev::Pause(i));
+        }
         self.schedule(end_faults, Ev::Heal);
         // Every node back up, then a write through each.
         let live_at = end_faults + 5_000_000;
@@ -872,7 +953,7 @@ impl Simulation {
         let mut liveness: Vec<Live> = (0..self.spec.members).map(|_| Live::default()).collect();
         let mut liveness_started = false;
         loop {
-            self.exec.run_until_stalled();
+            self.exec.run_until_stalled(&self.paused);
             let now = Self::now();
             if now >= live_at {
                 liveness_started = true;
@@ -946,7 +1027,7 @@ impl Simulation {
                 waiting.push((i, answered));
             }
         }
-        self.exec.run_until_stalled();
+        self.exec.run_until_stalled(&self.paused);
         for (i, mut w) in waiting {
             println!("node {i}: {:?}", w.try_recv());
         }

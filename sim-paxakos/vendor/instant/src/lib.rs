@@ -23,9 +23,45 @@ const EPOCH: Duration = Duration::from_secs(1_000_000);
 pub struct Instant(Duration);
 
 struct Clock {
+    /// Global virtual time.
     now: Duration,
+    /// Timers by their global deadline.
     timers: BTreeMap<(Duration, u64), Waker>,
     next_timer: u64,
+    /// Each node's clock rate, in parts per million off the global one.
+    rates: Vec<i64>,
+    /// The node whose code runs now (`None`: the simulator's own, on global time).
+    current: Option<usize>,
+}
+
+impl Clock {
+    fn rate(&self) -> i64 {
+        self.current
+            .and_then(|n| self.rates.get(n).copied())
+            .unwrap_or(0)
+    }
+
+    /// The current node's reading at global time `global`.
+    fn local(&self, global: Duration) -> Duration {
+        scale(global - EPOCH, self.rate(), false) + EPOCH
+    }
+
+    /// The global time at which the current node's clock reads `local` (rounded up).
+    fn global(&self, local: Duration) -> Duration {
+        scale(local.saturating_sub(EPOCH), self.rate(), true) + EPOCH
+    }
+}
+
+/// `d` run at `rate` ppm (`inverse`: the global span a local span `d` takes).
+fn scale(d: Duration, rate: i64, inverse: bool) -> Duration {
+    let micros = d.as_micros() as i128;
+    let per = 1_000_000i128 + rate as i128;
+    let out = if inverse {
+        (micros * 1_000_000 + per - 1) / per
+    } else {
+        micros * per / 1_000_000
+    };
+    Duration::from_micros(out.max(0) as u64)
 }
 
 thread_local! {
@@ -34,14 +70,19 @@ thread_local! {
             now: EPOCH,
             timers: BTreeMap::new(),
             next_timer: 0,
+            rates: Vec::new(),
+            current: None,
         })
     };
 }
 
 impl Instant {
-    /// The thread's virtual time.
+    /// The virtual time on the clock of the node whose code runs.
     pub fn now() -> Instant {
-        Instant(CLOCK.with(|c| c.borrow().now))
+        Instant(CLOCK.with(|c| {
+            let c = c.borrow();
+            c.local(c.now)
+        }))
     }
 
     /// Time from `earlier` to `self` (zero if `earlier` is later).
@@ -112,13 +153,25 @@ impl Sub<Instant> for Instant {
 pub mod sim {
     use super::*;
 
-    /// Sets the thread's clock back to its start and forgets every timer (a new run).
-    pub fn reset() {
+    /// Sets the thread's clock back to its start, forgets every timer, and gives node `i`
+    /// a clock running `rates[i]` parts per million off the global one (a new run).
+    pub fn reset(rates: Vec<i64>) {
         CLOCK.with(|c| {
             let mut c = c.borrow_mut();
             c.now = EPOCH;
             c.timers.clear();
+            c.rates = rates;
+            c.current = None;
         });
+    }
+
+    /// Runs `f` as node `node`'s code: it reads that node's clock and sets its timers on
+    /// it.
+    pub fn as_node<R>(node: Option<usize>, f: impl FnOnce() -> R) -> R {
+        let before = CLOCK.with(|c| std::mem::replace(&mut c.borrow_mut().current, node));
+        let out = f();
+        CLOCK.with(|c| c.borrow_mut().current = before);
+        out
     }
 
     /// Virtual time elapsed since the start, in microseconds.
@@ -126,9 +179,9 @@ pub mod sim {
         CLOCK.with(|c| (c.borrow().now - EPOCH).as_micros() as u64)
     }
 
-    /// The thread's virtual time as a duration since its epoch (for timers).
+    /// The current node's clock as a duration since its epoch (for timers).
     pub fn now() -> Duration {
-        CLOCK.with(|c| c.borrow().now)
+        Instant::now().0
     }
 
     /// The earliest deadline of a timer, in microseconds since the start.
@@ -166,15 +219,16 @@ pub mod sim {
         }
     }
 
-    /// Registers `waker` to be woken at `deadline` (a [`now`] reading plus a delay);
-    /// returns its key.
+    /// Registers `waker` to be woken when the current node's clock reads `deadline` (a
+    /// [`now`] reading plus a delay); returns its key.
     pub fn register(deadline: Duration, waker: Waker) -> (Duration, u64) {
         CLOCK.with(|c| {
             let mut c = c.borrow_mut();
             let id = c.next_timer;
             c.next_timer += 1;
-            c.timers.insert((deadline, id), waker);
-            (deadline, id)
+            let at = c.global(deadline).max(c.now);
+            c.timers.insert((at, id), waker);
+            (at, id)
         })
     }
 
