@@ -58,29 +58,10 @@ struct Member {
     peer_id: String,
 }
 
-/// The consensus engine a test's nodes run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
-    /// The core's Multi-Paxos member.
-    Core,
-    /// paxakos (`--engine paxakos`).
-    Paxakos,
-}
-
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Core => "core",
-            Engine::Paxakos => "paxakos",
-        }
-    }
-}
-
-/// A cluster of node processes: its id, its members and their engine.
+/// A cluster of node processes: its id and its members.
 struct Plan {
     cluster: String,
     members: Vec<Member>,
-    engine: Engine,
 }
 
 impl Plan {
@@ -96,7 +77,7 @@ impl Plan {
     /// bootstrap peer.
     fn spawn(&self, i: usize) -> Spawn {
         let me = &self.members[i];
-        let mut spawn = settings(Spawn::new(&me.name, Rt::Tokio), self.engine)
+        let mut spawn = settings(Spawn::new(&me.name, Rt::Tokio))
             .data_dir(&me.dir)
             .listen(&me.listen);
         for (j, other) in self.members.iter().enumerate() {
@@ -119,10 +100,9 @@ impl Plan {
     }
 }
 
-/// The consensus settings of every node: outcomes within a few seconds, on `engine`.
-fn settings(spawn: Spawn, engine: Engine) -> Spawn {
+/// The consensus settings of every node: outcomes within a few seconds.
+fn settings(spawn: Spawn) -> Spawn {
     spawn
-        .arg("--engine", engine.name())
         .arg("--backend", "redb")
         .arg("--proposal-timeout-ms", "5000")
         .arg("--read-timeout-ms", "3000")
@@ -130,9 +110,9 @@ fn settings(spawn: Spawn, engine: Engine) -> Spawn {
 
 /// `n` nodes in one network, each on a data directory of its own, in one new cluster;
 /// returns when every node follows a leader.
-fn form_cluster(prefix: &str, n: usize, dirs: &[TempDir], engine: Engine) -> (Plan, Vec<NodeProc>) {
+fn form_cluster(prefix: &str, n: usize, dirs: &[TempDir]) -> (Plan, Vec<NodeProc>) {
     let mut nodes = network_with(prefix, &vec![Rt::Tokio; n], |i, spawn| {
-        settings(spawn, engine).data_dir(dirs[i].path())
+        settings(spawn).data_dir(dirs[i].path())
     });
     let members: Vec<Member> = nodes
         .iter()
@@ -147,11 +127,7 @@ fn form_cluster(prefix: &str, n: usize, dirs: &[TempDir], engine: Engine) -> (Pl
     let peer_ids: Vec<String> = members.iter().map(|m| m.peer_id.clone()).collect();
     let cluster: String = nodes[0].call(Command::CreateCluster { members: peer_ids });
     assert_eq!(cluster.len(), 32, "{cluster}");
-    let plan = Plan {
-        cluster,
-        members,
-        engine,
-    };
+    let plan = Plan { cluster, members };
     for node in nodes.iter_mut().skip(1) {
         plan.join(node);
     }
@@ -705,15 +681,10 @@ fn status(node: &mut NodeProc) -> ClusterStatusReply {
 
 /// `n` members under load: the leader is killed and restarted, then the next leader is
 /// stopped and continued; the history stays linearizable and every member catches up.
-fn a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(n: usize, engine: Engine) {
+fn a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(n: usize) {
     let began = Instant::now();
     let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (plan, nodes) = form_cluster(
-        &format!("consensus{n}-{}-", engine.name()),
-        n,
-        &dirs,
-        engine,
-    );
+    let (plan, nodes) = form_cluster(&format!("consensus{n}-"), n, &dirs);
     let plan = Arc::new(plan);
     let shared = Shared::new(&nodes);
     let clients = start_clients(&shared, &plan, nodes, true);
@@ -831,12 +802,12 @@ fn a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(n: usize, 
 #[test]
 fn a_fourth_process_joins_a_running_cluster() {
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (plan, mut nodes) = form_cluster("join-", 3, &dirs, Engine::Core);
+    let (plan, mut nodes) = form_cluster("join-", 3, &dirs);
     let before: ConsensusReply<ConsensusWriteReply> = nodes[0].call(Command::ConsensusPut {
         message: message(1, "before"),
     });
     assert!(before.done().is_some(), "the first write failed");
-    let mut newcomer = settings(Spawn::new("join-3", Rt::Tokio), Engine::Core)
+    let mut newcomer = settings(Spawn::new("join-3", Rt::Tokio))
         .bootstrap(&nodes[0])
         .start();
     let bootstrapped: BootstrapReply = newcomer.call(Command::Bootstrap);
@@ -872,22 +843,12 @@ fn a_fourth_process_joins_a_running_cluster() {
 
 #[test]
 fn three_members_stay_linearizable_through_a_killed_and_a_stopped_leader() {
-    a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(3, Engine::Core);
+    a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(3);
 }
 
 #[test]
 fn five_members_stay_linearizable_through_a_killed_and_a_stopped_leader() {
-    a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(5, Engine::Core);
-}
-
-/// The same on the paxakos engine (`--engine paxakos`): the killed leader restarts
-/// through paxakos's recovery path (passive, a peer's snapshot), the stopped one resumes
-/// when continued. (The other tests of this file use what the paxakos engine does not
-/// offer: adding a member, the entry status, or every member killed at once, which loses
-/// its state in memory.)
-#[test]
-fn three_members_on_paxakos_stay_linearizable_through_a_killed_and_a_stopped_leader() {
-    a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(3, Engine::Paxakos);
+    a_cluster_stays_linearizable_through_a_killed_and_a_stopped_leader(5);
 }
 
 /// A leader stopped with SIGSTOP while another member takes over and commits a newer value
@@ -898,7 +859,7 @@ fn three_members_on_paxakos_stay_linearizable_through_a_killed_and_a_stopped_lea
 fn a_continued_leader_acts_on_no_stale_state() {
     let began = Instant::now();
     let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (plan, mut nodes) = form_cluster("stale-", 3, &dirs, Engine::Core);
+    let (plan, mut nodes) = form_cluster("stale-", 3, &dirs);
     let statuses: Vec<ClusterStatusReply> = nodes.iter_mut().map(status).collect();
     let leader = statuses
         .iter()
@@ -1015,7 +976,7 @@ fn acknowledged_consensus_writes_survive_killing_every_member() {
     let began = Instant::now();
     let n = 3;
     let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (plan, nodes) = form_cluster("durable-", n, &dirs, Engine::Core);
+    let (plan, nodes) = form_cluster("durable-", n, &dirs);
     let plan = Arc::new(plan);
     let shared = Shared::new(&nodes);
     let clients = start_clients(&shared, &plan, nodes, false);
