@@ -88,43 +88,47 @@ impl<T: Transport> NetCommunicator<T> {
         to: libp2p_identity::PeerId,
         entry: PaxakosEntry,
     ) -> Reply<Forwarded, T::Error> {
-        let bytes = Request::Append(entry).encode();
-        let transport = self.transport.clone();
-        async move {
-            let reply = transport
-                .request(to, bytes?)
-                .await
-                .map_err(CommunicatorError::Transport)?;
-            match Response::decode(&reply)? {
+        self.exchange(
+            to,
+            &Request::Append(entry).encode(),
+            |answer| match answer {
                 Response::Appended {
                     round,
                     response,
                     duplicate,
                 } => Ok((round, response, duplicate)),
                 other => Err(refusal(other)),
-            }
-        }
-        .boxed()
+            },
+        )
     }
 
     /// Asks `from` for a snapshot of its state.
-    pub fn fetch_snapshot(
+    pub fn fetch_snapshot(&self, from: libp2p_identity::PeerId) -> Reply<KvSnapshot, T::Error> {
+        self.exchange(from, &Request::Snapshot.encode(), |answer| match answer {
+            Response::Snapshot(bytes) => Ok(decode_snapshot(&bytes)?),
+            other => Err(refusal(other)),
+        })
+    }
+
+    /// One exchange with `to` of the encoded request `bytes`, its answer turned into a
+    /// result by `answer`.
+    fn exchange<R: Send + 'static>(
         &self,
-        from: libp2p_identity::PeerId,
-    ) -> BoxFuture<'static, Result<KvSnapshot, CommunicatorError<T::Error>>> {
-        let bytes = Request::Snapshot.encode();
-        let transport = self.transport.clone();
-        async move {
-            let reply = transport
-                .request(from, bytes?)
-                .await
-                .map_err(CommunicatorError::Transport)?;
-            match Response::decode(&reply)? {
-                Response::Snapshot(bytes) => Ok(decode_snapshot(&bytes)?),
-                other => Err(refusal(other)),
+        to: libp2p_identity::PeerId,
+        bytes: &Result<Vec<u8>, WireError>,
+        answer: impl FnOnce(Response) -> Result<R, CommunicatorError<T::Error>> + Send + 'static,
+    ) -> Reply<R, T::Error> {
+        match bytes {
+            Ok(bytes) => {
+                let sent = self.transport.request(to, bytes.clone());
+                async move {
+                    let reply = sent.await.map_err(CommunicatorError::Transport)?;
+                    answer(Response::decode(&reply)?)
+                }
+                .boxed()
             }
+            Err(e) => futures::future::ready(Err(e.clone().into())).boxed(),
         }
-        .boxed()
     }
 
     /// One exchange with each receiver, its answer turned into a result by `answer`.
@@ -137,20 +141,7 @@ impl<T: Transport> NetCommunicator<T> {
         let bytes = request.encode();
         receivers
             .iter()
-            .map(|r| {
-                let future = match &bytes {
-                    Ok(bytes) => {
-                        let sent = self.transport.request(r.0, bytes.clone());
-                        async move {
-                            let reply = sent.await.map_err(CommunicatorError::Transport)?;
-                            answer(Response::decode(&reply)?)
-                        }
-                        .boxed()
-                    }
-                    Err(e) => futures::future::ready(Err(e.clone().into())).boxed(),
-                };
-                (r, future)
-            })
+            .map(|r| (r, self.exchange(r.0, &bytes, answer)))
             .collect()
     }
 }

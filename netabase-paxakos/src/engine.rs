@@ -791,36 +791,11 @@ pub async fn run_with<T: Transport, X: KeeperExecutor<T>>(
                 let forward_to = leader.map(|(_, l)| l).filter(|l| *l != me);
                 let forward = forward_to
                     .map(|l| bounded(net.forward(l, entry.clone()), config.heartbeat_interval));
-                let handle = handle.clone();
-                let policy = retries();
+                let forwarded = forward.is_some();
+                let submitted = submit(entry, forward, handle.clone(), retries());
                 background.push(
                     async move {
-                        let id = entry.0.id;
-                        let mut forward_failed = false;
-                        let forwarded = forward.is_some();
-                        if let Some(forward) = forward {
-                            match forward.await {
-                                Ok((round, response, duplicate)) => {
-                                    let written = Written {
-                                        id,
-                                        position: Position {
-                                            slot: round,
-                                            index: 0,
-                                        },
-                                        response,
-                                        duplicate,
-                                    };
-                                    return Done::Written {
-                                        reply,
-                                        result: Ok(written),
-                                        forwarded,
-                                        forward_failed,
-                                    };
-                                }
-                                Err(_) => forward_failed = true,
-                            }
-                        }
-                        let result = append_here(&handle, entry, policy).await;
+                        let (result, forward_failed) = submitted.await;
                         Done::Written {
                             reply,
                             result,
@@ -852,30 +827,14 @@ pub async fn run_with<T: Transport, X: KeeperExecutor<T>>(
                 // Through the log: a no-op appended (by the leader when it is another
                 // node), then the state read once it is applied here.
                 let barrier = ids.noop();
-                let id = barrier.0.id;
                 let forward_to = leader.map(|(_, l)| l).filter(|l| *l != me);
                 let forward = forward_to
                     .map(|l| bounded(net.forward(l, barrier.clone()), config.heartbeat_interval));
-                let handle = handle.clone();
-                let policy = retries();
+                let submitted = submit(barrier, forward, handle.clone(), retries());
                 background.push(
                     async move {
-                        if let Some(forward) = forward
-                            && let Ok((round, _, _)) = forward.await
-                        {
-                            return Done::Barrier {
-                                at: Ok(round),
-                                key,
-                                reply,
-                            };
-                        }
-                        let at = append_here(&handle, barrier, policy)
-                            .await
-                            .map(|w| w.position.slot)
-                            .map_err(|e| match e {
-                                EngineError::Indeterminate(_) => EngineError::Indeterminate(id),
-                                e => e,
-                            });
+                        let (written, _) = submitted.await;
+                        let at = written.map(|w| w.position.slot);
                         Done::Barrier { at, key, reply }
                     }
                     .boxed(),
@@ -939,6 +898,36 @@ fn answer_applied(waiting: &mut Vec<WaitingWrite>, round: u64) {
         } else {
             i += 1;
         }
+    }
+}
+
+/// Appends `entry` through the node believed to lead when `forward` asks it (another
+/// node), else (or when that fails) through this node; with whether forwarding failed.
+async fn submit<E: fmt::Debug + Send + Sync + 'static>(
+    entry: PaxakosEntry,
+    forward: Option<impl Future<Output = Result<crate::communicator::Forwarded, ()>>>,
+    handle: paxakos::NodeHandle<crate::KvInvocation<crate::CommunicatorError<E>>>,
+    policy: Retries<crate::KvInvocation<crate::CommunicatorError<E>>>,
+) -> (Result<Written, EngineError>, bool) {
+    let id = entry.0.id;
+    let Some(forward) = forward else {
+        return (append_here(&handle, entry, policy).await, false);
+    };
+    match forward.await {
+        Ok((round, response, duplicate)) => {
+            let position = Position {
+                slot: round,
+                index: 0,
+            };
+            let written = Written {
+                id,
+                position,
+                response,
+                duplicate,
+            };
+            (Ok(written), false)
+        }
+        Err(()) => (append_here(&handle, entry, policy).await, true),
     }
 }
 

@@ -426,6 +426,25 @@ struct Shared {
     hash: u64,
 }
 
+impl Shared {
+    /// Records an operation called at `call`; returns its index. Until it is answered a
+    /// write's outcome is unknown and a read has failed (no effect).
+    fn record(&mut self, client: u64, input: KvInput<u8, u64>, call: u64) -> usize {
+        let write = !matches!(input, KvInput::Get { .. });
+        self.history.push(OpRec {
+            client,
+            input,
+            call,
+            ret: None,
+            output: None,
+            ambiguous: write,
+            failed: !write,
+            acked: None,
+        });
+        self.history.len() - 1
+    }
+}
+
 fn fold(hash: &mut u64, parts: &[u64]) {
     let mut bytes = hash.to_le_bytes().to_vec();
     for p in parts {
@@ -679,20 +698,9 @@ impl Simulation {
             {
                 return;
             }
-            let index = {
-                let mut s = shared.borrow_mut();
-                s.history.push(OpRec {
-                    client,
-                    input: KvInput::Put { key, value },
-                    call,
-                    ret: None,
-                    output: None,
-                    ambiguous: true,
-                    failed: false,
-                    acked: None,
-                });
-                s.history.len() - 1
-            };
+            let index = shared
+                .borrow_mut()
+                .record(client, KvInput::Put { key, value }, call);
             self.exec.spawn(
                 usize::MAX,
                 Box::pin(async move {
@@ -737,20 +745,9 @@ impl Simulation {
             {
                 return;
             }
-            let index = {
-                let mut s = shared.borrow_mut();
-                s.history.push(OpRec {
-                    client,
-                    input: KvInput::Get { key },
-                    call,
-                    ret: None,
-                    output: None,
-                    ambiguous: false,
-                    failed: true,
-                    acked: None,
-                });
-                s.history.len() - 1
-            };
+            let index = shared
+                .borrow_mut()
+                .record(client, KvInput::Get { key }, call);
             self.exec.spawn(
                 usize::MAX,
                 Box::pin(async move {

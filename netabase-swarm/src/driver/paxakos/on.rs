@@ -236,11 +236,12 @@ impl<R: Runtime> Driver<R> {
                     return;
                 };
                 let cluster = run.cluster;
+                let refused = self.paxakos.refused;
                 let local = *self.swarm.local_peer_id();
                 self.paxakos_call(
                     reply,
                     |reply| Input::Status { reply },
-                    move |status| Some(cluster_status(cluster, local, status)),
+                    move |status| Some(cluster_status(cluster, local, refused, status)),
                 );
             }
             ConsensusCommand::Change { reply, .. } => {
@@ -566,7 +567,21 @@ impl From<NoEngine> for Option<ClusterStatus> {
     }
 }
 
-fn cluster_status(cluster: ClusterId, local: PeerId, status: EngineStatus) -> ClusterStatus {
+/// The engine's status as the API reports a cluster's; `refused` counts the peers'
+/// requests the driver dropped (the engine's queue full).
+fn cluster_status(
+    cluster: ClusterId,
+    local: PeerId,
+    refused: u64,
+    status: EngineStatus,
+) -> ClusterStatus {
+    let stats = ConsensusStats {
+        entries_committed: status.stats.applied,
+        lease_reads: status.stats.lease_reads,
+        refused: status.stats.refused_requests + refused,
+        snapshot_installs: status.stats.snapshots_installed,
+        ..ConsensusStats::default()
+    };
     ClusterStatus {
         cluster,
         members: status.members,
@@ -581,6 +596,6 @@ fn cluster_status(cluster: ClusterId, local: PeerId, status: EngineStatus) -> Cl
         round: u64::from(status.coord),
         committed: status.round,
         applied: status.round,
-        stats: ConsensusStats::default(),
+        stats,
     }
 }

@@ -99,6 +99,7 @@ async fn a_paxakos_cluster_commits_reads_and_resumes_after_a_clean_stop<R: TestR
         let status = n.node.cluster_status().await.unwrap().unwrap();
         assert_eq!(status.cluster, cluster);
         assert_eq!(status.members.len(), 3);
+        assert!(status.stats.entries_committed >= 5, "{status:?}");
         leaders += usize::from(status.role == Role::Leader);
         let (got, _) = n
             .node
